@@ -38,6 +38,30 @@ _MODEL_MODULES = (
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    """How `optkit zoo train` trains a model: seeded, with a progress callback.
+
+    `progress(step, total, loss)` is called after every optimizer step; the CLI draws a bar.
+    """
+
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    progress: Callable[[int, int, float], None] | None = None
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How `optkit zoo eval` measures a model's quality: fixed seeds, a sample count."""
+
+    num_samples: int = 256
+    steps: int = 50
+    seed: int = 0
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
 class ZooModel:
     """One zoo entry.
 
@@ -46,7 +70,9 @@ class ZooModel:
     that `model(*inputs)` takes: the tensors capture and export use. `task` is one of
     `diffusion-image`, `diffusion-video`, `segmentation`, `recommendation`, `multimodal`;
     `sampler` names the zoo sampler a diffusion model is trained for (`ddim`, `dpm++2m`,
-    `flow-euler`), empty for models that are not sampled.
+    `flow-euler`), empty for models that are not sampled. `train(model, settings)` trains the
+    model in place on data that ships offline and returns figures (final loss, seconds);
+    `evaluate(model, settings)` returns the quality figures named in docs/zoo.md.
     """
 
     name: str
@@ -56,6 +82,8 @@ class ZooModel:
     build: Callable[[Any], nn.Module]
     example_inputs: Callable[[nn.Module, int, int], tuple[torch.Tensor, ...]]
     sampler: str = ""
+    train: Callable[[nn.Module, TrainSettings], dict[str, float]] | None = None
+    evaluate: Callable[[nn.Module, EvalSettings], dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
