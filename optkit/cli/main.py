@@ -1,0 +1,206 @@
+"""The `optkit` command. The click layer parses options, calls the library, and prints.
+
+Library errors (`OptkitError`) become one line on stderr and exit code 2; `--debug` shows the
+traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from optkit.cli import options
+from optkit.errors import OptkitError
+
+
+class _Group(click.Group):
+    """Turns library errors into clean CLI errors."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OptkitError as err:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"optkit: error: {err}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=_Group)
+@click.option("--quiet", "-q", is_flag=True, help="Print only results and errors.")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON on stdout.")
+@click.option("--debug", is_flag=True, help="Show tracebacks and debug logs.")
+@click.version_option(package_name="optkit")
+@click.pass_context
+def cli(ctx: click.Context, quiet: bool, as_json: bool, debug: bool) -> None:
+    """optkit: capture, optimize, lower and measure PyTorch models."""
+    ctx.obj = {"quiet": quiet or as_json, "json": as_json, "debug": debug}
+    level = logging.DEBUG if debug else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("torch", "onnxscript", "torch.onnx", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not debug else logging.INFO)
+
+
+@contextmanager
+def _steps(ctx: click.Context, title: str) -> Iterator[Any]:
+    """A rich spinner on stderr showing the current step; silent with --quiet/--json."""
+    if ctx.obj["quiet"]:
+        yield lambda _msg: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True
+    ) as bar:
+        task = bar.add_task(title)
+        yield lambda msg: bar.update(task, description=f"{title}: {msg}")
+
+
+def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
+    if ctx.obj["json"]:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+        return
+    click.echo(report.summary())
+    if output is not None:
+        click.echo(f"wrote {output}/ (report.md, report.json, plots)")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--passes", "passes_text", default=None, help="Comma-separated passes or pipelines, e.g. ptq,cache.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="TOML file with pass options.")
+@options.output
+@options.overwrite
+@options.trust_pickle
+@click.option("--no-onnx", is_flag=True, help="Skip the ONNX export and its check in ONNX Runtime.")
+@click.option("--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure.")
+@click.pass_context
+def optimize(
+    ctx: click.Context,
+    model: str,
+    passes_text: str | None,
+    config_path: Path | None,
+    output: Path,
+    overwrite: bool,
+    trust_pickle: bool,
+    no_onnx: bool,
+    repeats: int,
+) -> None:
+    """Run PASSES on MODEL; write the optimized model, its ONNX export and a report to OUTPUT.
+
+    MODEL is zoo:NAME[:size], a .pt2 file, pkg.module:factory, or a pickled .pt (--trust-pickle).
+    """
+    from optkit.api import optimize_file
+
+    config_passes, pass_options = options.read_config(config_path)
+    passes = options.split_passes(passes_text) or config_passes
+    if not passes:
+        raise click.UsageError("give --passes (see `optkit passes`) or a config file with `passes = [...]`")
+    with _steps(ctx, f"optimize {model}") as step:
+        report = optimize_file(
+            model,
+            passes,
+            output,
+            options=pass_options,
+            trust_pickle=trust_pickle,
+            overwrite=overwrite,
+            onnx=not no_onnx,
+            repeats=repeats,
+            progress=step,
+        )
+    _emit(ctx, report, output)
+
+
+@cli.command()
+@click.argument("model")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write report and plot here.")
+@click.option("--blocks", "block_pattern", default=None, help="Regex for block module paths (default: automatic).")
+@options.overwrite
+@options.trust_pickle
+@click.pass_context
+def analyze(
+    ctx: click.Context, model: str, output: Path | None, block_pattern: str | None, overwrite: bool, trust_pickle: bool
+) -> None:
+    """Summarize MODEL: FLOPs, bytes and parameters per block, op counts (also .onnx files)."""
+    from optkit.api import analyze_file
+
+    with _steps(ctx, f"analyze {model}") as step:
+        step("capture")
+        report = analyze_file(model, output, trust_pickle=trust_pickle, block_pattern=block_pattern, overwrite=overwrite)
+    if ctx.obj["json"]:
+        click.echo(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        click.echo(report.to_markdown())
+
+
+@cli.command(name="passes")
+@click.pass_context
+def list_passes(ctx: click.Context) -> None:
+    """List the registered passes with their options, and the named pipelines."""
+    import dataclasses
+
+    from optkit.pipeline import registered_passes, registered_pipelines
+
+    passes = registered_passes()
+    pipelines = registered_pipelines()
+    if ctx.obj["json"]:
+        data = {
+            "passes": {
+                name: {
+                    "doc": (cls.__doc__ or "").strip(),
+                    "options": {f.name: _default(f) for f in dataclasses.fields(cls.config_cls)},
+                }
+                for name, cls in passes.items()
+            },
+            "pipelines": {k: list(v) for k, v in pipelines.items()},
+        }
+        click.echo(json.dumps(data, indent=2, default=str))
+        return
+    for name, cls in passes.items():
+        click.echo(f"{name}: {(cls.__doc__ or '').strip().splitlines()[0]}")
+        for f in dataclasses.fields(cls.config_cls):
+            click.echo(f"    {f.name} = {_default(f)!r}")
+    for name, members in pipelines.items():
+        click.echo(f"pipeline {name}: {', '.join(members)}")
+
+
+def _default(f: Any) -> Any:
+    import dataclasses
+
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.pass_context
+def report(ctx: click.Context, directory: Path) -> None:
+    """Print the report that a run wrote into DIRECTORY."""
+    from optkit.report import Report
+
+    loaded = Report.load(directory)
+    if ctx.obj["json"]:
+        click.echo(json.dumps(loaded.to_dict(), indent=2, default=str))
+    else:
+        click.echo(loaded.to_markdown())
+
+
+from optkit.cli.zoo import zoo  # noqa: E402  (registers the `zoo` group on `cli`)
+
+cli.add_command(zoo)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="optkit")

@@ -1,0 +1,47 @@
+"""Options shared by several commands, defined once, and the config-file reader."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import click
+
+from optkit.errors import ConfigError
+
+output = click.option(
+    "-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Output directory (written atomically)."
+)
+overwrite = click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already exists.")
+trust_pickle = click.option(
+    "--trust-pickle", is_flag=True, help="Allow loading a pickled .pt model (this runs code from the file)."
+)
+size = click.option("--size", default="tiny", show_default=True, help="Zoo model size (tiny, small).")
+seed = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+
+
+def split_passes(value: str | None) -> list[str]:
+    """`ptq,cache` -> ['ptq', 'cache'] (blank items dropped)."""
+    return [p.strip() for p in (value or "").split(",") if p.strip()]
+
+
+def read_config(path: Path | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Read a TOML run config: optional `passes = [...]`, then one table of options per pass."""
+    if path is None:
+        return [], {}
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"config file {path} is not valid TOML: {err}") from err
+    passes = data.pop("passes", [])
+    if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
+        raise ConfigError(f"{path}: `passes` must be a list of pass names, got {passes!r}")
+    options: dict[str, dict[str, Any]] = {}
+    for key, value in data.items():
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: top-level key {key!r} must be a [table] of options for the pass of that name")
+        options[key] = value
+    return passes, options

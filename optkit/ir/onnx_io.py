@@ -1,0 +1,167 @@
+"""ONNX in and out.
+
+Out: `export_onnx` writes a Program with the dynamo exporter and checks, in ONNX Runtime, that
+the file reproduces the Program's outputs on its example inputs. In: `OnnxModel` reads an
+`.onnx` file for analysis (op counts, parameters, FLOPs of the matmul/conv ops from ONNX shape
+inference) and for lowering; passes need the PyTorch graph and do not take ONNX models.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optkit.errors import ArtifactError, OptkitError
+from optkit.fsutil import atomic_file
+from optkit.ir.program import Program
+
+log = logging.getLogger(__name__)
+
+
+def flat_outputs(value: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) model output, in pytree order."""
+    leaves, _ = torch.utils._pytree.tree_flatten(value)
+    return [t for t in leaves if isinstance(t, torch.Tensor)]
+
+
+def export_onnx(program: Program, path: str | Path, opset: int | None = None, check: bool = True) -> dict[str, float]:
+    """Export `program` to `path` (ONNX, dynamo exporter), written atomically.
+
+    With `check`, the file is run in ONNX Runtime on the example inputs and compared with the
+    Program; returns {"max_abs_error": ..., "onnx_bytes": ...}. Raises `OptkitError` naming the
+    first unsupported op when the exporter fails.
+    """
+    path = Path(path)
+    kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "external_data": False}
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    with atomic_file(path) as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _quiet_exporter_logs()
+                torch.onnx.export(program.graph_module, program.example_inputs, str(tmp), **kwargs)
+        except Exception as err:
+            first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
+            raise OptkitError(f"ONNX export of {program.name} failed: {first[:300]}") from err
+        figures = {"onnx_bytes": float(tmp.stat().st_size)}
+        if check:
+            expected = flat_outputs(program.run())
+            got = run_onnx(tmp, program.example_inputs)
+            if len(got) != len(expected):
+                raise OptkitError(f"ONNX model has {len(got)} outputs, the Program {len(expected)}")
+            figures["max_abs_error"] = max(
+                (float(np.max(np.abs(g - e.detach().numpy()))) if e.numel() else 0.0) for g, e in zip(got, expected, strict=True)
+            )
+    return figures
+
+
+def run_onnx(path: str | Path, inputs: tuple[torch.Tensor, ...], threads: int | None = None) -> list[np.ndarray]:
+    """Run the ONNX file at `path` in ONNX Runtime (CPU) on `inputs`."""
+    session = onnx_session(path, threads)
+    names = [i.name for i in session.get_inputs()]
+    if len(names) != len(inputs):
+        raise OptkitError(f"{Path(path).name} takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
+    feeds = {n: t.detach().numpy() for n, t in zip(names, inputs, strict=True)}
+    return list(session.run(None, feeds))
+
+
+def onnx_session(path: str | Path, threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session for `path`, with `threads` intra-op threads if given."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as err:
+        raise ArtifactError(f"ONNX Runtime cannot load {path}: {err}") from err
+
+
+def _quiet_exporter_logs() -> None:
+    for name in ("torch.onnx", "torch.onnx._internal.exporter._registration", "onnxscript"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@dataclass
+class OnnxModel:
+    """An `.onnx` file read for analysis: graph, input shapes, op counts, parameters, FLOPs."""
+
+    path: Path
+    model: Any
+
+    @classmethod
+    def load(cls, path: str | Path) -> OnnxModel:
+        import onnx
+
+        path = Path(path)
+        try:
+            model = onnx.load(str(path))
+            model = onnx.shape_inference.infer_shapes(model)
+        except Exception as err:
+            raise ArtifactError(f"{path} is not a readable ONNX model: {err}") from err
+        return cls(path, model)
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def op_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for node in self.model.graph.node:
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+        return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+    def parameter_count(self) -> int:
+        return sum(math.prod(t.dims) for t in self.model.graph.initializer)
+
+    def parameter_bytes(self) -> int:
+        from onnx import helper
+
+        return sum(
+            math.prod(t.dims) * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+            for t in self.model.graph.initializer
+        )
+
+    def _shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes: dict[str, tuple[int, ...]] = {}
+        g = self.model.graph
+        for vi in list(g.input) + list(g.output) + list(g.value_info):
+            dims = vi.type.tensor_type.shape.dim
+            if all(d.HasField("dim_value") for d in dims):
+                shapes[vi.name] = tuple(d.dim_value for d in dims)
+        for t in g.initializer:
+            shapes[t.name] = tuple(t.dims)
+        return shapes
+
+    def total_flops(self) -> int:
+        """FLOPs of MatMul, Gemm and Conv nodes whose shapes are known (others count 0)."""
+        shapes = self._shapes()
+        total = 0
+        for node in self.model.graph.node:
+            out = shapes.get(node.output[0]) if node.output else None
+            if out is None:
+                continue
+            if node.op_type in ("MatMul", "Gemm", "MatMulInteger"):
+                a = shapes.get(node.input[0])
+                if a:
+                    k = a[0] if node.op_type == "Gemm" and _attr(node, "transA") else a[-1]
+                    total += 2 * math.prod(out) * k
+            elif node.op_type in ("Conv", "ConvInteger"):
+                w = shapes.get(node.input[1])
+                if w:
+                    total += 2 * math.prod(out) * math.prod(w[1:])
+        return total
+
+
+def _attr(node: Any, name: str) -> int:
+    return next((int(a.i) for a in node.attribute if a.name == name), 0)

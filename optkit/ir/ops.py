@@ -1,0 +1,55 @@
+"""Op kinds: which ATen ops count as linear, conv, attention, ... (data, not code).
+
+Passes ask the Program for sites by kind (`program.find(kind="linear")`) instead of naming ATen
+overloads themselves, so that one table decides what a "linear layer" is everywhere.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+
+# kind -> ATen op packet names (the part after `aten.`, without the overload).
+OP_KINDS: dict[str, frozenset[str]] = {
+    "linear": frozenset({"linear", "addmm"}),
+    "conv": frozenset({"convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"}),
+    "matmul": frozenset({"mm", "bmm", "matmul", "baddbmm", "einsum"}),
+    "attention": frozenset(
+        {
+            "scaled_dot_product_attention",
+            "_scaled_dot_product_flash_attention_for_cpu",
+            "_scaled_dot_product_efficient_attention",
+            "_scaled_dot_product_flash_attention",
+        }
+    ),
+    "embedding": frozenset({"embedding", "embedding_bag", "_embedding_bag"}),
+    "norm": frozenset(
+        {"layer_norm", "native_layer_norm", "group_norm", "native_group_norm", "batch_norm", "rms_norm"}
+    ),
+    "softmax": frozenset({"softmax", "_softmax", "_safe_softmax", "log_softmax"}),
+    "activation": frozenset({"gelu", "silu", "relu", "sigmoid", "tanh", "hardswish", "mish", "leaky_relu"}),
+}
+
+# Kinds whose nodes carry a weight tensor passes may quantize.
+WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding"})
+
+
+def op_name(node: fx.Node) -> str:
+    """The ATen packet name of a call_function node (`linear` for `aten.linear.default`), else ''."""
+    if node.op != "call_function":
+        return ""
+    target: Any = node.target
+    packet = getattr(target, "overloadpacket", None)
+    if packet is not None:
+        return str(getattr(packet, "__name__", packet)).split(".")[-1]
+    return str(getattr(target, "__name__", target))
+
+
+def op_kind(node: fx.Node) -> str:
+    """The kind of `node` from `OP_KINDS`, or 'other'."""
+    name = op_name(node)
+    for kind, names in OP_KINDS.items():
+        if name in names:
+            return kind
+    return "other"

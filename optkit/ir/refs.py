@@ -1,0 +1,175 @@
+"""Model references: what a user names on the command line, resolved to a Program.
+
+| reference            | what it is                                                   |
+|----------------------|--------------------------------------------------------------|
+| `zoo:NAME[:size]`    | a zoo model (trained `tiny` checkpoint when one ships)        |
+| `path/model.pt2`     | a torch.export archive or a Program saved by optkit           |
+| `path/model.onnx`    | an ONNX model: analysis and lowering only                     |
+| `pkg.module:factory` | user code; `factory()` returns `(model, example_inputs)`      |
+| `path/model.pt`      | a pickled module: runs code on load, so only with trust_pickle |
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from optkit.errors import ModelRefError, OptkitError
+from optkit.ir.capture import capture
+from optkit.ir.onnx_io import OnnxModel
+from optkit.ir.program import Program
+from optkit.ir.serialize import load_program
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin")
+_FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
+FORMS = "zoo:NAME[:size], a .pt2 file, a .onnx file, pkg.module:factory, or a pickled .pt with --trust-pickle"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A parsed model reference: its kind (`zoo`, `pt2`, `onnx`, `factory`, `pickle`) and text."""
+
+    kind: str
+    text: str
+
+    @property
+    def path(self) -> Path:
+        return Path(self.text)
+
+
+def parse_model_ref(text: str) -> ModelRef:
+    """Classify `text` as a model reference, or fail naming the accepted forms."""
+    text = text.strip()
+    if text.startswith("zoo:"):
+        if not re.fullmatch(r"zoo:[a-z0-9_]+(:[a-z0-9_]+)?", text):
+            raise ModelRefError(f"bad zoo reference {text!r}; expected zoo:NAME or zoo:NAME:SIZE (see `optkit zoo list`)")
+        return ModelRef("zoo", text)
+    suffix = Path(text).suffix.lower()
+    if suffix == ".pt2":
+        return ModelRef("pt2", text)
+    if suffix == ".onnx":
+        return ModelRef("onnx", text)
+    if suffix in PICKLE_SUFFIXES:
+        return ModelRef("pickle", text)
+    if _FACTORY.match(text):
+        return ModelRef("factory", text)
+    if suffix:
+        raise ModelRefError(f"unknown model format {suffix!r} for {text!r}; accepted: {FORMS}")
+    raise ModelRefError(f"cannot read {text!r} as a model reference; accepted: {FORMS}")
+
+
+def load_model(
+    ref: str | ModelRef,
+    *,
+    trust_pickle: bool = False,
+    pretrained: bool = True,
+    batch: int = 2,
+    seed: int = 0,
+) -> Program | OnnxModel:
+    """Resolve `ref` to a captured Program (or an `OnnxModel` for `.onnx` files)."""
+    ref = parse_model_ref(ref) if isinstance(ref, str) else ref
+    if ref.kind == "zoo":
+        return _load_zoo(ref.text, pretrained, batch, seed)
+    if ref.kind in ("pt2", "onnx", "pickle"):
+        if not ref.path.exists():
+            raise ModelRefError(f"no such file: {ref.text}")
+        if not ref.path.is_file():
+            raise ModelRefError(f"{ref.text} is not a file")
+    if ref.kind == "pt2":
+        return load_program(ref.path)
+    if ref.kind == "onnx":
+        return OnnxModel.load(ref.path)
+    if ref.kind == "pickle":
+        return _load_pickle(ref.path, trust_pickle)
+    return _load_factory(ref.text)
+
+
+def load_program_ref(ref: str | ModelRef, **kwargs: Any) -> Program:
+    """Like `load_model`, but refuse ONNX models (passes need the PyTorch graph)."""
+    model = load_model(ref, **kwargs)
+    if isinstance(model, OnnxModel):
+        raise ModelRefError(
+            f"{model.path} is an ONNX model: it can be analyzed (`optkit analyze`) but passes need a "
+            "PyTorch graph; give the .pt2, zoo name or pkg.module:factory it came from"
+        )
+    return model
+
+
+def _load_zoo(text: str, pretrained: bool, batch: int, seed: int) -> Program:
+    from optkit.zoo.registry import get_model
+
+    parts = text.split(":")
+    entry = get_model(parts[1])
+    size = parts[2] if len(parts) > 2 else "tiny"
+    model = entry.create(size, pretrained=pretrained)
+    inputs = entry.example_inputs(model, batch, seed)
+    return capture(model, inputs, name=f"{entry.name}-{size}")
+
+
+def _load_factory(text: str) -> Program:
+    module_name, func_name = text.split(":")
+    cwd = str(Path.cwd())
+    added = cwd not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ModelRefError(f"cannot import {module_name!r} for {text!r}: {err}") from err
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    factory = getattr(module, func_name, None)
+    if not callable(factory):
+        raise ModelRefError(f"{module_name} has no callable {func_name!r}")
+    try:
+        made = factory()
+    except OptkitError:
+        raise
+    except Exception as err:
+        raise ModelRefError(f"{text}() raised {type(err).__name__}: {err}") from err
+    model, inputs = _model_and_inputs(made, text)
+    return capture(model, inputs, name=func_name)
+
+
+def _load_pickle(path: Path, trust_pickle: bool) -> Program:
+    if not trust_pickle:
+        raise ModelRefError(
+            f"refusing to load {path}: a pickled model runs arbitrary code when loaded. If you trust "
+            "the file, pass --trust-pickle (Python: trust_pickle=True), or save it with torch.export as .pt2"
+        )
+    try:
+        obj = torch.load(str(path), weights_only=False, map_location="cpu")
+    except Exception as err:
+        raise ModelRefError(f"cannot unpickle {path}: {type(err).__name__}: {err}") from err
+    model, inputs = _model_and_inputs(obj, str(path))
+    return capture(model, inputs, name=path.stem)
+
+
+def _model_and_inputs(obj: Any, origin: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    # Accept (model, inputs), {"model": ..., "example_inputs": ...}, or a module with `.example_inputs`.
+    if isinstance(obj, dict) and "model" in obj:
+        obj = (obj["model"], obj.get("example_inputs"))
+    elif isinstance(obj, nn.Module):
+        obj = (obj, getattr(obj, "example_inputs", None))
+    if not (isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], nn.Module)):
+        raise ModelRefError(
+            f"{origin} must give (model, example_inputs), a dict with 'model' and 'example_inputs', "
+            f"or a module with an `example_inputs` attribute; got {type(obj).__name__}"
+        )
+    model, inputs = obj
+    if inputs is None:
+        raise ModelRefError(f"{origin} gives a model but no example inputs; capture needs them")
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    return model, tuple(inputs)

@@ -1,0 +1,90 @@
+"""Save and load a Program: `.pt2` (torch.export archive) plus a JSON sidecar of annotations.
+
+The sidecar (`NAME.pt2.json`) records the optkit and torch versions that wrote the file, the
+Program's name and its annotations; loading a file written by another major optkit format is
+refused with a clear error rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from optkit.errors import ArtifactError
+from optkit.fsutil import atomic_file
+from optkit.ir.capture import _drop_guards
+from optkit.ir.program import Annotations, Program
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """Where the annotations of the `.pt2` file at `path` live."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def save_program(program: Program, path: str | Path) -> Path:
+    """Write `program` to `path` (`.pt2`) and its sidecar; both written atomically."""
+    path = Path(path)
+    if path.suffix != ".pt2":
+        raise ArtifactError(f"a Program is saved as a .pt2 file, got {path.name!r}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        exported = torch.export.export(program.graph_module, program.example_inputs, strict=False)
+    with atomic_file(path) as tmp:
+        torch.export.save(exported, str(tmp))
+    meta: dict[str, Any] = {
+        "format": FORMAT_VERSION,
+        "optkit": _optkit_version(),
+        "torch": torch.__version__,
+        "name": program.name,
+        "annotations": program.annotations.to_dict(),
+    }
+    with atomic_file(sidecar_path(path)) as tmp:
+        tmp.write_text(json.dumps(meta, indent=2, default=str))
+    return path
+
+
+def load_program(path: str | Path) -> Program:
+    """Load a Program saved by `save_program` (a bare `.pt2` without sidecar loads with empty
+    annotations)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ArtifactError(f"no such file: {path}")
+    try:
+        exported = torch.export.load(str(path))
+    except Exception as err:
+        raise ArtifactError(f"{path} is not a readable torch.export archive ({type(err).__name__}: {err})") from err
+    annotations, name = Annotations(), path.stem
+    side = sidecar_path(path)
+    if side.exists():
+        try:
+            meta = json.loads(side.read_text())
+        except json.JSONDecodeError as err:
+            raise ArtifactError(f"{side} is not valid JSON: {err}") from err
+        if meta.get("format") != FORMAT_VERSION:
+            raise ArtifactError(
+                f"{side} has format {meta.get('format')!r}; this optkit ({_optkit_version()}) reads format {FORMAT_VERSION}"
+            )
+        annotations = Annotations.from_dict(meta.get("annotations", {}))
+        name = meta.get("name", name)
+    args, kwargs = exported.example_inputs or ((), {})
+    if kwargs:
+        raise ArtifactError(f"{path} was exported with keyword inputs {sorted(kwargs)}; optkit needs positional tensors")
+    gm = exported.module()
+    _drop_guards(gm)
+    return Program(gm, tuple(args), annotations, name)
+
+
+def _optkit_version() -> str:
+    from optkit import __version__
+
+    return __version__
