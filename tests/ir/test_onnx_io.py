@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+from optkit.errors import ArtifactError, OptkitError
+from optkit.ir.onnx_io import OnnxModel, export_onnx, run_onnx
+
+
+@pytest.mark.parametrize("fixture", ["conv_program", "transformer_program", "recommender_program"])
+def test_onnx_export_runs_in_onnxruntime_like_eager(tmp_path, request, fixture):
+    program = request.getfixturevalue(fixture)
+    figures = export_onnx(program, tmp_path / "m.onnx")
+    assert figures["max_abs_error"] < 1e-5
+    (got,) = run_onnx(tmp_path / "m.onnx", program.example_inputs)
+    np.testing.assert_allclose(got, program.run().numpy(), atol=1e-5)
+
+
+def test_onnx_model_analysis(tmp_path, conv_program):
+    export_onnx(conv_program, tmp_path / "m.onnx")
+    model = OnnxModel.load(tmp_path / "m.onnx")
+    assert model.op_counts()["Conv"] == 2
+    n = sum(p.numel() for p in conv_program.graph_module.parameters())
+    # The exporter adds a few small constant initializers (reduction axes) beside the weights.
+    assert n <= model.parameter_count() <= n + 16
+    conv_flops = 2 * (2 * 8 * 64) * (3 * 9) + 2 * (2 * 8 * 64) * (8 * 9)
+    assert model.total_flops() >= conv_flops
+
+
+def test_wrong_input_count_and_bad_file(tmp_path, transformer_program):
+    export_onnx(transformer_program, tmp_path / "m.onnx")
+    with pytest.raises(OptkitError, match="takes 2 inputs"):
+        run_onnx(tmp_path / "m.onnx", transformer_program.example_inputs[:1])
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(ArtifactError):
+        OnnxModel.load(bad)

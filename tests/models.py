@@ -1,0 +1,108 @@
+"""Small built-in models for the foundation tests: each exercises one capture shape."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ConvNet(nn.Module):
+    """Two conv blocks and a linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())]
+        )
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class Attention(nn.Module):
+    """Masked multi-head self-attention written out as matmul + softmax."""
+
+    def __init__(self, dim: int = 16, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
+        scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5  # (B, H, N, N)
+        scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
+        out = scores.softmax(-1) @ v  # (B, H, N, Dh)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+class TinyTransformer(nn.Module):
+    """Pre-norm transformer blocks around `Attention`, plus one block using fused SDPA."""
+
+    def __init__(self, dim: int = 16) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList([nn.ModuleDict({"norm": nn.LayerNorm(dim), "attn": Attention(dim)}) for _ in range(2)])
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = x + block["attn"](block["norm"](x), mask)
+        q = k = v = x[:, None]  # (B, 1, N, D)
+        x = x + F.scaled_dot_product_attention(q, k, v)[:, 0]
+        return self.out(x)
+
+
+class BagRecommender(nn.Module):
+    """Embedding bags for sparse ids and an MLP over the pooled vectors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bag = nn.EmbeddingBag(50, 8, mode="sum")
+        self.mlp = nn.Sequential(nn.Linear(8 + 4, 16), nn.ReLU(), nn.Linear(16, 1))
+
+    def forward(self, ids: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        return self.mlp(torch.cat([self.bag(ids), dense], dim=-1))
+
+
+class DataDependent(nn.Module):
+    """Branches in Python on a tensor value: torch.export cannot capture this."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = Gate()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(x)
+
+
+class Gate(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:
+            return x * 2
+        return x
+
+
+def conv_net() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return ConvNet(), (torch.randn(2, 3, 8, 8),)
+
+
+def transformer() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    mask = torch.ones(2, 6, dtype=torch.bool)
+    mask[1, 4:] = False
+    return TinyTransformer(), (torch.randn(2, 6, 16), mask)
+
+
+def recommender() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return BagRecommender(), (torch.randint(0, 50, (4, 3)), torch.randn(4, 4))
+
+
+def data_dependent() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    return DataDependent(), (torch.randn(2, 4),)
