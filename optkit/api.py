@@ -22,6 +22,7 @@ from optkit.ir.refs import load_model, load_program_ref
 from optkit.ir.serialize import save_program
 from optkit.pipeline import PassManager, PipelineResult, build_passes
 from optkit.report import Report, Table, bar_plot
+from optkit.timing import latency_ms
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +161,6 @@ def _pass_table(result: PipelineResult) -> Table:
 
 
 def _latency_table(report: Report, before: Program, after: Program, onnx_path: Path | None, repeats: int) -> None:
-    from optkit.metrics import latency_ms
-
     rows = []
     base = latency_ms(before.run, warmup=3, repeats=repeats)
     rows.append(["PyTorch eager (captured, before passes)", base["median"], base["p10"], base["p90"], 1.0])

@@ -1,0 +1,33 @@
+"""Wall-clock latency: median and spread of repeated runs after warm-up."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from optkit.errors import ConfigError
+
+
+def latency_ms(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int = 20) -> dict[str, float]:
+    """Time `fn(*args)`: `warmup` untimed calls, then `repeats` timed ones.
+
+    Returns milliseconds: median, p10, p90, min and the number of repeats. Callers compare a
+    median against a peer measured in the same run, never against a remembered figure.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn(*args)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(*args)
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+
+    def pct(q: float) -> float:
+        return times[min(len(times) - 1, round(q * (len(times) - 1)))]
+
+    return {"median": statistics.median(times), "p10": pct(0.1), "p90": pct(0.9), "min": times[0], "repeats": float(repeats)}
