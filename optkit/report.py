@@ -16,6 +16,7 @@ from optkit.errors import ArtifactError
 from optkit.fsutil import atomic_file
 
 REPORT_FORMAT = 1
+_PREFIXED = frozenset({"bytes", "FLOPs", "params", "nodes"})
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,15 @@ class Table:
         return {"title": self.title, "columns": self.columns, "rows": self.rows, "units": self.units}
 
     def to_markdown(self) -> str:
-        head = [f"{c} ({self.units[c]})" if self.units.get(c) else c for c in self.columns]
+        # Units with SI/binary prefixes go in the cells (1.5 MFLOPs); the others in the header.
+        in_cells = {c for c, u in self.units.items() if u in _PREFIXED}
+        head = [f"{c} ({self.units[c]})" if self.units.get(c) and c not in in_cells else c for c in self.columns]
         lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
-            cells = [format_value(v, self.units.get(c, "")) for c, v in zip(self.columns, row, strict=False)]
+            cells = [
+                format_value(v, self.units.get(c, "") if c in in_cells else "")
+                for c, v in zip(self.columns, row, strict=False)
+            ]
             lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -42,6 +43,10 @@ class _Group(click.Group):
 def cli(ctx: click.Context, quiet: bool, as_json: bool, debug: bool) -> None:
     """optkit: capture, optimize, lower and measure PyTorch models."""
     ctx.obj = {"quiet": quiet or as_json, "json": as_json, "debug": debug}
+    if not debug:
+        # Upstream deprecation chatter (torch.export, onnxscript) is not the user's business.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="torch")
     level = logging.DEBUG if debug else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     for noisy in ("torch", "onnxscript", "torch.onnx", "matplotlib", "PIL"):
