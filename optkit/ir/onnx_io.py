@@ -40,6 +40,13 @@ def export_onnx(program: Program, path: str | Path, opset: int | None = None, ch
     """
     path = Path(path)
     kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "external_data": False}
+    quantized = any(str(n.target).startswith("optkit.") for n in program.compute_nodes())
+    if quantized:
+        from optkit.quant.ops import onnx_translations
+
+        # Blocked (group-wise) and int4 QuantizeLinear/DequantizeLinear need opset 21.
+        kwargs["custom_translation_table"] = onnx_translations()
+        opset = max(opset or 21, 21)
     if opset is not None:
         kwargs["opset_version"] = opset
     with atomic_file(path) as tmp:
@@ -51,6 +58,8 @@ def export_onnx(program: Program, path: str | Path, opset: int | None = None, ch
         except Exception as err:
             first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
             raise OptkitError(f"ONNX export of {program.name} failed: {first[:300]}") from err
+        if quantized:
+            _materialize_int4(tmp)
         figures = {"onnx_bytes": float(tmp.stat().st_size)}
         if check:
             expected = flat_outputs(program.run())
@@ -85,6 +94,42 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {err}") from err
+
+
+def _materialize_int4(path: Path) -> None:
+    """Replace `optkit.onnx::AsInt4(bytes)` nodes by INT4/UINT4 initializers of the same bytes.
+
+    PyTorch has no 4-bit dtype, so packed weights leave the exporter as uint8 (K, N/2); ONNX's
+    INT4 layout of a (K, N) tensor is exactly those bytes.
+    """
+    import onnx
+
+    from optkit.quant.ops import INT4_DOMAIN
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    keep = []
+    for node in graph.node:
+        if node.domain != INT4_DOMAIN:
+            keep.append(node)
+            continue
+        source = inits.get(node.input[0])
+        if source is None:
+            raise OptkitError(f"int4 weight {node.input[0]!r} is not a constant initializer in the ONNX graph")
+        signed = next((a.i for a in node.attribute if a.name == "signed"), 1)
+        raw = onnx.numpy_helper.to_array(source).tobytes()
+        dims = list(source.dims[:-1]) + [source.dims[-1] * 2]
+        dtype = onnx.TensorProto.INT4 if signed else onnx.TensorProto.UINT4
+        graph.initializer.append(onnx.helper.make_tensor(node.output[0], dtype, dims, raw, raw=True))
+    del graph.node[:]
+    graph.node.extend(keep)
+    used = {i for n in graph.node for i in n.input}
+    for t in [t for t in graph.initializer if t.name not in used and t.name not in {o.name for o in graph.output}]:
+        graph.initializer.remove(t)
+    for entry in [o for o in model.opset_import if o.domain == INT4_DOMAIN]:
+        model.opset_import.remove(entry)
+    onnx.save(model, str(path))
 
 
 def _quiet_exporter_logs() -> None:

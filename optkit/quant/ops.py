@@ -1,0 +1,177 @@
+"""Quantized kernels as PyTorch custom ops (`torch.ops.optkit.*`), with ONNX translations.
+
+Quantization passes rewrite the graph to call these ops on integer weights stored in buffers:
+the Program really holds int8 / packed int4 tensors, and `torch.export` keeps the ops intact.
+
+| op | eager kernel | ONNX (opset 21) -> what ONNX Runtime runs |
+|---|---|---|
+| `linear_w8a8` | int8 x int8 -> int32 GEMM (`torch._int_mm`), fused rescale + bias | Q/DQ -> `MatMulIntegerToFloat` (int8) |
+| `linear_wq` | unpack int4/int8 groups, dequantize the weight, float GEMM | blocked DQ (int4/uint4/int8) -> MatMul; int4 -> `MatMulNBits` |
+| `conv2d_w8a8` | activations and weights rounded to int8 grids, float conv | Q/DQ -> `QLinearConv` (int8) |
+| `act_qdq` | activation rounded to the int8 grid (quantize + dequantize) | QuantizeLinear + DequantizeLinear |
+
+Int4 weights leave PyTorch as uint8 bytes; the ONNX translation marks them with an
+`optkit.onnx::AsInt4` node that `optkit.ir.onnx_io` replaces by a real INT4/UINT4 initializer
+holding the same bytes, so the ONNX file stores 4-bit weights too.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from optkit.quant.packing import unpack_int4
+
+INT4_DOMAIN = "optkit.onnx"
+
+
+def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    return torch.clamp(torch.round(x / scale) + zero.float(), -128, 127)
+
+
+@torch.library.custom_op("optkit::linear_w8a8", mutates_args=())
+def linear_w8a8(
+    x: Tensor, x_scale: Tensor, x_zero: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor, w_colsum: Tensor, bias: Tensor
+) -> Tensor:
+    """y = dequant(int8 GEMM(quant(x), w_q)) + bias. x (..., K); w_q int8 (K, N); w_scale (N,);
+    x_scale, x_zero scalars (x_zero on the int8 grid); w_colsum = w_q.sum(0) in int32."""
+    lead = x.shape[:-1]
+    xq = _quantize_act(x.reshape(-1, x.shape[-1]), x_scale, x_zero).to(torch.int8)  # (M, K)
+    acc = torch._int_mm(xq, w_q) - x_zero.to(torch.int32) * w_colsum  # (M, N) int32
+    y = acc.float() * (x_scale * w_scale) + bias
+    return y.reshape(*lead, w_q.shape[1])
+
+
+@linear_w8a8.register_fake
+def _(x, x_scale, x_zero, w_q, w_scale, w_zero, w_colsum, bias):  # type: ignore[no-untyped-def]
+    return x.new_empty(*x.shape[:-1], w_q.shape[1])
+
+
+def dequantize_weight(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bits: int, group_size: int, signed: bool) -> Tensor:
+    """The float (K, N) weight that `linear_wq` computes with."""
+    q = unpack_int4(w_packed, signed) if bits == 4 else w_packed.to(torch.int16)  # (K, N)
+    zero = unpack_int4(w_zero, False) if bits == 4 and not signed else w_zero.to(torch.int16)  # (G, N)
+    k = q.shape[0]
+    scale = w_scale.repeat_interleave(group_size, dim=0)[:k]  # (K, N)
+    zero = zero.repeat_interleave(group_size, dim=0)[:k]
+    return (q.float() - zero.float()) * scale
+
+
+@torch.library.custom_op("optkit::linear_wq", mutates_args=())
+def linear_wq(
+    x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bias: Tensor, bits: int, group_size: int, signed: bool
+) -> Tensor:
+    """Weight-only quantized linear: group-wise int4 (packed) or int8 weight (K, N), float activations."""
+    w = dequantize_weight(w_packed, w_scale, w_zero, bits, group_size, signed)
+    return torch.matmul(x, w) + bias
+
+
+@linear_wq.register_fake
+def _(x, w_packed, w_scale, w_zero, bias, bits, group_size, signed):  # type: ignore[no-untyped-def]
+    return x.new_empty(*x.shape[:-1], w_scale.shape[1])
+
+
+@torch.library.custom_op("optkit::conv2d_w8a8", mutates_args=())
+def conv2d_w8a8(
+    x: Tensor,
+    x_scale: Tensor,
+    x_zero: Tensor,
+    w_q: Tensor,
+    w_scale: Tensor,
+    w_zero: Tensor,
+    bias: Tensor,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    groups: int,
+) -> Tensor:
+    """Conv2d on int8 activations and per-output-channel int8 weights (Cout, Cin/g, kh, kw)."""
+    xd = (_quantize_act(x, x_scale, x_zero) - x_zero.float()) * x_scale
+    wd = w_q.float() * w_scale.reshape(-1, 1, 1, 1)
+    return F.conv2d(xd, wd, bias, stride, padding, dilation, groups)
+
+
+@conv2d_w8a8.register_fake
+def _(x, x_scale, x_zero, w_q, w_scale, w_zero, bias, stride, padding, dilation, groups):  # type: ignore[no-untyped-def]
+    return x.new_empty(_conv_out_shape(x.shape, w_q.shape, stride, padding, dilation))
+
+
+def _conv_out_shape(xs, ws, stride, padding, dilation):  # type: ignore[no-untyped-def]
+    n, _, h, w = xs
+    cout, _, kh, kw = ws
+    oh = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return (n, cout, oh, ow)
+
+
+@torch.library.custom_op("optkit::act_qdq", mutates_args=())
+def act_qdq(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """Round an activation onto the int8 grid of (scale, zero) and back."""
+    return (_quantize_act(x, scale, zero) - zero.float()) * scale
+
+
+@act_qdq.register_fake
+def _(x, scale, zero):  # type: ignore[no-untyped-def]
+    return torch.empty_like(x)
+
+
+def _register_int4_schema() -> None:
+    # onnxscript builds nodes only for ops with a registered schema; the marker op is removed
+    # again by optkit.ir.onnx_io after export.
+    import onnx
+    from onnx.defs import OpSchema
+
+    if onnx.defs.has("AsInt4", INT4_DOMAIN):
+        return
+    schema = OpSchema(
+        "AsInt4",
+        INT4_DOMAIN,
+        1,
+        inputs=[OpSchema.FormalParameter("packed", "T")],
+        outputs=[OpSchema.FormalParameter("values", "T2")],
+        type_constraints=[("T", ["tensor(uint8)"], "packed bytes"), ("T2", ["tensor(int4)", "tensor(uint4)"], "4-bit values")],
+        attributes=[OpSchema.Attribute("signed", OpSchema.AttrType.INT, "1 for INT4, 0 for UINT4")],
+    )
+    onnx.defs.register_schema(schema)
+
+
+def onnx_translations() -> dict:
+    """The custom translation table for `torch.onnx.export(..., dynamo=True)` (opset 21)."""
+    import onnxscript
+    from onnxscript import opset21 as op
+
+    _register_int4_schema()
+    int4 = onnxscript.values.Opset(INT4_DOMAIN, 1)
+
+    def t_linear_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, w_colsum, bias):  # type: ignore[no-untyped-def]
+        xd = op.DequantizeLinear(op.QuantizeLinear(x, x_scale, x_zero), x_scale, x_zero)
+        wd = op.DequantizeLinear(w_q, w_scale, w_zero, axis=1)
+        return op.Add(op.MatMul(xd, wd), bias)
+
+    def t_linear_wq(x, w_packed, w_scale, w_zero, bias, bits: int, group_size: int, signed: bool):  # type: ignore[no-untyped-def]
+        if bits == 4:
+            w = int4.AsInt4(w_packed, signed=int(signed))
+            if signed:
+                wd = op.DequantizeLinear(w, w_scale, axis=0, block_size=group_size)
+            else:
+                wd = op.DequantizeLinear(w, w_scale, int4.AsInt4(w_zero, signed=0), axis=0, block_size=group_size)
+        else:
+            wd = op.DequantizeLinear(w_packed, w_scale, w_zero, axis=0, block_size=group_size)
+        return op.Add(op.MatMul(x, wd), bias)
+
+    def t_conv2d_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, bias, stride, padding, dilation, groups: int):  # type: ignore[no-untyped-def]
+        xd = op.DequantizeLinear(op.QuantizeLinear(x, x_scale, x_zero), x_scale, x_zero)
+        wd = op.DequantizeLinear(w_q, w_scale, w_zero, axis=0)
+        pads = list(padding) + list(padding)
+        return op.Conv(xd, wd, bias, strides=list(stride), pads=pads, dilations=list(dilation), group=groups)
+
+    def t_act_qdq(x, scale, zero):  # type: ignore[no-untyped-def]
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
+
+    return {
+        torch.ops.optkit.linear_w8a8.default: t_linear_w8a8,
+        torch.ops.optkit.linear_wq.default: t_linear_wq,
+        torch.ops.optkit.conv2d_w8a8.default: t_conv2d_w8a8,
+        torch.ops.optkit.act_qdq.default: t_act_qdq,
+    }
