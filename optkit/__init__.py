@@ -13,6 +13,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from optkit.api import analyze, analyze_file, optimize, optimize_file  # noqa: E402  (needs the names above)
 from optkit.errors import (
     ArtifactError,
     BackendError,
@@ -42,13 +43,42 @@ from optkit.pipeline import (
 )
 from optkit.report import Figure, Report, Table
 
-from optkit.api import analyze, analyze_file, optimize, optimize_file  # noqa: E402  (needs the names above)
-
 __all__ = [
-    "Annotations", "ArtifactError", "BackendError", "Block", "CaptureError", "ConfigError", "Figure",
-    "ModelRefError", "OnnxModel", "OptkitError", "Pass", "PassConfig", "PassError", "PassManager",
-    "PassResult", "Program", "Report", "Table", "Tolerance", "UnknownNameError", "analyze", "analyze_file",
-    "build_passes", "capture", "export_onnx", "load_model", "load_program", "load_program_ref", "optimize",
-    "optimize_file", "parse_model_ref", "register_pass", "register_pipeline", "registered_passes",
-    "registered_pipelines", "run_onnx", "save_program",
+    "Annotations",
+    "ArtifactError",
+    "BackendError",
+    "Block",
+    "CaptureError",
+    "ConfigError",
+    "Figure",
+    "ModelRefError",
+    "OnnxModel",
+    "OptkitError",
+    "Pass",
+    "PassConfig",
+    "PassError",
+    "PassManager",
+    "PassResult",
+    "Program",
+    "Report",
+    "Table",
+    "Tolerance",
+    "UnknownNameError",
+    "analyze",
+    "analyze_file",
+    "build_passes",
+    "capture",
+    "export_onnx",
+    "load_model",
+    "load_program",
+    "load_program_ref",
+    "optimize",
+    "optimize_file",
+    "parse_model_ref",
+    "register_pass",
+    "register_pipeline",
+    "registered_passes",
+    "registered_pipelines",
+    "run_onnx",
+    "save_program",
 ]

@@ -138,7 +138,11 @@ def _block_table(program: Program, pattern: str | None) -> Table:
     rows = []
     for path, f in by_block.items():
         if path == "(other)":
-            byts = sum(c.bytes for c in costs if not any(c.module == p or c.module.startswith(p + ".") for p in by_block if p != "(other)"))
+            byts = sum(
+                c.bytes
+                for c in costs
+                if not any(c.module == p or c.module.startswith(p + ".") for p in by_block if p != "(other)")
+            )
             n_params = 0
         else:
             byts = sum(c.bytes for c in costs if c.module == path or c.module.startswith(path + "."))
@@ -157,21 +161,41 @@ def _pass_table(result: PipelineResult) -> Table:
     for r in result.records:
         figs = "; ".join(f"{k}: {v}" for k, v in r.figures.items())
         rows.append([r.name, r.modified, r.seconds, r.check.get("max_abs_error", float("nan")), figs])
-    return Table("Passes", ["pass", "modified", "time", "max abs error vs input", "figures"], rows, {"time": "s"})
+    return Table(
+        "Passes", ["pass", "modified", "time", "max abs error vs input", "figures"], rows, {"time": "s"}
+    )
 
 
-def _latency_table(report: Report, before: Program, after: Program, onnx_path: Path | None, repeats: int) -> None:
+def _latency_table(
+    report: Report, before: Program, after: Program, onnx_path: Path | None, repeats: int
+) -> None:
     rows = []
     base = latency_ms(before.run, warmup=3, repeats=repeats)
     rows.append(["PyTorch eager (captured, before passes)", base["median"], base["p10"], base["p90"], 1.0])
     opt = latency_ms(after.run, warmup=3, repeats=repeats)
-    rows.append(["PyTorch eager (optimized graph)", opt["median"], opt["p10"], opt["p90"], base["median"] / opt["median"]])
+    rows.append(
+        [
+            "PyTorch eager (optimized graph)",
+            opt["median"],
+            opt["p10"],
+            opt["p90"],
+            base["median"] / opt["median"],
+        ]
+    )
     if onnx_path is not None:
         session = onnx_session(onnx_path)
         names = [i.name for i in session.get_inputs()]
         feeds = {n: t.numpy() for n, t in zip(names, after.example_inputs, strict=True)}
         ort = latency_ms(lambda: session.run(None, feeds), warmup=3, repeats=repeats)
-        rows.append(["ONNX Runtime (optimized graph)", ort["median"], ort["p10"], ort["p90"], base["median"] / ort["median"]])
+        rows.append(
+            [
+                "ONNX Runtime (optimized graph)",
+                ort["median"],
+                ort["p10"],
+                ort["p90"],
+                base["median"] / ort["median"],
+            ]
+        )
     report.tables.append(
         Table(
             f"Latency on the example inputs (median of {repeats} runs after 3 warm-up)",
@@ -199,6 +223,8 @@ def _analyze_onnx(model: OnnxModel) -> Report:
     report.add("parameter memory", model.parameter_bytes(), "bytes")
     report.add("nodes", len(model.model.graph.node), "nodes")
     counts = model.op_counts()
-    report.tables.append(Table("ONNX ops", ["op", "count"], [[k, v] for k, v in list(counts.items())[:25]], {"count": "nodes"}))
+    report.tables.append(
+        Table("ONNX ops", ["op", "count"], [[k, v] for k, v in list(counts.items())[:25]], {"count": "nodes"})
+    )
     report.notes.append("ONNX models are analyzed at ONNX op level; blocks need a PyTorch capture.")
     return report

@@ -102,7 +102,9 @@ class Pass:
     def __init__(self, config: PassConfig | None = None) -> None:
         config = config if config is not None else self.config_cls()
         if not isinstance(config, self.config_cls):
-            raise ConfigError(f"pass {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}")
+            raise ConfigError(
+                f"pass {self.name!r} takes a {self.config_cls.__name__}, got {type(config).__name__}"
+            )
         self.config = config
 
     def requires(self, program: Program) -> str | None:
@@ -127,7 +129,9 @@ def register_pass(name: str, config_cls: type[PassConfig]) -> Callable[[P], P]:
 
     def wrap(cls: P) -> P:
         if name in _PASSES and _PASSES[name] is not cls:
-            raise OptkitError(f"pass name {name!r} is registered twice ({_PASSES[name].__name__}, {cls.__name__})")
+            raise OptkitError(
+                f"pass name {name!r} is registered twice ({_PASSES[name].__name__}, {cls.__name__})"
+            )
         cls.name = name
         cls.config_cls = config_cls
         _PASSES[name] = cls
@@ -169,7 +173,9 @@ def get_pass(name: str) -> type[Pass]:
     """The pass class registered as `name`, or an error listing the known names."""
     passes = registered_passes()
     if name not in passes:
-        raise UnknownNameError("pass", name, list(passes) + [f"{p} (pipeline)" for p in registered_pipelines()])
+        raise UnknownNameError(
+            "pass", name, list(passes) + [f"{p} (pipeline)" for p in registered_pipelines()]
+        )
     return passes[name]
 
 
@@ -178,7 +184,7 @@ def expand(names: Sequence[str]) -> list[str]:
     pipelines = registered_pipelines()
     out: list[str] = []
     for name in names:
-        out.extend(pipelines[name] if name in pipelines else [name])
+        out.extend(pipelines.get(name, (name,)))
     return out
 
 
@@ -194,7 +200,9 @@ def build_passes(names: Sequence[str], options: Mapping[str, Mapping[str, Any]] 
         passes.append(cls(cls.config_cls.from_dict(options.get(name, {}))))
     stray = sorted(set(options) - set(names))
     if stray:
-        raise ConfigError(f"options given for pass(es) not in the run: {', '.join(stray)}; running: {', '.join(names)}")
+        raise ConfigError(
+            f"options given for pass(es) not in the run: {', '.join(stray)}; running: {', '.join(names)}"
+        )
     return passes
 
 
@@ -265,7 +273,9 @@ class PassManager:
                 try:
                     outputs = flat_outputs(new.run())
                 except Exception as err:
-                    raise PassError(f"{where} produced a graph that does not run: {type(err).__name__}: {err}") from err
+                    raise PassError(
+                        f"{where} produced a graph that does not run: {type(err).__name__}: {err}"
+                    ) from err
                 check = _compare(reference, outputs, p.tolerance, where)
                 reference = outputs
             new.annotations.history.append(p.name)
@@ -299,5 +309,7 @@ def _compare(
                 f"{where} changed the outputs: max abs error {max_err:.3g} exceeds atol={tol.atol:g}, rtol={tol.rtol:g}"
             )
     if tol.min_sqnr_db is not None and min_sqnr < tol.min_sqnr_db:
-        raise PassError(f"{where} degraded the outputs to {min_sqnr:.1f} dB SQNR, below its {tol.min_sqnr_db:g} dB floor")
+        raise PassError(
+            f"{where} degraded the outputs to {min_sqnr:.1f} dB SQNR, below its {tol.min_sqnr_db:g} dB floor"
+        )
     return {"max_abs_error": max_err, "min_sqnr_db": min_sqnr}

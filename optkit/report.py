@@ -68,7 +68,9 @@ class Table:
     def to_markdown(self) -> str:
         # Units with SI/binary prefixes go in the cells (1.5 MFLOPs); the others in the header.
         in_cells = {c for c, u in self.units.items() if u in _PREFIXED}
-        head = [f"{c} ({self.units[c]})" if self.units.get(c) and c not in in_cells else c for c in self.columns]
+        head = [
+            f"{c} ({self.units[c]})" if self.units.get(c) and c not in in_cells else c for c in self.columns
+        ]
         lines = [f"### {self.title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for row in self.rows:
             cells = [
@@ -110,7 +112,9 @@ class Report:
         return cls(
             title=data["title"],
             figures={k: Figure(v["value"], v.get("unit", "")) for k, v in data.get("figures", {}).items()},
-            tables=[Table(t["title"], t["columns"], t["rows"], t.get("units", {})) for t in data.get("tables", [])],
+            tables=[
+                Table(t["title"], t["columns"], t["rows"], t.get("units", {})) for t in data.get("tables", [])
+            ],
             plots=dict(data.get("plots", {})),
             notes=list(data.get("notes", [])),
         )

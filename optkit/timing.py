@@ -30,4 +30,10 @@ def latency_ms(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int
     def pct(q: float) -> float:
         return times[min(len(times) - 1, round(q * (len(times) - 1)))]
 
-    return {"median": statistics.median(times), "p10": pct(0.1), "p90": pct(0.9), "min": times[0], "repeats": float(repeats)}
+    return {
+        "median": statistics.median(times),
+        "p10": pct(0.1),
+        "p90": pct(0.9),
+        "min": times[0],
+        "repeats": float(repeats),
+    }

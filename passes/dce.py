@@ -55,5 +55,8 @@ class DeadCodeElimination(Pass):
         return PassResult(
             program,
             modified=bool(removed or freed),
-            figures={"nodes_removed": Figure(removed, "nodes"), "parameter_bytes_freed": Figure(freed, "bytes")},
+            figures={
+                "nodes_removed": Figure(removed, "nodes"),
+                "parameter_bytes_freed": Figure(freed, "bytes"),
+            },
         )

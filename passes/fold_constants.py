@@ -26,8 +26,24 @@ from optkit.report import Figure
 log = logging.getLogger(__name__)
 
 _RANDOM_OPS = frozenset(
-    {"rand", "randn", "randint", "rand_like", "randn_like", "randint_like", "bernoulli", "dropout", "normal", "uniform",
-     "native_dropout", "multinomial", "randperm", "empty", "empty_like", "empty_strided"}
+    {
+        "rand",
+        "randn",
+        "randint",
+        "rand_like",
+        "randn_like",
+        "randint_like",
+        "bernoulli",
+        "dropout",
+        "normal",
+        "uniform",
+        "native_dropout",
+        "multinomial",
+        "randperm",
+        "empty",
+        "empty_like",
+        "empty_strided",
+    }
 )
 
 
@@ -105,7 +121,10 @@ class FoldConstants(Pass):
         return PassResult(
             program,
             modified=folded > 0,
-            figures={"values_folded": Figure(folded, "tensors"), "nodes_removed": Figure(saved_nodes, "nodes")},
+            figures={
+                "values_folded": Figure(folded, "tensors"),
+                "nodes_removed": Figure(saved_nodes, "nodes"),
+            },
         )
 
 

@@ -13,7 +13,10 @@ class ConvNet(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.blocks = nn.ModuleList(
-            [nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()), nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())]
+            [
+                nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()),
+                nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU()),
+            ]
         )
         self.head = nn.Linear(8, 4)
 
@@ -34,7 +37,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (B, H, N, Dh)
+        q, k, v = (
+            self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (B, H, N, Dh)
         scores = q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5  # (B, H, N, N)
         scores = scores.masked_fill(~mask[:, None, None, :], float("-inf"))
         out = scores.softmax(-1) @ v  # (B, H, N, Dh)
@@ -46,7 +51,9 @@ class TinyTransformer(nn.Module):
 
     def __init__(self, dim: int = 16) -> None:
         super().__init__()
-        self.blocks = nn.ModuleList([nn.ModuleDict({"norm": nn.LayerNorm(dim), "attn": Attention(dim)}) for _ in range(2)])
+        self.blocks = nn.ModuleList(
+            [nn.ModuleDict({"norm": nn.LayerNorm(dim), "attn": Attention(dim)}) for _ in range(2)]
+        )
         self.out = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -13,8 +13,21 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_wheel_maps_passes_and_backends(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
-        check=True, capture_output=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
     )
     (wheel,) = tmp_path.glob("optkit-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
@@ -24,7 +37,9 @@ def test_wheel_maps_passes_and_backends(tmp_path):
     assert "optkit/ir/program.py" in names
     assert not any(n.startswith(("passes/", "backends/", "tests/")) for n in names)
     shipped = {n for n in names if n.startswith("optkit/zoo/checkpoints/")}
-    on_disk = {f"optkit/zoo/checkpoints/{p.name}" for p in (ROOT / "optkit/zoo/checkpoints").glob("*.safetensors")}
+    on_disk = {
+        f"optkit/zoo/checkpoints/{p.name}" for p in (ROOT / "optkit/zoo/checkpoints").glob("*.safetensors")
+    }
     assert on_disk <= shipped
 
 

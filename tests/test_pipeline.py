@@ -96,7 +96,9 @@ def test_build_passes_rejects_options_for_absent_passes():
 
 
 def test_manager_records_and_checks(conv_program):
-    result = PassManager(build_passes(["test-scale-weights", "cleanup"], {"test-scale-weights": {"factor": 1.0}})).run(conv_program)
+    result = PassManager(
+        build_passes(["test-scale-weights", "cleanup"], {"test-scale-weights": {"factor": 1.0}})
+    ).run(conv_program)
     assert [r.name for r in result.records] == ["test-scale-weights", "fold-constants", "dce"]
     assert result.program.annotations.history == ["test-scale-weights", "fold-constants", "dce"]
     assert all(r.check["max_abs_error"] == 0.0 for r in result.records)
@@ -105,14 +107,20 @@ def test_manager_records_and_checks(conv_program):
 def test_numeric_failure_names_pass_and_predecessors_and_keeps_input(conv_program):
     before = [p.clone() for p in conv_program.graph_module.parameters()]
     passes = build_passes(["dce", "test-scale-weights"], {"test-scale-weights": {"factor": 0.5}})
-    with pytest.raises(PassError, match=r"pass 'test-scale-weights' \(after dce\) degraded the outputs to .* dB SQNR, below its 30 dB floor"):
+    with pytest.raises(
+        PassError,
+        match=r"pass 'test-scale-weights' \(after dce\) degraded the outputs to .* dB SQNR, below its 30 dB floor",
+    ):
         PassManager(passes).run(conv_program)
     assert all(torch.equal(a, b) for a, b in zip(before, conv_program.graph_module.parameters(), strict=True))
     assert conv_program.annotations.history == []
 
 
 def test_broken_graph_is_reported(conv_program):
-    with pytest.raises(PassError, match=r"pass 'test-break-graph' \(first pass\) (left a broken graph|produced a graph that does not run)"):
+    with pytest.raises(
+        PassError,
+        match=r"pass 'test-break-graph' \(first pass\) (left a broken graph|produced a graph that does not run)",
+    ):
         PassManager(build_passes(["test-break-graph"])).run(conv_program)
 
 

@@ -63,7 +63,11 @@ def _steps(ctx: click.Context, title: str) -> Iterator[Any]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     with Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=Console(stderr=True), transient=True
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
     ) as bar:
         task = bar.add_task(title)
         yield lambda msg: bar.update(task, description=f"{title}: {msg}")
@@ -80,13 +84,23 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
 
 @cli.command()
 @click.argument("model")
-@click.option("--passes", "passes_text", default=None, help="Comma-separated passes or pipelines, e.g. ptq,cache.")
-@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None, help="TOML file with pass options.")
+@click.option(
+    "--passes", "passes_text", default=None, help="Comma-separated passes or pipelines, e.g. ptq,cache."
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file with pass options.",
+)
 @options.output
 @options.overwrite
 @options.trust_pickle
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export and its check in ONNX Runtime.")
-@click.option("--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure.")
+@click.option(
+    "--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure."
+)
 @click.pass_context
 def optimize(
     ctx: click.Context,
@@ -126,20 +140,31 @@ def optimize(
 
 @cli.command()
 @click.argument("model")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Write report and plot here.")
-@click.option("--blocks", "block_pattern", default=None, help="Regex for block module paths (default: automatic).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=None, help="Write report and plot here."
+)
+@click.option(
+    "--blocks", "block_pattern", default=None, help="Regex for block module paths (default: automatic)."
+)
 @options.overwrite
 @options.trust_pickle
 @click.pass_context
 def analyze(
-    ctx: click.Context, model: str, output: Path | None, block_pattern: str | None, overwrite: bool, trust_pickle: bool
+    ctx: click.Context,
+    model: str,
+    output: Path | None,
+    block_pattern: str | None,
+    overwrite: bool,
+    trust_pickle: bool,
 ) -> None:
     """Summarize MODEL: FLOPs, bytes and parameters per block, op counts (also .onnx files)."""
     from optkit.api import analyze_file
 
     with _steps(ctx, f"analyze {model}") as step:
         step("capture")
-        report = analyze_file(model, output, trust_pickle=trust_pickle, block_pattern=block_pattern, overwrite=overwrite)
+        report = analyze_file(
+            model, output, trust_pickle=trust_pickle, block_pattern=block_pattern, overwrite=overwrite
+        )
     if ctx.obj["json"]:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:

@@ -11,7 +11,12 @@ import click
 from optkit.errors import ConfigError
 
 output = click.option(
-    "-o", "--output", "output", type=click.Path(path_type=Path), required=True, help="Output directory (written atomically)."
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output directory (written atomically).",
 )
 overwrite = click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it already exists.")
 trust_pickle = click.option(
@@ -42,6 +47,8 @@ def read_config(path: Path | None) -> tuple[list[str], dict[str, dict[str, Any]]
     options: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if not isinstance(value, dict):
-            raise ConfigError(f"{path}: top-level key {key!r} must be a [table] of options for the pass of that name")
+            raise ConfigError(
+                f"{path}: top-level key {key!r} must be a [table] of options for the pass of that name"
+            )
         options[key] = value
     return passes, options

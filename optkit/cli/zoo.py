@@ -37,7 +37,9 @@ def list_models(ctx: click.Context) -> None:
         return
     for r in rows:
         trained = ", ".join(r["trained"]) or "none"
-        click.echo(f"{r['name']:<14} {r['task']:<16} sizes: {', '.join(r['sizes']):<12} trained: {trained:<10} {r['paper']}")
+        click.echo(
+            f"{r['name']:<14} {r['task']:<16} sizes: {', '.join(r['sizes']):<12} trained: {trained:<10} {r['paper']}"
+        )
 
 
 @zoo.command()
@@ -46,10 +48,18 @@ def list_models(ctx: click.Context) -> None:
 @options.seed
 @click.option("--steps", default=None, type=int, help="Optimizer steps (default: the model's own).")
 @click.option("--batch-size", default=None, type=int, help="Batch size (default: the model's own).")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Checkpoint file (.safetensors).")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=None, help="Checkpoint file (.safetensors)."
+)
 @click.pass_context
 def train(
-    ctx: click.Context, name: str, size: str, seed: int, steps: int | None, batch_size: int | None, output: Path | None
+    ctx: click.Context,
+    name: str,
+    size: str,
+    seed: int,
+    steps: int | None,
+    batch_size: int | None,
+    output: Path | None,
 ) -> None:
     """Train zoo model NAME reproducibly (seeded) and save its weights as safetensors."""
     import dataclasses
@@ -72,11 +82,17 @@ def train(
     settings = dataclasses.replace(settings, **overrides)
     model = entry.create(size, pretrained=False)
     with Progress(
-        TextColumn(f"train {name}:{size}"), BarColumn(), TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
-        TimeRemainingColumn(), disable=ctx.obj["quiet"], transient=False,
+        TextColumn(f"train {name}:{size}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} loss {task.fields[loss]:.4f}"),
+        TimeRemainingColumn(),
+        disable=ctx.obj["quiet"],
+        transient=False,
     ) as bar:
         task = bar.add_task("train", total=settings.steps, loss=float("nan"))
-        settings = dataclasses.replace(settings, progress=lambda s, n, loss: bar.update(task, completed=s, total=n, loss=loss))
+        settings = dataclasses.replace(
+            settings, progress=lambda s, n, loss: bar.update(task, completed=s, total=n, loss=loss)
+        )
         figures = entry.train(model, settings)
     from safetensors.torch import save_file
 
@@ -84,7 +100,11 @@ def train(
     with atomic_file(output) as tmp:
         save_file(state, str(tmp), metadata={"model": name, "size": size, "seed": str(seed)})
     figures = {**figures, "checkpoint": str(output)}
-    click.echo(json.dumps(figures, indent=2) if ctx.obj["json"] else "\n".join(f"{k}: {v}" for k, v in figures.items()))
+    click.echo(
+        json.dumps(figures, indent=2)
+        if ctx.obj["json"]
+        else "\n".join(f"{k}: {v}" for k, v in figures.items())
+    )
 
 
 @zoo.command(name="eval")
@@ -93,7 +113,9 @@ def train(
 @options.seed
 @click.option("--samples", default=256, show_default=True, type=int, help="Samples to generate or evaluate.")
 @click.option("--steps", default=50, show_default=True, type=int, help="Sampler steps (diffusion models).")
-@click.option("--checkpoint", type=click.Path(path_type=Path, exists=True), default=None, help="Weights to evaluate.")
+@click.option(
+    "--checkpoint", type=click.Path(path_type=Path, exists=True), default=None, help="Weights to evaluate."
+)
 @click.pass_context
 def evaluate(
     ctx: click.Context, name: str, size: str, seed: int, samples: int, steps: int, checkpoint: Path | None
@@ -115,4 +137,8 @@ def evaluate(
         except Exception as err:
             raise ConfigError(f"{checkpoint} does not hold weights of {name}:{size}: {err}") from err
     figures = entry.evaluate(model, EvalSettings(num_samples=samples, steps=steps, seed=seed))
-    click.echo(json.dumps(figures, indent=2) if ctx.obj["json"] else "\n".join(f"{k}: {v}" for k, v in figures.items()))
+    click.echo(
+        json.dumps(figures, indent=2)
+        if ctx.obj["json"]
+        else "\n".join(f"{k}: {v}" for k, v in figures.items())
+    )

@@ -102,9 +102,7 @@ def _capture_error(err: Exception, path: str | None, model_type: str) -> Capture
             what, hint = meaning, fix
             break
     where = f"module '{path}'" if path else f"the top-level forward of {model_type}"
-    return CaptureError(
-        f"capture failed in {where}: {what} ({first_line[:200]}). Hint: {hint}."
-    )
+    return CaptureError(f"capture failed in {where}: {what} ({first_line[:200]}). Hint: {hint}.")
 
 
 class _ModuleTracker:

@@ -20,12 +20,47 @@ from optkit.ir.program import Program, module_path
 
 # FLOPs per output element of element-wise families, by ATen packet name.
 _PER_ELEMENT: dict[str, int] = {
-    "layer_norm": 5, "native_layer_norm": 5, "group_norm": 5, "native_group_norm": 5, "rms_norm": 4,
-    "batch_norm": 2, "softmax": 5, "_softmax": 5, "_safe_softmax": 5, "log_softmax": 5,
-    "gelu": 8, "silu": 4, "sigmoid": 4, "tanh": 4, "mish": 6, "exp": 1, "log": 1, "rsqrt": 1, "sqrt": 1,
-    "add": 1, "sub": 1, "mul": 1, "div": 1, "relu": 1, "pow": 1, "neg": 1, "where": 1, "clamp": 1,
-    "mean": 1, "sum": 1, "amax": 1, "cos": 1, "sin": 1, "abs": 1, "hardswish": 3, "leaky_relu": 1,
-    "cumsum": 1, "minimum": 1, "maximum": 1, "reciprocal": 1, "square": 1,
+    "layer_norm": 5,
+    "native_layer_norm": 5,
+    "group_norm": 5,
+    "native_group_norm": 5,
+    "rms_norm": 4,
+    "batch_norm": 2,
+    "softmax": 5,
+    "_softmax": 5,
+    "_safe_softmax": 5,
+    "log_softmax": 5,
+    "gelu": 8,
+    "silu": 4,
+    "sigmoid": 4,
+    "tanh": 4,
+    "mish": 6,
+    "exp": 1,
+    "log": 1,
+    "rsqrt": 1,
+    "sqrt": 1,
+    "add": 1,
+    "sub": 1,
+    "mul": 1,
+    "div": 1,
+    "relu": 1,
+    "pow": 1,
+    "neg": 1,
+    "where": 1,
+    "clamp": 1,
+    "mean": 1,
+    "sum": 1,
+    "amax": 1,
+    "cos": 1,
+    "sin": 1,
+    "abs": 1,
+    "hardswish": 3,
+    "leaky_relu": 1,
+    "cumsum": 1,
+    "minimum": 1,
+    "maximum": 1,
+    "reciprocal": 1,
+    "square": 1,
 }
 
 
@@ -64,12 +99,22 @@ def node_flops(node: fx.Node) -> int:
         return 0
     out = outs[0]
     args = node.args
+    if name in ("linear_w8a8", "linear_wq"):
+        x = _val(args[0])
+        return 2 * _numel(out.shape) * int(x[0].shape[-1]) + _numel(out.shape) if x else 0
+    if name == "conv2d_w8a8":
+        w = _val(args[3])
+        return 2 * _numel(out.shape) * _numel(w[0].shape[1:]) if w else 0
     if name in ("linear", "mm", "addmm", "bmm", "matmul", "baddbmm"):
         a = _val(args[1] if name in ("addmm", "baddbmm") else args[0])
         if not a:
             return 0
         k = int(a[0].shape[-1])
-        extra = _numel(out.shape) if name in ("addmm", "baddbmm") or (name == "linear" and len(args) > 2 and args[2] is not None) else 0
+        extra = (
+            _numel(out.shape)
+            if name in ("addmm", "baddbmm") or (name == "linear" and len(args) > 2 and args[2] is not None)
+            else 0
+        )
         return 2 * _numel(out.shape) * k + extra
     if name in ("convolution", "conv1d", "conv2d", "conv3d"):
         w = _val(args[1])
@@ -122,7 +167,8 @@ def node_bytes(node: fx.Node) -> int:
 def node_costs(program: Program) -> list[NodeCost]:
     """FLOPs and bytes of every compute node, in graph order."""
     return [
-        NodeCost(n.name, op_name(n), module_path(n), node_flops(n), node_bytes(n)) for n in program.compute_nodes()
+        NodeCost(n.name, op_name(n), module_path(n), node_flops(n), node_bytes(n))
+        for n in program.compute_nodes()
     ]
 
 

@@ -31,7 +31,9 @@ def flat_outputs(value: Any) -> list[torch.Tensor]:
     return [t for t in leaves if isinstance(t, torch.Tensor)]
 
 
-def export_onnx(program: Program, path: str | Path, opset: int | None = None, check: bool = True) -> dict[str, float]:
+def export_onnx(
+    program: Program, path: str | Path, opset: int | None = None, check: bool = True
+) -> dict[str, float]:
     """Export `program` to `path` (ONNX, dynamo exporter), written atomically.
 
     With `check`, the file is run in ONNX Runtime on the example inputs and compared with the
@@ -67,17 +69,22 @@ def export_onnx(program: Program, path: str | Path, opset: int | None = None, ch
             if len(got) != len(expected):
                 raise OptkitError(f"ONNX model has {len(got)} outputs, the Program {len(expected)}")
             figures["max_abs_error"] = max(
-                (float(np.max(np.abs(g - e.detach().numpy()))) if e.numel() else 0.0) for g, e in zip(got, expected, strict=True)
+                (float(np.max(np.abs(g - e.detach().numpy()))) if e.numel() else 0.0)
+                for g, e in zip(got, expected, strict=True)
             )
     return figures
 
 
-def run_onnx(path: str | Path, inputs: tuple[torch.Tensor, ...], threads: int | None = None) -> list[np.ndarray]:
+def run_onnx(
+    path: str | Path, inputs: tuple[torch.Tensor, ...], threads: int | None = None
+) -> list[np.ndarray]:
     """Run the ONNX file at `path` in ONNX Runtime (CPU) on `inputs`."""
     session = onnx_session(path, threads)
     names = [i.name for i in session.get_inputs()]
     if len(names) != len(inputs):
-        raise OptkitError(f"{Path(path).name} takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}")
+        raise OptkitError(
+            f"{Path(path).name} takes {len(names)} inputs ({', '.join(names)}), got {len(inputs)}"
+        )
     feeds = {n: t.detach().numpy() for n, t in zip(names, inputs, strict=True)}
     return list(session.run(None, feeds))
 
@@ -116,7 +123,9 @@ def _materialize_int4(path: Path) -> None:
             continue
         source = inits.get(node.input[0])
         if source is None:
-            raise OptkitError(f"int4 weight {node.input[0]!r} is not a constant initializer in the ONNX graph")
+            raise OptkitError(
+                f"int4 weight {node.input[0]!r} is not a constant initializer in the ONNX graph"
+            )
         signed = next((a.i for a in node.attribute if a.name == "signed"), 1)
         raw = onnx.numpy_helper.to_array(source).tobytes()
         dims = list(source.dims[:-1]) + [source.dims[-1] * 2]
@@ -125,7 +134,9 @@ def _materialize_int4(path: Path) -> None:
     del graph.node[:]
     graph.node.extend(keep)
     used = {i for n in graph.node for i in n.input}
-    for t in [t for t in graph.initializer if t.name not in used and t.name not in {o.name for o in graph.output}]:
+    for t in [
+        t for t in graph.initializer if t.name not in used and t.name not in {o.name for o in graph.output}
+    ]:
         graph.initializer.remove(t)
     for entry in [o for o in model.opset_import if o.domain == INT4_DOMAIN]:
         model.opset_import.remove(entry)

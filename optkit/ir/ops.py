@@ -12,8 +12,10 @@ import torch.fx as fx
 
 # kind -> ATen op packet names (the part after `aten.`, without the overload).
 OP_KINDS: dict[str, frozenset[str]] = {
-    "linear": frozenset({"linear", "addmm"}),
-    "conv": frozenset({"convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d"}),
+    "linear": frozenset({"linear", "addmm", "linear_w8a8", "linear_wq"}),
+    "conv": frozenset(
+        {"convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv2d_w8a8"}
+    ),
     "matmul": frozenset({"mm", "bmm", "matmul", "baddbmm", "einsum"}),
     "attention": frozenset(
         {
@@ -29,7 +31,11 @@ OP_KINDS: dict[str, frozenset[str]] = {
     ),
     "softmax": frozenset({"softmax", "_softmax", "_safe_softmax", "log_softmax"}),
     "activation": frozenset({"gelu", "silu", "relu", "sigmoid", "tanh", "hardswish", "mish", "leaky_relu"}),
+    "quantize": frozenset({"act_qdq", "quantize_per_tensor", "dequantize"}),
 }
+
+# optkit's quantized kernels (`torch.ops.optkit.*`), by packet name.
+QUANTIZED_OPS = frozenset({"linear_w8a8", "linear_wq", "conv2d_w8a8"})
 
 # Kinds whose nodes carry a weight tensor passes may quantize.
 WEIGHTED_KINDS = frozenset({"linear", "conv", "embedding"})

@@ -108,6 +108,9 @@ class Program:
     example_inputs: tuple[torch.Tensor, ...]
     annotations: Annotations = field(default_factory=Annotations)
     name: str = "model"
+    # Where the model came from and how it is driven: {"zoo": "dit", "size": "tiny",
+    # "task": "diffusion-image", "sampler": "ddim"} for zoo models; JSON-serializable.
+    meta: dict[str, Any] = field(default_factory=dict)
 
     # -- execution -------------------------------------------------------------------------
     def run(self, *inputs: torch.Tensor) -> Any:
@@ -124,6 +127,7 @@ class Program:
             tuple(t.clone() for t in self.example_inputs),
             Annotations.from_dict(self.annotations.to_dict()),
             self.name,
+            copy.deepcopy(self.meta),
         )
 
     @property

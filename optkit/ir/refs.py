@@ -52,7 +52,9 @@ def parse_model_ref(text: str) -> ModelRef:
     text = text.strip()
     if text.startswith("zoo:"):
         if not re.fullmatch(r"zoo:[a-z0-9_]+(:[a-z0-9_]+)?", text):
-            raise ModelRefError(f"bad zoo reference {text!r}; expected zoo:NAME or zoo:NAME:SIZE (see `optkit zoo list`)")
+            raise ModelRefError(
+                f"bad zoo reference {text!r}; expected zoo:NAME or zoo:NAME:SIZE (see `optkit zoo list`)"
+            )
         return ModelRef("zoo", text)
     suffix = Path(text).suffix.lower()
     if suffix == ".pt2":
@@ -113,7 +115,9 @@ def _load_zoo(text: str, pretrained: bool, batch: int, seed: int) -> Program:
     size = parts[2] if len(parts) > 2 else "tiny"
     model = entry.create(size, pretrained=pretrained)
     inputs = entry.example_inputs(model, batch, seed)
-    return capture(model, inputs, name=f"{entry.name}-{size}")
+    program = capture(model, inputs, name=f"{entry.name}-{size}")
+    program.meta = {"zoo": entry.name, "size": size, "task": entry.task, "sampler": entry.sampler}
+    return program
 
 
 def _load_factory(text: str) -> Program:

@@ -19,6 +19,7 @@ from optkit.errors import ArtifactError
 from optkit.fsutil import atomic_file
 from optkit.ir.capture import _drop_guards
 from optkit.ir.program import Annotations, Program
+from optkit.quant import ops as _quant_ops  # noqa: F401  (registers torch.ops.optkit.* before torch.export.load)
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ def save_program(program: Program, path: str | Path) -> Path:
         "optkit": _optkit_version(),
         "torch": torch.__version__,
         "name": program.name,
+        "meta": program.meta,
         "annotations": program.annotations.to_dict(),
     }
     with atomic_file(sidecar_path(path)) as tmp:
@@ -62,26 +64,31 @@ def load_program(path: str | Path) -> Program:
     try:
         exported = torch.export.load(str(path))
     except Exception as err:
-        raise ArtifactError(f"{path} is not a readable torch.export archive ({type(err).__name__}: {err})") from err
-    annotations, name = Annotations(), path.stem
+        raise ArtifactError(
+            f"{path} is not a readable torch.export archive ({type(err).__name__}: {err})"
+        ) from err
+    annotations, name, meta = Annotations(), path.stem, {}
     side = sidecar_path(path)
     if side.exists():
         try:
-            meta = json.loads(side.read_text())
+            sidecar = json.loads(side.read_text())
         except json.JSONDecodeError as err:
             raise ArtifactError(f"{side} is not valid JSON: {err}") from err
-        if meta.get("format") != FORMAT_VERSION:
+        if sidecar.get("format") != FORMAT_VERSION:
             raise ArtifactError(
-                f"{side} has format {meta.get('format')!r}; this optkit ({_optkit_version()}) reads format {FORMAT_VERSION}"
+                f"{side} has format {sidecar.get('format')!r}; this optkit ({_optkit_version()}) reads format {FORMAT_VERSION}"
             )
-        annotations = Annotations.from_dict(meta.get("annotations", {}))
-        name = meta.get("name", name)
+        annotations = Annotations.from_dict(sidecar.get("annotations", {}))
+        name = sidecar.get("name", name)
+        meta = sidecar.get("meta", {})
     args, kwargs = exported.example_inputs or ((), {})
     if kwargs:
-        raise ArtifactError(f"{path} was exported with keyword inputs {sorted(kwargs)}; optkit needs positional tensors")
+        raise ArtifactError(
+            f"{path} was exported with keyword inputs {sorted(kwargs)}; optkit needs positional tensors"
+        )
     gm = exported.module()
     _drop_guards(gm)
-    return Program(gm, tuple(args), annotations, name)
+    return Program(gm, tuple(args), annotations, name, meta)
 
 
 def _optkit_version() -> str:

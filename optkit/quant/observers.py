@@ -69,7 +69,9 @@ class Observer:
         return scale_zero(lo, hi, spec)
 
 
-def _mse_range(values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+def _mse_range(
+    values: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, spec: QuantSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
     best, best_err = (lo, hi), float("inf")
     for shrink in torch.linspace(1.0, 0.3, 36):
         cand_lo, cand_hi = lo * shrink, hi * shrink

@@ -32,7 +32,14 @@ def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
 
 @torch.library.custom_op("optkit::linear_w8a8", mutates_args=())
 def linear_w8a8(
-    x: Tensor, x_scale: Tensor, x_zero: Tensor, w_q: Tensor, w_scale: Tensor, w_zero: Tensor, w_colsum: Tensor, bias: Tensor
+    x: Tensor,
+    x_scale: Tensor,
+    x_zero: Tensor,
+    w_q: Tensor,
+    w_scale: Tensor,
+    w_zero: Tensor,
+    w_colsum: Tensor,
+    bias: Tensor,
 ) -> Tensor:
     """y = dequant(int8 GEMM(quant(x), w_q)) + bias. x (..., K); w_q int8 (K, N); w_scale (N,);
     x_scale, x_zero scalars (x_zero on the int8 grid); w_colsum = w_q.sum(0) in int32."""
@@ -48,7 +55,9 @@ def _(x, x_scale, x_zero, w_q, w_scale, w_zero, w_colsum, bias):  # type: ignore
     return x.new_empty(*x.shape[:-1], w_q.shape[1])
 
 
-def dequantize_weight(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bits: int, group_size: int, signed: bool) -> Tensor:
+def dequantize_weight(
+    w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bits: int, group_size: int, signed: bool
+) -> Tensor:
     """The float (K, N) weight that `linear_wq` computes with."""
     q = unpack_int4(w_packed, signed) if bits == 4 else w_packed.to(torch.int16)  # (K, N)
     zero = unpack_int4(w_zero, False) if bits == 4 and not signed else w_zero.to(torch.int16)  # (G, N)
@@ -60,7 +69,14 @@ def dequantize_weight(w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bits: i
 
 @torch.library.custom_op("optkit::linear_wq", mutates_args=())
 def linear_wq(
-    x: Tensor, w_packed: Tensor, w_scale: Tensor, w_zero: Tensor, bias: Tensor, bits: int, group_size: int, signed: bool
+    x: Tensor,
+    w_packed: Tensor,
+    w_scale: Tensor,
+    w_zero: Tensor,
+    bias: Tensor,
+    bits: int,
+    group_size: int,
+    signed: bool,
 ) -> Tensor:
     """Weight-only quantized linear: group-wise int4 (packed) or int8 weight (K, N), float activations."""
     w = dequantize_weight(w_packed, w_scale, w_zero, bits, group_size, signed)
@@ -130,7 +146,10 @@ def _register_int4_schema() -> None:
         1,
         inputs=[OpSchema.FormalParameter("packed", "T")],
         outputs=[OpSchema.FormalParameter("values", "T2")],
-        type_constraints=[("T", ["tensor(uint8)"], "packed bytes"), ("T2", ["tensor(int4)", "tensor(uint4)"], "4-bit values")],
+        type_constraints=[
+            ("T", ["tensor(uint8)"], "packed bytes"),
+            ("T2", ["tensor(int4)", "tensor(uint4)"], "4-bit values"),
+        ],
         attributes=[OpSchema.Attribute("signed", OpSchema.AttrType.INT, "1 for INT4, 0 for UINT4")],
     )
     onnx.defs.register_schema(schema)
@@ -155,7 +174,9 @@ def onnx_translations() -> dict:
             if signed:
                 wd = op.DequantizeLinear(w, w_scale, axis=0, block_size=group_size)
             else:
-                wd = op.DequantizeLinear(w, w_scale, int4.AsInt4(w_zero, signed=0), axis=0, block_size=group_size)
+                wd = op.DequantizeLinear(
+                    w, w_scale, int4.AsInt4(w_zero, signed=0), axis=0, block_size=group_size
+                )
         else:
             wd = op.DequantizeLinear(w_packed, w_scale, w_zero, axis=0, block_size=group_size)
         return op.Add(op.MatMul(x, wd), bias)

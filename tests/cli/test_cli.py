@@ -55,11 +55,18 @@ def run(*args):
 
 
 def test_optimize_writes_model_onnx_report_and_plot(user_models):
-    result = run("--quiet", "optimize", "usermodels:net", "--passes", "cleanup", "-o", "out", "--repeats", "3")
+    result = run(
+        "--quiet", "optimize", "usermodels:net", "--passes", "cleanup", "-o", "out", "--repeats", "3"
+    )
     assert result.exit_code == 0, result.output
     out = user_models / "out"
     assert sorted(p.name for p in out.iterdir()) == [
-        "flops_per_block.png", "model.onnx", "model.pt2", "model.pt2.json", "report.json", "report.md"
+        "flops_per_block.png",
+        "model.onnx",
+        "model.pt2",
+        "model.pt2.json",
+        "report.json",
+        "report.md",
     ]
     report = json.loads((out / "report.json").read_text())
     assert report["figures"]["ONNX Runtime max abs error vs optimized"]["value"] < 1e-5
@@ -74,8 +81,21 @@ def test_optimize_writes_model_onnx_report_and_plot(user_models):
 
 
 def test_optimize_with_config_file(user_models):
-    (user_models / "run.toml").write_text('passes = ["fold-constants", "dce"]\n[fold-constants]\nmax_growth = 4.0\n')
-    result = run("--json", "optimize", "usermodels:net", "--config", "run.toml", "-o", "out", "--no-onnx", "--repeats", "2")
+    (user_models / "run.toml").write_text(
+        'passes = ["fold-constants", "dce"]\n[fold-constants]\nmax_growth = 4.0\n'
+    )
+    result = run(
+        "--json",
+        "optimize",
+        "usermodels:net",
+        "--config",
+        "run.toml",
+        "-o",
+        "out",
+        "--no-onnx",
+        "--repeats",
+        "2",
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert "model.onnx size" not in data["figures"]
@@ -110,8 +130,14 @@ def test_zoo_list_runs():
         (["optimize", "missing.pt2", "--passes", "dce", "-o", "o"], "no such file: missing.pt2"),
         (["optimize", "model.h5", "--passes", "dce", "-o", "o"], "unknown model format '.h5'"),
         (["optimize", "usermodels:net", "--passes", "dce,ptqq", "-o", "o"], "unknown pass 'ptqq'; known: "),
-        (["optimize", "usermodels:net", "--passes", "fold-constants", "--config", "bad.toml", "-o", "o"], "max_growth must be >= 1.0, got 0.1"),
-        (["optimize", "usermodels:branchy", "--passes", "dce", "-o", "o"], "capture failed in the top-level forward of Branchy: data-dependent"),
+        (
+            ["optimize", "usermodels:net", "--passes", "fold-constants", "--config", "bad.toml", "-o", "o"],
+            "max_growth must be >= 1.0, got 0.1",
+        ),
+        (
+            ["optimize", "usermodels:branchy", "--passes", "dce", "-o", "o"],
+            "capture failed in the top-level forward of Branchy: data-dependent",
+        ),
         (["optimize", "m.pt", "--passes", "dce", "-o", "o"], "--trust-pickle"),
         (["analyze", "zoo:nosuch"], "unknown zoo model 'nosuch'"),
         (["report", "nowhere"], "no report in nowhere"),
@@ -139,14 +165,35 @@ def test_existing_output_needs_overwrite(user_models):
 def test_real_subprocess(user_models):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     ok = subprocess.run(
-        [sys.executable, "-m", "optkit", "--quiet", "optimize", "usermodels:net", "--passes", "cleanup", "-o", "sub", "--repeats", "2"],
-        capture_output=True, text=True, env=env, cwd=user_models, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "optkit",
+            "--quiet",
+            "optimize",
+            "usermodels:net",
+            "--passes",
+            "cleanup",
+            "-o",
+            "sub",
+            "--repeats",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=user_models,
+        timeout=300,
     )
     assert ok.returncode == 0, ok.stderr
     assert (user_models / "sub" / "report.md").exists()
     bad = subprocess.run(
         [sys.executable, "-m", "optkit", "optimize", "nothere.pt2", "--passes", "dce", "-o", "sub2"],
-        capture_output=True, text=True, env=env, cwd=user_models, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=user_models,
+        timeout=300,
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["optkit: error: no such file: nothere.pt2"]

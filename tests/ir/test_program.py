@@ -10,8 +10,17 @@ from optkit.ir.program import Annotations, module_path
 def test_find_by_kind_and_module(transformer_program):
     p = transformer_program
     linears = p.find(kind="linear")
-    assert {module_path(n) for n in linears} == {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.1.attn.qkv", "blocks.1.attn.proj", "out"}
-    assert [module_path(n) for n in p.find(kind="linear", module="blocks.1")] == ["blocks.1.attn.qkv", "blocks.1.attn.proj"]
+    assert {module_path(n) for n in linears} == {
+        "blocks.0.attn.qkv",
+        "blocks.0.attn.proj",
+        "blocks.1.attn.qkv",
+        "blocks.1.attn.proj",
+        "out",
+    }
+    assert [module_path(n) for n in p.find(kind="linear", module="blocks.1")] == [
+        "blocks.1.attn.qkv",
+        "blocks.1.attn.proj",
+    ]
     assert len(p.find(kind="linear", module="blocks.*.attn.qkv")) == 2
     assert len(p.find(kind="linear", skip=["blocks"])) == 1
     assert all(op_kind(n) == "norm" for n in p.find(kind="norm"))

@@ -13,20 +13,30 @@ from tests import models
 
 @pytest.mark.parametrize(
     "text, kind",
-    [("zoo:dit", "zoo"), ("zoo:dit:small", "zoo"), ("a/b.pt2", "pt2"), ("m.ONNX", "onnx"), ("m.pt", "pickle"), ("pkg.mod:make", "factory")],
+    [
+        ("zoo:dit", "zoo"),
+        ("zoo:dit:small", "zoo"),
+        ("a/b.pt2", "pt2"),
+        ("m.ONNX", "onnx"),
+        ("m.pt", "pickle"),
+        ("pkg.mod:make", "factory"),
+    ],
 )
 def test_parse(text, kind):
     assert parse_model_ref(text).kind == kind
 
 
-@pytest.mark.parametrize("text, match", [("model.h5", "unknown model format '.h5'"), ("justaname", "cannot read"), ("zoo:Bad-Name", "bad zoo")])
+@pytest.mark.parametrize(
+    "text, match",
+    [("model.h5", "unknown model format '.h5'"), ("justaname", "cannot read"), ("zoo:Bad-Name", "bad zoo")],
+)
 def test_parse_errors_name_the_accepted_forms(text, match):
     with pytest.raises(ModelRefError, match=match):
         parse_model_ref(text)
 
 
 def test_factory_reference(tmp_path, monkeypatch):
-    (tmp_path / "usermodels.py").write_text(
+    (tmp_path / "refmodels.py").write_text(
         textwrap.dedent(
             """
             import torch
@@ -39,12 +49,12 @@ def test_factory_reference(tmp_path, monkeypatch):
         )
     )
     monkeypatch.chdir(tmp_path)
-    program = load_model("usermodels:make")
+    program = load_model("refmodels:make")
     assert isinstance(program, Program) and program.name == "make"
     with pytest.raises(ModelRefError, match="raised RuntimeError: boom"):
-        load_model("usermodels:broken")
+        load_model("refmodels:broken")
     with pytest.raises(ModelRefError, match="no callable 'NOT_CALLABLE'"):
-        load_model("usermodels:NOT_CALLABLE")
+        load_model("refmodels:NOT_CALLABLE")
     with pytest.raises(ModelRefError, match="cannot import 'nosuchmodule'"):
         load_model("nosuchmodule:make")
 

@@ -1,0 +1,81 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from optkit.errors import ConfigError
+from optkit.quant.numerics import QuantSpec, dequantize, quantize, scale_zero, sqnr_db
+from optkit.quant.observers import Observer
+from optkit.quant.packing import pack_int4, unpack_int4
+from optkit.quant.weights import quantize_gptq, quantize_rtn
+
+
+@given(st.lists(st.integers(-8, 7), min_size=2, max_size=64).filter(lambda v: len(v) % 2 == 0))
+@settings(max_examples=50, deadline=None)
+def test_int4_pack_round_trip_signed(values):
+    q = torch.tensor(values, dtype=torch.int16).reshape(1, -1)
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.numel() == q.numel() // 2
+    assert torch.equal(unpack_int4(packed, signed=True), q)
+
+
+def test_int4_pack_layout_is_onnx_low_nibble_first():
+    assert pack_int4(torch.tensor([[1, 2]])).item() == 0x21
+    assert pack_int4(torch.tensor([[-1, 0]])).item() == 0x0F
+    assert torch.equal(
+        unpack_int4(pack_int4(torch.tensor([[15, 0, 7, 9]])), signed=False),
+        torch.tensor([[15, 0, 7, 9]], dtype=torch.int16),
+    )
+    with pytest.raises(ConfigError, match="even"):
+        pack_int4(torch.zeros(1, 3, dtype=torch.int16))
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantize_error_bounded_by_half_step(bits, symmetric):
+    spec = QuantSpec(bits, symmetric, "tensor")
+    x = torch.linspace(-1.0, 3.0, 1000)
+    scale, zero = scale_zero(x.min(), x.max(), spec)
+    q = quantize(x, scale, zero, spec)
+    assert int(q.min()) >= spec.qmin and int(q.max()) <= spec.qmax
+    assert (dequantize(q, scale, zero) - x).abs().max() <= scale / 2 + 1e-6
+    assert dequantize(quantize(torch.zeros(1), scale, zero, spec), scale, zero).item() == 0.0
+
+
+def test_spec_validation():
+    with pytest.raises(ConfigError, match="bits must be 4 or 8"):
+        QuantSpec(bits=3)
+    with pytest.raises(ConfigError, match="multiple of 8"):
+        QuantSpec(granularity="group", group_size=12)
+
+
+def test_group_size_must_divide_channels():
+    with pytest.raises(ConfigError, match="does not divide the 40 input channels"):
+        quantize_rtn(torch.randn(40, 8), QuantSpec(4, True, "group", 16))
+
+
+def test_observers():
+    x = torch.cat([torch.randn(10000), torch.tensor([50.0])])  # one outlier
+    spec = QuantSpec(8, False, "tensor")
+    ranges = {}
+    for kind in ("minmax", "percentile", "mse"):
+        obs = Observer(kind, percentile=99.9)
+        obs.update(x)
+        ranges[kind] = float(obs.range(spec)[1])
+    assert ranges["minmax"] == 50.0
+    assert ranges["percentile"] < 5.0
+    assert ranges["mse"] < 50.0
+    with pytest.raises(ConfigError, match="NaN or Inf"):
+        Observer(name="blocks.0.fc").update(torch.tensor([1.0, float("nan")]))
+    with pytest.raises(ConfigError, match="observer must be"):
+        Observer("histogram")  # type: ignore[arg-type]
+
+
+def test_gptq_beats_rtn_on_correlated_inputs():
+    torch.manual_seed(0)
+    w = torch.randn(128, 64) * 0.05  # (K, N)
+    x = torch.randn(1024, 16) @ torch.randn(16, 128) + 0.1 * torch.randn(1024, 128)
+    spec = QuantSpec(4, True, "group", 32)
+    rtn = sqnr_db(x @ w, x @ quantize_rtn(w, spec).dequantized())
+    gptq = sqnr_db(x @ w, x @ quantize_gptq(w, 2 * x.t() @ x, spec).dequantized())
+    assert gptq > rtn + 6.0
