@@ -55,7 +55,9 @@ def calibration_batches(
             continue
         seen: list[Batch] = []
 
-        def record(_i: int, _t: torch.Tensor, inputs: Batch, _out: torch.Tensor, seen: list[Batch] = seen) -> None:
+        def record(
+            _i: int, _t: torch.Tensor, inputs: Batch, _out: torch.Tensor, seen: list[Batch] = seen
+        ) -> None:
             seen.append(tuple(t.detach().clone() for t in inputs))
 
         samplers.sample(

@@ -163,8 +163,14 @@ def onnx_translations() -> dict:
     _register_int4_schema()
     int4 = onnxscript.values.Opset(INT4_DOMAIN, 1)
 
+    def act(x, scale, zero):  # type: ignore[no-untyped-def]
+        # Activations leave as uint8 (zero point + 128): the grid is the same, and U8S8 is the
+        # form ONNX Runtime's QDQ fusions handle everywhere (its int8 path breaks around Gemm).
+        zero_u8 = op.Cast(op.Add(op.Cast(zero, to=1), op.Constant(value_float=128.0)), to=2)
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_u8), scale, zero_u8)
+
     def t_linear_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, w_colsum, bias):  # type: ignore[no-untyped-def]
-        xd = op.DequantizeLinear(op.QuantizeLinear(x, x_scale, x_zero), x_scale, x_zero)
+        xd = act(x, x_scale, x_zero)
         wd = op.DequantizeLinear(w_q, w_scale, w_zero, axis=1)
         return op.Add(op.MatMul(xd, wd), bias)
 
@@ -182,13 +188,13 @@ def onnx_translations() -> dict:
         return op.Add(op.MatMul(x, wd), bias)
 
     def t_conv2d_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, bias, stride, padding, dilation, groups: int):  # type: ignore[no-untyped-def]
-        xd = op.DequantizeLinear(op.QuantizeLinear(x, x_scale, x_zero), x_scale, x_zero)
+        xd = act(x, x_scale, x_zero)
         wd = op.DequantizeLinear(w_q, w_scale, w_zero, axis=0)
         pads = list(padding) + list(padding)
         return op.Conv(xd, wd, bias, strides=list(stride), pads=pads, dilations=list(dilation), group=groups)
 
     def t_act_qdq(x, scale, zero):  # type: ignore[no-untyped-def]
-        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero), scale, zero)
+        return act(x, scale, zero)
 
     return {
         torch.ops.optkit.linear_w8a8.default: t_linear_w8a8,

@@ -8,6 +8,7 @@ leave the float weight for `dce` to drop.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,7 @@ def find_sites(program: Program, skip: tuple[str, ...] = ()) -> tuple[list[Quant
         if name not in _LINEAR | _CONV:
             continue
         path = module_path(node) or node.name
-        if any(path == s or path.startswith(s + ".") or re.fullmatch(s, path) for s in skip):
+        if any(path == s or path.startswith(s + ".") or fnmatch.fnmatchcase(path, s) for s in skip):
             skipped.append((path, "skipped by configuration"))
             continue
         weight = _attr(gm, node.args[1])

@@ -1,0 +1,203 @@
+"""Apply a quantization plan to a Program: the shared core of the `ptq` and `sensitivity` passes.
+
+A plan gives each site a `LayerPlan` (weight bits and granularity, activation bits). Activation
+statistics and GPTQ Hessians come from calibration runs of the float Program. Kernels:
+
+| weights | activations | kernel |
+|---|---|---|
+| int8 per-channel / per-tensor | int8 | `linear_w8a8`: int8 x int8 -> int32 GEMM |
+| int4 or int8 group-wise | int8 | `act_qdq` + `linear_wq` (activations on the int8 grid, W4A8) |
+| any | 16 (float) | `linear_wq` (weight-only, W4A16 / W8A16) |
+| conv, int8 per-channel | int8 | `conv2d_w8a8` (int4 conv weights are stored as int8) |
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from optkit.ir.program import Program
+from optkit.quant.calibration import Batch, watch_inputs
+from optkit.quant.numerics import QuantSpec, scale_zero
+from optkit.quant.observers import Observer, ObserverKind
+from optkit.quant.sites import QuantSite, add_buffer, replace_site
+from optkit.quant.weights import pack_weight, quantize_gptq, quantize_rtn
+
+log = logging.getLogger(__name__)
+
+ACT_SPEC = QuantSpec(8, symmetric=False, granularity="tensor")
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """Precision of one layer: weight spec and activation bits (16 = float activations)."""
+
+    weight: QuantSpec
+    abits: int = 8
+
+    def label(self) -> str:
+        grain = {"tensor": "t", "channel": "c", "group": f"g{self.weight.group_size}"}[
+            self.weight.granularity
+        ]
+        return f"w{self.weight.bits}{grain}a{self.abits}"
+
+
+@dataclass
+class ActStats:
+    """What calibration saw at a layer's input: an observer and per-channel abs-max."""
+
+    observer: Observer
+    channel_absmax: torch.Tensor | None = None
+
+
+def collect_act_stats(
+    program: Program,
+    sites: Sequence[QuantSite],
+    batches: Sequence[Batch],
+    observer: ObserverKind,
+    percentile: float,
+) -> dict[str, ActStats]:
+    """Run calibration batches and record each site's input statistics, keyed by node name."""
+    stats = {s.node.name: ActStats(Observer(observer, percentile, s.path)) for s in sites}
+    channel_dim = {s.node.name: (-1 if s.kind == "linear" else 1) for s in sites}
+
+    def watcher(name: str):  # type: ignore[no-untyped-def]
+        def fn(x: torch.Tensor) -> None:
+            st = stats[name]
+            st.observer.update(x)
+            dim = channel_dim[name] % x.dim()
+            amax = x.detach().abs().transpose(0, dim).reshape(x.shape[dim], -1).amax(1)
+            st.channel_absmax = amax if st.channel_absmax is None else torch.maximum(st.channel_absmax, amax)
+
+        return fn
+
+    watch_inputs(program, batches, {name: watcher(name) for name in stats})
+    return stats
+
+
+def collect_hessians(
+    program: Program, sites: Sequence[QuantSite], batches: Sequence[Batch]
+) -> dict[str, torch.Tensor]:
+    """H = 2 X^T X of each linear site's inputs, keyed by node name (GPTQ)."""
+    acc = {
+        s.node.name: torch.zeros(s.in_features, s.in_features, dtype=torch.float64)
+        for s in sites
+        if s.kind == "linear"
+    }
+
+    def add(name: str):  # type: ignore[no-untyped-def]
+        def fn(x: torch.Tensor) -> None:
+            x2 = x.reshape(-1, x.shape[-1]).double()
+            acc[name] += 2.0 * x2.t() @ x2
+
+        return fn
+
+    watch_inputs(program, batches, {name: add(name) for name in acc})
+    return acc
+
+
+def quantize_site(
+    program: Program,
+    site: QuantSite,
+    plan: LayerPlan,
+    stats: ActStats | None,
+    hessian: torch.Tensor | None = None,
+    weight_kn: torch.Tensor | None = None,
+) -> int:
+    """Rewrite one site to its quantized kernel; returns the bytes of the stored weight tensors.
+
+    `weight_kn` overrides the site's weight (after SmoothQuant rebalancing).
+    """
+    w_kn = (
+        weight_kn if weight_kn is not None else (site.weight.t().float() if site.kind == "linear" else None)
+    )
+    bias = site.bias if site.bias is not None else torch.zeros(site.weight.shape[0])
+    if site.kind == "conv":
+        return _quantize_conv(program, site, stats, bias)
+    assert w_kn is not None
+    spec = plan.weight
+    if spec.granularity == "group" and w_kn.shape[0] % spec.group_size:
+        spec = QuantSpec(spec.bits, spec.symmetric, "channel")  # group does not divide K: per-channel
+    use_int_gemm = plan.abits == 8 and spec.bits == 8 and spec.symmetric and spec.granularity != "group"
+    qw = (
+        quantize_gptq(w_kn, hessian, spec)
+        if hessian is not None and spec.granularity != "tensor"
+        else quantize_rtn(w_kn, spec)
+    )
+    x_scale, x_zero = _act_qparams(stats) if plan.abits == 8 else (None, None)
+    if use_int_gemm:
+        w_q = qw.q.to(torch.int8)
+        tensors = {
+            "x_scale": x_scale,
+            "x_zero": x_zero,
+            "w_q": w_q,
+            "w_scale": qw.scale.reshape(-1).float(),
+            "w_zero": torch.zeros(w_q.shape[1], dtype=torch.int8),
+            "w_colsum": w_q.sum(0, dtype=torch.int32),
+            "bias": bias,
+        }
+        replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
+        return w_q.numel() + qw.scale.numel() * 4
+    if plan.abits == 8:
+        _insert_act_qdq(program, site, x_scale, x_zero)
+    group = spec.group_size if spec.granularity == "group" else w_kn.shape[0]
+    if spec.granularity == "tensor":
+        qw.scale, qw.zero = (
+            qw.scale.expand(1, w_kn.shape[1]).clone(),
+            qw.zero.expand(1, w_kn.shape[1]).clone(),
+        )
+    buffers = pack_weight(qw)
+    replace_site(
+        program,
+        site,
+        torch.ops.optkit.linear_wq.default,
+        {**buffers, "bias": bias},
+        (spec.bits, group, spec.symmetric),
+    )
+    return sum(t.numel() * t.element_size() for t in buffers.values())
+
+
+def _act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if stats is None:
+        raise ValueError("activation quantization needs calibration statistics")
+    scale, zero = stats.observer.qparams(ACT_SPEC)
+    # The kernels use the int8 grid: shift the unsigned zero point by 128.
+    return scale.reshape(()).float(), (zero.reshape(()) - 128).to(torch.int8)
+
+
+def _insert_act_qdq(program: Program, site: QuantSite, scale: torch.Tensor, zero: torch.Tensor) -> None:
+    gm = program.graph_module
+    graph = gm.graph
+    x = site.node.args[0]
+    with graph.inserting_before(site.node):
+        s = graph.get_attr(add_buffer(gm, site.path, "x_scale", scale))
+        z = graph.get_attr(add_buffer(gm, site.path, "x_zero", zero))
+        q = graph.call_function(torch.ops.optkit.act_qdq.default, (x, s, z))
+    q.meta = dict(site.node.meta)
+    if isinstance(x, torch.fx.Node) and "val" in x.meta:
+        q.meta["val"] = x.meta["val"]
+    site.node.args = (q, *site.node.args[1:])
+
+
+def _quantize_conv(program: Program, site: QuantSite, stats: ActStats | None, bias: torch.Tensor) -> int:
+    w = site.weight.float()  # (Cout, Cin/g, kh, kw)
+    amax = w.abs().reshape(w.shape[0], -1).amax(1)
+    spec = QuantSpec(8, True, "channel")
+    w_scale, _ = scale_zero(-amax, amax, spec)
+    w_q = torch.clamp(torch.round(w / w_scale.reshape(-1, 1, 1, 1)), -128, 127).to(torch.int8)
+    x_scale, x_zero = _act_qparams(stats)
+    conv = site.conv_args or {}
+    tensors = {
+        "x_scale": x_scale,
+        "x_zero": x_zero,
+        "w_q": w_q,
+        "w_scale": w_scale.float(),
+        "w_zero": torch.zeros(w.shape[0], dtype=torch.int8),
+        "bias": bias,
+    }
+    extra = (conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+    replace_site(program, site, torch.ops.optkit.conv2d_w8a8.default, tensors, extra)
+    return w_q.numel() + w_scale.numel() * 4

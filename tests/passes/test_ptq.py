@@ -1,0 +1,135 @@
+import pytest
+import torch
+
+from optkit.errors import ConfigError, PassError
+from optkit.ir.onnx_io import export_onnx
+from optkit.pipeline import PassManager, build_passes
+from optkit.quant.numerics import sqnr_db
+
+
+def run(program, passes=("ptq", "dce"), **opts):
+    return PassManager(build_passes(list(passes), {"ptq": opts})).run(program)
+
+
+def test_w8a8_uses_int8_gemm_and_conv_kernels(transformer_program, conv_program):
+    t = run(transformer_program).program
+    assert t.op_counts()["linear_w8a8"] == 5
+    c = run(conv_program).program
+    assert c.op_counts()["conv2d_w8a8"] == 2 and c.op_counts()["linear_w8a8"] == 1
+    assert t.annotations.precision["out"] == "w8ca8"
+    int8 = [b for n, b in t.graph_module.named_buffers() if n.endswith("w_q")]
+    assert len(int8) == 5 and all(b.dtype == torch.int8 for b in int8)
+
+
+def test_precisions_order_by_sqnr(transformer_program):
+    reference = transformer_program.run()
+    w8a8 = sqnr_db(reference, run(transformer_program).program.run())
+    w4a8 = sqnr_db(
+        reference, run(transformer_program, wbits=4, granularity="group", group_size=16).program.run()
+    )
+    w4a16 = sqnr_db(
+        reference,
+        run(transformer_program, wbits=4, abits=16, granularity="group", group_size=16).program.run(),
+    )
+    assert w8a8 > 30.0
+    assert w8a8 > w4a16 >= w4a8 - 0.5
+    assert w4a8 > 12.0
+
+
+def test_w4a8_structure(transformer_program):
+    ops = run(transformer_program, wbits=4, granularity="group", group_size=16).program.op_counts()
+    assert ops["linear_wq"] == 5 and ops["act_qdq"] == 5
+
+
+@pytest.mark.parametrize("observer", ["minmax", "percentile", "mse"])
+def test_observers_all_work(transformer_program, observer):
+    out = run(transformer_program, observer=observer).program.run()
+    assert sqnr_db(transformer_program.run(), out) > 25.0
+
+
+def test_smoothquant_inserts_scaling_and_keeps_function(transformer_program):
+    result = run(transformer_program, smoothquant=0.5, smooth_threshold=0.0)
+    assert result.records[0].figures["layers_smoothed"].value == 5
+    assert result.program.op_counts()["mul"] >= 5
+    assert sqnr_db(transformer_program.run(), result.program.run()) > 15.0
+
+
+def test_smoothquant_helps_when_activations_have_outlier_channels():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64))
+    x = torch.randn(32, 64)
+    x[:, 3] *= 60.0  # an outlier channel, as in LLM and DiT activations
+    program = capture(model, (x,))
+    reference = program.run()
+    plain = sqnr_db(reference, run(program, observer="minmax").program.run())
+    smooth = sqnr_db(reference, run(program, observer="minmax", smoothquant=0.5).program.run())
+    assert smooth > plain + 3.0
+
+
+def test_mixed_precision_meets_budget_and_reports_allocation(transformer_program):
+    result = run(transformer_program, average_bits=6.0, min_sqnr_db=5.0)
+    figures = result.records[0].figures
+    assert figures["average_weight_bits"].value <= 6.0
+    assert "blocks.0" in figures["mixed_precision"].value
+    labels = set(result.program.annotations.precision.values())
+    assert labels <= {"w4ca8", "w8ca8"} and "w4ca8" in labels
+
+
+def test_time_embedding_modules_stay_float():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+
+    class Denoiser(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.t_embedder = nn.Linear(1, 16)
+            self.body = nn.Linear(16, 16)
+
+        def forward(self, x, t):
+            return self.body(x + self.t_embedder(t[:, None]))
+
+    program = capture(Denoiser(), (torch.randn(4, 16), torch.rand(4)))
+    result = run(program)
+    assert "t_embedder" not in result.program.annotations.precision
+    assert "t_embedder: skipped by configuration" in result.records[0].figures["kept_float"].value
+
+
+def test_onnx_runs_quantized_program(tmp_path, conv_program, transformer_program):
+    for program in (conv_program, transformer_program):
+        q = run(program).program
+        assert export_onnx(q, tmp_path / "q.onnx")["max_abs_error"] < 1e-3
+
+
+def test_sqnr_floor_is_enforced(transformer_program):
+    with pytest.raises(PassError, match="below its 60 dB floor"):
+        run(transformer_program, wbits=4, granularity="group", group_size=16, min_sqnr_db=60.0)
+
+
+def test_nan_in_calibration_is_an_error(transformer_program):
+    transformer_program.example_inputs[0][0, 0, 0] = float("nan")
+    with pytest.raises(PassError, match="NaN or Inf"):
+        run(transformer_program)
+
+
+@pytest.mark.parametrize(
+    "opts, match",
+    [
+        ({"wbits": 2}, "wbits must be one of 4, 8"),
+        ({"average_bits": 9.0}, "average_bits must be 0"),
+        ({"smoothquant": 1.5}, "smoothquant"),
+        ({"calibration": "random"}, "calibration must be one of"),
+    ],
+)
+def test_bad_config(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        build_passes(["ptq"], {"ptq": opts})
+
+
+def test_step_calibration_needs_a_sampler(transformer_program):
+    with pytest.raises(PassError, match="needs a diffusion model driven by a zoo sampler"):
+        run(transformer_program, calibration="single-step")
