@@ -21,7 +21,7 @@ from optkit.ir.program import Program
 from optkit.ir.refs import load_model, load_program_ref
 from optkit.ir.serialize import save_program
 from optkit.pipeline import PassManager, PipelineResult, build_passes
-from optkit.report import Report, Table, bar_plot
+from optkit.report import Report, Table, bar_plot, heatmap_plot
 from optkit.timing import latency_ms
 
 log = logging.getLogger(__name__)
@@ -65,16 +65,63 @@ def analyze_file(
     trust_pickle: bool = False,
     block_pattern: str | None = None,
     overwrite: bool = False,
+    sensitivity: Mapping[str, Any] | None = None,
 ) -> Report:
-    """Analyze the model at `ref`; with `output`, write the report and a FLOPs-per-block plot there."""
+    """Analyze the model at `ref`; with `output`, write the report and plots there.
+
+    With `sensitivity` (options of the `sensitivity` pass), add the SQNR sensitivity ranking
+    and, in `output`, its block x timestep heatmap.
+    """
     model = load_model(ref, trust_pickle=trust_pickle)
+    if sensitivity is not None and isinstance(model, Program):
+        model = optimize(model, ["sensitivity"], {"sensitivity": sensitivity}).program
+    elif sensitivity is not None:
+        raise ConfigError("sensitivity analysis needs a PyTorch graph, not an ONNX model")
     report = analyze(model, block_pattern)
+    if isinstance(model, Program):
+        _sensitivity_tables(model, report)
     if output is not None:
         with atomic_dir(output, overwrite) as tmp:
             if isinstance(model, Program):
                 _flops_plot(tmp / "flops_per_block.png", model, block_pattern, report)
+                _annotation_plots(tmp, model, report)
             report.write(tmp)
     return report
+
+
+def _sensitivity_tables(program: Program, report: Report) -> None:
+    data = program.annotations.figures.get("sensitivity")
+    if not data:
+        return
+    what = f"W{data['wbits']}A{data['abits']}"
+    for key, title in (("layers", "layer"), ("blocks", "block")):
+        if key in data:
+            rows = [[name, value] for name, value in data[key]]
+            report.tables.append(
+                Table(
+                    f"SQNR sensitivity per {title} at {what} (most sensitive first)",
+                    [title, "output SQNR"],
+                    rows,
+                    {"output SQNR": "dB"},
+                )
+            )
+
+
+def _annotation_plots(directory: Path, program: Program, report: Report) -> None:
+    """Plots of what passes recorded: the sensitivity heatmap (blocks x sampler steps)."""
+    data = program.annotations.figures.get("sensitivity")
+    if data and data.get("block_steps"):
+        rows = list(data["block_steps"])
+        steps = len(next(iter(data["block_steps"].values())))
+        heatmap_plot(
+            directory / "sensitivity_heatmap.png",
+            rows,
+            [str(i) for i in range(steps)],
+            [data["block_steps"][r] for r in rows],
+            f"Output SQNR with one block at W{data['wbits']}A{data['abits']} (per sampler step)",
+            "SQNR (dB)",
+        )
+        report.plots["SQNR sensitivity: blocks x sampler steps"] = "sensitivity_heatmap.png"
 
 
 def optimize_file(
@@ -119,6 +166,7 @@ def optimize_file(
         say("latency")
         _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats)
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
+        _annotation_plots(tmp, optimized, report)
         report.write(tmp)
     return report
 

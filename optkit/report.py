@@ -180,3 +180,34 @@ def bar_plot(path: str | Path, labels: list[str], values: list[float], title: st
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return path
+
+
+def heatmap_plot(
+    path: str | Path, rows: list[str], columns: list[str], values: list[list[float]], title: str, label: str
+) -> Path:
+    """A heatmap PNG (rows x columns), e.g. blocks x sampler steps, written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    path = Path(path)
+    data = np.array(values, dtype=float)
+    finite = data[np.isfinite(data)]
+    cap = float(finite.max()) if finite.size else 1.0
+    data = np.where(np.isfinite(data), data, cap)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.4 * len(columns) + 3), max(3.0, 0.3 * len(rows) + 1.5)))
+    image = ax.imshow(data, aspect="auto", cmap="viridis")
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels(rows, fontsize=8)
+    step = max(1, len(columns) // 20)
+    ax.set_xticks(range(0, len(columns), step))
+    ax.set_xticklabels(columns[::step], fontsize=8)
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, label=label)
+    fig.tight_layout()
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path

@@ -141,10 +141,25 @@ def optimize(
 @cli.command()
 @click.argument("model")
 @click.option(
-    "-o", "--output", type=click.Path(path_type=Path), default=None, help="Write report and plot here."
+    "-o", "--output", type=click.Path(path_type=Path), default=None, help="Write report and plots here."
 )
 @click.option(
     "--blocks", "block_pattern", default=None, help="Regex for block module paths (default: automatic)."
+)
+@click.option(
+    "--sensitivity", is_flag=True, help="Add SQNR sensitivity per layer and block (and per sampler step)."
+)
+@click.option(
+    "--wbits", type=click.Choice(["4", "8"]), default="8", show_default=True, help="Weight bits probed."
+)
+@click.option(
+    "--abits", type=click.Choice(["8", "16"]), default="8", show_default=True, help="Activation bits probed."
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["example", "single-step", "all-steps"]),
+    default=None,
+    help="Inputs for sensitivity (default: all-steps for zoo diffusion models, else example).",
 )
 @options.overwrite
 @options.trust_pickle
@@ -154,16 +169,35 @@ def analyze(
     model: str,
     output: Path | None,
     block_pattern: str | None,
+    sensitivity: bool,
+    wbits: str,
+    abits: str,
+    calibration: str | None,
     overwrite: bool,
     trust_pickle: bool,
 ) -> None:
     """Summarize MODEL: FLOPs, bytes and parameters per block, op counts (also .onnx files)."""
     from optkit.api import analyze_file
 
+    probe: dict[str, Any] | None = None
+    if sensitivity:
+        probe = {"wbits": int(wbits), "abits": int(abits)}
+        if calibration:
+            probe["calibration"] = calibration
+        elif model.startswith("zoo:"):
+            from optkit.zoo.registry import get_model
+
+            if get_model(model.split(":")[1]).sampler:
+                probe["calibration"] = "all-steps"
     with _steps(ctx, f"analyze {model}") as step:
-        step("capture")
+        step("capture" + (" + sensitivity" if sensitivity else ""))
         report = analyze_file(
-            model, output, trust_pickle=trust_pickle, block_pattern=block_pattern, overwrite=overwrite
+            model,
+            output,
+            trust_pickle=trust_pickle,
+            block_pattern=block_pattern,
+            overwrite=overwrite,
+            sensitivity=probe,
         )
     if ctx.obj["json"]:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

@@ -127,7 +127,7 @@ def quantize_site(
         if hessian is not None and spec.granularity != "tensor"
         else quantize_rtn(w_kn, spec)
     )
-    x_scale, x_zero = _act_qparams(stats) if plan.abits == 8 else (None, None)
+    x_scale, x_zero = act_qparams(stats) if plan.abits == 8 else (None, None)
     if use_int_gemm:
         w_q = qw.q.to(torch.int8)
         tensors = {
@@ -160,7 +160,7 @@ def quantize_site(
     return sum(t.numel() * t.element_size() for t in buffers.values())
 
 
-def _act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
+def act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
     if stats is None:
         raise ValueError("activation quantization needs calibration statistics")
     scale, zero = stats.observer.qparams(ACT_SPEC)
@@ -188,7 +188,7 @@ def _quantize_conv(program: Program, site: QuantSite, stats: ActStats | None, bi
     spec = QuantSpec(8, True, "channel")
     w_scale, _ = scale_zero(-amax, amax, spec)
     w_q = torch.clamp(torch.round(w / w_scale.reshape(-1, 1, 1, 1)), -128, 127).to(torch.int8)
-    x_scale, x_zero = _act_qparams(stats)
+    x_scale, x_zero = act_qparams(stats)
     conv = site.conv_args or {}
     tensors = {
         "x_scale": x_scale,

@@ -197,3 +197,19 @@ def test_real_subprocess(user_models):
     )
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines() == ["optkit: error: no such file: nothere.pt2"]
+
+
+def test_analyze_sensitivity_writes_ranking_and_heatmap(user_models):
+    result = run("analyze", "usermodels:net", "--sensitivity", "--wbits", "4", "-o", "sens")
+    assert result.exit_code == 0, result.output
+    assert "SQNR sensitivity per block at W4A8" in result.output
+    assert (user_models / "sens" / "sensitivity_heatmap.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_optimize_with_ptq_reports_weight_bytes(user_models):
+    result = run("--json", "optimize", "usermodels:net", "--passes", "ptq,dce", "-o", "q", "--repeats", "2")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    passes = next(t for t in data["tables"] if t["title"] == "Passes")
+    assert passes["rows"][0][0] == "ptq" and "weight_bytes_after" in passes["rows"][0][4]
+    assert data["figures"]["ONNX Runtime max abs error vs optimized"]["value"] < 1e-2
