@@ -268,6 +268,26 @@ class Program:
         return g
 
 
+def remove_unused_attributes(gm: fx.GraphModule) -> int:
+    """Delete parameters and buffers that no `get_attr` node reads; return the bytes freed."""
+    used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}
+    freed = 0
+    named = list(gm.named_parameters(remove_duplicate=False)) + list(gm.named_buffers(remove_duplicate=False))
+    for name, tensor in named:
+        if name in used:
+            continue
+        owner_path, _, attr = name.rpartition(".")
+        owner = gm.get_submodule(owner_path) if owner_path else gm
+        if attr in owner._parameters:
+            del owner._parameters[attr]
+        elif attr in owner._buffers:
+            del owner._buffers[attr]
+        else:
+            continue
+        freed += tensor.numel() * tensor.element_size()
+    return freed
+
+
 def _reaches_matmul(node: fx.Node, depth: int = 4) -> bool:
     # Walk a few ops back (scale, mask add, ...) looking for the Q @ K^T product.
     frontier = [node]

@@ -15,8 +15,7 @@ import torch
 import torch.fx as fx
 
 from optkit.errors import ConfigError
-from optkit.ir.program import Program
-from optkit.passes.dce import remove_unused_attributes
+from optkit.ir.program import Program, remove_unused_attributes
 
 
 def _flatten_codegen(gm: fx.GraphModule) -> None:
