@@ -59,7 +59,7 @@ def cut_to_inputs(program: Program, names: Sequence[str], example_values: Sequen
     _flatten_codegen(gm)
     graph = gm.graph
     last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
-    for node, value in zip(_nodes_by_name(new, names), example_values, strict=True):
+    for node in _nodes_by_name(new, names):
         with graph.inserting_after(last_placeholder):
             ph = graph.placeholder(f"cached_{node.name}")
         ph.meta = {k: v for k, v in node.meta.items() if k in ("val", "tensor_meta")}
