@@ -163,6 +163,7 @@ def optimize_file(
             figures = export_onnx(optimized, tmp / "model.onnx")
             report.add("model.onnx size", figures["onnx_bytes"], "bytes")
             report.add("ONNX Runtime max abs error vs optimized", figures["max_abs_error"])
+            report.add("output max abs value (scale of that error)", figures["output_abs_max"])
         say("latency")
         _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats)
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)

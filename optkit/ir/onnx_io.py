@@ -72,6 +72,9 @@ def export_onnx(
                 (float(np.max(np.abs(g - e.detach().numpy()))) if e.numel() else 0.0)
                 for g, e in zip(got, expected, strict=True)
             )
+            # Context for the error: an all-zero output (e.g. an untrained zero-initialized head)
+            # would make any export look exact.
+            figures["output_abs_max"] = max((float(e.abs().max()) if e.numel() else 0.0) for e in expected)
     return figures
 
 
