@@ -1,0 +1,47 @@
+"""Block caching for diffusion sampling (Wimbauer et al., "Cache Me if You Can", CVPR 2024).
+
+`profile` measures how much each block's output changes between sampler steps, `schedule`
+turns that into per-block recompute/reuse flags (the paper's threshold policy and baselines),
+`alignment` fits the per-channel scale-shift of reused values, `variants` builds the step
+Programs in which reused blocks are cut out, and `runner` drives the zoo's samplers through them.
+"""
+
+from optkit.caching.alignment import ScaleShift, fit_alignment, fit_scale_shift
+from optkit.caching.profile import ChangeProfile, block_change_profile
+from optkit.caching.runner import SAMPLERS, CachedSampler, cached_sample, uncached_sample
+from optkit.caching.schedule import (
+    POLICIES,
+    CacheSchedule,
+    budget_schedule,
+    fewer_steps_schedule,
+    first_block_budget_schedule,
+    first_block_schedule,
+    threshold_schedule,
+    uniform_schedule,
+)
+from optkit.caching.variants import CacheUnit, StepVariant, cache_units, residual_form, step_variant
+
+__all__ = [
+    "POLICIES",
+    "SAMPLERS",
+    "CacheSchedule",
+    "CacheUnit",
+    "CachedSampler",
+    "ChangeProfile",
+    "ScaleShift",
+    "StepVariant",
+    "block_change_profile",
+    "budget_schedule",
+    "cache_units",
+    "cached_sample",
+    "fewer_steps_schedule",
+    "first_block_budget_schedule",
+    "first_block_schedule",
+    "fit_alignment",
+    "fit_scale_shift",
+    "residual_form",
+    "step_variant",
+    "threshold_schedule",
+    "uncached_sample",
+    "uniform_schedule",
+]

@@ -1,0 +1,264 @@
+"""The cached sampler runner: drives the zoo's samplers through the step variants of a schedule.
+
+Block Caching (Wimbauer et al., CVPR 2024) at inference: at every sampler step each block either
+recomputes (and, when a later step will reuse it, writes its value to the cache) or reuses the
+cached value after scale-shift alignment. `CachedSampler.denoiser` is the callable the zoo's
+`sample` calls: it finds the step, picks the step variant (a Program, see `variants.py`), feeds
+it the cached values and stores the values it returns.
+
+Steps and classifier-free guidance: the captured Program has the static batch B of its example
+inputs. The denoiser accepts any batch that is a multiple of B and runs it in chunks of B; the
+sampler's step is found from the timestep (a new `t` starts a new step), so a sampler that
+doubles the batch for CFG (cond and uncond stacked) and one that calls the denoiser twice per
+step both work. Each (call within the step, chunk) is a separate *lane* with its own cache, so
+the conditional and unconditional branches never share cached values.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from optkit.caching.alignment import ScaleShift, alignment_from_data
+from optkit.caching.schedule import CacheSchedule, uniform_schedule
+from optkit.caching.variants import CacheUnit, StepVariant, cache_units, residual_form, step_variant
+from optkit.errors import ConfigError, OptkitError
+from optkit.ir.onnx_io import flat_outputs
+from optkit.ir.program import Program
+
+log = logging.getLogger(__name__)
+
+SAMPLERS = ("ddim", "dpm++2m", "flow-euler")
+SampleFn = Callable[..., torch.Tensor]
+Lane = tuple[int, int]
+
+
+def check_sampler(name: str) -> str:
+    """Return `name` if it is a zoo sampler the cache pass knows, else raise `ConfigError`."""
+    if name not in SAMPLERS:
+        raise ConfigError(f"unknown sampler {name!r}; the cache pass knows {', '.join(SAMPLERS)}")
+    return name
+
+
+def zoo_sample(*args: Any, **kwargs: Any) -> torch.Tensor:
+    """`optkit.zoo.samplers.sample` (imported on first use)."""
+    from optkit.zoo.samplers import sample
+
+    return sample(*args, **kwargs)
+
+
+class CachedSampler:
+    """Runs a Program as a block-cached denoiser following `schedule`.
+
+    `units` are the cache units (see `cache_units`) named by the schedule; `alignment` maps
+    (block path, step) to the scale-shift of each cached tensor. With `record=True` every step
+    recomputes and returns every unit's cached value, which `values` keeps per lane and step
+    (the change profile uses this). `evaluations` counts the block evaluations of the last run.
+    """
+
+    def __init__(
+        self,
+        program: Program,
+        schedule: CacheSchedule,
+        units: Sequence[CacheUnit],
+        alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
+        record: bool = False,
+    ) -> None:
+        by_path = {u.path: u for u in units}
+        missing = [p for p in schedule.blocks if p not in by_path]
+        if missing:
+            raise ConfigError(f"schedule names blocks {missing} that {program.name} does not have")
+        self.program = program
+        self.schedule = schedule
+        self.units = [by_path[p] for p in schedule.blocks]
+        self.alignment = dict(alignment or {})
+        self.record = record
+        self.batch = int(program.example_inputs[0].shape[0])
+        self._residual = residual_form(program, self.units)
+        self._variants: dict[tuple[tuple[str, ...], tuple[str, ...]], StepVariant] = {}
+        self.values: dict[Lane, list[dict[str, list[torch.Tensor]]]] = {}
+        self.reset()
+
+    # -- plan ------------------------------------------------------------------------------
+    def plan(self, step: int) -> tuple[list[CacheUnit], list[CacheUnit]]:
+        """The units reused at `step` and the units whose cache `step` must fill."""
+        if self.record:
+            return [], list(self.units)
+        flags = self.schedule.recompute
+        last = step + 1 >= self.schedule.steps
+        reuse = [u for u in self.units if not flags[u.path][step]]
+        fill = [u for u in self.units if flags[u.path][step] and not last and not flags[u.path][step + 1]]
+        return reuse, fill
+
+    def variant(self, step: int) -> StepVariant:
+        """The step variant for `step` (built once per distinct reuse/fill pattern)."""
+        reuse, fill = self.plan(step)
+        key = (tuple(u.path for u in reuse), tuple(u.path for u in fill))
+        if key not in self._variants:
+            self._variants[key] = step_variant(self.program, reuse, fill, residual=self._residual)
+        return self._variants[key]
+
+    def variants(self) -> list[StepVariant]:
+        """Every variant the schedule uses, in order of first use."""
+        for step in range(self.schedule.steps):
+            self.variant(step)
+        return list(self._variants.values())
+
+    # -- run -------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Forget the cache and the step counter (called before every sampling run)."""
+        self._step = -1
+        self._call = 0
+        self._last_t: torch.Tensor | None = None
+        self._cache: dict[Lane, dict[str, list[torch.Tensor]]] = {}
+        self.values = {}
+        self.evaluations = 0
+
+    def _advance(self, t: torch.Tensor) -> int:
+        if self._last_t is not None and torch.equal(t, self._last_t):
+            self._call += 1
+        else:
+            self._step, self._call, self._last_t = self._step + 1, 0, t.clone()
+        if self._step >= self.schedule.steps:
+            raise OptkitError(
+                f"the sampler made more than the schedule's {self.schedule.steps} steps; "
+                "sample with steps equal to the schedule's"
+            )
+        return self._step
+
+    def denoiser(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        """The denoiser callable for the zoo's `sample`: `(x, t, *cond) -> prediction`."""
+        if x.shape[0] % self.batch:
+            raise ConfigError(
+                f"batch {x.shape[0]} is not a multiple of the captured batch {self.batch} of {self.program.name}"
+            )
+        step = self._advance(t[: self.batch])
+        variant = self.variant(step)
+        outs = []
+        for chunk, start in enumerate(range(0, x.shape[0], self.batch)):
+            part = slice(start, start + self.batch)
+            lane = (self._call, chunk)
+            cache = self._cache.setdefault(lane, {})
+            cached: list[torch.Tensor] = []
+            for unit in variant.reuse:
+                fits = self.alignment.get((unit.path, step))
+                values = cache[unit.path]
+                if fits:
+                    cached.extend(f.apply(v) for f, v in zip(fits, values, strict=True))
+                else:
+                    cached.extend(values)
+            with torch.no_grad():
+                result = flat_outputs(
+                    variant.program.graph_module(x[part], t[part], *(c[part] for c in cond), *cached)
+                )
+            outs.append(result[0])
+            filled = iter(result[1:])
+            for unit in variant.fill:
+                cache[unit.path] = [next(filled) for _ in unit.cached]
+            if self.record:
+                per_step = self.values.setdefault(lane, [])
+                per_step.append({u.path: cache[u.path] for u in variant.fill})
+        self.evaluations += len(self.units) - len(variant.reuse)
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def sample(
+        self,
+        shape: Sequence[int],
+        *,
+        sampler: str,
+        seed: int,
+        cond: tuple[torch.Tensor, ...] = (),
+        uncond: tuple[torch.Tensor, ...] | None = None,
+        guidance_scale: float = 1.0,
+        sample_fn: SampleFn | None = None,
+    ) -> torch.Tensor:
+        """One cached sampling run of `schedule.steps` steps with the zoo sampler `sampler`."""
+        check_sampler(sampler)
+        self.reset()
+        fn = sample_fn or zoo_sample
+        return fn(
+            self.denoiser,
+            tuple(shape),
+            sampler=sampler,
+            steps=self.schedule.steps,
+            seed=seed,
+            cond=cond,
+            uncond=uncond,
+            guidance_scale=guidance_scale,
+        )
+
+
+def uncached_sample(
+    program: Program,
+    shape: Sequence[int],
+    *,
+    sampler: str,
+    steps: int,
+    seed: int,
+    cond: tuple[torch.Tensor, ...] = (),
+    uncond: tuple[torch.Tensor, ...] | None = None,
+    guidance_scale: float = 1.0,
+    sample_fn: SampleFn | None = None,
+) -> torch.Tensor:
+    """The reference: the zoo sampler driving `program.run` in chunks of its captured batch."""
+    runner = CachedSampler(program, uniform_schedule([], steps, 1), [])
+    return runner.sample(
+        shape,
+        sampler=sampler,
+        seed=seed,
+        cond=cond,
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+        sample_fn=sample_fn,
+    )
+
+
+def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
+    """Run `fn` once; return its result and wall-clock seconds."""
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def cached_sample(
+    program: Program,
+    schedule: CacheSchedule | None = None,
+    *,
+    seed: int = 0,
+    shape: Sequence[int] | None = None,
+    cond: tuple[torch.Tensor, ...] | None = None,
+    uncond: tuple[torch.Tensor, ...] | None = None,
+    guidance_scale: float = 1.0,
+    sampler: str | None = None,
+    alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
+    sample_fn: SampleFn | None = None,
+) -> torch.Tensor:
+    """Sample from `program` with block caching.
+
+    Without `schedule`, the schedule, the alignment and the cache settings the `cache` pass
+    recorded in `program.annotations` are used (a ConfigError says so when there are none).
+    `shape` and `cond` default to the Program's example inputs (`x, t, *cond`), `sampler` to
+    the pass's or `program.meta["sampler"]`.
+    """
+    data = program.annotations.figures.get("cache", {})
+    if schedule is None:
+        schedule = CacheSchedule.from_annotation(program.annotations.cache_schedule)
+        if alignment is None and data.get("alignment"):
+            alignment = alignment_from_data(data["alignment"])
+    sampler = check_sampler(sampler or data.get("sampler") or program.meta.get("sampler") or "")
+    units = cache_units(program, data.get("block_pattern") or None, data.get("mode", "residual"))
+    x, _t, *example_cond = program.example_inputs
+    runner = CachedSampler(program, schedule, units, alignment)
+    return runner.sample(
+        tuple(shape) if shape is not None else tuple(x.shape),
+        sampler=sampler,
+        seed=seed,
+        cond=tuple(cond) if cond is not None else tuple(example_cond),
+        uncond=uncond,
+        guidance_scale=guidance_scale,
+        sample_fn=sample_fn,
+    )

@@ -1,0 +1,255 @@
+"""`cache`: Block Caching schedules for diffusion sampling (Wimbauer et al., CVPR 2024).
+
+1. Profile: run the model's zoo sampler (DDIM, DPM-Solver++ or flow-matching Euler) on the
+   calibration seeds and record, for every block found by module path, the relative L1 change of
+   its value between consecutive steps (`optkit.caching.profile`).
+2. Schedule: per block, which steps recompute and which reuse (`optkit.caching.schedule`): the
+   paper's accumulated-change threshold (`policy = "threshold"`, or `"budget"` for a fraction of
+   block evaluations), or a baseline: `"uniform"` interval reuse (DeepCache-style),
+   `"first-block"` change gating (diffusers' FirstBlockCache) or `"fewer-steps"`.
+3. Scale-shift alignment: per block and reuse step, a per-channel affine correction of the
+   reused value, fitted by least squares on the calibration trajectories.
+4. Measure: sample the calibration seeds with the cached runner (step variants built with
+   `with_outputs` / `cut_to_inputs`) and without; report block evaluations saved, the FLOP-based
+   and the measured speed-up, and the PSNR of cached against uncached samples.
+
+An annotation pass: the graph is unchanged. The schedule goes to
+`annotations.cache_schedule` (block path -> recompute flag per step); the profile, the
+alignment and the settings needed to sample again go to `annotations.figures["cache"]`, which
+`optkit.caching.cached_sample(program, seed=...)` reads. Run it last among the graph passes
+(after ptq/mate: it profiles the graph as it is). Deviations from the paper are listed in the
+`optkit.caching` modules; classifier-free guidance runs the conditional and unconditional
+branches in separate cache lanes (see `optkit.caching.runner`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from optkit.caching.alignment import alignment_to_data, fit_alignment
+from optkit.caching.profile import ChangeProfile, block_change_profile
+from optkit.caching.runner import CachedSampler, SampleFn, check_sampler, timed, uncached_sample
+from optkit.caching.schedule import (
+    CacheSchedule,
+    budget_schedule,
+    fewer_steps_schedule,
+    first_block_schedule,
+    threshold_schedule,
+    uniform_schedule,
+)
+from optkit.caching.variants import CacheUnit, cache_units
+from optkit.errors import ConfigError
+from optkit.ir.flops import node_costs
+from optkit.ir.program import Program
+from optkit.metrics import psnr_db
+from optkit.pipeline import Pass, PassConfig, PassResult, register_pass
+from optkit.report import Figure
+
+log = logging.getLogger(__name__)
+
+MAX_THRESHOLD = 10.0
+
+
+@dataclass(frozen=True)
+class CacheConfig(PassConfig):
+    """Block-caching settings: the schedule policy and its knob, and the calibration run.
+
+    `threshold` (accumulated relative L1 change, 0 = always recompute) drives the `threshold`
+    and `first-block` policies; `budget` (fraction of block evaluations kept, in (0, 1]) drives
+    `budget` and `fewer-steps`; `interval` drives `uniform`. `sampler` "" means the model's own
+    (`program.meta["sampler"]`). `blocks` is a regex over module paths ("" = automatic).
+    """
+
+    policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps"] = "threshold"
+    threshold: float = 0.3
+    budget: float = 0.5
+    interval: int = 2
+    sampler: str = ""
+    steps: int = 20
+    seeds: tuple[int, ...] = (0, 1)
+    guidance_scale: float = 1.0
+    align: bool = True
+    mode: Literal["residual", "output"] = "residual"
+    blocks: str = ""
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.threshold) and 0 <= self.threshold <= MAX_THRESHOLD):
+            raise ConfigError(f"threshold must be in [0, {MAX_THRESHOLD}], got {self.threshold}")
+        if not 0 < self.budget <= 1:
+            raise ConfigError(f"budget (fraction of block evaluations) must be in (0, 1], got {self.budget}")
+        if self.interval < 1:
+            raise ConfigError(f"interval must be >= 1, got {self.interval}")
+        if self.steps < 2:
+            raise ConfigError(f"steps must be >= 2, got {self.steps}")
+        if not self.seeds:
+            raise ConfigError("seeds must name at least one calibration seed")
+        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1.0):
+            raise ConfigError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+        if self.sampler:
+            check_sampler(self.sampler)
+
+
+def null_condition(program: Program, cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """The unconditional inputs for classifier-free guidance: the zoo entry's `extra["null_cond"]`
+    (a callable on the condition tuple) when it has one, else all-zero conditions (the zoo's
+    convention for text tokens: id 0 is the null/padding token)."""
+    name = program.meta.get("zoo")
+    if name:
+        from optkit.zoo.registry import get_model
+
+        make = get_model(name).extra.get("null_cond")
+        if callable(make):
+            return tuple(make(cond))
+    return tuple(torch.zeros_like(c) for c in cond)
+
+
+def make_schedule(cfg: CacheConfig, profile: ChangeProfile) -> CacheSchedule:
+    """The schedule `cfg.policy` derives from `profile`."""
+    if cfg.policy == "threshold":
+        return threshold_schedule(profile.change, cfg.threshold)
+    if cfg.policy == "budget":
+        return budget_schedule(profile.change, cfg.budget)
+    if cfg.policy == "uniform":
+        return uniform_schedule(profile.blocks, profile.steps, cfg.interval)
+    if cfg.policy == "first-block":
+        return first_block_schedule(profile.change, cfg.threshold)
+    return fewer_steps_schedule(profile.blocks, profile.steps, cfg.budget)
+
+
+def unit_flops(program: Program, units: list[CacheUnit]) -> tuple[dict[str, int], int]:
+    """FLOPs of one denoiser call per cached block, and in total."""
+    costs = node_costs(program)
+    per = {
+        u.path: sum(c.flops for c in costs if c.module == u.path or c.module.startswith(u.path + "."))
+        for u in units
+    }
+    return per, sum(c.flops for c in costs)
+
+
+def expected_speedup(schedule: CacheSchedule, flops: dict[str, int], total: int, steps: int) -> float:
+    """FLOPs of `steps` uncached denoiser calls over those of the cached schedule."""
+    cached = sum(
+        total - sum(flops[p] for p, flags in schedule.recompute.items() if not flags[s])
+        for s in range(schedule.steps)
+    )
+    return steps * total / cached if cached else float("inf")
+
+
+@register_pass("cache", CacheConfig)
+class BlockCaching(Pass):
+    """Derive a block-caching schedule for a diffusion model and measure it. Annotation only;
+    run after the passes that rewrite the graph. `sample_fn` (default: the zoo's `sample`) can
+    be set on the instance to drive another sampler with the same signature."""
+
+    sample_fn: SampleFn | None = None
+
+    def requires(self, program: Program) -> str | None:
+        if not (self.config.sampler or program.meta.get("sampler")):  # type: ignore[attr-defined]
+            return f"{program.name} has no sampler in its meta (not a zoo diffusion model); set the `sampler` option"
+        return None
+
+    def run(self, program: Program) -> PassResult:
+        cfg: CacheConfig = self.config  # type: ignore[assignment]
+        why = self.requires(program)
+        if why:
+            raise ConfigError(why)
+        sampler = check_sampler(cfg.sampler or program.meta["sampler"])
+        if len(program.example_inputs) < 2:
+            raise ConfigError(
+                f"{program.name} must take (x, t, *cond) to be sampled; it takes {len(program.example_inputs)} inputs"
+            )
+        units = cache_units(program, cfg.blocks or None, cfg.mode)
+        x, _t, *cond_list = program.example_inputs
+        cond = tuple(cond_list)
+        uncond = null_condition(program, cond) if cfg.guidance_scale > 1 else None
+        run_args: dict[str, Any] = {
+            "cond": cond,
+            "uncond": uncond,
+            "guidance_scale": cfg.guidance_scale,
+            "sample_fn": self.sample_fn,
+        }
+        # 1. Change profile on the calibration seeds.
+        profile = block_change_profile(
+            program,
+            units,
+            sampler=sampler,
+            steps=cfg.steps,
+            seeds=cfg.seeds,
+            shape=tuple(x.shape),
+            **run_args,
+        )
+        # 2. Schedule, 3. alignment.
+        schedule = make_schedule(cfg, profile)
+        alignment = (
+            fit_alignment(profile.values, schedule) if cfg.align and cfg.policy != "fewer-steps" else {}
+        )
+        # 4. Cached vs uncached samples on the same seeds.
+        runner = CachedSampler(program, schedule, units, alignment)
+        plain = CachedSampler(program, schedule, units) if alignment else None
+        refs, outs, unaligned = [], [], []
+        ref_s = cached_s = 0.0
+        for seed in cfg.seeds:
+            ref, seconds = timed(
+                lambda seed=seed: uncached_sample(
+                    program, x.shape, sampler=sampler, steps=cfg.steps, seed=seed, **run_args
+                )
+            )
+            refs.append(ref)
+            ref_s += seconds
+            out, seconds = timed(
+                lambda seed=seed: runner.sample(x.shape, sampler=sampler, seed=seed, **run_args)
+            )
+            outs.append(out)
+            cached_s += seconds
+            if plain is not None:
+                unaligned.append(plain.sample(x.shape, sampler=sampler, seed=seed, **run_args))
+        reference = torch.cat(refs)
+        psnr = psnr_db(reference, torch.cat(outs))
+        flops, total = unit_flops(program, units)
+        speedup = expected_speedup(schedule, flops, total, cfg.steps)
+        saved = 100.0 * (1.0 - schedule.evaluation_fraction(cfg.steps))
+        program.annotations.cache_schedule = schedule.to_annotation()
+        program.annotations.figures["cache"] = {
+            "policy": cfg.policy,
+            "sampler": sampler,
+            "steps": cfg.steps,
+            "schedule_steps": schedule.steps,
+            "threshold": cfg.threshold,
+            "budget": cfg.budget,
+            "guidance_scale": cfg.guidance_scale,
+            "seeds": list(cfg.seeds),
+            "mode": cfg.mode,
+            "block_pattern": cfg.blocks,
+            "blocks": profile.blocks,
+            "unit_mode": {u.path: u.mode for u in units},
+            "change": {p: list(c) for p, c in profile.change.items()},
+            "block_flops": flops,
+            "total_flops": total,
+            "evaluations_saved_pct": saved,
+            "expected_speedup": speedup,
+            "measured_speedup": ref_s / cached_s if cached_s else float("nan"),
+            "psnr_db": psnr,
+            "psnr_db_unaligned": psnr_db(reference, torch.cat(unaligned)) if unaligned else psnr,
+            "alignment": alignment_to_data(alignment),
+        }
+        figures = {
+            "cached_blocks": Figure(len(units), "blocks"),
+            "block_evaluations_saved": Figure(saved, "%"),
+            "expected_speedup": Figure(speedup, "x"),
+            "measured_speedup": Figure(ref_s / cached_s if cached_s else float("nan"), "x"),
+            "psnr_vs_uncached": Figure(psnr, "dB"),
+            "step_variants": Figure(len(runner.variants()), "programs"),
+        }
+        if unaligned:
+            figures["psnr_without_alignment"] = Figure(
+                program.annotations.figures["cache"]["psnr_db_unaligned"], "dB"
+            )
+        log.info(
+            "cache: %s schedule saves %.1f%% of block evaluations, PSNR %.1f dB", cfg.policy, saved, psnr
+        )
+        return PassResult(program, modified=False, figures=figures)
