@@ -1,0 +1,144 @@
+"""The `cache` pass: annotations and figures, threshold 0 exactness, baselines, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from optkit.passes.cache import BlockCaching, CacheConfig
+
+from optkit.caching import cached_sample, uncached_sample
+from optkit.errors import ConfigError
+from optkit.ir.capture import capture
+from optkit.pipeline import PassManager, get_pass
+from tests.caching.conftest import TinyDenoiser, _local_sample
+from tests.models import conv_net
+
+STEPS = 8
+
+
+class _NoBlocks(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) * t[:, None, None, None]
+
+
+@pytest.fixture(scope="module")
+def sample_fn():
+    try:
+        from optkit.zoo.samplers import sample
+    except ModuleNotFoundError:
+        return _local_sample
+    return sample
+
+
+@pytest.fixture(scope="module")
+def program():
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.randn(2, 1, 8, 8, generator=gen),
+        torch.rand(2, generator=gen) * 1000,
+        torch.tensor([3, 7]),
+    )
+    p = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
+    p.meta = {"zoo": "", "size": "tiny", "task": "diffusion-image", "sampler": "ddim"}
+    return p
+
+
+def _run(program, sample_fn, **options):
+    cache = BlockCaching(CacheConfig.from_dict({"steps": STEPS, **options}))
+    cache.sample_fn = sample_fn
+    return cache.run(program.clone())
+
+
+def test_pass_is_registered():
+    assert get_pass("cache") is BlockCaching
+
+
+def test_threshold_pass_records_schedule_profile_and_figures(program, sample_fn):
+    result = _run(program, sample_fn, threshold=0.15)
+    p = result.program
+    assert not result.modified
+    assert list(p.annotations.cache_schedule) == [f"blocks.{i}" for i in range(4)]
+    assert all(len(f) == STEPS and f[0] for f in p.annotations.cache_schedule.values())
+    data = p.annotations.figures["cache"]
+    assert set(data["change"]) == set(p.annotations.cache_schedule)
+    assert 0 < data["evaluations_saved_pct"] < 100
+    assert data["expected_speedup"] > 1.0
+    assert result.figures["psnr_vs_uncached"].value == data["psnr_db"] > 15
+    # The graph is unchanged: the schedule is an annotation.
+    torch.testing.assert_close(p.run(), program.run())
+    # cached_sample reads the schedule and alignment back from the annotations.
+    out = cached_sample(p, seed=0, sample_fn=sample_fn)
+    assert out.shape == program.example_inputs[0].shape
+
+
+def test_threshold_zero_is_exact(program, sample_fn):
+    p = _run(program, sample_fn, threshold=0.0).program
+    assert all(all(f) for f in p.annotations.cache_schedule.values())
+    ref = uncached_sample(
+        program,
+        (2, 1, 8, 8),
+        sampler="ddim",
+        steps=STEPS,
+        seed=5,
+        cond=(program.example_inputs[2],),
+        sample_fn=sample_fn,
+    )
+    assert torch.equal(cached_sample(p, seed=5, sample_fn=sample_fn), ref)
+    assert p.annotations.figures["cache"]["evaluations_saved_pct"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("policy", "options"),
+    [
+        ("budget", {"budget": 0.5}),
+        ("uniform", {"interval": 2}),
+        ("first-block", {"threshold": 0.2}),
+        ("fewer-steps", {"budget": 0.5}),
+    ],
+)
+def test_baseline_policies(program, sample_fn, policy, options):
+    result = _run(program, sample_fn, policy=policy, **options)
+    data = result.program.annotations.figures["cache"]
+    assert data["policy"] == policy
+    if policy in ("budget", "uniform", "fewer-steps"):
+        assert data["evaluations_saved_pct"] == pytest.approx(50.0, abs=13)
+    if policy == "fewer-steps":
+        assert data["schedule_steps"] == STEPS // 2
+
+
+def test_pass_manager_accepts_the_annotation_pass(program, sample_fn):
+    cache = BlockCaching(CacheConfig(steps=STEPS, threshold=0.1, seeds=(0,)))
+    cache.sample_fn = sample_fn
+    result = PassManager([cache]).run(program)
+    assert result.program.annotations.cache_schedule
+
+
+def test_bad_input(program, sample_fn):
+    with pytest.raises(ConfigError, match="threshold"):
+        CacheConfig(threshold=-1.0)
+    with pytest.raises(ConfigError, match="threshold"):
+        CacheConfig(threshold=1e9)
+    with pytest.raises(ConfigError, match="sampler"):
+        CacheConfig(sampler="euler-a")
+    with pytest.raises(ConfigError, match="budget"):
+        CacheConfig(budget=1.5)
+    with pytest.raises(ConfigError, match="policy"):
+        CacheConfig.from_dict({"policy": "random"})
+    no_sampler = program.clone()
+    no_sampler.meta = {}
+    with pytest.raises(ConfigError, match="no sampler"):
+        BlockCaching(CacheConfig(steps=STEPS)).run(no_sampler)
+    model, inputs = conv_net()
+    convs = capture(model, inputs, name="conv")
+    convs.meta = {"sampler": "ddim"}
+    with pytest.raises(ConfigError, match="must take"):
+        BlockCaching(CacheConfig(steps=STEPS)).run(convs)
+    no_blocks = capture(_NoBlocks(), program.example_inputs[:2], name="no-blocks")
+    no_blocks.meta = {"sampler": "flow-euler"}
+    with pytest.raises(ConfigError, match="no blocks"):
+        BlockCaching(CacheConfig(steps=STEPS)).run(no_blocks)
