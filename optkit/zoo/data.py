@@ -78,7 +78,7 @@ def resize_area(images: torch.Tensor, size: int | tuple[int, int]) -> torch.Tens
     Area interpolation is adaptive average pooling, so downscaled digits keep their ink mass;
     the digits classifier applies the same resize, which keeps data and metric consistent.
     """
-    hw = (size, size) if isinstance(size, int) else tuple(size)
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if images.shape[-2:] == hw:
         return images
     if hw[0] <= images.shape[-2] and hw[1] <= images.shape[-1]:
@@ -113,8 +113,8 @@ def _mnist_split(split: str, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     """One split at one resolution, in [0, 1], in the fixed (class-interleaved) order."""
     images, labels, is_train = _mnist_raw()
     keep = is_train if split == "train" else ~is_train
-    x = torch.from_numpy(images[keep].copy())[:, None]  # (N, 1, 28, 28)
-    x = resize_area(x, resolution).clamp(0.0, 1.0).numpy()  # (N, 1, R, R)
+    full = torch.from_numpy(images[keep].copy())[:, None]  # (N, 1, 28, 28)
+    x = resize_area(full, resolution).clamp(0.0, 1.0).numpy()  # (N, 1, R, R)
     y = labels[keep].copy()
     x.setflags(write=False)
     y.setflags(write=False)
