@@ -40,6 +40,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -373,7 +374,7 @@ def _movielens_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=1)
-def _movielens_raw():  # -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]
+def _movielens_raw() -> tuple[Any, Any, Any]:  # (ratings, users, items) DataFrames
     import pandas as pd
 
     folder = _movielens_dir()
