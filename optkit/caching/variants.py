@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 
 from optkit.errors import ConfigError
-from optkit.ir.program import Block, Program
+from optkit.ir.program import Block, Program, remove_unused_attributes
 from optkit.ir.subgraph import cut_to_inputs, with_outputs
 
 log = logging.getLogger(__name__)
@@ -125,10 +125,13 @@ def residual_form(program: Program, units: Sequence[CacheUnit]) -> Program:
     new = program.clone()
     graph = new.graph
     table = {n.name: n for n in graph.nodes}
-    for unit in units:
+    rebuilt_of: dict[fx.Node, fx.Node] = {}
+    for unit in sorted(units, key=lambda u: list(table).index(u.outputs[0])):
         if unit.stream is None:
             continue
+        # A stream that is an earlier unit's output now reads that unit's rebuilt value.
         out, stream = table[unit.outputs[0]], table[unit.stream]
+        stream = rebuilt_of.get(stream, stream)
         with graph.inserting_after(out):
             residual = graph.create_node(
                 "call_function", torch.ops.aten.sub.Tensor, (out, stream), name=unit.cached[0]
@@ -145,6 +148,7 @@ def residual_form(program: Program, units: Sequence[CacheUnit]) -> Program:
         for node in (residual, rebuilt):
             node.meta = {k: v for k, v in out.meta.items() if k in ("val", "tensor_meta")}
         out.replace_all_uses_with(rebuilt, delete_user_cb=lambda user, r=residual: user is not r)
+        rebuilt_of[out] = rebuilt
     new.lint()
     return new
 
@@ -159,6 +163,21 @@ def cached_example_values(program: Program, names: Sequence[str]) -> list[torch.
             raise ConfigError(f"node {name} of {program.name} has no recorded tensor value to cache")
         values.append(torch.zeros(tuple(val.shape), dtype=val.dtype))
     return values
+
+
+def _keep(node: fx.Node) -> bool:
+    if node.op in ("placeholder", "output"):
+        return True
+    target = node.target
+    return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+
+
+def _drop_dead_nodes(program: Program) -> None:
+    # fx's default dead-code elimination keeps unused ops tagged nondeterministic (SDPA: dropout),
+    # so a cut attention block would still run; in a functional ATen graph only mutation matters.
+    program.graph.eliminate_dead_code(is_impure_node=_keep)
+    remove_unused_attributes(program.graph_module)
+    program.lint()
 
 
 @dataclass
@@ -200,5 +219,6 @@ def step_variant(
     variant = with_outputs(base, fill_names) if fill_names else base
     if reuse_names:
         variant = cut_to_inputs(variant, reuse_names, cached_example_values(base, reuse_names))
+        _drop_dead_nodes(variant)
     variant.name = f"{program.name}[reuse {len(reuse)}, fill {len(fill)}]"
     return StepVariant(variant, reuse, fill)

@@ -63,3 +63,16 @@ def test_reuse_variant_exports_to_onnx(tiny_denoiser_program, tmp_path):
     )
     result = export_onnx(variant.program, tmp_path / "variant.onnx")
     assert result["max_abs_error"] < 1e-4
+
+
+def test_moviegen_reuse_variant_drops_attention_blocks():
+    from optkit.ir.refs import load_model
+
+    p = load_model("zoo:moviegen")
+    units = cache_units(p)
+    assert [u.path for u in units] == [f"blocks.{i}" for i in range(4)]
+    variant = step_variant(p, units[1:3], [units[0]])
+    paths = _paths(variant.program)
+    assert not any(path.startswith(("blocks.1", "blocks.2")) for path in paths)
+    assert any(path.startswith("blocks.3.mixer") for path in paths)
+    assert len(variant.program.compute_nodes()) < len(p.compute_nodes()) - 100
