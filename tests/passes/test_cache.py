@@ -142,3 +142,13 @@ def test_bad_input(program, sample_fn):
     no_blocks.meta = {"sampler": "flow-euler"}
     with pytest.raises(ConfigError, match="no blocks"):
         BlockCaching(CacheConfig(steps=STEPS)).run(no_blocks)
+
+
+def test_schedule_heatmap_png(program, sample_fn, tmp_path):
+    from optkit.caching.plots import schedule_heatmap
+
+    assert schedule_heatmap(tmp_path, program) == {}
+    p = _run(program, sample_fn, threshold=0.15, seeds=(0,)).program
+    written = schedule_heatmap(tmp_path, p)
+    (name,) = written.values()
+    assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
