@@ -255,10 +255,11 @@ def plot(results: list[dict], path: Path) -> None:
     for ax, result in zip(axes[0], results, strict=True):
         for policy, points in result["curves"].items():
             points = sorted(points)
-            ax.plot([100 * (1 - f) for f, _ in points], [min(p, 80) for _, p in points], "o-", label=policy)
+            name = "threshold + scale-shift" if policy == "threshold" else policy
+            ax.plot([100 * (1 - f) for f, _ in points], [min(p, 80) for _, p in points], "o-", label=name)
         ax.set_xlabel("block evaluations saved (%)")
         ax.set_ylabel("PSNR vs uncached (dB, capped at 80)")
-        ax.set_title(result["label"], fontsize=8)
+        ax.set_title(result["label"].replace(" (", "\n("), fontsize=7)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
