@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import torch
@@ -195,15 +196,13 @@ class BlockCaching(Pass):
         ref_s = cached_s = 0.0
         for seed in cfg.seeds:
             ref, seconds = timed(
-                lambda seed=seed: uncached_sample(
-                    program, x.shape, sampler=sampler, steps=cfg.steps, seed=seed, **run_args
+                partial(
+                    uncached_sample, program, x.shape, sampler=sampler, steps=cfg.steps, seed=seed, **run_args
                 )
             )
             refs.append(ref)
             ref_s += seconds
-            out, seconds = timed(
-                lambda seed=seed: runner.sample(x.shape, sampler=sampler, seed=seed, **run_args)
-            )
+            out, seconds = timed(partial(runner.sample, x.shape, sampler=sampler, seed=seed, **run_args))
             outs.append(out)
             cached_s += seconds
             if plain is not None:
