@@ -410,7 +410,7 @@ def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
             )
     videos = torch.cat(samples).clamp(-1, 1)  # (N, C, T, R, R)
     reference, _ = moving_digits(
-        settings.num_samples, frames=cfg.frames, resolution=cfg.resolution, seed=10_000 + settings.seed
+        settings.num_samples, frames=cfg.frames, resolution=cfg.resolution, seed=settings.seed, split="test"
     )
     figures = {k: float(v) for k, v in video_quality(videos, reference).items()}
     frames = videos.permute(0, 2, 1, 3, 4).reshape(-1, cfg.in_channels, cfg.resolution, cfg.resolution)
