@@ -129,6 +129,7 @@ def load(name: str, train_steps: int) -> tuple[object, str] | None:
         return None
     if entry.checkpoint_path("tiny").exists():
         return entry.create("tiny"), f"checkpoint {entry.checkpoint_path('tiny').name}"
+    torch.manual_seed(0)  # the weights' initialization, so that runs repeat
     model = entry.create("tiny", pretrained=False)
     if train_steps and entry.train is not None:
         try:
