@@ -86,7 +86,7 @@ class MATE(nn.Module):
     ) -> None:
         super().__init__()
         config = config or MateConfig()
-        self.grid = tuple(int(g) for g in grid)
+        self.grid: tuple[int, int, int] = (int(grid[0]), int(grid[1]), int(grid[2]))
         self.order = major_order(layer_index)
         # Review tokens go before every slice of the outermost scanned axis.
         self.period = (self.grid[0] * self.grid[1] * self.grid[2]) // scanned_grid(self.grid, self.order)[0]

@@ -79,17 +79,20 @@ class TemporalSwinAttention(nn.Module):
             raise ConfigError(f"dim {dim} must be a multiple of heads {heads}")
         if len(grid) != 3 or len(window) != 3 or min(grid) <= 0 or min(window) <= 0:
             raise ConfigError(f"grid and window must be three positive sizes, got {grid}, {window}")
-        self.grid = tuple(int(g) for g in grid)
-        self.window = tuple(min(int(w), g) for w, g in zip(window, self.grid, strict=True))
+        self.grid: tuple[int, int, int] = (int(grid[0]), int(grid[1]), int(grid[2]))
+        self.window: tuple[int, int, int] = (
+            min(int(window[0]), self.grid[0]),
+            min(int(window[1]), self.grid[1]),
+            min(int(window[2]), self.grid[2]),
+        )
         for g, w in zip(self.grid, self.window, strict=True):
             if g % w:
                 raise ConfigError(
                     f"grid {self.grid} must be a multiple of the window {self.window} on every axis"
                 )
         self.heads = heads
-        self.shift = tuple(
-            w // 2 if shifted and w < g else 0 for w, g in zip(self.window, self.grid, strict=True)
-        )
+        half = [w // 2 if shifted and w < g else 0 for w, g in zip(self.window, self.grid, strict=True)]
+        self.shift: tuple[int, int, int] = (half[0], half[1], half[2])
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
         if any(self.shift):

@@ -139,6 +139,9 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 class SelfAttention3D(nn.Module):
     """Full spatio-temporal multi-head self-attention with 3D RoPE on a fixed (T, H, W) grid."""
 
+    rope_cos: torch.Tensor
+    rope_sin: torch.Tensor
+
     def __init__(self, dim: int, heads: int, grid: tuple[int, int, int]) -> None:
         super().__init__()
         self.heads = heads
@@ -203,6 +206,9 @@ class VideoBlock(nn.Module):
         self.norm2 = RMSNorm(dim, affine=False)
         self.mlp = SwiGLU(dim, config.mlp_ratio)
         self.modulation = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        with torch.no_grad():  # adaLN-Zero: the gates start at zero, the block as the identity
+            self.modulation[2].zero_()
+            self.modulation[5].zero_()
 
     def forward(self, x: torch.Tensor, mod: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
         shift1, scale1, gate1, shift2, scale2, gate2 = (mod + self.modulation).chunk(
@@ -251,21 +257,17 @@ class VideoTransformer(nn.Module):
         self.pos_h = nn.Parameter(torch.randn(gh, cfg.dim) * 0.02)
         self.pos_w = nn.Parameter(torch.randn(gw, cfg.dim) * 0.02)
         self.t_embed = nn.Sequential(nn.Linear(256, cfg.dim), nn.SiLU(), nn.Linear(cfg.dim, cfg.dim))
-        self.t_modulation = nn.Sequential(nn.SiLU(), nn.Linear(cfg.dim, 6 * cfg.dim))
+        modulation = nn.Linear(cfg.dim, 6 * cfg.dim)
+        self.t_modulation = nn.Sequential(nn.SiLU(), modulation)
         self.text_encoder = TextEncoder(cfg.vocab_size, cfg.text_len, cfg.dim)
         self.blocks = nn.ModuleList(VideoBlock(cfg, i) for i in range(cfg.depth))
         self.final_norm = RMSNorm(cfg.dim, affine=False)
         self.final_modulation = nn.Parameter(torch.randn(2, cfg.dim) / cfg.dim**0.5)
         self.head = nn.Linear(cfg.dim, patch_dim)
         # adaLN-Zero: every block starts as the identity, the output as zero.
-        nn.init.zeros_(self.t_modulation[1].weight)
-        nn.init.zeros_(self.t_modulation[1].bias)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-        with torch.no_grad():
-            for block in self.blocks:
-                block.modulation[2].zero_()
-                block.modulation[5].zero_()
+        for zeroed in (modulation, self.head):
+            nn.init.zeros_(zeroed.weight)
+            nn.init.zeros_(zeroed.bias)
 
     def patchify(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) -> (B, N, C*pt*ph*pw), tokens T-major."""
@@ -338,7 +340,7 @@ def video_block(
     """
     if len(grid) != 3 or min(grid) <= 0:
         raise ConfigError(f"grid must be three positive sizes (T, H, W), got {grid}")
-    mixer = make_mixer(kind, dim, heads, tuple(grid), layer_index, mate or MateConfig.tiny())
+    mixer = make_mixer(kind, dim, heads, (grid[0], grid[1], grid[2]), layer_index, mate or MateConfig.tiny())
     return SelfMixerBlock(mixer, dim)
 
 
