@@ -1,0 +1,317 @@
+"""DiT: a class-conditional diffusion transformer with adaLN-Zero blocks (tiny, on digits).
+
+Paper: Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023). An image
+(B, C, R, R) is cut into p x p patches, embedded linearly, given fixed 2D sin-cos positions,
+and run through `depth` blocks of LayerNorm -> self-attention -> LayerNorm -> MLP whose
+LayerNorms are modulated (shift, scale) and whose residual branches are gated, all regressed
+from the sum of the timestep and class embeddings (adaLN-Zero: the modulation Linear starts at
+zero, so every block starts as the identity). A final adaLN layer maps tokens back to patches.
+
+Deviations from the paper:
+- Pixels (1 x 16 x 16 digits from `optkit.zoo.data.digits`), not Stable Diffusion VAE latents.
+- Learned sigma is off: the model outputs eps only (C channels), trained with the simple MSE
+  loss on the DDPM linear schedule; sampled with DDIM (or DPM-Solver++) instead of the
+  250-step DDPM sampler.
+- Label dropout for classifier-free guidance happens in the shared training loop
+  (`optkit.zoo.training.train_denoiser` with `null_cond`), not inside the label embedder; the
+  null class id is `num_classes`, as in the paper.
+- Sizes are far below DiT-S: `tiny` is dim 96, depth 6, 4 heads (~1.1M params).
+- No EMA of the weights.
+
+Block outputs are found by module path `blocks.N` (an `nn.ModuleList`), which the caching and
+sensitivity passes use.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from optkit.errors import ConfigError
+from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
+
+PAPER = "Scalable Diffusion Models with Transformers (Peebles & Xie, ICCV 2023)"
+GUIDANCE_SCALE = 2.0
+FREQ_DIM = 256  # sinusoidal timestep features before the embedding MLP, as in the paper
+
+
+@dataclass(frozen=True)
+class DiTConfig:
+    """Sizes of a DiT on (in_channels, resolution, resolution) images with `num_classes` labels."""
+
+    in_channels: int = 1
+    resolution: int = 16
+    patch: int = 2
+    dim: int = 96
+    depth: int = 6
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    num_classes: int = 10
+
+    def __post_init__(self) -> None:
+        if self.patch <= 0 or self.resolution % self.patch:
+            raise ConfigError(f"resolution {self.resolution} must be a multiple of patch {self.patch}")
+        if self.dim % self.heads:
+            raise ConfigError(f"dim {self.dim} must be divisible by heads {self.heads}")
+        if self.dim % 4:
+            raise ConfigError(f"dim {self.dim} must be a multiple of 4 (2D sin-cos positions)")
+        if min(self.depth, self.num_classes, self.in_channels) <= 0:
+            raise ConfigError(f"depth, num_classes and in_channels must be positive, got {self}")
+
+    @property
+    def grid(self) -> int:
+        """Patches per side."""
+        return self.resolution // self.patch
+
+    @classmethod
+    def tiny(cls) -> DiTConfig:
+        return cls(dim=96, depth=6, heads=4)
+
+    @classmethod
+    def small(cls) -> DiTConfig:
+        return cls(dim=192, depth=8, heads=6)
+
+
+def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position embedding (grid*grid, dim): half the channels encode the row,
+    half the column, each as [sin, cos] of the position times geometric frequencies."""
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)  # (D/4,)
+    pos = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(pos, pos, indexing="ij")  # (G, G)
+
+    def encode(p: torch.Tensor) -> torch.Tensor:
+        angles = p.reshape(-1, 1) * omega  # (G*G, D/4)
+        return torch.cat([angles.sin(), angles.cos()], dim=1)  # (G*G, D/2)
+
+    return torch.cat([encode(rows), encode(cols)], dim=1).float()  # (G*G, D)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal features (B, dim) of float timesteps t (B,) in [0, 1000)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32) / half)  # (dim/2,)
+    angles = t.float().reshape(-1, 1) * freqs  # (B, dim/2)
+    return torch.cat([angles.cos(), angles.sin()], dim=1)  # (B, dim)
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift with per-sample (B, D) shift and scale over tokens."""
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class TimestepEmbedder(nn.Module):
+    """Sinusoidal features of t followed by a two-layer SiLU MLP."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(FREQ_DIM, dim)
+        self.fc2 = nn.Linear(dim, dim)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.silu(self.fc1(timestep_embedding(t))))  # (B, D)
+
+
+class LabelEmbedder(nn.Module):
+    """One learned vector per class plus the null class `num_classes` used for guidance."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(num_classes + 1, dim)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.table(y.long())  # (B, D)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with one fused qkv projection."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, Dh)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
+
+
+class DiTBlock(nn.Module):
+    """adaLN-Zero block: modulated LayerNorm -> attention, modulated LayerNorm -> MLP, gated."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float) -> None:
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.adaLN_modulation = nn.Linear(dim, 6 * dim)
+        # adaLN-Zero: zero modulation makes every gate 0, so the block starts as the identity.
+        nn.init.zeros_(self.adaLN_modulation.weight)
+        nn.init.zeros_(self.adaLN_modulation.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        mod = self.adaLN_modulation(F.silu(c))  # (B, 6D)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mod.chunk(6, dim=1)  # 6 x (B, D)
+        x = x + gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))  # (B, N, D)
+        h = self.fc2(F.gelu(self.fc1(modulate(self.norm2(x), shift_mlp, scale_mlp)), approximate="tanh"))
+        return x + gate_mlp.unsqueeze(1) * h  # (B, N, D)
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a zero-initialized Linear from tokens to patch pixels."""
+
+    def __init__(self, dim: int, patch: int, out_channels: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.adaLN_modulation = nn.Linear(dim, 2 * dim)
+        self.linear = nn.Linear(dim, patch * patch * out_channels)
+        for layer in (self.adaLN_modulation, self.linear):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN_modulation(F.silu(c)).chunk(2, dim=1)  # 2 x (B, D)
+        return self.linear(modulate(self.norm(x), shift, scale))  # (B, N, p*p*C)
+
+
+class DiT(nn.Module):
+    """Class-conditional DiT: `forward(x (B, C, R, R), t (B,), y (B,) int64) -> eps (B, C, R, R)`.
+
+    `t` is the DDPM timestep index as a float in [0, 1000); `y == num_classes` is the null
+    class of classifier-free guidance.
+    """
+
+    def __init__(self, config: DiTConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.x_embedder = nn.Conv2d(c.in_channels, c.dim, kernel_size=c.patch, stride=c.patch)
+        self.t_embedder = TimestepEmbedder(c.dim)
+        self.y_embedder = LabelEmbedder(c.num_classes, c.dim)
+        self.register_buffer("pos_embed", sincos_pos_embed_2d(c.dim, c.grid).unsqueeze(0), persistent=False)
+        self.blocks = nn.ModuleList([DiTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth)])
+        self.final_layer = FinalLayer(c.dim, c.patch, c.in_channels)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # Paper: xavier-uniform Linears, patch embedding like a Linear, N(0, 0.02) embeddings;
+        # the adaLN modulations and the output Linear stay zero (adaLN-Zero).
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear) and "adaLN_modulation" not in name and name != "final_layer.linear":
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        w = self.x_embedder.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.bias)
+        nn.init.normal_(self.y_embedder.table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.fc1.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.fc2.weight, std=0.02)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, G*G, p*p*C) tokens -> (B, C, G*p, G*p) image."""
+        c, p, g = self.config.in_channels, self.config.patch, self.config.grid
+        x = x.reshape(x.shape[0], g, g, p, p, c)  # (B, G, G, p, p, C)
+        return x.permute(0, 5, 1, 3, 2, 4).reshape(x.shape[0], c, g * p, g * p)  # (B, C, R, R)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # 1. Patchify and add the fixed positions.
+        h = self.x_embedder(x).flatten(2).transpose(1, 2) + self.pos_embed  # (B, N, D)
+        # 2. Conditioning vector: timestep embedding + class embedding.
+        c = self.t_embedder(t) + self.y_embedder(y)  # (B, D)
+        # 3. adaLN-Zero blocks.
+        for block in self.blocks:
+            h = block(h, c)  # (B, N, D)
+        # 4. Final adaLN layer and back to pixels.
+        return self.unpatchify(self.final_layer(h, c))  # (B, C, R, R)
+
+
+def null_labels(cond: tuple[torch.Tensor, ...], num_classes: int = 10) -> tuple[torch.Tensor, ...]:
+    """The unconditional input of classifier-free guidance: every label set to the null class."""
+    return (torch.full_like(cond[0], num_classes),)
+
+
+def example_inputs(model: nn.Module, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
+    """Deterministic (x, t, y): Gaussian noise images, t in [0, 1000), labels in 0..9."""
+    cfg: DiTConfig = model.config  # type: ignore[assignment]
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, cfg.in_channels, cfg.resolution, cfg.resolution, generator=gen)
+    t = torch.randint(0, 1000, (batch,), generator=gen).float()
+    y = torch.randint(0, cfg.num_classes, (batch,), generator=gen)
+    return x, t, y
+
+
+def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
+    """Train on the 4,000 training digits with the eps objective and 10% label dropout."""
+    from optkit.zoo.data import digits
+    from optkit.zoo.training import train_denoiser
+
+    cfg: DiTConfig = model.config  # type: ignore[assignment]
+    images, labels = digits("train", resolution=cfg.resolution, seed=settings.seed)
+
+    def batches(gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
+        return images[idx], (labels[idx],)
+
+    def null_cond(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        return null_labels(cond, cfg.num_classes)
+
+    return train_denoiser(model, batches, settings, objective="eps", null_cond=null_cond)
+
+
+def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") -> dict[str, float]:
+    """Sample `num_samples` digits (classes in turn, fixed seeds, guidance 2) and score them:
+    FD-digits against the test split and the shipped classifier's accuracy on the labels."""
+    from optkit.metrics import class_accuracy, fd_digits
+    from optkit.zoo.data import digits
+    from optkit.zoo.samplers import sample
+
+    cfg: DiTConfig = model.config  # type: ignore[assignment]
+    model.eval()
+    labels = torch.arange(settings.num_samples) % cfg.num_classes
+    out = []
+    for start in range(0, settings.num_samples, settings.batch_size):
+        y = labels[start : start + settings.batch_size]
+        out.append(
+            sample(
+                model,
+                (y.shape[0], cfg.in_channels, cfg.resolution, cfg.resolution),
+                sampler=sampler,
+                steps=settings.steps,
+                seed=settings.seed + start,
+                cond=(y,),
+                uncond=null_labels((y,), cfg.num_classes),
+                guidance_scale=GUIDANCE_SCALE,
+            )
+        )
+    samples = torch.cat(out).clamp(-1, 1)  # (N, C, R, R)
+    reference, _ = digits("test", resolution=cfg.resolution)
+    return {
+        "fd_digits": float(fd_digits(samples, reference)),
+        "class_accuracy": float(class_accuracy(samples, labels)),
+    }
+
+
+register_model(
+    ZooModel(
+        name="dit",
+        paper=PAPER,
+        task="diffusion-image",
+        configs={"tiny": DiTConfig.tiny(), "small": DiTConfig.small()},
+        build=DiT,
+        example_inputs=example_inputs,
+        sampler="ddim",
+        train=train,
+        evaluate=evaluate,
+        extra={"guidance_scale": GUIDANCE_SCALE, "data": "digits", "null_cond": null_labels},
+    )
+)
