@@ -138,7 +138,9 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
-        qkv = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)  # (3, B, H, N, Dh)
+        qkv = (
+            self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        )  # (3, B, H, N, Dh)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (B, H, N, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))  # (B, N, D)
 
@@ -207,7 +209,11 @@ class DiT(nn.Module):
         # Paper: xavier-uniform Linears, patch embedding like a Linear, N(0, 0.02) embeddings;
         # the adaLN modulations and the output Linear stay zero (adaLN-Zero).
         for name, module in self.named_modules():
-            if isinstance(module, nn.Linear) and "adaLN_modulation" not in name and name != "final_layer.linear":
+            if (
+                isinstance(module, nn.Linear)
+                and "adaLN_modulation" not in name
+                and name != "final_layer.linear"
+            ):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         w = self.x_embedder.weight
