@@ -100,7 +100,7 @@ def test_training_reduces_loss_and_samples() -> None:
         return images[idx], (labels[idx],)
 
     settings = TrainSettings(
-        steps=60, batch_size=32, lr=2e-3, seed=0, progress=lambda s, n, l: losses.append(l)
+        steps=60, batch_size=32, lr=2e-3, seed=0, progress=lambda s, n, loss: losses.append(loss)
     )
     figures = train_denoiser(model, batches, settings, "eps", null_cond=null_labels)
     assert len(losses) == 60 and figures["final_loss"] == pytest.approx(losses[-1])
