@@ -108,7 +108,12 @@ def _sensitivity_tables(program: Program, report: Report) -> None:
 
 
 def _annotation_plots(directory: Path, program: Program, report: Report) -> None:
-    """Plots of what passes recorded: the sensitivity heatmap (blocks x sampler steps)."""
+    """Plots of what passes recorded: the sensitivity heatmap (blocks x sampler steps) and the
+    cache schedule beside the block change profile."""
+    if program.annotations.cache_schedule:
+        from optkit.caching.plots import schedule_heatmap
+
+        report.plots.update(schedule_heatmap(directory, program))
     data = program.annotations.figures.get("sensitivity")
     if data and data.get("block_steps"):
         rows = list(data["block_steps"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from optkit.ir.program import Program, remove_unused_attributes
+from optkit.ir.program import Program, eliminate_dead_code, remove_unused_attributes
 from optkit.pipeline import Pass, PassConfig, PassResult, register_pass
 from optkit.report import Figure
 
@@ -25,9 +25,7 @@ class DeadCodeElimination(Pass):
 
     def run(self, program: Program) -> PassResult:
         gm = program.graph_module
-        before = len(gm.graph.nodes)
-        gm.graph.eliminate_dead_code()
-        removed = before - len(gm.graph.nodes)
+        removed = eliminate_dead_code(gm)
         freed = remove_unused_attributes(gm)
         gm.recompile()
         return PassResult(

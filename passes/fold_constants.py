@@ -19,7 +19,7 @@ import torch.fx as fx
 
 from optkit.errors import ConfigError
 from optkit.ir.ops import op_name
-from optkit.ir.program import Program
+from optkit.ir.program import Program, eliminate_dead_code
 from optkit.pipeline import Pass, PassConfig, PassResult, register_pass
 from optkit.report import Figure
 
@@ -114,9 +114,7 @@ class FoldConstants(Pass):
             node.replace_all_uses_with(new)
             folded += 1
         if folded:
-            before = len(gm.graph.nodes)
-            gm.graph.eliminate_dead_code()
-            saved_nodes = before - len(gm.graph.nodes)
+            saved_nodes = eliminate_dead_code(gm)
             gm.recompile()
         return PassResult(
             program,

@@ -29,7 +29,7 @@ import torch
 import torch.fx as fx
 
 from optkit.errors import ConfigError
-from optkit.ir.program import Block, Program, remove_unused_attributes
+from optkit.ir.program import Block, Program, eliminate_dead_code, remove_unused_attributes
 from optkit.ir.subgraph import cut_to_inputs, with_outputs
 
 log = logging.getLogger(__name__)
@@ -165,17 +165,8 @@ def cached_example_values(program: Program, names: Sequence[str]) -> list[torch.
     return values
 
 
-def _keep(node: fx.Node) -> bool:
-    if node.op in ("placeholder", "output"):
-        return True
-    target = node.target
-    return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
-
-
 def _drop_dead_nodes(program: Program) -> None:
-    # fx's default dead-code elimination keeps unused ops tagged nondeterministic (SDPA: dropout),
-    # so a cut attention block would still run; in a functional ATen graph only mutation matters.
-    program.graph.eliminate_dead_code(is_impure_node=_keep)
+    eliminate_dead_code(program.graph_module)
     remove_unused_attributes(program.graph_module)
     program.lint()
 

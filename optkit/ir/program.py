@@ -268,6 +268,25 @@ class Program:
         return g
 
 
+def eliminate_dead_code(gm: fx.GraphModule) -> int:
+    """Remove nodes whose values nobody uses; returns how many went.
+
+    In a functional ATen graph only mutating ops have effects. fx's default check also keeps
+    ops tagged nondeterministic (SDPA, because of its dropout argument), which would leave a
+    cut-out attention block running, so mutation is the only reason to keep a node here.
+    """
+
+    def impure(node: fx.Node) -> bool:
+        if node.op in ("placeholder", "output"):
+            return True
+        target = node.target
+        return isinstance(target, torch._ops.OpOverload) and target._schema.is_mutable
+
+    before = len(gm.graph.nodes)
+    gm.graph.eliminate_dead_code(is_impure_node=impure)
+    return before - len(gm.graph.nodes)
+
+
 def remove_unused_attributes(gm: fx.GraphModule) -> int:
     """Delete parameters and buffers that no `get_attr` node reads; return the bytes freed."""
     used = {str(n.target) for n in gm.graph.nodes if n.op == "get_attr"}

@@ -15,7 +15,7 @@ import torch
 import torch.fx as fx
 
 from optkit.errors import ConfigError
-from optkit.ir.program import Program, remove_unused_attributes
+from optkit.ir.program import Program, eliminate_dead_code, remove_unused_attributes
 
 
 def _flatten_codegen(gm: fx.GraphModule) -> None:
@@ -65,7 +65,7 @@ def cut_to_inputs(program: Program, names: Sequence[str], example_values: Sequen
         ph.meta = {k: v for k, v in node.meta.items() if k in ("val", "tensor_meta")}
         node.replace_all_uses_with(ph)
         last_placeholder = ph
-    graph.eliminate_dead_code()
+    eliminate_dead_code(gm)
     remove_unused_attributes(gm)
     graph.lint()
     gm.recompile()
