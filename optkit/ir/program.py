@@ -120,6 +120,24 @@ class Program:
 
     __call__ = run
 
+    def run_chunked(self, *inputs: torch.Tensor) -> Any:
+        """Run inputs whose batch is a multiple of the captured batch, in chunks of it.
+
+        Captured graphs have static shapes; samplers with classifier-free guidance double the
+        batch. Returns the first output of each chunk, concatenated.
+        """
+        size = self.example_inputs[0].shape[0]
+        total = inputs[0].shape[0]
+        if total == size:
+            return self.run(*inputs)
+        if total % size:
+            raise ConfigError(f"{self.name} was captured with batch {size}; got a batch of {total}, not a multiple of it")
+        outs = []
+        for start in range(0, total, size):
+            out = self.run(*(t[start : start + size] for t in inputs))
+            outs.append(out[0] if isinstance(out, (tuple, list)) else out)
+        return torch.cat(outs)
+
     def clone(self) -> Program:
         """A deep copy: graph, parameters, annotations. Passes edit the clone, never the input."""
         return Program(
