@@ -26,7 +26,7 @@ import torch
 
 from optkit.errors import ConfigError, OptkitError, PassError, UnknownNameError
 from optkit.ir.onnx_io import flat_outputs
-from optkit.ir.program import Program
+from optkit.ir.program import Program, eliminate_dead_code, remove_unused_attributes
 from optkit.report import Figure
 
 log = logging.getLogger(__name__)
@@ -264,6 +264,8 @@ class PassManager:
                 raise PassError(f"{where} crashed: {type(err).__name__}: {err}") from err
             seconds = time.perf_counter() - start
             new = result.program
+            if result.modified:
+                _drop_leftovers(new)
             try:
                 new.lint()
             except Exception as err:
@@ -283,6 +285,15 @@ class PassManager:
             log.info("%s: modified=%s in %.2fs %s", p.name, result.modified, seconds, check)
             current = new
         return PipelineResult(current, records)
+
+
+def _drop_leftovers(program: Program) -> None:
+    # A pass that replaces ops (a float Linear by its int8 kernel) may leave the old weights
+    # behind; they would still be saved and counted. Dead nodes and unread attributes go.
+    gm = program.graph_module
+    if eliminate_dead_code(gm):
+        gm.recompile()
+    remove_unused_attributes(gm)
 
 
 def _compare(
