@@ -67,6 +67,27 @@ class NeedsManyBlocks(Pass):
         return PassResult(program, modified=False)
 
 
+@register_pass("test-rebind-weights", NoConfig)
+class RebindWeights(Pass):
+    """Points every weight read at a fresh copy, leaving the original attributes dead."""
+
+    def run(self, program):
+        gm = program.graph_module
+        for node in [n for n in program.graph.nodes if n.op == "get_attr"]:
+            target = str(node.target)
+            name = target.replace(".", "_") + "_copy"
+            gm.register_buffer(
+                name,
+                getattr(gm.get_submodule(target.rpartition(".")[0]), target.rpartition(".")[2])
+                .detach()
+                .clone(),
+            )
+            with program.graph.inserting_after(node):
+                node.replace_all_uses_with(program.graph.get_attr(name))
+        gm.recompile()
+        return PassResult(program, modified=True)
+
+
 def test_unknown_pass_lists_known_ones():
     with pytest.raises(UnknownNameError) as err:
         get_pass("ptqq")
@@ -132,3 +153,13 @@ def test_requires_refusal(conv_program):
 def test_wrong_config_type():
     with pytest.raises(ConfigError, match="takes a ScaleConfig"):
         ScaleWeights(NoConfig())
+
+
+def test_manager_drops_weights_a_pass_left_unread(conv_program):
+    before = {n for n, _ in conv_program.graph_module.named_parameters()}
+    assert before
+    result = PassManager(build_passes(["test-rebind-weights"])).run(conv_program)
+    gm = result.program.graph_module
+    assert not any(n in before for n, _ in gm.named_parameters())
+    assert {n for n, _ in gm.named_buffers()} >= {n.replace(".", "_") + "_copy" for n in before}
+    assert result.records[0].check["max_abs_error"] == 0.0
