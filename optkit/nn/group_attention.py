@@ -105,6 +105,8 @@ class GroupSelfAttention(nn.Module):
     non-persistent buffer (not in the state dict, rebuilt from the layout).
     """
 
+    mask: torch.Tensor
+
     def __init__(self, dim: int, heads: int, layout: GroupLayout) -> None:
         super().__init__()
         if dim % heads:

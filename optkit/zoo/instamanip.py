@@ -152,6 +152,8 @@ class InstaManip(nn.Module):
     that edit applied, in [-1, 1] (unclamped).
     """
 
+    pos_embed: torch.Tensor
+
     def __init__(self, config: InstaManipConfig) -> None:
         super().__init__()
         self.config = config
