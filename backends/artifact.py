@@ -1,0 +1,229 @@
+"""Artifact: a compiled model, runnable in-process, saved as a shared library plus a manifest.
+
+A saved artifact is a directory:
+
+| file | what |
+|---|---|
+| `model.so` | the Relax VM executable with its kernels and weights (`export_library`) |
+| `manifest.json` | optkit and TVM versions, target, inputs/outputs (name, shape, dtype), schedule, tuning trials, Python callbacks the library needs, SHA-256 of `model.so`, creation time |
+
+`load_artifact` refuses a directory written by another optkit or TVM version (the VM bytecode
+format is not stable across TVM releases), a missing or corrupt library, or a manifest that
+does not parse, with `ArtifactError`. `run` checks input count, shapes and dtypes with
+`ConfigError` naming what was expected and what came.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from optkit.backends.targets import TargetSpec
+from optkit.backends.tvm_import import TensorSpec
+
+from optkit.errors import ArtifactError, BackendError, ConfigError
+from optkit.fsutil import atomic_dir
+
+log = logging.getLogger(__name__)
+
+FORMAT = "optkit-tvm-artifact"
+FORMAT_VERSION = 1
+LIBRARY = "model.so"
+MANIFEST = "manifest.json"
+
+
+def _versions() -> dict[str, str]:
+    import tvm
+
+    import optkit
+
+    return {"optkit_version": optkit.__version__, "tvm_version": str(tvm.__version__)}
+
+
+@dataclass
+class Artifact:
+    """A compiled model: `run(*inputs) -> list[np.ndarray]`, `save(dir)`, `latency_ms()`.
+
+    `module` is the TVM executable (fresh from `tvm.compile`) or the runtime module loaded from
+    `model.so`. `info` holds what the manifest records beyond the signature: schedule, tuning
+    trials, BLAS offloads, decomposed ops, Python callbacks the library needs.
+    """
+
+    module: Any
+    target: TargetSpec
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    info: dict[str, Any] = field(default_factory=dict)
+    _vm: Any = field(default=None, repr=False)
+
+    # -- running ---------------------------------------------------------------------------
+    def _machine(self) -> Any:
+        if self._vm is None:
+            from optkit.backends.targets import cuda_device_present
+            from tvm import relax
+
+            if self.target.name == "cuda" and not cuda_device_present():
+                raise BackendError("this artifact was built for cuda, but no CUDA device is visible here")
+            self._vm = relax.VirtualMachine(self.module, self.target.device())
+        return self._vm
+
+    def check_inputs(self, inputs: tuple[Any, ...]) -> list[np.ndarray]:
+        """Inputs as contiguous numpy arrays, after checking count, shapes and dtypes."""
+        if len(inputs) != len(self.inputs):
+            expected = ", ".join(_describe(s.shape, s.dtype) for s in self.inputs)
+            raise ConfigError(f"the model takes {len(self.inputs)} inputs ({expected}); got {len(inputs)}")
+        arrays = []
+        for i, (value, spec) in enumerate(zip(inputs, self.inputs, strict=True)):
+            arr = _to_numpy(value)
+            got_dtype = str(arr.dtype)
+            if tuple(arr.shape) != spec.shape or got_dtype != spec.dtype:
+                raise ConfigError(
+                    f"input {i} ({spec.name!r}): expected {_describe(spec.shape, spec.dtype)}, "
+                    f"got {_describe(tuple(arr.shape), got_dtype)}"
+                )
+            arrays.append(np.ascontiguousarray(arr))
+        return arrays
+
+    def run(self, *inputs: Any) -> list[np.ndarray]:
+        """Run the compiled model on numpy arrays (or torch tensors); returns the outputs in order."""
+        import tvm
+
+        arrays = self.check_inputs(inputs)
+        vm = self._machine()
+        device = self.target.device()
+        args = [tvm.runtime.tensor(a, device=device) for a in arrays]
+        return [np.asarray(t.numpy()) for t in _flatten(vm["main"](*args))]
+
+    def latency_ms(self, *inputs: Any, warmup: int = 3, repeats: int = 20) -> dict[str, float]:
+        """Median (and spread) of `repeats` timed runs of `main` on device-resident inputs."""
+        import tvm
+
+        from optkit.timing import latency_ms
+
+        arrays = self.check_inputs(inputs)
+        vm = self._machine()
+        device = self.target.device()
+        args = [tvm.runtime.tensor(a, device=device) for a in arrays]
+
+        def once() -> None:
+            vm["main"](*args)
+            device.sync()
+
+        return latency_ms(once, warmup=warmup, repeats=repeats)
+
+    # -- saving ----------------------------------------------------------------------------
+    def manifest(self) -> dict[str, Any]:
+        """What `manifest.json` holds (without the library hash, added by `save`)."""
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            **_versions(),
+            "target": self.target.name,
+            "target_config": self.target.config,
+            "inputs": [s.to_dict() for s in self.inputs],
+            "outputs": [s.to_dict() for s in self.outputs],
+            "created": self.info.get("created") or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            **{k: v for k, v in self.info.items() if k != "created"},
+        }
+
+    def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
+        """Write `model.so` and `manifest.json` into `out_dir` atomically; returns the directory."""
+        out_dir = Path(out_dir)
+        manifest = self.manifest()
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            lib = tmp / LIBRARY
+            try:
+                self.module.export_library(str(lib))
+            except Exception as err:  # compiler / linker failures surface as TVM errors
+                raise BackendError(f"exporting the compiled library failed: {err}") from err
+            manifest["library"] = {"file": LIBRARY, "sha256": _sha256(lib), "bytes": lib.stat().st_size}
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        log.info("saved artifact to %s", out_dir)
+        return out_dir
+
+
+def load_artifact(path: str | Path) -> Artifact:
+    """Load an artifact directory written by `Artifact.save`, checking versions and the library hash."""
+    import tvm
+
+    path = Path(path)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path} is not an optkit artifact: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{manifest_path} is corrupt: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{manifest_path} is not an optkit artifact manifest (format {FORMAT!r})")
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{path} has artifact format {manifest.get('format_version')}; this optkit reads {FORMAT_VERSION}"
+        )
+    for key, have in _versions().items():
+        if manifest.get(key) != have:
+            raise ArtifactError(
+                f"{path} was built with {key.replace('_version', '')} {manifest.get(key)}, this is {have}; "
+                "lower the model again with this version"
+            )
+    try:
+        lib_info = manifest["library"]
+        target = TargetSpec(str(manifest["target"]), dict(manifest["target_config"]))
+        inputs = tuple(TensorSpec.from_dict(d) for d in manifest["inputs"])
+        outputs = tuple(TensorSpec.from_dict(d) for d in manifest["outputs"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ArtifactError(f"{manifest_path} lacks a field or has a bad one: {err}") from err
+    lib = path / str(lib_info.get("file", LIBRARY))
+    if not lib.is_file():
+        raise ArtifactError(f"{path}: the compiled library {lib.name} is missing")
+    if _sha256(lib) != lib_info.get("sha256"):
+        raise ArtifactError(
+            f"{lib} does not match the hash in its manifest: the file is corrupt or was replaced"
+        )
+    if "optkit.blas.matmul" in manifest.get("extern_funcs", []):
+        from optkit.backends.blas import register
+
+        register()
+    try:
+        module = tvm.runtime.load_module(str(lib))
+    except Exception as err:  # a truncated or foreign .so fails inside dlopen / the loader
+        raise ArtifactError(f"cannot load {lib}: {err}") from err
+    known = {"format", "format_version", "optkit_version", "tvm_version", "target", "target_config"}
+    known |= {"inputs", "outputs", "library"}
+    info = {k: v for k, v in manifest.items() if k not in known}
+    return Artifact(module, target, inputs, outputs, info)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _describe(shape: tuple[int, ...], dtype: str) -> str:
+    return f"shape {tuple(shape)} {dtype}"
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach") and hasattr(value, "numpy"):  # a torch tensor
+        return value.detach().cpu().numpy()
+    raise ConfigError(f"inputs must be numpy arrays or torch tensors, got {type(value).__name__}")
+
+
+def _flatten(value: Any) -> list[Any]:
+    if hasattr(value, "numpy"):
+        return [value]
+    out: list[Any] = []
+    for item in value:
+        out.extend(_flatten(item))
+    return out

@@ -1,0 +1,92 @@
+"""Build: a Relax IRModule -> a TVM executable, with the schedules chosen for the target.
+
+| schedule | CPU (llvm) | CUDA |
+|---|---|---|
+| `default` | float32 matmuls -> BLAS (`blas.py`); DLight CPU rules + optkit's CPU rules (`cpu_schedules.py`) for every other kernel | DLight GPU rules: Matmul, GEMV, Reduction, GeneralReduction, Fallback |
+| `tvm` | like `default` but matmuls stay TVM kernels (a library with no Python callback) | same as `default` |
+| `naive` | `tvm.compile`'s own pipeline: untuned loop nests (for comparison only) | same as `default` (GPU code needs thread bindings) |
+
+With a MetaSchedule database (`tuning.py`), tuned kernels come from the database first and the
+rules above schedule whatever the database lacks. The pipeline mirrors TVM's own
+`relax.backend.*.get_default_pipeline` with the schedule step inserted after fusion.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from optkit.backends.targets import TargetSpec, nvcc_compile_mode
+
+from optkit.errors import BackendError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+SCHEDULES = ("default", "tvm", "naive")
+
+
+def schedule_pass(spec: TargetSpec) -> Any:
+    """The DLight pass that schedules every not-yet-scheduled PrimFunc for `spec`."""
+    from optkit.backends.cpu_schedules import CPUElementwise, CPUMatmul
+    from tvm.s_tir import dlight as dl
+
+    if spec.kind == "cuda":
+        return dl.ApplyDefaultSchedule(
+            dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
+        )
+    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction(), CPUMatmul(), CPUElementwise())
+
+
+def relax_pipeline(spec: TargetSpec, schedule: str = "default", database: Any = None) -> Any:
+    """The Relax pipeline for `tvm.compile`: legalize, fuse, (apply tuned database), schedule, lower."""
+    import tvm
+    from tvm import relax
+
+    if schedule not in SCHEDULES:
+        raise UnknownNameError("schedule", schedule, SCHEDULES)
+    target = spec.tvm_target()
+    backend = relax.backend.cuda.pipeline if spec.kind == "cuda" else relax.backend.cpu_generic.pipeline
+    legalize = [
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+    ]
+    scheduled: list[Any] = []
+    if database is not None:
+        scheduled.append(relax.transform.MetaScheduleApplyDatabase())
+    if schedule != "naive" or spec.kind == "cuda":
+        scheduled.append(schedule_pass(spec))
+
+    @tvm.transform.module_pass(opt_level=0, name="OptkitPipeline")
+    def _pipeline(mod: Any, _ctx: Any) -> Any:
+        passes = (
+            backend.library_dispatch_passes(target)
+            + legalize
+            + scheduled
+            + backend.dataflow_lower_passes(target)
+            + backend.finalize_passes(target)
+        )
+        with target:
+            if database is not None:
+                with database:
+                    return tvm.transform.Sequential(passes)(mod)
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def build(mod: Any, spec: TargetSpec, schedule: str = "default", database: Any = None) -> Any:
+    """Compile `mod` for `spec`; returns the `tvm.relax.VMExecutable`."""
+    import tvm
+
+    pipeline = relax_pipeline(spec, schedule, database)
+    try:
+        if spec.kind == "cuda":
+            with nvcc_compile_mode():
+                return tvm.compile(mod, target=spec.tvm_target(), relax_pipeline=pipeline)
+        return tvm.compile(mod, target=spec.tvm_target(), relax_pipeline=pipeline)
+    except Exception as err:  # TVM raises its own InternalError / TVMError types
+        first = str(err).strip().splitlines()[-1][:500] if str(err).strip() else type(err).__name__
+        raise BackendError(f"TVM failed to compile for {spec.name} ({spec.config}): {first}") from err

@@ -1,0 +1,84 @@
+"""`lower(program, target)`: the one entry point from a Program to a compiled `Artifact`.
+
+Order: import (`tvm_import.py`, quantized converters from `quantized.py`) -> on CPU with the
+default schedule, float32 matmuls to BLAS (`blas.py`) -> optional MetaSchedule tuning with a
+persistent database (`tuning.py`) -> build with DLight / optkit schedules (`build.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from optkit.backends.artifact import Artifact
+from optkit.backends.blas import BLAS_MATMUL, offload_matmuls
+from optkit.backends.build import SCHEDULES, build
+from optkit.backends.targets import resolve_target
+from optkit.backends.tvm_import import import_program
+
+from optkit.errors import ConfigError, UnknownNameError
+from optkit.ir.program import Program
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+
+def lower(
+    program: Program,
+    target: str = "cpu",
+    tune_trials: int = 0,
+    work_dir: str | Path | None = None,
+    *,
+    schedule: str = "default",
+    num_cores: int | None = None,
+    cuda_arch: str = "sm_80",
+    progress: Progress | None = None,
+) -> Artifact:
+    """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
+
+    `tune_trials > 0` tunes every kernel with MetaSchedule (float32 matmuls then stay in TVM
+    so that they are tuned too) and keeps the database in `work_dir` (default
+    `.optkit-tune/<target>`), so a second run reuses it. `schedule` is `default`, `tvm` (no
+    BLAS callback) or `naive` (untuned loop nests, for comparison); see `build.py`.
+    """
+    if tune_trials < 0:
+        raise ConfigError(f"tune_trials must be >= 0, got {tune_trials}")
+    if schedule not in SCHEDULES:
+        raise UnknownNameError("schedule", schedule, SCHEDULES)
+    say = progress or (lambda _msg: None)
+    spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
+    start = time.perf_counter()
+    say("import into Relax")
+    imported = import_program(program)
+    mod = imported.mod
+    offloaded = 0
+    if spec.kind == "llvm" and schedule == "default" and tune_trials == 0:
+        from tvm import relax
+
+        mod = relax.transform.FoldConstant()(mod)  # transposed weights are computed once, here
+        mod, offloaded = offload_matmuls(mod)
+    database = None
+    tuning: dict[str, Any] = {}
+    if tune_trials > 0:
+        from optkit.backends.tuning import default_work_dir, tune
+
+        tune_dir = Path(work_dir) if work_dir is not None else default_work_dir(spec.name)
+        database, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
+    say(f"build for {spec.name}")
+    executable = build(mod, spec, schedule, database)
+    info: dict[str, Any] = {
+        "model": program.name,
+        "schedule": schedule,
+        "tune_trials": tune_trials,
+        "blas_matmuls": offloaded,
+        "extern_funcs": [BLAS_MATMUL] if offloaded else [],
+        "decomposed_ops": list(imported.decomposed),
+        "compile_seconds": round(time.perf_counter() - start, 2),
+        **({"tuning": tuning} if tuning else {}),
+    }
+    log.info("lowered %s for %s in %.1f s", program.name, spec.name, info["compile_seconds"])
+    return Artifact(executable, spec, imported.inputs, imported.outputs, info)

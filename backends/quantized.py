@@ -1,0 +1,136 @@
+"""Converters that lower optkit's quantized ops (`optkit.quant.ops`) to integer Relax compute.
+
+`from_exported_program(custom_convert_map=...)` looks ops up by `node.target.__name__`
+(`linear_w8a8.default`), and each converter emits Relax into the importer's block builder.
+
+| op | Relax |
+|---|---|
+| `linear_w8a8` | quantize x to int8 -> `matmul(int8, int8, out_dtype=int32)` -> zero-point correction, rescale and bias as the matmul's epilogue (FuseOps fuses them into one kernel) |
+| `linear_wq` | one TE kernel: the reduction reads packed int4 (or int8) weights, unpacks the nibble, subtracts the zero point and multiplies by the group scale inside the K loop; no float weight is materialized |
+| `conv2d_w8a8` | int8 grid for x, `conv2d` on int32-widened centered activations and int8 weights with int32 accumulation, per-channel rescale and bias |
+| `act_qdq` | elementwise round onto the int8 grid and back |
+
+Rounding: torch rounds half to even; TVM's `round` matches it for the values that occur here,
+as the tests check against the Program's own output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+Converter = Callable[[Any, Any], Any]
+
+
+def custom_convert_map() -> dict[str, Converter]:
+    """Converter table for `from_exported_program(custom_convert_map=...)`."""
+    return {
+        "linear_w8a8.default": _linear_w8a8,
+        "linear_wq.default": _linear_wq,
+        "conv2d_w8a8.default": _conv2d_w8a8,
+        "act_qdq.default": _act_qdq,
+    }
+
+
+def _args(node: Any, importer: Any) -> list[Any]:
+    return [importer.env[a] if hasattr(a, "op") and hasattr(a, "users") else a for a in node.args]
+
+
+def _quantize(bb: Any, x: Any, scale: Any, zero: Any) -> Any:
+    # clamp(round(x / scale) + zero, -128, 127) on the float grid (zero is an int8 scalar).
+    from tvm import relax
+
+    op = relax.op
+    q = bb.emit(op.add(op.round(op.divide(x, scale)), op.astype(zero, "float32")))
+    return bb.emit(op.clip(q, -128.0, 127.0))
+
+
+def _linear_w8a8(node: Any, importer: Any) -> Any:
+    from tvm import relax
+
+    op, bb = relax.op, importer.block_builder
+    x, x_scale, x_zero, w_q, w_scale, _w_zero, w_colsum, bias = _args(node, importer)
+    xq = bb.emit(op.astype(_quantize(bb, x, x_scale, x_zero), "int8"))  # (..., K) int8
+    acc = bb.emit(op.matmul(xq, w_q, out_dtype="int32"))  # (..., N) int32
+    acc = bb.emit(op.subtract(acc, op.multiply(op.astype(x_zero, "int32"), w_colsum)))
+    y = bb.emit(op.multiply(op.astype(acc, "float32"), op.multiply(x_scale, w_scale)))
+    return bb.emit(op.add(y, bias))
+
+
+def _act_qdq(node: Any, importer: Any) -> Any:
+    from tvm import relax
+
+    op, bb = relax.op, importer.block_builder
+    x, scale, zero = _args(node, importer)
+    q = _quantize(bb, x, scale, zero)
+    return bb.emit(op.multiply(op.subtract(q, op.astype(zero, "float32")), scale))
+
+
+def _conv2d_w8a8(node: Any, importer: Any) -> Any:
+    from tvm import relax
+
+    op, bb = relax.op, importer.block_builder
+    x, x_scale, x_zero, w_q, w_scale, _w_zero, bias, stride, padding, dilation, groups = _args(node, importer)
+    xq = _quantize(bb, x, x_scale, x_zero)
+    # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero padding.
+    xc = bb.emit(op.astype(op.subtract(xq, op.astype(x_zero, "float32")), "int32"))
+    acc = bb.emit(
+        op.nn.conv2d(
+            xc,
+            op.astype(w_q, "int32"),
+            strides=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            out_dtype="int32",
+        )
+    )  # (N, Cout, H, W) int32
+    scale = op.reshape(op.multiply(x_scale, w_scale), (1, -1, 1, 1))
+    y = bb.emit(op.multiply(op.astype(acc, "float32"), scale))
+    return bb.emit(op.add(y, op.reshape(bias, (1, -1, 1, 1))))
+
+
+def _linear_wq(node: Any, importer: Any) -> Any:
+    from tvm import relax
+
+    op, bb = relax.op, importer.block_builder
+    x, w_packed, w_scale, w_zero, bias, bits, group_size, signed = _args(node, importer)
+    x_shape = [int(d) for d in x.ty.shape]
+    k = x_shape[-1]
+    n = int(w_scale.ty.shape[1])
+    x2 = bb.emit(op.reshape(x, (-1, k)))  # (M, K)
+    kernel = _groupwise_matmul_te(k, n, int(bits), int(group_size), bool(signed), str(w_zero.ty.dtype))
+    y = bb.emit_te(kernel, x2, w_packed, w_scale, w_zero, bias, primfunc_name_hint="groupwise_matmul")
+    return bb.emit(op.reshape(y, (*x_shape[:-1], n)))
+
+
+def _groupwise_matmul_te(k: int, n: int, bits: int, group_size: int, signed: bool, zero_dtype: str) -> Any:
+    """A TE kernel y = x @ dequant(w) + bias that dequantizes each weight inside the K loop."""
+    from tvm import te, tirx
+
+    def nibble(byte: Any, col: Any, is_signed: bool) -> Any:
+        v = tirx.Cast("int32", (byte >> tirx.Cast("uint8", (col % 2) * 4)) & tirx.const(15, "uint8"))
+        return tirx.Select(v > 7, v - 16, v) if is_signed else v
+
+    def kernel(x: Any, w: Any, scale: Any, zero: Any, bias: Any) -> Any:
+        r = te.reduce_axis((0, k), name="k")
+
+        def weight(kk: Any, j: Any) -> Any:
+            g = kk // group_size
+            if bits == 4:
+                q = nibble(w[kk, j // 2], j, signed)
+                z = (
+                    nibble(zero[g, j // 2], j, False)
+                    if zero_dtype == "uint8"
+                    else tirx.Cast("int32", zero[g, j])
+                )
+            else:
+                q = tirx.Cast("int32", w[kk, j])
+                z = tirx.Cast("int32", zero[g, j])
+            return tirx.Cast("float32", q - z) * scale[g, j]
+
+        m = x.shape[0]
+        acc = te.compute((m, n), lambda i, j: te.sum(x[i, r] * weight(r, j), axis=r), name="acc")
+        return te.compute((m, n), lambda i, j: acc[i, j] + bias[j], name="out")
+
+    return kernel
