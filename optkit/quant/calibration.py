@@ -7,6 +7,11 @@ follows the sampler:
   of the schedule), as the SQNR-PTQ and PTQ4DiT papers propose — no sampling at all;
 - `all-steps`: every denoiser call of a full sampling run (the Program itself is the denoiser).
 
+When the zoo entry samples with classifier-free guidance (`extra["guidance_scale"] > 1`), half
+of every denoiser call at sampling time sees the null condition; calibration does the same:
+single-step adds the noisiest-step call with the null condition, and all-steps samples with
+guidance and keeps both halves of each call (as batches of the captured size).
+
 Other Programs calibrate on their example inputs (`example`), or on batches the caller gives.
 """
 
@@ -44,35 +49,62 @@ def calibration_batches(
         )
     from optkit.zoo import samplers
 
-    x_example, _t, *cond = program.example_inputs
+    if mode not in ("single-step", "all-steps"):
+        raise ConfigError(f"calibration must be example, single-step or all-steps, got {mode!r}")
+    x_example, _t, *cond_list = program.example_inputs
+    cond = tuple(cond_list)
+    guidance, uncond = guidance_of(program, cond)
+    size = x_example.shape[0]
     batches: list[Batch] = []
     for b in range(num_batches):
         gen = torch.Generator().manual_seed(seed + b)
         if mode == "single-step":
             noise = torch.randn(x_example.shape, generator=gen)
-            t_first = samplers.timesteps(sampler, steps)[0]
-            batches.append((noise, torch.full((x_example.shape[0],), float(t_first)), *cond))
+            t_first = torch.full((size,), float(samplers.timesteps(sampler, steps)[0]))
+            batches.append((noise, t_first, *cond))
+            if uncond is not None:
+                batches.append((noise, t_first, *uncond))
             continue
         seen: list[Batch] = []
 
         def record(
             _i: int, _t: torch.Tensor, inputs: Batch, _out: torch.Tensor, seen: list[Batch] = seen
         ) -> None:
-            seen.append(tuple(t.detach().clone() for t in inputs))
+            # Under guidance the call holds [conditional; unconditional]: one batch per half.
+            for start in range(0, inputs[0].shape[0], size):
+                seen.append(tuple(t[start : start + size].detach().clone() for t in inputs))
 
         samplers.sample(
-            program.run,
+            program.run_chunked,
             tuple(x_example.shape),
             sampler=sampler,
             steps=steps,
             seed=seed + b,
-            cond=tuple(cond),
+            cond=cond,
+            uncond=uncond,
+            guidance_scale=guidance,
             observer=record,
         )
         batches.extend(seen)
-    if mode not in ("single-step", "all-steps"):
-        raise ConfigError(f"calibration must be example, single-step or all-steps, got {mode!r}")
     return batches
+
+
+def guidance_of(program: Program, cond: Batch) -> tuple[float, Batch | None]:
+    """The classifier-free guidance scale the zoo samples `program` with, and the null
+    condition for `cond` (the entry's `extra["null_cond"]`, else all-zero conditions, the zoo's
+    convention for text tokens); (1.0, None) without guidance."""
+    name = program.meta.get("zoo")
+    if not name or not cond:
+        return 1.0, None
+    from optkit.zoo.registry import get_model
+
+    extra = get_model(name).extra
+    scale = float(extra.get("guidance_scale", 1.0))
+    if scale <= 1.0:
+        return 1.0, None
+    make = extra.get("null_cond")
+    uncond = tuple(make(cond)) if callable(make) else tuple(torch.zeros_like(c) for c in cond)
+    return scale, uncond
 
 
 class _Watcher(fx.Interpreter):

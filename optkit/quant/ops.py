@@ -166,8 +166,9 @@ def onnx_translations() -> dict:
     def act(x, scale, zero):  # type: ignore[no-untyped-def]
         # Activations leave as uint8 (zero point + 128): the grid is the same, and U8S8 is the
         # form ONNX Runtime's QDQ fusions handle everywhere (its int8 path breaks around Gemm).
-        zero_u8 = op.Cast(op.Add(op.Cast(zero, to=1), op.Constant(value_float=128.0)), to=2)
-        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_u8), scale, zero_u8)
+        # (onnxscript's stubs type Cast/QuantizeLinear outputs too narrowly for mypy.)
+        zero_u8 = op.Cast(op.Add(op.Cast(zero, to=1), op.Constant(value_float=128.0)), to=2)  # type: ignore[type-var]
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_u8), scale, zero_u8)  # type: ignore[type-var]
 
     def t_linear_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, w_colsum, bias):  # type: ignore[no-untyped-def]
         xd = act(x, x_scale, x_zero)

@@ -127,10 +127,10 @@ def quantize_site(
         if hessian is not None and spec.granularity != "tensor"
         else quantize_rtn(w_kn, spec)
     )
-    x_scale, x_zero = act_qparams(stats) if plan.abits == 8 else (None, None)
     if use_int_gemm:
+        x_scale, x_zero = act_qparams(stats)
         w_q = qw.q.to(torch.int8)
-        tensors = {
+        tensors: dict[str, torch.Tensor] = {
             "x_scale": x_scale,
             "x_zero": x_zero,
             "w_q": w_q,
@@ -142,7 +142,7 @@ def quantize_site(
         replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
         return w_q.numel() + qw.scale.numel() * 4
     if plan.abits == 8:
-        _insert_act_qdq(program, site, x_scale, x_zero)
+        _insert_act_qdq(program, site, *act_qparams(stats))
     group = spec.group_size if spec.granularity == "group" else w_kn.shape[0]
     if spec.granularity == "tensor":
         qw.scale, qw.zero = (

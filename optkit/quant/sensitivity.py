@@ -49,11 +49,11 @@ class _CachedRunner(fx.Interpreter):
         if site is None:
             return super().run_node(n)
         args, kwargs = self.fetch_args_kwargs_from_env(n)
-        args = list(args)
+        values = list(args)
         if site.act is not None:
-            args[0] = act_qdq(args[0], *site.act)
-        args[1] = site.weight
-        return n.target(*args, **kwargs)  # type: ignore[operator]
+            values[0] = act_qdq(values[0], *site.act)
+        values[1] = site.weight
+        return n.target(*values, **kwargs)  # type: ignore[operator]
 
 
 @dataclass

@@ -106,7 +106,7 @@ def _conv_args(node: fx.Node) -> dict[str, Any] | None:
         "stride": pair(stride),
         "padding": pair(padding),
         "dilation": pair(dilation),
-        "groups": int(groups or 1),
+        "groups": int(groups or 1),  # type: ignore[arg-type]
     }
 
 

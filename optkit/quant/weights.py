@@ -38,9 +38,12 @@ def quantize_rtn(w_kn: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
     scale, zero = scale_zero(lo, hi, spec)
     q = quantize(group_view(w_kn, spec), scale, zero, spec).reshape(w_kn.shape)
     n = w_kn.shape[1]
-    return QuantizedWeight(
-        q, scale.reshape(-1, n).expand(-1, n).clone(), zero.reshape(-1, n).expand(-1, n).clone(), spec
-    )
+
+    def per_column(t: torch.Tensor) -> torch.Tensor:
+        # tensor (1, 1), channel (1, N), group (G, 1, N) -> (G, N); a per-tensor value repeats.
+        return t.reshape(-1, t.shape[-1]).expand(-1, n).clone()
+
+    return QuantizedWeight(q, per_column(scale), per_column(zero), spec)
 
 
 def quantize_gptq(

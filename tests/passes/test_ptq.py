@@ -133,3 +133,12 @@ def test_bad_config(opts, match):
 def test_step_calibration_needs_a_sampler(transformer_program):
     with pytest.raises(PassError, match="needs a diffusion model driven by a zoo sampler"):
         run(transformer_program, calibration="single-step")
+
+
+@pytest.mark.parametrize("wbits", [4, 8])
+def test_per_tensor_minmax_weights_run(transformer_program, wbits):
+    # The naive baseline of the quantization benchmark: one scale per weight tensor.
+    result = run(transformer_program, wbits=wbits, granularity="tensor", observer="minmax", min_sqnr_db=0.0)
+    ops = result.program.op_counts()
+    assert ops.get("linear_w8a8" if wbits == 8 else "linear_wq") == 5
+    assert sqnr_db(transformer_program.run(), result.program.run()) > (25.0 if wbits == 8 else 5.0)

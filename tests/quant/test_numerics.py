@@ -79,3 +79,12 @@ def test_gptq_beats_rtn_on_correlated_inputs():
     rtn = sqnr_db(x @ w, x @ quantize_rtn(w, spec).dequantized())
     gptq = sqnr_db(x @ w, x @ quantize_gptq(w, 2 * x.t() @ x, spec).dequantized())
     assert gptq > rtn + 6.0
+
+
+@pytest.mark.parametrize("bits", [4, 8])
+def test_rtn_per_tensor_gives_one_repeated_scale(bits):
+    w = torch.randn(32, 6)
+    qw = quantize_rtn(w, QuantSpec(bits, True, "tensor"))
+    assert qw.scale.shape == (1, 6) and torch.all(qw.scale == qw.scale[0, 0])
+    assert float(qw.scale[0, 0]) == pytest.approx(float(w.abs().max()) / (2 ** (bits - 1) - 1))
+    assert (qw.dequantized() - w).abs().max() <= qw.scale[0, 0] / 2 + 1e-6
