@@ -263,6 +263,9 @@ def report(ctx: click.Context, directory: Path) -> None:
 from optkit.cli.zoo import zoo  # noqa: E402  (registers the `zoo` group on `cli`)
 
 cli.add_command(zoo)
+from optkit.cli.bench import bench  # noqa: E402
+
+cli.add_command(bench)
 
 
 def main() -> None:
