@@ -19,6 +19,8 @@ docs/bench_cache.png.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import inspect
 import statistics
 import sys
 import time
@@ -46,79 +48,13 @@ from optkit.errors import UnknownNameError  # noqa: E402
 from optkit.ir.capture import capture  # noqa: E402
 from optkit.metrics import psnr_db  # noqa: E402
 from optkit.report import Table  # noqa: E402
-from optkit.zoo.registry import TrainSettings, get_model  # noqa: E402
+from optkit.zoo.registry import EvalSettings, TrainSettings, get_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CAL_SEEDS = (0, 1)
 EVAL_SEEDS = (100, 101)
-SAMPLE_FN: list = [None]
+QUALITY_SAMPLES = 100
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
-
-
-def fallback_sample(
-    denoiser, shape, *, sampler, steps, seed, cond=(), uncond=None, guidance_scale=1.0, observer=None
-):
-    """DDIM / flow-Euler with the zoo's `sample` signature, used only while optkit.zoo.samplers is absent."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(shape, generator=gen)
-
-    def predict(x: torch.Tensor, t: float) -> torch.Tensor:
-        tt = torch.full((x.shape[0],), float(t))
-        if uncond is None or guidance_scale == 1.0:
-            return denoiser(x, tt, *cond)
-        both = denoiser(
-            torch.cat([x, x]), torch.cat([tt, tt]), *(torch.cat(p) for p in zip(cond, uncond, strict=True))
-        )
-        c, u = both.chunk(2)
-        return u + guidance_scale * (c - u)
-
-    if sampler == "flow-euler":
-        s = torch.linspace(1.0, 0.0, steps + 1)
-        for i in range(steps):
-            x = x + (s[i + 1] - s[i]) * predict(x, 1000.0 * float(s[i]))
-        return x
-    alphas = torch.cumprod(1 - torch.linspace(1e-4, 0.02, 1000), 0)
-    ts = torch.linspace(999, 0, steps).round().long()
-    for i, t in enumerate(ts):
-        a = alphas[t]
-        a_prev = alphas[ts[i + 1]] if i + 1 < steps else torch.tensor(1.0)
-        eps = predict(x, float(t))
-        x = a_prev.sqrt() * (x - (1 - a).sqrt() * eps) / a.sqrt() + (1 - a_prev).sqrt() * eps
-    return x
-
-
-def zoo_sampler():
-    """The zoo's `sample` and a label, or the fallback above."""
-    try:
-        from optkit.zoo.samplers import sample
-    except ModuleNotFoundError:
-        return fallback_sample, "bench fallback DDIM/flow-Euler (optkit.zoo.samplers absent)"
-    return sample, "optkit.zoo.samplers"
-
-
-def quick_train_moviegen(model: torch.nn.Module, steps: int) -> None:
-    """Flow-matching training on moving digits (10% null prompts), used only while optkit.zoo.training is absent."""
-    from optkit.zoo.data import moving_digits
-    from optkit.zoo.moviegen import digit_prompt
-
-    cfg = model.config
-    videos, labels = moving_digits(512, frames=cfg.frames, resolution=cfg.resolution, seed=0)
-    prompts = digit_prompt(labels, cfg.text_len)
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, videos.shape[0], (16,), generator=gen)
-        x0, text = videos[idx], prompts[idx].clone()
-        text[torch.rand(16, generator=gen) < 0.1] = 0
-        s = torch.rand(16, generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
-        xs = (1 - s.view(-1, 1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1, 1) * noise
-        loss = (model(xs, 1000 * s, text) - (noise - x0)).pow(2).mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    model.eval()
 
 
 def load(name: str, train_steps: int) -> tuple[object, str] | None:
@@ -132,18 +68,8 @@ def load(name: str, train_steps: int) -> tuple[object, str] | None:
     torch.manual_seed(0)  # the weights' initialization, so that runs repeat
     model = entry.create("tiny", pretrained=False)
     if train_steps and entry.train is not None:
-        try:
-            entry.train(model.train(), TrainSettings(steps=train_steps, batch_size=16, lr=1e-3))
-            return model.eval(), f"trained here for {train_steps} steps (no checkpoint)"
-        except ModuleNotFoundError as err:
-            if name != "moviegen":
-                print(f"{name}: cannot train ({err}); random weights")
-            else:
-                quick_train_moviegen(model, train_steps)
-                return (
-                    model.eval(),
-                    f"trained here for {train_steps} flow-matching steps by the bench's own loop",
-                )
+        entry.train(model.train(), TrainSettings(steps=train_steps, batch_size=16, lr=1e-3))
+        return model.eval(), f"trained here for {train_steps} steps (no checkpoint)"
     return model.eval(), "random init (no checkpoint)"
 
 
@@ -187,7 +113,6 @@ def bench_model(
         "cond": tuple(cond),
         "uncond": null_condition(program, tuple(cond)) if guidance > 1 else None,
         "guidance_scale": guidance,
-        "sample_fn": SAMPLE_FN[0],
     }
     ctx = {"shape": tuple(x.shape), "kw": kw, "steps": steps}
     profile = block_change_profile(program, units, steps=steps, seeds=CAL_SEEDS, shape=x.shape, **kw)
@@ -243,7 +168,58 @@ def bench_model(
                 float("nan"),
             ]
         )
-    return rows, {"label": f"{label} ({weights})", "curves": curves}
+    quality = quality_rows(
+        entry, model, program, units, profile, sampler, steps, label, [r for r in rows if r[4] == r[4]]
+    )
+    return rows, {"label": f"{label} ({weights})", "curves": curves, "quality": quality}
+
+
+def pick_threshold(rows: list) -> float:
+    """The threshold with the largest measured speed-up at PSNR >= 30 dB (else the smallest)."""
+    good = [r for r in rows if r[4] >= 30.0]
+    best = max(good, key=lambda r: r[3]) if good else min(rows, key=lambda r: float(r[1]))
+    return float(best[1])
+
+
+def quality_rows(entry, model, program, units, profile, sampler, steps, label, rows) -> list[list]:
+    """Model-level quality (the zoo's own metric: FD-digits, class accuracy, ...) of the uncached
+    sampler, the threshold schedule picked by `pick_threshold`, and each baseline at its compute."""
+    if entry.evaluate is None or "sample_fn" not in inspect.signature(entry.evaluate).parameters:
+        print(f"{entry.name}: its evaluate() takes no sample_fn; no quality figures")
+        return []
+    delta = pick_threshold(rows)
+    schedule = threshold_schedule(profile.change, delta)
+    budget = max(schedule.evaluation_fraction(), 1.0 / steps)
+    interval = max(1, round(1 / budget))
+    fewer = fewer_steps_schedule(profile.blocks, steps, budget)
+    policies = [
+        ("uncached", uniform_schedule([], steps, 1), None, []),
+        (f"threshold {delta:g} + scale-shift", schedule, fit_alignment(profile.values, schedule), units),
+        ("first-block, same compute", first_block_budget_schedule(profile.change, budget), None, units),
+        (f"uniform k={interval}", uniform_schedule(profile.blocks, steps, interval), None, units),
+        (f"fewer steps ({fewer.steps})", uniform_schedule([], fewer.steps, 1), None, []),
+    ]
+    batch = program.example_inputs[0].shape[0]
+    settings = EvalSettings(num_samples=QUALITY_SAMPLES, steps=steps, seed=0, batch_size=10 * batch)
+    extra = {"sampler": sampler} if "sampler" in inspect.signature(entry.evaluate).parameters else {}
+    out = []
+    for name, sched, alignment, used_units in policies:
+        runner = CachedSampler(program, sched, used_units, alignment)
+
+        def draw(
+            _denoiser, shape, *, sampler, steps, seed, cond=(), uncond=None, guidance_scale=1.0, runner=runner
+        ):
+            return runner.sample(
+                shape, sampler=sampler, seed=seed, cond=cond, uncond=uncond, guidance_scale=guidance_scale
+            )
+
+        figures = entry.evaluate(
+            model, dataclasses.replace(settings, steps=sched.steps), sample_fn=draw, **extra
+        )
+        fraction = sched.evaluation_fraction(steps) if sched.recompute else sched.steps / steps
+        out.append([label, name, 100 * fraction, *figures.values()])
+        print(out[-1], flush=True)
+    return [list(figures), out]
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -268,6 +244,22 @@ def plot(results: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def quality_markdown(results: list[dict], steps: int) -> list[str]:
+    lines = []
+    for result in results:
+        if not result["quality"]:
+            continue
+        metrics, rows = result["quality"]
+        table = Table(
+            f"Sample quality, {QUALITY_SAMPLES} samples ({steps}-step reference), zoo metric — {result['label']}",
+            ["model / sampler", "policy", "block evaluations", *metrics],
+            rows,
+            {"block evaluations": "%"},
+        )
+        lines += [table.to_markdown(), ""]
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["dit", "ldm", "moviegen"])
@@ -276,7 +268,6 @@ def main() -> None:
     parser.add_argument("--train-steps", type=int, default=300)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    SAMPLE_FN[0], sampler_label = zoo_sampler()
     rows, results, notes = [], [], []
     for name in args.models:
         loaded = load(name, args.train_steps)
@@ -284,8 +275,6 @@ def main() -> None:
             notes.append(f"- `{name}`: not in the zoo in this run, skipped.")
             continue
         samplers = ("flow-euler",) if get_model(name).sampler == "flow-euler" else ("ddim", "dpm++2m")
-        if SAMPLE_FN[0] is fallback_sample:
-            samplers = tuple(s for s in samplers if s != "dpm++2m")
         for sampler in samplers:
             r, res = bench_model(name, sampler, args.steps, args.repeats, args.train_steps, loaded)
             rows += r
@@ -323,12 +312,14 @@ def main() -> None:
         [
             "## Block caching (`bench_cache`)",
             "",
-            f"`{command.strip()}` — sampler implementation: {sampler_label}; models and weights:",
+            f"`{command.strip()}` — models and weights:",
             *notes,
             "",
             table.to_markdown() if hasattr(table, "to_markdown") else str(table),
             "",
             "![PSNR against block evaluations saved](bench_cache.png)",
+            "",
+            *quality_markdown(results, args.steps),
         ]
     )
     print(markdown)

@@ -33,6 +33,7 @@ from torch import nn
 
 from optkit.errors import ConfigError
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
+from optkit.zoo.samplers import SampleFn
 
 PAPER = "Scalable Diffusion Models with Transformers (Peebles & Xie, ICCV 2023)"
 GUIDANCE_SCALE = 2.0
@@ -274,12 +275,20 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     return train_denoiser(model, batches, settings, objective="eps", null_cond=null_cond)
 
 
-def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
+) -> dict[str, float]:
     """Sample `num_samples` digits (classes in turn, fixed seeds, guidance 2) and score them:
-    FD-digits against the test split and the shipped classifier's accuracy on the labels."""
+    FD-digits against the test split and the shipped classifier's accuracy on the labels.
+
+    `sample_fn` (same signature as `optkit.zoo.samplers.sample`) replaces the plain sampler, so
+    that a cached or quantized runner is scored the same way; `model` is then only read for
+    its config."""
     from optkit.metrics import class_accuracy, fd_digits
     from optkit.zoo.data import digits
     from optkit.zoo.samplers import sample
+
+    draw = sample_fn or sample
 
     cfg: DiTConfig = model.config  # type: ignore[assignment]
     model.eval()
@@ -288,7 +297,7 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
     for start in range(0, settings.num_samples, settings.batch_size):
         y = labels[start : start + settings.batch_size]
         out.append(
-            sample(
+            draw(
                 model,
                 (y.shape[0], cfg.in_channels, cfg.resolution, cfg.resolution),
                 sampler=sampler,

@@ -34,6 +34,7 @@ from torch import nn
 from optkit.errors import ConfigError
 from optkit.nn.mate import MATE, MateConfig
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
+from optkit.zoo.samplers import SampleFn
 
 PAPER = "Movie Gen: A Cast of Media Foundation Models (Polyak et al., 2024)"
 GUIDANCE_SCALE = 2.0
@@ -382,12 +383,17 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     return train_denoiser(model, batches, settings, objective="flow", null_cond=null_cond)
 
 
-def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
+def evaluate(model: nn.Module, settings: EvalSettings, sample_fn: SampleFn | None = None) -> dict[str, float]:
     """Sample digit videos with flow-euler (classifier-free guidance) and score them:
-    `video_quality` against held-out moving digits, plus per-frame digit-class accuracy."""
+    `video_quality` against held-out moving digits, plus per-frame digit-class accuracy.
+
+    `sample_fn` (same signature as `optkit.zoo.samplers.sample`) replaces the plain sampler, so
+    that a cached or quantized runner is scored the same way."""
     from optkit.metrics import class_accuracy, video_quality
     from optkit.zoo.data import moving_digits
     from optkit.zoo.samplers import sample
+
+    draw = sample_fn or sample
 
     cfg: VideoTransformerConfig = model.config  # type: ignore[assignment]
     model.eval()
@@ -399,7 +405,7 @@ def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
         text = digit_prompt(lab, cfg.text_len)
         with torch.no_grad():
             samples.append(
-                sample(
+                draw(
                     model,
                     (lab.shape[0], *shape),
                     sampler="flow-euler",

@@ -26,6 +26,8 @@ from optkit.errors import ConfigError, UnknownNameError
 
 Denoiser = Callable[..., torch.Tensor]
 Observer = Callable[[int, torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor], None]
+# Anything called like `sample` below (a cached or quantized runner's sampler, for instance).
+SampleFn = Callable[..., torch.Tensor]
 
 SAMPLERS = ("ddim", "dpm++2m", "flow-euler")
 TRAIN_STEPS = 1000
