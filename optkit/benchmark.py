@@ -147,6 +147,7 @@ class TargetResult:
     tensor_peak_bytes: int | None = None
     max_abs_error: float | None = None
     rel_error: float | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # what the runtime says about itself
 
     @property
     def median_ms(self) -> float | None:
@@ -166,6 +167,7 @@ class BenchResult:
     config: BenchConfig
     rtol: float
     targets: list[TargetResult]
+    reference_abs_max: float = float("nan")  # max |eager output|: the scale of every error
 
     def get(self, target: str) -> TargetResult:
         """The result of `target`."""
@@ -241,6 +243,11 @@ class BenchResult:
                 },
             )
         )
+        if self.reference_abs_max == 0:
+            report.notes.append(
+                "Every eager output is exactly zero (e.g. a zero-initialized head): the output check "
+                "cannot tell a right runtime from a wrong one here."
+            )
         report.notes += [
             f"Outputs agree when max |target - eager| <= {cfg.atol:g} + {self.rtol:g} * max |eager| "
             "for every output; rel error = max abs error / max |eager|.",
@@ -275,6 +282,7 @@ class _Runner:
     outputs: Callable[[Any], list[np.ndarray]]
     detail: str
     keep: list[Any] = field(default_factory=list)  # objects the runner needs alive
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -364,11 +372,14 @@ def _build_tvm(ctx: _Context, device: str) -> _Runner:
         ctx.program, target=device, tune_trials=ctx.tune_trials, work_dir=ctx.work_dir / device, **extra
     )
     copies = "host<->device copies included" if device == "cuda" else "input/output copies included"
+    info = dict(getattr(artifact, "info", {}) or {})
+    blas = f", {info['blas_matmuls']} float matmuls via BLAS callback" if info.get("blas_matmuls") else ""
     return _Runner(
         lambda: artifact.run(*ctx.inputs),
         lambda value: [np.asarray(v) for v in value],
-        f"TVM {_tvm_version()} {device}, {tuned}, Artifact.run ({copies})",
+        f"TVM {_tvm_version()} {device}, {tuned}{blas}, Artifact.run ({copies})",
         [artifact],
+        info,
     )
 
 
@@ -548,7 +559,8 @@ def benchmark(
         for target in config.targets:
             results.append(_measure(target, ctx, reference, flops, config, rtol))
             gc.collect()
-    return BenchResult(program.name, flops, threads, config, rtol, results)
+    scale = max((float(np.max(np.abs(r))) for r in reference if r.size), default=0.0)
+    return BenchResult(program.name, flops, threads, config, rtol, results, scale)
 
 
 def _measure(
@@ -567,7 +579,7 @@ def _measure(
             result.status, result.reason = "failed", f"build failed: {_first_line(err)}"
             return result
         result.build_s = time.perf_counter() - start
-        result.detail = runner.detail
+        result.detail, result.info = runner.detail, runner.info
         ctx.say(f"{target}: output check and {config.warmup} warm-up runs")
         try:
             got = runner.outputs(runner.call())

@@ -219,3 +219,13 @@ def test_tensor_peak_bytes_counts_live_intermediates():
     w = torch.ones(1000)
     assert tensor_peak_bytes(lambda t: (t * 2) + w, [x], [w]) == 8000  # t*2 alive while + runs
     assert tensor_peak_bytes(lambda t: t.view(10, 100).sum(), [x], []) == 4
+
+
+def test_all_zero_reference_is_called_out():
+    head = nn.Linear(8, 4)
+    nn.init.zeros_(head.weight)
+    nn.init.zeros_(head.bias)
+    program = capture(head, (torch.randn(2, 8),), name="zero-head")
+    result = benchmark(program, BenchConfig(targets=("eager",), **FAST))
+    assert result.reference_abs_max == 0.0
+    assert any("cannot tell a right runtime from a wrong one" in n for n in result.to_report().notes)
