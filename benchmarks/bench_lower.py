@@ -10,7 +10,7 @@ eager, ONNX Runtime and TVM on the CPU along the default path (untuned schedules
 `--tune-trials N > 0`, TVM again tuned with N MetaSchedule trials in a fresh database (so the
 tuning time is the whole search). Ratios are latency over latency (TVM/ORT > 1: TVM slower),
 medians of `--repeats` runs in the same process. Every output is checked against eager; a target
-that fails or disagrees is named in the table. Writes docs/benchmarks.md (section bench_lower)
+that fails or disagrees is named below the table. Writes docs/benchmarks.md (section bench_lower)
 and docs/bench_lower.png.
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import platform
 import sys
 import time
@@ -277,9 +278,8 @@ def main() -> None:
 
     markdown = "\n".join(
         [
-            "## Lowering: TVM vs ONNX Runtime vs eager (`bench_lower`)",
-            "",
-            f"`{command.strip()}` on {cpu_name()}, "
+            f"`{command.strip()}` on {cpu_name()} ({len(os.sched_getaffinity(0))} CPU(s) for the process, "
+            "shared with other jobs: compare ratios within a row rather than figures across runs), "
             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, TVM {tvm.__version__}, "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ratios are latency / latency (> 1: TVM slower). "
             "TVM rel error: max abs error against eager over max |eager output|. `int8` is the `ptq` "
