@@ -282,7 +282,8 @@ def main() -> None:
             "shared with other jobs: compare ratios within a row rather than figures across runs), "
             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, TVM {tvm.__version__}, "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ratios are latency / latency (> 1: TVM slower). "
-            "TVM rel error: max abs error against eager over max |eager output|. `int8` is the `ptq` "
+            "TVM rel error: max abs error against eager over max |eager output|. Tuning time: tuned TVM "
+            "build minus untuned TVM build (fresh tuning database). `int8` is the `ptq` "
             "W8A8 Program (per-channel weights, calibrated on the example inputs); eager and ORT run "
             "the same quantized graph. Weights: the zoo's shipped checkpoint where there is one, "
             "otherwise random (latency does not depend on them).",

@@ -409,6 +409,7 @@ class _RssSampler:
         self._proc = psutil.Process()
         self._period = period_s
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self.start_rss = self._proc.memory_info().rss
         self.peak = self.start_rss
         self._thread = threading.Thread(target=self._loop, daemon=True)
@@ -416,11 +417,14 @@ class _RssSampler:
 
     def restart(self) -> None:
         """Count from now: the current RSS becomes the baseline."""
-        self.start_rss = self.peak = self._proc.memory_info().rss
+        with self._lock:
+            self.start_rss = self.peak = self._proc.memory_info().rss
 
     def _loop(self) -> None:
         while not self._stop.wait(self._period):
-            self.peak = max(self.peak, self._proc.memory_info().rss)
+            rss = self._proc.memory_info().rss
+            with self._lock:
+                self.peak = max(self.peak, rss)
 
     def stop(self) -> int:
         """Stop sampling; return the peak growth over the starting RSS in bytes."""
