@@ -86,37 +86,46 @@ def wake_zero_layers(program, seed: int = 0) -> int:
 
 
 def run_one(program, precision: str, args: argparse.Namespace) -> dict:
-    """Measure one (model, size, precision): the untuned run, then the tuned TVM run if asked."""
+    """Measure one (model, size, precision): eager, ORT and untuned TVM timed in interleaved
+    rounds; then, if asked, eager, ORT and tuned TVM in a second interleaved run, whose ratios
+    use that run's own eager and ORT figures."""
     common = {"repeats": args.repeats, "warmup": args.warmup, "threads": args.threads}
-    base: BenchResult = benchmark(
-        program, BenchConfig(targets=("eager", "ort", "tvm-cpu"), **common), progress=_say
-    )
-    tuned: TargetResult | None = None
-    if args.tune_trials > 0:
-        start = time.perf_counter()
-        tuned = benchmark(
-            program,
-            BenchConfig(targets=("tvm-cpu",), tune_trials=args.tune_trials, **common),
-            progress=_say,
-        ).get("tvm-cpu")
-        print(f"  tuned run: {time.perf_counter() - start:.1f} s")
-    eager, ort, tvm = base.get("eager"), base.get("ort"), base.get("tvm-cpu")
-    tuning = tuned.info.get("tuning", {}) if tuned is not None else {}
-    return {
+    targets = ("eager", "ort", "tvm-cpu")
+    base: BenchResult = benchmark(program, BenchConfig(targets=targets, **common), progress=_say)
+    eager, ort, tvm = (base.get(t) for t in targets)
+    row = {
         "flops": base.flops,
         "eager": _ms(eager),
         "ort": _ms(ort),
         "tvm": _ms(tvm),
-        "tvm_tuned": _ms(tuned),
+        "tvm/ort": _ratio(_ms(tvm), _ms(ort)),
+        "tvm/eager": _ratio(_ms(tvm), _ms(eager)),
         "tvm_build": tvm.build_s if tvm.build_s is not None else float("nan"),
-        "tuned_build": tuned.build_s if tuned is not None and tuned.build_s is not None else float("nan"),
-        "tuning_info": tuning,
         "tvm_rel_error": tvm.rel_error if tvm.rel_error is not None else float("nan"),
         "ort_rel_error": ort.rel_error if ort.rel_error is not None else float("nan"),
         "blas": tvm.info.get("blas_matmuls"),
-        "problems": _problems([eager, ort, tvm]) + _problems([tuned], " tuned"),
-        "precision": precision,
+        "problems": _problems([eager, ort, tvm]),
+        "tvm_tuned": float("nan"),
+        "tuned/ort": float("nan"),
+        "tuned/eager": float("nan"),
+        "tuned_build": float("nan"),
     }
+    if args.tune_trials > 0:
+        again = benchmark(
+            program, BenchConfig(targets=targets, tune_trials=args.tune_trials, **common), progress=_say
+        )
+        e2, o2, tuned = (again.get(t) for t in targets)
+        row.update(
+            {
+                "tvm_tuned": _ms(tuned),
+                "tuned/ort": _ratio(_ms(tuned), _ms(o2)),
+                "tuned/eager": _ratio(_ms(tuned), _ms(e2)),
+                "tuned_build": tuned.build_s if tuned.build_s is not None else float("nan"),
+                "tuned_rel_error": tuned.rel_error,
+            }
+        )
+        row["problems"] += _problems([tuned], " tuned")
+    return row
 
 
 def _say(msg: str) -> None:
@@ -208,10 +217,10 @@ def main() -> None:
                         r["ort"],
                         r["tvm"],
                         r["tvm_tuned"],
-                        _ratio(r["tvm"], r["ort"]),
-                        _ratio(r["tvm"], r["eager"]),
-                        _ratio(r["tvm_tuned"], r["ort"]),
-                        _ratio(r["tvm_tuned"], r["eager"]),
+                        r["tvm/ort"],
+                        r["tvm/eager"],
+                        r["tuned/ort"],
+                        r["tuned/eager"],
                         r["tvm_build"],
                         tuning_s,
                         r["tvm_rel_error"],
@@ -223,7 +232,7 @@ def main() -> None:
                         "the numpy BLAS callback (`optkit.blas.matmul`)."
                     )
                 notes += [f"- `{name}:{size}` {precision}: {p}" for p in r["problems"]]
-                print("  " + ", ".join(f"{k}={v}" for k, v in r.items() if k != "tuning_info"), flush=True)
+                print("  " + ", ".join(f"{k}={v}" for k, v in r.items()), flush=True)
     columns = [
         "model",
         "size",
@@ -281,7 +290,10 @@ def main() -> None:
             f"`{command.strip()}` on {cpu_name()} ({len(os.sched_getaffinity(0))} CPU(s) for the process, "
             "shared with other jobs: compare ratios within a row rather than figures across runs), "
             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, TVM {tvm.__version__}, "
-            f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ratios are latency / latency (> 1: TVM slower). "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}. Ratios are latency / latency (> 1: TVM slower), "
+            "each from one run in which the targets were timed in interleaved rounds (the tuned ratios "
+            "from a second such run with its own eager and ORT figures; the eager and ORT columns are "
+            "from the first). "
             "TVM rel error: max abs error against eager over max |eager output|. Tuning time: tuned TVM "
             "build minus untuned TVM build (fresh tuning database). `int8` is the `ptq` "
             "W8A8 Program (per-channel weights, calibrated on the example inputs); eager and ORT run "

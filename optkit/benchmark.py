@@ -8,8 +8,9 @@
 | `tvm-cpu`  | `optkit.backends.lower(program, "cpu")`: TVM Relax built for llvm          |
 | `tvm-cuda` | the same for CUDA; only where TVM finds a GPU                              |
 
-Every target is built, run once for the output check against eager, warmed up and then timed
-(`optkit.timing.latency_ms`: median, p10, p90 of `repeats` calls). A target that fails to build
+Every target is built, run once for the output check against eager and warmed up; then all
+targets are timed in rounds, one call of each per round, `repeats` rounds (median, p10, p90 per
+target), so that load from other processes falls on every target alike. A target that fails to build
 or run is reported as `failed` with the reason and the others still run; one whose outputs differ
 from eager beyond the tolerance is reported as `mismatch` with its figures.
 
@@ -33,6 +34,7 @@ import contextlib
 import gc
 import inspect
 import logging
+import statistics
 import tempfile
 import threading
 import time
@@ -114,6 +116,7 @@ class BenchConfig:
     work_dir: Path | None = None
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(dict.fromkeys(self.targets)))
         if not self.targets:
             raise ConfigError(f"no targets given; allowed: {', '.join(TARGETS)}")
         for name in self.targets:
@@ -214,7 +217,8 @@ class BenchResult:
                 report.notes.append(f"{r.target} {r.status}: {r.reason}")
         report.tables.append(
             Table(
-                f"Latency per target (median, p10, p90 of {cfg.repeats} runs after {cfg.warmup} warm-up)",
+                f"Latency per target (median, p10, p90 of {cfg.repeats} interleaved rounds after "
+                f"{cfg.warmup} warm-up)",
                 [
                     "target",
                     "status",
@@ -560,16 +564,33 @@ def benchmark(
         ctx = _Context(program, module, program.example_inputs, threads, config.tune_trials, work, say)
         eager_fn, _ = _eager_module(ctx)
         reference = _torch_outputs(eager_fn(*ctx.inputs))
+        prepared = []
         for target in config.targets:
-            results.append(_measure(target, ctx, reference, flops, config, rtol))
+            result, runner = _prepare(target, ctx, reference, config, rtol)
+            results.append(result)
+            if runner is not None:
+                prepared.append((result, runner))
             gc.collect()
+        _time_interleaved(prepared, config.repeats, say)
+        for result in results:
+            median = result.latency.get("median")
+            result.gflops_per_s = flops / (median * 1e6) if median else None
+        del prepared
+        if "eager" in config.targets and results[config.targets.index("eager")].status != "failed":
+            ctx.say("eager: peak tensor memory")
+            fn, _ = _eager_module(ctx)
+            weights = list(fn.parameters()) + list(fn.buffers()) if isinstance(fn, nn.Module) else []
+            results[config.targets.index("eager")].tensor_peak_bytes = tensor_peak_bytes(
+                fn, ctx.inputs, weights
+            )
     scale = max((float(np.max(np.abs(r))) for r in reference if r.size), default=0.0)
     return BenchResult(program.name, flops, threads, config, rtol, results, scale)
 
 
-def _measure(
-    target: str, ctx: _Context, reference: list[np.ndarray], flops: int, config: BenchConfig, rtol: float
-) -> TargetResult:
+def _prepare(
+    target: str, ctx: _Context, reference: list[np.ndarray], config: BenchConfig, rtol: float
+) -> tuple[TargetResult, _Runner | None]:
+    """Build `target`, check its outputs against eager, warm it up; the runner is None on failure."""
     result = TargetResult(target)
     sampler = _RssSampler()
     ctx.memory_start = sampler.restart
@@ -581,7 +602,7 @@ def _measure(
         except Exception as err:
             log.info("%s failed to build", target, exc_info=True)
             result.status, result.reason = "failed", f"build failed: {_first_line(err)}"
-            return result
+            return result, None
         result.build_s = time.perf_counter() - start
         result.detail, result.info = runner.detail, runner.info
         ctx.say(f"{target}: output check and {config.warmup} warm-up runs")
@@ -592,25 +613,47 @@ def _measure(
         except Exception as err:
             log.info("%s failed to run", target, exc_info=True)
             result.status, result.reason = "failed", f"run failed: {_first_line(err)}"
-            return result
+            return result, None
         abs_err, rel_err, problem = compare_outputs(got, reference, rtol, config.atol)
         result.max_abs_error, result.rel_error = abs_err, rel_err
         if problem:
             result.status, result.reason = "mismatch", f"outputs differ from eager: {problem}"
+        return result, runner
     finally:
         result.rss_peak_bytes = sampler.stop()
-    ctx.say(f"{target}: {config.repeats} timed runs")
-    try:
-        result.latency = latency_ms(runner.call, warmup=0, repeats=config.repeats)
-    except Exception as err:
-        result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"
-        return result
-    result.gflops_per_s = flops / (result.latency["median"] * 1e6) if result.latency["median"] > 0 else None
-    if target == "eager":
-        fn, _ = _eager_module(ctx)
-        weights = list(fn.parameters()) + list(fn.buffers()) if isinstance(fn, nn.Module) else []
-        result.tensor_peak_bytes = tensor_peak_bytes(fn, ctx.inputs, weights)
-    return result
+
+
+def _time_interleaved(prepared: list[tuple[TargetResult, _Runner]], repeats: int, say: Progress) -> None:
+    """Time every runner `repeats` times in rounds (one call of each per round), so that load
+    from other processes that comes and goes falls on all targets alike."""
+    times: dict[str, list[float]] = {r.target: [] for r, _ in prepared}
+    live = list(prepared)
+    for i in range(repeats):
+        say(f"timed round {i + 1}/{repeats}: {', '.join(r.target for r, _ in live)}")
+        for result, runner in list(live):
+            try:
+                times[result.target].append(latency_ms(runner.call, warmup=0, repeats=1)["median"])
+            except Exception as err:
+                result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"
+                live.remove((result, runner))
+    for result, _ in live:
+        result.latency = _summary(times[result.target])
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    # The figures and percentile rule of `optkit.timing.latency_ms`, over interleaved samples.
+    times = sorted(times)
+
+    def pct(q: float) -> float:
+        return times[min(len(times) - 1, round(q * (len(times) - 1)))]
+
+    return {
+        "median": statistics.median(times),
+        "p10": pct(0.1),
+        "p90": pct(0.9),
+        "min": times[0],
+        "repeats": float(len(times)),
+    }
 
 
 # -- files -------------------------------------------------------------------------------------

@@ -229,3 +229,25 @@ def test_all_zero_reference_is_called_out():
     result = benchmark(program, BenchConfig(targets=("eager",), **FAST))
     assert result.reference_abs_max == 0.0
     assert any("cannot tell a right runtime from a wrong one" in n for n in result.to_report().notes)
+
+
+def test_targets_are_timed_in_interleaved_rounds(mlp_program, monkeypatch):
+    real = bench._BUILDERS["eager"]
+    calls = []
+
+    def recording(name):
+        def build(ctx):
+            runner = real(ctx)
+            inner = runner.call
+            runner.call = lambda: (calls.append(name), inner())[1]
+            return runner
+
+        return build
+
+    monkeypatch.setitem(bench._BUILDERS, "eager", recording("eager"))
+    monkeypatch.setitem(bench._BUILDERS, "ort", recording("ort"))
+    result = benchmark(mlp_program, BenchConfig(targets=("eager", "ort"), repeats=3, warmup=1))
+    # check + warm-up of each target, then 3 rounds of one call each.
+    assert calls == ["eager", "eager", "ort", "ort"] + ["eager", "ort"] * 3
+    assert all(r.latency["repeats"] == 3 for r in result.targets)
+    assert BenchConfig(targets=("eager", "ort", "eager")).targets == ("eager", "ort")
