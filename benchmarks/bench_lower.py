@@ -271,9 +271,12 @@ def main() -> None:
         rows = [[row[i] for i in keep] for row in rows]
     else:
         plot_rows = rows
+    tvm_runs = (
+        f"untuned and tuned with {args.tune_trials} trials" if args.tune_trials else "untuned (default path)"
+    )
     table = Table(
-        f"Latency per call (median of {args.repeats} after {args.warmup} warm-up, {args.threads} thread(s), "
-        f"batch {args.batch}); TVM {'untuned and tuned with ' + str(args.tune_trials) + ' trials' if args.tune_trials else 'untuned (default path)'}",
+        f"Latency per call (median of {args.repeats} interleaved rounds after {args.warmup} warm-up, "
+        f"{args.threads} thread(s), batch {args.batch}); TVM {tvm_runs}",
         columns,
         rows,
         units,

@@ -24,10 +24,19 @@ if TYPE_CHECKING:
     help="Comma-separated targets from eager, compile, ort, tvm-cpu, tvm-cuda "
     "[default: eager,compile,ort,tvm-cpu, plus tvm-cuda when a GPU exists].",
 )
-@click.option("--repeats", default=20, show_default=True, type=int, help="Timed runs per target.")
+@click.option(
+    "--repeats",
+    default=20,
+    show_default=True,
+    type=int,
+    help="Timed rounds (one call of each target per round).",
+)
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs before timing.")
 @click.option(
-    "--threads", default=None, type=int, help="PyTorch and ONNX Runtime threads [default: torch's setting]."
+    "--threads",
+    default=None,
+    type=int,
+    help="PyTorch, ONNX Runtime and TVM CPU threads [default: torch's setting].",
 )
 @click.option("--tune-trials", default=0, show_default=True, type=int, help="TVM tuning trials (0: untuned).")
 @options.output
