@@ -229,3 +229,15 @@ def test_training_reduces_loss_and_evaluate_is_finite() -> None:
     assert names <= set(scores) and all(math.isfinite(v) for v in scores.values())
     assert {f"psnr_db_{a}" for a in ("shift", "rotate", "flip", "thicken")} <= set(scores)
     assert scores["identity_accuracy_true_edit"] >= 0.75
+
+
+def test_shipped_checkpoint_learns_the_edit_from_the_exemplars() -> None:
+    entry = get_model("instamanip")
+    assert entry.checkpoint_path("tiny").exists()
+    model = entry.create("tiny")  # loads the shipped weights
+    scores = entry.evaluate(model, EvalSettings(num_samples=32, seed=7))  # type: ignore[misc]
+    # Well above returning the query unedited, and the exemplars matter: with exemplars of
+    # another action the same queries come out far worse.
+    assert scores["psnr_db"] > scores["copy_query_psnr_db"] + 6.0
+    assert scores["psnr_db"] > scores["wrong_exemplars_psnr_db"] + 6.0
+    assert scores["identity_accuracy"] >= 0.7
