@@ -27,27 +27,38 @@ learns from the exemplars passes through Z. The mask is built from the static co
 
 Output: the edited query is predicted in one shot (all generation tokens in one forward pass),
 not autoregressively patch by patch. Why: the edits are deterministic, so there is no
-multi-modal output distribution for sampling to capture; one pass is K+2 times cheaper than
-decoding patch by patch, has no exposure bias, and keeps the captured graph a single static
+multi-modal output distribution for sampling to capture; one pass replaces (R/p)^2 = 16
+sequential decoding steps, has no exposure bias, and keeps the captured graph a single static
 call (no decode loop or KV cache for capture, ONNX or the passes to handle). This is also how
 the paper's image output works: SEED-X-style learnable generation tokens whose final states go
 to an image decoder in one step; only text would be generated token by token.
 
 Deviations from the paper:
-- No text instruction and no pretrained LLM (the paper fine-tunes a LLaMA-based SEED-X): a
-  small pre-LayerNorm transformer (GELU MLP, not RMSNorm/SwiGLU) trained from scratch.
+- No text instruction and no pretrained multimodal LLM (the paper starts from a large
+  LLaMA-style model): a small pre-LayerNorm transformer (GELU MLP, not RMSNorm/SwiGLU)
+  trained from scratch.
 - Image tokenizer and decoder are a linear patch embedding and a linear patch head (the paper
-  uses a ViT tokenizer and an SDXL diffusion decoder that also sees the query image).
+  uses a pretrained ViT image tokenizer and a diffusion image decoder that also sees the
+  query image).
 - Attention is bidirectional inside each group and groups follow each other in sequence order
   (block-causal); the paper's backbone is causal token by token. Each exemplar pair is its own
   group (the paper puts all exemplars and the instruction into one learning group); Z pools
   over the pairs.
-- Loss: pixel MSE of the edited query (the paper regresses decoder features). The relation
-  regularization's target similarity is 1 for two episodes with the same action and 0
-  otherwise (the paper uses CLIP text-embedding similarity of the instructions).
+- Loss: pixel MSE of the edited query (the paper regresses image features for its decoder).
+  The relation regularization's target similarity is 1 for two episodes with the same action
+  and 0 otherwise (the paper uses the similarity of the instructions' text embeddings).
 - Sizes are tiny: `tiny` is dim 96, depth 4, 4 heads, 2 exemplars, 8 manipulation tokens.
 
 Blocks are an `nn.ModuleList` named `blocks` (module paths `blocks.N`).
+
+Shipped checkpoint `optkit/zoo/checkpoints/instamanip_tiny.safetensors` (453k params, 1.8 MB):
+
+    OMP_NUM_THREADS=1 optkit zoo train instamanip --steps 1500 --batch-size 32 -o instamanip_tiny.safetensors
+
+(seed 0, lr 1e-3; 768 s on one heavily shared core; final loss 0.0325). `optkit zoo eval
+instamanip` (256 test episodes, seed 0): PSNR 21.4 dB against 10.3 dB for returning the query
+unedited and 9.5 dB with exemplars of another action; identity accuracy 0.90 (0.93 on the true
+edits).
 """
 
 from __future__ import annotations
