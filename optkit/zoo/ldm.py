@@ -109,19 +109,37 @@ class LDMConfig:
         )
 
 
-class LatentDiffusion(UNet):
-    """Class-conditional latent denoiser `forward(z, t, y) -> eps` with its first stage attached."""
+class LatentUNet(UNet):
+    """A UNet on first-stage latents with its autoencoder attached as `first_stage` (not called
+    by `forward`) and LDM's latent scale factor; the latent zoo models derive from it."""
 
     latent_scale: torch.Tensor
 
+    def __init__(self, unet: UNetConfig, autoencoder: AutoencoderConfig) -> None:
+        super().__init__(unet)
+        self.first_stage = Autoencoder(autoencoder)
+        # LDM's scale_factor: latents are multiplied by it to reach unit variance (set by train()).
+        self.register_buffer("latent_scale", torch.ones(()))
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) in [-1, 1] -> scaled latents (B, c, H/2, W/2)."""
+        return self.first_stage.encode(images) * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> images (B, C, H, W) clamped to [-1, 1]."""
+        return self.first_stage.decode(z / self.latent_scale).clamp(-1, 1)
+
+
+class LatentDiffusion(LatentUNet):
+    """Class-conditional latent denoiser `forward(z, t, y) -> eps` with its first stage attached."""
+
     def __init__(self, config: LDMConfig) -> None:
-        super().__init__(config.unet)
+        super().__init__(config.unet, config.autoencoder)
         self.config = config
         self.label_embed = nn.Embedding(config.num_classes + 1, config.context_tokens * config.context_dim)
         nn.init.normal_(self.label_embed.weight, std=0.5)
-        self.first_stage = Autoencoder(config.autoencoder)
-        # LDM's scale_factor: latents are multiplied by it to reach unit variance (set by train()).
-        self.register_buffer("latent_scale", torch.ones(()))
 
     def context(self, y: torch.Tensor) -> torch.Tensor:
         """Label ids (B,) -> context tokens (B, context_tokens, context_dim)."""
@@ -130,16 +148,6 @@ class LatentDiffusion(UNet):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.denoise(x, t, self.context(y))  # (B, c, h, w)
-
-    @torch.no_grad()
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images (B, 1, R, R) in [-1, 1] -> scaled latents (B, c, R/2, R/2)."""
-        return self.first_stage.encode(images) * self.latent_scale
-
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Scaled latents -> images (B, 1, R, R) clamped to [-1, 1]."""
-        return self.first_stage.decode(z / self.latent_scale).clamp(-1, 1)
 
 
 def encode(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -197,8 +205,9 @@ def train_first_stage(
 
 
 @torch.no_grad()
-def _latents(model: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
-    return torch.cat([model.encode(images[i : i + batch]) for i in range(0, images.shape[0], batch)])  # type: ignore[operator]
+def encode_all(model: nn.Module, images: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """Scaled latents of many images, encoded `batch` at a time."""
+    return torch.cat([encode(model, images[i : i + batch]) for i in range(0, images.shape[0], batch)])
 
 
 def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
@@ -211,7 +220,7 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     images, labels = digits("train", resolution=cfg.resolution, seed=settings.seed)
     torch.manual_seed(settings.seed)
     ae_figures, ae_steps = train_first_stage(model, images, settings)
-    latents = _latents(model, images)  # (N, c, h, w), unit variance
+    latents = encode_all(model, images)  # (N, c, h, w), unit variance
 
     def batches(gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         idx = torch.randint(0, latents.shape[0], (batch_size,), generator=gen)
