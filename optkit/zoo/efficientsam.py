@@ -28,6 +28,16 @@ Deviations from the paper:
   point sampling and no box jitter.
 
 The encoder's blocks are found by module path `encoder.blocks.N` (an `nn.ModuleList`).
+
+Shipped checkpoint `optkit/zoo/checkpoints/efficientsam_tiny.safetensors` (2.1 MB, 527k
+parameters), trained with seed 0 by
+
+    OMP_NUM_THREADS=1 optkit zoo train efficientsam --steps 2500 --batch-size 32 -o efficientsam_tiny.safetensors
+
+(lr 1e-3; 80,000 generated shapes; final smoothed loss 0.158; 27 min wall on a core shared
+with seven other jobs, 4.7 min of CPU time). `optkit zoo eval efficientsam --samples 1000`
+(held-out shapes): mIoU 0.884 with a box prompt, 0.789 with one point, 0.884 with both; mean
+absolute error of the IoU head 0.038.
 """
 
 from __future__ import annotations
