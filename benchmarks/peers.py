@@ -4,8 +4,12 @@
   baseline, expressed as an optkit `ptq` config so the same kernels run it.
 - `ort_quantize_static`: ONNX Runtime's own static QDQ quantization of the float ONNX export,
   calibrated on the same batches (per-channel int8 weights, uint8 activations, MinMax).
-- `torchao_int8_weight_only`: torchao's Int8WeightOnlyConfig on the eager module (torchao's
-  int4 weight-only needs the CUDA `mslk` package and is not available on this CPU).
+- `torchao_int8_weight_only`: torchao's Int8WeightOnlyConfig on the eager module;
+  `torchao_int4_weight_only` tries Int4WeightOnlyConfig and returns the reason it cannot run
+  (with torchao 0.18 it needs the CUDA `mslk` package, absent on this CPU).
+
+Sizes are counted the same way for every format (`tensor_bytes`, `onnx_weight_bytes`): the
+bytes of the stored tensors, 4-bit values at half a byte.
 """
 
 from __future__ import annotations
@@ -20,27 +24,54 @@ import numpy as np
 import torch
 from torch import nn
 
-NAIVE_W8A8 = {"granularity": "tensor", "observer": "minmax", "keep_float": [], "min_sqnr_db": 0.0}
-NAIVE_W4A8 = {"wbits": 4, "granularity": "tensor", "observer": "minmax", "keep_float": [], "min_sqnr_db": 0.0}
+NAIVE_W8A8 = {
+    "granularity": "tensor",
+    "observer": "minmax",
+    "keep_float": [],
+    "keep_input_layer": False,
+    "min_sqnr_db": 0.0,
+}
+NAIVE_W4A8 = {**NAIVE_W8A8, "wbits": 4}
 
 
 class OrtDenoiser:
-    """An ONNX Runtime session called like the Program it was exported from."""
+    """An ONNX Runtime session called like the Program it was exported from: first output only,
+    and batches that are multiples of the exported (static) batch run in chunks of it, as
+    `Program.run_chunked` does under classifier-free guidance."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, threads: int | None = 1) -> None:
         from optkit.ir.onnx_io import onnx_session
 
-        self.session = onnx_session(path)
+        self.session = onnx_session(path, threads)
         self.names = [i.name for i in self.session.get_inputs()]
+        shape = self.session.get_inputs()[0].shape
+        self.batch = shape[0] if shape and isinstance(shape[0], int) else None
         self.path = path
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def run_once(self, *inputs: torch.Tensor) -> Any:
         feeds = {n: t.detach().numpy() for n, t in zip(self.names, inputs, strict=True)}
-        return torch.from_numpy(np.asarray(self.session.run(None, feeds)[0]))
+        return self.session.run(None, feeds)
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        total = inputs[0].shape[0]
+        size = self.batch or total
+        if total % size:
+            raise ValueError(f"{self.path.name} takes batches of {size}, got {total}")
+        outs = [
+            np.asarray(self.run_once(*(t[s : s + size] for t in inputs))[0]) for s in range(0, total, size)
+        ]
+        return torch.from_numpy(np.concatenate(outs))
 
 
-def ort_quantize_static(float_onnx: Path, batches: Sequence[tuple[torch.Tensor, ...]], out: Path) -> Path:
-    """ONNX Runtime's static QDQ quantization of `float_onnx`, calibrated on `batches`."""
+def ort_quantize_static(
+    float_onnx: Path, batches: Sequence[tuple[torch.Tensor, ...]], out: Path, weight_layers_only: bool = False
+) -> Path:
+    """ONNX Runtime's static QDQ quantization of `float_onnx`, calibrated on `batches`.
+
+    By default ONNX Runtime chooses what to quantize (every op type it has QDQ rules for:
+    also activation x activation MatMuls, Add, Softmax, ...); `weight_layers_only` restricts it
+    to the MatMul/Gemm/Conv nodes that read a weight initializer, the layers optkit quantizes.
+    """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -61,6 +92,7 @@ def ort_quantize_static(float_onnx: Path, batches: Sequence[tuple[torch.Tensor, 
             quant_pre_process(str(float_onnx), str(prep), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimization; quantize the plain file if it fails
             prep = float_onnx
+        nodes = _weight_layers(prep) if weight_layers_only else None
         quantize_static(
             str(prep),
             str(out),
@@ -69,8 +101,21 @@ def ort_quantize_static(float_onnx: Path, batches: Sequence[tuple[torch.Tensor, 
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            nodes_to_quantize=nodes,
         )
     return out
+
+
+def _weight_layers(path: Path) -> list[str]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inits = {t.name for t in graph.initializer}
+    return [
+        n.name
+        for n in graph.node
+        if n.op_type in ("MatMul", "Gemm", "Conv") and any(i in inits for i in n.input[1:2])
+    ]
 
 
 def torchao_int8_weight_only(model: nn.Module) -> tuple[nn.Module | None, str]:
@@ -82,6 +127,47 @@ def torchao_int8_weight_only(model: nn.Module) -> tuple[nn.Module | None, str]:
     quantized = copy.deepcopy(model)
     quantize_(quantized, Int8WeightOnlyConfig())
     return quantized, ""
+
+
+def torchao_int4_weight_only(model: nn.Module, group_size: int = 32) -> tuple[nn.Module | None, str]:
+    """A torchao int4 weight-only copy of `model`, or (None, reason) when it cannot be made."""
+    try:
+        from torchao.quantization import Int4WeightOnlyConfig, quantize_
+    except Exception as err:
+        return None, f"torchao not installed ({type(err).__name__})"
+    quantized = copy.deepcopy(model)
+    try:
+        quantize_(quantized, Int4WeightOnlyConfig(group_size=group_size))
+    except Exception as err:  # torchao 0.18: "Requires mslk >= 1.0.0" (a CUDA-only package)
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    return quantized, ""
+
+
+def tensor_bytes(model: nn.Module) -> int:
+    """Bytes of a module's stored tensors; tensor subclasses (torchao) count their inner tensors."""
+
+    def size(t: torch.Tensor) -> int:
+        if type(t) is not torch.Tensor and type(t) is not nn.Parameter and hasattr(t, "__tensor_flatten__"):
+            names, _ = t.__tensor_flatten__()
+            return sum(size(getattr(t, n)) for n in names)
+        return t.numel() * t.element_size()
+
+    return sum(size(t) for t in model.state_dict().values())
+
+
+def onnx_weight_bytes(path: Path) -> int:
+    """Bytes of an ONNX model's initializers, 4-bit types at half a byte per value."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    total = 0.0
+    for t in onnx.load(str(path)).graph.initializer:
+        n = int(np.prod(t.dims)) if t.dims else 1
+        if t.data_type in (TensorProto.INT4, TensorProto.UINT4):
+            total += n / 2
+        else:
+            total += n * np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    return int(total)
 
 
 def state_bytes(model: nn.Module) -> int:

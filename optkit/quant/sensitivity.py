@@ -70,7 +70,7 @@ def _fake_site(site: QuantSite, plan: LayerPlan, stats: ActStats | None) -> _Fak
         amax = w.abs().reshape(w.shape[0], -1).amax(1)
         scale, _ = scale_zero(-amax, amax, QuantSpec(8, True, "channel"))
         scale = scale.reshape(-1, 1, 1, 1)
-        return _FakeSite(torch.clamp(torch.round(w / scale), -128, 127) * scale, act_qparams(stats))
+        return _FakeSite(torch.clamp(torch.round(w / scale), -128, 127) * scale, act)
     w_kn = site.weight.t().float()
     spec = plan.weight
     if spec.granularity == "group" and w_kn.shape[0] % spec.group_size:

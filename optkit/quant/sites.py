@@ -83,6 +83,34 @@ def find_sites(program: Program, skip: tuple[str, ...] = ()) -> tuple[list[Quant
     return sites, skipped
 
 
+_LAYOUT = {
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "permute",
+    "transpose",
+    "t",
+    "flatten",
+    "unflatten",
+    "unsqueeze",
+    "squeeze",
+    "clone",
+    "contiguous",
+    "alias",
+    "detach",
+}
+
+
+def reads_model_input(program: Program, site: QuantSite) -> bool:
+    """Whether `site`'s input is the Program's first input up to layout changes (reshape,
+    permute, ...): the patch embedding that reads a diffusion model's noisy x_t."""
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    x: Any = site.node.args[0]
+    while isinstance(x, fx.Node) and op_name(x) in _LAYOUT:
+        x = x.args[0]
+    return bool(placeholders) and x is placeholders[0]
+
+
 def _conv_args(node: fx.Node) -> dict[str, Any] | None:
     args = list(node.args) + [None] * 9
     if op_name(node) == "convolution":

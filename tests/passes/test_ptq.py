@@ -142,3 +142,58 @@ def test_per_tensor_minmax_weights_run(transformer_program, wbits):
     ops = result.program.op_counts()
     assert ops.get("linear_w8a8" if wbits == 8 else "linear_wq") == 5
     assert sqnr_db(transformer_program.run(), result.program.run()) > (25.0 if wbits == 8 else 5.0)
+
+
+def _tiny_dit():
+    from optkit.ir.capture import capture
+    from optkit.zoo.dit import DiT, DiTConfig
+
+    model = DiT(DiTConfig(dim=32, depth=1, heads=2))
+    for p in model.parameters():  # leave adaLN-Zero's identity start, so the output is not zero
+        torch.nn.init.normal_(p, std=0.05)
+    inputs = (torch.randn(2, 1, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
+    program = capture(model, inputs, name="dit-test")
+    program.meta = {"zoo": "dit", "size": "test", "task": "diffusion-image", "sampler": "ddim"}
+    return program
+
+
+def test_diffusion_input_layer_stays_float_unless_disabled():
+    program = _tiny_dit()
+    kept = run(program, calibration="single-step", calibration_batches=1, min_sqnr_db=0.0)
+    assert "x_embedder" not in kept.program.annotations.precision
+    assert "x_embedder: reads the noisy input x_t" in kept.records[0].figures["kept_float"].value
+    assert "conv2d_w8a8" not in kept.program.op_counts()
+    quantized = run(
+        program, calibration="single-step", calibration_batches=1, keep_input_layer=False, min_sqnr_db=0.0
+    )
+    assert quantized.program.op_counts()["conv2d_w8a8"] == 1
+
+
+def test_reads_model_input_sees_through_layout_ops():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+    from optkit.quant.sites import find_sites, reads_model_input
+
+    class PatchEmbed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Linear(8, 16)
+            self.body = nn.Linear(16, 16)
+
+        def forward(self, x):  # x (B, 2, 4, 4) -> patches (B, 4, 8)
+            patches = x.reshape(x.shape[0], 2, 2, 2, 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(x.shape[0], 4, 8)
+            return self.body(self.embed(patches))
+
+    program = capture(PatchEmbed(), (torch.randn(2, 2, 4, 4),))
+    sites, _ = find_sites(program)
+    assert {s.path: reads_model_input(program, s) for s in sites} == {"embed": True, "body": False}
+
+
+def test_mixed_precision_with_groups_runs_8bit_layers_on_the_int8_gemm(transformer_program):
+    result = run(
+        transformer_program, wbits=4, granularity="group", group_size=16, average_bits=6.0, min_sqnr_db=5.0
+    )
+    labels = set(result.program.annotations.precision.values())
+    assert labels <= {"w4g16a8", "w8ca8"} and {"w4g16a8", "w8ca8"} <= labels
+    assert result.program.op_counts()["linear_w8a8"] >= 1
