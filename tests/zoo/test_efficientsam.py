@@ -131,3 +131,11 @@ def test_config_errors() -> None:
         EfficientSAMConfig(dim=60)
     with pytest.raises(ConfigError, match="decoder_heads"):
         EfficientSAMConfig(decoder_heads=5)
+
+
+def test_shipped_checkpoint_segments_held_out_shapes() -> None:
+    entry = get_model("efficientsam")
+    assert entry.checkpoint_path("tiny").stat().st_size <= 2_500_000
+    model = entry.create("tiny")  # loads the shipped checkpoint
+    scores = entry.evaluate(model, EvalSettings(num_samples=48, batch_size=48))
+    assert scores["miou_box"] > 0.7 and scores["miou_point"] > 0.6
