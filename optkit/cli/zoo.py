@@ -46,8 +46,15 @@ def list_models(ctx: click.Context) -> None:
 @click.argument("name")
 @options.size
 @options.seed
-@click.option("--steps", default=None, type=int, help="Optimizer steps (default: the model's own).")
-@click.option("--batch-size", default=None, type=int, help="Batch size (default: the model's own).")
+@click.option(
+    "--steps", default=None, type=int, help="Optimizer steps (default: the shipped checkpoint's recipe)."
+)
+@click.option(
+    "--batch-size", default=None, type=int, help="Batch size (default: the shipped checkpoint's recipe)."
+)
+@click.option(
+    "--lr", default=None, type=float, help="Learning rate (default: the shipped checkpoint's recipe)."
+)
 @click.option(
     "-o", "--output", type=click.Path(path_type=Path), default=None, help="Checkpoint file (.safetensors)."
 )
@@ -59,6 +66,7 @@ def train(
     seed: int,
     steps: int | None,
     batch_size: int | None,
+    lr: float | None,
     output: Path | None,
 ) -> None:
     """Train zoo model NAME reproducibly (seeded) and save its weights as safetensors."""
@@ -67,7 +75,7 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from optkit.fsutil import atomic_file
-    from optkit.zoo.registry import TrainSettings, get_model
+    from optkit.zoo.registry import get_model
 
     entry = get_model(name)
     if entry.train is None:
@@ -75,10 +83,11 @@ def train(
     output = output or Path(f"{name}_{size}.safetensors")
     if output.suffix != ".safetensors":
         raise ConfigError(f"checkpoint must be a .safetensors file, got {output.name!r}")
-    settings = TrainSettings(seed=seed)
-    overrides = {k: v for k, v in {"steps": steps, "batch_size": batch_size}.items() if v is not None}
+    settings = dataclasses.replace(entry.train_defaults, seed=seed)
+    given = {"steps": steps, "batch_size": batch_size, "lr": lr}
+    overrides = {k: v for k, v in given.items() if v is not None}
     if any(v <= 0 for v in overrides.values()):
-        raise ConfigError(f"steps and batch size must be positive, got {overrides}")
+        raise ConfigError(f"steps, batch size and learning rate must be positive, got {overrides}")
     settings = dataclasses.replace(settings, **overrides)
     model = entry.create(size, pretrained=False)
     with Progress(

@@ -73,6 +73,8 @@ class ZooModel:
     `flow-euler`), empty for models that are not sampled. `train(model, settings)` trains the
     model in place on data that ships offline and returns figures (final loss, seconds);
     `evaluate(model, settings)` returns the quality figures named in docs/zoo.md.
+    `train_defaults` are the settings `optkit zoo train NAME` uses when no option overrides
+    them: the recipe of the shipped `tiny` checkpoint.
     """
 
     name: str
@@ -85,6 +87,7 @@ class ZooModel:
     train: Callable[[nn.Module, TrainSettings], dict[str, float]] | None = None
     evaluate: Callable[[nn.Module, EvalSettings], dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    train_defaults: TrainSettings = field(default_factory=TrainSettings)
 
     @property
     def sizes(self) -> tuple[str, ...]:
