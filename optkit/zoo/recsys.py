@@ -38,6 +38,17 @@ Deviations and choices:
   hashing (its largest feature, item id, has 1,682 values); Criteo-like data with larger
   cardinalities would be hashed.
 - `small` uses a hand-written subnet (not searched).
+
+Shipped checkpoint `optkit/zoo/checkpoints/recsys_tiny.safetensors` (85k parameters), trained
+with seed 0 by
+
+    OMP_NUM_THREADS=1 optkit zoo train recsys --steps 4000 --batch-size 256 -o recsys_tiny.safetensors
+
+(lr 1e-3; 187 s; best validation AUC 0.784, log loss 0.5615). `optkit zoo eval recsys
+--samples 20000` (the whole test split): AUC 0.7780, log loss 0.5669; the logistic-regression
+baseline: AUC 0.7777, log loss 0.5604. The subnet only matches the baseline on this data: the
+id embeddings overfit within a few epochs, and neither dropout, L2 penalties on the
+embeddings nor narrower tokens moved validation AUC above ~0.78 in short trials.
 """
 
 from __future__ import annotations
