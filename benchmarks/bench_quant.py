@@ -28,6 +28,7 @@ skipped with a note. Writes docs/benchmarks.md (section bench_quant) and docs/be
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -93,6 +94,7 @@ class Method:
     ort_call: Callable[[], Any] | None = None
     note: str = ""
     figures: dict[str, float] = field(default_factory=dict)
+    calibration_batches: int = 0
 
 
 # -- models --------------------------------------------------------------------------------------
@@ -135,6 +137,7 @@ def setup_diffusion(name: str, entry: Any, model: torch.nn.Module, weights: str,
     program.meta = {"zoo": name, "size": "tiny", "task": entry.task, "sampler": entry.sampler}
     shape = tuple(inputs[0].shape)
     calls: list[tuple[torch.Tensor, ...]] = []
+    decode = entry.extra.get("decode")
 
     def produce(denoiser: Denoiser, record: bool = False) -> torch.Tensor:
         out = []
@@ -150,19 +153,19 @@ def setup_diffusion(name: str, entry: Any, model: torch.nn.Module, weights: str,
                     for s in range(0, x[0].shape[0], args.batch):
                         calls.append(tuple(t[s : s + args.batch].clone() for t in x))
 
-            out.append(
-                samplers.sample(
-                    denoiser,
-                    shape,
-                    sampler=entry.sampler,
-                    steps=args.steps,
-                    seed=EVAL_SEED + i,
-                    cond=cond,
-                    uncond=uncond,
-                    guidance_scale=scale,
-                    observer=observe,
-                )
+            sampled = samplers.sample(
+                denoiser,
+                shape,
+                sampler=entry.sampler,
+                steps=args.steps,
+                seed=EVAL_SEED + i,
+                cond=cond,
+                uncond=uncond,
+                guidance_scale=scale,
+                observer=observe,
             )
+            # Latent models: the samples a user sees are the (float) first stage's decodings.
+            out.append(decode(model, sampled) if decode is not None else sampled)
         return torch.cat(out)
 
     labels = torch.arange(args.samples) % 10
@@ -182,7 +185,8 @@ def setup_diffusion(name: str, entry: Any, model: torch.nn.Module, weights: str,
     else:
         from optkit.zoo.data import digits
 
-        reference, _ = digits("test", resolution=shape[-1])
+        resolution = model.config.resolution if decode is not None else shape[-1]  # type: ignore[union-attr]
+        reference, _ = digits("test", resolution=resolution)
 
         def quality(samples: torch.Tensor) -> dict[str, float]:
             images = samples.clamp(-1, 1)
@@ -250,7 +254,7 @@ def optkit_method(setup: Setup, label: str, family: str, options: dict[str, Any]
         note = f"ONNX: {str(err).splitlines()[0][:80]}"
     if "average_weight_bits" in figures:
         note = f"avg {figures['average_weight_bits'].value:.2f} weight bits " + note
-    return Method(
+    method = Method(
         label,
         family,
         program.run_chunked,
@@ -260,6 +264,8 @@ def optkit_method(setup: Setup, label: str, family: str, options: dict[str, Any]
         ort_call,
         note.strip(),
     )
+    method.calibration_batches = int(figures["calibration_batches"].value)
+    return method
 
 
 def _bind(fn: Callable[..., Any], inputs: tuple[torch.Tensor, ...]) -> Callable[[], Any]:
@@ -289,7 +295,7 @@ def methods_for(setup: Setup, tmp: Path, quick: bool) -> tuple[list[Method], lis
             torch_call=_bind(program.run, inputs),
         ),
     ]
-    w4 = {"wbits": 4, "granularity": "group", "group_size": GROUP, "method": "gptq"}
+    w4 = W4
     configs: list[tuple[str, str, dict[str, Any]]] = [
         ("optkit W8A8", "optkit", {}),
         (f"optkit W4A8 (g{GROUP}, GPTQ)", "optkit", w4),
@@ -344,26 +350,39 @@ def methods_for(setup: Setup, tmp: Path, quick: bool) -> tuple[list[Method], lis
                 note="no calibration (weights only)",
             )
         )
-    return methods, calibration_rows(setup, w4, quick)
+    return methods
 
 
-def calibration_rows(setup: Setup, w4: dict[str, Any], quick: bool) -> list[list[Any]]:
-    """Single-step against all-step calibration (diffusion models): time and SQNR."""
+W4 = {"wbits": 4, "granularity": "group", "group_size": GROUP, "method": "gptq"}
+
+
+def calibration_rows(setup: Setup, measured: dict[str, Method]) -> list[list[Any]]:
+    """Single-step against all-step calibration (diffusion models): time and SQNR. The
+    single-step figures are those of the main table's rows (the same configuration)."""
     if not setup.diffusion:
         return []
     rows = []
-    for label, options in (("W8A8", {}), (f"W4A8 g{GROUP} GPTQ", w4)):
-        figs = {}
-        for mode in ("single-step", "all-steps"):
-            print(f"  calibration {label} {mode}", flush=True)
-            program, cal_s, figures = run_ptq(setup, {**options, "calibration": mode})
-            samples = setup.produce(program.run_chunked)
-            figs[mode] = (
-                cal_s,
-                int(figures["calibration_batches"].value),
-                call_sqnr(setup, program.run_chunked),
-                sqnr_db(setup.reference, samples),
+    for label, options, main in (
+        ("W8A8", {}, measured["optkit W8A8"]),
+        (f"W4A8 g{GROUP} GPTQ", W4, measured[f"optkit W4A8 (g{GROUP}, GPTQ)"]),
+    ):
+        figs = {
+            "single-step": (
+                main.calibration_s,
+                main.calibration_batches,
+                main.figures["call_sqnr"],
+                main.figures["out_sqnr"],
             )
+        }
+        print(f"  calibration {label} all-steps", flush=True)
+        program, cal_s, figures = run_ptq(setup, {**options, "calibration": "all-steps"})
+        samples = setup.produce(program.run_chunked)
+        figs["all-steps"] = (
+            cal_s,
+            int(figures["calibration_batches"].value),
+            call_sqnr(setup, program.run_chunked),
+            sqnr_db(setup.reference, samples),
+        )
         single, every = figs["single-step"], figs["all-steps"]
         for mode, (cal_s, batches, call, sample) in figs.items():
             rows.append([setup.name, label, mode, batches, cal_s, call, sample])
@@ -456,7 +475,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--train-steps", type=int, default=300)
     parser.add_argument("--weights", action="append", default=[], help="NAME=PATH (safetensors)")
+    parser.add_argument("--save", help="also write this run's figures to a JSON file")
+    parser.add_argument(
+        "--render", nargs="+", help="write the docs from JSON files of earlier runs (one per model group)"
+    )
     args = parser.parse_args()
+    if args.render:
+        render(args.render)
+        return
     if args.quick:
         args.samples, args.steps, args.repeats, args.train_steps = 16, 10, 5, min(args.train_steps, 100)
     torch.set_num_threads(1)
@@ -475,10 +501,11 @@ def main() -> None:
         setup = make(name, entry, model, weights, args)
         setup.call_refs = [_first(setup.program.run(*c)) for c in setup.calls]
         with tempfile.TemporaryDirectory() as tmp:
-            methods, crows = methods_for(setup, Path(tmp), args.quick)
+            methods = methods_for(setup, Path(tmp), args.quick)
             for m in methods:
                 print(f"  measure {m.label}", flush=True)
                 measure(setup, m, args.repeats)
+            crows = calibration_rows(setup, {m.label: m for m in methods})
         cal_rows += crows
         results[name] = methods
         notes.append(f"- `{name}` (tiny): {weights}; {time.perf_counter() - start:.0f} s in this run.")
@@ -505,13 +532,86 @@ def main() -> None:
                 ]
             )
             print("   ", rows[-1])
-    write_outputs(args, rows, cal_rows, notes, results)
+    command = "OMP_NUM_THREADS=1 python benchmarks/bench_quant.py " + " ".join(sys.argv[1:])
+    settings = (
+        f"{args.samples} samples, {args.steps} steps, seeds from {EVAL_SEED}; "
+        f"latency: one call at batch {args.batch}, median of {args.repeats}, 1 thread"
+    )
+    runs = [
+        {
+            "command": command.strip(),
+            "settings": settings,
+            "rows": rows,
+            "cal_rows": cal_rows,
+            "notes": notes,
+            "methods": {name: [_method_dict(m) for m in ms] for name, ms in results.items()},
+        }
+    ]
+    if args.save:
+        Path(args.save).write_text(json.dumps(runs[0], default=float))
+    write_outputs(runs)
 
 
-def write_outputs(args: Any, rows: list, cal_rows: list, notes: list[str], results: dict) -> None:
+def _method_dict(m: Method) -> dict[str, Any]:
+    return {"label": m.label, "family": m.family, "bytes": m.bytes, "figures": m.figures}
+
+
+def render(paths: list[str]) -> None:
+    write_outputs([json.loads(Path(p).read_text()) for p in paths])
+
+
+def goal_lines(results: dict[str, list[Method]], cal_rows: list[list[Any]]) -> list[str]:
+    """The issue's goals, checked against this run's figures."""
+    lines = []
+    for name, methods in results.items():
+        ours = next((m for m in methods if m.label.startswith("optkit W4A8")), None)
+        if ours is None or "call_sqnr" not in ours.figures:
+            continue
+        sq = ours.figures["call_sqnr"]
+        rivals = [
+            m for m in methods if m.family == "peer" and "call_sqnr" in m.figures and m.bytes >= ours.bytes
+        ]
+        for m in rivals:
+            margin = sq - m.figures["call_sqnr"]
+            verdict = "met" if margin >= 3.0 else "missed"
+            lines.append(
+                f"- `{name}` W4A8 vs {m.label} ({m.bytes / 1024:.0f} KiB >= {ours.bytes / 1024:.0f} KiB): "
+                f"{margin:+.1f} dB one-call SQNR, "
+                f"{ours.figures['out_sqnr'] - m.figures['out_sqnr']:+.1f} dB on outputs — goal (+3 dB) {verdict}."
+            )
+        smaller = [
+            m for m in methods if m.family == "peer" and "call_sqnr" in m.figures and m.bytes < ours.bytes
+        ]
+        for m in smaller:
+            lines.append(
+                f"- `{name}` W4A8 vs {m.label} (smaller, {m.bytes / 1024:.0f} KiB): "
+                f"{sq - m.figures['call_sqnr']:+.1f} dB one-call SQNR (outside the goal's equal-or-smaller-size rule)."
+            )
+    for row in cal_rows:
+        if row[2] == "single / all":
+            cheap, loss = row[4], -row[6]
+            verdict = "met" if cheap >= 10 and loss <= 0.5 else "missed"
+            lines.append(
+                f"- `{row[0]}` {row[1]}: single-step calibration {cheap:.0f}x cheaper than all-steps, "
+                f"{loss:+.1f} dB SQNR lost on final samples ({-row[5]:+.1f} dB one call) — "
+                f"goal (>= 10x, <= 0.5 dB) {verdict}."
+            )
+    return lines
+
+
+def write_outputs(runs: list[dict[str, Any]]) -> None:
+    """Markdown section, goal check and plot from one or more runs (each: one process, its
+    models measured side by side with their peers)."""
+    rows = [r for run in runs for r in run["rows"]]
+    cal_rows = [r for run in runs for r in run["cal_rows"]]
+    results = {
+        name: [Method(d["label"], d["family"], None, d["bytes"], figures=d["figures"]) for d in ms]
+        for run in runs
+        for name, ms in run["methods"].items()
+    }
+    settings = sorted({run["settings"] for run in runs})
     table = Table(
-        f"PTQ against peers ({args.samples} samples, {args.steps} steps, seeds from {EVAL_SEED}; "
-        f"latency: one call at batch {args.batch}, median of {args.repeats}, 1 thread)",
+        f"PTQ against peers ({'; '.join(settings)})",
         [
             "model",
             "method",
@@ -550,21 +650,21 @@ def write_outputs(args: Any, rows: list, cal_rows: list, notes: list[str], resul
     plot_path = ROOT / "docs" / "bench_quant.png"
     if results:
         plot(results, plot_path)
-    command = "OMP_NUM_THREADS=1 python benchmarks/bench_quant.py " + " ".join(sys.argv[1:])
-    markdown = "\n".join(
-        [
-            "## Quantization (`bench_quant`)",
-            "",
-            f"`{command.strip()}` — models and weights:",
-            *notes,
-            "",
-            table.to_markdown(),
-            "",
-            cal_table.to_markdown() if cal_rows else "",
-            "",
-            "![denoiser-call SQNR against model bytes](bench_quant.png)",
-        ]
-    )
+    lines = ["## Quantization (`bench_quant`)", ""]
+    for run in runs:
+        lines += [f"`{run['command']}` — models and weights:", *run["notes"], ""]
+    lines += [
+        table.to_markdown(),
+        "",
+        cal_table.to_markdown() if cal_rows else "",
+        "",
+        "### Goals of the issue, checked on these figures",
+        "",
+        *goal_lines(results, cal_rows),
+        "",
+        "![denoiser-call SQNR against model bytes](bench_quant.png)",
+    ]
+    markdown = "\n".join(lines)
     print(markdown)
     write_section("bench_quant", markdown)
 

@@ -39,7 +39,7 @@ from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pa
 from optkit.quant.calibration import calibration_batches
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.observers import ObserverKind
-from optkit.quant.rewrite import LayerPlan, collect_act_stats, collect_hessians, quantize_site
+from optkit.quant.rewrite import LayerPlan, collect_act_stats, collect_hessians, effective_plan, quantize_site
 from optkit.quant.sensitivity import allocate_bits, block_candidates, measure
 from optkit.quant.sites import QuantSite, find_sites, reads_model_input
 from optkit.quant.smoothing import insert_smoothing, outlier_ratio, smoothing_factors
@@ -166,7 +166,7 @@ class PostTrainingQuantization(Pass):
         )
         stored = float_bytes = 0
         for site in sites:
-            plan = cfg.plan(bits_by_site.get(site.node.name))
+            plan = effective_plan(site, cfg.plan(bits_by_site.get(site.node.name)))
             w = weights.get(site.node.name)
             if w is not None:
                 site.weight = w.t().contiguous()

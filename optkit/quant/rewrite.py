@@ -99,6 +99,14 @@ def collect_hessians(
     return acc
 
 
+def effective_plan(site: QuantSite, plan: LayerPlan) -> LayerPlan:
+    """`plan` as it applies to `site`: int4 packing holds two output channels per byte, so a
+    Linear with an odd number of outputs (an IoU or score head) is stored as int8 per-channel."""
+    if site.kind == "linear" and plan.weight.bits == 4 and site.weight.shape[0] % 2:
+        return LayerPlan(QuantSpec(8, True, "channel"), plan.abits)
+    return plan
+
+
 def quantize_site(
     program: Program,
     site: QuantSite,
@@ -118,6 +126,7 @@ def quantize_site(
     if site.kind == "conv":
         return _quantize_conv(program, site, stats, bias)
     assert w_kn is not None
+    plan = effective_plan(site, plan)
     spec = plan.weight
     if spec.granularity == "group" and w_kn.shape[0] % spec.group_size:
         spec = QuantSpec(spec.bits, spec.symmetric, "channel")  # group does not divide K: per-channel

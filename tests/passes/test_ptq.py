@@ -197,3 +197,15 @@ def test_mixed_precision_with_groups_runs_8bit_layers_on_the_int8_gemm(transform
     labels = set(result.program.annotations.precision.values())
     assert labels <= {"w4g16a8", "w8ca8"} and {"w4g16a8", "w8ca8"} <= labels
     assert result.program.op_counts()["linear_w8a8"] >= 1
+
+
+def test_w4_layer_with_odd_outputs_is_stored_as_int8():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+
+    model = nn.Sequential(nn.Linear(32, 32), nn.GELU(), nn.Linear(32, 1))  # a score head: one output
+    program = capture(model, (torch.randn(8, 32),))
+    result = run(program, wbits=4, granularity="group", group_size=16, min_sqnr_db=0.0)
+    assert result.program.annotations.precision == {"0": "w4g16a8", "2": "w8ca8"}
+    assert sqnr_db(program.run(), result.program.run()) > 15.0
