@@ -209,3 +209,12 @@ def test_w4_layer_with_odd_outputs_is_stored_as_int8():
     result = run(program, wbits=4, granularity="group", group_size=16, min_sqnr_db=0.0)
     assert result.program.annotations.precision == {"0": "w4g16a8", "2": "w8ca8"}
     assert sqnr_db(program.run(), result.program.run()) > 15.0
+
+
+def test_auto_observer_is_minmax_after_single_step_calibration():
+    from optkit.passes.ptq import PTQConfig
+
+    assert PTQConfig(calibration="single-step").observer_kind() == "minmax"
+    assert PTQConfig(calibration="all-steps").observer_kind() == "percentile"
+    assert PTQConfig().observer_kind() == "percentile"
+    assert PTQConfig(calibration="single-step", observer="mse").observer_kind() == "mse"
