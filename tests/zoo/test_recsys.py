@@ -167,3 +167,12 @@ def test_choice_and_config_errors() -> None:
         SupernetConfig(dims=(32, 16))
     with pytest.raises(ConfigError, match="dropout"):
         SupernetConfig(dropout=1.0)
+
+
+def test_shipped_checkpoint_scores_like_the_baseline_or_better() -> None:
+    entry = get_model("recsys")
+    assert entry.checkpoint_path("tiny").stat().st_size <= 2_500_000
+    model = entry.create("tiny")  # loads the shipped checkpoint
+    scores = entry.evaluate(model, EvalSettings(num_samples=4000, batch_size=4000))
+    assert scores["auc"] > 0.75 and scores["auc"] > scores["baseline_auc"] - 0.01
+    assert scores["log_loss"] < scores["baseline_log_loss"] + 0.02
