@@ -344,7 +344,7 @@ class RecSupernet(nn.Module):
             }
             self.blocks.append(nn.ModuleDict(ops))
         self.head = nn.Linear(c.num_blocks * c.max_dim, 1)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = nn.Dropout(c.dropout) if c.dropout > 0 else nn.Identity()
 
     def forward(
         self, dense: torch.Tensor, sparse: torch.Tensor, choice: tuple[BlockChoice, ...]
@@ -414,7 +414,7 @@ class Subnet(nn.Module):
         self.stem = nn.Linear(config.num_dense, config.max_dim)
         self.blocks: nn.ModuleList = blocks
         self.head: nn.Linear = head
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
         tokens = self.dropout(
