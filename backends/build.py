@@ -34,7 +34,7 @@ def schedule_pass(spec: TargetSpec) -> Any:
         return dl.ApplyDefaultSchedule(
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         )
-    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), dl.cpu.Reduction(), CPUMatmul(), CPUElementwise())
+    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), CPUMatmul(), dl.cpu.Reduction(), CPUElementwise())
 
 
 def relax_pipeline(spec: TargetSpec, schedule: str = "default", database: Any = None) -> Any:

@@ -96,7 +96,11 @@ class CPUMatmul(CPUScheduleRule):
         try:
             _schedule_reduction(sch, reductions[0])
             for info in infos:
-                if info is not reductions[0] and info.is_injective():
+                if info is reductions[0] or not info.is_injective():
+                    continue
+                try:  # an elementwise epilogue (bias, GELU, requantize) joins the tile write-back
+                    sch.reverse_compute_inline(info.block_rv)
+                except Exception:  # not a pure consumer: give it its own parallel loops
                     _parallel_vectorize(sch, info.block_rv)
         except Exception as err:  # unusual iteration spaces: leave the kernel to DLight's fallback
             log.debug("CPUMatmul skipped a kernel: %s", err)
@@ -129,14 +133,15 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any) -> None:
     # Accumulate the ROW_TILE x VECTOR_LANES tile in a local buffer (registers), write it once.
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, col_outer, preserve_unit_loops=True)
-    init = sch.decompose_reduction(block, r_loops[0])
+    # Vectorize while the block still has its init (a reduction block); decompose afterwards.
     if rows is not None:
         sch.unroll(row_inner)
     sch.vectorize(col_inner)
+    parallel = outer + [col_outer]
+    fused = sch.fuse(*parallel) if len(parallel) > 1 else parallel[0]
+    sch.parallel(fused)
+    init = sch.decompose_reduction(block, r_loops[0])
     for blk in (init, acc):
         inner = sch.get_loops(blk)[-1]
         if _extent(sch, inner) == VECTOR_LANES:
             sch.vectorize(inner)
-    parallel = outer + [col_outer]
-    fused = sch.fuse(*parallel) if len(parallel) > 1 else parallel[0]
-    sch.parallel(fused)

@@ -74,20 +74,15 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
     xq = _quantize(bb, x, x_scale, x_zero)
     # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero padding.
     xc = bb.emit(op.astype(op.subtract(xq, op.astype(x_zero, "float32")), "int32"))
+    wc = bb.emit(op.astype(w_q, "int32"))
     acc = bb.emit(
         op.nn.conv2d(
-            xc,
-            op.astype(w_q, "int32"),
-            strides=stride,
-            padding=padding,
-            dilation=dilation,
-            groups=groups,
-            out_dtype="int32",
+            xc, wc, strides=stride, padding=padding, dilation=dilation, groups=groups, out_dtype="int32"
         )
     )  # (N, Cout, H, W) int32
-    scale = op.reshape(op.multiply(x_scale, w_scale), (1, -1, 1, 1))
-    y = bb.emit(op.multiply(op.astype(acc, "float32"), scale))
-    return bb.emit(op.add(y, op.reshape(bias, (1, -1, 1, 1))))
+    scale = bb.emit(op.reshape(bb.emit(op.multiply(x_scale, w_scale)), (1, -1, 1, 1)))
+    y = bb.emit(op.multiply(bb.emit(op.astype(acc, "float32")), scale))
+    return bb.emit(op.add(y, bb.emit(op.reshape(bias, (1, -1, 1, 1)))))
 
 
 def _linear_wq(node: Any, importer: Any) -> Any:

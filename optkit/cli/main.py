@@ -267,6 +267,11 @@ from optkit.cli.bench import bench  # noqa: E402
 
 cli.add_command(bench)
 
+from optkit.cli.lower import lower, run  # noqa: E402  (`optkit lower` and `optkit run`)
+
+cli.add_command(lower)
+cli.add_command(run)
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -1,0 +1,153 @@
+"""`optkit lower` and `optkit run`: compile a model through TVM, run a compiled artifact."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import click
+
+from optkit.cli import options
+from optkit.errors import ConfigError
+
+
+@click.command()
+@click.argument("model")
+@click.option("--target", default="cpu", show_default=True, help="cpu (LLVM, host CPU) or cuda (needs nvcc).")
+@click.option(
+    "--tune-trials",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Schedule-tuning measurements (0: no tuning).",
+)
+@click.option(
+    "--work-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Tuning database directory, reused by later runs (default: .optkit-tune/TARGET).",
+)
+@click.option(
+    "--schedule",
+    type=click.Choice(["default", "tvm", "naive"]),
+    default="default",
+    show_default=True,
+    help="default: BLAS matmuls + optkit/DLight schedules; tvm: no BLAS callback; naive: untuned.",
+)
+@options.output
+@options.overwrite
+@options.trust_pickle
+@click.pass_context
+def lower(
+    ctx: click.Context,
+    model: str,
+    target: str,
+    tune_trials: int,
+    work_dir: Path | None,
+    schedule: str,
+    output: Path,
+    overwrite: bool,
+    trust_pickle: bool,
+) -> None:
+    """Compile MODEL through TVM for TARGET and write the artifact (model.so + manifest.json) to OUTPUT.
+
+    MODEL is zoo:NAME[:size], a .pt2 file, pkg.module:factory, or a pickled .pt (--trust-pickle).
+    """
+    from optkit.backends import lower as lower_program
+    from optkit.backends.targets import resolve_target
+    from optkit.cli.main import _steps
+    from optkit.ir.refs import load_program_ref
+
+    resolve_target(target)  # fail on a bad target or missing nvcc before loading the model
+    if output.exists() and any(output.iterdir()) and not overwrite:
+        raise ConfigError(
+            f"output directory {output} exists and is not empty; pass --overwrite to replace it"
+        )
+    with _steps(ctx, f"lower {model}") as step:
+        step("load model")
+        program = load_program_ref(model, trust_pickle=trust_pickle)
+        artifact = lower_program(
+            program,
+            target=target,
+            tune_trials=tune_trials,
+            work_dir=work_dir,
+            schedule=schedule,
+            progress=step,
+        )
+        step("save")
+        artifact.save(output, overwrite=overwrite)
+    summary = {"output": str(output), **artifact.manifest()}
+    if ctx.obj["json"]:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    click.echo(f"lowered {program.name} for {target} ({schedule}, {tune_trials} tuning trials) -> {output}/")
+    for spec in artifact.inputs:
+        click.echo(f"  input  {spec.name}: {list(spec.shape)} {spec.dtype}")
+    for spec in artifact.outputs:
+        click.echo(f"  output {spec.name}: {list(spec.shape)} {spec.dtype}")
+
+
+@click.command(name="run")
+@click.argument("artifact_dir", type=click.Path(path_type=Path))
+@click.option(
+    "--inputs",
+    "inputs_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help=".npz with one array per model input (by input name, or in order: arr_0, arr_1, ...).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), default=None, help="Write the outputs as .npz."
+)
+@click.pass_context
+def run(ctx: click.Context, artifact_dir: Path, inputs_path: Path, output: Path | None) -> None:
+    """Run the compiled artifact in ARTIFACT_DIR on the arrays in --inputs; print output shapes."""
+    import numpy as np
+
+    from optkit.backends import load_artifact
+    from optkit.fsutil import atomic_file
+
+    artifact = load_artifact(artifact_dir)
+    arrays = _read_inputs(inputs_path, [s.name for s in artifact.inputs])
+    outputs = artifact.run(*arrays)
+    if output is not None:
+        with atomic_file(output.with_suffix(".npz")) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **{s.name: o for s, o in zip(artifact.outputs, outputs, strict=True)})
+    summary: dict[str, Any] = {
+        "artifact": str(artifact_dir),
+        "target": artifact.target.name,
+        "outputs": [
+            {"name": s.name, "shape": list(o.shape), "dtype": str(o.dtype)}
+            for s, o in zip(artifact.outputs, outputs, strict=True)
+        ],
+        **({"written": str(output.with_suffix(".npz"))} if output is not None else {}),
+    }
+    if ctx.obj["json"]:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for item in summary["outputs"]:
+        click.echo(f"{item['name']}: {item['shape']} {item['dtype']}")
+    if output is not None:
+        click.echo(f"wrote {summary['written']}")
+
+
+def _read_inputs(path: Path, names: list[str]) -> list[Any]:
+    import numpy as np
+
+    if not path.is_file():
+        raise ConfigError(f"inputs file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise ConfigError(f"{path} is not a readable .npz file: {err}") from err
+    if set(names) <= set(arrays):
+        return [arrays[n] for n in names]
+    ordered = [f"arr_{i}" for i in range(len(names))]
+    if set(ordered) <= set(arrays):
+        return [arrays[n] for n in ordered]
+    raise ConfigError(
+        f"{path} holds arrays {sorted(arrays)}; the model needs {names} (or arr_0..arr_{len(names) - 1} in order)"
+    )
