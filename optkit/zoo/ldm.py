@@ -27,6 +27,12 @@ Deviations from the paper:
   `steps` UNet steps on the frozen autoencoder's posterior means.
 
 Blocks by module path: `down.N`, `mid.N`, `up.N` (`nn.ModuleList`s of the UNet).
+
+Shipped checkpoint `ldm_tiny.safetensors` (0.54M parameters, 2.2 MB, first stage included):
+`OMP_NUM_THREADS=1 optkit zoo train ldm --steps 2000` (seed 0, batch 64; 400 autoencoder steps,
+then 2,000 UNet steps; 3.1 CPU-minutes, final loss 0.049). `optkit zoo eval ldm` (256 samples,
+50 DDIM steps, guidance 2): FD-digits 39.95, class accuracy 0.977; test digits through the
+autoencoder alone: FD-digits 5.72, class accuracy 0.970.
 """
 
 from __future__ import annotations

@@ -27,6 +27,12 @@ Deviations from the paper:
   `steps`), no EMA.
 
 Blocks by module path: `down.N`, `mid.N`, `up.N`.
+
+Shipped checkpoint `lego_tiny.safetensors` (0.57M parameters, 2.3 MB, first stage included):
+`OMP_NUM_THREADS=1 optkit zoo train lego --steps 2000` (seed 0, batch 64; 400 autoencoder
+steps, then 2,000 UNet steps; 3.4 CPU-minutes, final loss 0.031). `optkit zoo eval lego` (256
+held-out pairs, 50 DDIM steps, guidance 1.5): PSNR 20.8 dB (shift 24.8, rotate 18.5, flip 20.7,
+thicken 21.2), identity accuracy 0.855 against 0.934 on the true after-images.
 """
 
 from __future__ import annotations
