@@ -190,6 +190,11 @@ def load_artifact(path: str | Path) -> Artifact:
         from optkit.backends.blas import register
 
         register()
+    if target.name == "cuda":
+        from optkit.backends.targets import cuda_device_present
+
+        if not cuda_device_present():
+            raise ArtifactError(f"{path} was built for cuda, but no CUDA device (or driver) is visible here")
     try:
         module = tvm.runtime.load_module(str(lib))
     except Exception as err:  # a truncated or foreign .so fails inside dlopen / the loader
