@@ -6,8 +6,8 @@
 | `tvm` | like `default` but matmuls stay TVM kernels (a library with no Python callback) | same as `default` |
 | `naive` | `tvm.compile`'s own pipeline: untuned loop nests (for comparison only) | same as `default` (GPU code needs thread bindings) |
 
-With a MetaSchedule database (`tuning.py`), tuned kernels come from the database first and the
-rules above schedule whatever the database lacks. The pipeline mirrors TVM's own
+With tuning (`tuning.py`), the CPU matmul rule takes each kernel's measured-best tile from the
+tuning database; kernels without a record get the rule's defaults. The pipeline mirrors TVM's own
 `relax.backend.*.get_default_pipeline` with the schedule step inserted after fusion.
 """
 
@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 SCHEDULES = ("default", "tvm", "naive")
 
 
-def schedule_pass(spec: TargetSpec) -> Any:
+def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = None) -> Any:
     """The DLight pass that schedules every not-yet-scheduled PrimFunc for `spec`."""
     from optkit.backends.cpu_schedules import CPUElementwise, CPUMatmul
     from tvm.s_tir import dlight as dl
@@ -34,11 +34,14 @@ def schedule_pass(spec: TargetSpec) -> Any:
         return dl.ApplyDefaultSchedule(
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         )
-    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), CPUMatmul(), dl.cpu.Reduction(), CPUElementwise())
+    matmul = CPUMatmul(tuned=tuned, spec=spec)
+    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), matmul, dl.cpu.Reduction(), CPUElementwise())
 
 
-def relax_pipeline(spec: TargetSpec, schedule: str = "default", database: Any = None) -> Any:
-    """The Relax pipeline for `tvm.compile`: legalize, fuse, (apply tuned database), schedule, lower."""
+def relax_pipeline(
+    spec: TargetSpec, schedule: str = "default", tuned: dict[str, dict[str, int]] | None = None
+) -> Any:
+    """The Relax pipeline for `tvm.compile`: legalize, fuse, schedule (tuned where measured), lower."""
     import tvm
     from tvm import relax
 
@@ -54,10 +57,8 @@ def relax_pipeline(spec: TargetSpec, schedule: str = "default", database: Any = 
         relax.transform.FuseTIR(),
     ]
     scheduled: list[Any] = []
-    if database is not None:
-        scheduled.append(relax.transform.MetaScheduleApplyDatabase())
     if schedule != "naive" or spec.kind == "cuda":
-        scheduled.append(schedule_pass(spec))
+        scheduled.append(schedule_pass(spec, tuned))
 
     @tvm.transform.module_pass(opt_level=0, name="OptkitPipeline")
     def _pipeline(mod: Any, _ctx: Any) -> Any:
@@ -69,19 +70,18 @@ def relax_pipeline(spec: TargetSpec, schedule: str = "default", database: Any = 
             + backend.finalize_passes(target)
         )
         with target:
-            if database is not None:
-                with database:
-                    return tvm.transform.Sequential(passes)(mod)
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
 
 
-def build(mod: Any, spec: TargetSpec, schedule: str = "default", database: Any = None) -> Any:
+def build(
+    mod: Any, spec: TargetSpec, schedule: str = "default", tuned: dict[str, dict[str, int]] | None = None
+) -> Any:
     """Compile `mod` for `spec`; returns the `tvm.relax.VMExecutable`."""
     import tvm
 
-    pipeline = relax_pipeline(spec, schedule, database)
+    pipeline = relax_pipeline(spec, schedule, tuned)
     try:
         if spec.kind == "cuda":
             with nvcc_compile_mode():

@@ -79,12 +79,39 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     sch.vectorize(inner)
 
 
+def has_single_reduction(func: Any) -> bool:
+    """Whether `func` is the kind of kernel `CPUMatmul` schedules (exactly one reduction block)."""
+    if not isinstance(func, tirx.PrimFunc):
+        return False
+    infos = normalize_prim_func(s_tir.Schedule(func))
+    return infos is not None and sum("R" in i.dom_kind() for i in infos) == 1
+
+
 class CPUMatmul(CPUScheduleRule):
-    """PrimFuncs with one reduction block (GEMM, conv, quantized GEMM) and elementwise neighbours."""
+    """PrimFuncs with one reduction block (GEMM, conv, quantized GEMM) and elementwise neighbours.
+
+    `params` (`rows`, `lanes`) set the register tile; `tuned` maps workload keys (see
+    `tuning.workload_key`, needs `spec`) to the parameters tuning measured best for that kernel.
+    """
+
+    def __init__(
+        self,
+        params: dict[str, int] | None = None,
+        tuned: dict[str, dict[str, int]] | None = None,
+        spec: Any = None,
+    ) -> None:
+        self.params = {"rows": ROW_TILE, "lanes": VECTOR_LANES, **(params or {})}
+        self.tuned = tuned or {}
+        self.spec = spec
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
+        params = self.params
+        if self.tuned and self.spec is not None:
+            from optkit.backends.tuning import workload_key
+
+            params = {**params, **self.tuned.get(workload_key(func, self.spec), {})}
         sch = s_tir.Schedule(func)
         infos = normalize_prim_func(sch)
         if infos is None:
@@ -94,7 +121,7 @@ class CPUMatmul(CPUScheduleRule):
         if len(reductions) != 1:
             return None
         try:
-            _schedule_reduction(sch, reductions[0])
+            _schedule_reduction(sch, reductions[0], params["rows"], params["lanes"])
             for info in infos:
                 if info is reductions[0] or not info.is_injective():
                     continue
@@ -108,7 +135,7 @@ class CPUMatmul(CPUScheduleRule):
         return sch
 
 
-def _schedule_reduction(sch: s_tir.Schedule, info: Any) -> None:
+def _schedule_reduction(sch: s_tir.Schedule, info: Any, row_tile: int, lanes: int) -> None:
     block = info.block_rv
     kinds = info.dom_kind()
     if any(k not in "SR" for k in kinds):
@@ -118,11 +145,11 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any) -> None:
     r_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "R"]
     if not s_loops:
         raise ValueError("a pure reduction is DLight's Reduction rule's job")
-    cols = _split_inner(sch, s_loops[-1], VECTOR_LANES)
+    cols = _split_inner(sch, s_loops[-1], lanes)
     if cols is None:
         raise ValueError("innermost spatial extent is not a multiple of the vector width")
     col_outer, col_inner = cols
-    rows = _split_inner(sch, s_loops[-2], ROW_TILE) if len(s_loops) > 1 else None
+    rows = _split_inner(sch, s_loops[-2], row_tile) if len(s_loops) > 1 and row_tile > 1 else None
     outer = list(s_loops[:-2]) if rows is not None else list(s_loops[:-1])
     if rows is not None:
         row_outer, row_inner = rows
@@ -130,7 +157,7 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any) -> None:
         sch.reorder(*outer, col_outer, *r_loops, row_inner, col_inner)
     else:
         sch.reorder(*outer, col_outer, *r_loops, col_inner)
-    # Accumulate the ROW_TILE x VECTOR_LANES tile in a local buffer (registers), write it once.
+    # Accumulate the row_tile x lanes tile in a local buffer (registers), write it once.
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, col_outer, preserve_unit_loops=True)
     # Vectorize while the block still has its init (a reduction block); decompose afterwards.
@@ -143,5 +170,5 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any) -> None:
     init = sch.decompose_reduction(block, r_loops[0])
     for blk in (init, acc):
         inner = sch.get_loops(blk)[-1]
-        if _extent(sch, inner) == VECTOR_LANES:
+        if _extent(sch, inner) == lanes:
             sch.vectorize(inner)

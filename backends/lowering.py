@@ -1,7 +1,7 @@
 """`lower(program, target)`: the one entry point from a Program to a compiled `Artifact`.
 
 Order: import (`tvm_import.py`, quantized converters from `quantized.py`) -> on CPU with the
-default schedule, float32 matmuls to BLAS (`blas.py`) -> optional MetaSchedule tuning with a
+default schedule, float32 matmuls to BLAS (`blas.py`) -> optional schedule tuning with a
 persistent database (`tuning.py`) -> build with DLight / optkit schedules (`build.py`).
 """
 
@@ -40,9 +40,10 @@ def lower(
 ) -> Artifact:
     """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
 
-    `tune_trials > 0` tunes every kernel with MetaSchedule (float32 matmuls then stay in TVM
-    so that they are tuned too) and keeps the database in `work_dir` (default
-    `.optkit-tune/<target>`), so a second run reuses it. `schedule` is `default`, `tvm` (no
+    `tune_trials > 0` measures that many schedule variants of the matmul-like kernels (float32
+    matmuls then stay in TVM so that they are tuned too; see `tuning.py` for why this is not
+    MetaSchedule) and keeps the database in `work_dir` (default `.optkit-tune/<target>`), so a
+    second run reuses it. `schedule` is `default`, `tvm` (no
     BLAS callback) or `naive` (untuned loop nests, for comparison); see `build.py`.
     """
     if tune_trials < 0:
@@ -61,15 +62,15 @@ def lower(
 
         mod = relax.transform.FoldConstant()(mod)  # transposed weights are computed once, here
         mod, offloaded = offload_matmuls(mod)
-    database = None
+    tuned = None
     tuning: dict[str, Any] = {}
     if tune_trials > 0:
         from optkit.backends.tuning import default_work_dir, tune
 
         tune_dir = Path(work_dir) if work_dir is not None else default_work_dir(spec.name)
-        database, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
+        tuned, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
     say(f"build for {spec.name}")
-    executable = build(mod, spec, schedule, database)
+    executable = build(mod, spec, schedule, tuned)
     info: dict[str, Any] = {
         "model": program.name,
         "schedule": schedule,
