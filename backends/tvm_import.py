@@ -117,7 +117,7 @@ def _decompose_unsupported(
             exported = exported.run_decompositions(table)
         missing = unsupported_nodes(exported, supported)
     if missing:
-        where = {}
+        where: dict[str, str] = {}
         for n in missing:
             where.setdefault(_op_name(n.target), module_path(n) or "<top level>")
         listed = "; ".join(f"{op} in module '{path}'" for op, path in where.items())
