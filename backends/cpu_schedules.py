@@ -145,9 +145,17 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any, row_tile: int, lanes: in
     r_loops = [lp for lp, k in zip(loops, kinds, strict=True) if k == "R"]
     if not s_loops:
         raise ValueError("a pure reduction is DLight's Reduction rule's job")
-    cols = _split_inner(sch, s_loops[-1], lanes)
-    if cols is None:
-        raise ValueError("innermost spatial extent is not a multiple of the vector width")
+    cols = None
+    for width in dict.fromkeys((lanes, 8, 4)):  # narrower vectors when the extent is not a multiple
+        cols = _split_inner(sch, s_loops[-1], width)
+        if cols is not None:
+            lanes = width
+            break
+    if cols is None:  # odd widths (a 7x7 conv): parallel spatial loops around the reduction
+        sch.reorder(*s_loops, *r_loops)
+        sch.parallel(sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0])
+        sch.decompose_reduction(block, r_loops[0])
+        return
     col_outer, col_inner = cols
     rows = _split_inner(sch, s_loops[-2], row_tile) if len(s_loops) > 1 and row_tile > 1 else None
     outer = list(s_loops[:-2]) if rows is not None else list(s_loops[:-1])

@@ -35,32 +35,45 @@ def test_masked_attention_matches_torch(transformer_program):
     assert artifact.info["blas_matmuls"] >= 4  # projections and the batched attention matmuls
 
 
-def test_default_schedule_leaves_no_kernel_unscheduled(mlp):
-    # Every PrimFunc gets a schedule from DLight or optkit's CPU rules (no naive loop nest left).
+def _scheduled(mod, spec):
     import tvm
+    from optkit.backends.build import schedule_pass
+
+    with spec.tvm_target():
+        passes = [
+            tvm.relax.transform.LegalizeOps(),
+            tvm.relax.transform.AnnotateTIROpPattern(),
+            tvm.relax.transform.FoldConstant(),
+            tvm.relax.transform.FuseOps(),
+            tvm.relax.transform.FuseTIR(),
+            schedule_pass(spec),
+        ]
+        lowered = tvm.transform.Sequential(passes)(mod)
+    return {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def test_default_schedules_leave_no_kernel_unscheduled(mlp):
+    # Every PrimFunc gets a schedule from DLight or optkit's CPU rules: no naive loop nest left,
+    # with matmuls in TVM (the `tvm` schedule), with matmuls on BLAS, and for an odd-width conv.
     from optkit.backends.blas import offload_matmuls
     from optkit.backends.tvm_import import import_program
 
     spec = resolve_target("cpu", num_cores=1)
-    mod, _ = offload_matmuls(import_program(mlp).mod)
-    # Keep matmuls in TVM too, so the matmul rule is exercised.
-    for schedule_mod in (mod, import_program(mlp).mod):
-        with spec.tvm_target():
-            lowered = tvm.transform.Sequential(
-                [
-                    tvm.relax.transform.LegalizeOps(),
-                    tvm.relax.transform.AnnotateTIROpPattern(),
-                    tvm.relax.transform.FoldConstant(),
-                    tvm.relax.transform.FuseOps(),
-                    tvm.relax.transform.FuseTIR(),
-                ]
-            )(schedule_mod)
-            from optkit.backends.build import schedule_pass
-
-            scheduled = schedule_pass(spec)(lowered)
-        funcs = [f for _, f in scheduled.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    torch.manual_seed(0)
+    conv = nn.Sequential(nn.Conv2d(3, 5, 3), nn.ReLU(), nn.Conv2d(5, 4, 3, padding=1)).eval()
+    conv_program = capture(conv, (torch.randn(1, 3, 9, 9),))  # 7x7 outputs: no vector width divides 7
+    mods = [
+        import_program(mlp).mod,
+        offload_matmuls(import_program(mlp).mod)[0],
+        import_program(conv_program).mod,
+    ]
+    for mod in mods:
+        funcs = _scheduled(mod, spec)
         assert funcs
-        assert all(f.attrs and f.attrs.get("tirx.is_scheduled") for f in funcs)
+        unscheduled = [n for n, f in funcs.items() if not (f.attrs and f.attrs.get("tirx.is_scheduled"))]
+        assert not unscheduled
+    (got,) = lower(conv_program, "cpu", num_cores=1).run(*conv_program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(conv_program)[0], rtol=1e-4, atol=1e-5)
     assert relax_pipeline(spec, "naive") is not None
 
 
