@@ -315,7 +315,12 @@ def methods_for(setup: Setup, tmp: Path, quick: bool) -> tuple[list[Method], lis
         print(f"  {label}", flush=True)
         out = tmp / f"{setup.name}-ort{int(only_weights)}.onnx"
         start = time.perf_counter()
-        peers.ort_quantize_static(float_onnx, cal, out, weight_layers_only=only_weights)
+        try:
+            peers.ort_quantize_static(float_onnx, cal, out, weight_layers_only=only_weights)
+        except Exception as err:  # ONNX Runtime's quantizer refuses some graphs: report it
+            why = str(err).splitlines()[0][:100] if str(err) else ""
+            methods.append(Method(label, "peer", None, 0, note=f"not run: {type(err).__name__}: {why}"))
+            continue
         took = time.perf_counter() - start
         session = peers.OrtDenoiser(out)
         methods.append(
@@ -390,7 +395,7 @@ def calibration_rows(setup: Setup, measured: dict[str, Method]) -> list[list[Any
             [
                 setup.name,
                 label,
-                "single / all",
+                "all/single time (x), single − all SQNR (dB)",
                 float("nan"),
                 every[0] / single[0],
                 single[2] - every[2],
@@ -588,13 +593,16 @@ def goal_lines(results: dict[str, list[Method]], cal_rows: list[list[Any]]) -> l
                 f"{sq - m.figures['call_sqnr']:+.1f} dB one-call SQNR (outside the goal's equal-or-smaller-size rule)."
             )
     for row in cal_rows:
-        if row[2] == "single / all":
-            cheap, loss = row[4], -row[6]
-            verdict = "met" if cheap >= 10 and loss <= 0.5 else "missed"
+        if row[2].startswith("all/single"):
+            cheap, d_call, d_out = row[4], row[5], row[6]
+
+            def verdict(d: float, cheap: float = cheap) -> str:
+                return "met" if cheap >= 10 and d >= -0.5 else "missed"
+
             lines.append(
-                f"- `{row[0]}` {row[1]}: single-step calibration {cheap:.0f}x cheaper than all-steps, "
-                f"{loss:+.1f} dB SQNR lost on final samples ({-row[5]:+.1f} dB one call) — "
-                f"goal (>= 10x, <= 0.5 dB) {verdict}."
+                f"- `{row[0]}` {row[1]}: single-step calibration {cheap:.0f}x cheaper than all-steps; "
+                f"SQNR single-step minus all-steps: {d_out:+.1f} dB on final samples (goal >= 10x and "
+                f">= -0.5 dB: {verdict(d_out)}), {d_call:+.1f} dB on one call ({verdict(d_call)})."
             )
     return lines
 
@@ -604,6 +612,8 @@ def write_outputs(runs: list[dict[str, Any]]) -> None:
     models measured side by side with their peers)."""
     rows = [r for run in runs for r in run["rows"]]
     cal_rows = [r for run in runs for r in run["cal_rows"]]
+    for r in cal_rows:  # the comparison row's label in files written before it was renamed
+        r[2] = "all/single time (x), single − all SQNR (dB)" if r[2] == "single / all" else r[2]
     results = {
         name: [Method(d["label"], d["family"], None, d["bytes"], figures=d["figures"]) for d in ms]
         for run in runs
@@ -654,6 +664,19 @@ def write_outputs(runs: list[dict[str, Any]]) -> None:
     for run in runs:
         lines += [f"`{run['command']}` — models and weights:", *run["notes"], ""]
     lines += [
+        "How to read it: *SQNR one call* feeds every method the inputs of the float model's own sampling "
+        "trajectory (all steps, both guidance halves, first sample batch) and pools the error over those "
+        "calls; *final samples* runs the sampler with the method as its denoiser from the same seeds "
+        "(latent models: decoded by the float first stage), so errors accumulate. For EfficientSAM both are "
+        "the mask logits on held-out shapes (box prompts). *size*: bytes of the stored tensors (int4 at half "
+        "a byte), including what a method keeps in float. *calibration*: optkit's `calibration_time` figure, "
+        "ORT's whole `quantize_static`, torchao's `quantize_`. Latency: one call at the captured batch; the "
+        "machine's 2 cores were shared with other jobs during the runs, so compare rows of one model (same "
+        "process, interleaved), not absolute milliseconds. optkit rows use `ptq` defaults unless named "
+        "(per-channel int8 weights, `auto` observer = min-max after single-step calibration, time "
+        "embeddings and the diffusion input layer kept float); W4 rows use GPTQ with groups of "
+        f"{GROUP}; mixed rows start every block at W8A8 and drop the least sensitive ones to W4.",
+        "",
         table.to_markdown(),
         "",
         cal_table.to_markdown() if cal_rows else "",
