@@ -108,3 +108,16 @@ def test_host_target_is_a_json_dict():
     assert spec.config["kind"] == "llvm" and spec.config["num-cores"] == 2
     assert isinstance(spec.config["mcpu"], str) and spec.config["mcpu"]
     assert spec.tvm_target().kind.name == "llvm"
+
+
+def test_ops_the_importer_lacks_are_decomposed_first(mlp, monkeypatch):
+    # Pretend TVM's importer has no GELU converter: PyTorch's decomposition of aten.gelu
+    # (erf-based) is applied before import instead of failing.
+    from optkit.backends import tvm_import
+
+    real = tvm_import.supported_ops
+    monkeypatch.setattr(tvm_import, "supported_ops", lambda conv: real(conv) - {"gelu.default"})
+    artifact = lower(mlp, "cpu", num_cores=1)
+    assert artifact.info["decomposed_ops"] == ["gelu.default"]
+    (got,) = artifact.run(*mlp.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(mlp)[0], rtol=1e-4, atol=1e-5)
