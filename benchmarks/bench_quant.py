@@ -462,7 +462,7 @@ def plot(results: dict[str, list[Method]], path: Path) -> None:
         float_kb = next(m.bytes for m in methods if m.family == "float") / 1024
         ax.axvline(float_kb, color="gray", ls=":", lw=1)
         ax.set_xlabel("model bytes (KiB, stored tensors; dotted: float)")
-        ax.set_ylabel("denoiser-call SQNR vs float (dB)")
+        ax.set_ylabel("one-call SQNR vs float (dB)")
         ax.set_title(name, fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -685,7 +685,7 @@ def write_outputs(runs: list[dict[str, Any]]) -> None:
         "",
         *goal_lines(results, cal_rows),
         "",
-        "![denoiser-call SQNR against model bytes](bench_quant.png)",
+        "![one-call SQNR against model bytes](bench_quant.png)",
     ]
     markdown = "\n".join(lines)
     print(markdown)
