@@ -26,6 +26,14 @@ Deviations from the paper:
   `steps // 5` steps before the UNet's `steps`; no EMA.
 
 Blocks by module path: `down.N`, `mid.N`, `up.N`.
+
+Shipped checkpoint `scenetextgen_tiny.safetensors` (0.57M parameters, 2.3 MB, first stage
+included): `OMP_NUM_THREADS=1 optkit zoo train scenetextgen --steps 4000 --batch-size 32`
+(seed 0; 800 autoencoder steps, then 4,000 UNet steps; 7.4 CPU-minutes, final loss 0.066).
+`optkit zoo eval scenetextgen` (256 test strings of 3 digits, 50 DDIM steps, guidance 2):
+character accuracy 0.914, whole-string accuracy 0.777, FD-digits of the cells 35.2; real test
+canvases through the autoencoder: character accuracy 0.966. The same recipe with 2,000 steps
+reached only 0.27 character accuracy: the binding of characters to cells is learned late.
 """
 
 from __future__ import annotations
