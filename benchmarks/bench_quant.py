@@ -661,6 +661,12 @@ def write_outputs(runs: list[dict[str, Any]]) -> None:
     if results:
         plot(results, plot_path)
     lines = ["## Quantization (`bench_quant`)", ""]
+    if len(runs) > 1:
+        lines += [
+            f"{len(runs)} runs side by side on the same machine (each model is compared with its peers "
+            "inside one process), merged by `python benchmarks/bench_quant.py --render FILE...`:",
+            "",
+        ]
     for run in runs:
         lines += [f"`{run['command']}` — models and weights:", *run["notes"], ""]
     lines += [
