@@ -180,7 +180,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--no-docs", action="store_true", help="print the table, leave docs/ alone")
+    parser.add_argument(
+        "--no-docs", action="store_true", help="print the table; write neither docs/benchmarks.md nor the PNG"
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
     present = {e.name for e in list_models()}
@@ -290,7 +292,7 @@ def main() -> None:
         units,
     )
     plot_path = ROOT / "docs" / "bench_lower.png"
-    if plot_rows:
+    if plot_rows and not args.no_docs:
         plot(plot_rows, plot_path, bool(args.tune_trials))
     command = "OMP_NUM_THREADS=1 python benchmarks/bench_lower.py " + " ".join(sys.argv[1:])
     import onnxruntime
