@@ -417,15 +417,19 @@ class Subnet(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
 
     def forward(self, dense: torch.Tensor, sparse: torch.Tensor) -> torch.Tensor:
-        tokens = self.dropout(
+        tokens = self._drop(
             torch.cat([self.dense_tokens(dense), self.embedding(sparse)], dim=1)
         )  # (B, Nd+F, E)
         sources = [F.relu(self.stem(dense)), tokens.flatten(1)]
         for block, bc in zip(self.blocks, self.choice, strict=True):
             x = torch.cat([sources[j] for j in bc.sources], dim=1)  # (B, in)
-            sources.append(block(self.dropout(x), tokens))  # (B, d)
+            sources.append(block(self._drop(x), tokens))  # (B, d)
         deep = self.head(torch.cat([sources[i + 2] for i in self.ends], dim=1)).squeeze(-1)  # (B,)
         return deep + self.wide(dense, sparse)  # (B,)
+
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        # Decided in Python, so an exported (eval-mode) graph holds no dropout nodes.
+        return self.dropout(x) if self.training else x
 
     def describe(self) -> str:
         """The architecture in one line, e.g. `mlp64<0,1> | dot32<2>`."""
