@@ -16,7 +16,7 @@ import torch.fx as fx
 from torch import nn
 
 from optkit.errors import CaptureError, ConfigError
-from optkit.ir.program import Annotations, Program
+from optkit.ir.program import Annotations, Program, remove_unused_attributes
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def capture(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, name
         raise _capture_error(err, tracker.failed_at, type(model).__name__) from err
     gm = exported.module()
     _drop_guards(gm)
+    _drop_unread_weights(gm)
     log.info("captured %s: %d nodes", name, len(gm.graph.nodes))
     return Program(gm, tuple(t.detach().clone() for t in inputs), Annotations(), name)
 
@@ -91,6 +92,17 @@ def _drop_guards(gm: fx.GraphModule) -> None:
         delattr(gm, attr)
     gm.graph.lint()
     gm.recompile()
+
+
+def _drop_unread_weights(gm: fx.GraphModule) -> None:
+    # torch.export lifts every parameter of the module, used or not (a latent diffusion model's
+    # autoencoder rides along with its denoiser); weights no op reads would inflate sizes and files.
+    dead = [n for n in gm.graph.nodes if n.op == "get_attr" and not n.users]
+    for node in dead:
+        gm.graph.erase_node(node)
+    if dead:
+        gm.recompile()
+    remove_unused_attributes(gm)
 
 
 def _capture_error(err: Exception, path: str | None, model_type: str) -> CaptureError:

@@ -24,14 +24,17 @@ sensitivity passes use.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from optkit.errors import ConfigError
+from optkit.nn.autoencoder import DOWNSAMPLE, Autoencoder, AutoencoderConfig
+from optkit.zoo.ldm import decode, encode
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 from optkit.zoo.samplers import SampleFn
 
@@ -42,10 +45,12 @@ FREQ_DIM = 256  # sinusoidal timestep features before the embedding MLP, as in t
 
 @dataclass(frozen=True)
 class DiTConfig:
-    """Sizes of a DiT on (in_channels, resolution, resolution) images with `num_classes` labels."""
+    """Sizes of a latent DiT on (1, image_resolution, image_resolution) digits with
+    `num_classes` labels; the transformer sees the first stage's (in_channels, resolution,
+    resolution) latents."""
 
-    in_channels: int = 1
-    resolution: int = 16
+    image_resolution: int = 16
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     patch: int = 2
     dim: int = 96
     depth: int = 6
@@ -54,14 +59,28 @@ class DiTConfig:
     num_classes: int = 10
 
     def __post_init__(self) -> None:
+        if self.image_resolution % DOWNSAMPLE:
+            raise ConfigError(
+                f"image_resolution {self.image_resolution} must be even (the first stage halves it)"
+            )
         if self.patch <= 0 or self.resolution % self.patch:
-            raise ConfigError(f"resolution {self.resolution} must be a multiple of patch {self.patch}")
+            raise ConfigError(f"latent resolution {self.resolution} must be a multiple of patch {self.patch}")
         if self.dim % self.heads:
             raise ConfigError(f"dim {self.dim} must be divisible by heads {self.heads}")
         if self.dim % 4:
             raise ConfigError(f"dim {self.dim} must be a multiple of 4 (2D sin-cos positions)")
-        if min(self.depth, self.num_classes, self.in_channels) <= 0:
-            raise ConfigError(f"depth, num_classes and in_channels must be positive, got {self}")
+        if min(self.depth, self.num_classes) <= 0:
+            raise ConfigError(f"depth and num_classes must be positive, got {self}")
+
+    @property
+    def in_channels(self) -> int:
+        """Latent channels: what the transformer reads and predicts."""
+        return self.autoencoder.latent_channels
+
+    @property
+    def resolution(self) -> int:
+        """Latent side."""
+        return self.image_resolution // DOWNSAMPLE
 
     @property
     def grid(self) -> int:
@@ -74,7 +93,7 @@ class DiTConfig:
 
     @classmethod
     def small(cls) -> DiTConfig:
-        return cls(dim=192, depth=8, heads=6)
+        return cls(dim=192, depth=8, heads=6, patch=1)
 
 
 def sincos_pos_embed_2d(dim: int, grid: int) -> torch.Tensor:
@@ -188,11 +207,15 @@ class FinalLayer(nn.Module):
 
 
 class DiT(nn.Module):
-    """Class-conditional DiT: `forward(x (B, C, R, R), t (B,), y (B,) int64) -> eps (B, C, R, R)`.
+    """Class-conditional latent DiT: `forward(z (B, c, r, r), t (B,), y (B,) int64) -> eps`.
 
     `t` is the DDPM timestep index as a float in [0, 1000); `y == num_classes` is the null
-    class of classifier-free guidance.
+    class of classifier-free guidance. The first-stage autoencoder rides along as
+    `first_stage` (not called by `forward`); `encode`/`decode` map digits to scaled latents and
+    back, as in `optkit.zoo.ldm`.
     """
+
+    latent_scale: torch.Tensor
 
     def __init__(self, config: DiTConfig) -> None:
         super().__init__()
@@ -205,6 +228,18 @@ class DiT(nn.Module):
         self.blocks = nn.ModuleList([DiTBlock(c.dim, c.heads, c.mlp_ratio) for _ in range(c.depth)])
         self.final_layer = FinalLayer(c.dim, c.patch, c.in_channels)
         self._init_weights()
+        self.first_stage = Autoencoder(c.autoencoder)
+        self.register_buffer("latent_scale", torch.ones(()))  # LDM's scale factor, set by train()
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Digits (B, 1, R, R) in [-1, 1] -> scaled latents (B, c, R/2, R/2)."""
+        return self.first_stage.encode(images) * self.latent_scale
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Scaled latents -> digits clamped to [-1, 1]."""
+        return self.first_stage.decode(z / self.latent_scale).clamp(-1, 1)
 
     def _init_weights(self) -> None:
         # Paper: xavier-uniform Linears, patch embedding like a Linear, N(0, 0.02) embeddings;
@@ -248,68 +283,86 @@ def null_labels(cond: tuple[torch.Tensor, ...], num_classes: int = 10) -> tuple[
 
 
 def example_inputs(model: nn.Module, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
-    """Deterministic (x, t, y): Gaussian noise images, t in [0, 1000), labels in 0..9."""
+    """Deterministic (z, t, y): Gaussian latents, t in [0, 1000), labels in 0..9."""
     cfg: DiTConfig = model.config  # type: ignore[assignment]
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch, cfg.in_channels, cfg.resolution, cfg.resolution, generator=gen)
+    z = torch.randn(batch, cfg.in_channels, cfg.resolution, cfg.resolution, generator=gen)
     t = torch.randint(0, 1000, (batch,), generator=gen).float()
     y = torch.randint(0, cfg.num_classes, (batch,), generator=gen)
-    return x, t, y
+    return z, t, y
 
 
 def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
-    """Train on the 4,000 training digits with the eps objective and 10% label dropout."""
+    """Train the first stage on the 4,000 training digits (`steps // 5` steps, as for `ldm`),
+    then the DiT on their latents with the eps objective and 10% label dropout."""
     from optkit.zoo.data import digits
+    from optkit.zoo.ldm import ae_parameters, encode_all, train_first_stage
     from optkit.zoo.training import train_denoiser
 
     cfg: DiTConfig = model.config  # type: ignore[assignment]
-    images, labels = digits("train", resolution=cfg.resolution, seed=settings.seed)
+    images, labels = digits("train", resolution=cfg.image_resolution, seed=settings.seed)
+    torch.manual_seed(settings.seed)
+    ae_figures, ae_steps = train_first_stage(model, images, settings)
+    latents = encode_all(model, images)  # (N, c, r, r), unit variance
 
     def batches(gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        idx = torch.randint(0, images.shape[0], (batch_size,), generator=gen)
-        return images[idx], (labels[idx],)
+        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=gen)
+        return latents[idx], (labels[idx],)
 
     def null_cond(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
         return null_labels(cond, cfg.num_classes)
 
-    return train_denoiser(model, batches, settings, objective="eps", null_cond=null_cond)
+    def progress(step: int, _total: int, loss: float) -> None:
+        if settings.progress:
+            settings.progress(ae_steps + step, settings.steps + ae_steps, loss)
+
+    figures = train_denoiser(
+        model, batches, dataclasses.replace(settings, progress=progress), objective="eps", null_cond=null_cond
+    )
+    for p in ae_parameters(model):
+        p.requires_grad_(True)
+    return {
+        **figures,
+        "seconds": figures["seconds"] + ae_figures["seconds"],
+        "autoencoder_steps": float(ae_steps),
+        "autoencoder_recon_mse": ae_figures["recon_mse"],
+        "latent_scale": float(model.latent_scale),  # type: ignore[arg-type]
+    }
 
 
 def evaluate(
     model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
 ) -> dict[str, float]:
-    """Sample `num_samples` digits (classes in turn, fixed seeds, guidance 2) and score them:
-    FD-digits against the test split and the shipped classifier's accuracy on the labels.
+    """Sample `num_samples` latents (classes in turn, fixed seeds, guidance 2), decode them and
+    score the digits: FD-digits against the test split and the shipped classifier's accuracy
+    on the labels.
 
     `sample_fn` (same signature as `optkit.zoo.samplers.sample`) replaces the plain sampler, so
-    that a cached or quantized runner is scored the same way; `model` is then only read for
-    its config."""
+    that a cached or quantized runner is scored the same way; `model` then only decodes."""
     from optkit.metrics import class_accuracy, fd_digits
     from optkit.zoo.data import digits
     from optkit.zoo.samplers import sample
 
     draw = sample_fn or sample
-
     cfg: DiTConfig = model.config  # type: ignore[assignment]
     model.eval()
     labels = torch.arange(settings.num_samples) % cfg.num_classes
     out = []
     for start in range(0, settings.num_samples, settings.batch_size):
         y = labels[start : start + settings.batch_size]
-        out.append(
-            draw(
-                model,
-                (y.shape[0], cfg.in_channels, cfg.resolution, cfg.resolution),
-                sampler=sampler,
-                steps=settings.steps,
-                seed=settings.seed + start,
-                cond=(y,),
-                uncond=null_labels((y,), cfg.num_classes),
-                guidance_scale=GUIDANCE_SCALE,
-            )
+        z = draw(
+            model,
+            (y.shape[0], cfg.in_channels, cfg.resolution, cfg.resolution),
+            sampler=sampler,
+            steps=settings.steps,
+            seed=settings.seed + start,
+            cond=(y,),
+            uncond=null_labels((y,), cfg.num_classes),
+            guidance_scale=GUIDANCE_SCALE,
         )
-    samples = torch.cat(out).clamp(-1, 1)  # (N, C, R, R)
-    reference, _ = digits("test", resolution=cfg.resolution)
+        out.append(model.decode(z))  # type: ignore[operator]
+    samples = torch.cat(out)  # (N, 1, R, R)
+    reference, _ = digits("test", resolution=cfg.image_resolution)
     return {
         "fd_digits": float(fd_digits(samples, reference)),
         "class_accuracy": float(class_accuracy(samples, labels)),
@@ -327,6 +380,12 @@ register_model(
         sampler="ddim",
         train=train,
         evaluate=evaluate,
-        extra={"guidance_scale": GUIDANCE_SCALE, "data": "digits", "null_cond": null_labels},
+        extra={
+            "guidance_scale": GUIDANCE_SCALE,
+            "data": "digits",
+            "null_cond": null_labels,
+            "encode": encode,
+            "decode": decode,
+        },
     )
 )

@@ -151,7 +151,7 @@ def _tiny_dit():
     model = DiT(DiTConfig(dim=32, depth=1, heads=2))
     for p in model.parameters():  # leave adaLN-Zero's identity start, so the output is not zero
         torch.nn.init.normal_(p, std=0.05)
-    inputs = (torch.randn(2, 1, 16, 16), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
+    inputs = (torch.randn(2, 2, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
     program = capture(model, inputs, name="dit-test")
     program.meta = {"zoo": "dit", "size": "test", "task": "diffusion-image", "sampler": "ddim"}
     return program

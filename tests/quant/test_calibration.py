@@ -13,7 +13,7 @@ def dit_program():
     model = DiT(DiTConfig(dim=32, depth=1, heads=2))
     for p in model.parameters():  # leave adaLN-Zero's identity start, so the output is not zero
         torch.nn.init.normal_(p, std=0.05)
-    x = torch.randn(2, 1, 16, 16)
+    x = torch.randn(2, 2, 8, 8)  # latents
     program = capture(model, (x, torch.tensor([10.0, 500.0]), torch.tensor([3, 7])), name="dit-test")
     program.meta = {"zoo": "dit", "size": "test", "task": "diffusion-image", "sampler": "ddim"}
     return program
@@ -34,7 +34,7 @@ def test_guided_zoo_model_calibrates_both_branches(dit_program):
 def test_all_steps_keeps_every_call_split_to_the_captured_batch(dit_program):
     batches = calibration_batches(dit_program, "all-steps", num_batches=1, steps=3)
     assert len(batches) == 6  # 3 steps x (conditional, null)
-    assert all(b[0].shape == (2, 1, 16, 16) for b in batches)
+    assert all(b[0].shape == (2, 2, 8, 8) for b in batches)
     assert [float(b[1][0]) for b in batches[::2]] == [999.0, 666.0, 333.0]
     assert torch.equal(batches[1][2], torch.tensor([10, 10]))
 

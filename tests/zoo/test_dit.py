@@ -38,12 +38,12 @@ def test_adaln_zero_starts_at_zero_and_labels_condition() -> None:
     model = DiT(DiTConfig.tiny()).eval()
     inputs = example_inputs(model, 2, seed=3)
     x, t, y = inputs
-    assert x.shape == (2, 1, 16, 16) and t.shape == (2,) and y.dtype == torch.int64
+    assert x.shape == (2, 2, 8, 8) and t.shape == (2,) and y.dtype == torch.int64
     for a, b in zip(inputs, example_inputs(model, 2, seed=3), strict=True):
         assert torch.equal(a, b)
     with torch.no_grad():
         assert torch.equal(model(*inputs), torch.zeros_like(x))  # adaLN-Zero + zero output layer
-        h = torch.randn(2, 64, 96)
+        h = torch.randn(2, 16, 96)
         c = torch.randn(2, 96)
         assert torch.equal(model.blocks[0](h, c), h)  # every block starts as the identity
     live = randomize_zero_init(model)
@@ -56,9 +56,9 @@ def test_adaln_zero_starts_at_zero_and_labels_condition() -> None:
 
 def test_unpatchify_inverts_patch_layout() -> None:
     model = DiT(DiTConfig.tiny())
-    img = torch.randn(2, 1, 16, 16)
-    # tokens in raster order of 2x2 patches, pixels within a patch row-major
-    tokens = img.reshape(2, 1, 8, 2, 8, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 64, 4)
+    img = torch.randn(2, 2, 8, 8)  # latents
+    # tokens in raster order of 2x2 patches, positions within a patch row-major, channels last
+    tokens = img.reshape(2, 2, 4, 2, 4, 2).permute(0, 2, 4, 3, 5, 1).reshape(2, 16, 8)
     assert torch.equal(model.unpatchify(tokens), img)
 
 
@@ -87,12 +87,12 @@ def test_training_reduces_loss_and_samples() -> None:
     cfg = DiTConfig(dim=32, depth=2, heads=2)
     model = DiT(cfg)
     gen = torch.Generator().manual_seed(0)
-    # Synthetic digits-like data: a bright square whose column is the label.
-    images = -torch.ones(200, 1, 16, 16)
+    # Synthetic latents: a bright square whose column is the label.
+    images = -torch.ones(200, 2, 8, 8)
     labels = torch.randint(0, 10, (200,), generator=gen)
     for i in range(200):
-        c = int(labels[i])
-        images[i, 0, 5:11, c : c + 6] = 1.0
+        c = int(labels[i]) // 2
+        images[i, :, 2:6, c : c + 3] = 1.0
     losses: list[float] = []
 
     def batches(g: torch.Generator, b: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -108,7 +108,7 @@ def test_training_reduces_loss_and_samples() -> None:
     y = torch.arange(4)
     x = sample(
         model,
-        (4, 1, 16, 16),
+        (4, 2, 8, 8),
         sampler="ddim",
         steps=5,
         seed=0,
@@ -116,7 +116,8 @@ def test_training_reduces_loss_and_samples() -> None:
         uncond=null_labels((y,)),
         guidance_scale=2.0,
     )
-    assert x.shape == (4, 1, 16, 16) and torch.isfinite(x).all()
+    assert x.shape == (4, 2, 8, 8) and torch.isfinite(x).all()
+    assert model.decode(x).shape == (4, 1, 16, 16)
 
 
 def test_config_errors() -> None:
@@ -124,3 +125,24 @@ def test_config_errors() -> None:
         DiTConfig(patch=3)
     with pytest.raises(ConfigError, match="heads"):
         DiTConfig(dim=96, heads=5)
+
+
+def test_train_fits_the_first_stage_then_the_transformer() -> None:
+    entry = get_model("dit")
+    model = DiT(DiTConfig(dim=32, depth=1, heads=2))
+    figures = entry.train(model, TrainSettings(steps=5, batch_size=8, seed=0))
+    assert figures["autoencoder_steps"] == 1 and figures["latent_scale"] != 1.0
+    assert all(p.requires_grad for p in model.parameters())
+    digits = torch.rand(2, 1, 16, 16) * 2 - 1
+    z = model.encode(digits)
+    assert z.shape == (2, 2, 8, 8) and model.decode(z).shape == (2, 1, 16, 16)
+
+
+def test_shipped_checkpoint_draws_the_requested_digits() -> None:
+    entry = get_model("dit")
+    if not entry.checkpoint_path("tiny").exists():
+        pytest.skip("no shipped dit checkpoint")
+    from optkit.zoo.registry import EvalSettings
+
+    figures = entry.evaluate(entry.create("tiny"), EvalSettings(num_samples=40, steps=10, batch_size=40))
+    assert figures["class_accuracy"] >= 0.7
