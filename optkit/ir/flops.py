@@ -84,7 +84,19 @@ def _tensors(value: Any) -> list[torch.Tensor]:
 
 
 def _val(node: Any) -> list[torch.Tensor]:
-    return _tensors(node.meta.get("val")) if isinstance(node, fx.Node) else []
+    if not isinstance(node, fx.Node):
+        return []
+    if "val" not in node.meta and node.op == "get_attr" and node.graph.owning_module is not None:
+        # Weights a pass added (packed int8/int4) carry no traced metadata; read the tensor.
+        owner = node.graph.owning_module
+        try:
+            return _tensors(owner.get_parameter(str(node.target)))
+        except AttributeError:
+            try:
+                return _tensors(owner.get_buffer(str(node.target)))
+            except AttributeError:
+                return _tensors(getattr(owner, str(node.target), None))
+    return _tensors(node.meta.get("val"))
 
 
 def _numel(shape: Any) -> int:

@@ -46,3 +46,15 @@ def test_parameters_and_activation_memory(conv_program):
     assert flops.parameter_bytes(conv_program) == 4 * n
     # At least the input and the first conv output are alive together.
     assert flops.peak_activation_bytes(conv_program) >= 4 * (2 * 3 * 64 + 2 * 8 * 64)
+
+
+def test_quantized_kernels_count_like_their_float_ops():
+    from optkit.ir.ops import op_name
+    from optkit.pipeline import PassManager, build_passes
+    from tests.models import conv_net
+
+    model, inputs = conv_net()
+    program = capture(model, inputs)
+    quantized = PassManager(build_passes(["ptq"])).run(program).program
+    assert any(op_name(n) == "conv2d_w8a8" for n in quantized.graph.nodes)
+    assert flops.total_flops(quantized) == flops.total_flops(program)
