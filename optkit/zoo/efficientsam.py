@@ -458,6 +458,7 @@ register_model(
         example_inputs=example_inputs,
         train=train,
         evaluate=evaluate,
+        train_defaults=TrainSettings(steps=2500, batch_size=32),  # the shipped checkpoint's recipe
         extra={"data": "shapes_with_masks", "prompt_modes": PROMPT_MODES},
     )
 )

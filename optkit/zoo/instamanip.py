@@ -394,6 +394,7 @@ register_model(
         example_inputs=example_inputs,
         train=train,
         evaluate=evaluate,
+        train_defaults=TrainSettings(steps=1500, batch_size=32),  # the shipped checkpoint's recipe
         extra={"data": "action_pairs", "actions": ACTIONS, "relation_weight": RELATION_WEIGHT},
     )
 )

@@ -47,6 +47,7 @@ from optkit.errors import ConfigError
 from optkit.nn.autoencoder import DOWNSAMPLE, Autoencoder, AutoencoderConfig, latent_std, train_autoencoder
 from optkit.nn.unet import UNet, UNetConfig
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
+from optkit.zoo.samplers import SampleFn
 
 PAPER = "High-Resolution Image Synthesis with Latent Diffusion Models (Rombach et al., CVPR 2022)"
 GUIDANCE_SCALE = 2.0
@@ -252,10 +253,14 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     }
 
 
-def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
+) -> dict[str, float]:
     """Sample `num_samples` latents (classes in turn, fixed seeds, guidance 2), decode them and
     score the digits: FD-digits against the test split and the shipped classifier's accuracy
-    on the labels; also the same figures for test digits passed through the autoencoder."""
+    on the labels; also the same figures for test digits passed through the autoencoder.
+    `sample_fn` (the signature of `optkit.zoo.samplers.sample`) replaces the plain sampler, so
+    that a cached or quantized runner is scored the same way."""
     from optkit.metrics import class_accuracy, fd_digits
     from optkit.zoo.data import digits
     from optkit.zoo.samplers import sample
@@ -266,7 +271,7 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
     out = []
     for start in range(0, settings.num_samples, settings.batch_size):
         y = labels[start : start + settings.batch_size]
-        z = sample(
+        z = (sample_fn or sample)(
             model,
             (y.shape[0], *cfg.latent_shape),
             sampler=sampler,
@@ -299,6 +304,7 @@ register_model(
         sampler="ddim",
         train=train,
         evaluate=evaluate,
+        train_defaults=TrainSettings(steps=2000, batch_size=64),  # the shipped checkpoint's recipe
         extra={
             "guidance_scale": GUIDANCE_SCALE,
             "data": "digits",

@@ -300,6 +300,7 @@ register_model(
         sampler="ddim",
         train=train,
         evaluate=evaluate,
+        train_defaults=TrainSettings(steps=2000, batch_size=64),  # the shipped checkpoint's recipe
         extra={
             "guidance_scale": GUIDANCE_SCALE,
             "data": "action_pairs",

@@ -21,7 +21,7 @@ from torch import nn
 from optkit.errors import ConfigError
 from optkit.zoo import moviegen
 from optkit.zoo.moviegen import VideoTransformer, VideoTransformerConfig
-from optkit.zoo.registry import ZooModel, register_model
+from optkit.zoo.registry import TrainSettings, ZooModel, register_model
 
 PAPER = (
     "LinGen: Towards High-Resolution Minute-Length Text-to-Video Generation with Linear "
@@ -57,6 +57,7 @@ register_model(
         sampler="flow-euler",
         train=moviegen.train,
         evaluate=moviegen.evaluate,
+        train_defaults=TrainSettings(steps=1500, batch_size=16),  # the shipped checkpoint's recipe
         extra={"guidance_scale": moviegen.GUIDANCE_SCALE, "data": "moving_digits"},
     )
 )

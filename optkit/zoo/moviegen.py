@@ -437,6 +437,7 @@ register_model(
         sampler="flow-euler",
         train=train,
         evaluate=evaluate,
+        train_defaults=TrainSettings(steps=1500, batch_size=64),  # the shipped checkpoint's recipe
         extra={"guidance_scale": GUIDANCE_SCALE, "data": "moving_digits"},
     )
 )

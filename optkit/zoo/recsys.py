@@ -414,6 +414,7 @@ register_model(
         example_inputs=example_inputs,
         train=train,
         evaluate=evaluate,
+        train_defaults=TrainSettings(steps=6000, batch_size=256),  # the shipped checkpoint's recipe
         extra={"data": "movielens_ctr", "supernet": RecSupernet, "search": search},
     )
 )
