@@ -212,8 +212,11 @@ def parameter_bytes(program: Program) -> int:
 
 
 def parameter_count(program: Program) -> int:
-    """Number of parameter elements (buffers excluded)."""
-    return sum(p.numel() for p in program.graph_module.parameters())
+    """Elements of the parameters and buffers the graph holds: float weights, and the integer
+    weights and scales a quantization pass stores as buffers (a packed int4 element holds two
+    weights)."""
+    unique = {id(t): t for t in program.parameters().values()}
+    return sum(t.numel() for t in unique.values())
 
 
 def peak_activation_bytes(program: Program) -> int:
