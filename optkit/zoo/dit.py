@@ -380,7 +380,7 @@ register_model(
         sampler="ddim",
         train=train,
         evaluate=evaluate,
-        train_defaults=TrainSettings(steps=4000, batch_size=64),  # the shipped checkpoint's recipe
+        train_defaults=TrainSettings(steps=8000, batch_size=64),  # the shipped checkpoint's recipe
         extra={
             "guidance_scale": GUIDANCE_SCALE,
             "data": "digits",
