@@ -1,22 +1,34 @@
-"""DiT: a class-conditional diffusion transformer with adaLN-Zero blocks (tiny, on digits).
+"""DiT: a class-conditional latent diffusion transformer with adaLN-Zero blocks (tiny, on digits).
 
-Paper: Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023). An image
-(B, C, R, R) is cut into p x p patches, embedded linearly, given fixed 2D sin-cos positions,
+Paper: Peebles & Xie, "Scalable Diffusion Models with Transformers" (ICCV 2023). As in the
+paper, the transformer works on the latents of a first-stage autoencoder: here the small
+KL autoencoder of `optkit.nn.autoencoder` (shared with `ldm`), which maps 1 x 16 x 16 digits to
+2 x 8 x 8 latents rescaled to unit variance. A latent (B, C, R, R) is cut into p x p patches, embedded linearly, given fixed 2D sin-cos positions,
 and run through `depth` blocks of LayerNorm -> self-attention -> LayerNorm -> MLP whose
 LayerNorms are modulated (shift, scale) and whose residual branches are gated, all regressed
 from the sum of the timestep and class embeddings (adaLN-Zero: the modulation Linear starts at
 zero, so every block starts as the identity). A final adaLN layer maps tokens back to patches.
 
 Deviations from the paper:
-- Pixels (1 x 16 x 16 digits from `optkit.zoo.data.digits`), not Stable Diffusion VAE latents.
+- The first stage is a few convolutions trained here (`steps // 5` steps before the DiT's own,
+  see `optkit.zoo.ldm.train_first_stage`), not the Stable Diffusion VAE; it rides along as the
+  submodule `first_stage`, which `forward` does not call (capture drops its weights).
+  A pixel-space DiT of the same size was tried first and was far from converged after 3,000
+  steps (class accuracy 0.26); on latents 8,000 steps reach 0.99.
 - Learned sigma is off: the model outputs eps only (C channels), trained with the simple MSE
   loss on the DDPM linear schedule; sampled with DDIM (or DPM-Solver++) instead of the
   250-step DDPM sampler.
 - Label dropout for classifier-free guidance happens in the shared training loop
   (`optkit.zoo.training.train_denoiser` with `null_cond`), not inside the label embedder; the
   null class id is `num_classes`, as in the paper.
-- Sizes are far below DiT-S: `tiny` is dim 96, depth 6, 4 heads (~1.1M params).
+- Sizes are far below DiT-S: `tiny` is DiT/2 with dim 96, depth 6, 4 heads (~1.1M params,
+  16 tokens); `small` is DiT/1 with dim 192, depth 8, 6 heads (64 tokens).
 - No EMA of the weights.
+
+Shipped checkpoint `dit_tiny.safetensors`: `OMP_NUM_THREADS=1 optkit zoo train dit` (seed 0;
+1,600 autoencoder steps, then 8,000 DiT steps at batch 64; 13 CPU-minutes; final loss 0.054).
+`optkit zoo eval dit` (256 samples, 50 DDIM steps, guidance 2): FD-digits 89.2, class accuracy
+0.992.
 
 Block outputs are found by module path `blocks.N` (an `nn.ModuleList`), which the caching and
 sensitivity passes use.
