@@ -35,6 +35,14 @@ def test_wheel_maps_passes_and_backends(tmp_path):
     assert "optkit/passes/fold_constants.py" in names
     assert "optkit/backends/__init__.py" in names
     assert "optkit/ir/program.py" in names
+    # every package of the source tree is in the wheel (the packages list is explicit)
+    sources = [p.parent for p in (ROOT / "optkit").rglob("__init__.py")]
+    for src in sources:
+        init = f"{src.relative_to(ROOT).as_posix()}/__init__.py"
+        assert init in names, f"{init} missing from the wheel: add it to [tool.setuptools] packages"
+    backend_files = {f"optkit/backends/{p.name}" for p in (ROOT / "backends").glob("*.py")}
+    pass_files = {f"optkit/passes/{p.name}" for p in (ROOT / "passes").glob("*.py")}
+    assert backend_files | pass_files <= names
     assert not any(n.startswith(("passes/", "backends/", "tests/")) for n in names)
     shipped = {n for n in names if n.startswith("optkit/zoo/checkpoints/")}
     on_disk = {
