@@ -218,3 +218,13 @@ def test_auto_observer_is_minmax_after_single_step_calibration():
     assert PTQConfig(calibration="all-steps").observer_kind() == "percentile"
     assert PTQConfig().observer_kind() == "percentile"
     assert PTQConfig(calibration="single-step", observer="mse").observer_kind() == "mse"
+
+
+def test_mixed_precision_ranks_on_a_bounded_spread_of_batches():
+    from optkit.passes.ptq import SENSITIVITY_BATCHES, _spread
+
+    batches = list(range(160))  # all-steps calibration of a guided model: 4 x 20 x 2
+    picked = _spread(batches, SENSITIVITY_BATCHES)
+    assert len(picked) == SENSITIVITY_BATCHES and picked[0] == 0 and picked[-1] == 159
+    assert picked == sorted(set(picked))
+    assert _spread(batches[:3], SENSITIVITY_BATCHES) == [0, 1, 2]
