@@ -12,8 +12,10 @@ baselines at the same fraction of block evaluations (uniform interval reuse, fir
 fewer steps). Speed-up is wall-clock against the uncached sampler in the same run (median of
 `repeats`); PSNR is against the uncached samples on the same seeds. Weights: the shipped
 checkpoint when optkit/zoo/checkpoints has one, else `--train-steps` steps of the zoo's `train`
-hook (said in the table), else random. Writes docs/benchmarks.md (section bench_cache) and
-docs/bench_cache.png.
+hook (said in the table), else random. Then, with the zoo's own metric (`evaluate(sample_fn=...)`:
+FD-digits and class accuracy, video figures) on 100 samples: the uncached sampler, the threshold
+with the largest speed-up at PSNR >= 30 dB, and each baseline at that threshold's compute.
+Writes docs/benchmarks.md (section bench_cache) and docs/bench_cache.png.
 """
 
 from __future__ import annotations
