@@ -37,7 +37,15 @@ def model_table(repeats: int) -> Table:
             program = capture(model, inputs, name=f"{entry.name}-{size}")
             with torch.no_grad():
                 lat = latency_ms(lambda m=model, x=inputs: m(*x), warmup=2, repeats=repeats)
-            rows.append([f"{entry.name}:{size}", entry.task, parameter_count(program), total_flops(program), lat["median"]])
+            rows.append(
+                [
+                    f"{entry.name}:{size}",
+                    entry.task,
+                    parameter_count(program),
+                    total_flops(program),
+                    lat["median"],
+                ]
+            )
             print(rows[-1], flush=True)
     return Table(
         "Zoo models (batch 1, PyTorch eager)",
@@ -83,10 +91,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--max-tokens", type=int, default=65536)
-    parser.add_argument("--max-timed-attention", type=int, default=16384, help="Time full attention up to this many tokens.")
+    parser.add_argument(
+        "--max-timed-attention", type=int, default=16384, help="Time full attention up to this many tokens."
+    )
     args = parser.parse_args()
     torch.manual_seed(0)
-    tables = [model_table(args.repeats), scaling_table(max(2, args.repeats // 3), args.max_tokens, args.max_timed_attention)]
+    tables = [
+        model_table(args.repeats),
+        scaling_table(max(2, args.repeats // 3), args.max_tokens, args.max_timed_attention),
+    ]
     header = (
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.  \n"
         f"Command: `python benchmarks/bench_zoo.py --repeats {args.repeats} --max-tokens {args.max_tokens} "

@@ -131,7 +131,9 @@ class Program:
         if total == size:
             return self.run(*inputs)
         if total % size:
-            raise ConfigError(f"{self.name} was captured with batch {size}; got a batch of {total}, not a multiple of it")
+            raise ConfigError(
+                f"{self.name} was captured with batch {size}; got a batch of {total}, not a multiple of it"
+            )
         outs = []
         for start in range(0, total, size):
             out = self.run(*(t[start : start + size] for t in inputs))
