@@ -36,7 +36,6 @@ sensitivity passes use.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 
@@ -307,73 +306,28 @@ def example_inputs(model: nn.Module, batch: int, seed: int) -> tuple[torch.Tenso
 def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     """Train the first stage on the 4,000 training digits (`steps // 5` steps, as for `ldm`),
     then the DiT on their latents with the eps objective and 10% label dropout."""
-    from optkit.zoo.data import digits
-    from optkit.zoo.ldm import ae_parameters, encode_all, train_first_stage
-    from optkit.zoo.training import train_denoiser
+    from optkit.zoo.ldm import train_class_latent
 
     cfg: DiTConfig = model.config  # type: ignore[assignment]
-    images, labels = digits("train", resolution=cfg.image_resolution, seed=settings.seed)
-    torch.manual_seed(settings.seed)
-    ae_figures, ae_steps = train_first_stage(model, images, settings)
-    latents = encode_all(model, images)  # (N, c, r, r), unit variance
-
-    def batches(gen: torch.Generator, batch_size: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        idx = torch.randint(0, latents.shape[0], (batch_size,), generator=gen)
-        return latents[idx], (labels[idx],)
-
-    def null_cond(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return null_labels(cond, cfg.num_classes)
-
-    def progress(step: int, _total: int, loss: float) -> None:
-        if settings.progress:
-            settings.progress(ae_steps + step, settings.steps + ae_steps, loss)
-
-    figures = train_denoiser(
-        model, batches, dataclasses.replace(settings, progress=progress), objective="eps", null_cond=null_cond
-    )
-    for p in ae_parameters(model):
-        p.requires_grad_(True)
-    return {
-        **figures,
-        "seconds": figures["seconds"] + ae_figures["seconds"],
-        "autoencoder_steps": float(ae_steps),
-        "autoencoder_recon_mse": ae_figures["recon_mse"],
-        "latent_scale": float(model.latent_scale),  # type: ignore[arg-type]
-    }
+    return train_class_latent(model, settings, cfg.image_resolution, cfg.num_classes)
 
 
 def evaluate(
     model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
 ) -> dict[str, float]:
-    """Sample `num_samples` latents (classes in turn, fixed seeds, guidance 2), decode them and
-    score the digits: FD-digits against the test split and the shipped classifier's accuracy
-    on the labels.
-
-    `sample_fn` (same signature as `optkit.zoo.samplers.sample`) replaces the plain sampler, so
-    that a cached or quantized runner is scored the same way; `model` then only decodes."""
+    """Sample `num_samples` latents (see `optkit.zoo.ldm.sample_class_digits`; guidance 2),
+    decode them and score the digits: FD-digits against the test split and the shipped
+    classifier's accuracy on the labels. `sample_fn` replaces the plain sampler, so that a
+    cached or quantized runner is scored the same way."""
     from optkit.metrics import class_accuracy, fd_digits
     from optkit.zoo.data import digits
-    from optkit.zoo.samplers import sample
+    from optkit.zoo.ldm import sample_class_digits
 
-    draw = sample_fn or sample
     cfg: DiTConfig = model.config  # type: ignore[assignment]
-    model.eval()
-    labels = torch.arange(settings.num_samples) % cfg.num_classes
-    out = []
-    for start in range(0, settings.num_samples, settings.batch_size):
-        y = labels[start : start + settings.batch_size]
-        z = draw(
-            model,
-            (y.shape[0], cfg.in_channels, cfg.resolution, cfg.resolution),
-            sampler=sampler,
-            steps=settings.steps,
-            seed=settings.seed + start,
-            cond=(y,),
-            uncond=null_labels((y,), cfg.num_classes),
-            guidance_scale=GUIDANCE_SCALE,
-        )
-        out.append(model.decode(z))  # type: ignore[operator]
-    samples = torch.cat(out)  # (N, 1, R, R)
+    latent_shape = (cfg.in_channels, cfg.resolution, cfg.resolution)
+    samples, labels = sample_class_digits(
+        model, settings, latent_shape, cfg.num_classes, GUIDANCE_SCALE, sampler, sample_fn
+    )
     reference, _ = digits("test", resolution=cfg.image_resolution)
     return {
         "fd_digits": float(fd_digits(samples, reference)),

@@ -217,14 +217,16 @@ def encode_all(model: nn.Module, images: torch.Tensor, batch: int = 500) -> torc
     return torch.cat([encode(model, images[i : i + batch]) for i in range(0, images.shape[0], batch)])
 
 
-def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
-    """Train the autoencoder on the 4,000 training digits, then the UNet on their latents
-    (eps objective, 10% label dropout). Figures of both stages are returned."""
+def train_class_latent(
+    model: nn.Module, settings: TrainSettings, resolution: int, num_classes: int
+) -> dict[str, float]:
+    """Train a class-conditional latent denoiser with its `first_stage`: the autoencoder on the
+    4,000 training digits at `resolution` first, then the denoiser on their latents (eps
+    objective, 10% label dropout to the null class `num_classes`). Shared by `ldm` and `dit`."""
     from optkit.zoo.data import digits
     from optkit.zoo.training import train_denoiser
 
-    cfg: LDMConfig = model.config  # type: ignore[assignment]
-    images, labels = digits("train", resolution=cfg.resolution, seed=settings.seed)
+    images, labels = digits("train", resolution=resolution, seed=settings.seed)
     torch.manual_seed(settings.seed)
     ae_figures, ae_steps = train_first_stage(model, images, settings)
     latents = encode_all(model, images)  # (N, c, h, w), unit variance
@@ -234,14 +236,14 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
         return latents[idx], (labels[idx],)
 
     def null_cond(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return null_labels(cond, cfg.num_classes)
+        return null_labels(cond, num_classes)
 
     def progress(step: int, _total: int, loss: float) -> None:
         if settings.progress:
             settings.progress(ae_steps + step, settings.steps + ae_steps, loss)
 
-    unet_settings = dataclasses.replace(settings, progress=progress)
-    figures = train_denoiser(model, batches, unet_settings, objective="eps", null_cond=null_cond)
+    denoiser_settings = dataclasses.replace(settings, progress=progress)
+    figures = train_denoiser(model, batches, denoiser_settings, objective="eps", null_cond=null_cond)
     for p in ae_parameters(model):
         p.requires_grad_(True)
     return {
@@ -253,36 +255,60 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     }
 
 
-def evaluate(
-    model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
-) -> dict[str, float]:
-    """Sample `num_samples` latents (classes in turn, fixed seeds, guidance 2), decode them and
-    score the digits: FD-digits against the test split and the shipped classifier's accuracy
-    on the labels; also the same figures for test digits passed through the autoencoder.
-    `sample_fn` (the signature of `optkit.zoo.samplers.sample`) replaces the plain sampler, so
-    that a cached or quantized runner is scored the same way."""
-    from optkit.metrics import class_accuracy, fd_digits
-    from optkit.zoo.data import digits
+def sample_class_digits(
+    model: nn.Module,
+    settings: EvalSettings,
+    latent_shape: tuple[int, ...],
+    num_classes: int,
+    guidance_scale: float,
+    sampler: str = "ddim",
+    sample_fn: SampleFn | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded class-conditional samples (N, 1, R, R) of a latent denoiser and their labels
+    (classes in turn, fixed seeds, guided against the null class). `sample_fn` (the signature
+    of `optkit.zoo.samplers.sample`) replaces the plain sampler, so that a cached or quantized
+    runner is scored the same way. Shared by `ldm` and `dit`."""
     from optkit.zoo.samplers import sample
 
-    cfg: LDMConfig = model.config  # type: ignore[assignment]
     model.eval()
-    labels = torch.arange(settings.num_samples) % cfg.num_classes
+    labels = torch.arange(settings.num_samples) % num_classes
     out = []
     for start in range(0, settings.num_samples, settings.batch_size):
         y = labels[start : start + settings.batch_size]
         z = (sample_fn or sample)(
             model,
-            (y.shape[0], *cfg.latent_shape),
+            (y.shape[0], *latent_shape),
             sampler=sampler,
             steps=settings.steps,
             seed=settings.seed + start,
             cond=(y,),
-            uncond=null_labels((y,), cfg.num_classes),
-            guidance_scale=GUIDANCE_SCALE,
+            uncond=null_labels((y,), num_classes),
+            guidance_scale=guidance_scale,
         )
         out.append(decode(model, z))
-    samples = torch.cat(out)  # (N, 1, R, R)
+    return torch.cat(out), labels
+
+
+def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
+    """Train the autoencoder on the 4,000 training digits, then the UNet on their latents
+    (eps objective, 10% label dropout). Figures of both stages are returned."""
+    cfg: LDMConfig = model.config  # type: ignore[assignment]
+    return train_class_latent(model, settings, cfg.resolution, cfg.num_classes)
+
+
+def evaluate(
+    model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
+) -> dict[str, float]:
+    """Sample `num_samples` latents (see `sample_class_digits`; guidance 2), decode them and
+    score the digits: FD-digits against the test split and the shipped classifier's accuracy
+    on the labels; also the same figures for test digits passed through the autoencoder."""
+    from optkit.metrics import class_accuracy, fd_digits
+    from optkit.zoo.data import digits
+
+    cfg: LDMConfig = model.config  # type: ignore[assignment]
+    samples, labels = sample_class_digits(
+        model, settings, cfg.latent_shape, cfg.num_classes, GUIDANCE_SCALE, sampler, sample_fn
+    )
     reference, ref_labels = digits("test", resolution=cfg.resolution)
     recon = decode(model, encode(model, reference))
     return {
