@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
 
 import torch
 
@@ -29,11 +28,11 @@ from optkit.caching.variants import CacheUnit, StepVariant, cache_units, residua
 from optkit.errors import ConfigError, OptkitError
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
+from optkit.zoo.samplers import SAMPLERS, SampleFn
+from optkit.zoo.samplers import sample as zoo_sample
 
 log = logging.getLogger(__name__)
 
-SAMPLERS = ("ddim", "dpm++2m", "flow-euler")
-SampleFn = Callable[..., torch.Tensor]
 Lane = tuple[int, int]
 
 
@@ -42,13 +41,6 @@ def check_sampler(name: str) -> str:
     if name not in SAMPLERS:
         raise ConfigError(f"unknown sampler {name!r}; the cache pass knows {', '.join(SAMPLERS)}")
     return name
-
-
-def zoo_sample(*args: Any, **kwargs: Any) -> torch.Tensor:
-    """`optkit.zoo.samplers.sample` (imported on first use)."""
-    from optkit.zoo.samplers import sample
-
-    return sample(*args, **kwargs)
 
 
 class CachedSampler:
