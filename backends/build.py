@@ -2,8 +2,8 @@
 
 | schedule | CPU (llvm) | CUDA |
 |---|---|---|
-| `default` | float32 matmuls -> BLAS (`blas.py`); DLight CPU rules + optkit's CPU rules (`cpu_schedules.py`) for every other kernel | DLight GPU rules: Matmul, GEMV, Reduction, GeneralReduction, Fallback |
-| `tvm` | like `default` but matmuls stay TVM kernels (a library with no Python callback) | same as `default` |
+| `default` | constant weights packed into panels (`packing.py`), fast math (`fast_math.py`), DLight's CPU GEMV rule + optkit's rules (`cpu_schedules.py`: row reductions, matmul-like kernels, elementwise) + DLight's CPU Reduction as a fallback; a self-contained library | DLight GPU rules: Matmul, GEMV, Reduction, GeneralReduction, Fallback |
+| `blas` | like `default`, and the float32 matmuls left after packing (activation x activation, as in attention) call numpy's BLAS (`blas.py`) | same as `default` |
 | `naive` | `tvm.compile`'s own pipeline: untuned loop nests (for comparison only) | same as `default` (GPU code needs thread bindings) |
 
 With tuning (`tuning.py`), the CPU matmul rule takes each kernel's measured-best tile from the
@@ -22,12 +22,12 @@ from optkit.errors import BackendError, UnknownNameError
 
 log = logging.getLogger(__name__)
 
-SCHEDULES = ("default", "tvm", "naive")
+SCHEDULES = ("default", "blas", "naive")
 
 
 def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = None) -> Any:
     """The DLight pass that schedules every not-yet-scheduled PrimFunc for `spec`."""
-    from optkit.backends.cpu_schedules import CPUElementwise, CPUMatmul
+    from optkit.backends.cpu_schedules import CPUElementwise, CPUMatmul, CPURowReduction
     from tvm.s_tir import dlight as dl
 
     if spec.kind == "cuda":
@@ -35,7 +35,9 @@ def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = No
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         )
     matmul = CPUMatmul(tuned=tuned, spec=spec)
-    return dl.ApplyDefaultSchedule(dl.cpu.GEMV(), matmul, dl.cpu.Reduction(), CPUElementwise())
+    return dl.ApplyDefaultSchedule(
+        dl.cpu.GEMV(), CPURowReduction(), matmul, dl.cpu.Reduction(), CPUElementwise()
+    )
 
 
 def relax_pipeline(

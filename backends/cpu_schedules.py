@@ -28,8 +28,8 @@ from tvm.target import Target
 
 log = logging.getLogger(__name__)
 
-VECTOR_LANES = 16  # float32 lanes of AVX-512; on narrower CPUs LLVM splits the vector
-ROW_TILE = 4
+VECTOR_LANES = 32  # two AVX-512 float32 registers per row; on narrower CPUs LLVM splits the vector
+ROW_TILE = 8
 
 
 def _extent(sch: s_tir.Schedule, loop: Any) -> int | None:
@@ -79,12 +79,16 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     sch.vectorize(inner)
 
 
-def has_single_reduction(func: Any) -> bool:
-    """Whether `func` is the kind of kernel `CPUMatmul` schedules (exactly one reduction block)."""
+def is_matmul_like(func: Any) -> bool:
+    """Whether `CPUMatmul` schedules `func`: exactly one reduction block, not a row reduction."""
     if not isinstance(func, tirx.PrimFunc):
         return False
-    infos = normalize_prim_func(s_tir.Schedule(func))
-    return infos is not None and sum("R" in i.dom_kind() for i in infos) == 1
+    sch = s_tir.Schedule(func)
+    infos = normalize_prim_func(sch)
+    if infos is None:
+        return False
+    reductions = [i for i in infos if "R" in i.dom_kind()]
+    return len(reductions) == 1 and not _is_row_reduction(sch, reductions[0])
 
 
 class CPUMatmul(CPUScheduleRule):
@@ -146,7 +150,7 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any, row_tile: int, lanes: in
     if not s_loops:
         raise ValueError("a pure reduction is DLight's Reduction rule's job")
     cols = None
-    for width in dict.fromkeys((lanes, 8, 4)):  # narrower vectors when the extent is not a multiple
+    for width in dict.fromkeys((lanes, 16, 8, 4)):  # narrower vectors when the extent is not a multiple
         cols = _split_inner(sch, s_loops[-1], width)
         if cols is not None:
             lanes = width
@@ -157,7 +161,10 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any, row_tile: int, lanes: in
         sch.decompose_reduction(block, r_loops[0])
         return
     col_outer, col_inner = cols
-    rows = _split_inner(sch, s_loops[-2], row_tile) if len(s_loops) > 1 and row_tile > 1 else None
+    rows = None
+    for height in dict.fromkeys((row_tile, 4, 2)) if len(s_loops) > 1 else ():
+        if height > 1 and (rows := _split_inner(sch, s_loops[-2], height)) is not None:
+            break
     outer = list(s_loops[:-2]) if rows is not None else list(s_loops[:-1])
     if rows is not None:
         row_outer, row_inner = rows
@@ -180,3 +187,103 @@ def _schedule_reduction(sch: s_tir.Schedule, info: Any, row_tile: int, lanes: in
         inner = sch.get_loops(blk)[-1]
         if _extent(sch, inner) == lanes:
             sch.vectorize(inner)
+
+
+REDUCE_LANES = 16  # partial sums / maxima kept per row in one AVX-512 register
+
+
+def _is_row_reduction(sch: s_tir.Schedule, info: Any) -> bool:
+    """A reduction over its last loop only, reading the reduced axis as the last index (softmax,
+    norms, any/all over a row), as opposed to a GEMM or a conv, whose operands index it elsewhere."""
+    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+
+    kinds = info.dom_kind()
+    if not kinds.endswith("R") or kinds.count("R") != 1 or "S" not in kinds:
+        return False
+    block = sch.get(info.block_rv)
+    r_var = block.iter_vars[-1].var
+    for region in block.reads:
+        for dim, rng in enumerate(region.region):
+            uses = {v.same_as(r_var) for v in collect_vars_used_in_prim_expr(rng.min)}
+            if True in uses and dim != len(region.region) - 1:
+                return False
+    return True
+
+
+class CPURowReduction(CPUScheduleRule):
+    """Row-wise kernels (softmax, layer/group norm, masked-row checks): per row, vectorized.
+
+    Like DLight's CPU `Reduction` rule (parallel rows, every block computed at the row loop,
+    injective blocks vectorized), but each reduction is first split into `REDUCE_LANES` partial
+    results (`rfactor`) that accumulate in one vector register, so that the reduction is not one
+    serial chain of dependent adds or maxes: on `moviegen:tiny`'s masked softmax that chain cost
+    ~4 cycles per element. The kernel may also end in the reduction itself (a row any / max).
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if infos is None:
+            return None
+        infos = try_inline(sch, infos)
+        reductions = [i for i in infos if not i.is_injective()]
+        if not reductions or not all(_is_row_reduction(sch, i) for i in reductions):
+            return None
+        lead = min(len(i.dom_kind()) - len(i.dom_kind().lstrip("S")) for i in infos)
+        if lead == 0:
+            return None
+        try:
+            return _schedule_rows(sch, infos, lead)
+        except Exception as err:  # a primitive refused (an unusual layout): leave it to DLight
+            log.debug("CPURowReduction skipped a kernel: %s", err)
+            return None
+
+
+def _schedule_rows(sch: s_tir.Schedule, infos: list[Any], lead: int) -> s_tir.Schedule:
+    partials = []
+    for info in infos:
+        if info.is_injective():
+            continue
+        inner = sch.get_loops(info.block_rv)[-1]
+        extent = _extent(sch, inner)
+        if extent is not None and extent >= 2 * REDUCE_LANES and extent % REDUCE_LANES == 0:
+            _, lanes = sch.split(inner, factors=[None, REDUCE_LANES])
+            partials.append(sch.rfactor(lanes, factor_axis=len(info.dom_kind()) - 1))
+    last = infos[-1].block_rv
+    loops = sch.get_loops(last)
+    rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
+    sch.parallel(rows)
+    ordered = [b for b in _all_blocks(sch) if not _same(sch, b, last)]
+    for block in reversed(ordered):
+        sch.compute_at(block, rows, preserve_unit_loops=True)
+    partial_set = {str(sch.get(p).name_hint) for p in partials}
+    for block in [*ordered, last]:
+        stmt = sch.get(block)
+        inner = sch.get_loops(block)[-1]
+        extent = _extent(sch, inner)
+        if stmt.name_hint in partial_set:
+            # rfactor makes the lanes the block's first iteration variable, so compute_at put its
+            # loop outermost under the row loop: move it inside the reduction and vectorize it.
+            loops = sch.get_loops(block)
+            lanes_loop = loops[len(loops) - len(stmt.iter_vars)]
+            sch.reorder(inner, lanes_loop)
+            sch.vectorize(lanes_loop)
+        elif all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars) and extent:
+            if extent > VECTOR_LANES // 2 and extent % (VECTOR_LANES // 2) == 0:
+                _, vec = sch.split(inner, factors=[None, VECTOR_LANES // 2])
+                sch.vectorize(vec)
+            elif 2 <= extent <= VECTOR_LANES // 2:
+                sch.vectorize(inner)
+    return sch
+
+
+def _all_blocks(sch: s_tir.Schedule) -> list[Any]:
+    from tvm.s_tir.dlight.analysis import get_root_block
+
+    return list(sch.get_child_blocks(get_root_block(sch)))
+
+
+def _same(sch: s_tir.Schedule, a: Any, b: Any) -> bool:
+    return sch.get(a).same_as(sch.get(b))

@@ -36,15 +36,19 @@ def lower(
     schedule: str = "default",
     num_cores: int | None = None,
     cuda_arch: str = "sm_80",
+    fast_math: bool = True,
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
 
-    `tune_trials > 0` measures that many schedule variants of the matmul-like kernels (float32
-    matmuls then stay in TVM so that they are tuned too; see `tuning.py` for why this is not
-    MetaSchedule) and keeps the database in `work_dir` (default `.optkit-tune/<target>`), so a
-    second run reuses it. `schedule` is `default`, `tvm` (no
-    BLAS callback) or `naive` (untuned loop nests, for comparison); see `build.py`.
+    On the CPU, constant weights of matmuls and convolutions are packed into panels
+    (`packing.py`) and, with `fast_math` (default), softmax / exp / erf / tanh / sigmoid use
+    vectorizable polynomial versions (`fast_math.py`; about 1e-7 relative from libm).
+    `schedule` is `default` (a self-contained library), `blas` (float32 matmuls that remain
+    after packing, such as attention's, call numpy's BLAS) or `naive` (TVM's untuned loop nests,
+    for comparison); see `build.py`. `tune_trials > 0` measures that many schedule variants of
+    the matmul-like kernels (see `tuning.py` for why this is not MetaSchedule) and keeps the
+    database in `work_dir` (default `.optkit-tune/<target>`), so a second run reuses it.
     """
     if tune_trials < 0:
         raise ConfigError(f"tune_trials must be >= 0, got {tune_trials}")
@@ -56,12 +60,19 @@ def lower(
     say("import into Relax")
     imported = import_program(program)
     mod = imported.mod
-    offloaded = 0
-    if spec.kind == "llvm" and schedule == "default" and tune_trials == 0:
+    offloaded, packed, fast = 0, {"matmul": 0, "conv2d": 0}, 0
+    if spec.kind == "llvm" and schedule != "naive":
+        from optkit.backends.fast_math import fast_math as use_fast_math
+        from optkit.backends.packing import pack_weights
         from tvm import relax
 
+        say("pack weights")
         mod = relax.transform.FoldConstant()(mod)  # transposed weights are computed once, here
-        mod, offloaded = offload_matmuls(mod)
+        mod, packed = pack_weights(mod)
+        if fast_math:
+            mod, fast = use_fast_math(mod)
+        if schedule == "blas":
+            mod, offloaded = offload_matmuls(mod)
     tuned = None
     tuning: dict[str, Any] = {}
     if tune_trials > 0:
@@ -75,6 +86,9 @@ def lower(
         "model": program.name,
         "schedule": schedule,
         "tune_trials": tune_trials,
+        "packed_matmuls": packed["matmul"],
+        "packed_convs": packed["conv2d"],
+        "fast_math_ops": fast,
         "blas_matmuls": offloaded,
         "extern_funcs": [BLAS_MATMUL] if offloaded else [],
         "decomposed_ops": list(imported.decomposed),

@@ -33,8 +33,8 @@ from optkit.fsutil import atomic_file
 log = logging.getLogger(__name__)
 
 DB_FILE = "tuning_db.json"
-ROW_TILES = (4, 1, 2, 8)  # the default (4) first, so even one trial keeps the default in play
-VECTOR_LANES = (16, 8, 32)
+ROW_TILES = (8, 4, 6, 2)  # the default (8) first, so even one trial keeps the default in play
+VECTOR_LANES = (32, 16, 64)
 
 
 def default_work_dir(target: str) -> Path:
@@ -121,7 +121,7 @@ def tune(
 def extract_tasks(mod: Any, spec: TargetSpec) -> list[dict[str, Any]]:
     """The fused PrimFuncs with one reduction block, with the argument types `main` calls them with."""
     import tvm
-    from optkit.backends.cpu_schedules import has_single_reduction
+    from optkit.backends.cpu_schedules import is_matmul_like
     from tvm import relax
 
     with spec.tvm_target():
@@ -143,7 +143,7 @@ def extract_tasks(mod: Any, spec: TargetSpec) -> list[dict[str, Any]]:
                 continue
             gvar = call.args[0]
             func = fused[gvar]
-            if not has_single_reduction(func):
+            if not is_matmul_like(func):
                 continue
             key = workload_key(func, spec)
             arg_tys = [a.ty for a in call.args[1].fields] + [call.ty]

@@ -22,10 +22,18 @@ def test_save_load_round_trip(mlp, saved):
     assert manifest["target"] == "cpu" and manifest["tune_trials"] == 0
     assert manifest["inputs"] == [{"name": artifact.inputs[0].name, "shape": [4, 32], "dtype": "float32"}]
     assert manifest["outputs"][0]["shape"] == [4, 16]
-    assert manifest["extern_funcs"] == ["optkit.blas.matmul"]
+    assert manifest["extern_funcs"] == []  # the default library is self-contained
     loaded = load_artifact(path)
     (got,) = loaded.run(mlp.example_inputs[0].numpy())
     np.testing.assert_allclose(got, outputs_of(mlp)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_blas_artifact_names_its_callback(transformer_program, tmp_path):
+    artifact = lower(transformer_program, "cpu", schedule="blas", num_cores=1)
+    path = artifact.save(tmp_path / "blas")
+    assert json.loads((path / "manifest.json").read_text())["extern_funcs"] == ["optkit.blas.matmul"]
+    got = load_artifact(path).run(*transformer_program.example_inputs)
+    np.testing.assert_allclose(got[0], outputs_of(transformer_program)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_refuses_other_tvm_version(saved):

@@ -1,0 +1,204 @@
+"""Weight packing: constant-weight matmuls and convolutions become kernels over a panel layout.
+
+A row-major weight `W[K, N]` read by a register tile of `lanes` output columns strides through
+memory by `N` floats per reduction step, so every step touches a new cache line (and, for wide
+layers, the same few cache sets). Packing the constant once at compile time into panels
+`Wp[N / P, K, P]` makes the tile read `P` contiguous floats per step, and the K loop a single
+forward stream. Measured on this repository's 2-core AMD EPYC (AVX-512, 1 thread, TVM kernel
+scheduled by `CPUMatmul` with an 8 x 32 tile): 256x512x2048 at 227 GFLOP/s packed against 64
+unpacked and 120 for numpy's OpenBLAS.
+
+| Relax call | becomes |
+|---|---|
+| `matmul(x[..., K], W[K, N])`, W constant, float32 (or int8 -> int32) | `y[M, N] = sum_k x[m, k] * Wp[n / P, k, n % P]` |
+| `nn.conv2d(x, W)`, NCHW, W constant, groups 1 | `y[n, h, w, co] = sum x_pad[n, ci, h*s + kh*d, w*s + kw*d] * Wp[co / P, ci, kh, kw, co % P]`, then NHWC -> NCHW |
+
+Both put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
+spatial axis (rows of x, or output columns of the image) into registers. The layout change back
+to NCHW and any bias / residual epilogue are fused into the same kernel by `FuseOps`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+PANELS = (32, 16, 8)  # panel width P: the widest that divides N (32 float32 = two AVX-512 registers)
+PACKED_DTYPES = {("float32", "float32"): "float32", ("int8", "int8"): "int32"}
+
+
+def panel_width(n: int) -> int | None:
+    """The panel width used for `n` output channels, or None when no panel divides it."""
+    return next((p for p in PANELS if n % p == 0), None)
+
+
+def pack_dense(w: np.ndarray, panel: int) -> np.ndarray:
+    """`W[K, N]` -> `Wp[N / panel, K, panel]`."""
+    k, n = w.shape
+    return np.ascontiguousarray(w.reshape(k, n // panel, panel).transpose(1, 0, 2))
+
+
+def pack_conv(w: np.ndarray, panel: int) -> np.ndarray:
+    """`W[Co, Ci, Kh, Kw]` -> `Wp[Co / panel, Ci, Kh, Kw, panel]`."""
+    co, ci, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(co // panel, panel, ci, kh, kw).transpose(0, 2, 3, 4, 1))
+
+
+def pack_weights(mod: Any) -> tuple[Any, dict[str, int]]:
+    """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind)."""
+    from tvm import relax
+
+    matmul = _op("relax.matmul")
+    conv2d = _op("relax.nn.conv2d")
+    counts = {"matmul": 0, "conv2d": 0}
+
+    @relax.expr_functor.mutator
+    class _Pack(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            call = self.visit_expr_post_order(call)
+            try:
+                if call.op == matmul and (new := _packed_matmul(self.builder_, call)) is not None:
+                    counts["matmul"] += 1
+                    return new
+                if call.op == conv2d and (new := _packed_conv(self.builder_, call)) is not None:
+                    counts["conv2d"] += 1
+                    return new
+            except _NotPackable:
+                pass
+            return call
+
+    mutator = _Pack(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), counts
+
+
+class _NotPackable(Exception):
+    pass
+
+
+def _op(name: str) -> Any:
+    import tvm
+
+    return tvm.ir.Op.get(name)
+
+
+def _static_shape(expr: Any) -> list[int]:
+    from tvm import relax, tirx
+
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+        raise _NotPackable
+    dims = list(ty.shape)
+    if not all(isinstance(d, tirx.IntImm) for d in dims):
+        raise _NotPackable
+    return [int(d) for d in dims]
+
+
+def _constant(expr: Any) -> np.ndarray:
+    import tvm
+
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        raise _NotPackable
+    return expr.value.numpy()
+
+
+def _packed_matmul(bb: Any, call: Any) -> Any | None:
+    from tvm import relax
+
+    x, w = call.args
+    w_np = _constant(w)
+    x_shape = _static_shape(x)
+    out_dtype = PACKED_DTYPES.get((str(x.ty.dtype), str(w_np.dtype)))
+    if w_np.ndim != 2 or len(x_shape) < 2 or out_dtype is None or str(call.ty.dtype) != out_dtype:
+        return None
+    k, n = w_np.shape
+    panel = panel_width(n)
+    if panel is None or x_shape[-1] != k:
+        return None
+    m = int(np.prod(x_shape[:-1]))
+    x2 = bb.emit(relax.op.reshape(x, (m, k)))
+    wp = relax.const(pack_dense(w_np, panel))
+    y = bb.emit_te(_dense_te(panel, out_dtype), x2, wp, primfunc_name_hint="packed_matmul")
+    return relax.op.reshape(y, (*x_shape[:-1], n))
+
+
+def _dense_te(panel: int, out_dtype: str) -> Any:
+    from tvm import te, tirx
+
+    def kernel(x: Any, wp: Any) -> Any:
+        m, k = x.shape
+        n = wp.shape[0] * panel
+        r = te.reduce_axis((0, k), name="k")
+        return te.compute(
+            (m, n),
+            lambda i, j: te.sum(
+                tirx.Cast(out_dtype, x[i, r]) * tirx.Cast(out_dtype, wp[j // panel, r, j % panel]), axis=r
+            ),
+            name="packed_matmul",
+        )
+
+    return kernel
+
+
+def _packed_conv(bb: Any, call: Any) -> Any | None:
+    from tvm import relax
+
+    x, w = call.args
+    attrs = call.attrs
+    w_np = _constant(w)
+    x_shape = _static_shape(x)
+    out_dtype = PACKED_DTYPES.get((str(x.ty.dtype), str(w_np.dtype)))
+    if (
+        int(attrs.groups) != 1
+        or str(attrs.data_layout) != "NCHW"
+        or str(attrs.kernel_layout) != "OIHW"
+        or str(attrs.out_layout) != "NCHW"
+        or out_dtype is None
+        or str(call.ty.dtype) != out_dtype
+        or len(x_shape) != 4
+    ):
+        return None
+    co = w_np.shape[0]
+    panel = panel_width(co)
+    if panel is None:
+        return None
+    stride = [int(s) for s in attrs.strides]
+    dilation = [int(d) for d in attrs.dilation]
+    pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
+    if any(pad):
+        x = bb.emit(relax.op.nn.pad(x, (0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3])))
+    wp = relax.const(pack_conv(w_np, panel))
+    y = bb.emit_te(_conv_te(panel, stride, dilation, out_dtype), x, wp, primfunc_name_hint="packed_conv2d")
+    return relax.op.permute_dims(y, (0, 3, 1, 2))
+
+
+def _conv_te(panel: int, stride: list[int], dilation: list[int], out_dtype: str) -> Any:
+    from tvm import te, tirx
+
+    def kernel(x: Any, wp: Any) -> Any:
+        n, ci, hp, wpad = (int(d) for d in x.shape)
+        blocks, _, kh, kw = (int(d) for d in wp.shape[:4])
+        oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (wpad - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+        rc = te.reduce_axis((0, ci), name="rc")
+        ry = te.reduce_axis((0, kh), name="ry")
+        rx = te.reduce_axis((0, kw), name="rx")
+        return te.compute(
+            (n, oh, ow, blocks * panel),
+            lambda b, i, j, c: te.sum(
+                tirx.Cast(
+                    out_dtype, x[b, rc, i * stride[0] + ry * dilation[0], j * stride[1] + rx * dilation[1]]
+                )
+                * tirx.Cast(out_dtype, wp[c // panel, rc, ry, rx, c % panel]),
+                axis=[rc, ry, rx],
+            ),
+            name="packed_conv2d",
+        )
+
+    return kernel
