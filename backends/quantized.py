@@ -72,14 +72,31 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
     op, bb = relax.op, importer.block_builder
     x, x_scale, x_zero, w_q, w_scale, _w_zero, bias, stride, padding, dilation, groups = _args(node, importer)
     xq = _quantize(bb, x, x_scale, x_zero)
-    # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero padding.
-    xc = bb.emit(op.astype(op.subtract(xq, op.astype(x_zero, "float32")), "int32"))
-    wc = bb.emit(op.astype(w_q, "int32"))
-    acc = bb.emit(
-        op.nn.conv2d(
-            xc, wc, strides=stride, padding=padding, dilation=dilation, groups=groups, out_dtype="int32"
+    zf = bb.emit(op.astype(x_zero, "float32"))
+    if groups == 1:
+        # int8 x int8 -> int32. Padding must mean 0, so it holds the zero point: pad the centered
+        # values with 0 and add the zero point back; then subtract zero * sum(w) per output
+        # channel. Weight packing turns this conv into the packed int8 kernel (`packing.py`).
+        ph, pw = (int(p) for p in padding)
+        if ph or pw:
+            centered = bb.emit(op.subtract(xq, zf))
+            xq = bb.emit(op.add(bb.emit(op.nn.pad(centered, (0, 0, 0, 0, ph, ph, pw, pw))), zf))
+        xi8 = bb.emit(op.astype(xq, "int8"))
+        acc = bb.emit(
+            op.nn.conv2d(xi8, w_q, strides=stride, padding=0, dilation=dilation, groups=1, out_dtype="int32")
         )
-    )  # (N, Cout, H, W) int32
+        w_sum = bb.emit(op.sum(bb.emit(op.astype(w_q, "int32")), axis=[1, 2, 3]))  # folded to a constant
+        shift = bb.emit(op.multiply(w_sum, bb.emit(op.astype(x_zero, "int32"))))
+        acc = bb.emit(op.subtract(acc, bb.emit(op.reshape(shift, (1, -1, 1, 1)))))
+    else:
+        # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero padding.
+        xc = bb.emit(op.astype(op.subtract(xq, zf), "int32"))
+        wc = bb.emit(op.astype(w_q, "int32"))
+        acc = bb.emit(
+            op.nn.conv2d(
+                xc, wc, strides=stride, padding=padding, dilation=dilation, groups=groups, out_dtype="int32"
+            )
+        )  # (N, Cout, H, W) int32
     scale = bb.emit(op.reshape(bb.emit(op.multiply(x_scale, w_scale)), (1, -1, 1, 1)))
     y = bb.emit(op.multiply(bb.emit(op.astype(acc, "float32")), scale))
     return bb.emit(op.add(y, bb.emit(op.reshape(bias, (1, -1, 1, 1)))))
