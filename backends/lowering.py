@@ -60,15 +60,16 @@ def lower(
     say("import into Relax")
     imported = import_program(program)
     mod = imported.mod
-    offloaded, packed, fast = 0, {"matmul": 0, "conv2d": 0}, 0
+    offloaded, packed, fast = 0, {"matmul": 0, "conv2d": 0, "vnni": 0}, 0
     if spec.kind == "llvm" and schedule != "naive":
         from optkit.backends.fast_math import fast_math as use_fast_math
         from optkit.backends.packing import pack_weights
+        from optkit.backends.vnni import target_has_vnni
         from tvm import relax
 
         say("pack weights")
         mod = relax.transform.FoldConstant()(mod)  # transposed weights are computed once, here
-        mod, packed = pack_weights(mod)
+        mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()))
         if fast_math:
             mod, fast = use_fast_math(mod)
         if schedule == "blas":
@@ -88,6 +89,7 @@ def lower(
         "tune_trials": tune_trials,
         "packed_matmuls": packed["matmul"],
         "packed_convs": packed["conv2d"],
+        "vnni_kernels": packed["vnni"],
         "fast_math_ops": fast,
         "blas_matmuls": offloaded,
         "extern_funcs": [BLAS_MATMUL] if offloaded else [],

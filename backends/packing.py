@@ -48,19 +48,29 @@ def pack_conv(w: np.ndarray, panel: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(co // panel, panel, ci, kh, kw).transpose(0, 2, 3, 4, 1))
 
 
-def pack_weights(mod: Any) -> tuple[Any, dict[str, int]]:
-    """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind)."""
+def pack_weights(mod: Any, vnni: bool = False) -> tuple[Any, dict[str, int]]:
+    """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
+
+    `vnni`: int8 matmuls and convs go to the AVX-512 VNNI kernel (`vnni.py`) where their shapes
+    fit it, instead of the panel kernels here.
+    """
     from tvm import relax
 
     matmul = _op("relax.matmul")
     conv2d = _op("relax.nn.conv2d")
-    counts = {"matmul": 0, "conv2d": 0}
+    counts = {"matmul": 0, "conv2d": 0, "vnni": 0}
 
     @relax.expr_functor.mutator
     class _Pack(relax.PyExprMutator):  # type: ignore[misc]
         def visit_call_(self, call: Any) -> Any:
             call = self.visit_expr_post_order(call)
             try:
+                if vnni and call.op == matmul and (new := _vnni_matmul(self.builder_, call)) is not None:
+                    counts["vnni"] += 1
+                    return new
+                if vnni and call.op == conv2d and (new := _vnni_conv(self.builder_, call)) is not None:
+                    counts["vnni"] += 1
+                    return new
                 if call.op == matmul and (new := _packed_matmul(self.builder_, call)) is not None:
                     counts["matmul"] += 1
                     return new
@@ -202,3 +212,55 @@ def _conv_te(panel: int, stride: list[int], dilation: list[int], out_dtype: str)
         )
 
     return kernel
+
+
+def _int8_pair(x: Any, w: np.ndarray, call: Any) -> bool:
+    return str(x.ty.dtype) == "int8" and str(w.dtype) == "int8" and str(call.ty.dtype) == "int32"
+
+
+def _vnni_matmul(bb: Any, call: Any) -> Any | None:
+    from optkit.backends import vnni
+    from tvm import relax
+
+    x, w = call.args
+    w_np = _constant(w)
+    x_shape = _static_shape(x)
+    if not _int8_pair(x, w_np, call) or w_np.ndim != 2 or len(x_shape) < 2 or x_shape[-1] != w_np.shape[0]:
+        return None
+    k, n = w_np.shape
+    if not vnni.applies(k):
+        return None
+    x2 = bb.emit(relax.op.reshape(x, (int(np.prod(x_shape[:-1])), k)))
+    y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2), w_np))
+    return relax.op.reshape(y, (*x_shape[:-1], n))
+
+
+def _vnni_conv(bb: Any, call: Any) -> Any | None:
+    """int8 conv as im2col + the VNNI GEMM: `cols[B*OH*OW, C*KH*KW] @ W^T`, back to NCHW."""
+    from optkit.backends import vnni
+    from tvm import relax
+
+    x, w = call.args
+    attrs = call.attrs
+    w_np = _constant(w)
+    x_shape = _static_shape(x)
+    if (
+        not _int8_pair(x, w_np, call)
+        or int(attrs.groups) != 1
+        or (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+        != ("NCHW", "OIHW", "NCHW")
+        or len(x_shape) != 4
+    ):
+        return None
+    co = w_np.shape[0]
+    kh, kw = w_np.shape[2:]
+    stride = [int(s) for s in attrs.strides]
+    dilation = [int(d) for d in attrs.dilation]
+    pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
+    xu = vnni.to_unsigned(bb, x)
+    if any(pad):  # int8 0 is uint8 128
+        xu = bb.emit(relax.op.nn.pad(xu, (0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3]), pad_value=128.0))
+    cols = vnni.im2col(bb, xu, kh, kw, stride, dilation)
+    y = bb.emit(vnni.matmul(bb, cols, np.ascontiguousarray(w_np.reshape(co, -1).T)))
+    b, _, oh, ow = (int(d) for d in call.ty.shape)
+    return relax.op.permute_dims(bb.emit(relax.op.reshape(y, (b, oh, ow, co))), (0, 3, 1, 2))

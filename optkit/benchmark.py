@@ -101,7 +101,7 @@ class BenchConfig:
     """What to measure and how.
 
     `threads`: PyTorch threads, ONNX Runtime intra-op threads and the TVM CPU target's core
-    count (default: torch's current setting). `tune_trials`: MetaSchedule trials for TVM targets (0: untuned default schedules).
+    count (default: torch's current setting). `tune_trials`: optkit tile-search trials for TVM targets (0: untuned default schedules).
     Outputs agree when max |target - eager| <= atol + rtol * max |eager| for every output;
     `rtol=None` picks 1e-3 for float graphs and 1e-2 for graphs with quantized kernels.
     """

@@ -31,10 +31,16 @@ from optkit.errors import ConfigError
 )
 @click.option(
     "--schedule",
-    type=click.Choice(["default", "tvm", "naive"]),
+    type=click.Choice(["default", "blas", "naive"]),
     default="default",
     show_default=True,
-    help="default: BLAS matmuls + optkit/DLight schedules; tvm: no BLAS callback; naive: untuned.",
+    help="default: packed weights + optkit/DLight schedules (self-contained library); blas: also "
+    "activation x activation matmuls via numpy BLAS (needs optkit at run time); naive: untuned.",
+)
+@click.option(
+    "--exact-math",
+    is_flag=True,
+    help="Keep libm's exp/erf/tanh (scalar calls) instead of the vectorized polynomial versions.",
 )
 @options.output
 @options.overwrite
@@ -47,6 +53,7 @@ def lower(
     tune_trials: int,
     work_dir: Path | None,
     schedule: str,
+    exact_math: bool,
     output: Path,
     overwrite: bool,
     trust_pickle: bool,
@@ -74,6 +81,7 @@ def lower(
             tune_trials=tune_trials,
             work_dir=work_dir,
             schedule=schedule,
+            fast_math=not exact_math,
             progress=step,
         )
         step("save")

@@ -1,0 +1,156 @@
+"""int8 GEMM and convolution with AVX-512 VNNI (`vpdpbusd`: 64 u8 x s8 multiply-adds per instruction).
+
+`vpdpbusd` multiplies 4 unsigned bytes by 4 signed bytes and adds the four products to each of
+16 int32 lanes. optkit's int8 matmuls (`linear_w8a8`) and int8 convolutions (`conv2d_w8a8`,
+through im2col) use it as follows:
+
+- activations shifted to unsigned, `xu = x + 128` (uint8), in the kernel that quantizes them;
+- the constant weight packed once at compile time as `Wv[N / 16, K / 4, 16, 4]`, so that for
+  4 consecutive k the 16 output columns' bytes are one 64-byte register;
+- `y = xu @ w - 128 * colsum(w)`, the correction a constant that the epilogue subtracts.
+
+The kernel is written directly in TIR (`gemm_func`): a `rows x 16` int32 accumulator tile in
+registers, one `vpdpbusd` per row per 4 k. It is not a schedule plus `tensorize`: in the
+apache-tvm 0.27.0.post1 wheel `tensorize` crashes in `ffi::ToJSONGraph`, the same serializer
+bug that rules out MetaSchedule (see `tuning.py`). Measured alone on this repository's AMD EPYC
+(1 thread): 256x512x2048 at ~610 GOP/s, against ~227 GFLOP/s for the float32 packed kernel.
+Used when the llvm target reports `avx512vnni`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+LANES, GROUP = 16, 4  # int32 lanes per register, bytes per lane
+ROWS = (8, 4, 2, 1)  # accumulator rows per tile: the first that divides M
+
+
+def target_has_vnni(target: Any) -> bool:
+    """Whether the llvm target's CPU has AVX-512 VNNI."""
+    from tvm.target import codegen
+
+    try:
+        return bool(codegen.target_has_features("avx512vnni", target))
+    except Exception:  # a non-x86 target or an LLVM that cannot answer: no VNNI
+        return False
+
+
+def applies(k: int) -> bool:
+    """Whether a K x N int8 weight fits the kernel: K a multiple of 4 (N is padded to 16)."""
+    return k % GROUP == 0
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def pack(w: np.ndarray) -> np.ndarray:
+    """int8 `W[K, N]` -> `Wv[N / 16, K / 4, 16, 4]`."""
+    k, n = w.shape
+    return np.ascontiguousarray(w.reshape(k // GROUP, GROUP, n // LANES, LANES).transpose(2, 0, 3, 1))
+
+
+def gemm_func(m: int, n: int, k: int) -> Any:
+    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`."""
+    from tvm.script import tirx as T
+
+    rows = next(r for r in ROWS if m % r == 0)
+    nb, kb, mb = n // LANES, k // GROUP, m // rows
+
+    @T.prim_func(private=True, s_tir=True)
+    def vnni_gemm(
+        x: T.Buffer((m, k), "uint8"), w: T.Buffer((nb, kb, 16, 4), "int8"), y: T.Buffer((m, n), "int32")
+    ) -> None:
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        for tile in T.parallel(mb * nb):
+            acc = T.alloc_local((rows, 16), "int32")
+            for r in T.unroll(rows):
+                acc[r, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
+            for ko in range(kb):
+                b = w.vload([tile % nb, ko, 0, 0], dtype="int8x64")
+                for r in T.unroll(rows):
+                    a = T.reinterpret(
+                        x.vload([tile // nb * rows + r, ko * 4], dtype="uint8x4"), dtype="int32"
+                    )
+                    acc[r, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                        acc.vload([r, 0], dtype="int32x16"),
+                        T.reinterpret(T.broadcast(a, 16), dtype="uint8x64"),
+                        b,
+                        dtype="int32x16",
+                    )
+            for r in T.unroll(rows):
+                y[tile // nb * rows + r, T.ramp(tile % nb * 16, 1, 16)] = acc.vload([r, 0], dtype="int32x16")
+
+    return vnni_gemm
+
+
+def to_unsigned(bb: Any, x: Any) -> Any:
+    """int8 -> uint8 by adding 128 (elementwise; fuses into the kernel that produced x)."""
+    from tvm import relax
+
+    op = relax.op
+    return bb.emit(
+        op.astype(bb.emit(op.add(bb.emit(op.astype(x, "int32")), relax.const(128, "int32"))), "uint8")
+    )
+
+
+def matmul(bb: Any, xu: Any, w: np.ndarray) -> Any:
+    """Emit `xu[M, K] (uint8, int8 + 128) @ w[K, N] (int8) - 128 * colsum(w)` (int32) through
+    the VNNI kernel; returns the Relax expression."""
+    from tvm import relax
+
+    m, k = (int(d) for d in xu.ty.shape)
+    n = w.shape[1]
+    if w.shape[0] < k:  # im2col padded K to a multiple of 4 with zero columns
+        w = np.concatenate([w, np.zeros((k - w.shape[0], n), w.dtype)])
+    n16 = _round_up(n, LANES)
+    wide = np.concatenate([w, np.zeros((k, n16 - n), w.dtype)], axis=1) if n16 > n else w
+    gvar = bb.add_func(gemm_func(m, n16, k), "vnni_gemm")
+    y = bb.emit(relax.call_tir(gvar, [xu, relax.const(pack(wide))], relax.TensorType((m, n16), "int32")))
+    if n16 > n:
+        y = bb.emit(relax.op.strided_slice(y, axes=[1], begin=[0], end=[n]))
+    shift = (128 * w.astype(np.int64).sum(axis=0)).astype(np.int32)
+    return relax.op.subtract(y, relax.const(shift))
+
+
+def im2col(bb: Any, x: Any, kh: int, kw: int, stride: list[int], dilation: list[int]) -> Any:
+    """Emit `cols[B * OH * OW, C * KH * KW]` from a padded `x[B, C, H, W]`, as a kernel of its own:
+    marked opaque so that `FuseOps` does not pull x's producers into it (each input element is
+    read up to KH * KW times, and would be recomputed as often)."""
+    from tvm import relax, te
+
+    placeholder = te.placeholder([int(d) for d in x.ty.shape], str(x.ty.dtype), name="x")
+    cols = im2col_te(kh, kw, stride, dilation)(placeholder)
+    func = te.create_prim_func([placeholder, cols]).without_attr("global_symbol")
+    func = func.with_attr("op_pattern", 8)  # kOpaque
+    gvar = bb.add_func(func, "im2col")
+    shape = [int(d) for d in cols.shape]
+    return bb.emit(relax.call_tir(gvar, [x], relax.TensorType(shape, str(x.ty.dtype))))
+
+
+def im2col_te(kh: int, kw: int, stride: list[int], dilation: list[int]) -> Any:
+    """TE: `x[B, C, H, W]` -> `cols[B * OH * OW, K]` (x already padded), K = C * KH * KW rounded up
+    to a multiple of 4 with zero columns."""
+    from tvm import te, tirx
+
+    def kernel(x: Any) -> Any:
+        b, c, h, w = (int(d) for d in x.shape)
+        oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+        ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+
+        def col(row: Any, kk: Any) -> Any:
+            n, pix = row // (oh * ow), row % (oh * ow)
+            ch, tap = kk // (kh * kw), kk % (kh * kw)
+            i = pix // ow * stride[0] + tap // kw * dilation[0]
+            j = pix % ow * stride[1] + tap % kw * dilation[1]
+            real = c * kh * kw
+            if _round_up(real, GROUP) == real:
+                return x[n, ch, i, j]
+            return tirx.if_then_else(kk < real, x[n, tirx.min(ch, c - 1), i, j], tirx.const(0, x.dtype))
+
+        return te.compute((b * oh * ow, _round_up(c * kh * kw, GROUP)), col, name="im2col")
+
+    return kernel

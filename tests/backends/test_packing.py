@@ -1,0 +1,76 @@
+"""Weight packing: panel layouts, and packed matmul / conv kernels that match PyTorch."""
+
+import numpy as np
+import pytest
+import torch
+from optkit.backends import lower
+from optkit.backends.packing import pack_conv, pack_dense, panel_width
+from torch import nn
+
+from optkit.ir.capture import capture
+from optkit.pipeline import PassManager, build_passes
+from tests.backends.conftest import outputs_of
+
+
+def test_dense_panels_hold_the_weight():
+    w = np.arange(6 * 64, dtype=np.float32).reshape(6, 64)
+    packed = pack_dense(w, 32)
+    assert packed.shape == (2, 6, 32)
+    k, n = 5, 45
+    assert packed[n // 32, k, n % 32] == w[k, n]
+
+
+def test_conv_panels_hold_the_weight():
+    w = np.random.default_rng(0).standard_normal((32, 3, 3, 2)).astype(np.float32)
+    packed = pack_conv(w, 16)
+    assert packed.shape == (2, 3, 3, 2, 16)
+    assert packed[21 // 16, 2, 1, 0, 21 % 16] == w[21, 2, 1, 0]
+
+
+def test_panel_width_is_the_widest_divisor():
+    assert [panel_width(n) for n in (64, 48, 40, 12)] == [32, 16, 8, None]
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.Conv2d(4, 16, 3, padding=1),
+        nn.Conv2d(4, 32, 3, stride=2, padding=(1, 2)),
+        nn.Conv2d(4, 16, 3, dilation=2, padding=2, bias=False),
+        nn.Conv2d(4, 8, 1),
+    ],
+    ids=["pad1", "stride2-asym-pad", "dilation2", "pointwise"],
+)
+def test_packed_conv_matches_torch(conv):
+    torch.manual_seed(0)
+    model = nn.Sequential(conv, nn.ReLU()).eval()
+    program = capture(model, (torch.randn(2, 4, 9, 9),))
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["packed_convs"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_unpackable_layers_keep_the_generic_kernels():
+    # 5 output channels: no panel width divides it; grouped conv: not packed. Both still match.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, groups=2), nn.Flatten(), nn.Linear(8 * 36, 5)).eval()
+    program = capture(model, (torch.randn(2, 4, 8, 8),))
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["packed_convs"] == 0 and artifact.info["packed_matmuls"] == 0
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_int8_panel_kernels_without_vnni(mlp, conv_program, monkeypatch):
+    # On a CPU without AVX-512 VNNI the int8 matmul and conv use the int32-accumulating panel kernels.
+    from optkit.backends import vnni
+
+    monkeypatch.setattr(vnni, "target_has_vnni", lambda _target: False)
+    for program in (mlp, conv_program):
+        quantized = PassManager(build_passes(["ptq"])).run(program).program
+        artifact = lower(quantized, "cpu", num_cores=1)
+        assert artifact.info["vnni_kernels"] == 0
+        assert artifact.info["packed_matmuls"] + artifact.info["packed_convs"] >= 2
+        (got,) = artifact.run(*quantized.example_inputs)
+        np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)
