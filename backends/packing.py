@@ -131,11 +131,10 @@ def _packed_matmul(bb: Any, call: Any) -> Any | None:
     panel = panel_width(n)
     if panel is None or x_shape[-1] != k:
         return None
-    m = int(np.prod(x_shape[:-1]))
-    x2 = bb.emit(relax.op.reshape(x, (m, k)))
+    x2 = _as_2d(bb, x, x_shape)
     wp = relax.const(pack_dense(w_np, panel))
     y = bb.emit_te(_dense_te(panel, out_dtype), x2, wp, primfunc_name_hint="packed_matmul")
-    return relax.op.reshape(y, (*x_shape[:-1], n))
+    return _from_2d(y, x_shape, n)
 
 
 def _dense_te(panel: int, out_dtype: str) -> Any:
@@ -214,13 +213,25 @@ def _conv_te(panel: int, stride: list[int], dilation: list[int], out_dtype: str)
     return kernel
 
 
+def _as_2d(bb: Any, x: Any, shape: list[int]) -> Any:
+    from tvm import relax
+
+    return x if len(shape) == 2 else bb.emit(relax.op.reshape(x, (int(np.prod(shape[:-1])), shape[-1])))
+
+
+def _from_2d(y: Any, x_shape: list[int], n: int) -> Any:
+    # No reshape for 2-D inputs: a reshape would stop FuseOps from fusing the epilogue.
+    from tvm import relax
+
+    return y if len(x_shape) == 2 else relax.op.reshape(y, (*x_shape[:-1], n))
+
+
 def _int8_pair(x: Any, w: np.ndarray, call: Any) -> bool:
     return str(x.ty.dtype) == "int8" and str(w.dtype) == "int8" and str(call.ty.dtype) == "int32"
 
 
 def _vnni_matmul(bb: Any, call: Any) -> Any | None:
     from optkit.backends import vnni
-    from tvm import relax
 
     x, w = call.args
     w_np = _constant(w)
@@ -230,9 +241,9 @@ def _vnni_matmul(bb: Any, call: Any) -> Any | None:
     k, n = w_np.shape
     if not vnni.applies(k):
         return None
-    x2 = bb.emit(relax.op.reshape(x, (int(np.prod(x_shape[:-1])), k)))
+    x2 = _as_2d(bb, x, x_shape)
     y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2), w_np))
-    return relax.op.reshape(y, (*x_shape[:-1], n))
+    return _from_2d(y, x_shape, n)
 
 
 def _vnni_conv(bb: Any, call: Any) -> Any | None:

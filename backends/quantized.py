@@ -50,11 +50,16 @@ def _linear_w8a8(node: Any, importer: Any) -> Any:
 
     op, bb = relax.op, importer.block_builder
     x, x_scale, x_zero, w_q, w_scale, _w_zero, w_colsum, bias = _args(node, importer)
-    xq = bb.emit(op.astype(_quantize(bb, x, x_scale, x_zero), "int8"))  # (..., K) int8
-    acc = bb.emit(op.matmul(xq, w_q, out_dtype="int32"))  # (..., N) int32
+    shape = [int(d) for d in x.ty.shape]
+    n = int(w_q.ty.shape[1])
+    if len(shape) != 2:  # 2-D, so that the epilogue below fuses into the GEMM kernel
+        x = bb.emit(op.reshape(x, (-1, shape[-1])))
+    xq = bb.emit(op.astype(_quantize(bb, x, x_scale, x_zero), "int8"))  # (M, K) int8
+    acc = bb.emit(op.matmul(xq, w_q, out_dtype="int32"))  # (M, N) int32
     acc = bb.emit(op.subtract(acc, op.multiply(op.astype(x_zero, "int32"), w_colsum)))
     y = bb.emit(op.multiply(op.astype(acc, "float32"), op.multiply(x_scale, w_scale)))
-    return bb.emit(op.add(y, bias))
+    y = bb.emit(op.add(y, bias))
+    return y if len(shape) == 2 else bb.emit(op.reshape(y, (*shape[:-1], n)))
 
 
 def _act_qdq(node: Any, importer: Any) -> Any:

@@ -53,36 +53,47 @@ def pack(w: np.ndarray) -> np.ndarray:
 
 
 def gemm_func(m: int, n: int, k: int) -> Any:
-    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`."""
+    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`.
+
+    Shapes and loops are int64, as Relax's, so that `FuseOps` can fuse the elementwise epilogue
+    that follows (zero-point correction, rescale, bias) into the kernel (`op_pattern` 4:
+    out-elementwise-fusable).
+    """
+    from tvm import tirx
     from tvm.script import tirx as T
 
     rows = next(r for r in ROWS if m % r == 0)
     nb, kb, mb = n // LANES, k // GROUP, m // rows
+    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
+    mm, nn, kk, nbb, kbb, rr, tiles = i64(m), i64(n), i64(k), i64(nb), i64(kb), i64(rows), i64(mb * nb)
 
     @T.prim_func(private=True, s_tir=True)
     def vnni_gemm(
-        x: T.Buffer((m, k), "uint8"), w: T.Buffer((nb, kb, 16, 4), "int8"), y: T.Buffer((m, n), "int32")
+        x: T.Buffer((mm, kk), "uint8"), w: T.Buffer((nbb, kbb, 16, 4), "int8"), y: T.Buffer((mm, nn), "int32")
     ) -> None:
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
-        for tile in T.parallel(mb * nb):
-            acc = T.alloc_local((rows, 16), "int32")
-            for r in T.unroll(rows):
-                acc[r, T.ramp(0, 1, 16)] = T.broadcast(T.int32(0), 16)
-            for ko in range(kb):
-                b = w.vload([tile % nb, ko, 0, 0], dtype="int8x64")
-                for r in T.unroll(rows):
-                    a = T.reinterpret(
-                        x.vload([tile // nb * rows + r, ko * 4], dtype="uint8x4"), dtype="int32"
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4})
+        with T.sblock("root"):
+            for tile in T.parallel(tiles):
+                acc = T.alloc_local((rr, 16), "int32")
+                for r in T.unroll(rr):
+                    acc[r, T.ramp(T.int64(0), 1, 16)] = T.broadcast(T.int32(0), 16)
+                for ko in T.serial(kbb):
+                    b = w.vload([tile % nbb, ko, T.int64(0), T.int64(0)], dtype="int8x64")
+                    for r in T.unroll(rr):
+                        a = T.reinterpret(
+                            x.vload([tile // nbb * rr + r, ko * 4], dtype="uint8x4"), dtype="int32"
+                        )
+                        acc[r, T.ramp(T.int64(0), 1, 16)] = T.call_llvm_pure_intrin(
+                            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                            acc.vload([r, T.int64(0)], dtype="int32x16"),
+                            T.reinterpret(T.broadcast(a, 16), dtype="uint8x64"),
+                            b,
+                            dtype="int32x16",
+                        )
+                for r in T.unroll(rr):
+                    y[tile // nbb * rr + r, T.ramp(tile % nbb * 16, 1, 16)] = acc.vload(
+                        [r, T.int64(0)], dtype="int32x16"
                     )
-                    acc[r, T.ramp(0, 1, 16)] = T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                        acc.vload([r, 0], dtype="int32x16"),
-                        T.reinterpret(T.broadcast(a, 16), dtype="uint8x64"),
-                        b,
-                        dtype="int32x16",
-                    )
-            for r in T.unroll(rows):
-                y[tile // nb * rows + r, T.ramp(tile % nb * 16, 1, 16)] = acc.vload([r, 0], dtype="int32x16")
 
     return vnni_gemm
 
