@@ -28,6 +28,24 @@ def test_save_load_round_trip(mlp, saved):
     np.testing.assert_allclose(got, outputs_of(mlp)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_outputs_survive_the_next_call(mlp):
+    # CPU outputs are zero-copy views of the VM's tensors: a later call must not overwrite them.
+    artifact = lower(mlp, "cpu", num_cores=1)
+    x = mlp.example_inputs[0].numpy()
+    (first,) = artifact.run(x)
+    kept = first.copy()
+    (second,) = artifact.run(x * 2)
+    np.testing.assert_array_equal(first, kept)
+    assert not np.allclose(first, second)
+    # A misaligned input buffer is copied rather than handed to kernels that assume alignment.
+    buf = np.empty(x.size + 2, np.float32)
+    offset = 1 if (buf.ctypes.data + 4) % 64 else 2
+    shifted = buf[offset : offset + x.size].reshape(x.shape)
+    assert shifted.ctypes.data % 64
+    shifted[...] = x
+    np.testing.assert_allclose(artifact.run(shifted)[0], kept, rtol=1e-6)
+
+
 def test_blas_artifact_names_its_callback(transformer_program, tmp_path):
     artifact = lower(transformer_program, "cpu", schedule="blas", num_cores=1)
     path = artifact.save(tmp_path / "blas")
