@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 VECTOR_LANES = 32  # two AVX-512 float32 registers per row; on narrower CPUs LLVM splits the vector
 ROW_TILE = 8
+ELEMENTWISE_LANES = 16  # one AVX-512 register of float32
 
 
 def _extent(sch: s_tir.Schedule, loop: Any) -> int | None:
@@ -69,14 +70,24 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
+    inner = _extent(sch, loops[-1])
+    if len(loops) > 1 and inner is not None and ELEMENTWISE_LANES <= inner <= 4 * ELEMENTWISE_LANES:
+        # A long innermost axis: vectorize it alone. Fusing it with the outer axes first would
+        # put div / mod by the axis extents into every vector lane's index (a transpose, a
+        # `take` along a leading axis), which x86 has no vector instruction for.
+        split = _split_inner(sch, loops[-1], ELEMENTWISE_LANES)
+        outer, vec = ([*loops[:-1], split[0]], split[1]) if split else (loops[:-1], loops[-1])
+        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+        sch.vectorize(vec)
+        return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    split = _split_inner(sch, fused, VECTOR_LANES)
+    split = _split_inner(sch, fused, ELEMENTWISE_LANES)
     if split is None:
         sch.parallel(fused)
         return
-    outer, inner = split
+    outer, inner_loop = split
     sch.parallel(outer)
-    sch.vectorize(inner)
+    sch.vectorize(inner_loop)
 
 
 def is_matmul_like(func: Any) -> bool:

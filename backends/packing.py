@@ -58,6 +58,7 @@ def pack_weights(mod: Any, vnni: bool = False) -> tuple[Any, dict[str, int]]:
 
     matmul = _op("relax.matmul")
     conv2d = _op("relax.nn.conv2d")
+    conv2d_transpose = _op("relax.nn.conv2d_transpose")
     counts = {"matmul": 0, "conv2d": 0, "vnni": 0}
 
     @relax.expr_functor.mutator
@@ -72,6 +73,9 @@ def pack_weights(mod: Any, vnni: bool = False) -> tuple[Any, dict[str, int]]:
                     counts["vnni"] += 1
                     return new
                 if call.op == matmul and (new := _packed_matmul(self.builder_, call)) is not None:
+                    counts["matmul"] += 1
+                    return new
+                if call.op == conv2d_transpose and (new := _patch_transpose(self.builder_, call)) is not None:
                     counts["matmul"] += 1
                     return new
                 if call.op == conv2d and (new := _packed_conv(self.builder_, call)) is not None:
@@ -275,3 +279,42 @@ def _vnni_conv(bb: Any, call: Any) -> Any | None:
     y = bb.emit(vnni.matmul(bb, cols, np.ascontiguousarray(w_np.reshape(co, -1).T)))
     b, _, oh, ow = (int(d) for d in call.ty.shape)
     return relax.op.permute_dims(bb.emit(relax.op.reshape(y, (b, oh, ow, co))), (0, 3, 1, 2))
+
+
+def _patch_transpose(bb: Any, call: Any) -> Any | None:
+    """A transposed conv whose kernel equals its stride (no overlap, no padding; the upsampling
+    layers of SAM's mask decoder) is one matmul per input pixel: `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]`,
+    then each pixel's `Co x Kh x Kw` patch is put in place. The matmul is packed like any other."""
+    from tvm import relax
+
+    x, w = call.args
+    attrs = call.attrs
+    w_np = _constant(w)
+    x_shape = _static_shape(x)
+    if (
+        str(x.ty.dtype) != "float32"
+        or w_np.dtype != np.float32
+        or int(attrs.groups) != 1
+        or (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+        != ("NCHW", "IOHW", "NCHW")
+        or len(x_shape) != 4
+    ):
+        return None
+    ci, co, kh, kw = w_np.shape
+    if (
+        [int(s) for s in attrs.strides] != [kh, kw]
+        or any(int(p) for p in attrs.padding)
+        or any(int(p) for p in attrs.output_padding)
+        or any(int(d) != 1 for d in attrs.dilation)
+    ):
+        return None
+    n, _, h, wd = x_shape
+    op = relax.op
+    rows = bb.emit(op.reshape(bb.emit(op.permute_dims(x, (0, 2, 3, 1))), (n * h * wd, ci)))
+    weight = relax.const(np.ascontiguousarray(w_np.reshape(ci, co * kh * kw)))
+    matmul = bb.normalize(op.matmul(rows, weight))
+    patches = _packed_matmul(bb, matmul)
+    patches = bb.emit(patches if patches is not None else matmul)
+    y = bb.emit(op.reshape(patches, (n, h, wd, co, kh, kw)))
+    y = bb.emit(op.permute_dims(y, (0, 3, 1, 4, 2, 5)))  # N, Co, H, Kh, W, Kw
+    return op.reshape(y, (n, co, h * kh, wd * kw))

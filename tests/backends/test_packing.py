@@ -51,6 +51,21 @@ def test_packed_conv_matches_torch(conv):
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("layer", "packed"),
+    [(nn.ConvTranspose2d(8, 4, 2, stride=2), 1), (nn.ConvTranspose2d(8, 4, 3, stride=2, padding=1), 0)],
+    ids=["kernel-equals-stride", "overlapping"],
+)
+def test_transposed_conv_matches_torch(layer, packed):
+    # Kernel == stride (no overlap): a packed matmul per input pixel; otherwise TVM's own kernel.
+    torch.manual_seed(0)
+    program = capture(nn.Sequential(layer, nn.GELU()).eval(), (torch.randn(2, 8, 5, 6),))
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["packed_matmuls"] == packed
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_unpackable_layers_keep_the_generic_kernels():
     # 5 output channels: no panel width divides it; grouped conv: not packed. Both still match.
     torch.manual_seed(0)
