@@ -71,15 +71,17 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     if not loops:
         return
     inner = _extent(sch, loops[-1])
-    if len(loops) > 1 and inner is not None and ELEMENTWISE_LANES <= inner <= 4 * ELEMENTWISE_LANES:
+    if len(loops) > 1 and inner is not None and inner >= ELEMENTWISE_LANES:
         # A long innermost axis: vectorize it alone. Fusing it with the outer axes first would
         # put div / mod by the axis extents into every vector lane's index (a transpose, a
-        # `take` along a leading axis), which x86 has no vector instruction for.
-        split = _split_inner(sch, loops[-1], ELEMENTWISE_LANES)
-        outer, vec = ([*loops[:-1], split[0]], split[1]) if split else (loops[:-1], loops[-1])
-        sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
-        sch.vectorize(vec)
-        return
+        # `take` along a leading axis, SwiGLU's halves of width 344), which x86 has no vector
+        # instruction for.
+        split = _split_inner(sch, loops[-1], ELEMENTWISE_LANES) or _split_inner(sch, loops[-1], 8)
+        if split is not None or inner <= 4 * ELEMENTWISE_LANES:
+            outer, vec = ([*loops[:-1], split[0]], split[1]) if split else (loops[:-1], loops[-1])
+            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            sch.vectorize(vec)
+            return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     split = _split_inner(sch, fused, ELEMENTWISE_LANES)
     if split is None:

@@ -128,40 +128,37 @@ def matmul(bb: Any, xu: Any, w: np.ndarray) -> Any:
 
 
 def im2col(bb: Any, x: Any, kh: int, kw: int, stride: list[int], dilation: list[int]) -> Any:
-    """Emit `cols[B * OH * OW, C * KH * KW]` from a padded `x[B, C, H, W]`, as a kernel of its own:
-    marked opaque so that `FuseOps` does not pull x's producers into it (each input element is
-    read up to KH * KW times, and would be recomputed as often)."""
-    from tvm import relax, te
+    """Emit `cols[B * OH * OW, KH * KW * C4]` from a padded NHWC `x[B, H, W, C]` (C4: C rounded up
+    to a multiple of 4, the extra channels 0). Channels innermost, so each tap copies C
+    contiguous bytes (vectorized). A kernel of its own, marked opaque so that `FuseOps` does not
+    pull x's producers into it (each input element is read up to KH * KW times, and would be
+    recomputed as often)."""
+    from tvm import relax, te, tirx
 
-    placeholder = te.placeholder([int(d) for d in x.ty.shape], str(x.ty.dtype), name="x")
-    cols = im2col_te(kh, kw, stride, dilation)(placeholder)
-    func = te.create_prim_func([placeholder, cols]).without_attr("global_symbol")
+    b, h, w, c = (int(d) for d in x.ty.shape)
+    c4 = _round_up(c, GROUP)
+    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    src = te.placeholder((b, h, w, c), str(x.ty.dtype), name="x")
+
+    def tap(n: Any, i: Any, j: Any, ky: Any, kx: Any, ch: Any) -> Any:
+        value = src[
+            n, i * stride[0] + ky * dilation[0], j * stride[1] + kx * dilation[1], tirx.min(ch, c - 1)
+        ]
+        return value if c4 == c else tirx.if_then_else(ch < c, value, tirx.const(0, src.dtype))
+
+    cols = te.compute((b, oh, ow, kh, kw, c4), tap, name="im2col")
+    func = te.create_prim_func([src, cols]).without_attr("global_symbol")
     func = func.with_attr("op_pattern", 8)  # kOpaque
     gvar = bb.add_func(func, "im2col")
-    shape = [int(d) for d in cols.shape]
-    return bb.emit(relax.call_tir(gvar, [x], relax.TensorType(shape, str(x.ty.dtype))))
+    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, oh, ow, kh, kw, c4], str(x.ty.dtype))))
+    return bb.emit(relax.op.reshape(out, (b * oh * ow, kh * kw * c4)))
 
 
-def im2col_te(kh: int, kw: int, stride: list[int], dilation: list[int]) -> Any:
-    """TE: `x[B, C, H, W]` -> `cols[B * OH * OW, K]` (x already padded), K = C * KH * KW rounded up
-    to a multiple of 4 with zero columns."""
-    from tvm import te, tirx
-
-    def kernel(x: Any) -> Any:
-        b, c, h, w = (int(d) for d in x.shape)
-        oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-        ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-
-        def col(row: Any, kk: Any) -> Any:
-            n, pix = row // (oh * ow), row % (oh * ow)
-            ch, tap = kk // (kh * kw), kk % (kh * kw)
-            i = pix // ow * stride[0] + tap // kw * dilation[0]
-            j = pix % ow * stride[1] + tap % kw * dilation[1]
-            real = c * kh * kw
-            if _round_up(real, GROUP) == real:
-                return x[n, ch, i, j]
-            return tirx.if_then_else(kk < real, x[n, tirx.min(ch, c - 1), i, j], tirx.const(0, x.dtype))
-
-        return te.compute((b * oh * ow, _round_up(c * kh * kw, GROUP)), col, name="im2col")
-
-    return kernel
+def conv_weight(w: np.ndarray) -> np.ndarray:
+    """`W[Co, Ci, KH, KW]` -> the GEMM weight `[KH * KW * Ci4, Co]` matching `im2col`'s columns."""
+    co, ci, kh, kw = w.shape
+    ci4 = _round_up(ci, GROUP)
+    if ci4 > ci:
+        w = np.concatenate([w, np.zeros((co, ci4 - ci, kh, kw), w.dtype)], axis=1)
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * ci4, co))
