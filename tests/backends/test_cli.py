@@ -58,3 +58,15 @@ def test_cuda_without_nvcc_says_so(tmp_path, monkeypatch):
     monkeypatch.setattr(targets, "find_nvcc", lambda: None)
     result = CliRunner().invoke(cli, ["lower", "tiny_lower_model:make", "--target", "cuda", "-o", "art"])
     assert result.exit_code == 2 and "nvcc is missing" in result.output
+
+
+def test_schedule_and_exact_math_options(tmp_path, monkeypatch):
+    _factory_module(tmp_path, monkeypatch)
+    runner = CliRunner()
+    args = ["-q", "lower", "tiny_lower_model:make", "--schedule", "blas", "--exact-math", "-o", "art"]
+    assert runner.invoke(cli, args).exit_code == 0
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["schedule"] == "blas" and manifest["fast_math_ops"] == 0
+    assert manifest["packed_matmuls"] == 1  # the 16-wide layer; the 4-wide one has no panel
+    result = runner.invoke(cli, ["lower", "tiny_lower_model:make", "--schedule", "tvm", "-o", "other"])
+    assert result.exit_code == 2 and "'default', 'blas', 'naive'" in result.output
