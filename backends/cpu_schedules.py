@@ -2,17 +2,20 @@
 
 TVM 0.27's `dlight.cpu` has GEMV and Reduction rules only; everything else (matmul epilogues,
 convolutions, elementwise kernels, int8 GEMMs) would be compiled as the naive loop nest that
-`LegalizeOps` produces. Two rules fill the gap, applied after DLight's own:
+`LegalizeOps` produces. Three rules fill the gap (order in `build.schedule_pass`):
 
-- `CPUMatmul`: any block with spatial loops and reduction loops (GEMM, batched GEMM, conv, the
-  int8 and group-wise quantized kernels). The innermost spatial loop moves inside the reduction
-  and is vectorized, the next one is tiled into a small register block that accumulates in a
-  local buffer, and the remaining outer spatial loops run in parallel:
+- `CPURowReduction`: softmax, norms, row any / max: rows in parallel, every block computed per
+  row, each reduction split into vector partial results (`rfactor`).
+- `CPUMatmul`: other kernels with one reduction block (GEMM, batched GEMM, packed GEMM and conv,
+  the int8 and group-wise quantized kernels). The innermost spatial loop moves inside the
+  reduction and is vectorized, the next one is tiled into a register block (8 x 32 by default)
+  that accumulates in a local buffer, and the remaining outer spatial loops run in parallel:
   `parallel(outer) / reduction / unroll(rows) / vectorize(cols)`.
-- `CPUElementwise`: spatial-only blocks: fuse, vectorize the inner chunk, parallelize the rest.
+- `CPUElementwise`: spatial-only blocks: vectorize a long innermost axis alone, or fuse and
+  vectorize the inner chunk; parallelize the rest.
 
-They are a reasonable default, not a tuned kernel: MetaSchedule (`tuning.py`) searches the same
-space properly, and float32 matmuls go to BLAS by default (`blas.py`).
+`tuning.py` measures other tile sizes for `CPUMatmul`; weight packing (`packing.py`) is what
+makes its GEMMs and convs read memory contiguously.
 """
 
 from __future__ import annotations
@@ -284,10 +287,10 @@ def _schedule_rows(sch: s_tir.Schedule, infos: list[Any], lead: int) -> s_tir.Sc
             sch.reorder(inner, lanes_loop)
             sch.vectorize(lanes_loop)
         elif all(iv.iter_type == tirx.IterVar.DataPar for iv in stmt.iter_vars) and extent:
-            if extent > VECTOR_LANES // 2 and extent % (VECTOR_LANES // 2) == 0:
-                _, vec = sch.split(inner, factors=[None, VECTOR_LANES // 2])
+            if extent > ELEMENTWISE_LANES and extent % ELEMENTWISE_LANES == 0:
+                _, vec = sch.split(inner, factors=[None, ELEMENTWISE_LANES])
                 sch.vectorize(vec)
-            elif 2 <= extent <= VECTOR_LANES // 2:
+            elif 2 <= extent <= ELEMENTWISE_LANES:
                 sch.vectorize(inner)
     return sch
 

@@ -43,7 +43,8 @@ def lower(
 
     On the CPU, constant weights of matmuls and convolutions are packed into panels
     (`packing.py`) and, with `fast_math` (default), softmax / exp / erf / tanh / sigmoid use
-    vectorizable polynomial versions (`fast_math.py`; about 1e-7 relative from libm).
+    vectorizable polynomial versions (`fast_math.py`); int8 matmuls and convs use AVX-512 VNNI
+    where the target has it (`vnni.py`).
     `schedule` is `default` (a self-contained library), `blas` (float32 matmuls that remain
     after packing, such as attention's, call numpy's BLAS) or `naive` (TVM's untuned loop nests,
     for comparison); see `build.py`. `tune_trials > 0` measures that many schedule variants of

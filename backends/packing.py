@@ -12,10 +12,13 @@ unpacked and 120 for numpy's OpenBLAS.
 |---|---|
 | `matmul(x[..., K], W[K, N])`, W constant, float32 (or int8 -> int32) | `y[M, N] = sum_k x[m, k] * Wp[n / P, k, n % P]` |
 | `nn.conv2d(x, W)`, NCHW, W constant, groups 1 | `y[n, h, w, co] = sum x_pad[n, ci, h*s + kh*d, w*s + kw*d] * Wp[co / P, ci, kh, kw, co % P]`, then NHWC -> NCHW |
+| `nn.conv2d_transpose(x, W)`, kernel == stride, no padding | `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]` (packed as above), patches put in place |
+| int8 `matmul` / `conv2d` on a CPU with AVX-512 VNNI | `vnni.py` (NHWC im2col for convs) |
 
 Both put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
-spatial axis (rows of x, or output columns of the image) into registers. The layout change back
-to NCHW and any bias / residual epilogue are fused into the same kernel by `FuseOps`.
+spatial axis (rows of x, or output columns of the image) into registers. A matmul's elementwise
+epilogue (bias, GELU) fuses into its kernel; a conv's transpose back to NCHW and its bias /
+residual adds form one fused elementwise kernel after it.
 """
 
 from __future__ import annotations
