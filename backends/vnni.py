@@ -115,8 +115,6 @@ def matmul(bb: Any, xu: Any, w: np.ndarray) -> Any:
 
     m, k = (int(d) for d in xu.ty.shape)
     n = w.shape[1]
-    if w.shape[0] < k:  # im2col padded K to a multiple of 4 with zero columns
-        w = np.concatenate([w, np.zeros((k - w.shape[0], n), w.dtype)])
     n16 = _round_up(n, LANES)
     wide = np.concatenate([w, np.zeros((k, n16 - n), w.dtype)], axis=1) if n16 > n else w
     gvar = bb.add_func(gemm_func(m, n16, k), "vnni_gemm")
