@@ -170,31 +170,37 @@ def _dense_te(panel: int, out_dtype: str) -> Any:
     return kernel
 
 
+def _plain_conv(call: Any) -> tuple[Any, np.ndarray, list[int], list[int], list[int]] | None:
+    """(x, constant weight, stride, dilation, padding top/left/bottom/right) of an NCHW / OIHW
+    conv with one group and a static 4-D input, or None for any other conv."""
+    x, w = call.args
+    attrs = call.attrs
+    layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
+    if int(attrs.groups) != 1 or layouts != ("NCHW", "OIHW", "NCHW"):
+        return None
+    w_np = _constant(w)
+    if len(_static_shape(x)) != 4:
+        return None
+    return (
+        x,
+        w_np,
+        [int(s) for s in attrs.strides],
+        [int(d) for d in attrs.dilation],
+        [int(p) for p in attrs.padding],
+    )
+
+
 def _packed_conv(bb: Any, call: Any) -> Any | None:
     from tvm import relax
 
-    x, w = call.args
-    attrs = call.attrs
-    w_np = _constant(w)
-    x_shape = _static_shape(x)
+    conv = _plain_conv(call)
+    if conv is None:
+        return None
+    x, w_np, stride, dilation, pad = conv
     out_dtype = PACKED_DTYPES.get((str(x.ty.dtype), str(w_np.dtype)))
-    if (
-        int(attrs.groups) != 1
-        or str(attrs.data_layout) != "NCHW"
-        or str(attrs.kernel_layout) != "OIHW"
-        or str(attrs.out_layout) != "NCHW"
-        or out_dtype is None
-        or str(call.ty.dtype) != out_dtype
-        or len(x_shape) != 4
-    ):
+    panel = panel_width(w_np.shape[0])
+    if out_dtype is None or str(call.ty.dtype) != out_dtype or panel is None:
         return None
-    co = w_np.shape[0]
-    panel = panel_width(co)
-    if panel is None:
-        return None
-    stride = [int(s) for s in attrs.strides]
-    dilation = [int(d) for d in attrs.dilation]
-    pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
     if any(pad):
         x = bb.emit(relax.op.nn.pad(x, (0, 0, 0, 0, pad[0], pad[2], pad[1], pad[3])))
     wp = relax.const(pack_conv(w_np, panel))
@@ -266,23 +272,11 @@ def _vnni_conv(bb: Any, call: Any) -> Any | None:
     from optkit.backends import vnni
     from tvm import relax
 
-    x, w = call.args
-    attrs = call.attrs
-    w_np = _constant(w)
-    x_shape = _static_shape(x)
-    if (
-        not _int8_pair(x, w_np, call)
-        or int(attrs.groups) != 1
-        or (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
-        != ("NCHW", "OIHW", "NCHW")
-        or len(x_shape) != 4
-    ):
+    conv = _plain_conv(call)
+    if conv is None or not _int8_pair(conv[0], conv[1], call):
         return None
-    co = w_np.shape[0]
-    kh, kw = w_np.shape[2:]
-    stride = [int(s) for s in attrs.strides]
-    dilation = [int(d) for d in attrs.dilation]
-    pad = [int(p) for p in attrs.padding]  # top, left, bottom, right
+    x, w_np, stride, dilation, pad = conv
+    co, _, kh, kw = w_np.shape
     xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x), (0, 2, 3, 1)))  # NHWC, fused with the shift
     if any(pad):  # int8 0 is uint8 128
         xu = bb.emit(relax.op.nn.pad(xu, (0, 0, pad[0], pad[2], pad[1], pad[3], 0, 0), pad_value=128.0))

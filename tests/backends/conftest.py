@@ -19,3 +19,21 @@ def mlp():
 def outputs_of(program):
     out = program.run()
     return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
+
+
+def scheduled_funcs(mod, spec):
+    """The PrimFuncs of `mod` after legalization, fusion and optkit's schedule pass, by name."""
+    import tvm
+    from optkit.backends.build import schedule_pass
+
+    with spec.tvm_target():
+        passes = [
+            tvm.relax.transform.LegalizeOps(),
+            tvm.relax.transform.AnnotateTIROpPattern(),
+            tvm.relax.transform.FoldConstant(),
+            tvm.relax.transform.FuseOps(),
+            tvm.relax.transform.FuseTIR(),
+            schedule_pass(spec),
+        ]
+        lowered = tvm.transform.Sequential(passes)(mod)
+    return {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}

@@ -7,7 +7,7 @@ from optkit.backends import lower
 from torch import nn
 
 from optkit.ir.capture import capture
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import outputs_of, scheduled_funcs
 
 
 class _Transcendental(nn.Module):
@@ -34,25 +34,14 @@ def test_fast_math_matches_torch(transcendental, fast):
 def test_row_reductions_are_vectorized():
     # softmax and layer norm: each reduction is split into vector partial results (an `_rf`
     # block under a vectorized loop) instead of one serial chain per row.
-    import tvm
-    from optkit.backends.build import schedule_pass
     from optkit.backends.targets import resolve_target
     from optkit.backends.tvm_import import import_program
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.LayerNorm(64), nn.Softmax(dim=-1)).eval()
     program = capture(model, (torch.randn(8, 64),))
-    spec = resolve_target("cpu", num_cores=1)
-    with spec.tvm_target():
-        passes = [
-            tvm.relax.transform.LegalizeOps(),
-            tvm.relax.transform.AnnotateTIROpPattern(),
-            tvm.relax.transform.FuseOps(),
-            tvm.relax.transform.FuseTIR(),
-            schedule_pass(spec),
-        ]
-        mod = tvm.transform.Sequential(passes)(import_program(program).mod)
-    scripts = [f.script() for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    funcs = scheduled_funcs(import_program(program).mod, resolve_target("cpu", num_cores=1))
+    scripts = [f.script() for f in funcs.values()]
     reductions = [s for s in scripts if "T.axis.reduce" in s]
     assert reductions and all("_rf" in s and "T.vectorized" in s for s in reductions)
     (got,) = lower(program, "cpu", num_cores=1).run(*program.example_inputs)

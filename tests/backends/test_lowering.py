@@ -10,7 +10,7 @@ from torch import nn
 
 from optkit.errors import BackendError, UnknownNameError
 from optkit.ir.capture import capture
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import outputs_of, scheduled_funcs
 
 
 @pytest.mark.parametrize("schedule", ["default", "blas"])
@@ -41,23 +41,6 @@ def test_masked_attention_matches_torch(transformer_program, schedule):
     assert blas >= 2 if schedule == "blas" else blas == 0
 
 
-def _scheduled(mod, spec):
-    import tvm
-    from optkit.backends.build import schedule_pass
-
-    with spec.tvm_target():
-        passes = [
-            tvm.relax.transform.LegalizeOps(),
-            tvm.relax.transform.AnnotateTIROpPattern(),
-            tvm.relax.transform.FoldConstant(),
-            tvm.relax.transform.FuseOps(),
-            tvm.relax.transform.FuseTIR(),
-            schedule_pass(spec),
-        ]
-        lowered = tvm.transform.Sequential(passes)(mod)
-    return {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
-
-
 def test_default_schedules_leave_no_kernel_unscheduled(mlp):
     import tvm
 
@@ -79,7 +62,7 @@ def test_default_schedules_leave_no_kernel_unscheduled(mlp):
         pack_weights(tvm.relax.transform.FoldConstant()(import_program(conv_program).mod))[0],
     ]
     for mod in mods:
-        funcs = _scheduled(mod, spec)
+        funcs = scheduled_funcs(mod, spec)
         assert funcs
         unscheduled = [n for n, f in funcs.items() if not (f.attrs and f.attrs.get("tirx.is_scheduled"))]
         assert not unscheduled
