@@ -277,6 +277,10 @@ def _schedule_rows(sch: s_tir.Schedule, infos: list[Any], lead: int) -> s_tir.Sc
     partial_set = {str(sch.get(p).name_hint) for p in partials}
     for block in [*ordered, last]:
         stmt = sch.get(block)
+        if len(sch.get_loops(block)) == 1:
+            # Only the parallel row loop (a kernel ending in a per-row write such as argmax's):
+            # vectorizing it would vectorize the rows, the reduction inside them included.
+            continue
         inner = sch.get_loops(block)[-1]
         extent = _extent(sch, inner)
         if stmt.name_hint in partial_set:

@@ -1,8 +1,10 @@
 """`lower(program, target)`: the one entry point from a Program to a compiled `Artifact`.
 
-Order: import (`tvm_import.py`, quantized converters from `quantized.py`) -> on CPU with the
-default schedule, float32 matmuls to BLAS (`blas.py`) -> optional schedule tuning with a
-persistent database (`tuning.py`) -> build with DLight / optkit schedules (`build.py`).
+Order: import (`tvm_import.py`: ATen rewrites from `aten_rewrites.py`, quantized converters from
+`quantized.py`) -> on CPU, packed weights, fast math and with `schedule="blas"` float32 matmuls
+to BLAS (`_specialize`) -> optional schedule tuning with a persistent database (`tuning.py`) ->
+build with DLight / optkit schedules (`build.py`). When the build fails, `diagnose.py` compiles
+the imported bindings one by one to name the ATen op and module path that TVM cannot compile.
 """
 
 from __future__ import annotations
@@ -16,10 +18,10 @@ from typing import Any
 from optkit.backends.artifact import Artifact
 from optkit.backends.blas import BLAS_MATMUL, offload_matmuls
 from optkit.backends.build import SCHEDULES, build
-from optkit.backends.targets import resolve_target
-from optkit.backends.tvm_import import import_program
+from optkit.backends.targets import TargetSpec, resolve_target
+from optkit.backends.tvm_import import NodeOrigin, import_program
 
-from optkit.errors import ConfigError, UnknownNameError
+from optkit.errors import BackendError, ConfigError, UnknownNameError
 from optkit.ir.program import Program
 
 log = logging.getLogger(__name__)
@@ -61,20 +63,13 @@ def lower(
     say("import into Relax")
     imported = import_program(program)
     mod = imported.mod
-    offloaded, packed, fast = 0, {"matmul": 0, "conv2d": 0, "vnni": 0}, 0
     if spec.kind == "llvm" and schedule != "naive":
-        from optkit.backends.fast_math import fast_math as use_fast_math
-        from optkit.backends.packing import pack_weights
-        from optkit.backends.vnni import target_has_vnni
         from tvm import relax
 
         say("pack weights")
         mod = relax.transform.FoldConstant()(mod)  # transposed weights are computed once, here
-        mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()))
-        if fast_math:
-            mod, fast = use_fast_math(mod)
-        if schedule == "blas":
-            mod, offloaded = offload_matmuls(mod)
+    imported_mod = mod
+    mod, figures = _specialize(mod, spec, schedule, fast_math)
     tuned = None
     tuning: dict[str, Any] = {}
     if tune_trials > 0:
@@ -83,20 +78,66 @@ def lower(
         tune_dir = Path(work_dir) if work_dir is not None else default_work_dir(spec.name)
         tuned, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
     say(f"build for {spec.name}")
-    executable = build(mod, spec, schedule, tuned)
+    try:
+        executable = build(mod, spec, schedule, tuned)
+    except BackendError as err:
+        say("find the op that fails to compile")
+        raise _name_failing_op(err, imported_mod, imported.origins, spec, schedule, fast_math) from err
     info: dict[str, Any] = {
         "model": program.name,
         "schedule": schedule,
         "tune_trials": tune_trials,
-        "packed_matmuls": packed["matmul"],
-        "packed_convs": packed["conv2d"],
-        "vnni_kernels": packed["vnni"],
-        "fast_math_ops": fast,
-        "blas_matmuls": offloaded,
-        "extern_funcs": [BLAS_MATMUL] if offloaded else [],
+        **figures,
+        "extern_funcs": [BLAS_MATMUL] if figures["blas_matmuls"] else [],
         "decomposed_ops": list(imported.decomposed),
+        "aten_rewrites": dict(imported.rewritten),
         "compile_seconds": round(time.perf_counter() - start, 2),
         **({"tuning": tuning} if tuning else {}),
     }
     log.info("lowered %s for %s in %.1f s", program.name, spec.name, info["compile_seconds"])
     return Artifact(executable, spec, imported.inputs, imported.outputs, info)
+
+
+def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> tuple[Any, dict[str, int]]:
+    """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report."""
+    figures = {"packed_matmuls": 0, "packed_convs": 0, "vnni_kernels": 0, "fast_math_ops": 0, "blas_matmuls": 0}
+    if spec.kind != "llvm" or schedule == "naive":
+        return mod, figures
+    from optkit.backends.fast_math import fast_math as use_fast_math
+    from optkit.backends.packing import pack_weights
+    from optkit.backends.vnni import target_has_vnni
+
+    mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()))
+    figures.update(packed_matmuls=packed["matmul"], packed_convs=packed["conv2d"], vnni_kernels=packed["vnni"])
+    if fast_math:
+        mod, figures["fast_math_ops"] = use_fast_math(mod)
+    if schedule == "blas":
+        mod, figures["blas_matmuls"] = offload_matmuls(mod)
+    return mod, figures
+
+
+def _name_failing_op(
+    err: BackendError,
+    mod: Any,
+    origins: dict[str, NodeOrigin],
+    spec: TargetSpec,
+    schedule: str,
+    fast_math: bool,
+) -> BackendError:
+    """`err` restated with the ATen op and module path of the first binding that fails alone."""
+    from optkit.backends.diagnose import locate_build_failure
+
+    try:
+        found = locate_build_failure(
+            mod, origins, lambda m: build(_specialize(m, spec, schedule, fast_math)[0], spec, schedule)
+        )
+    except Exception:  # the search is best effort; the build's own error still stands
+        log.debug("could not search for the failing op", exc_info=True)
+        found = None
+    if found is None:
+        return BackendError(f"{err} (no single op fails to compile alone; the failure needs fused kernels)")
+    origin, message = found
+    return BackendError(
+        f"TVM cannot compile {origin.describe()} for {spec.name}: {message}. Rewrite that module with "
+        "other ops (e.g. cast its inputs) or keep it out of the lowered graph"
+    )

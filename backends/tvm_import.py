@@ -4,18 +4,25 @@ Steps: re-export the Program's GraphModule with `torch.export` (non-strict; modu
 in `nn_module_stack`), decompose to core ATen, check every op against the importer's converter
 table (plus optkit's quantized-op converters), decompose the ops the importer lacks where PyTorch
 has a decomposition for them, and fail with a `BackendError` naming the op and its module path
-when it still cannot convert. Weights become Relax constants, so the compiled library holds them.
+when it still cannot convert. Then `aten_rewrites.py` spells out the PyTorch semantics the
+importer reads otherwise (bool `cumsum`, `cat` with empty tensors). Weights become Relax constants,
+so the compiled library holds them.
+
+Every converter runs wrapped: an error inside one becomes a `BackendError` naming the ATen op and
+module path of its node, and each Relax variable a node produced is recorded in `Imported.origins`,
+so that `diagnose.py` can name the node behind a kernel that fails to compile later.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from optkit.backends.quantized import custom_convert_map
+from optkit.backends.aten_rewrites import rewrite_aten
+from optkit.backends.quantized import Converter, custom_convert_map
 
 from optkit.errors import BackendError
 from optkit.ir.program import Program, module_path
@@ -40,34 +47,99 @@ class TensorSpec:
 
 
 @dataclass(frozen=True)
+class NodeOrigin:
+    """The ATen node a Relax variable of `main` came from: op name, module path, node name and
+    its tensor arguments (`bool[1, 16]`)."""
+
+    op: str
+    module_path: str
+    node: str
+    args: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        return f"{self.op}({', '.join(self.args)}) in module '{self.module_path or '<top level>'}' (node {self.node})"
+
+    @classmethod
+    def of(cls, op: str, node: torch.fx.Node) -> NodeOrigin:
+        vals = [a.meta.get("val") for a in node.all_input_nodes]
+        args = tuple(_describe(v) for v in vals if isinstance(v, torch.Tensor))
+        return cls(op, module_path(node), node.name, args)
+
+
+@dataclass(frozen=True)
 class Imported:
-    """The Relax module and the signature of its `main`, plus the ops that had to be decomposed."""
+    """The Relax module and the signature of its `main`, the ops that had to be decomposed, the
+    ATen rewrites that fired (rule -> count) and the node behind each Relax variable (by name)."""
 
     mod: Any  # tvm.IRModule
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     decomposed: tuple[str, ...]
+    rewritten: dict[str, int] = field(default_factory=dict)
+    origins: dict[str, NodeOrigin] = field(default_factory=dict)
 
 
 def import_program(program: Program) -> Imported:
     """Translate `program` to a Relax IRModule with one `main` function returning a tuple."""
-    from tvm.relax.frontend.torch import from_exported_program
+    from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
     exported = export(program)
     converters = custom_convert_map()
     exported, decomposed = _decompose_unsupported(exported, converters)
+    rewritten = rewrite_aten(exported.graph_module)
+    importer = ExportedProgramImporter()
+    origins: dict[str, NodeOrigin] = {}
+    table = {name: _traced(name, fn, False, origins) for name, fn in importer.convert_map.items()}
+    table.update({name: _traced(name, fn, True, origins) for name, fn in converters.items()})
     try:
-        mod = from_exported_program(
-            exported, keep_params_as_input=False, custom_convert_map=converters, run_ep_decomposition=False
+        # What `from_exported_program(..., run_ep_decomposition=False)` does, with every converter
+        # passed as a custom one (called as `fn(node, importer)`) so that each is traced.
+        mod = importer.from_exported_program(
+            exported,
+            keep_params_as_input=False,
+            unwrap_unit_return_tuple=False,
+            no_bind_return_tuple=False,
+            custom_convert_map=table,
         )
-    except Exception as err:  # the importer raises assertion/value/type errors from its converters
+    except BackendError:
+        raise
+    except Exception as err:  # the importer raises assertion/value/type errors outside converters too
         raise BackendError(
             f"TVM's PyTorch importer failed on {program.name}: {type(err).__name__}: {err}"
         ) from err
     inputs = tuple(_spec(n) for n in _user_inputs(exported))
     outputs = tuple(_spec(n, f"output{i}") for i, n in enumerate(_outputs(exported)))
     log.info("imported %s into Relax (%d inputs, %d outputs)", program.name, len(inputs), len(outputs))
-    return Imported(mod, inputs, outputs, decomposed)
+    return Imported(mod, inputs, outputs, decomposed, rewritten, origins)
+
+
+def _traced(name: str, convert: Converter, takes_importer: bool, origins: dict[str, NodeOrigin]) -> Converter:
+    def run(node: torch.fx.Node, importer: Any) -> Any:
+        origin = NodeOrigin.of(name, node)
+        try:
+            out = convert(node, importer) if takes_importer else convert(node)  # type: ignore[call-arg]
+        except BackendError:
+            raise
+        except Exception as err:  # converters raise assertion/value/type errors and TVM's own
+            raise BackendError(
+                f"TVM's PyTorch importer cannot convert {origin.describe()}: {type(err).__name__}: "
+                f"{_first_line(err)}"
+            ) from err
+        for var in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(getattr(var, "name", None), str):
+                origins.setdefault(var.name, origin)
+        return out
+
+    return run
+
+
+def _describe(val: torch.Tensor) -> str:
+    return f"{str(val.dtype).removeprefix('torch.')}{list(val.shape)}"
+
+
+def _first_line(err: Exception) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ""
 
 
 def export(program: Program) -> torch.export.ExportedProgram:

@@ -33,7 +33,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _docs import write_section  # noqa: E402
-from optkit.passes.cache import null_condition  # noqa: E402
 
 from optkit.caching import (  # noqa: E402
     CachedSampler,
@@ -106,14 +105,15 @@ def bench_model(
     entry = get_model(name)
     inputs = entry.example_inputs(model, 2, 0)
     program = capture(model, inputs, name=f"{name}-tiny")
-    program.meta = {"zoo": name, "size": "tiny", "task": entry.task, "sampler": entry.sampler}
+    program.meta = {"zoo": name, "size": "tiny", "task": entry.task}
+    program.with_workload(entry.workload(steps))
     units = cache_units(program)
     x, _t, *cond = program.example_inputs
-    guidance = float(entry.extra.get("guidance_scale", 1.0))
+    guidance, uncond = program.workload.diffusion.guidance(tuple(cond))
     kw = {
         "sampler": sampler,
         "cond": tuple(cond),
-        "uncond": null_condition(program, tuple(cond)) if guidance > 1 else None,
+        "uncond": uncond,
         "guidance_scale": guidance,
     }
     ctx = {"shape": tuple(x.shape), "kw": kw, "steps": steps}

@@ -50,12 +50,13 @@ from optkit.ir.capture import capture  # noqa: E402
 from optkit.ir.flops import parameter_bytes  # noqa: E402
 from optkit.ir.onnx_io import export_onnx, flat_outputs  # noqa: E402
 from optkit.ir.program import Program  # noqa: E402
-from optkit.metrics import class_accuracy, fd_digits, miou, psnr_db, sqnr_db  # noqa: E402
+from optkit.metrics import miou, psnr_db, sqnr_db  # noqa: E402
 from optkit.pipeline import PassManager, build_passes  # noqa: E402
-from optkit.quant.calibration import calibration_batches, guidance_of  # noqa: E402
+from optkit.quant.calibration import calibration_batches  # noqa: E402
 from optkit.report import Table  # noqa: E402
 from optkit.timing import latency_ms  # noqa: E402
 from optkit.zoo import samplers  # noqa: E402
+from optkit.zoo.digits_metrics import class_accuracy, fd_digits  # noqa: E402
 from optkit.zoo.registry import TrainSettings, get_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -134,7 +135,8 @@ def label_condition(name: str, model: torch.nn.Module, labels: torch.Tensor) -> 
 def setup_diffusion(name: str, entry: Any, model: torch.nn.Module, weights: str, args: Any) -> Setup:
     inputs = entry.example_inputs(model, args.batch, 0)
     program = capture(model, inputs, name=f"{name}-tiny")
-    program.meta = {"zoo": name, "size": "tiny", "task": entry.task, "sampler": entry.sampler}
+    program.meta = {"zoo": name, "size": "tiny", "task": entry.task}
+    program.with_workload(entry.workload())
     shape = tuple(inputs[0].shape)
     calls: list[tuple[torch.Tensor, ...]] = []
     decode = entry.extra.get("decode")
@@ -144,7 +146,7 @@ def setup_diffusion(name: str, entry: Any, model: torch.nn.Module, weights: str,
         for i, start in enumerate(range(0, args.samples, args.batch)):
             labels = torch.arange(start, start + args.batch) % 10
             cond = label_condition(name, model, labels)
-            scale, uncond = guidance_of(program, cond)
+            scale, uncond = program.workload.diffusion.guidance(cond)
 
             def observe(
                 _i: int, _t: torch.Tensor, x: tuple[torch.Tensor, ...], _o: torch.Tensor, first: bool = i == 0

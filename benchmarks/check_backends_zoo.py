@@ -18,7 +18,7 @@ import numpy as np
 def main(names: list[str]) -> None:
     from optkit.backends import lower
 
-    from optkit.ir.refs import load_program_ref
+    from optkit.refs import load_program_ref
     from optkit.pipeline import PassManager, build_passes
 
     warnings.simplefilter("ignore")

@@ -5,6 +5,7 @@ The public Python API (the CLI calls nothing else):
 
     import optkit
     program = optkit.load_model("zoo:dit")                 # or optkit.capture(module, inputs)
+    program.with_workload(optkit.Workload.from_toml("workload.toml"))  # how it is sampled, calibrated
     result = optkit.optimize(program, ["cleanup"])         # PassManager: verified after each pass
     report = optkit.optimize_file("zoo:dit", ["cleanup"], "out/dit")
 """
@@ -27,7 +28,6 @@ from optkit.errors import (
 from optkit.ir.capture import capture
 from optkit.ir.onnx_io import OnnxModel, export_onnx, run_onnx
 from optkit.ir.program import Annotations, Block, Program
-from optkit.ir.refs import load_model, load_program_ref, parse_model_ref
 from optkit.ir.serialize import load_program, save_program
 from optkit.pipeline import (
     Pass,
@@ -41,15 +41,20 @@ from optkit.pipeline import (
     registered_passes,
     registered_pipelines,
 )
+from optkit.refs import load_model, load_program_ref, parse_model_ref
 from optkit.report import Figure, Report, Table
+from optkit.sampling import SamplerSpec
+from optkit.workload import Calibration, Diffusion, Workload
 
 __all__ = [
     "Annotations",
     "ArtifactError",
     "BackendError",
     "Block",
+    "Calibration",
     "CaptureError",
     "ConfigError",
+    "Diffusion",
     "Figure",
     "ModelRefError",
     "OnnxModel",
@@ -61,9 +66,11 @@ __all__ = [
     "PassResult",
     "Program",
     "Report",
+    "SamplerSpec",
     "Table",
     "Tolerance",
     "UnknownNameError",
+    "Workload",
     "analyze",
     "analyze_file",
     "build_passes",

@@ -18,15 +18,29 @@ from optkit.fsutil import atomic_dir
 from optkit.ir import flops
 from optkit.ir.onnx_io import OnnxModel, export_onnx, onnx_session
 from optkit.ir.program import Program
-from optkit.ir.refs import load_model, load_program_ref
 from optkit.ir.serialize import save_program
 from optkit.pipeline import PassManager, PipelineResult, build_passes
+from optkit.refs import load_model, load_program_ref
 from optkit.report import Report, Table, bar_plot, heatmap_plot
 from optkit.timing import latency_ms
+from optkit.workload import Calibration, Workload
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+WorkloadLike = Workload | str | Path
+
+
+def resolve_workload(
+    program: Program, workload: WorkloadLike | None = None, calib: str | Path | None = None
+) -> Program:
+    """Give `program` the workload `workload` (a Workload or a TOML file) and/or the calibration
+    data at `calib` (see `Calibration.from_path`), checked against its inputs; returns it."""
+    if workload is not None:
+        program.with_workload(workload if isinstance(workload, Workload) else Workload.from_toml(workload))
+    if calib is not None:
+        program.with_workload(program.workload.replace(calibration=Calibration.from_path(calib)))
+    return program
 
 
 def optimize(
@@ -66,13 +80,19 @@ def analyze_file(
     block_pattern: str | None = None,
     overwrite: bool = False,
     sensitivity: Mapping[str, Any] | None = None,
+    workload: WorkloadLike | None = None,
+    calib: str | Path | None = None,
 ) -> Report:
     """Analyze the model at `ref`; with `output`, write the report and plots there.
 
     With `sensitivity` (options of the `sensitivity` pass), add the SQNR sensitivity ranking
-    and, in `output`, its block x timestep heatmap.
+    and, in `output`, its block x timestep heatmap; `workload` / `calib` say how it calibrates.
     """
     model = load_model(ref, trust_pickle=trust_pickle)
+    if isinstance(model, Program):
+        resolve_workload(model, workload, calib)
+    elif workload is not None or calib is not None:
+        raise ConfigError("a workload or calibration data needs a PyTorch graph, not an ONNX model")
     if sensitivity is not None and isinstance(model, Program):
         model = optimize(model, ["sensitivity"], {"sensitivity": sensitivity}).program
     elif sensitivity is not None:
@@ -140,17 +160,27 @@ def optimize_file(
     onnx: bool = True,
     repeats: int = 20,
     progress: Progress | None = None,
+    workload: WorkloadLike | None = None,
+    calib: str | Path | None = None,
 ) -> Report:
-    """Optimize the model at `ref` with `passes` and write model, ONNX, report and plots to `output`."""
+    """Optimize the model at `ref` with `passes` and write model, ONNX, report and plots to `output`.
+
+    `workload` (a Workload or a TOML file) replaces the model's own; `calib` names its
+    calibration data (`--calib`). Both are checked against the model's inputs before any pass.
+    """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
     say = progress or (lambda _msg: None)
-    # Fail on bad names and options before the (slow) capture.
+    # Fail on bad names, options and workload files before the (slow) capture.
     build_passes(passes, options)
+    if workload is not None and not isinstance(workload, Workload):
+        workload = Workload.from_toml(workload)
+    if calib is not None:
+        Calibration.from_path(calib)
     output = Path(output)
     say("capture")
     start = time.perf_counter()
-    program = load_program_ref(ref, trust_pickle=trust_pickle)
+    program = resolve_workload(load_program_ref(ref, trust_pickle=trust_pickle), workload, calib)
     capture_s = time.perf_counter() - start
     result = optimize(program, passes, options, progress=lambda i, n, name: say(f"pass {i + 1}/{n}: {name}"))
     optimized = result.program

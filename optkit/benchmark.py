@@ -55,7 +55,7 @@ from optkit.fsutil import atomic_dir, atomic_file
 from optkit.ir.flops import total_flops
 from optkit.ir.onnx_io import export_onnx, flat_outputs, onnx_session
 from optkit.ir.program import Program
-from optkit.ir.refs import load_program_ref
+from optkit.refs import load_program_ref
 from optkit.report import Report, Table
 from optkit.timing import latency_ms
 

@@ -81,11 +81,17 @@ class Tolerance:
 
 @dataclass
 class PassResult:
-    """What a pass returns: the new Program, whether it changed, and figures (with units)."""
+    """What a pass returns: the new Program, whether it changed, and figures (with units).
+
+    `hint`, when set, is called with the pass's input Program only if the outputs miss the
+    pass's tolerance; the advice it returns (which layers lose most, which options would help)
+    ends the PassError. Lazy, because a useful diagnosis costs model runs.
+    """
 
     program: Program
     modified: bool
     figures: dict[str, Figure] = field(default_factory=dict)
+    hint: Callable[[Program], str] | None = None
 
 
 C = TypeVar("C", bound=PassConfig)
@@ -278,7 +284,8 @@ class PassManager:
                     raise PassError(
                         f"{where} produced a graph that does not run: {type(err).__name__}: {err}"
                     ) from err
-                check = _compare(reference, outputs, p.tolerance, where)
+                advice = _advice(result.hint, current, where)
+                check = _compare(reference, outputs, p.tolerance, where, advice)
                 reference = outputs
             new.annotations.history.append(p.name)
             records.append(PassRecord(p.name, result.modified, seconds, dict(result.figures), check))
@@ -296,8 +303,27 @@ def _drop_leftovers(program: Program) -> None:
     remove_unused_attributes(gm)
 
 
+def _advice(hint: Callable[[Program], str] | None, before: Program, where: str) -> Callable[[], str]:
+    # The pass's hint, as text to end a tolerance error with: run only when a tolerance is
+    # missed, and a hint that fails must not hide that error.
+    def advice() -> str:
+        if hint is None:
+            return ""
+        try:
+            return " " + hint(before)
+        except Exception as err:
+            log.warning("%s: no hint (%s: %s)", where, type(err).__name__, err)
+            return ""
+
+    return advice
+
+
 def _compare(
-    expected: list[torch.Tensor], got: list[torch.Tensor], tol: Tolerance, where: str
+    expected: list[torch.Tensor],
+    got: list[torch.Tensor],
+    tol: Tolerance,
+    where: str,
+    advice: Callable[[], str],
 ) -> dict[str, float]:
     if len(expected) != len(got):
         raise PassError(f"{where} changed the number of outputs from {len(expected)} to {len(got)}")
@@ -317,10 +343,12 @@ def _compare(
         min_sqnr = min(min_sqnr, sqnr)
         if tol.min_sqnr_db is None and not torch.allclose(g, e, atol=tol.atol, rtol=tol.rtol):
             raise PassError(
-                f"{where} changed the outputs: max abs error {max_err:.3g} exceeds atol={tol.atol:g}, rtol={tol.rtol:g}"
+                f"{where} changed the outputs: max abs error {max_err:.3g} exceeds atol={tol.atol:g}, "
+                f"rtol={tol.rtol:g}.{advice()}"
             )
     if tol.min_sqnr_db is not None and min_sqnr < tol.min_sqnr_db:
         raise PassError(
-            f"{where} degraded the outputs to {min_sqnr:.1f} dB SQNR, below its {tol.min_sqnr_db:g} dB floor"
+            f"{where} degraded the outputs to {min_sqnr:.1f} dB SQNR, below its {tol.min_sqnr_db:g} dB floor."
+            f"{advice()}"
         )
     return {"max_abs_error": max_err, "min_sqnr_db": min_sqnr}

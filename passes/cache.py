@@ -1,7 +1,7 @@
 """`cache`: Block Caching schedules for diffusion sampling (Wimbauer et al., CVPR 2024).
 
-1. Profile: run the model's zoo sampler (DDIM, DPM-Solver++ or flow-matching Euler) on the
-   calibration seeds and record, for every block found by module path, the relative L1 change of
+1. Profile: run the sampler of the model's Workload (DDIM, DPM-Solver++, flow-matching Euler
+   or a diffusers scheduler), with its guidance and null condition, on the calibration seeds and record, for every block found by module path, the relative L1 change of
    its value between consecutive steps (`optkit.caching.profile`).
 2. Schedule: per block, which steps recompute and which reuse (`optkit.caching.schedule`): the
    paper's accumulated-change threshold (`policy = "threshold"`, or `"budget"` for a fraction of
@@ -62,8 +62,9 @@ class CacheConfig(PassConfig):
 
     `threshold` (accumulated relative L1 change, 0 = always recompute) drives the `threshold`
     and `first-block` policies; `budget` (fraction of block evaluations kept, in (0, 1]) drives
-    `budget` and `fewer-steps`; `interval` drives `uniform`. `sampler` "" means the model's own
-    (`program.meta["sampler"]`). `blocks` is a regex over module paths ("" = automatic).
+    `budget` and `fewer-steps`; `interval` drives `uniform`. `sampler` "",
+    `steps` 0 and `guidance_scale` 0 mean the Workload's (`program.workload.diffusion`).
+    `blocks` is a regex over module paths ("" = automatic).
     """
 
     policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps"] = "threshold"
@@ -71,9 +72,9 @@ class CacheConfig(PassConfig):
     budget: float = 0.5
     interval: int = 2
     sampler: str = ""
-    steps: int = 20
+    steps: int = 0
     seeds: tuple[int, ...] = (0, 1)
-    guidance_scale: float = 1.0
+    guidance_scale: float = 0.0
     align: bool = True
     mode: Literal["residual", "output"] = "residual"
     blocks: str = ""
@@ -85,28 +86,16 @@ class CacheConfig(PassConfig):
             raise ConfigError(f"budget (fraction of block evaluations) must be in (0, 1], got {self.budget}")
         if self.interval < 1:
             raise ConfigError(f"interval must be >= 1, got {self.interval}")
-        if self.steps < 2:
-            raise ConfigError(f"steps must be >= 2, got {self.steps}")
+        if self.steps == 1 or self.steps < 0:
+            raise ConfigError(f"steps must be >= 2 (0 = the workload's), got {self.steps}")
         if not self.seeds:
             raise ConfigError("seeds must name at least one calibration seed")
-        if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1.0):
-            raise ConfigError(f"guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+        if not (math.isfinite(self.guidance_scale) and (self.guidance_scale >= 1.0 or self.guidance_scale == 0)):
+            raise ConfigError(
+                f"guidance_scale must be >= 1 (1 = no guidance, 0 = the workload's), got {self.guidance_scale}"
+            )
         if self.sampler:
             check_sampler(self.sampler)
-
-
-def null_condition(program: Program, cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """The unconditional inputs for classifier-free guidance: the zoo entry's `extra["null_cond"]`
-    (a callable on the condition tuple) when it has one, else all-zero conditions (the zoo's
-    convention for text tokens: id 0 is the null/padding token)."""
-    name = program.meta.get("zoo")
-    if name:
-        from optkit.zoo.registry import get_model
-
-        make = get_model(name).extra.get("null_cond")
-        if callable(make):
-            return tuple(make(cond))
-    return tuple(torch.zeros_like(c) for c in cond)
 
 
 def make_schedule(cfg: CacheConfig, profile: ChangeProfile) -> CacheSchedule:
@@ -144,14 +133,17 @@ def expected_speedup(schedule: CacheSchedule, flops: dict[str, int], total: int,
 @register_pass("cache", CacheConfig)
 class BlockCaching(Pass):
     """Derive a block-caching schedule for a diffusion model and measure it. Annotation only;
-    run after the passes that rewrite the graph. `sample_fn` (default: the zoo's `sample`) can
+    run after the passes that rewrite the graph. `sample_fn` (default: `optkit.sampling.sample`) can
     be set on the instance to drive another sampler with the same signature."""
 
     sample_fn: SampleFn | None = None
 
     def requires(self, program: Program) -> str | None:
-        if not (self.config.sampler or program.meta.get("sampler")):  # type: ignore[attr-defined]
-            return f"{program.name} has no sampler in its meta (not a zoo diffusion model); set the `sampler` option"
+        if program.workload.diffusion is None:
+            return (
+                f"{program.name}'s workload has no [diffusion] sampler: give --workload FILE.toml "
+                "(or Program.with_workload) saying how the model is sampled"
+            )
         return None
 
     def run(self, program: Program) -> PassResult:
@@ -159,7 +151,12 @@ class BlockCaching(Pass):
         why = self.requires(program)
         if why:
             raise ConfigError(why)
-        sampler = check_sampler(cfg.sampler or program.meta["sampler"])
+        diffusion = program.workload.diffusion
+        assert diffusion is not None  # requires() checked it
+        sampler = check_sampler(cfg.sampler or diffusion.sampler)
+        steps = cfg.steps or diffusion.steps
+        if steps < 2:
+            raise ConfigError(f"caching needs at least 2 sampler steps; the workload has {steps}")
         if len(program.example_inputs) < 2:
             raise ConfigError(
                 f"{program.name} must take (x, t, *cond) to be sampled; it takes {len(program.example_inputs)} inputs"
@@ -167,11 +164,11 @@ class BlockCaching(Pass):
         units = cache_units(program, cfg.blocks or None, cfg.mode)
         x, _t, *cond_list = program.example_inputs
         cond = tuple(cond_list)
-        uncond = null_condition(program, cond) if cfg.guidance_scale > 1 else None
+        guidance, uncond = diffusion.guidance(cond, cfg.guidance_scale or None)
         run_args: dict[str, Any] = {
             "cond": cond,
             "uncond": uncond,
-            "guidance_scale": cfg.guidance_scale,
+            "guidance_scale": guidance,
             "sample_fn": self.sample_fn,
         }
         # 1. Change profile on the calibration seeds.
@@ -179,7 +176,7 @@ class BlockCaching(Pass):
             program,
             units,
             sampler=sampler,
-            steps=cfg.steps,
+            steps=steps,
             seeds=cfg.seeds,
             shape=tuple(x.shape),
             **run_args,
@@ -197,7 +194,7 @@ class BlockCaching(Pass):
         for seed in cfg.seeds:
             ref, seconds = timed(
                 partial(
-                    uncached_sample, program, x.shape, sampler=sampler, steps=cfg.steps, seed=seed, **run_args
+                    uncached_sample, program, x.shape, sampler=sampler, steps=steps, seed=seed, **run_args
                 )
             )
             refs.append(ref)
@@ -210,17 +207,18 @@ class BlockCaching(Pass):
         reference = torch.cat(refs)
         psnr = psnr_db(reference, torch.cat(outs))
         flops, total = unit_flops(program, units)
-        speedup = expected_speedup(schedule, flops, total, cfg.steps)
-        saved = 100.0 * (1.0 - schedule.evaluation_fraction(cfg.steps))
+        speedup = expected_speedup(schedule, flops, total, steps)
+        saved = 100.0 * (1.0 - schedule.evaluation_fraction(steps))
         program.annotations.cache_schedule = schedule.to_annotation()
         program.annotations.figures["cache"] = {
             "policy": cfg.policy,
-            "sampler": sampler,
-            "steps": cfg.steps,
+            "sampler": sampler.label,
+            "sampler_spec": sampler.to_dict(),
+            "steps": steps,
             "schedule_steps": schedule.steps,
             "threshold": cfg.threshold,
             "budget": cfg.budget,
-            "guidance_scale": cfg.guidance_scale,
+            "guidance_scale": guidance,
             "seeds": list(cfg.seeds),
             "mode": cfg.mode,
             "block_pattern": cfg.blocks,

@@ -3,28 +3,33 @@ transformers: one scale (and zero point, when asymmetric) per `group_size` input
 each output channel. int4 weights are stored packed two per byte.
 
 Rounding is round-to-nearest (`method = "rtn"`) or GPTQ's error-compensating rounding
-(`method = "gptq"`), which needs calibration inputs to build each layer's Hessian. Linear layers
-only (convolutions keep float weights here; `ptq` quantizes them). Layers whose input channels
-the group size does not divide, or whose output channels are odd at 4 bits, are skipped and
-listed in the figures. Run after capture and `fold-constants`; follow with `dce` to drop the
-float weights.
+(`method = "gptq"`), which needs calibration inputs to build each layer's Hessian. Every Linear
+layer is quantized whatever its width: when the group size does not divide its input channels
+the last group is short (quantized as if zero-padded; the `short_groups` figure lists those
+layers), and a layer with an odd number of outputs at 4 bits is stored as int8 per-channel
+(`int8_layers`). A language model's output head stays float unless `quantize_head`
+(`optkit.quant.sites.output_head` says how it is found; a head tied to the input embedding
+would otherwise store a quantized copy next to the float table the embedding keeps reading).
+Convolutions keep float weights here; `ptq` quantizes them. Run after capture and
+`fold-constants`; follow with `dce` to drop the float weights. The PassManager checks the output
+SQNR against `min_sqnr_db` and, below it, names the layers that lose most.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
-
-import torch
 
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
-from optkit.quant.calibration import CalibrationMode, calibration_batches, watch_inputs
+from optkit.quant.advice import sqnr_floor_hint, worst_layers
+from optkit.quant.calibration import CalibrationMode, calibration_batches
 from optkit.quant.numerics import QuantSpec
-from optkit.quant.sites import QuantSite, find_sites, replace_site
-from optkit.quant.weights import pack_weight, quantize_gptq, quantize_rtn
+from optkit.quant.rewrite import LayerPlan, collect_hessians, effective_plan, quantize_site, short_group_note
+from optkit.quant.sites import find_sites, split_output_heads
 from optkit.report import Figure
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,8 @@ class GroupwiseConfig(PassConfig):
     calibration: Literal["example", "single-step", "all-steps"] = "example"
     calibration_batches: int = 4
     skip: tuple[str, ...] = ()
+    quantize_head: bool = False
+    min_sqnr_db: float = 10.0
 
     def __post_init__(self) -> None:
         if self.bits not in (4, 8):
@@ -55,84 +62,85 @@ class GroupwiseConfig(PassConfig):
         if self.calibration_batches < 1:
             raise ConfigError(f"calibration_batches must be >= 1, got {self.calibration_batches}")
 
+    def plan(self) -> LayerPlan:
+        return LayerPlan(QuantSpec(self.bits, self.symmetric, "group", self.group_size), abits=16)
 
-def hessians(
-    program: Program, sites: list[QuantSite], mode: CalibrationMode, batches: int
-) -> dict[str, torch.Tensor]:
-    """H = 2 X^T X of each site's inputs over the calibration batches."""
-    acc = {s.node.name: torch.zeros(s.in_features, s.in_features, dtype=torch.float64) for s in sites}
 
-    def add(name: str):  # type: ignore[no-untyped-def]
-        def fn(x: torch.Tensor) -> None:
-            x2 = x.reshape(-1, x.shape[-1]).double()
-            acc[name] += 2.0 * x2.t() @ x2
-
-        return fn
-
-    data = calibration_batches(program, mode, num_batches=batches)
-    watch_inputs(program, data, {name: add(name) for name in acc})
-    return acc
+def precision_label(plan: LayerPlan) -> str:
+    """`w4g64` (symmetric groups), `w4g64a` (asymmetric), `w8c` (per-channel int8)."""
+    spec = plan.weight
+    grain = f"g{spec.group_size}" if spec.granularity == "group" else "c"
+    return f"w{spec.bits}{grain}{'' if spec.symmetric else 'a'}"
 
 
 @register_pass("groupwise", GroupwiseConfig)
 class GroupwiseWeights(Pass):
     """Quantize Linear weights group-wise to packed int4 or int8. Run after capture, before lowering."""
 
-    tolerance = Tolerance(min_sqnr_db=10.0)
+    @property
+    def tolerance(self) -> Tolerance:  # type: ignore[override]
+        return Tolerance(min_sqnr_db=self.config.min_sqnr_db)  # type: ignore[attr-defined]
 
     def run(self, program: Program) -> PassResult:
         cfg: GroupwiseConfig = self.config  # type: ignore[assignment]
         sites, skipped = find_sites(program, cfg.skip)
-        kept = []
-        for site in sites:
-            k, n = site.weight.shape[1], site.weight.shape[0]
-            if site.kind != "linear":
-                skipped.append(
-                    (site.path, "convolution: groupwise quantizes Linear layers; use ptq for convs")
-                )
-            elif k % cfg.group_size:
-                skipped.append(
-                    (site.path, f"group_size {cfg.group_size} does not divide its {k} input channels")
-                )
-            elif cfg.bits == 4 and n % 2:
-                skipped.append((site.path, f"int4 packing needs an even number of output channels, has {n}"))
-            else:
-                kept.append(site)
-        spec = QuantSpec(cfg.bits, cfg.symmetric, "group", cfg.group_size)
-        hess = (
-            hessians(program, kept, cfg.calibration, cfg.calibration_batches)
-            if cfg.method == "gptq" and kept
-            else {}
+        skipped += [
+            (s.path, "convolution: groupwise quantizes Linear layers; use ptq for convs")
+            for s in sites
+            if s.kind != "linear"
+        ]
+        sites = [s for s in sites if s.kind == "linear"]
+        if not cfg.quantize_head:
+            sites, heads = split_output_heads(program, sites)
+            skipped += heads
+        hessians = (
+            collect_hessians(program, sites, self._batches(program)) if cfg.method == "gptq" and sites else {}
         )
+        plans = {s.path: effective_plan(s, cfg.plan()) for s in sites}
+        short = [f"{s.path}: {note}" for s in sites if (note := short_group_note(s, cfg.plan()))]
+        int8 = [s.path for s in sites if plans[s.path].weight.bits != cfg.bits]
         float_bytes = quant_bytes = 0
-        for site in kept:
-            w_kn = site.weight.t().float()
-            qw = (
-                quantize_gptq(w_kn, hess[site.node.name], spec, cfg.damp)
-                if cfg.method == "gptq"
-                else quantize_rtn(w_kn, spec)
+        for site in sites:
+            quant_bytes += quantize_site(
+                program, site, plans[site.path], None, hessians.get(site.node.name), damp=cfg.damp
             )
-            buffers = pack_weight(qw)
-            bias = site.bias if site.bias is not None else torch.zeros(w_kn.shape[1])
-            replace_site(
-                program,
-                site,
-                torch.ops.optkit.linear_wq.default,
-                {**buffers, "bias": bias},
-                (cfg.bits, cfg.group_size, cfg.symmetric),
-            )
-            program.annotations.precision[site.path] = (
-                f"w{cfg.bits}g{cfg.group_size}{'' if cfg.symmetric else 'a'}"
-            )
+            program.annotations.precision[site.path] = precision_label(plans[site.path])
             float_bytes += site.weight.numel() * 4
-            quant_bytes += sum(t.numel() * t.element_size() for t in buffers.values())
         program.graph_module.recompile()
         figures = {
-            "layers_quantized": Figure(len(kept), "layers"),
+            "layers_quantized": Figure(len(sites), "layers"),
             "layers_skipped": Figure(len(skipped), "layers"),
             "weight_bytes_before": Figure(float_bytes, "bytes"),
             "weight_bytes_after": Figure(quant_bytes, "bytes"),
         }
+        if short:
+            figures["short_groups"] = Figure("; ".join(short))
+        if int8:
+            figures["int8_layers"] = Figure(
+                "; ".join(f"{p}: odd output channels, stored as int8 per-channel" for p in int8)
+            )
         if skipped:
             figures["skipped"] = Figure("; ".join(f"{p}: {why}" for p, why in skipped))
-        return PassResult(program, modified=bool(kept), figures=figures)
+        return PassResult(program, modified=bool(sites), figures=figures, hint=self._hint(plans))
+
+    def _batches(self, program: Program) -> list:  # type: ignore[type-arg]
+        cfg: GroupwiseConfig = self.config  # type: ignore[assignment]
+        mode: CalibrationMode = cfg.calibration
+        return calibration_batches(program, mode, num_batches=cfg.calibration_batches)
+
+    def _hint(self, plans: dict[str, LayerPlan]) -> Callable[[Program], str]:
+        cfg: GroupwiseConfig = self.config  # type: ignore[assignment]
+
+        def hint(before: Program) -> str:
+            worst = worst_layers(before, plans, self._batches(before))
+            options = [f"skip={list(cfg.skip) + [p for p, _ in worst]}"]
+            if cfg.bits == 4:
+                options.append("bits=8")
+            if cfg.group_size > 32:
+                options.append("group_size=32")
+            if cfg.method == "rtn":
+                options.append("method='gptq'")
+            options.append(f"min_sqnr_db below {cfg.min_sqnr_db:g}")
+            return sqnr_floor_hint(worst, options)
+
+        return hint

@@ -4,8 +4,9 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
 
 - precisions W8A8 (int8 GEMM), W4A8 (group-wise int4 weights, int8 activations), W4A16 / W8A16
   (weight-only), per-tensor, per-channel or per-group weight scales, RTN or GPTQ rounding;
-- calibration on the example inputs, or — for zoo diffusion models — single-step calibration at
-  the noisiest step, or all sampler steps; min-max, percentile or MSE-optimal observers
+- calibration read from the model's Workload: the example inputs, the workload's calibration
+  data (`--calib`: batches, images or tokens; the default when given), or — for models the
+  workload samples — single-step calibration at the noisiest step, or all sampler steps; min-max, percentile or MSE-optimal observers
   (`auto`: min-max after single-step calibration — a range clipped to one timestep's
   percentile clips the wider activations of later steps, measured 34.0 against 29.8 dB
   one-call SQNR over the trajectory on the zoo's DiT at W8A8 — percentile otherwise);
@@ -17,31 +18,43 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
   the noise left in x_t (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is smaller than an int8
   step of x_t's range, while it is exactly what an eps-prediction model has to read — int8
   there erases the signal of the final steps (measured on the zoo's DiT: one-call SQNR at
-  W8A8 17 -> 41 dB with all-step calibration; the layer holds < 1% of the weights);
+  W8A8 17 -> 41 dB with all-step calibration; the layer holds < 1% of the weights); and a
+  language model's output head kept in float unless `quantize_head` (found by
+  `optkit.quant.sites.output_head`: tied to the input embedding, or 1000+ logits from a 4x
+  narrower input; when it is tied and quantized, the embedding keeps reading the float table);
 - global mixed precision (`average_bits`): blocks start at 8-bit weights and the least
   sensitive blocks (highest output SQNR when only they are at 4 bits) drop to 4 bits until the
   parameter-weighted average meets the budget.
 
 Run after `fold-constants`; follow with `dce`. The PassManager checks the output SQNR against
-`min_sqnr_db`.
+`min_sqnr_db`; below it, the error names the layers that lose most and the options that help.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
+from optkit.quant.advice import sqnr_floor_hint, worst_layers
 from optkit.quant.calibration import calibration_batches
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.observers import ObserverKind
-from optkit.quant.rewrite import LayerPlan, collect_act_stats, collect_hessians, effective_plan, quantize_site
+from optkit.quant.rewrite import (
+    LayerPlan,
+    collect_act_stats,
+    collect_hessians,
+    effective_plan,
+    quantize_site,
+    short_group_note,
+)
 from optkit.quant.sensitivity import allocate_bits, block_candidates, measure
-from optkit.quant.sites import QuantSite, find_sites, reads_model_input
+from optkit.quant.sites import QuantSite, find_sites, reads_model_input, split_output_heads
 from optkit.quant.smoothing import insert_smoothing, outlier_ratio, smoothing_factors
 from optkit.report import Figure
 
@@ -72,14 +85,15 @@ class PTQConfig(PassConfig):
     method: Literal["rtn", "gptq"] = "rtn"
     observer: Literal["auto", "minmax", "percentile", "mse"] = "auto"
     percentile: float = 99.99
-    calibration: Literal["example", "single-step", "all-steps"] = "example"
+    calibration: Literal["auto", "example", "data", "single-step", "all-steps"] = "auto"
     calibration_batches: int = 4
-    calibration_steps: int = 20
+    calibration_steps: int = 0  # sampler steps; 0 = the workload's
     smoothquant: float = 0.0
     smooth_threshold: float = 8.0
     average_bits: float = 0.0
     keep_float: tuple[str, ...] = TIME_MODULES
     keep_input_layer: bool = True
+    quantize_head: bool = False
     skip: tuple[str, ...] = ()
     min_sqnr_db: float = 10.0
     seed: int = 0
@@ -93,8 +107,11 @@ class PTQConfig(PassConfig):
             raise ConfigError(f"average_bits must be 0 (off) or in [4, 8], got {self.average_bits}")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.calibration_batches < 1 or self.calibration_steps < 1:
-            raise ConfigError("calibration_batches and calibration_steps must be >= 1")
+        if self.calibration_batches < 1 or self.calibration_steps < 0:
+            raise ConfigError(
+                f"calibration_batches must be >= 1 and calibration_steps >= 0 (0 = the workload's), got "
+                f"{self.calibration_batches}, {self.calibration_steps}"
+            )
 
     def observer_kind(self) -> ObserverKind:
         """The observer `auto` stands for with this calibration (see the module docstring)."""
@@ -123,7 +140,7 @@ class PostTrainingQuantization(Pass):
     def run(self, program: Program) -> PassResult:
         cfg: PTQConfig = self.config  # type: ignore[assignment]
         sites, skipped = find_sites(program, tuple(cfg.skip) + tuple(cfg.keep_float))
-        if cfg.keep_input_layer and program.meta.get("sampler"):
+        if cfg.keep_input_layer and program.workload.diffusion is not None:
             inputs = {s.node.name for s in sites if reads_model_input(program, s)}
             skipped += [
                 (s.path, "reads the noisy input x_t (keep_input_layer)")
@@ -131,6 +148,9 @@ class PostTrainingQuantization(Pass):
                 if s.node.name in inputs
             ]
             sites = [s for s in sites if s.node.name not in inputs]
+        if not cfg.quantize_head:
+            sites, heads = split_output_heads(program, sites)
+            skipped += heads
         if cfg.abits == 16:
             skipped += [
                 (s.path, "convolution: weight-only kernels cover Linear layers")
@@ -198,7 +218,31 @@ class PostTrainingQuantization(Pass):
         )
         if skipped:
             figures["kept_float"] = Figure("; ".join(f"{p}: {why}" for p, why in skipped))
-        return PassResult(program, modified=bool(sites), figures=figures)
+        plans = {s.path: effective_plan(s, cfg.plan(bits_by_site.get(s.node.name))) for s in sites}
+        short = [f"{s.path}: {note}" for s in sites if (note := short_group_note(s, plans[s.path]))]
+        if short:
+            figures["short_groups"] = Figure("; ".join(short))
+        hint = self._hint(plans, _spread(batches, 4))
+        return PassResult(program, modified=bool(sites), figures=figures, hint=hint)
+
+    def _hint(self, plans: dict[str, LayerPlan], batches: list) -> Callable[[Program], str]:  # type: ignore[type-arg]
+        """What to try when the output misses `min_sqnr_db` (a `PassResult.hint`)."""
+        cfg: PTQConfig = self.config  # type: ignore[assignment]
+
+        def hint(before: Program) -> str:
+            worst = worst_layers(before, plans, batches, 3, cfg.observer_kind(), cfg.percentile)
+            options = []
+            if cfg.abits == 8 and not cfg.smoothquant:
+                options.append("smoothquant=0.5 (activation outliers)")
+            if cfg.abits == 8:
+                options.append("abits=16 (weight-only)")
+            if cfg.wbits == 4:
+                options.append("wbits=8")
+            options.append(f"keep_float={list(cfg.keep_float) + [p for p, _ in worst]}")
+            options.append(f"min_sqnr_db below {cfg.min_sqnr_db:g}")
+            return sqnr_floor_hint(worst, options)
+
+        return hint
 
     def _mixed_precision(
         self, program: Program, sites: list[QuantSite], stats, batches, figures

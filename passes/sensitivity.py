@@ -1,8 +1,8 @@
 """`sensitivity`: SQNR sensitivity analysis (SQNR-based PTQ of latent diffusion models).
 
 For each quantizable layer and each block: the SQNR (dB) of the model's output when only that
-layer / block is quantized at `wbits` / `abits`, against the float output. For zoo diffusion
-models calibrated over the sampler's steps (`calibration = "all-steps"`) the block figures are
+layer / block is quantized at `wbits` / `abits`, against the float output. For diffusion
+models (a Workload with a sampler) calibrated over the sampler's steps (`calibration = "all-steps"`) the block figures are
 kept per timestep, which shows the time-sensitive blocks. Candidates reuse one float run's
 intermediate values (see `optkit.quant.sensitivity`); the speed-up against the naive way is
 reported.
@@ -19,7 +19,7 @@ from typing import Literal
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, register_pass
-from optkit.quant.calibration import calibration_batches
+from optkit.quant.calibration import calibration_batches, resolve_mode
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.rewrite import LayerPlan, collect_act_stats
 from optkit.quant.sensitivity import block_candidates, measure
@@ -36,17 +36,20 @@ class SensitivityConfig(PassConfig):
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int = 64
     observer: Literal["minmax", "percentile", "mse"] = "percentile"
-    calibration: Literal["example", "single-step", "all-steps"] = "example"
+    calibration: Literal["auto", "example", "data", "single-step", "all-steps"] = "auto"
     calibration_batches: int = 1
-    calibration_steps: int = 20
+    calibration_steps: int = 0  # sampler steps; 0 = the workload's
     level: Literal["layer", "block", "both"] = "both"
     skip: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.granularity == "group" and (self.group_size <= 0 or self.group_size % 8):
             raise ConfigError(f"group_size must be a positive multiple of 8, got {self.group_size}")
-        if self.calibration_batches < 1 or self.calibration_steps < 1:
-            raise ConfigError("calibration_batches and calibration_steps must be >= 1")
+        if self.calibration_batches < 1 or self.calibration_steps < 0:
+            raise ConfigError(
+                f"calibration_batches must be >= 1 and calibration_steps >= 0 (0 = the workload's), got "
+                f"{self.calibration_batches}, {self.calibration_steps}"
+            )
 
 
 @register_pass("sensitivity", SensitivityConfig)
@@ -64,7 +67,7 @@ class Sensitivity(Pass):
         )
         stats = collect_act_stats(program, sites, batches, cfg.observer, 99.99) if cfg.abits == 8 else {}
         result_figures: dict[str, Figure] = {}
-        data: dict[str, object] = {"wbits": cfg.wbits, "abits": cfg.abits, "calibration": cfg.calibration}
+        data: dict[str, object] = {"wbits": cfg.wbits, "abits": cfg.abits, "calibration": resolve_mode(program, cfg.calibration)}
         seconds = naive = 0.0
         if cfg.level in ("layer", "both"):
             layers = measure(program, {s.path: [s.node.name] for s in sites}, lambda s: plan, stats, batches)
@@ -76,7 +79,9 @@ class Sensitivity(Pass):
             candidates = block_candidates(program, sites)
             blocks = measure(program, candidates, lambda s: plan, stats, batches)
             data["blocks"] = sorted(blocks.sqnr.items(), key=lambda kv: kv[1])
-            steps = cfg.calibration_steps if cfg.calibration == "all-steps" else 1
+            diffusion = program.workload.diffusion
+            all_steps = resolve_mode(program, cfg.calibration) == "all-steps" and diffusion is not None
+            steps = (cfg.calibration_steps or diffusion.steps) if all_steps and diffusion else 1
             # (block, step) matrix: mean over seeds of the SQNR at each step.
             data["block_steps"] = {
                 b: [

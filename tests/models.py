@@ -6,6 +6,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from optkit.sampling import SamplerSpec
+from optkit.workload import Diffusion, Workload
+
 
 class ConvNet(nn.Module):
     """Two conv blocks and a linear head."""
@@ -113,3 +116,8 @@ def recommender() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 def data_dependent() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return DataDependent(), (torch.randn(2, 4),)
+
+
+def diffusion_workload(sampler: str = "ddim", guidance_scale: float = 1.0, null_cond: tuple[str, ...] = ()) -> Workload:
+    """A Workload sampling a denoiser `(x, t, *cond)` with `sampler` (20 steps)."""
+    return Workload(diffusion=Diffusion(SamplerSpec(sampler), 20, guidance_scale, null_cond))

@@ -3,12 +3,12 @@
 `profile` measures how much each block's output changes between sampler steps, `schedule`
 turns that into per-block recompute/reuse flags (the paper's threshold policy and baselines),
 `alignment` fits the per-channel scale-shift of reused values, `variants` builds the step
-Programs in which reused blocks are cut out, and `runner` drives the zoo's samplers through them.
+Programs in which reused blocks are cut out, and `runner` drives a Workload's sampler through them.
 """
 
 from optkit.caching.alignment import ScaleShift, fit_alignment, fit_scale_shift
 from optkit.caching.profile import ChangeProfile, block_change_profile
-from optkit.caching.runner import SAMPLERS, CachedSampler, cached_sample, uncached_sample
+from optkit.caching.runner import CachedSampler, cached_sample, uncached_sample
 from optkit.caching.schedule import (
     POLICIES,
     CacheSchedule,
@@ -23,7 +23,6 @@ from optkit.caching.variants import CacheUnit, StepVariant, cache_units, residua
 
 __all__ = [
     "POLICIES",
-    "SAMPLERS",
     "CacheSchedule",
     "CacheUnit",
     "CachedSampler",

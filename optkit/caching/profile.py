@@ -23,6 +23,7 @@ from optkit.caching.schedule import uniform_schedule
 from optkit.caching.variants import CacheUnit
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
+from optkit.sampling import SamplerSpec
 
 
 @dataclass
@@ -47,7 +48,7 @@ def block_change_profile(
     program: Program,
     units: Sequence[CacheUnit],
     *,
-    sampler: str,
+    sampler: str | SamplerSpec,
     steps: int,
     seeds: Sequence[int],
     shape: Sequence[int] | None = None,
@@ -61,7 +62,7 @@ def block_change_profile(
     `shape` and `cond` default to the Program's example inputs (`x, t, *cond`). Returns the
     profile with the change averaged over seeds and lanes (CFG branches, batch chunks).
     """
-    check_sampler(sampler)
+    sampler = check_sampler(sampler)
     if steps < 2:
         raise ConfigError(f"a change profile needs at least 2 sampler steps, got {steps}")
     if not seeds:
@@ -98,4 +99,4 @@ def block_change_profile(
         p: [[torch.cat(parts) for parts in zip(*values[p][s], strict=True)] for s in range(steps)]
         for p in paths
     }
-    return ChangeProfile(paths, steps, sampler, change, stacked)
+    return ChangeProfile(paths, steps, sampler.label, change, stacked)

@@ -1,9 +1,9 @@
-"""The cached sampler runner: drives the zoo's samplers through the step variants of a schedule.
+"""The cached sampler runner: drives a sampler through the step variants of a schedule.
 
 Block Caching (Wimbauer et al., CVPR 2024) at inference: at every sampler step each block either
 recomputes (and, when a later step will reuse it, writes its value to the cache) or reuses the
-cached value after scale-shift alignment. `CachedSampler.denoiser` is the callable the zoo's
-`sample` calls: it finds the step, picks the step variant (a Program, see `variants.py`), feeds
+cached value after scale-shift alignment. `CachedSampler.denoiser` is the callable
+`optkit.sampling.sample` calls: it finds the step, picks the step variant (a Program, see `variants.py`), feeds
 it the cached values and stores the values it returns.
 
 Steps and classifier-free guidance: the captured Program has the static batch B of its example
@@ -28,19 +28,17 @@ from optkit.caching.variants import CacheUnit, StepVariant, cache_units, residua
 from optkit.errors import ConfigError, OptkitError
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
-from optkit.zoo.samplers import SAMPLERS, SampleFn
-from optkit.zoo.samplers import sample as zoo_sample
+from optkit.sampling import SampleFn, SamplerSpec, as_spec
+from optkit.sampling import sample as plain_sample
 
 log = logging.getLogger(__name__)
 
 Lane = tuple[int, int]
 
 
-def check_sampler(name: str) -> str:
-    """Return `name` if it is a zoo sampler the cache pass knows, else raise `ConfigError`."""
-    if name not in SAMPLERS:
-        raise ConfigError(f"unknown sampler {name!r}; the cache pass knows {', '.join(SAMPLERS)}")
-    return name
+def check_sampler(sampler: str | SamplerSpec) -> SamplerSpec:
+    """`sampler` as a SamplerSpec, or a `ConfigError` naming the samplers there are."""
+    return as_spec(sampler)
 
 
 class CachedSampler:
@@ -70,6 +68,7 @@ class CachedSampler:
         self.alignment = dict(alignment or {})
         self.record = record
         self.batch = int(program.example_inputs[0].shape[0])
+        self._t_dtype = program.example_inputs[1].dtype
         self._residual = residual_form(program, self.units)
         self._variants: dict[tuple[tuple[str, ...], tuple[str, ...]], StepVariant] = {}
         self.values: dict[Lane, list[dict[str, list[torch.Tensor]]]] = {}
@@ -123,12 +122,13 @@ class CachedSampler:
         return self._step
 
     def denoiser(self, x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
-        """The denoiser callable for the zoo's `sample`: `(x, t, *cond) -> prediction`."""
+        """The denoiser callable for `optkit.sampling.sample`: `(x, t, *cond) -> prediction`."""
         if x.shape[0] % self.batch:
             raise ConfigError(
                 f"batch {x.shape[0]} is not a multiple of the captured batch {self.batch} of {self.program.name}"
             )
         step = self._advance(t[: self.batch])
+        t = t.to(self._t_dtype)
         variant = self.variant(step)
         outs = []
         for chunk, start in enumerate(range(0, x.shape[0], self.batch)):
@@ -161,21 +161,21 @@ class CachedSampler:
         self,
         shape: Sequence[int],
         *,
-        sampler: str,
+        sampler: str | SamplerSpec,
         seed: int,
         cond: tuple[torch.Tensor, ...] = (),
         uncond: tuple[torch.Tensor, ...] | None = None,
         guidance_scale: float = 1.0,
         sample_fn: SampleFn | None = None,
     ) -> torch.Tensor:
-        """One cached sampling run of `schedule.steps` steps with the zoo sampler `sampler`."""
-        check_sampler(sampler)
+        """One cached sampling run of `schedule.steps` steps with `sampler`."""
+        spec = check_sampler(sampler)
         self.reset()
-        fn = sample_fn or zoo_sample
+        fn = sample_fn or plain_sample
         return fn(
             self.denoiser,
             tuple(shape),
-            sampler=sampler,
+            sampler=spec,
             steps=self.schedule.steps,
             seed=seed,
             cond=cond,
@@ -188,7 +188,7 @@ def uncached_sample(
     program: Program,
     shape: Sequence[int],
     *,
-    sampler: str,
+    sampler: str | SamplerSpec,
     steps: int,
     seed: int,
     cond: tuple[torch.Tensor, ...] = (),
@@ -196,7 +196,7 @@ def uncached_sample(
     guidance_scale: float = 1.0,
     sample_fn: SampleFn | None = None,
 ) -> torch.Tensor:
-    """The reference: the zoo sampler driving `program.run` in chunks of its captured batch."""
+    """The reference: `sampler` driving `program.run` in chunks of its captured batch."""
     runner = CachedSampler(program, uniform_schedule([], steps, 1), [])
     return runner.sample(
         shape,
@@ -224,8 +224,8 @@ def cached_sample(
     shape: Sequence[int] | None = None,
     cond: tuple[torch.Tensor, ...] | None = None,
     uncond: tuple[torch.Tensor, ...] | None = None,
-    guidance_scale: float = 1.0,
-    sampler: str | None = None,
+    guidance_scale: float | None = None,
+    sampler: str | SamplerSpec | None = None,
     alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
     sample_fn: SampleFn | None = None,
 ) -> torch.Tensor:
@@ -233,23 +233,38 @@ def cached_sample(
 
     Without `schedule`, the schedule, the alignment and the cache settings the `cache` pass
     recorded in `program.annotations` are used (a ConfigError says so when there are none).
-    `shape` and `cond` default to the Program's example inputs (`x, t, *cond`), `sampler` to
-    the pass's or `program.meta["sampler"]`.
+    `shape` and `cond` default to the Program's example inputs (`x, t, *cond`); `sampler`,
+    `guidance_scale` and the null condition to those the pass used (the workload's).
     """
     data = program.annotations.figures.get("cache", {})
     if schedule is None:
         schedule = CacheSchedule.from_annotation(program.annotations.cache_schedule)
         if alignment is None and data.get("alignment"):
             alignment = alignment_from_data(data["alignment"])
-    sampler = check_sampler(sampler or data.get("sampler") or program.meta.get("sampler") or "")
+    diffusion = program.workload.diffusion
+    if sampler is None:
+        if data.get("sampler_spec"):
+            sampler = SamplerSpec.from_dict(data["sampler_spec"])
+        elif diffusion is not None:
+            sampler = diffusion.sampler
+        else:
+            raise ConfigError(f"{program.name} has no sampler: give `sampler` or a workload with [diffusion]")
+    spec = check_sampler(sampler)
     units = cache_units(program, data.get("block_pattern") or None, data.get("mode", "residual"))
     x, _t, *example_cond = program.example_inputs
+    cond = tuple(cond) if cond is not None else tuple(example_cond)
+    if guidance_scale is None:
+        guidance_scale = float(data.get("guidance_scale", diffusion.guidance_scale if diffusion else 1.0))
+    if uncond is None and guidance_scale > 1 and cond:
+        if diffusion is None:
+            raise ConfigError(f"guidance needs the null condition: give `uncond` or a workload with [diffusion]")
+        uncond = diffusion.null_condition(cond)
     runner = CachedSampler(program, schedule, units, alignment)
     return runner.sample(
         tuple(shape) if shape is not None else tuple(x.shape),
-        sampler=sampler,
+        sampler=spec,
         seed=seed,
-        cond=tuple(cond) if cond is not None else tuple(example_cond),
+        cond=cond,
         uncond=uncond,
         guidance_scale=guidance_scale,
         sample_fn=sample_fn,

@@ -65,7 +65,7 @@ def lower(
     from optkit.backends import lower as lower_program
     from optkit.backends.targets import resolve_target
     from optkit.cli.main import _steps
-    from optkit.ir.refs import load_program_ref
+    from optkit.refs import load_program_ref
 
     resolve_target(target)  # fail on a bad target or missing nvcc before loading the model
     if output.exists() and any(output.iterdir()) and not overwrite:

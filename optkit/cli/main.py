@@ -97,6 +97,8 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
 @options.output
 @options.overwrite
 @options.trust_pickle
+@options.workload
+@options.calib
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export and its check in ONNX Runtime.")
 @click.option(
     "--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure."
@@ -110,6 +112,8 @@ def optimize(
     output: Path,
     overwrite: bool,
     trust_pickle: bool,
+    workload_path: Path | None,
+    calib_path: Path | None,
     no_onnx: bool,
     repeats: int,
 ) -> None:
@@ -134,6 +138,8 @@ def optimize(
             onnx=not no_onnx,
             repeats=repeats,
             progress=step,
+            workload=workload_path,
+            calib=calib_path,
         )
     _emit(ctx, report, output)
 
@@ -157,12 +163,15 @@ def optimize(
 )
 @click.option(
     "--calibration",
-    type=click.Choice(["example", "single-step", "all-steps"]),
-    default=None,
-    help="Inputs for sensitivity (default: all-steps for zoo diffusion models, else example).",
+    type=click.Choice(["auto", "example", "data", "single-step", "all-steps"]),
+    default="auto",
+    show_default=True,
+    help="Inputs for sensitivity (auto: --calib data if given, else all sampler steps if the workload samples, else example).",
 )
 @options.overwrite
 @options.trust_pickle
+@options.workload
+@options.calib
 @click.pass_context
 def analyze(
     ctx: click.Context,
@@ -172,23 +181,18 @@ def analyze(
     sensitivity: bool,
     wbits: str,
     abits: str,
-    calibration: str | None,
+    calibration: str,
     overwrite: bool,
     trust_pickle: bool,
+    workload_path: Path | None,
+    calib_path: Path | None,
 ) -> None:
     """Summarize MODEL: FLOPs, bytes and parameters per block, op counts (also .onnx files)."""
     from optkit.api import analyze_file
 
     probe: dict[str, Any] | None = None
     if sensitivity:
-        probe = {"wbits": int(wbits), "abits": int(abits)}
-        if calibration:
-            probe["calibration"] = calibration
-        elif model.startswith("zoo:"):
-            from optkit.zoo.registry import get_model
-
-            if get_model(model.split(":")[1]).sampler:
-                probe["calibration"] = "all-steps"
+        probe = {"wbits": int(wbits), "abits": int(abits), "calibration": calibration}
     with _steps(ctx, f"analyze {model}") as step:
         step("capture" + (" + sensitivity" if sensitivity else ""))
         report = analyze_file(
@@ -198,6 +202,8 @@ def analyze(
             block_pattern=block_pattern,
             overwrite=overwrite,
             sensitivity=probe,
+            workload=workload_path,
+            calib=calib_path,
         )
     if ctx.obj["json"]:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))

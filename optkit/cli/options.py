@@ -24,6 +24,20 @@ trust_pickle = click.option(
 )
 size = click.option("--size", default="tiny", show_default=True, help="Zoo model size (tiny, small).")
 seed = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
+workload = click.option(
+    "--workload",
+    "workload_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="TOML file saying how the model is driven: inputs, [diffusion] sampler, [calibration], metric.",
+)
+calib = click.option(
+    "--calib",
+    "calib_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Calibration data: a .npz/.safetensors of input batches, a folder of images, or a .npy/.txt of token ids.",
+)
 
 
 def split_passes(value: str | None) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -50,12 +50,20 @@ _DIAGNOSES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def capture(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, name: str = "model") -> Program:
-    """Capture `model` called on `example_inputs` into a Program.
+def capture(
+    model: nn.Module,
+    example_inputs: Sequence[Any] | torch.Tensor = (),
+    name: str = "model",
+    *,
+    kwargs: Mapping[str, Any] | None = None,
+) -> Program:
+    """Capture `model` called on `example_inputs` (and keyword `kwargs`) into a Program.
 
-    `example_inputs` are the positional tensors of `model.forward`; bind flags such as
-    `return_dict` before capture. The model is put in eval mode. Raises `CaptureError` naming
-    the failing construct and module path when `torch.export` cannot trace the model.
+    `example_inputs` are positional tensors of `model.forward`. Keyword inputs are bound by
+    name: tensor keywords become graph inputs after the positional ones, in the order given
+    (`program.input_names()` lists them), and non-tensor keywords (`return_dict=False`) are
+    fixed at their value. The model is put in eval mode. Raises `CaptureError` naming the
+    failing construct and module path when `torch.export` cannot trace the model.
     """
     if not isinstance(model, nn.Module):
         raise ConfigError(f"capture needs a torch.nn.Module, got {type(model).__name__}")
@@ -64,21 +72,60 @@ def capture(model: nn.Module, example_inputs: Sequence[Any] | torch.Tensor, name
         if not isinstance(value, torch.Tensor):
             raise ConfigError(
                 f"example input {i} is a {type(value).__name__}; capture takes tensors only "
-                "(bind non-tensor arguments such as flags before capture, e.g. with functools.partial)"
+                "(pass flags such as return_dict as keyword inputs, or bind them with functools.partial)"
             )
+    keywords = dict(kwargs or {})
+    for key, value in keywords.items():
+        if isinstance(value, (list, tuple, dict)) and any(isinstance(v, torch.Tensor) for v in _leaves(value)):
+            raise ConfigError(f"keyword input {key!r} nests tensors in a {type(value).__name__}; give tensors directly")
+    if not inputs and not any(isinstance(v, torch.Tensor) for v in keywords.values()):
+        raise ConfigError("capture needs at least one example input tensor")
     model = model.eval()
     tracker = _ModuleTracker(model)
     try:
         with warnings.catch_warnings(), tracker:
             warnings.simplefilter("ignore")
-            exported = torch.export.export(model, inputs, strict=False)
+            exported = torch.export.export(model, inputs, keywords, strict=False)
     except Exception as err:  # torch raises many unrelated types here; all become CaptureError
         raise _capture_error(err, tracker.failed_at, type(model).__name__) from err
     gm = exported.module()
     _drop_guards(gm)
+    tensors = inputs
+    if keywords:
+        tensors = positional_inputs(gm, (inputs, keywords))
     _drop_unread_weights(gm)
     log.info("captured %s: %d nodes", name, len(gm.graph.nodes))
-    return Program(gm, tuple(t.detach().clone() for t in inputs), Annotations(), name)
+    return Program(gm, tuple(t.detach().clone() for t in tensors), Annotations(), name)
+
+
+def positional_inputs(gm: fx.GraphModule, args_and_kwargs: Any) -> tuple[torch.Tensor, ...]:
+    """Make an exported module positional: its graph inputs are the tensor leaves of
+    `(args, kwargs)` in pytree order; non-tensor inputs (fixed at export) are dropped. Returns
+    the tensors in the new input order."""
+    leaves = torch.utils._pytree.tree_leaves(args_and_kwargs)
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if len(leaves) != len(placeholders):
+        raise CaptureError(
+            f"the exported graph has {len(placeholders)} inputs for {len(leaves)} example values; "
+            "give tensors and flags only"
+        )
+    tensors = []
+    for node, value in zip(placeholders, leaves, strict=True):
+        if isinstance(value, torch.Tensor):
+            tensors.append(value)
+        elif node.users:
+            raise CaptureError(f"input {node.target!r} is a {type(value).__name__} the graph computes with")
+        else:
+            gm.graph.erase_node(node)
+    gm.graph.set_codegen(fx.graph.CodeGen())  # plain positional forward(self, *inputs)
+    gm._forward_pre_hooks.clear()  # export's input check expects the original (args, kwargs)
+    gm.graph.lint()
+    gm.recompile()
+    return tuple(tensors)
+
+
+def _leaves(value: Any) -> list[Any]:
+    return torch.utils._pytree.tree_leaves(value)
 
 
 def _drop_guards(gm: fx.GraphModule) -> None:

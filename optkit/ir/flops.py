@@ -200,23 +200,32 @@ def flops_by_block(program: Program, pattern: str | None = None) -> dict[str, in
     return result
 
 
+def tensor_key(t: torch.Tensor) -> tuple[Any, ...]:
+    """Identity of a tensor's values in memory: storage, offset, shape, strides, dtype. Two names
+    with one key are one tensor (tied weights)."""
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+
+
+def unique_parameters(program: Program) -> dict[str, torch.Tensor]:
+    """The parameters and buffers of the graph, each tensor once: names that alias one tensor
+    (tied weights — an embedding table read by the output head — whether one Parameter under
+    two names or two Parameters viewing the same storage) keep the first name."""
+    unique: dict[tuple[Any, ...], tuple[str, torch.Tensor]] = {}
+    for name, t in program.parameters().items():
+        unique.setdefault(tensor_key(t) if t.numel() else (name,), (name, t))
+    return dict(unique.values())
+
+
 def parameter_bytes(program: Program) -> int:
-    """Bytes of the parameters and buffers the graph holds."""
-    seen: set[int] = set()
-    total = 0
-    for t in program.parameters().values():
-        if id(t) not in seen:
-            seen.add(id(t))
-            total += t.numel() * t.element_size()
-    return total
+    """Bytes of the parameters and buffers the graph holds, tied weights once."""
+    return sum(t.numel() * t.element_size() for t in unique_parameters(program).values())
 
 
 def parameter_count(program: Program) -> int:
     """Elements of the parameters and buffers the graph holds: float weights, and the integer
     weights and scales a quantization pass stores as buffers (a packed int4 element holds two
-    weights)."""
-    unique = {id(t): t for t in program.parameters().values()}
-    return sum(t.numel() for t in unique.values())
+    weights). Tied weights count once."""
+    return sum(t.numel() for t in unique_parameters(program).values())
 
 
 def peak_activation_bytes(program: Program) -> int:

@@ -24,6 +24,7 @@ import torch.fx as fx
 
 from optkit.errors import ConfigError
 from optkit.ir.ops import OP_KINDS, op_kind, op_name
+from optkit.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -98,19 +99,21 @@ def _within(path: str, prefix: str) -> bool:
 
 @dataclass
 class Program:
-    """A captured model: GraphModule + example inputs + annotations.
+    """A captured model: GraphModule + example inputs + annotations + Workload.
 
     Passes take a Program and return a new one (`clone()` first); they never reach back into
-    the original `nn.Module`. `run(*inputs)` executes the graph.
+    the original `nn.Module`. `run(*inputs)` executes the graph. The `workload` says how the
+    model is driven and calibrated (sampler, calibration data, metric); passes read it and
+    nothing else about the model's use. `meta` records where the model came from
+    (`{"zoo": "dit", "size": "tiny", "task": "diffusion-image"}`), for people and reports only.
     """
 
     graph_module: fx.GraphModule
     example_inputs: tuple[torch.Tensor, ...]
     annotations: Annotations = field(default_factory=Annotations)
     name: str = "model"
-    # Where the model came from and how it is driven: {"zoo": "dit", "size": "tiny",
-    # "task": "diffusion-image", "sampler": "ddim"} for zoo models; JSON-serializable.
     meta: dict[str, Any] = field(default_factory=dict)
+    workload: Workload = field(default_factory=Workload)
 
     # -- execution -------------------------------------------------------------------------
     def run(self, *inputs: torch.Tensor) -> Any:
@@ -148,7 +151,18 @@ class Program:
             Annotations.from_dict(self.annotations.to_dict()),
             self.name,
             copy.deepcopy(self.meta),
+            self.workload,
         )
+
+    def input_names(self) -> list[str]:
+        """The graph's input names, in order (the forward's argument names at capture)."""
+        return [str(n.target) for n in self.graph.nodes if n.op == "placeholder"]
+
+    def with_workload(self, workload: Workload) -> Program:
+        """Set `workload` after checking it fits this Program's inputs; returns self."""
+        workload.check(self.input_names(), self.example_inputs)
+        self.workload = workload
+        return self
 
     @property
     def graph(self) -> fx.Graph:

@@ -1,7 +1,7 @@
 """Save and load a Program: `.pt2` (torch.export archive) plus a JSON sidecar of annotations.
 
 The sidecar (`NAME.pt2.json`) records the optkit and torch versions that wrote the file, the
-Program's name and its annotations; loading a file written by another major optkit format is
+Program's name, its annotations and its Workload; loading a file written by another major optkit format is
 refused with a clear error rather than guessed at.
 """
 
@@ -17,9 +17,10 @@ import torch
 
 from optkit.errors import ArtifactError
 from optkit.fsutil import atomic_file
-from optkit.ir.capture import _drop_guards
+from optkit.ir.capture import _drop_guards, positional_inputs
 from optkit.ir.program import Annotations, Program
 from optkit.quant import ops as _quant_ops  # noqa: F401  (registers torch.ops.optkit.* before torch.export.load)
+from optkit.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def save_program(program: Program, path: str | Path) -> Path:
         "torch": torch.__version__,
         "name": program.name,
         "meta": program.meta,
+        "workload": program.workload.to_dict(),
         "annotations": program.annotations.to_dict(),
     }
     with atomic_file(sidecar_path(path)) as tmp:
@@ -67,7 +69,7 @@ def load_program(path: str | Path) -> Program:
         raise ArtifactError(
             f"{path} is not a readable torch.export archive ({type(err).__name__}: {err})"
         ) from err
-    annotations, name, meta = Annotations(), path.stem, {}
+    annotations, name, meta, workload = Annotations(), path.stem, {}, Workload()
     side = sidecar_path(path)
     if side.exists():
         try:
@@ -81,14 +83,14 @@ def load_program(path: str | Path) -> Program:
         annotations = Annotations.from_dict(sidecar.get("annotations", {}))
         name = sidecar.get("name", name)
         meta = sidecar.get("meta", {})
-    args, kwargs = exported.example_inputs or ((), {})
-    if kwargs:
-        raise ArtifactError(
-            f"{path} was exported with keyword inputs {sorted(kwargs)}; optkit needs positional tensors"
-        )
+        workload = Workload.from_dict(sidecar.get("workload", {}))
+    if exported.example_inputs is None:
+        raise ArtifactError(f"{path} holds no example inputs; re-export it with torch.export.export(model, args)")
+    args, kwargs = exported.example_inputs
     gm = exported.module()
     _drop_guards(gm)
-    return Program(gm, tuple(args), annotations, name, meta)
+    inputs = positional_inputs(gm, (args, kwargs)) if kwargs else tuple(args)
+    return Program(gm, inputs, annotations, name, meta).with_workload(workload)
 
 
 def _optkit_version() -> str:

@@ -5,6 +5,12 @@ first), because that is what both the int8 GEMM (`torch._int_mm(x_q (M, K), w_q 
 ONNX Runtime's int4 kernel (`MatMulNBits`, blocks along K) read. Groups run along K; a
 "channel" is an output column N. Symmetric grids are signed (int8: -128..127, int4: -8..7)
 with zero point 0; asymmetric grids are unsigned (0..255, 0..15) with a zero point.
+
+When the group size does not divide K, the last group is short: the weight is quantized as if
+its input channels were zero-padded to a multiple of the group size — exact, because every
+range contains 0, so the padding changes no scale — and only the K real rows are stored. Scales
+and zero points then have ceil(K / group_size) rows, and input channel k reads group
+k // group_size: the layout of ONNX's blocked DequantizeLinear and of `MatMulNBits`.
 """
 
 from __future__ import annotations
@@ -82,29 +88,35 @@ def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, spec
     return dequantize(quantize(x, scale, zero, spec), scale, zero)
 
 
-def weight_ranges(w_kn: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min and max of a (K, N) weight per quantization unit, broadcastable to (K, N).
+def num_groups(k: int, group_size: int) -> int:
+    """Groups along K input channels: ceil(K / group_size) (the last one short when it does not divide)."""
+    return -(-k // group_size)
 
-    tensor: (1, 1); channel: (1, N); group: (K // group_size, 1, N) against the weight viewed
-    as (K // group_size, group_size, N).
+
+def weight_ranges(w_kn: torch.Tensor, spec: QuantSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max of a (K, N) weight per quantization unit, broadcastable to `group_view(w_kn)`.
+
+    tensor: (1, 1); channel: (1, N); group: (G, 1, N) against the weight viewed as
+    (G, group_size, N), G = ceil(K / group_size), a short last group zero-padded.
     """
-    k, _n = w_kn.shape
     if spec.granularity == "tensor":
         return w_kn.min().reshape(1, 1), w_kn.max().reshape(1, 1)
     if spec.granularity == "channel":
         return w_kn.amin(0, keepdim=True), w_kn.amax(0, keepdim=True)
-    if k % spec.group_size:
-        raise ConfigError(f"group_size {spec.group_size} does not divide the {k} input channels")
-    g = w_kn.reshape(k // spec.group_size, spec.group_size, -1)
+    g = group_view(w_kn, spec)
     return g.amin(1, keepdim=True), g.amax(1, keepdim=True)
 
 
 def group_view(w_kn: torch.Tensor, spec: QuantSpec) -> torch.Tensor:
-    """`w_kn` reshaped so that `weight_ranges`' results broadcast against it."""
+    """`w_kn` as (G, group_size, N) for group granularity, zero rows padding a short last
+    group (unchanged for tensor and channel granularity)."""
     if spec.granularity != "group":
         return w_kn
     k = w_kn.shape[0]
-    return w_kn.reshape(k // spec.group_size, spec.group_size, -1)
+    pad = num_groups(k, spec.group_size) * spec.group_size - k
+    if pad:
+        w_kn = torch.cat([w_kn, w_kn.new_zeros(pad, *w_kn.shape[1:])])
+    return w_kn.reshape(-1, spec.group_size, *w_kn.shape[1:])
 
 
 def sqnr_db(reference: torch.Tensor, test: torch.Tensor) -> float:

@@ -9,6 +9,10 @@ statistics and GPTQ Hessians come from calibration runs of the float Program. Ke
 | int4 or int8 group-wise | int8 | `act_qdq` + `linear_wq` (activations on the int8 grid, W4A8) |
 | any | 16 (float) | `linear_wq` (weight-only, W4A16 / W8A16) |
 | conv, int8 per-channel | int8 | `conv2d_w8a8` (int4 conv weights are stored as int8) |
+
+Every Linear is covered whatever its width: a group size that does not divide the input
+channels leaves a short last group (`optkit.quant.numerics`), and a 4-bit layer with an odd
+number of outputs is stored as int8 (`effective_plan`).
 """
 
 from __future__ import annotations
@@ -107,6 +111,18 @@ def effective_plan(site: QuantSite, plan: LayerPlan) -> LayerPlan:
     return plan
 
 
+def short_group_note(site: QuantSite, plan: LayerPlan) -> str | None:
+    """How `plan`'s groups fall on `site`'s input channels when the group size does not divide
+    them (the last group is short, quantized as if zero-padded); None when it divides."""
+    spec = effective_plan(site, plan).weight
+    k = site.in_features
+    if site.kind != "linear" or spec.granularity != "group" or k % spec.group_size == 0:
+        return None
+    full, rest = divmod(k, spec.group_size)
+    groups = f"{full} group{'s' if full > 1 else ''} of {spec.group_size} + " if full else ""
+    return f"{k} input channels in {groups}a short group of {rest}"
+
+
 def quantize_site(
     program: Program,
     site: QuantSite,
@@ -114,10 +130,12 @@ def quantize_site(
     stats: ActStats | None,
     hessian: torch.Tensor | None = None,
     weight_kn: torch.Tensor | None = None,
+    damp: float = 0.01,
 ) -> int:
     """Rewrite one site to its quantized kernel; returns the bytes of the stored weight tensors.
 
-    `weight_kn` overrides the site's weight (after SmoothQuant rebalancing).
+    `weight_kn` overrides the site's weight (after SmoothQuant rebalancing); with a `hessian`,
+    weights are rounded by GPTQ with dampening `damp`.
     """
     w_kn = (
         weight_kn if weight_kn is not None else (site.weight.t().float() if site.kind == "linear" else None)
@@ -127,12 +145,10 @@ def quantize_site(
         return _quantize_conv(program, site, stats, bias)
     assert w_kn is not None
     plan = effective_plan(site, plan)
-    spec = plan.weight
-    if spec.granularity == "group" and w_kn.shape[0] % spec.group_size:
-        spec = QuantSpec(spec.bits, spec.symmetric, "channel")  # group does not divide K: per-channel
+    spec = plan.weight  # a group size that does not divide K leaves a short last group
     use_int_gemm = plan.abits == 8 and spec.bits == 8 and spec.symmetric and spec.granularity != "group"
     qw = (
-        quantize_gptq(w_kn, hessian, spec)
+        quantize_gptq(w_kn, hessian, spec, damp)
         if hessian is not None and spec.granularity != "tensor"
         else quantize_rtn(w_kn, spec)
     )

@@ -12,13 +12,21 @@ from dataclasses import dataclass
 import torch
 
 from optkit.errors import ConfigError
-from optkit.quant.numerics import QuantSpec, dequantize, group_view, quantize, scale_zero, weight_ranges
+from optkit.quant.numerics import (
+    QuantSpec,
+    dequantize,
+    group_view,
+    num_groups,
+    quantize,
+    scale_zero,
+    weight_ranges,
+)
 from optkit.quant.packing import pack_int4
 
 
 @dataclass
 class QuantizedWeight:
-    """Integer weight (K, N) int16 values, scale and zero (G, N) (G = 1 for per-channel)."""
+    """Integer weight (K, N) int16 values, scale and zero (G, N): G = ceil(K / group_size), 1 per-channel."""
 
     q: torch.Tensor
     scale: torch.Tensor
@@ -28,16 +36,18 @@ class QuantizedWeight:
     def dequantized(self) -> torch.Tensor:
         """The float (K, N) weight these integers stand for."""
         k = self.q.shape[0]
-        rep = k // self.scale.shape[0]
-        return dequantize(self.q, self.scale.repeat_interleave(rep, 0), self.zero.repeat_interleave(rep, 0))
+        rep = self.spec.group_size if self.spec.granularity == "group" else k
+        return dequantize(
+            self.q, self.scale.repeat_interleave(rep, 0)[:k], self.zero.repeat_interleave(rep, 0)[:k]
+        )
 
 
 def quantize_rtn(w_kn: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
     """Round-to-nearest quantization of a (K, N) weight with min-max ranges per unit of `spec`."""
     lo, hi = weight_ranges(w_kn, spec)
     scale, zero = scale_zero(lo, hi, spec)
-    q = quantize(group_view(w_kn, spec), scale, zero, spec).reshape(w_kn.shape)
-    n = w_kn.shape[1]
+    k, n = w_kn.shape
+    q = quantize(group_view(w_kn, spec), scale, zero, spec).reshape(-1, n)[:k]  # drop padding rows
 
     def per_column(t: torch.Tensor) -> torch.Tensor:
         # tensor (1, 1), channel (1, N), group (G, 1, N) -> (G, N); a per-tensor value repeats.
@@ -54,8 +64,9 @@ def quantize_gptq(
     `H = 2 X^T X` of the layer's calibration inputs (K, K).
 
     Group scales are fixed when the first channel of a group is reached, from the weights as
-    updated so far (the paper's "static groups" off). Channels never activated in calibration
-    are zeroed as in the reference algorithm.
+    updated so far (the paper's "static groups" off); a short last group (group size not
+    dividing K) is handled like the others. Channels never activated in calibration are zeroed
+    as in the reference algorithm.
     """
     if spec.granularity == "tensor":
         raise ConfigError("GPTQ needs per-channel or per-group scales, not per-tensor")
@@ -65,8 +76,6 @@ def quantize_gptq(
     if not 0.0 < damp < 1.0:
         raise ConfigError(f"damp must be in (0, 1), got {damp}")
     group = spec.group_size if spec.granularity == "group" else k
-    if k % group:
-        raise ConfigError(f"group_size {group} does not divide the {k} input channels")
     block = group * max(1, 128 // group)
     w = w_kn.t().double().clone()  # (N, K): rows are output channels, columns input channels
     h = hessian.double().clone()
@@ -77,8 +86,8 @@ def quantize_gptq(
     # 1. Upper Cholesky factor of H^-1 gives the update coefficients row by row.
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
     q = torch.zeros(n, k, dtype=torch.int16)
-    scales = torch.zeros(k // group, n, dtype=torch.float64)
-    zeros = torch.zeros(k // group, n, dtype=torch.float64)
+    scales = torch.zeros(num_groups(k, group), n, dtype=torch.float64)
+    zeros = torch.zeros(num_groups(k, group), n, dtype=torch.float64)
     unit = QuantSpec(spec.bits, spec.symmetric, "channel")
     for start in range(0, k, block):
         stop = min(start + block, k)
@@ -88,7 +97,8 @@ def quantize_gptq(
             col = start + j
             if col % group == 0:
                 # 2. Scales for the group starting here, from the updated weights (a group
-                # never crosses a block: blocks are whole numbers of groups).
+                # never crosses a block: blocks are whole numbers of groups; a short last
+                # group ends with the block).
                 g = w_blk[:, j : j + group]
                 s, z = scale_zero(g.amin(1), g.amax(1), unit)
                 scales[col // group], zeros[col // group] = s, z

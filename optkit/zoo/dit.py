@@ -45,12 +45,15 @@ from torch import nn
 
 from optkit.errors import ConfigError
 from optkit.nn.autoencoder import DOWNSAMPLE, Autoencoder, AutoencoderConfig
+from optkit.sampling import SampleFn
+from optkit.workload import null_condition
+from optkit.zoo.digits_metrics import class_accuracy, fd_digits
 from optkit.zoo.ldm import decode, encode
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
-from optkit.zoo.samplers import SampleFn
 
 PAPER = "Scalable Diffusion Models with Transformers (Peebles & Xie, ICCV 2023)"
 GUIDANCE_SCALE = 2.0
+NULL_COND = ("fill:10",)  # guidance's null label: one past the 10 digit classes (label dropout)
 FREQ_DIM = 256  # sinusoidal timestep features before the embedding MLP, as in the paper
 
 
@@ -288,9 +291,9 @@ class DiT(nn.Module):
         return self.unpatchify(self.final_layer(h, c))  # (B, C, R, R)
 
 
-def null_labels(cond: tuple[torch.Tensor, ...], num_classes: int = 10) -> tuple[torch.Tensor, ...]:
+def null_labels(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The unconditional input of classifier-free guidance: every label set to the null class."""
-    return (torch.full_like(cond[0], num_classes),)
+    return null_condition(NULL_COND, cond)
 
 
 def example_inputs(model: nn.Module, batch: int, seed: int) -> tuple[torch.Tensor, ...]:
@@ -319,7 +322,6 @@ def evaluate(
     decode them and score the digits: FD-digits against the test split and the shipped
     classifier's accuracy on the labels. `sample_fn` replaces the plain sampler, so that a
     cached or quantized runner is scored the same way."""
-    from optkit.metrics import class_accuracy, fd_digits
     from optkit.zoo.data import digits
     from optkit.zoo.ldm import sample_class_digits
 
@@ -344,13 +346,13 @@ register_model(
         build=DiT,
         example_inputs=example_inputs,
         sampler="ddim",
+        guidance_scale=GUIDANCE_SCALE,
+        null_cond=NULL_COND,
         train=train,
         evaluate=evaluate,
         train_defaults=TrainSettings(steps=8000, batch_size=64),  # the shipped checkpoint's recipe
         extra={
-            "guidance_scale": GUIDANCE_SCALE,
             "data": "digits",
-            "null_cond": null_labels,
             "encode": encode,
             "decode": decode,
         },

@@ -51,6 +51,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optkit.errors import ConfigError
+from optkit.metrics import miou
 from optkit.nn.vit import LayerNorm2d, ViTEncoder
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 
@@ -425,7 +426,6 @@ def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
     Returns miou_box, miou_point, miou_box_point and iou_pred_error (mean absolute error of the
     IoU head against the true IoU, box prompts).
     """
-    from optkit.metrics import miou
     from optkit.zoo.data import shapes_with_masks
 
     cfg: EfficientSAMConfig = model.config  # type: ignore[assignment]

@@ -72,8 +72,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from optkit.errors import ConfigError
+from optkit.metrics import psnr_db
 from optkit.nn.group_attention import GroupLayout, GroupSelfAttention, group_attention_mask
 from optkit.zoo.data import ACTIONS, apply_action, digits
+from optkit.zoo.digits_metrics import class_accuracy
 from optkit.zoo.dit import sincos_pos_embed_2d
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 
@@ -350,7 +352,6 @@ def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
     prediction with rotate/flip undone; identity_accuracy_true_edit is the same for the true
     edits (its ceiling).
     """
-    from optkit.metrics import class_accuracy, psnr_db
 
     cfg: InstaManipConfig = model.config  # type: ignore[assignment]
     model.eval()

@@ -46,11 +46,13 @@ from torch import nn
 from optkit.errors import ConfigError
 from optkit.nn.autoencoder import DOWNSAMPLE, Autoencoder, AutoencoderConfig, latent_std, train_autoencoder
 from optkit.nn.unet import UNet, UNetConfig
+from optkit.zoo.digits_metrics import class_accuracy, fd_digits
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
-from optkit.zoo.samplers import SampleFn
+from optkit.sampling import SampleFn
 
 PAPER = "High-Resolution Image Synthesis with Latent Diffusion Models (Rombach et al., CVPR 2022)"
 GUIDANCE_SCALE = 2.0
+NULL_COND = ("fill:10",)  # guidance's null label: one past the 10 digit classes (label dropout)
 AUTOENCODER_FRACTION = 5  # the first stage trains for steps // 5 before the UNet's steps
 AUTOENCODER_LR = 2e-3
 
@@ -266,9 +268,9 @@ def sample_class_digits(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decoded class-conditional samples (N, 1, R, R) of a latent denoiser and their labels
     (classes in turn, fixed seeds, guided against the null class). `sample_fn` (the signature
-    of `optkit.zoo.samplers.sample`) replaces the plain sampler, so that a cached or quantized
+    of `optkit.sampling.sample`) replaces the plain sampler, so that a cached or quantized
     runner is scored the same way. Shared by `ldm` and `dit`."""
-    from optkit.zoo.samplers import sample
+    from optkit.sampling import sample
 
     model.eval()
     labels = torch.arange(settings.num_samples) % num_classes
@@ -302,7 +304,6 @@ def evaluate(
     """Sample `num_samples` latents (see `sample_class_digits`; guidance 2), decode them and
     score the digits: FD-digits against the test split and the shipped classifier's accuracy
     on the labels; also the same figures for test digits passed through the autoencoder."""
-    from optkit.metrics import class_accuracy, fd_digits
     from optkit.zoo.data import digits
 
     cfg: LDMConfig = model.config  # type: ignore[assignment]
@@ -328,13 +329,13 @@ register_model(
         build=LatentDiffusion,
         example_inputs=example_inputs,
         sampler="ddim",
+        guidance_scale=GUIDANCE_SCALE,
+        null_cond=NULL_COND,
         train=train,
         evaluate=evaluate,
         train_defaults=TrainSettings(steps=2000, batch_size=64),  # the shipped checkpoint's recipe
         extra={
-            "guidance_scale": GUIDANCE_SCALE,
             "data": "digits",
-            "null_cond": null_labels,
             "encode": encode,
             "decode": decode,
             "latent": True,

@@ -44,9 +44,12 @@ import torch
 from torch import nn
 
 from optkit.errors import ConfigError
+from optkit.metrics import psnr_db
 from optkit.nn.autoencoder import DOWNSAMPLE, AutoencoderConfig
 from optkit.nn.text_encoder import TextEncoder
 from optkit.nn.unet import UNetConfig
+from optkit.workload import null_condition
+from optkit.zoo.digits_metrics import class_accuracy
 from optkit.zoo.ldm import LatentUNet, ae_parameters, decode, encode, encode_all, train_first_stage
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 
@@ -54,6 +57,7 @@ PAPER = (
     "LEGO: Learning EGOcentric Action Frame Generation via Visual Instruction Tuning (Lai et al., ECCV 2024)"
 )
 GUIDANCE_SCALE = 1.5
+NULL_COND = ("keep", "zeros")  # guidance: the same before-image, the null (all-padding) action prompt
 TRAIN_PAIRS = 4000
 # One description per action of `optkit.zoo.data.ACTIONS`, in that order.
 ACTION_PROMPTS = (
@@ -169,8 +173,7 @@ def action_tokens(action: torch.Tensor) -> torch.Tensor:
 
 def null_action(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The unconditional input of classifier-free guidance: same image, null action prompt."""
-    before, action = cond
-    return (before, torch.zeros_like(action))
+    return null_condition(NULL_COND, cond)
 
 
 def undo_view(images: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -242,7 +245,7 @@ def generate(
 ) -> torch.Tensor:
     """After-images (N, 1, R, R) in [-1, 1] for digits `before` (N, 1, R, R) and actions (N,),
     sampled in batches of `settings.batch_size` with seeds `settings.seed + start`."""
-    from optkit.zoo.samplers import sample
+    from optkit.sampling import sample
 
     cfg: LegoConfig = model.config  # type: ignore[assignment]
     out = []
@@ -270,7 +273,6 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
     after-images: PSNR against the true after-image (overall and per action), and the shipped
     digits classifier's accuracy on the digit label after undoing rotation and flip (identity
     preserved), next to the same accuracy on the true after-images."""
-    from optkit.metrics import class_accuracy, psnr_db
     from optkit.zoo.data import ACTIONS, action_pairs
 
     cfg: LegoConfig = model.config  # type: ignore[assignment]
@@ -298,13 +300,13 @@ register_model(
         build=Lego,
         example_inputs=example_inputs,
         sampler="ddim",
+        guidance_scale=GUIDANCE_SCALE,
+        null_cond=NULL_COND,
         train=train,
         evaluate=evaluate,
         train_defaults=TrainSettings(steps=2000, batch_size=64),  # the shipped checkpoint's recipe
         extra={
-            "guidance_scale": GUIDANCE_SCALE,
             "data": "action_pairs",
-            "null_cond": null_action,
             "encode": encode,
             "decode": decode,
             "latent": True,

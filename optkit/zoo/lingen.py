@@ -55,9 +55,10 @@ register_model(
         build=build,
         example_inputs=moviegen.example_inputs,
         sampler="flow-euler",
+        guidance_scale=moviegen.GUIDANCE_SCALE,
         train=moviegen.train,
         evaluate=moviegen.evaluate,
         train_defaults=TrainSettings(steps=1500, batch_size=16),  # the shipped checkpoint's recipe
-        extra={"guidance_scale": moviegen.GUIDANCE_SCALE, "data": "moving_digits"},
+        extra={"data": "moving_digits"},
     )
 )

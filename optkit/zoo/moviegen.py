@@ -33,8 +33,9 @@ from torch import nn
 
 from optkit.errors import ConfigError
 from optkit.nn.mate import MATE, MateConfig
+from optkit.zoo.digits_metrics import class_accuracy, video_quality
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
-from optkit.zoo.samplers import SampleFn
+from optkit.sampling import SampleFn
 
 PAPER = "Movie Gen: A Cast of Media Foundation Models (Polyak et al., 2024)"
 GUIDANCE_SCALE = 2.0
@@ -387,11 +388,10 @@ def evaluate(model: nn.Module, settings: EvalSettings, sample_fn: SampleFn | Non
     """Sample digit videos with flow-euler (classifier-free guidance) and score them:
     `video_quality` against held-out moving digits, plus per-frame digit-class accuracy.
 
-    `sample_fn` (same signature as `optkit.zoo.samplers.sample`) replaces the plain sampler, so
+    `sample_fn` (same signature as `optkit.sampling.sample`) replaces the plain sampler, so
     that a cached or quantized runner is scored the same way."""
-    from optkit.metrics import class_accuracy, video_quality
     from optkit.zoo.data import moving_digits
-    from optkit.zoo.samplers import sample
+    from optkit.sampling import sample
 
     draw = sample_fn or sample
 
@@ -435,9 +435,10 @@ register_model(
         build=VideoTransformer,
         example_inputs=example_inputs,
         sampler="flow-euler",
+        guidance_scale=GUIDANCE_SCALE,
         train=train,
         evaluate=evaluate,
         train_defaults=TrainSettings(steps=1500, batch_size=64),  # the shipped checkpoint's recipe
-        extra={"guidance_scale": GUIDANCE_SCALE, "data": "moving_digits"},
+        extra={"data": "moving_digits"},
     )
 )

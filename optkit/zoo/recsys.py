@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from optkit.errors import ConfigError
+from optkit.metrics import log_loss, roc_auc
 from optkit.nn.supernet import BlockChoice, RecSupernet, Subnet, SupernetConfig, sample_choice
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 
@@ -240,7 +241,6 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     fine-tune the subnet for the other half, keeping the weights with the lowest validation log
     loss (checked `CHECKS` times): the ids overfit within a few epochs.
     """
-    from optkit.metrics import log_loss, roc_auc
 
     if settings.steps < 2 or settings.batch_size < 1 or settings.lr <= 0:
         raise ConfigError(f"need steps >= 2 and positive batch_size and lr, got {settings}")
@@ -334,7 +334,6 @@ def search(
 
     Each entry: {"choice": tuple of BlockChoice, "name", "auc", "log_loss", "params"}.
     """
-    from optkit.metrics import log_loss, roc_auc
 
     config = config or RecsysConfig.tiny()
     splits = ctr_splits()
@@ -386,7 +385,6 @@ def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
 
     Returns auc, log_loss, baseline_auc, baseline_log_loss and rows.
     """
-    from optkit.metrics import log_loss, roc_auc
 
     test = ctr_splits()["test"]
     rows = min(settings.num_samples, test["labels"].shape[0])

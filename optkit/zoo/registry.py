@@ -18,6 +18,8 @@ import torch
 from torch import nn
 
 from optkit.errors import ConfigError, UnknownNameError
+from optkit.sampling import SamplerSpec
+from optkit.workload import Diffusion, Workload
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +72,9 @@ class ZooModel:
     that `model(*inputs)` takes: the tensors capture and export use. `task` is one of
     `diffusion-image`, `diffusion-video`, `segmentation`, `recommendation`, `multimodal`;
     `sampler` names the zoo sampler a diffusion model is trained for (`ddim`, `dpm++2m`,
-    `flow-euler`), empty for models that are not sampled. `train(model, settings)` trains the
+    `flow-euler`), empty for models that are not sampled; `guidance_scale` and `null_cond` (see
+    `optkit.workload.Diffusion`) say how it samples with classifier-free guidance, and
+    `workload()` hands all of it to passes as a Workload. `train(model, settings)` trains the
     model in place on data that ships offline and returns figures (final loss, seconds);
     `evaluate(model, settings)` returns the quality figures named in docs/zoo.md.
     `train_defaults` are the settings `optkit zoo train NAME` uses when no option overrides
@@ -84,6 +88,8 @@ class ZooModel:
     build: Callable[[Any], nn.Module]
     example_inputs: Callable[[nn.Module, int, int], tuple[torch.Tensor, ...]]
     sampler: str = ""
+    guidance_scale: float = 1.0
+    null_cond: tuple[str, ...] = ()
     train: Callable[[nn.Module, TrainSettings], dict[str, float]] | None = None
     evaluate: Callable[[nn.Module, EvalSettings], dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
@@ -92,6 +98,12 @@ class ZooModel:
     @property
     def sizes(self) -> tuple[str, ...]:
         return tuple(self.configs)
+
+    def workload(self, steps: int = 20) -> Workload:
+        """How passes drive this model: its sampler, guidance and null condition (if sampled)."""
+        if not self.sampler:
+            return Workload()
+        return Workload(diffusion=Diffusion(SamplerSpec(self.sampler), steps, self.guidance_scale, self.null_cond))
 
     def checkpoint_path(self, size: str) -> Path:
         return CHECKPOINT_DIR / f"{self.name}_{size}.safetensors"

@@ -48,6 +48,8 @@ from optkit.errors import ConfigError
 from optkit.nn.autoencoder import DOWNSAMPLE, AutoencoderConfig
 from optkit.nn.text_encoder import TextEncoder
 from optkit.nn.unet import UNetConfig
+from optkit.workload import null_condition
+from optkit.zoo.digits_metrics import class_accuracy, fd_digits, load_digits_classifier
 from optkit.zoo.ldm import LatentUNet, ae_parameters, decode, encode, encode_all, train_first_stage
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 
@@ -55,6 +57,7 @@ PAPER = "Layout-Agnostic Scene Text Image Synthesis with Diffusion Models (Scene
 GUIDANCE_SCALE = 2.0
 TRAIN_IMAGES = 4000
 NULL_CHAR = 0  # character id of padding and of the null prompt; digit d is id d + 1
+NULL_COND = (f"fill:{NULL_CHAR}",)  # guidance's null prompt: every character null
 
 
 @dataclass(frozen=True)
@@ -139,7 +142,7 @@ def char_ids(chars: torch.Tensor) -> torch.Tensor:
 
 def null_chars(cond: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     """The unconditional input of classifier-free guidance: every character id set to null."""
-    return (torch.full_like(cond[0], NULL_CHAR),)
+    return null_condition(NULL_COND, cond)
 
 
 def glyph_cells(images: torch.Tensor, length: int) -> torch.Tensor:
@@ -205,7 +208,6 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
     cut them into character cells and score: the shipped digits classifier's per-character and
     whole-string accuracy, FD-digits of the cells against the cells of real test canvases, and
     the character accuracy of real test canvases passed through the autoencoder."""
-    from optkit.metrics import class_accuracy, fd_digits, load_digits_classifier
     from optkit.zoo.data import scene_text
 
     cfg: SceneTextGenConfig = model.config  # type: ignore[assignment]
@@ -232,7 +234,7 @@ def generate(
 ) -> torch.Tensor:
     """Canvases (N, 1, H, W) in [-1, 1] showing the digit strings `chars` (N, L), sampled in
     batches of `settings.batch_size` with seeds `settings.seed + start` and guidance 2."""
-    from optkit.zoo.samplers import sample
+    from optkit.sampling import sample
 
     cfg: SceneTextGenConfig = model.config  # type: ignore[assignment]
     out = []
@@ -261,13 +263,13 @@ register_model(
         build=SceneTextGen,
         example_inputs=example_inputs,
         sampler="ddim",
+        guidance_scale=GUIDANCE_SCALE,
+        null_cond=NULL_COND,
         train=train,
         evaluate=evaluate,
         train_defaults=TrainSettings(steps=4000, batch_size=32),  # the shipped checkpoint's recipe
         extra={
-            "guidance_scale": GUIDANCE_SCALE,
             "data": "scene_text",
-            "null_cond": null_chars,
             "encode": encode,
             "decode": decode,
             "latent": True,

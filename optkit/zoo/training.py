@@ -17,7 +17,7 @@ from torch import nn
 
 from optkit.errors import ConfigError
 from optkit.zoo.registry import TrainSettings
-from optkit.zoo.samplers import TRAIN_STEPS, alphas_cumprod
+from optkit.sampling import TRAIN_STEPS, alphas_cumprod
 
 Batches = Callable[[torch.Generator, int], tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
 NullCond = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]

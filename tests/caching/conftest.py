@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from optkit.ir.capture import capture
+from tests import models
 
 
 class TinyBlock(nn.Module):
@@ -93,7 +94,7 @@ def _local_sample(
 @pytest.fixture(scope="session")
 def sample_fn():
     try:
-        from optkit.zoo.samplers import sample
+        from optkit.sampling import sample
     except ModuleNotFoundError:
         return _local_sample
     return sample
@@ -110,5 +111,4 @@ def tiny_denoiser_program():
         torch.tensor([3, 7]),
     )
     program = capture(model, inputs, name="tiny-denoiser")
-    program.meta = {"zoo": "", "size": "tiny", "task": "diffusion-image", "sampler": "ddim"}
-    return program
+    return program.with_workload(models.diffusion_workload())

@@ -66,7 +66,7 @@ def test_reuse_variant_exports_to_onnx(tiny_denoiser_program, tmp_path):
 
 
 def test_moviegen_reuse_variant_drops_attention_blocks():
-    from optkit.ir.refs import load_model
+    from optkit.refs import load_model
 
     p = load_model("zoo:moviegen")
     units = cache_units(p)

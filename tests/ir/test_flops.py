@@ -58,3 +58,21 @@ def test_quantized_kernels_count_like_their_float_ops():
     quantized = PassManager(build_passes(["ptq"])).run(program).program
     assert any(op_name(n) == "conv2d_w8a8" for n in quantized.graph.nodes)
     assert flops.total_flops(quantized) == flops.total_flops(program)
+
+
+def test_tied_weights_count_once():
+    from tests.passes.tiny_lm import TinyLM, lm_program
+
+    tied, untied = lm_program(tied=True), lm_program(tied=False)
+    table = 1024 * 96
+    assert flops.parameter_count(tied) == flops.parameter_count(untied) - table
+    assert flops.parameter_bytes(tied) == flops.parameter_bytes(untied) - 4 * table
+    # Two Parameters over one storage (a tie made by sharing `.data`) are one tensor too.
+    model = TinyLM(tied=False)
+    model.lm_head.weight = nn.Parameter(model.embed.weight.detach())
+    shared = capture(model, (torch.randint(0, 1024, (2, 8)),))
+    names = set(shared.parameters())
+    assert {"embed.weight", "lm_head.weight"} <= names
+    unique = flops.unique_parameters(shared)
+    assert len(unique) == len(names) - 1 and len({"embed.weight", "lm_head.weight"} & set(unique)) == 1
+    assert flops.parameter_count(shared) == flops.parameter_count(tied)

@@ -11,6 +11,8 @@ from optkit.errors import ConfigError
 from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, get_pass
 from tests.caching.conftest import TinyDenoiser, _local_sample
+from optkit.workload import Workload
+from tests import models
 from tests.models import conv_net
 
 STEPS = 8
@@ -28,7 +30,7 @@ class _NoBlocks(torch.nn.Module):
 @pytest.fixture(scope="module")
 def sample_fn():
     try:
-        from optkit.zoo.samplers import sample
+        from optkit.sampling import sample
     except ModuleNotFoundError:
         return _local_sample
     return sample
@@ -44,8 +46,7 @@ def program():
         torch.tensor([3, 7]),
     )
     p = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
-    p.meta = {"zoo": "", "size": "tiny", "task": "diffusion-image", "sampler": "ddim"}
-    return p
+    return p.with_workload(models.diffusion_workload())
 
 
 def _run(program, sample_fn, **options):
@@ -130,16 +131,16 @@ def test_bad_input(program, sample_fn):
     with pytest.raises(ConfigError, match="policy"):
         CacheConfig.from_dict({"policy": "random"})
     no_sampler = program.clone()
-    no_sampler.meta = {}
-    with pytest.raises(ConfigError, match="no sampler"):
+    no_sampler.workload = Workload()
+    with pytest.raises(ConfigError, match="no \\[diffusion\\] sampler"):
         BlockCaching(CacheConfig(steps=STEPS)).run(no_sampler)
     model, inputs = conv_net()
     convs = capture(model, inputs, name="conv")
-    convs.meta = {"sampler": "ddim"}
+    convs.workload = models.diffusion_workload()  # set directly: with_workload would refuse it
     with pytest.raises(ConfigError, match="must take"):
         BlockCaching(CacheConfig(steps=STEPS)).run(convs)
     no_blocks = capture(_NoBlocks(), program.example_inputs[:2], name="no-blocks")
-    no_blocks.meta = {"sampler": "flow-euler"}
+    no_blocks.with_workload(models.diffusion_workload("flow-euler"))
     with pytest.raises(ConfigError, match="no blocks"):
         BlockCaching(CacheConfig(steps=STEPS)).run(no_blocks)
 

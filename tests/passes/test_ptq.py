@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -5,6 +7,8 @@ from optkit.errors import ConfigError, PassError
 from optkit.ir.onnx_io import export_onnx
 from optkit.pipeline import PassManager, build_passes
 from optkit.quant.numerics import sqnr_db
+from tests import models
+from tests.passes.tiny_lm import lm_program
 
 
 def run(program, passes=("ptq", "dce"), **opts):
@@ -105,9 +109,22 @@ def test_onnx_runs_quantized_program(tmp_path, conv_program, transformer_program
         assert export_onnx(q, tmp_path / "q.onnx")["max_abs_error"] < 1e-3
 
 
-def test_sqnr_floor_is_enforced(transformer_program):
-    with pytest.raises(PassError, match="below its 60 dB floor"):
+def test_sqnr_floor_is_enforced_and_the_error_says_what_to_try(transformer_program):
+    from optkit.passes.ptq import TIME_MODULES
+
+    with pytest.raises(PassError, match="below its 60 dB floor") as err:
         run(transformer_program, wbits=4, granularity="group", group_size=16, min_sqnr_db=60.0)
+    message = str(err.value)
+    worst = re.search(r"one layer quantized alone: (.*?)\. Options", message).group(1)
+    paths = re.findall(r"([\w.]+) \(\d+\.\d dB\)", worst)
+    assert len(paths) == 3 and set(paths) <= {
+        "out",
+        *(f"blocks.{i}.attn.{m}" for i in (0, 1) for m in ("qkv", "proj")),
+    }
+    # keep_float keeps its defaults (the timestep modules) and adds the worst layers.
+    assert f"keep_float={list(TIME_MODULES) + paths}" in message
+    for option in ("smoothquant=0.5", "abits=16", "wbits=8", "min_sqnr_db below 60"):
+        assert option in message
 
 
 def test_nan_in_calibration_is_an_error(transformer_program):
@@ -131,7 +148,7 @@ def test_bad_config(opts, match):
 
 
 def test_step_calibration_needs_a_sampler(transformer_program):
-    with pytest.raises(PassError, match="needs a diffusion model driven by a zoo sampler"):
+    with pytest.raises(PassError, match=r"has no \[diffusion\] sampler"):
         run(transformer_program, calibration="single-step")
 
 
@@ -153,8 +170,7 @@ def _tiny_dit():
         torch.nn.init.normal_(p, std=0.05)
     inputs = (torch.randn(2, 2, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
     program = capture(model, inputs, name="dit-test")
-    program.meta = {"zoo": "dit", "size": "test", "task": "diffusion-image", "sampler": "ddim"}
-    return program
+    return program.with_workload(models.diffusion_workload(guidance_scale=2.0, null_cond=("fill:10",)))
 
 
 def test_diffusion_input_layer_stays_float_unless_disabled():
@@ -228,3 +244,34 @@ def test_mixed_precision_ranks_on_a_bounded_spread_of_batches():
     assert len(picked) == SENSITIVITY_BATCHES and picked[0] == 0 and picked[-1] == 159
     assert picked == sorted(set(picked))
     assert _spread(batches[:3], SENSITIVITY_BATCHES) == [0, 1, 2]
+
+
+def test_group_granularity_covers_widths_the_group_does_not_divide(tmp_path):
+    program = lm_program()
+    result = run(program, wbits=4, granularity="group", group_size=64)
+    after, figures = result.program, result.records[0].figures
+    assert after.op_counts()["linear_wq"] == 4 and after.op_counts()["act_qdq"] == 4
+    assert set(after.annotations.precision.values()) == {"w4g64a8"}  # not per-channel
+    assert (
+        "blocks.1.fc1: 96 input channels in 1 group of 64 + a short group of 32"
+        in figures["short_groups"].value
+    )
+    assert sqnr_db(program.run(), after.run()) > 20.0
+    assert export_onnx(after, tmp_path / "lm.onnx")["max_abs_error"] < 0.05 * float(after.run().abs().max())
+
+
+def test_output_head_kept_float_unless_quantize_head():
+    program = lm_program()
+    kept = run(program)
+    assert (
+        "lm_head: output head tied to the input embedding 'embed'"
+        in kept.records[0].figures["kept_float"].value
+    )
+    assert kept.program.op_counts()["linear"] == 1 and kept.program.op_counts()["linear_w8a8"] == 4
+    quantized = run(program, quantize_head=True)
+    assert quantized.program.annotations.precision["lm_head"] == "w8ca8"
+    assert "kept_float" not in quantized.records[0].figures or "lm_head" not in (
+        quantized.records[0].figures["kept_float"].value
+    )
+    reference = program.run()
+    assert sqnr_db(reference, kept.program.run()) > sqnr_db(reference, quantized.program.run())

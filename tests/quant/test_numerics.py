@@ -49,9 +49,30 @@ def test_spec_validation():
         QuantSpec(granularity="group", group_size=12)
 
 
-def test_group_size_must_divide_channels():
-    with pytest.raises(ConfigError, match="does not divide the 40 input channels"):
-        quantize_rtn(torch.randn(40, 8), QuantSpec(4, True, "group", 16))
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_short_last_group_is_the_zero_padded_reference(symmetric):
+    # 40 input channels in groups of 16: two whole groups and a short one of 8.
+    torch.manual_seed(0)
+    w = torch.randn(40, 8)
+    spec = QuantSpec(4, symmetric, "group", 16)
+    short = quantize_rtn(w, spec)
+    padded = quantize_rtn(torch.cat([w, torch.zeros(8, 8)]), spec)
+    assert short.q.shape == (40, 8) and short.scale.shape == (3, 8)
+    assert torch.equal(short.q, padded.q[:40])
+    assert torch.equal(short.scale, padded.scale) and torch.equal(short.zero, padded.zero)
+    assert torch.equal(short.dequantized(), padded.dequantized()[:40])
+    assert (short.dequantized() - w).abs().max() <= short.scale.max() / 2 + 1e-6
+
+
+def test_gptq_handles_a_short_last_group():
+    torch.manual_seed(0)
+    w = torch.randn(120, 16) * 0.05  # groups of 32: three whole and one of 24
+    x = torch.randn(512, 8) @ torch.randn(8, 120) + 0.1 * torch.randn(512, 120)
+    spec = QuantSpec(4, True, "group", 32)
+    gptq = quantize_gptq(w, 2 * x.t() @ x, spec)
+    assert gptq.q.shape == (120, 16) and gptq.scale.shape == (4, 16)
+    rtn = sqnr_db(x @ w, x @ quantize_rtn(w, spec).dequantized())
+    assert sqnr_db(x @ w, x @ gptq.dequantized()) > rtn + 3.0
 
 
 def test_observers():

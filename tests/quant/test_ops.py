@@ -33,13 +33,15 @@ def test_linear_w8a8_int_gemm_equals_reference():
     assert torch.allclose(y, ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("k", [64, 40])  # 40: a short last group of 8
 @pytest.mark.parametrize("bits, symmetric", [(4, True), (4, False), (8, True), (8, False)])
-def test_linear_wq_matches_dequantized_weight_and_onnx(tmp_path, bits, symmetric):
+def test_linear_wq_matches_dequantized_weight_and_onnx(tmp_path, bits, symmetric, k):
     torch.manual_seed(0)
-    w = torch.randn(64, 32)  # (K, N)
+    w = torch.randn(k, 32)  # (K, N)
     qw = quantize_rtn(w, QuantSpec(bits, symmetric, "group", 16))
     buffers = pack_weight(qw)
-    assert buffers["w_packed"].numel() == (64 * 32 // 2 if bits == 4 else 64 * 32)
+    assert buffers["w_packed"].numel() == (k * 32 // 2 if bits == 4 else k * 32)
+    assert buffers["w_scale"].shape == (-(-k // 16), 32)
 
     class M(torch.nn.Module):
         def __init__(self):
@@ -53,7 +55,7 @@ def test_linear_wq_matches_dequantized_weight_and_onnx(tmp_path, bits, symmetric
                 x, self.w_packed, self.w_scale, self.w_zero, self.bias, bits, 16, symmetric
             )
 
-    x = torch.randn(3, 64)
+    x = torch.randn(3, k)
     program = capture(M(), (x,))
     assert torch.allclose(program.run(), x @ qw.dequantized(), atol=1e-4)
     figures = export_onnx(program, tmp_path / "q.onnx")

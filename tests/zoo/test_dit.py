@@ -7,7 +7,7 @@ from optkit.ir.capture import capture
 from optkit.ir.onnx_io import export_onnx
 from optkit.zoo.dit import DiT, DiTConfig, example_inputs, null_labels, sincos_pos_embed_2d
 from optkit.zoo.registry import TrainSettings, get_model
-from optkit.zoo.samplers import sample
+from optkit.sampling import sample
 from optkit.zoo.training import train_denoiser
 
 
@@ -31,7 +31,9 @@ def test_registry_entry_and_sizes() -> None:
     assert n_tiny < 1_500_000
     small = entry.build(entry.configs["small"])
     assert 4 <= sum(p.numel() for p in small.parameters()) / n_tiny <= 10
-    assert torch.equal(entry.extra["null_cond"]((torch.tensor([3, 4]),))[0], torch.tensor([10, 10]))
+    diffusion = entry.workload().diffusion
+    assert diffusion.guidance_scale == 2.0
+    assert torch.equal(diffusion.null_condition((torch.tensor([3, 4]),))[0], torch.tensor([10, 10]))
 
 
 def test_adaln_zero_starts_at_zero_and_labels_condition() -> None:

@@ -37,7 +37,9 @@ def test_registry_entry_and_sizes() -> None:
     assert 300_000 <= n_tiny <= 600_000  # fits the 2.5 MB checkpoint budget in float32
     small = entry.build(entry.configs["small"])
     assert 3 <= sum(p.numel() for p in small.parameters()) / n_tiny <= 10
-    assert torch.equal(entry.extra["null_cond"]((torch.tensor([3, 4]),))[0], torch.tensor([10, 10]))
+    diffusion = entry.workload().diffusion
+    assert diffusion.guidance_scale == 2.0
+    assert torch.equal(diffusion.null_condition((torch.tensor([3, 4]),))[0], torch.tensor([10, 10]))
     assert {"encode", "decode"} <= set(entry.extra)
 
 

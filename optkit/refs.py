@@ -5,8 +5,12 @@
 | `zoo:NAME[:size]`    | a zoo model (trained `tiny` checkpoint when one ships)        |
 | `path/model.pt2`     | a torch.export archive or a Program saved by optkit           |
 | `path/model.onnx`    | an ONNX model: analysis and lowering only                     |
-| `pkg.module:factory` | user code; `factory()` returns `(model, example_inputs)`      |
+| `pkg.module:factory` | user code; `factory()` returns `(model, example_inputs)` or    |
+|                      | `(model, example_inputs, workload)`; inputs may be a dict     |
 | `path/model.pt`      | a pickled module: runs code on load, so only with trust_pickle |
+
+This module sits above the zoo (it resolves `zoo:` names), beside `optkit.api`; the generic
+core (`optkit.ir`, `optkit.quant`, `optkit.caching`, passes, backends) never imports it.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from optkit.ir.capture import capture
 from optkit.ir.onnx_io import OnnxModel
 from optkit.ir.program import Program
 from optkit.ir.serialize import load_program
+from optkit.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +82,31 @@ def load_model(
     pretrained: bool = True,
     batch: int = 2,
     seed: int = 0,
+    workload: Workload | None = None,
 ) -> Program | OnnxModel:
-    """Resolve `ref` to a captured Program (or an `OnnxModel` for `.onnx` files)."""
+    """Resolve `ref` to a captured Program (or an `OnnxModel` for `.onnx` files).
+
+    `workload`, when given, replaces the one the model comes with (checked against its inputs).
+    """
     ref = parse_model_ref(ref) if isinstance(ref, str) else ref
-    if ref.kind == "zoo":
-        return _load_zoo(ref.text, pretrained, batch, seed)
     if ref.kind in ("pt2", "onnx", "pickle"):
         if not ref.path.exists():
             raise ModelRefError(f"no such file: {ref.text}")
         if not ref.path.is_file():
             raise ModelRefError(f"{ref.text} is not a file")
-    if ref.kind == "pt2":
-        return load_program(ref.path)
     if ref.kind == "onnx":
+        if workload is not None:
+            raise ModelRefError(f"{ref.text} is an ONNX model: a workload needs a PyTorch graph")
         return OnnxModel.load(ref.path)
-    if ref.kind == "pickle":
-        return _load_pickle(ref.path, trust_pickle)
-    return _load_factory(ref.text)
+    if ref.kind == "zoo":
+        program = _load_zoo(ref.text, pretrained, batch, seed)
+    elif ref.kind == "pt2":
+        program = load_program(ref.path)
+    elif ref.kind == "pickle":
+        program = _load_pickle(ref.path, trust_pickle)
+    else:
+        program = _load_factory(ref.text)
+    return program.with_workload(workload) if workload is not None else program
 
 
 def load_program_ref(ref: str | ModelRef, **kwargs: Any) -> Program:
@@ -116,8 +129,8 @@ def _load_zoo(text: str, pretrained: bool, batch: int, seed: int) -> Program:
     model = entry.create(size, pretrained=pretrained)
     inputs = entry.example_inputs(model, batch, seed)
     program = capture(model, inputs, name=f"{entry.name}-{size}")
-    program.meta = {"zoo": entry.name, "size": size, "task": entry.task, "sampler": entry.sampler}
-    return program
+    program.meta = {"zoo": entry.name, "size": size, "task": entry.task}
+    return program.with_workload(entry.workload())
 
 
 def _load_factory(text: str) -> Program:
@@ -142,8 +155,17 @@ def _load_factory(text: str) -> Program:
         raise
     except Exception as err:
         raise ModelRefError(f"{text}() raised {type(err).__name__}: {err}") from err
+    workload = None
+    if isinstance(made, tuple) and len(made) == 3:
+        *made, workload = made
+        made = tuple(made)
+        if not isinstance(workload, Workload):
+            raise ModelRefError(
+                f"{text}() returned a third item of type {type(workload).__name__}; expected an optkit.Workload"
+            )
     model, inputs = _model_and_inputs(made, text)
-    return capture(model, inputs, name=func_name)
+    program = _capture_inputs(model, inputs, func_name)
+    return program.with_workload(workload) if workload is not None else program
 
 
 def _load_pickle(path: Path, trust_pickle: bool) -> Program:
@@ -157,10 +179,17 @@ def _load_pickle(path: Path, trust_pickle: bool) -> Program:
     except Exception as err:
         raise ModelRefError(f"cannot unpickle {path}: {type(err).__name__}: {err}") from err
     model, inputs = _model_and_inputs(obj, str(path))
-    return capture(model, inputs, name=path.stem)
+    return _capture_inputs(model, inputs, path.stem)
 
 
-def _model_and_inputs(obj: Any, origin: str) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def _capture_inputs(model: nn.Module, inputs: Any, name: str) -> Program:
+    # A dict of inputs is bound by keyword (diffusers' `timestep=`, `encoder_hidden_states=`).
+    if isinstance(inputs, dict):
+        return capture(model, (), name, kwargs=inputs)
+    return capture(model, inputs, name)
+
+
+def _model_and_inputs(obj: Any, origin: str) -> tuple[nn.Module, Any]:
     # Accept (model, inputs), {"model": ..., "example_inputs": ...}, or a module with `.example_inputs`.
     if isinstance(obj, dict) and "model" in obj:
         obj = (obj["model"], obj.get("example_inputs"))
@@ -176,4 +205,4 @@ def _model_and_inputs(obj: Any, origin: str) -> tuple[nn.Module, tuple[torch.Ten
         raise ModelRefError(f"{origin} gives a model but no example inputs; capture needs them")
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    return model, tuple(inputs)
+    return model, inputs if isinstance(inputs, dict) else tuple(inputs)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from optkit.errors import ConfigError, UnknownNameError
-from optkit.zoo.samplers import alphas_cumprod, sample, timesteps
+from optkit.sampling import alphas_cumprod, sample, timesteps
 
 MU, STD = 1.5, 0.5  # data distribution N(MU, STD^2) per dimension
 

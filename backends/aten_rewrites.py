@@ -1,0 +1,118 @@
+"""ATen rewrites before TVM import: spell out PyTorch semantics that TVM 0.27's importer reads otherwise.
+
+Runs in `tvm_import.import_program` on the core-ATen graph, after the decompositions and right
+before `from_exported_program`. Each rule is data (`Rewrite`: a name, the ops it looks at and a
+function that edits one node in place and says whether it did); `rewrite_aten` applies them in
+order, removes what became dead and returns how often each rule fired.
+
+| rule | PyTorch | TVM 0.27 importer | rewrite |
+|---|---|---|---|
+| `scan_dtype` | `cumsum` / `cumprod` of bool or a narrower int promote to int64 | keeps the input dtype: a bool `cumsum` reaches LLVM as a bool add, which fails with `Check failed: (t.MatchesCode(DLDataTypeCode::kDLFloat))` naming no op | cast the input to the output dtype |
+| `concat_dtype` | `cat` promotes its inputs to one dtype | `concat` needs equal dtypes | cast the inputs to the output dtype |
+| `empty_concat` | `cat` skips 1-D empty tensors (the legacy rule) and zero-size inputs add nothing | `concat` needs equal ranks (`ndim 1 and 4`) | drop the zero-size inputs |
+
+Both patterns come from Hugging Face transformers' Llama: the causal mask of a cache-free forward
+counts `position_ids` steps with `cumsum` over a bool tensor, and a `DynamicCache` forward
+concatenates each layer's empty initial key/value tensor of shape `(0,)` with the new 4-D one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+
+log = logging.getLogger(__name__)
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class Rewrite:
+    """One rule: `apply(node)` edits a node whose op is in `ops` and returns whether it did."""
+
+    name: str
+    ops: tuple[torch._ops.OpOverload, ...]
+    apply: Callable[[fx.Node], bool]
+
+
+def _val(node: object) -> torch.Tensor | None:
+    val = node.meta.get("val") if isinstance(node, fx.Node) else None
+    return val if isinstance(val, torch.Tensor) else None
+
+
+def _cast(node: fx.Node, x: fx.Node, dtype: torch.dtype) -> fx.Node:
+    """A `_to_copy(x, dtype)` node inserted before `node`, carrying `node`'s module path."""
+    with node.graph.inserting_before(node):
+        cast = node.graph.call_function(aten._to_copy.default, (x,), {"dtype": dtype})
+    cast.meta.update(node.meta)  # nn_module_stack and stack trace of the op that needs the cast
+    cast.meta["val"] = x.meta["val"].to(dtype)
+    return cast
+
+
+def _cast_scan_input(node: fx.Node) -> bool:
+    x, out = node.args[0], _val(node)
+    x_val = _val(x)
+    if out is None or x_val is None or x_val.dtype == out.dtype or not isinstance(x, fx.Node):
+        return False
+    node.replace_input_with(x, _cast(node, x, out.dtype))
+    return True
+
+
+def _cast_concat_inputs(node: fx.Node) -> bool:
+    tensors, out = node.args[0], _val(node)
+    if out is None or not isinstance(tensors, (list, tuple)):
+        return False
+    vals = [_val(t) for t in tensors]
+    if any(v is None for v in vals) or all(v.dtype == out.dtype for v in vals):  # type: ignore[union-attr]
+        return False
+    cast = [
+        t if v.dtype == out.dtype else _cast(node, t, out.dtype) for t, v in zip(tensors, vals, strict=True)
+    ]  # type: ignore[union-attr]
+    node.args = (cast, *node.args[1:])
+    return True
+
+
+def _drop_empty_concat_inputs(node: fx.Node) -> bool:
+    tensors = node.args[0]
+    out = _val(node)
+    if out is None or not isinstance(tensors, (list, tuple)):
+        return False
+    vals = [_val(t) for t in tensors]
+    if any(v is None for v in vals):
+        return False
+    # Drop only inputs that change nothing: zero elements and the output's dtype (torch.cat
+    # promotes over all inputs, empty ones included; `concat_dtype` runs first and casts them).
+    kept = [t for t, v in zip(tensors, vals, strict=True) if v.numel() or v.dtype != out.dtype]  # type: ignore[union-attr]
+    if len(kept) == len(tensors) or not kept:
+        return False
+    node.args = (kept, *node.args[1:])
+    return True
+
+
+REWRITES: tuple[Rewrite, ...] = (
+    Rewrite("scan_dtype", (aten.cumsum.default, aten.cumprod.default), _cast_scan_input),
+    Rewrite("concat_dtype", (aten.cat.default,), _cast_concat_inputs),
+    Rewrite("empty_concat", (aten.cat.default,), _drop_empty_concat_inputs),
+)
+
+
+def rewrite_aten(graph_module: fx.GraphModule, rewrites: tuple[Rewrite, ...] = REWRITES) -> dict[str, int]:
+    """Apply `rewrites` to every matching node of `graph_module`; returns {rule name: nodes changed}.
+
+    The graph keeps its placeholders and outputs, so an `ExportedProgram`'s signature stays valid.
+    """
+    fired: dict[str, int] = {}
+    for rule in rewrites:
+        for node in list(graph_module.graph.nodes):
+            if node.op == "call_function" and node.target in rule.ops and rule.apply(node):
+                fired[rule.name] = fired.get(rule.name, 0) + 1
+    if fired:
+        graph_module.graph.eliminate_dead_code()
+        graph_module.graph.lint()
+        graph_module.recompile()
+        log.info("ATen rewrites before TVM import: %s", ", ".join(f"{k} x{v}" for k, v in fired.items()))
+    return fired
