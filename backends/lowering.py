@@ -100,7 +100,13 @@ def lower(
 
 def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report."""
-    figures = {"packed_matmuls": 0, "packed_convs": 0, "vnni_kernels": 0, "fast_math_ops": 0, "blas_matmuls": 0}
+    figures = {
+        "packed_matmuls": 0,
+        "packed_convs": 0,
+        "vnni_kernels": 0,
+        "fast_math_ops": 0,
+        "blas_matmuls": 0,
+    }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
     from optkit.backends.fast_math import fast_math as use_fast_math
@@ -108,7 +114,9 @@ def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> t
     from optkit.backends.vnni import target_has_vnni
 
     mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()))
-    figures.update(packed_matmuls=packed["matmul"], packed_convs=packed["conv2d"], vnni_kernels=packed["vnni"])
+    figures.update(
+        packed_matmuls=packed["matmul"], packed_convs=packed["conv2d"], vnni_kernels=packed["vnni"]
+    )
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if schedule == "blas":

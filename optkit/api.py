@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from optkit import quality
 from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.ir import flops
@@ -186,6 +187,9 @@ def optimize_file(
     optimized = result.program
     report = Report(f"optkit optimize: {program.name} with {', '.join(passes)}")
     report.add("capture time", capture_s, "s")
+    say("quality")
+    for label, figure in quality.compare(program, optimized).items():
+        report.add(label, figure.value, figure.unit)
     _add_size_figures(report, program, " (before)")
     _add_size_figures(report, optimized, " (after)")
     report.tables.append(_pass_table(result))
@@ -244,9 +248,13 @@ def _pass_table(result: PipelineResult) -> Table:
     rows = []
     for r in result.records:
         figs = "; ".join(f"{k}: {v}" for k, v in r.figures.items())
-        rows.append([r.name, r.modified, r.seconds, r.check.get("max_abs_error", float("nan")), figs])
+        check = [r.check.get(k, float("nan")) for k in ("min_sqnr_db", "max_abs_error")]
+        rows.append([r.name, r.modified, r.seconds, *check, figs])
     return Table(
-        "Passes", ["pass", "modified", "time", "max abs error vs input", "figures"], rows, {"time": "s"}
+        "Passes",
+        ["pass", "modified", "time", "output SQNR vs input", "max abs error vs input", "figures"],
+        rows,
+        {"time": "s", "output SQNR vs input": "dB"},
     )
 
 

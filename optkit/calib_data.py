@@ -59,27 +59,37 @@ def load_calibration(
     return batches
 
 
-def _check_column(name: str, value: torch.Tensor, ref: torch.Tensor, where: str, described: str) -> torch.Tensor:
+def _check_column(
+    name: str, value: torch.Tensor, ref: torch.Tensor, where: str, described: str
+) -> torch.Tensor:
     if tuple(value.shape[1:]) != tuple(ref.shape[1:]) or value.dim() != ref.dim():
         raise ConfigError(
             f"{where}: input {name!r} has shape {tuple(value.shape)}; the model takes ({described})"
         )
-    if value.is_floating_point() != ref.is_floating_point() or (value.dtype == torch.bool) != (ref.dtype == torch.bool):
+    if value.is_floating_point() != ref.is_floating_point() or (value.dtype == torch.bool) != (
+        ref.dtype == torch.bool
+    ):
         raise ConfigError(
             f"{where}: input {name!r} has dtype {str(value.dtype).removeprefix('torch.')}; the model takes ({described})"
         )
     return value.to(ref.dtype)
 
 
-def _stack_memory(batches: Sequence[Batch], names: Sequence[str], example: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+def _stack_memory(
+    batches: Sequence[Batch], names: Sequence[str], example: Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
     described = _describe(names, example)
     columns: list[list[torch.Tensor]] = [[] for _ in example]
     for i, batch in enumerate(batches):
         if len(batch) != len(example):
-            raise ConfigError(f"calibration batch {i} has {len(batch)} tensors; the model takes ({described})")
+            raise ConfigError(
+                f"calibration batch {i} has {len(batch)} tensors; the model takes ({described})"
+            )
         for j, (value, ref) in enumerate(zip(batch, example, strict=True)):
             if not isinstance(value, torch.Tensor):
-                raise ConfigError(f"calibration batch {i} input {j} is a {type(value).__name__}, not a tensor")
+                raise ConfigError(
+                    f"calibration batch {i} input {j} is a {type(value).__name__}, not a tensor"
+                )
             columns[j].append(_check_column(names[j], value, ref, f"calibration batch {i}", described))
     return [torch.cat(c) for c in columns]
 
@@ -147,7 +157,9 @@ def _read_images(
     mean = torch.tensor(calibration.mean).view(-1, 1, 1)
     std = torch.tensor(calibration.std).view(-1, 1, 1)
     if mean.shape[0] not in (1, channels) or std.shape[0] not in (1, channels):
-        raise ConfigError(f"calibration mean/std need 1 or {channels} values, got {len(calibration.mean)}, {len(calibration.std)}")
+        raise ConfigError(
+            f"calibration mean/std need 1 or {channels} values, got {len(calibration.mean)}, {len(calibration.std)}"
+        )
     from PIL import Image, UnidentifiedImageError
 
     images = []
@@ -188,7 +200,9 @@ def _read_tokens(path: Path, names: Sequence[str], example: Sequence[torch.Tenso
     return _repeat_others(stream[: rows * length].view(rows, length).to(ref.dtype), example)
 
 
-def _cut(columns: Sequence[torch.Tensor], example: Sequence[torch.Tensor], source: str, limit: int) -> list[Batch]:
+def _cut(
+    columns: Sequence[torch.Tensor], example: Sequence[torch.Tensor], source: str, limit: int
+) -> list[Batch]:
     size = example[0].shape[0]
     samples = columns[0].shape[0]
     if samples < size:
@@ -197,7 +211,9 @@ def _cut(columns: Sequence[torch.Tensor], example: Sequence[torch.Tensor], sourc
         )
     count = samples // size
     if samples % size:
-        log.info("calibration: %d sample(s) beyond the last full batch of %d are not used", samples % size, size)
+        log.info(
+            "calibration: %d sample(s) beyond the last full batch of %d are not used", samples % size, size
+        )
     if limit:
         count = min(count, limit)
     return [tuple(c[i * size : (i + 1) * size] for c in columns) for i in range(count)]

@@ -65,7 +65,9 @@ class SamplerSpec:
         if self.name not in SAMPLERS:
             raise ConfigError(f"unknown sampler {self.name!r}; known: {', '.join(SAMPLERS)}")
         if self.beta_schedule not in BETA_SCHEDULES:
-            raise ConfigError(f"unknown beta schedule {self.beta_schedule!r}; known: {', '.join(BETA_SCHEDULES)}")
+            raise ConfigError(
+                f"unknown beta schedule {self.beta_schedule!r}; known: {', '.join(BETA_SCHEDULES)}"
+            )
         if self.train_steps < 2 or not 0 < self.beta_start < self.beta_end < 1:
             raise ConfigError(
                 f"sampler {self.name}: need train_steps >= 2 and 0 < beta_start < beta_end < 1, got "
@@ -104,7 +106,9 @@ class SamplerSpec:
         known = {"name", "train_steps", "beta_start", "beta_end", "beta_schedule", "scheduler"}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ConfigError(f"sampler: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+            raise ConfigError(
+                f"sampler: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+            )
         if "name" not in data:
             raise ConfigError(f"sampler needs a `name` ({', '.join(SAMPLERS)})")
         values = dict(data)

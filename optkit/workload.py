@@ -56,7 +56,9 @@ NULL_FORMS = "'zeros', 'keep' or 'fill:VALUE'"
 def _check_keys(owner: str, data: Mapping[str, Any], known: Iterable[str]) -> None:
     unknown = sorted(set(data) - set(known))
     if unknown:
-        raise ConfigError(f"{owner}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        raise ConfigError(
+            f"{owner}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+        )
 
 
 def null_value(spec: str, cond: torch.Tensor) -> torch.Tensor:
@@ -95,7 +97,9 @@ class Diffusion:
         if self.steps < 1:
             raise ConfigError(f"diffusion.steps must be >= 1, got {self.steps}")
         if not (math.isfinite(self.guidance_scale) and self.guidance_scale >= 1.0):
-            raise ConfigError(f"diffusion.guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}")
+            raise ConfigError(
+                f"diffusion.guidance_scale must be >= 1 (1 = no guidance), got {self.guidance_scale}"
+            )
         for spec in self.null_cond:
             bad = spec not in ("zeros", "keep") and not spec.startswith("fill:")
             if not bad and spec.startswith("fill:"):
@@ -110,7 +114,9 @@ class Diffusion:
         """The unconditional inputs of classifier-free guidance for `cond`."""
         return null_condition(self.null_cond, cond)
 
-    def guidance(self, cond: Sequence[torch.Tensor], scale: float | None = None) -> tuple[float, Batch | None]:
+    def guidance(
+        self, cond: Sequence[torch.Tensor], scale: float | None = None
+    ) -> tuple[float, Batch | None]:
         """(guidance scale, null condition), or (1.0, None) when sampling without guidance."""
         scale = self.guidance_scale if scale is None else scale
         if scale <= 1.0 or not cond:
@@ -276,14 +282,18 @@ class Workload:
             for n, t in zip(names, example_inputs, strict=True)
         )
         if self.inputs and tuple(self.inputs) != tuple(names):
-            raise ConfigError(f"workload inputs {list(self.inputs)} do not match the model's inputs ({described})")
+            raise ConfigError(
+                f"workload inputs {list(self.inputs)} do not match the model's inputs ({described})"
+            )
         if self.diffusion is not None:
             if len(example_inputs) < 2:
                 raise ConfigError(
                     f"a diffusion workload needs a denoiser taking (x, t, *cond); the model takes ({described})"
                 )
             if not example_inputs[0].is_floating_point():
-                raise ConfigError(f"a diffusion workload's first input must be the float latent x; got ({described})")
+                raise ConfigError(
+                    f"a diffusion workload's first input must be the float latent x; got ({described})"
+                )
             cond = len(example_inputs) - 2
             if self.diffusion.null_cond and len(self.diffusion.null_cond) != cond:
                 raise ConfigError(

@@ -44,7 +44,7 @@ class GroupwiseConfig(PassConfig):
     symmetric: bool = True
     method: Literal["rtn", "gptq"] = "rtn"
     damp: float = 0.01
-    calibration: Literal["example", "single-step", "all-steps"] = "example"
+    calibration: Literal["auto", "example", "data", "single-step", "all-steps"] = "auto"
     calibration_batches: int = 4
     skip: tuple[str, ...] = ()
     quantize_head: bool = False

@@ -16,7 +16,9 @@ def test_npz_and_safetensors_files_are_cut_into_captured_batches(tmp_path):
 
     x = np.random.randn(5, 3, 4, 4)  # float64: cast to the model's float32
     np.savez(tmp_path / "c.npz", x=x, t=np.arange(5, dtype=np.float32))
-    save_file({"x": x.astype(np.float32), "t": np.arange(5, dtype=np.float32)}, str(tmp_path / "c.safetensors"))
+    save_file(
+        {"x": x.astype(np.float32), "t": np.arange(5, dtype=np.float32)}, str(tmp_path / "c.safetensors")
+    )
     for name in ("c.npz", "c.safetensors"):
         batches = load_calibration(Calibration("file", str(tmp_path / name)), NAMES, EXAMPLE)
         assert len(batches) == 2 and batches[1][0].dtype == torch.float32
@@ -26,7 +28,10 @@ def test_npz_and_safetensors_files_are_cut_into_captured_batches(tmp_path):
 
 def test_files_that_do_not_fit_are_refused_with_the_expected_inputs(tmp_path):
     cases = {
-        "shape.npz": ({"x": np.zeros((4, 3, 5, 5)), "t": np.zeros(4)}, r"shape \(4, 3, 5, 5\); the model takes \(x: \(N, 3, 4, 4\) float32"),
+        "shape.npz": (
+            {"x": np.zeros((4, 3, 5, 5)), "t": np.zeros(4)},
+            r"shape \(4, 3, 5, 5\); the model takes \(x: \(N, 3, 4, 4\) float32",
+        ),
         "dtype.npz": ({"x": np.zeros((4, 3, 4, 4), np.int64), "t": np.zeros(4)}, "dtype int64"),
         "missing.npz": ({"x": np.zeros((4, 3, 4, 4))}, "lacks input"),
         "few.npz": ({"x": np.zeros((1, 3, 4, 4)), "t": np.zeros(1)}, "at least 2"),

@@ -10,7 +10,10 @@ CORE = [
     *ROOT.glob("optkit/caching/*.py"),
     *ROOT.glob("passes/*.py"),
     *ROOT.glob("backends/**/*.py"),
-    *(ROOT / "optkit" / name for name in ("metrics.py", "sampling.py", "workload.py", "calib_data.py", "pipeline.py", "report.py")),
+    *(
+        ROOT / "optkit" / name
+        for name in ("metrics.py", "sampling.py", "workload.py", "calib_data.py", "pipeline.py", "report.py")
+    ),
 ]
 
 

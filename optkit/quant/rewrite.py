@@ -27,7 +27,7 @@ from optkit.ir.program import Program
 from optkit.quant.calibration import Batch, watch_inputs
 from optkit.quant.numerics import QuantSpec, scale_zero
 from optkit.quant.observers import Observer, ObserverKind
-from optkit.quant.sites import QuantSite, add_buffer, replace_site
+from optkit.quant.sites import QuantSite, add_buffer, reads_tied_buffer, replace_site
 from optkit.quant.weights import pack_weight, quantize_gptq, quantize_rtn
 
 log = logging.getLogger(__name__)
@@ -132,7 +132,8 @@ def quantize_site(
     weight_kn: torch.Tensor | None = None,
     damp: float = 0.01,
 ) -> int:
-    """Rewrite one site to its quantized kernel; returns the bytes of the stored weight tensors.
+    """Rewrite one site to its quantized kernel; returns the bytes of the weight tensors it
+    stores (0 when it reads the copy of a site it is tied to).
 
     `weight_kn` overrides the site's weight (after SmoothQuant rebalancing); with a `hessian`,
     weights are rounded by GPTQ with dampening `damp`.
@@ -164,8 +165,8 @@ def quantize_site(
             "w_colsum": w_q.sum(0, dtype=torch.int32),
             "bias": bias,
         }
-        replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
-        return w_q.numel() + qw.scale.numel() * 4
+        new = replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
+        return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + qw.scale.numel() * 4
     if plan.abits == 8:
         _insert_act_qdq(program, site, *act_qparams(stats))
     group = spec.group_size if spec.granularity == "group" else w_kn.shape[0]
@@ -175,14 +176,15 @@ def quantize_site(
             qw.zero.expand(1, w_kn.shape[1]).clone(),
         )
     buffers = pack_weight(qw)
-    replace_site(
+    new = replace_site(
         program,
         site,
         torch.ops.optkit.linear_wq.default,
         {**buffers, "bias": bias},
         (spec.bits, group, spec.symmetric),
     )
-    return sum(t.numel() * t.element_size() for t in buffers.values())
+    stored = sum(t.numel() * t.element_size() for t in buffers.values())
+    return 0 if reads_tied_buffer(new, site, "w_packed") else stored
 
 
 def act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -224,5 +226,5 @@ def _quantize_conv(program: Program, site: QuantSite, stats: ActStats | None, bi
         "bias": bias,
     }
     extra = (conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
-    replace_site(program, site, torch.ops.optkit.conv2d_w8a8.default, tensors, extra)
-    return w_q.numel() + w_scale.numel() * 4
+    new = replace_site(program, site, torch.ops.optkit.conv2d_w8a8.default, tensors, extra)
+    return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + w_scale.numel() * 4

@@ -73,8 +73,6 @@ def _fake_site(site: QuantSite, plan: LayerPlan, stats: ActStats | None) -> _Fak
         return _FakeSite(torch.clamp(torch.round(w / scale), -128, 127) * scale, act)
     w_kn = site.weight.t().float()
     spec = plan.weight
-    if spec.granularity == "group" and w_kn.shape[0] % spec.group_size:
-        spec = QuantSpec(spec.bits, spec.symmetric, "channel")
     return _FakeSite(quantize_rtn(w_kn, spec).dequantized().t().contiguous(), act)
 
 

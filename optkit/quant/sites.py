@@ -218,6 +218,13 @@ def _conv_args(node: fx.Node) -> dict[str, Any] | None:
     }
 
 
+def reads_tied_buffer(node: fx.Node, site: QuantSite, role: str) -> bool:
+    """Whether `node`, the kernel that replaced `site`, reads the `role` buffer of the site it
+    is tied to (stored by that site, so not to be counted again)."""
+    name = _buffer_base(site.tied_to, role) if site.tied_to is not None else None
+    return any(isinstance(a, fx.Node) and a.op == "get_attr" and a.target == name for a in node.args)
+
+
 def _buffer_base(path: str, role: str) -> str:
     return re.sub(r"\W", "_", f"q_{path}_{role}")
 

@@ -71,6 +71,20 @@ def test_default_schedules_leave_no_kernel_unscheduled(mlp):
     assert relax_pipeline(spec, "naive") is not None
 
 
+class _Argmax(nn.Module):
+    def forward(self, x):
+        return x.argmax(-1)
+
+
+def test_row_kernel_ending_in_a_per_row_write_matches_torch():
+    # argmax's kernel: a (value, index) row reduction, then a write per row. CPURowReduction once
+    # vectorized the row loop itself, reduction included, and returned wrong indices.
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(1))
+    program = capture(_Argmax().eval(), (x,))
+    (got,) = lower(program, "cpu", num_cores=1).run(x)
+    np.testing.assert_array_equal(got, x.argmax(-1).numpy())
+
+
 class _UsesBessel(nn.Module):
     def __init__(self) -> None:
         super().__init__()

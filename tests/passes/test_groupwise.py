@@ -142,7 +142,10 @@ def test_tied_linear_weights_are_quantized_once():
     assert after.op_counts()["linear_wq"] == 2
     nodes = [n for n in after.compute_nodes() if n.target == torch.ops.optkit.linear_wq.default]
     assert nodes[0].args[1].target == nodes[1].args[1].target  # one packed weight read twice
-    assert [n for n, _ in after.graph_module.named_buffers()].count("q_shared_w_packed") == 1
+    buffers = dict(after.graph_module.named_buffers())
+    assert "q_shared_w_packed_1" not in buffers
+    stored = sum(buffers[f"q_shared_{role}"].nbytes for role in ("w_packed", "w_scale", "w_zero"))
+    assert result.records[0].figures["weight_bytes_after"].value == stored  # counted once
     assert sqnr_db(program.run(), after.run()) > 15.0
 
 

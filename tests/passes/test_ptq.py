@@ -275,3 +275,19 @@ def test_output_head_kept_float_unless_quantize_head():
     )
     reference = program.run()
     assert sqnr_db(reference, kept.program.run()) > sqnr_db(reference, quantized.program.run())
+
+
+def test_tied_linear_weights_store_one_int8_copy():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+
+    shared = nn.Linear(32, 32)
+    model = nn.Sequential(shared, nn.GELU(), shared)  # one weight, two call sites
+    program = capture(model, (torch.randn(8, 32),))
+    result = run(program)
+    buffers = dict(result.program.graph_module.named_buffers())
+    w_q = [n for n in buffers if n.endswith("w_q")]
+    assert result.program.op_counts()["linear_w8a8"] == 2 and len(w_q) == 1
+    assert result.records[0].figures["weight_bytes_after"].value == 32 * 32 + 32 * 4
+    assert sqnr_db(program.run(), result.program.run()) > 30.0

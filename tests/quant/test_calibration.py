@@ -82,8 +82,15 @@ def test_without_a_sampler_trajectory_modes_are_refused(dit_program):
 def test_data_mode_reads_a_file(dit_program, tmp_path):
     x, t, y = dit_program.example_inputs
     path = tmp_path / "calib.npz"
-    np.savez(path, x=np.random.randn(7, 2, 8, 8).astype(np.float32), t=np.full(7, 500.0, np.float32), y=np.arange(7))
-    program = dit_program.clone().with_workload(dit_program.workload.replace(calibration=Calibration.from_path(path)))
+    np.savez(
+        path,
+        x=np.random.randn(7, 2, 8, 8).astype(np.float32),
+        t=np.full(7, 500.0, np.float32),
+        y=np.arange(7),
+    )
+    program = dit_program.clone().with_workload(
+        dit_program.workload.replace(calibration=Calibration.from_path(path))
+    )
     batches = calibration_batches(program, "auto", num_batches=10)
     assert len(batches) == 3  # 7 samples in batches of 2; the odd one is dropped
     assert batches[0][0].shape == x.shape and batches[0][2].dtype == y.dtype

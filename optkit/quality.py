@@ -1,0 +1,116 @@
+"""Quality of an optimized Program against its input, measured with the Workload's metric.
+
+The metric is the workload's (`Workload.metric`), or by default PSNR of samples for a model the
+workload samples and output SQNR otherwise:
+
+| metric       | measured on                              | figure                                  |
+|--------------|------------------------------------------|-----------------------------------------|
+| `psnr`       | samples of the workload's sampler (same   | PSNR (dB) of the candidate's samples     |
+|              | seeds; block-cached when the candidate    | against the reference's                  |
+|              | has a cache schedule), or outputs         |                                         |
+| `sqnr`       | outputs on the evaluation batches         | SQNR (dB) against the reference          |
+| `top1`       | outputs on the evaluation batches         | % of rows whose arg-max class agrees     |
+| `perplexity` | token batches (first input: ids)          | perplexity of next-token prediction, both |
+
+Evaluation batches are the workload's calibration data when it names some (`data`), else the
+example inputs: a figure measured on the data the model was calibrated on says so.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from optkit.caching.runner import cached_sample, uncached_sample
+from optkit.errors import ConfigError
+from optkit.ir.onnx_io import flat_outputs
+from optkit.ir.program import Program
+from optkit.metrics import psnr_db, sqnr_db
+from optkit.quant.calibration import Batch, calibration_batches
+from optkit.report import Figure
+
+EVAL_BATCHES = 8  # data batches a quality figure reads at most
+
+
+def metric_of(program: Program) -> str:
+    """The metric quality is measured with: the workload's, else psnr (sampled) or sqnr."""
+    if program.workload.metric:
+        return program.workload.metric
+    return "psnr" if program.workload.diffusion is not None else "sqnr"
+
+
+def evaluation_batches(program: Program) -> list[Batch]:
+    """The batches a quality figure reads (see the module docstring)."""
+    mode = "example" if program.workload.calibration.source == "example" else "data"
+    return calibration_batches(program, mode, EVAL_BATCHES)
+
+
+def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,)) -> dict[str, Figure]:
+    """Quality figures of `candidate` against `reference` (same inputs) with the reference's
+    workload metric, keyed by what they say (`samples PSNR vs input`, ...)."""
+    metric = metric_of(reference)
+    if metric == "psnr" and reference.workload.diffusion is not None:
+        ref = torch.cat([_sample(reference, s) for s in seeds])
+        out = torch.cat([_sample(candidate, s) for s in seeds])
+        return {f"samples PSNR vs input ({len(seeds)} seed(s))": Figure(psnr_db(ref, out), "dB")}
+    batches = evaluation_batches(reference)
+    where = f"{len(batches)} batch(es)"
+    if metric == "perplexity":
+        before, after = (_perplexity(p, batches) for p in (reference, candidate))
+        return {f"perplexity before ({where})": Figure(before), f"perplexity after ({where})": Figure(after)}
+    ref, out = _outputs(reference, batches), _outputs(candidate, batches)
+    if metric == "sqnr":
+        return {f"output SQNR vs input ({where})": Figure(sqnr_db(ref, out), "dB")}
+    if metric == "psnr":
+        span = float(ref.max() - ref.min()) or 1.0
+        return {f"output PSNR vs input ({where})": Figure(psnr_db(ref, out, data_range=span), "dB")}
+    agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
+    return {f"top-1 agreement with input ({where})": Figure(100.0 * agree, "%")}
+
+
+def _sample(program: Program, seed: int) -> torch.Tensor:
+    diffusion = program.workload.diffusion
+    assert diffusion is not None
+    if program.annotations.cache_schedule:
+        return cached_sample(program, seed=seed)
+    x, _t, *cond = program.example_inputs
+    guidance, uncond = diffusion.guidance(tuple(cond))
+    return uncached_sample(
+        program,
+        x.shape,
+        sampler=diffusion.sampler,
+        steps=diffusion.steps,
+        seed=seed,
+        cond=tuple(cond),
+        uncond=uncond,
+        guidance_scale=guidance,
+    )
+
+
+def _outputs(program: Program, batches: Sequence[Batch]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([flat_outputs(program.graph_module(*b))[0].float() for b in batches])
+
+
+def _perplexity(program: Program, batches: Sequence[Batch]) -> float:
+    ids = batches[0][0]
+    if ids.is_floating_point() or ids.dim() != 2:
+        raise ConfigError(
+            f"metric 'perplexity' needs token ids (N, T) as the first input; {program.name} takes {tuple(ids.shape)} {ids.dtype}"
+        )
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in batches:
+            logits = flat_outputs(program.graph_module(*batch))[0].float()  # (B, T, V)
+            if logits.dim() != 3 or logits.shape[:2] != batch[0].shape:
+                raise ConfigError(
+                    f"metric 'perplexity' needs logits (N, T, vocab) as the first output; got {tuple(logits.shape)}"
+                )
+            loss = F.cross_entropy(
+                logits[:, :-1].flatten(0, 1), batch[0][:, 1:].flatten().long(), reduction="sum"
+            )
+            total, count = total + float(loss), count + batch[0][:, 1:].numel()
+    return math.exp(total / count)

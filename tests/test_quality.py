@@ -1,0 +1,75 @@
+import dataclasses
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from optkit import quality
+from optkit.api import optimize
+from optkit.errors import ConfigError
+from optkit.ir.capture import capture
+from optkit.workload import Calibration, Workload
+from tests import models
+from tests.caching.conftest import tiny_denoiser_program  # noqa: F401  (fixture)
+
+
+class TinyLM(nn.Module):
+    def __init__(self, vocab: int = 32, dim: int = 16) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        self.mix = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, vocab)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.relu(self.mix(self.embed(ids))))  # (B, T, V)
+
+
+def test_default_metric_is_output_sqnr_and_matches_the_ptq_check(conv_program):
+    assert quality.metric_of(conv_program) == "sqnr"
+    result = optimize(conv_program, ["ptq"], {"ptq": {"min_sqnr_db": 0.0}})
+    ((label, figure),) = quality.compare(conv_program, result.program).items()
+    assert label == "output SQNR vs input (1 batch(es))" and figure.unit == "dB"
+    assert figure.value == pytest.approx(result.records[0].check["min_sqnr_db"], rel=1e-4)
+    assert quality.compare(conv_program, conv_program.clone()) == {label: quality.Figure(math.inf, "dB")}
+
+
+def test_top1_agreement_on_the_workloads_data(conv_program):
+    data = [(torch.randn(2, 3, 8, 8),) for _ in range(3)]
+    program = conv_program.clone().with_workload(
+        Workload(calibration=Calibration.from_batches(data), metric="top1")
+    )
+    assert len(quality.evaluation_batches(program)) == 3
+    assert quality.compare(program, program.clone()) == {
+        "top-1 agreement with input (3 batch(es))": quality.Figure(100.0, "%")
+    }
+
+
+def test_perplexity_of_both_models():
+    torch.manual_seed(0)
+    program = capture(TinyLM(), (torch.randint(0, 32, (2, 12)),), name="lm").with_workload(
+        Workload(metric="perplexity")
+    )
+    figures = quality.compare(program, program.clone())
+    before, after = figures.values()
+    assert before == after and 1.0 < before.value < 1000.0
+    image = capture(*models.conv_net(), name="conv").with_workload(Workload(metric="perplexity"))
+    with pytest.raises(ConfigError, match="token ids"):
+        quality.compare(image, image)
+
+
+def test_samples_psnr_for_a_sampled_workload(tiny_denoiser_program):
+    program = tiny_denoiser_program.clone()
+    program.workload = program.workload.replace(
+        diffusion=dataclasses.replace(program.workload.diffusion, steps=4)
+    )
+    assert quality.metric_of(program) == "psnr"
+    same = quality.compare(program, program.clone())
+    assert list(same.values()) == [quality.Figure(math.inf, "dB")]
+    noisy = program.clone()
+    with torch.no_grad():
+        noisy.graph_module.get_parameter("head.weight").add_(
+            0.01 * torch.randn_like(noisy.graph_module.get_parameter("head.weight"))
+        )
+    (figure,) = quality.compare(program, noisy).values()
+    assert math.isfinite(figure.value)  # an untrained denoiser: any change shows in the samples
