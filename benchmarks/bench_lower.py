@@ -33,8 +33,8 @@ from _docs import write_section  # noqa: E402
 from optkit.benchmark import BenchConfig, BenchResult, TargetResult, benchmark  # noqa: E402
 from optkit.errors import OptkitError  # noqa: E402
 from optkit.ir.flops import total_flops  # noqa: E402
-from optkit.refs import load_program_ref  # noqa: E402
 from optkit.pipeline import PassManager, build_passes  # noqa: E402
+from optkit.refs import load_program_ref  # noqa: E402
 from optkit.report import Table  # noqa: E402
 from optkit.zoo.registry import list_models  # noqa: E402
 

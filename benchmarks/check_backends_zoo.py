@@ -18,8 +18,8 @@ import numpy as np
 def main(names: list[str]) -> None:
     from optkit.backends import lower
 
-    from optkit.refs import load_program_ref
     from optkit.pipeline import PassManager, build_passes
+    from optkit.refs import load_program_ref
 
     warnings.simplefilter("ignore")
     for name in names:

@@ -90,7 +90,9 @@ class CacheConfig(PassConfig):
             raise ConfigError(f"steps must be >= 2 (0 = the workload's), got {self.steps}")
         if not self.seeds:
             raise ConfigError("seeds must name at least one calibration seed")
-        if not (math.isfinite(self.guidance_scale) and (self.guidance_scale >= 1.0 or self.guidance_scale == 0)):
+        if not (
+            math.isfinite(self.guidance_scale) and (self.guidance_scale >= 1.0 or self.guidance_scale == 0)
+        ):
             raise ConfigError(
                 f"guidance_scale must be >= 1 (1 = no guidance, 0 = the workload's), got {self.guidance_scale}"
             )

@@ -67,7 +67,11 @@ class Sensitivity(Pass):
         )
         stats = collect_act_stats(program, sites, batches, cfg.observer, 99.99) if cfg.abits == 8 else {}
         result_figures: dict[str, Figure] = {}
-        data: dict[str, object] = {"wbits": cfg.wbits, "abits": cfg.abits, "calibration": resolve_mode(program, cfg.calibration)}
+        data: dict[str, object] = {
+            "wbits": cfg.wbits,
+            "abits": cfg.abits,
+            "calibration": resolve_mode(program, cfg.calibration),
+        }
         seconds = naive = 0.0
         if cfg.level in ("layer", "both"):
             layers = measure(program, {s.path: [s.node.name] for s in sites}, lambda s: plan, stats, batches)

@@ -118,6 +118,8 @@ def data_dependent() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return DataDependent(), (torch.randn(2, 4),)
 
 
-def diffusion_workload(sampler: str = "ddim", guidance_scale: float = 1.0, null_cond: tuple[str, ...] = ()) -> Workload:
+def diffusion_workload(
+    sampler: str = "ddim", guidance_scale: float = 1.0, null_cond: tuple[str, ...] = ()
+) -> Workload:
     """A Workload sampling a denoiser `(x, t, *cond)` with `sampler` (20 steps)."""
     return Workload(diffusion=Diffusion(SamplerSpec(sampler), 20, guidance_scale, null_cond))

@@ -11,7 +11,7 @@ from optkit.errors import ConfigError
 from optkit.ir.capture import capture
 from optkit.workload import Calibration, Workload
 from tests import models
-from tests.caching.conftest import tiny_denoiser_program  # noqa: F401  (fixture)
+from tests.caching.conftest import TinyDenoiser
 
 
 class TinyLM(nn.Module):
@@ -58,8 +58,11 @@ def test_perplexity_of_both_models():
         quality.compare(image, image)
 
 
-def test_samples_psnr_for_a_sampled_workload(tiny_denoiser_program):
-    program = tiny_denoiser_program.clone()
+def test_samples_psnr_for_a_sampled_workload():
+    torch.manual_seed(0)
+    inputs = (torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
+    program = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
+    program.with_workload(models.diffusion_workload())
     program.workload = program.workload.replace(
         diffusion=dataclasses.replace(program.workload.diffusion, steps=4)
     )

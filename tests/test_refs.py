@@ -6,8 +6,8 @@ import torch
 from optkit.errors import ModelRefError, UnknownNameError
 from optkit.ir.onnx_io import OnnxModel, export_onnx
 from optkit.ir.program import Program
-from optkit.refs import load_model, load_program_ref, parse_model_ref
 from optkit.ir.serialize import save_program
+from optkit.refs import load_model, load_program_ref, parse_model_ref
 from tests import models
 
 

@@ -257,7 +257,9 @@ def cached_sample(
         guidance_scale = float(data.get("guidance_scale", diffusion.guidance_scale if diffusion else 1.0))
     if uncond is None and guidance_scale > 1 and cond:
         if diffusion is None:
-            raise ConfigError(f"guidance needs the null condition: give `uncond` or a workload with [diffusion]")
+            raise ConfigError(
+                "guidance needs the null condition: give `uncond` or a workload with [diffusion]"
+            )
         uncond = diffusion.null_condition(cond)
     runner = CachedSampler(program, schedule, units, alignment)
     return runner.sample(

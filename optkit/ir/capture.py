@@ -76,8 +76,12 @@ def capture(
             )
     keywords = dict(kwargs or {})
     for key, value in keywords.items():
-        if isinstance(value, (list, tuple, dict)) and any(isinstance(v, torch.Tensor) for v in _leaves(value)):
-            raise ConfigError(f"keyword input {key!r} nests tensors in a {type(value).__name__}; give tensors directly")
+        if isinstance(value, (list, tuple, dict)) and any(
+            isinstance(v, torch.Tensor) for v in _leaves(value)
+        ):
+            raise ConfigError(
+                f"keyword input {key!r} nests tensors in a {type(value).__name__}; give tensors directly"
+            )
     if not inputs and not any(isinstance(v, torch.Tensor) for v in keywords.values()):
         raise ConfigError("capture needs at least one example input tensor")
     model = model.eval()

@@ -85,7 +85,9 @@ def load_program(path: str | Path) -> Program:
         meta = sidecar.get("meta", {})
         workload = Workload.from_dict(sidecar.get("workload", {}))
     if exported.example_inputs is None:
-        raise ArtifactError(f"{path} holds no example inputs; re-export it with torch.export.export(model, args)")
+        raise ArtifactError(
+            f"{path} holds no example inputs; re-export it with torch.export.export(model, args)"
+        )
     args, kwargs = exported.example_inputs
     gm = exported.module()
     _drop_guards(gm)

@@ -61,7 +61,9 @@ def calibration_batches(
                 f"calibration = 'data' needs calibration data in {program.name}'s workload: give --calib PATH "
                 "(a .npz/.safetensors of input batches, an image folder or a token file) or a [calibration] table"
             )
-        return load_calibration(workload.calibration, program.input_names(), program.example_inputs, num_batches)
+        return load_calibration(
+            workload.calibration, program.input_names(), program.example_inputs, num_batches
+        )
     diffusion = workload.diffusion
     if diffusion is None:
         raise ConfigError(

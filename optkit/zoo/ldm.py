@@ -46,9 +46,9 @@ from torch import nn
 from optkit.errors import ConfigError
 from optkit.nn.autoencoder import DOWNSAMPLE, Autoencoder, AutoencoderConfig, latent_std, train_autoencoder
 from optkit.nn.unet import UNet, UNetConfig
+from optkit.sampling import SampleFn
 from optkit.zoo.digits_metrics import class_accuracy, fd_digits
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
-from optkit.sampling import SampleFn
 
 PAPER = "High-Resolution Image Synthesis with Latent Diffusion Models (Rombach et al., CVPR 2022)"
 GUIDANCE_SCALE = 2.0

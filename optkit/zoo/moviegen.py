@@ -33,9 +33,9 @@ from torch import nn
 
 from optkit.errors import ConfigError
 from optkit.nn.mate import MATE, MateConfig
+from optkit.sampling import SampleFn
 from optkit.zoo.digits_metrics import class_accuracy, video_quality
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
-from optkit.sampling import SampleFn
 
 PAPER = "Movie Gen: A Cast of Media Foundation Models (Polyak et al., 2024)"
 GUIDANCE_SCALE = 2.0
@@ -390,8 +390,8 @@ def evaluate(model: nn.Module, settings: EvalSettings, sample_fn: SampleFn | Non
 
     `sample_fn` (same signature as `optkit.sampling.sample`) replaces the plain sampler, so
     that a cached or quantized runner is scored the same way."""
-    from optkit.zoo.data import moving_digits
     from optkit.sampling import sample
+    from optkit.zoo.data import moving_digits
 
     draw = sample_fn or sample
 

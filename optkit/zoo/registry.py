@@ -103,7 +103,9 @@ class ZooModel:
         """How passes drive this model: its sampler, guidance and null condition (if sampled)."""
         if not self.sampler:
             return Workload()
-        return Workload(diffusion=Diffusion(SamplerSpec(self.sampler), steps, self.guidance_scale, self.null_cond))
+        return Workload(
+            diffusion=Diffusion(SamplerSpec(self.sampler), steps, self.guidance_scale, self.null_cond)
+        )
 
     def checkpoint_path(self, size: str) -> Path:
         return CHECKPOINT_DIR / f"{self.name}_{size}.safetensors"

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from optkit.errors import ConfigError
-from optkit.zoo.registry import TrainSettings
 from optkit.sampling import TRAIN_STEPS, alphas_cumprod
+from optkit.zoo.registry import TrainSettings
 
 Batches = Callable[[torch.Generator, int], tuple[torch.Tensor, tuple[torch.Tensor, ...]]]
 NullCond = Callable[[tuple[torch.Tensor, ...]], tuple[torch.Tensor, ...]]

@@ -10,9 +10,9 @@ from optkit.caching import cached_sample, uncached_sample
 from optkit.errors import ConfigError
 from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, get_pass
-from tests.caching.conftest import TinyDenoiser, _local_sample
 from optkit.workload import Workload
 from tests import models
+from tests.caching.conftest import TinyDenoiser, _local_sample
 from tests.models import conv_net
 
 STEPS = 8

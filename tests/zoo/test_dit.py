@@ -5,9 +5,9 @@ from torch import nn
 from optkit.errors import ConfigError
 from optkit.ir.capture import capture
 from optkit.ir.onnx_io import export_onnx
+from optkit.sampling import sample
 from optkit.zoo.dit import DiT, DiTConfig, example_inputs, null_labels, sincos_pos_embed_2d
 from optkit.zoo.registry import TrainSettings, get_model
-from optkit.sampling import sample
 from optkit.zoo.training import train_denoiser
 
 

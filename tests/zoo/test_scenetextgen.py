@@ -43,7 +43,9 @@ def test_registry_entry_and_sizes() -> None:
     assert 3 <= sum(p.numel() for p in entry.build(entry.configs["small"]).parameters()) / n_tiny <= 10
     ids = char_ids(torch.tensor([[3, 0, 9]]))
     assert torch.equal(ids, torch.tensor([[4, 1, 10]]))
-    assert torch.equal(entry.workload().diffusion.null_condition((ids,))[0], torch.zeros(1, 3, dtype=torch.int64))
+    assert torch.equal(
+        entry.workload().diffusion.null_condition((ids,))[0], torch.zeros(1, 3, dtype=torch.int64)
+    )
 
 
 def test_shapes_and_text_conditioning() -> None:
