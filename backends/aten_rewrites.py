@@ -62,32 +62,41 @@ def _cast_scan_input(node: fx.Node) -> bool:
     return True
 
 
-def _cast_concat_inputs(node: fx.Node) -> bool:
+def _concat_operands(node: fx.Node) -> tuple[list[fx.Node], list[torch.Tensor], torch.Tensor] | None:
+    """(input nodes, their values, output value) of a `cat` whose inputs all carry tensor values."""
     tensors, out = node.args[0], _val(node)
-    if out is None or not isinstance(tensors, (list, tuple)):
+    if (
+        out is None
+        or not isinstance(tensors, (list, tuple))
+        or not all(isinstance(t, fx.Node) for t in tensors)
+    ):
+        return None
+    nodes = [t for t in tensors if isinstance(t, fx.Node)]
+    vals = [v for v in (_val(t) for t in nodes) if v is not None]
+    return (nodes, vals, out) if len(vals) == len(nodes) else None
+
+
+def _cast_concat_inputs(node: fx.Node) -> bool:
+    operands = _concat_operands(node)
+    if operands is None or all(v.dtype == operands[2].dtype for v in operands[1]):
         return False
-    vals = [_val(t) for t in tensors]
-    if any(v is None for v in vals) or all(v.dtype == out.dtype for v in vals):  # type: ignore[union-attr]
-        return False
+    nodes, vals, out = operands
     cast = [
-        t if v.dtype == out.dtype else _cast(node, t, out.dtype) for t, v in zip(tensors, vals, strict=True)
-    ]  # type: ignore[union-attr]
+        t if v.dtype == out.dtype else _cast(node, t, out.dtype) for t, v in zip(nodes, vals, strict=True)
+    ]
     node.args = (cast, *node.args[1:])
     return True
 
 
 def _drop_empty_concat_inputs(node: fx.Node) -> bool:
-    tensors = node.args[0]
-    out = _val(node)
-    if out is None or not isinstance(tensors, (list, tuple)):
+    operands = _concat_operands(node)
+    if operands is None:
         return False
-    vals = [_val(t) for t in tensors]
-    if any(v is None for v in vals):
-        return False
+    nodes, vals, out = operands
     # Drop only inputs that change nothing: zero elements and the output's dtype (torch.cat
     # promotes over all inputs, empty ones included; `concat_dtype` runs first and casts them).
-    kept = [t for t, v in zip(tensors, vals, strict=True) if v.numel() or v.dtype != out.dtype]  # type: ignore[union-attr]
-    if len(kept) == len(tensors) or not kept:
+    kept = [t for t, v in zip(nodes, vals, strict=True) if v.numel() or v.dtype != out.dtype]
+    if len(kept) == len(nodes) or not kept:
         return False
     node.args = (kept, *node.args[1:])
     return True

@@ -26,9 +26,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Unit:
-    """One binding of `main` as a function of its own: the variable's name and the function."""
+    """One binding of `main` as a function of its own: the variable's name, the function's name
+    (also its global symbol) and the function."""
 
     var: str
+    name: str
     func: Any  # tvm.relax.Function
 
 
@@ -48,7 +50,7 @@ def binding_units(mod: Any, entry: str = "main") -> list[Unit]:
         def visit_dataflow_var_(self, var: Any) -> Any:
             return self.by_name.get(str(var.name), var)
 
-    units = []
+    units: list[Unit] = []
     for block in mod[entry].body.blocks:
         for binding in block.bindings:
             if not isinstance(binding, relax.VarBinding) or not isinstance(binding.value, relax.Call):
@@ -64,7 +66,7 @@ def binding_units(mod: Any, entry: str = "main") -> list[Unit]:
                 with bb.dataflow():
                     out = bb.emit_output(value)
                 bb.emit_func_output(out)
-            units.append(Unit(str(binding.var.name), bb.get()[name]))
+            units.append(Unit(str(binding.var.name), name, bb.get()[name]))
     return units
 
 
@@ -77,7 +79,7 @@ def first_failing_binding(units: Sequence[Unit], compiles: Callable[[Any], objec
     import tvm
 
     def fails(chunk: Sequence[Unit]) -> bool:
-        mod = tvm.IRModule({f"unit_{u.var}": u.func for u in chunk})
+        mod = tvm.IRModule({u.name: u.func for u in chunk})
         try:
             compiles(mod)
         except Exception:  # any error counts: TVM's own types and optkit's wrappers
@@ -126,12 +128,12 @@ def locate_build_failure(
     import tvm
 
     try:
-        compiles(tvm.IRModule({f"unit_{unit.var}": unit.func}))
+        compiles(tvm.IRModule({unit.name: unit.func}))
     except Exception as err:  # build() wraps TVM's error; its own last line is the useful one
         return origin, _last_line(err.__cause__ if err.__cause__ is not None else err)
     return None
 
 
-def _last_line(err: Exception) -> str:
+def _last_line(err: BaseException) -> str:
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
     return lines[-1].rstrip(":")[:300] if lines else type(err).__name__

@@ -8,6 +8,12 @@
 | `pkg.module:factory` | user code; `factory()` returns `(model, example_inputs)` or    |
 |                      | `(model, example_inputs, workload)`; inputs may be a dict     |
 | `path/model.pt`      | a pickled module: runs code on load, so only with trust_pickle |
+| `path/folder/`       | a diffusers `save_pretrained` pipeline or model folder, or a   |
+|                      | transformers causal LM / image classifier folder (`optkit[hf]`) |
+
+A folder is recognized by its files (`model_index.json`, or `config.json` with `_class_name`
+for diffusers and `architectures` for transformers) and loaded by `optkit.interop`, which
+imports diffusers or transformers only then.
 
 This module sits above the zoo (it resolves `zoo:` names), beside `optkit.api`; the generic
 core (`optkit.ir`, `optkit.quant`, `optkit.caching`, passes, backends) never imports it.
@@ -27,6 +33,7 @@ import torch
 from torch import nn
 
 from optkit.errors import ModelRefError, OptkitError
+from optkit.interop import directory_format, load_directory
 from optkit.ir.capture import capture
 from optkit.ir.onnx_io import OnnxModel
 from optkit.ir.program import Program
@@ -37,12 +44,16 @@ log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".pkl", ".pickle", ".bin")
 _FACTORY = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*$")
-FORMS = "zoo:NAME[:size], a .pt2 file, a .onnx file, pkg.module:factory, or a pickled .pt with --trust-pickle"
+FORMS = (
+    "zoo:NAME[:size], a .pt2 file, a .onnx file, pkg.module:factory, a diffusers or transformers "
+    "save_pretrained folder, or a pickled .pt with --trust-pickle"
+)
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed model reference: its kind (`zoo`, `pt2`, `onnx`, `factory`, `pickle`) and text."""
+    """A parsed model reference: its kind (`zoo`, `pt2`, `onnx`, `factory`, `pickle`, `diffusers`,
+    `transformers`) and text."""
 
     kind: str
     text: str
@@ -61,6 +72,8 @@ def parse_model_ref(text: str) -> ModelRef:
                 f"bad zoo reference {text!r}; expected zoo:NAME or zoo:NAME:SIZE (see `optkit zoo list`)"
             )
         return ModelRef("zoo", text)
+    if Path(text).is_dir():  # a Hugging Face folder, judged by its files
+        return ModelRef(directory_format(Path(text)), text)
     suffix = Path(text).suffix.lower()
     if suffix == ".pt2":
         return ModelRef("pt2", text)
@@ -80,13 +93,15 @@ def load_model(
     *,
     trust_pickle: bool = False,
     pretrained: bool = True,
-    batch: int = 2,
+    batch: int | None = None,
     seed: int = 0,
     workload: Workload | None = None,
 ) -> Program | OnnxModel:
     """Resolve `ref` to a captured Program (or an `OnnxModel` for `.onnx` files).
 
-    `workload`, when given, replaces the one the model comes with (checked against its inputs).
+    `batch` and `seed` shape the example inputs of zoo models and Hugging Face folders (batch 2
+    by default; 1 for language models). `workload`, when given, replaces the one the model comes
+    with (checked against its inputs); a diffusers folder then needs no scheduler of its own.
     """
     ref = parse_model_ref(ref) if isinstance(ref, str) else ref
     if ref.kind in ("pt2", "onnx", "pickle"):
@@ -99,7 +114,11 @@ def load_model(
             raise ModelRefError(f"{ref.text} is an ONNX model: a workload needs a PyTorch graph")
         return OnnxModel.load(ref.path)
     if ref.kind == "zoo":
-        program = _load_zoo(ref.text, pretrained, batch, seed)
+        program = _load_zoo(ref.text, pretrained, batch or 2, seed)
+    elif ref.kind in ("diffusers", "transformers"):
+        program = load_directory(
+            ref.path, ref.kind, trust_pickle=trust_pickle, batch=batch, seed=seed, workload=workload
+        )
     elif ref.kind == "pt2":
         program = load_program(ref.path)
     elif ref.kind == "pickle":

@@ -66,7 +66,7 @@ def null_value(spec: str, cond: torch.Tensor) -> torch.Tensor:
     if spec == "zeros":
         return torch.zeros_like(cond)
     if spec == "keep":
-        return cond.clone()
+        return cond
     if spec.startswith("fill:"):
         return torch.full_like(cond, float(spec[5:]))
     raise ConfigError(f"null condition {spec!r}: expected {NULL_FORMS}")

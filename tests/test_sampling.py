@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from optkit.errors import ConfigError, UnknownNameError
+from optkit.errors import ConfigError
 from optkit.sampling import alphas_cumprod, sample, timesteps
 
 MU, STD = 1.5, 0.5  # data distribution N(MU, STD^2) per dimension
@@ -77,7 +77,7 @@ def test_seed_observer_and_guidance():
 
 
 def test_bad_inputs():
-    with pytest.raises(UnknownNameError, match="unknown sampler 'euler'"):
+    with pytest.raises(ConfigError, match="unknown sampler 'euler'"):
         sample(eps_oracle, (1, 1), sampler="euler", steps=5, seed=0)
     with pytest.raises(ConfigError, match="steps must be >= 1"):
         timesteps("ddim", 0)

@@ -1,0 +1,1 @@
+"""A diffusers UNet2DModel trained on digits, optimized with optkit (see README.md)."""
