@@ -89,11 +89,13 @@ def analyze_file(
     With `sensitivity` (options of the `sensitivity` pass), add the SQNR sensitivity ranking
     and, in `output`, its block x timestep heatmap; `workload` / `calib` say how it calibrates.
     """
-    model = load_model(ref, trust_pickle=trust_pickle)
+    if workload is not None and not isinstance(workload, Workload):
+        workload = Workload.from_toml(workload)
+    model = load_model(ref, trust_pickle=trust_pickle, workload=workload)
     if isinstance(model, Program):
-        resolve_workload(model, workload, calib)
-    elif workload is not None or calib is not None:
-        raise ConfigError("a workload or calibration data needs a PyTorch graph, not an ONNX model")
+        resolve_workload(model, calib=calib)
+    elif calib is not None:
+        raise ConfigError("calibration data needs a PyTorch graph, not an ONNX model")
     if sensitivity is not None and isinstance(model, Program):
         model = optimize(model, ["sensitivity"], {"sensitivity": sensitivity}).program
     elif sensitivity is not None:
@@ -181,7 +183,8 @@ def optimize_file(
     output = Path(output)
     say("capture")
     start = time.perf_counter()
-    program = resolve_workload(load_program_ref(ref, trust_pickle=trust_pickle), workload, calib)
+    # The workload goes in with the load: a diffusers folder without a scheduler needs it.
+    program = resolve_workload(load_program_ref(ref, trust_pickle=trust_pickle, workload=workload), calib=calib)
     capture_s = time.perf_counter() - start
     result = optimize(program, passes, options, progress=lambda i, n, name: say(f"pass {i + 1}/{n}: {name}"))
     optimized = result.program

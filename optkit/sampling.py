@@ -293,9 +293,11 @@ def _diffusers(denoiser, x, spec, steps, cond, uncond, scale, observer, gen):  #
     except Exception as err:  # e.g. a dynamic-shift flow scheduler that needs `mu`
         raise ConfigError(f"optkit cannot drive {spec.label}: set_timesteps({steps}) failed: {err}") from err
     takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-    x = x * scheduler.init_noise_sigma
+    # Flow-matching schedulers start from unit noise and feed x as it is (no such methods).
+    x = x * getattr(scheduler, "init_noise_sigma", 1.0)
+    scale_input = getattr(scheduler, "scale_model_input", lambda sample, _t: sample)
     for i, t in enumerate(scheduler.timesteps):
-        model_in = scheduler.scale_model_input(x, t)
+        model_in = scale_input(x, t)
         out = _guided(denoiser, model_in, float(t), cond, uncond, scale, i, observer)
         extra = {"generator": gen} if takes_generator else {}
         x = scheduler.step(out, t, x, return_dict=False, **extra)[0]

@@ -58,7 +58,9 @@ def example_inputs(model: UNet2DModel, batch: int = 10, seed: int = 0) -> dict[s
 def workload(scheduler: dict[str, Any], steps: int = STEPS) -> Workload:
     """Sampling with the saved diffusers scheduler, `steps` steps, no guidance; metric PSNR."""
     sampler = SamplerSpec("diffusers", scheduler=scheduler)
-    return Workload(inputs=INPUTS, diffusion=Diffusion(sampler, steps=steps, guidance_scale=1.0), metric="psnr")
+    return Workload(
+        inputs=INPUTS, diffusion=Diffusion(sampler, steps=steps, guidance_scale=1.0), metric="psnr"
+    )
 
 
 def build(

@@ -142,7 +142,10 @@ def sample_quality(
 
 def scheduler_config(scheduler: DDIMScheduler) -> dict[str, Any]:
     """The scheduler's settings as `scheduler_config.json` holds them (with `_class_name`)."""
-    return {"_class_name": type(scheduler).__name__, **{k: v for k, v in scheduler.config.items() if not k.startswith("_")}}
+    return {
+        "_class_name": type(scheduler).__name__,
+        **{k: v for k, v in scheduler.config.items() if not k.startswith("_")},
+    }
 
 
 def save(folder: Path, model: UNet2DModel, scheduler: DDIMScheduler, info: dict[str, Any]) -> None:

@@ -45,6 +45,7 @@ from optkit.errors import ConfigError
 @options.output
 @options.overwrite
 @options.trust_pickle
+@options.workload
 @click.pass_context
 def lower(
     ctx: click.Context,
@@ -57,6 +58,7 @@ def lower(
     output: Path,
     overwrite: bool,
     trust_pickle: bool,
+    workload_path: Path | None,
 ) -> None:
     """Compile MODEL through TVM for TARGET and write the artifact (model.so + manifest.json) to OUTPUT.
 
@@ -66,15 +68,17 @@ def lower(
     from optkit.backends.targets import resolve_target
     from optkit.cli.main import _steps
     from optkit.refs import load_program_ref
+    from optkit.workload import Workload
 
     resolve_target(target)  # fail on a bad target or missing nvcc before loading the model
+    workload = Workload.from_toml(workload_path) if workload_path is not None else None
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ConfigError(
             f"output directory {output} exists and is not empty; pass --overwrite to replace it"
         )
     with _steps(ctx, f"lower {model}") as step:
         step("load model")
-        program = load_program_ref(model, trust_pickle=trust_pickle)
+        program = load_program_ref(model, trust_pickle=trust_pickle, workload=workload)
         artifact = lower_program(
             program,
             target=target,

@@ -251,11 +251,6 @@ def test_flux_transformer_takes_scheduler_time_and_fixed_position_ids(tmp_path):
     torch.testing.assert_close(program.run(), expected)
 
 
-@pytest.mark.xfail(
-    reason="optkit.sampling calls scale_model_input / init_noise_sigma, which flow-match schedulers lack",
-    raises=ModelRefError,
-    strict=False,
-)
 def test_sd3_pipeline_scheduler_drives_sampling(tmp_path):
     folder = _save(sd3(), tmp_path / "sd3", diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0))
     program = load_model(folder)
