@@ -165,8 +165,10 @@ def _read_images(
     images = []
     for file in files:
         try:
-            with Image.open(file) as img:
-                img = img.convert("L" if channels == 1 else "RGB").resize((width, height), Image.BILINEAR)
+            with Image.open(file) as opened:
+                img = opened.convert("L" if channels == 1 else "RGB").resize(
+                    (width, height), Image.Resampling.BILINEAR
+                )
                 array = np.asarray(img, dtype=np.float32) / 255.0
         except (UnidentifiedImageError, OSError) as err:
             raise ConfigError(f"calibration image {file} cannot be read: {err}") from err

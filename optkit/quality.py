@@ -44,8 +44,9 @@ def metric_of(program: Program) -> str:
 
 def evaluation_batches(program: Program) -> list[Batch]:
     """The batches a quality figure reads (see the module docstring)."""
-    mode = "example" if program.workload.calibration.source == "example" else "data"
-    return calibration_batches(program, mode, EVAL_BATCHES)
+    if program.workload.calibration.source == "example":
+        return calibration_batches(program, "example")
+    return calibration_batches(program, "data", EVAL_BATCHES)
 
 
 def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,)) -> dict[str, Figure]:

@@ -180,7 +180,7 @@ class Calibration:
     def from_path(cls, path: str | Path) -> Calibration:
         """Calibration from a path as `--calib` gives it: a folder of images, a `.npz` /
         `.safetensors` of input batches, or a `.npy` / `.txt` of token ids."""
-        path = Path(path)
+        path = Path(path).resolve()  # saved with the model: valid from any working directory
         if path.is_dir():
             return cls("images", str(path))
         if not path.is_file():

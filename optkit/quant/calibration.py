@@ -52,10 +52,10 @@ def calibration_batches(
     if num_batches < 1 or steps < 0:
         raise ConfigError(f"calibration needs num_batches >= 1 and steps >= 0, got {num_batches}, {steps}")
     workload = program.workload
-    mode = resolve_mode(program, mode)
-    if mode == "example":
+    resolved = resolve_mode(program, mode)
+    if resolved == "example":
         return [program.example_inputs]
-    if mode == "data":
+    if resolved == "data":
         if workload.calibration.source == "example":
             raise ConfigError(
                 f"calibration = 'data' needs calibration data in {program.name}'s workload: give --calib PATH "
@@ -67,10 +67,10 @@ def calibration_batches(
     diffusion = workload.diffusion
     if diffusion is None:
         raise ConfigError(
-            f"calibration mode {mode!r} samples a diffusion model, but {program.name}'s workload has no "
+            f"calibration mode {resolved!r} samples a diffusion model, but {program.name}'s workload has no "
             "[diffusion] sampler (give --workload FILE.toml, or use calibration = 'example' or 'data')"
         )
-    return trajectory_batches(program, diffusion, mode, num_batches, steps or diffusion.steps, seed)
+    return trajectory_batches(program, diffusion, resolved, num_batches, steps or diffusion.steps, seed)
 
 
 def resolve_mode(program: Program, mode: str) -> str:
