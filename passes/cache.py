@@ -1,8 +1,9 @@
 """`cache`: Block Caching schedules for diffusion sampling (Wimbauer et al., CVPR 2024).
 
 1. Profile: run the sampler of the model's Workload (DDIM, DPM-Solver++, flow-matching Euler
-   or a diffusers scheduler), with its guidance and null condition, on the calibration seeds and record, for every block found by module path, the relative L1 change of
-   its value between consecutive steps (`optkit.caching.profile`).
+   or a diffusers scheduler), with its guidance and null condition, on the calibration seeds
+   and record, for every block found by module path, the relative L1 change of its value
+   between consecutive steps (`optkit.caching.profile`).
 2. Schedule: per block, which steps recompute and which reuse (`optkit.caching.schedule`): the
    paper's accumulated-change threshold (`policy = "threshold"`, or `"budget"` for a fraction of
    block evaluations), or a baseline: `"uniform"` interval reuse (DeepCache-style),

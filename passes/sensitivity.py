@@ -2,8 +2,9 @@
 
 For each quantizable layer and each block: the SQNR (dB) of the model's output when only that
 layer / block is quantized at `wbits` / `abits`, against the float output. For diffusion
-models (a Workload with a sampler) calibrated over the sampler's steps (`calibration = "all-steps"`) the block figures are
-kept per timestep, which shows the time-sensitive blocks. Candidates reuse one float run's
+models (a Workload with a sampler) calibrated over the sampler's steps (`calibration =
+"all-steps"`, what `auto` means for them) the block figures are kept per timestep, which shows
+the time-sensitive blocks. Candidates reuse one float run's
 intermediate values (see `optkit.quant.sensitivity`); the speed-up against the naive way is
 reported.
 

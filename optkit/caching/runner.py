@@ -3,8 +3,8 @@
 Block Caching (Wimbauer et al., CVPR 2024) at inference: at every sampler step each block either
 recomputes (and, when a later step will reuse it, writes its value to the cache) or reuses the
 cached value after scale-shift alignment. `CachedSampler.denoiser` is the callable
-`optkit.sampling.sample` calls: it finds the step, picks the step variant (a Program, see `variants.py`), feeds
-it the cached values and stores the values it returns.
+`optkit.sampling.sample` calls: it finds the step, picks the step variant (a Program, see
+`variants.py`), feeds it the cached values and stores the values it returns.
 
 Steps and classifier-free guidance: the captured Program has the static batch B of its example
 inputs. The denoiser accepts any batch that is a multiple of B and runs it in chunks of B; the
