@@ -23,7 +23,7 @@ from optkit.ir.serialize import save_program
 from optkit.pipeline import PassManager, PipelineResult, build_passes
 from optkit.refs import load_model, load_program_ref
 from optkit.report import Report, Table, bar_plot, heatmap_plot
-from optkit.timing import latency_ms
+from optkit.timing import interleaved_latency_ms, latency_ms
 from optkit.workload import Calibration, Workload
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,9 @@ def optimize_file(
     say("capture")
     start = time.perf_counter()
     # The workload goes in with the load: a diffusers folder without a scheduler needs it.
-    program = resolve_workload(load_program_ref(ref, trust_pickle=trust_pickle, workload=workload), calib=calib)
+    program = resolve_workload(
+        load_program_ref(ref, trust_pickle=trust_pickle, workload=workload), calib=calib
+    )
     capture_s = time.perf_counter() - start
     result = optimize(program, passes, options, progress=lambda i, n, name: say(f"pass {i + 1}/{n}: {name}"))
     optimized = result.program
@@ -208,6 +210,9 @@ def optimize_file(
             report.add("output max abs value (scale of that error)", figures["output_abs_max"])
         say("latency")
         _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats)
+        if program.workload.diffusion is not None:
+            say("sampling latency")
+            _sampling_table(report, program, optimized, max(3, repeats // 4))
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
         _annotation_plots(tmp, optimized, report)
         report.write(tmp)
@@ -301,6 +306,42 @@ def _latency_table(
     )
     report.add("latency eager (before)", base["median"], "ms")
     report.add("latency eager (after)", opt["median"], "ms")
+
+
+def _sampling_table(report: Report, before: Program, after: Program, repeats: int) -> None:
+    """End-to-end sampling of one batch with the workload's sampler: the input Program against
+    the optimized one (block-cached when it has a schedule), interleaved, after a warm-up run
+    that also builds every step variant."""
+    diffusion = before.workload.diffusion
+    assert diffusion is not None
+    draw_before, draw_after = quality.sampler_for(before), quality.sampler_for(after)
+    timing = interleaved_latency_ms(
+        {"before": lambda: draw_before(0), "after": lambda: draw_after(0)},
+        warmup=1,
+        repeats=repeats,
+    )
+    base = timing["before"]["median"]
+    cached = " (block-cached)" if after.annotations.cache_schedule else ""
+    rows = [
+        ["PyTorch eager, input graph", *(timing["before"][q] for q in ("median", "p10", "p90")), 1.0],
+        [
+            f"PyTorch eager, optimized graph{cached}",
+            *(timing["after"][q] for q in ("median", "p10", "p90")),
+            base / timing["after"]["median"],
+        ],
+    ]
+    what = f"{diffusion.steps} {diffusion.sampler.label} steps, guidance {diffusion.guidance_scale:g}"
+    report.tables.append(
+        Table(
+            f"Sampling latency, one batch of {before.example_inputs[0].shape[0]} ({what}; median of {repeats} interleaved runs after a warm-up)",
+            ["runtime", "median", "p10", "p90", "speed-up vs input"],
+            rows,
+            {"median": "ms", "p10": "ms", "p90": "ms", "speed-up vs input": "x"},
+        )
+    )
+    report.add("sampling latency (before)", base, "ms")
+    report.add("sampling latency (after)", timing["after"]["median"], "ms")
+    report.add("sampling speed-up (measured)", base / timing["after"]["median"], "x")
 
 
 def _flops_plot(path: Path, program: Program, pattern: str | None, report: Report) -> None:

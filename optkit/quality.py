@@ -19,12 +19,12 @@ example inputs: a figure measured on the data the model was calibrated on says s
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from optkit.caching.runner import cached_sample, uncached_sample
+from optkit.caching.runner import cached_runner, cached_sample, uncached_sample
 from optkit.errors import ConfigError
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
@@ -54,8 +54,9 @@ def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,))
     workload metric, keyed by what they say (`samples PSNR vs input`, ...)."""
     metric = metric_of(reference)
     if metric == "psnr" and reference.workload.diffusion is not None:
-        ref = torch.cat([_sample(reference, s) for s in seeds])
-        out = torch.cat([_sample(candidate, s) for s in seeds])
+        draw_ref, draw_out = sampler_for(reference), sampler_for(candidate)
+        ref = torch.cat([draw_ref(s) for s in seeds])
+        out = torch.cat([draw_out(s) for s in seeds])
         return {f"samples PSNR vs input ({len(seeds)} seed(s))": Figure(psnr_db(ref, out), "dB")}
     batches = evaluation_batches(reference)
     where = f"{len(batches)} batch(es)"
@@ -72,14 +73,18 @@ def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,))
     return {f"top-1 agreement with input ({where})": Figure(100.0 * agree, "%")}
 
 
-def _sample(program: Program, seed: int) -> torch.Tensor:
+def sampler_for(program: Program) -> Callable[[int], torch.Tensor]:
+    """`seed -> one batch of samples` from `program` with its workload's sampler, block-cached
+    when the Program has a cache schedule (the runner, and its step variants, built once)."""
     diffusion = program.workload.diffusion
-    assert diffusion is not None
+    if diffusion is None:
+        raise ConfigError(f"{program.name}'s workload has no [diffusion] sampler to sample with")
     if program.annotations.cache_schedule:
-        return cached_sample(program, seed=seed)
+        runner = cached_runner(program)
+        return lambda seed: cached_sample(program, seed=seed, runner=runner)
     x, _t, *cond = program.example_inputs
     guidance, uncond = diffusion.guidance(tuple(cond))
-    return uncached_sample(
+    return lambda seed: uncached_sample(
         program,
         x.shape,
         sampler=diffusion.sampler,

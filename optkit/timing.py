@@ -25,7 +25,31 @@ def latency_ms(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int
         start = time.perf_counter()
         fn(*args)
         times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
+    return _summary(times)
+
+
+def interleaved_latency_ms(
+    fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats: int = 10
+) -> dict[str, dict[str, float]]:
+    """Time several callables against each other: `warmup` untimed rounds, then `repeats`
+    rounds in which each is called once, in turn, so that a slow spell of the machine falls
+    on all of them alike. Returns `latency_ms`'s figures per name."""
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _summary(t) for name, t in times.items()}
+
+
+def _summary(times: list[float]) -> dict[str, float]:
+    times = sorted(times)
 
     def pct(q: float) -> float:
         return times[min(len(times) - 1, round(q * (len(times) - 1)))]
@@ -35,5 +59,5 @@ def latency_ms(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int
         "p10": pct(0.1),
         "p90": pct(0.9),
         "min": times[0],
-        "repeats": float(repeats),
+        "repeats": float(len(times)),
     }

@@ -1,7 +1,7 @@
 import pytest
 
 from optkit.errors import ConfigError
-from optkit.timing import latency_ms
+from optkit.timing import interleaved_latency_ms, latency_ms
 
 
 def test_latency_counts_calls_and_orders_percentiles():
@@ -15,3 +15,12 @@ def test_latency_counts_calls_and_orders_percentiles():
 def test_bad_repeats():
     with pytest.raises(ConfigError, match="repeats must be >= 1"):
         latency_ms(lambda: None, repeats=0)
+
+
+def test_interleaved_runs_each_callable_in_turn():
+    order: list[str] = []
+    figures = interleaved_latency_ms({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 1, 3)
+    assert order == ["a", "b"] * 4  # one warm-up round, then three timed rounds
+    assert set(figures) == {"a", "b"} and figures["a"]["repeats"] == 3
+    with pytest.raises(ConfigError, match="repeats must be >= 1"):
+        interleaved_latency_ms({"a": lambda: None}, repeats=0)

@@ -8,7 +8,7 @@ Programs in which reused blocks are cut out, and `runner` drives a Workload's sa
 
 from optkit.caching.alignment import ScaleShift, fit_alignment, fit_scale_shift
 from optkit.caching.profile import ChangeProfile, block_change_profile
-from optkit.caching.runner import CachedSampler, cached_sample, uncached_sample
+from optkit.caching.runner import CachedSampler, cached_runner, cached_sample, uncached_sample
 from optkit.caching.schedule import (
     POLICIES,
     CacheSchedule,
@@ -32,6 +32,7 @@ __all__ = [
     "block_change_profile",
     "budget_schedule",
     "cache_units",
+    "cached_runner",
     "cached_sample",
     "fewer_steps_schedule",
     "first_block_budget_schedule",

@@ -17,8 +17,7 @@ the conditional and unconditional branches never share cached values.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -209,11 +208,21 @@ def uncached_sample(
     )
 
 
-def timed(fn: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """Run `fn` once; return its result and wall-clock seconds."""
-    start = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - start
+def cached_runner(
+    program: Program,
+    schedule: CacheSchedule | None = None,
+    alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
+) -> CachedSampler:
+    """The CachedSampler for `program`: `schedule` and `alignment`, or those the `cache` pass
+    recorded in `program.annotations` (a ConfigError says so when there are none). Keep it to
+    sample repeatedly: it builds each step variant once."""
+    data = program.annotations.figures.get("cache", {})
+    if schedule is None:
+        schedule = CacheSchedule.from_annotation(program.annotations.cache_schedule)
+        if alignment is None and data.get("alignment"):
+            alignment = alignment_from_data(data["alignment"])
+    units = cache_units(program, data.get("block_pattern") or None, data.get("mode", "residual"))
+    return CachedSampler(program, schedule, units, alignment)
 
 
 def cached_sample(
@@ -228,19 +237,16 @@ def cached_sample(
     sampler: str | SamplerSpec | None = None,
     alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
     sample_fn: SampleFn | None = None,
+    runner: CachedSampler | None = None,
 ) -> torch.Tensor:
     """Sample from `program` with block caching.
 
-    Without `schedule`, the schedule, the alignment and the cache settings the `cache` pass
-    recorded in `program.annotations` are used (a ConfigError says so when there are none).
-    `shape` and `cond` default to the Program's example inputs (`x, t, *cond`); `sampler`,
-    `guidance_scale` and the null condition to those the pass used (the workload's).
+    `runner` (from `cached_runner`, reused across calls) or else `cached_runner(program,
+    schedule, alignment)` runs the steps. `shape` and `cond` default to the Program's example
+    inputs (`x, t, *cond`); `sampler`, `guidance_scale` and the null condition to those the
+    pass used (the workload's).
     """
     data = program.annotations.figures.get("cache", {})
-    if schedule is None:
-        schedule = CacheSchedule.from_annotation(program.annotations.cache_schedule)
-        if alignment is None and data.get("alignment"):
-            alignment = alignment_from_data(data["alignment"])
     diffusion = program.workload.diffusion
     if sampler is None:
         if data.get("sampler_spec"):
@@ -250,7 +256,6 @@ def cached_sample(
         else:
             raise ConfigError(f"{program.name} has no sampler: give `sampler` or a workload with [diffusion]")
     spec = check_sampler(sampler)
-    units = cache_units(program, data.get("block_pattern") or None, data.get("mode", "residual"))
     x, _t, *example_cond = program.example_inputs
     cond = tuple(cond) if cond is not None else tuple(example_cond)
     if guidance_scale is None:
@@ -261,7 +266,7 @@ def cached_sample(
                 "guidance needs the null condition: give `uncond` or a workload with [diffusion]"
             )
         uncond = diffusion.null_condition(cond)
-    runner = CachedSampler(program, schedule, units, alignment)
+    runner = runner or cached_runner(program, schedule, alignment)
     return runner.sample(
         tuple(shape) if shape is not None else tuple(x.shape),
         sampler=spec,
