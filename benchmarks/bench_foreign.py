@@ -14,8 +14,9 @@
    - Block caching: the `cache` pass at several thresholds (calibration seeds 0-1); then on
      held-out seeds 100-101, the recorded schedule and alignment are sampled by a
      `CachedSampler` whose step variants are built before timing, interleaved with the
-     uncached sampler of the same Program, `--repeats` rounds; speed-up = median round ratio;
-     PSNR of cached against uncached samples on those seeds. The threshold with the largest
+     uncached sampler of the same Program (`optkit.timing.interleaved_latency_ms`: a warm-up
+     round, then `--repeats` rounds); speed-up = ratio of the median times; PSNR of cached
+     against uncached samples on those seeds. The threshold with the largest
      speed-up at PSNR >= 30 dB is scored with the digits metrics too.
 2. A command matrix over tiny diffusers and transformers models built from small configs with
    random weights: `analyze`, `optimize --passes ptq`, `--passes groupwise`, `--passes cache`
@@ -33,7 +34,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -52,14 +52,14 @@ sys.path.insert(1, str(ROOT))
 from _docs import write_section  # noqa: E402
 
 import optkit  # noqa: E402
-from optkit.caching import CachedSampler, cache_units, uncached_sample  # noqa: E402
-from optkit.caching.alignment import alignment_from_data  # noqa: E402
-from optkit.caching.schedule import CacheSchedule  # noqa: E402
+from optkit.caching import CachedSampler, uncached_sample  # noqa: E402
+from optkit.caching.runner import cached_runner  # noqa: E402
 from optkit.metrics import psnr_db, sqnr_db  # noqa: E402
 from optkit.pipeline import PipelineResult  # noqa: E402
 from optkit.quant.calibration import denoiser_of  # noqa: E402
 from optkit.report import Table  # noqa: E402
 from optkit.sampling import sample  # noqa: E402
+from optkit.timing import interleaved_latency_ms  # noqa: E402
 
 EXAMPLE_REF = "examples.diffusers_unet2d.model:build"
 CAL_SEEDS = (0, 1)
@@ -352,28 +352,6 @@ def bench_ptq(program: optkit.Program, num_samples: int) -> tuple[Table, dict[st
 
 
 # -- 1b. block caching on the trained example -------------------------------------------------------
-def cached_runner(program: optkit.Program) -> CachedSampler:
-    """The sampler the `cache` pass recorded on `program` (schedule, units, alignment)."""
-    data = program.annotations.figures["cache"]
-    schedule = CacheSchedule.from_annotation(program.annotations.cache_schedule)
-    units = cache_units(program, data.get("block_pattern") or None, data.get("mode", "residual"))
-    alignment = alignment_from_data(data["alignment"]) if data.get("alignment") else None
-    return CachedSampler(program, schedule, units, alignment)
-
-
-def time_interleaved(runs: dict[str, Callable[[], Any]], repeats: int) -> dict[str, list[float]]:
-    """Seconds of each run per round; rounds interleave the runs, after one warm-up round."""
-    for fn in runs.values():
-        fn()
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            seconds[name].append(time.perf_counter() - start)
-    return seconds
-
-
 def bench_cache(program: optkit.Program, repeats: int, num_samples: int) -> tuple[Table, list[str]]:
     diffusion = program.workload.diffusion
     x, _t, labels = program.example_inputs
@@ -397,15 +375,15 @@ def bench_cache(program: optkit.Program, repeats: int, num_samples: int) -> tupl
             return runner.sample(shape, seed=seed, **kw)
 
         outs = torch.cat([cached(s) for s in EVAL_SEEDS])
-        seconds = time_interleaved(
+        ms = interleaved_latency_ms(
             {
                 "uncached": lambda: [uncached(s) for s in EVAL_SEEDS],
                 "cached": lambda cached=cached: [cached(s) for s in EVAL_SEEDS],
             },
-            repeats,
+            warmup=1,
+            repeats=repeats,
         )
-        ratios = [u / c for u, c in zip(seconds["uncached"], seconds["cached"], strict=True)]
-        speedup = statistics.median(ratios)
+        speedup = ms["uncached"]["median"] / ms["cached"]["median"]
         psnr = psnr_db(refs, outs)
         row = [
             f"{threshold:g}",
@@ -416,7 +394,7 @@ def bench_cache(program: optkit.Program, repeats: int, num_samples: int) -> tupl
             data["psnr_db"],
             speedup,
             psnr,
-            1000 * statistics.median(seconds["uncached"]) / len(EVAL_SEEDS),
+            ms["uncached"]["median"] / len(EVAL_SEEDS),
             pass_s,
         ]
         rows.append(row)

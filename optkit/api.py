@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optkit import quality
+from optkit.budgets import Budget, check_budgets, parse_budgets
 from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.ir import flops
@@ -23,7 +24,7 @@ from optkit.ir.serialize import save_program
 from optkit.pipeline import PassManager, PipelineResult, build_passes
 from optkit.refs import load_model, load_program_ref
 from optkit.report import Report, Table, bar_plot, heatmap_plot
-from optkit.timing import interleaved_latency_ms, latency_ms
+from optkit.timing import interleaved_latency_ms, latency_ms, speedup
 from optkit.workload import Calibration, Workload
 
 log = logging.getLogger(__name__)
@@ -59,12 +60,14 @@ def analyze(program: Program | OnnxModel, block_pattern: str | None = None) -> R
     """Graph summary, FLOPs/bytes/parameters per block and in total, for a Program or an ONNX model."""
     if isinstance(program, OnnxModel):
         return _analyze_onnx(program)
-    report = Report(f"optkit analyze: {program.name}")
+    report = Report(f"optkit analyze: {program.name}", model=program.name, kind="analyze")
     _add_size_figures(report, program, "")
-    report.add("nodes", len(program.compute_nodes()), "nodes")
-    report.add("blocks", len(program.block_paths(block_pattern)), "blocks")
-    report.add("attention sites", len(program.attention_sites()), "sites")
-    report.add("peak activation memory", flops.peak_activation_bytes(program), "bytes")
+    report.add("nodes", len(program.compute_nodes()), "nodes", "nodes")
+    report.add("blocks", len(program.block_paths(block_pattern)), "blocks", "blocks")
+    report.add("attention sites", len(program.attention_sites()), "sites", "attention_sites")
+    report.add(
+        "peak activation memory", flops.peak_activation_bytes(program), "bytes", "peak_activation_bytes"
+    )
     report.tables.append(_block_table(program, block_pattern))
     counts = program.op_counts()
     report.tables.append(
@@ -83,12 +86,15 @@ def analyze_file(
     sensitivity: Mapping[str, Any] | None = None,
     workload: WorkloadLike | None = None,
     calib: str | Path | None = None,
+    budgets: Sequence[str | Budget] = (),
 ) -> Report:
     """Analyze the model at `ref`; with `output`, write the report and plots there.
 
     With `sensitivity` (options of the `sensitivity` pass), add the SQNR sensitivity ranking
     and, in `output`, its block x timestep heatmap; `workload` / `calib` say how it calibrates.
+    `budgets` (`optkit.budgets`) are checked into `report.budgets`; a bad one writes nothing.
     """
+    budgets = parse_budgets(budgets)
     if workload is not None and not isinstance(workload, Workload):
         workload = Workload.from_toml(workload)
     model = load_model(ref, trust_pickle=trust_pickle, workload=workload)
@@ -103,6 +109,7 @@ def analyze_file(
     report = analyze(model, block_pattern)
     if isinstance(model, Program):
         _sensitivity_tables(model, report)
+    report.budgets = check_budgets(report, budgets)
     if output is not None:
         with atomic_dir(output, overwrite) as tmp:
             if isinstance(model, Program):
@@ -165,14 +172,19 @@ def optimize_file(
     progress: Progress | None = None,
     workload: WorkloadLike | None = None,
     calib: str | Path | None = None,
+    budgets: Sequence[str | Budget] = (),
 ) -> Report:
     """Optimize the model at `ref` with `passes` and write model, ONNX, report and plots to `output`.
 
     `workload` (a Workload or a TOML file) replaces the model's own; `calib` names its
     calibration data (`--calib`). Both are checked against the model's inputs before any pass.
+    `budgets` (`optkit.budgets`) are parsed before the run and checked into `report.budgets`
+    before anything is written: an unknown figure or a unit that does not fit writes nothing,
+    a missed budget is only recorded.
     """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    budgets = parse_budgets(budgets)
     say = progress or (lambda _msg: None)
     # Fail on bad names, options and workload files before the (slow) capture.
     build_passes(passes, options)
@@ -190,24 +202,30 @@ def optimize_file(
     capture_s = time.perf_counter() - start
     result = optimize(program, passes, options, progress=lambda i, n, name: say(f"pass {i + 1}/{n}: {name}"))
     optimized = result.program
-    report = Report(f"optkit optimize: {program.name} with {', '.join(passes)}")
-    report.add("capture time", capture_s, "s")
+    report = Report(
+        f"optkit optimize: {program.name} with {', '.join(passes)}", model=program.name, kind="optimize"
+    )
+    report.add("capture time", capture_s, "s", "capture_time")
     say("quality")
-    for label, figure in quality.compare(program, optimized).items():
-        report.add(label, figure.value, figure.unit)
-    _add_size_figures(report, program, " (before)")
-    _add_size_figures(report, optimized, " (after)")
+    for name, figure in quality.compare(program, optimized).items():
+        report.add(figure.label, figure.value, figure.unit, name)
+    _add_size_figures(report, program, "before")
+    _add_size_figures(report, optimized, "after")
     report.tables.append(_pass_table(result))
     with atomic_dir(output, overwrite) as tmp:
         say("save")
         save_program(optimized, tmp / "model.pt2")
-        report.add("model.pt2 size", (tmp / "model.pt2").stat().st_size, "bytes")
+        report.add("model.pt2 size", (tmp / "model.pt2").stat().st_size, "bytes", "model_bytes")
         if onnx:
             say("ONNX export + check in ONNX Runtime")
             figures = export_onnx(optimized, tmp / "model.onnx")
-            report.add("model.onnx size", figures["onnx_bytes"], "bytes")
-            report.add("ONNX Runtime max abs error vs optimized", figures["max_abs_error"])
-            report.add("output max abs value (scale of that error)", figures["output_abs_max"])
+            report.add("model.onnx size", figures["onnx_bytes"], "bytes", "onnx_bytes")
+            report.add(
+                "ONNX Runtime max abs error vs optimized", figures["max_abs_error"], "", "onnx_max_abs_error"
+            )
+            report.add(
+                "output max abs value (scale of that error)", figures["output_abs_max"], "", "output_abs_max"
+            )
         say("latency")
         _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats)
         if program.workload.diffusion is not None:
@@ -215,15 +233,20 @@ def optimize_file(
             _sampling_table(report, program, optimized, max(3, repeats // 4))
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
         _annotation_plots(tmp, optimized, report)
+        report.budgets = check_budgets(report, budgets)
         report.write(tmp)
     return report
 
 
 # -- report pieces -------------------------------------------------------------------------------
-def _add_size_figures(report: Report, program: Program, suffix: str) -> None:
-    report.add(f"FLOPs per call{suffix}", flops.total_flops(program), "FLOPs")
-    report.add(f"parameters{suffix}", flops.parameter_count(program), "params")
-    report.add(f"parameter memory{suffix}", flops.parameter_bytes(program), "bytes")
+def _add_size_figures(report: Report, program: Program, when: str) -> None:
+    """FLOPs, parameters and parameter bytes; `when` ("before", "after" or "") names them."""
+    label, name = (f" ({when})", f"_{when}") if when else ("", "")
+    report.add(f"FLOPs per call{label}", flops.total_flops(program), "FLOPs", f"flops{name}")
+    report.add(f"parameters{label}", flops.parameter_count(program), "params", f"parameters{name}")
+    report.add(
+        f"parameter memory{label}", flops.parameter_bytes(program), "bytes", f"parameter_bytes{name}"
+    )
 
 
 def _block_table(program: Program, pattern: str | None) -> Table:
@@ -282,6 +305,7 @@ def _latency_table(
             base["median"] / opt["median"],
         ]
     )
+    ort = None
     if onnx_path is not None:
         session = onnx_session(onnx_path)
         names = [i.name for i in session.get_inputs()]
@@ -304,8 +328,17 @@ def _latency_table(
             {"median": "ms", "p10": "ms", "p90": "ms", "speed-up vs eager": "x"},
         )
     )
-    report.add("latency eager (before)", base["median"], "ms")
-    report.add("latency eager (after)", opt["median"], "ms")
+    report.add_timing("latency eager (before)", base, "latency_eager_before")
+    report.add_timing("latency eager (after)", opt, "latency_eager_after")
+    report.add_timing("speed-up of eager (after) vs eager (before)", speedup(base, opt), "speedup_vs_eager", "x")
+    if ort is not None:
+        report.add_timing("latency ONNX Runtime (after)", ort, "latency_ort_after")
+        report.add_timing(
+            "speed-up of ONNX Runtime (after) vs eager (before)",
+            speedup(base, ort),
+            "speedup_ort_vs_eager",
+            "x",
+        )
 
 
 def _sampling_table(report: Report, before: Program, after: Program, repeats: int) -> None:
@@ -339,9 +372,11 @@ def _sampling_table(report: Report, before: Program, after: Program, repeats: in
             {"median": "ms", "p10": "ms", "p90": "ms", "speed-up vs input": "x"},
         )
     )
-    report.add("sampling latency (before)", base, "ms")
-    report.add("sampling latency (after)", timing["after"]["median"], "ms")
-    report.add("sampling speed-up (measured)", base / timing["after"]["median"], "x")
+    report.add_timing("sampling latency (before)", timing["before"], "latency_sampling_before")
+    report.add_timing("sampling latency (after)", timing["after"], "latency_sampling_after")
+    report.add_timing(
+        "sampling speed-up (measured)", speedup(timing["before"], timing["after"]), "speedup_sampling", "x"
+    )
 
 
 def _flops_plot(path: Path, program: Program, pattern: str | None, report: Report) -> None:
@@ -353,11 +388,11 @@ def _flops_plot(path: Path, program: Program, pattern: str | None, report: Repor
 
 
 def _analyze_onnx(model: OnnxModel) -> Report:
-    report = Report(f"optkit analyze: {model.name} (ONNX)")
-    report.add("FLOPs per call (MatMul/Gemm/Conv)", model.total_flops(), "FLOPs")
-    report.add("parameters", model.parameter_count(), "params")
-    report.add("parameter memory", model.parameter_bytes(), "bytes")
-    report.add("nodes", len(model.model.graph.node), "nodes")
+    report = Report(f"optkit analyze: {model.name} (ONNX)", model=model.name, kind="analyze")
+    report.add("FLOPs per call (MatMul/Gemm/Conv)", model.total_flops(), "FLOPs", "flops")
+    report.add("parameters", model.parameter_count(), "params", "parameters")
+    report.add("parameter memory", model.parameter_bytes(), "bytes", "parameter_bytes")
+    report.add("nodes", len(model.model.graph.node), "nodes", "nodes")
     counts = model.op_counts()
     report.tables.append(
         Table("ONNX ops", ["op", "count"], [[k, v] for k, v in list(counts.items())[:25]], {"count": "nodes"})

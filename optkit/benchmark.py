@@ -50,6 +50,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from optkit.budgets import Budget, check_budgets, parse_budgets
 from optkit.errors import BackendError, ConfigError, UnknownNameError
 from optkit.fsutil import atomic_dir, atomic_file
 from optkit.ir.flops import total_flops
@@ -57,7 +58,7 @@ from optkit.ir.onnx_io import export_onnx, flat_outputs, onnx_session
 from optkit.ir.program import Program
 from optkit.refs import load_program_ref
 from optkit.report import Report, Table
-from optkit.timing import latency_ms
+from optkit.timing import latency_ms, speedup
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,13 @@ class BenchResult:
     def to_report(self) -> Report:
         """A Report: figures, the per-target table, and notes saying what each column measures."""
         cfg = self.config
-        report = Report(f"optkit bench: {self.name}")
-        report.add("FLOPs per call", self.flops, "FLOPs")
-        report.add("threads", self.threads)
-        report.add("timed runs per target", cfg.repeats)
-        report.add("warm-up runs per target", cfg.warmup)
+        report = Report(f"optkit bench: {self.name}", model=self.name, kind="bench")
+        report.add("FLOPs per call", self.flops, "FLOPs", "flops")
+        report.add("threads", self.threads, "", "threads")
+        report.add("timed runs per target", cfg.repeats, "", "repeats")
+        report.add("warm-up runs per target", cfg.warmup, "", "warmup")
         if any(t.startswith("tvm") for t in cfg.targets):
-            report.add("TVM tuning trials", cfg.tune_trials)
+            report.add("TVM tuning trials", cfg.tune_trials, "", "tune_trials")
         eager = next((r for r in self.targets if r.target == "eager" and r.median_ms), None)
         rows = []
         for r in self.targets:
@@ -211,8 +212,13 @@ class BenchResult:
                     r.reason or r.detail,
                 ]
             )
+            key = r.target.replace("-", "_")
             if r.median_ms is not None:
-                report.add(f"{r.target} latency (median)", r.median_ms, "ms")
+                report.add_timing(f"{r.target} latency (median)", r.latency, f"latency_{key}")
+            if eager and eager.median_ms and r.median_ms and r is not eager:
+                report.add_timing(
+                    f"{r.target} speed-up vs eager", speedup(eager.latency, r.latency), f"speedup_{key}_vs_eager", "x"
+                )
             if r.status != "ok":
                 report.notes.append(f"{r.target} {r.status}: {r.reason}")
         report.tables.append(
@@ -696,10 +702,13 @@ def bench_file(
     overwrite: bool = False,
     trust_pickle: bool = False,
     progress: Progress | None = None,
+    budgets: Sequence[str | Budget] = (),
 ) -> tuple[BenchResult, Report]:
     """Benchmark the model at `ref`; write report.json, report.md and bench.png to `output`
-    (atomically: the directory appears whole or not at all)."""
+    (atomically: the directory appears whole or not at all). `budgets` (`optkit.budgets`) are
+    checked into `report.budgets` before anything is written; a bad one writes nothing."""
     config = config or BenchConfig()
+    budgets = parse_budgets(budgets)
     say = progress or (lambda _msg: None)
     output = Path(output)
     if output.is_dir() and any(output.iterdir()) and not overwrite:
@@ -711,6 +720,7 @@ def bench_file(
     program = load_program_ref(ref, trust_pickle=trust_pickle)
     result = benchmark(program, config, progress=say)
     report = result.to_report()
+    report.budgets = check_budgets(report, budgets)
     with atomic_dir(output, overwrite) as tmp:
         latency_plot(tmp / "bench.png", result)
         report.plots["Latency per target"] = "bench.png"

@@ -1,7 +1,8 @@
 """The one error hierarchy of optkit.
 
 Every error a user can cause derives from `OptkitError`; its message names the bad value and
-what is allowed. The CLI turns these into one line on stderr and exit code 2.
+what is allowed. The CLI turns these into one line on stderr and the error's `exit_code`: 2 for
+bad input, 3 for a run that finished but missed what it was required to meet (`BudgetMissed`).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 
 class OptkitError(Exception):
     """Base class of every error optkit raises on bad input or a failed step."""
+
+    exit_code = 2
 
 
 class ConfigError(OptkitError, ValueError):
@@ -44,3 +47,10 @@ class ArtifactError(OptkitError):
 
 class BackendError(OptkitError):
     """Lowering or running on a backend failed (unsupported op, missing toolchain, bad input)."""
+
+
+class BudgetMissed(OptkitError):
+    """A run finished and wrote its outputs, but missed a budget it was given (`--require`) or,
+    for `optkit compare --fail-on-regression`, regressed. The CLI exits with code 3."""
+
+    exit_code = 3

@@ -51,26 +51,33 @@ def evaluation_batches(program: Program) -> list[Batch]:
 
 def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,)) -> dict[str, Figure]:
     """Quality figures of `candidate` against `reference` (same inputs) with the reference's
-    workload metric, keyed by what they say (`samples PSNR vs input`, ...)."""
+    workload metric, keyed by their report names (`quality_psnr_db`, `quality_sqnr_db`,
+    `quality_top1_pct`, `perplexity_before` and `perplexity_after`); each Figure's label says
+    what was measured on what (`samples PSNR vs input (1 seed(s))`)."""
     metric = metric_of(reference)
     if metric == "psnr" and reference.workload.diffusion is not None:
         draw_ref, draw_out = sampler_for(reference), sampler_for(candidate)
         ref = torch.cat([draw_ref(s) for s in seeds])
         out = torch.cat([draw_out(s) for s in seeds])
-        return {f"samples PSNR vs input ({len(seeds)} seed(s))": Figure(psnr_db(ref, out), "dB")}
+        label = f"samples PSNR vs input ({len(seeds)} seed(s))"
+        return {"quality_psnr_db": Figure(psnr_db(ref, out), "dB", label)}
     batches = evaluation_batches(reference)
     where = f"{len(batches)} batch(es)"
     if metric == "perplexity":
         before, after = (_perplexity(p, batches) for p in (reference, candidate))
-        return {f"perplexity before ({where})": Figure(before), f"perplexity after ({where})": Figure(after)}
+        return {
+            "perplexity_before": Figure(before, "", f"perplexity before ({where})"),
+            "perplexity_after": Figure(after, "", f"perplexity after ({where})"),
+        }
     ref, out = _outputs(reference, batches), _outputs(candidate, batches)
     if metric == "sqnr":
-        return {f"output SQNR vs input ({where})": Figure(sqnr_db(ref, out), "dB")}
+        return {"quality_sqnr_db": Figure(sqnr_db(ref, out), "dB", f"output SQNR vs input ({where})")}
     if metric == "psnr":
         span = float(ref.max() - ref.min()) or 1.0
-        return {f"output PSNR vs input ({where})": Figure(psnr_db(ref, out, data_range=span), "dB")}
+        psnr = psnr_db(ref, out, data_range=span)
+        return {"quality_psnr_db": Figure(psnr, "dB", f"output PSNR vs input ({where})")}
     agree = (ref.argmax(-1) == out.argmax(-1)).float().mean().item()
-    return {f"top-1 agreement with input ({where})": Figure(100.0 * agree, "%")}
+    return {"quality_top1_pct": Figure(100.0 * agree, "%", f"top-1 agreement with input ({where})")}
 
 
 def sampler_for(program: Program) -> Callable[[int], torch.Tensor]:

@@ -61,3 +61,15 @@ def _summary(times: list[float]) -> dict[str, float]:
         "min": times[0],
         "repeats": float(len(times)),
     }
+
+
+def speedup(base: dict[str, float], new: dict[str, float]) -> dict[str, float]:
+    """How many times faster `new` runs than `base` (both `latency_ms` results): the ratio of
+    the medians, with the widest ratios the two spreads allow as p10 (base p10 / new p90) and
+    p90 (base p90 / new p10), so that a comparison can judge a change of speed-up as noise."""
+    return {
+        "median": base["median"] / new["median"],
+        "p10": base["p10"] / new["p90"],
+        "p90": base["p90"] / new["p10"],
+        "repeats": min(base["repeats"], new["repeats"]),
+    }

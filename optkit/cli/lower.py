@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def lower(
     from optkit.backends import lower as lower_program
     from optkit.backends.targets import resolve_target
     from optkit.cli.main import _steps
+    from optkit.native_output import native_stderr_to_file, write_log
     from optkit.refs import load_program_ref
     from optkit.workload import Workload
 
@@ -79,22 +81,28 @@ def lower(
     with _steps(ctx, f"lower {model}") as step:
         step("load model")
         program = load_program_ref(model, trust_pickle=trust_pickle, workload=workload)
-        artifact = lower_program(
-            program,
-            target=target,
-            tune_trials=tune_trials,
-            work_dir=work_dir,
-            schedule=schedule,
-            fast_math=not exact_math,
-            progress=step,
-        )
+        # TVM's C++ warnings go to OUTPUT/native.log, not the terminal (--debug shows them).
+        quiet_native = native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])
+        with quiet_native as native_lines:
+            artifact = lower_program(
+                program,
+                target=target,
+                tune_trials=tune_trials,
+                work_dir=work_dir,
+                schedule=schedule,
+                fast_math=not exact_math,
+                progress=step,
+            )
         step("save")
         artifact.save(output, overwrite=overwrite)
+        native_log = write_log(native_lines, output / "native.log")
     summary = {"output": str(output), **artifact.manifest()}
     if ctx.obj["json"]:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
     click.echo(f"lowered {program.name} for {target} ({schedule}, {tune_trials} tuning trials) -> {output}/")
+    if native_log is not None:
+        click.echo(f"  {len(native_lines)} lines of TVM's own messages in {native_log}")
     for spec in artifact.inputs:
         click.echo(f"  input  {spec.name}: {list(spec.shape)} {spec.dtype}")
     for spec in artifact.outputs:

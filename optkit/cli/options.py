@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,15 +41,42 @@ calib = click.option(
 )
 
 
+require = click.option(
+    "--require",
+    "require",
+    multiple=True,
+    metavar="EXPR",
+    help="Budget on a report figure, NAME OP NUMBER[UNIT] (e.g. quality_psnr_db>=30, "
+    "model_bytes<=2MiB); repeatable. A missed budget exits with code 3 after writing everything.",
+)
+junit = click.option(
+    "--junit",
+    "junit_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write a JUnit XML file with one test case per budget.",
+)
+
+
 def split_passes(value: str | None) -> list[str]:
     """`ptq,cache` -> ['ptq', 'cache'] (blank items dropped)."""
     return [p.strip() for p in (value or "").split(",") if p.strip()]
 
 
-def read_config(path: Path | None) -> tuple[list[str], dict[str, dict[str, Any]]]:
-    """Read a TOML run config: optional `passes = [...]`, then one table of options per pass."""
+@dataclass(frozen=True)
+class RunConfig:
+    """A TOML run config: `passes`, options per pass, and `require`d budgets (docs/ci.md)."""
+
+    passes: list[str] = field(default_factory=list)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    require: list[str] = field(default_factory=list)
+
+
+def read_config(path: Path | None) -> RunConfig:
+    """Read a TOML run config: optional `passes = [...]` and `require = [...]` (budgets), then
+    one table of options per pass."""
     if path is None:
-        return [], {}
+        return RunConfig()
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
     try:
@@ -58,6 +86,11 @@ def read_config(path: Path | None) -> tuple[list[str], dict[str, dict[str, Any]]
     passes = data.pop("passes", [])
     if not isinstance(passes, list) or not all(isinstance(p, str) for p in passes):
         raise ConfigError(f"{path}: `passes` must be a list of pass names, got {passes!r}")
+    require = data.pop("require", [])
+    if not isinstance(require, list) or not all(isinstance(r, str) for r in require):
+        raise ConfigError(
+            f"{path}: `require` must be a list of budgets such as \"quality_psnr_db>=30\", got {require!r}"
+        )
     options: dict[str, dict[str, Any]] = {}
     for key, value in data.items():
         if not isinstance(value, dict):
@@ -65,4 +98,4 @@ def read_config(path: Path | None) -> tuple[list[str], dict[str, dict[str, Any]]
                 f"{path}: top-level key {key!r} must be a [table] of options for the pass of that name"
             )
         options[key] = value
-    return passes, options
+    return RunConfig(passes, options, require)
