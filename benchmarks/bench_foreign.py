@@ -22,8 +22,8 @@
    random weights: `analyze`, `optimize --passes ptq`, `--passes groupwise`, `--passes cache`
    (denoisers only), `lower --target cpu` and `run` (on the lowered artifact, compared with the
    captured Program), each run through the CLI in-process (click's runner): "ok" or the
-   error's first line. Models are given as factories of this file (`bench_foreign:NAME`), or as
-   `save_pretrained` folders with `--dirs` (folder loading, `optkit.interop`).
+   error's first line. Models are given as `save_pretrained` folders (read by `optkit.interop`),
+   or with `--factories` as factories of this file (`bench_foreign:NAME`).
 
 Writes the section `bench_foreign` of docs/benchmarks.md.
 """
@@ -94,7 +94,7 @@ def _seeded(make: Callable[[], torch.nn.Module]) -> torch.nn.Module:
         return make().eval()
 
 
-def _denoiser_workload(inputs: tuple[str, ...], steps: int = 10) -> optkit.Workload:
+def _denoiser_workload(inputs: tuple[str, ...], steps: int = 20) -> optkit.Workload:
     sampler = optkit.SamplerSpec("diffusers", scheduler=DDIM)
     return optkit.Workload(inputs=inputs, diffusion=optkit.Diffusion(sampler, steps=steps), metric="psnr")
 
@@ -476,24 +476,14 @@ def cli_call(args: list[str]) -> tuple[str, float]:
     return text or f"exit code {result.exit_code}", seconds
 
 
-def write_inputs(factory: Callable[..., Any], artifact_dir: Path, path: Path) -> np.ndarray:
-    """Save the factory's example tensors as an .npz keyed by the lowered artifact's input names
-    (by position where a name differs); return the eager model's first output on them."""
-    model, inputs = factory()[:2]
-    tensors = [v for v in inputs.values() if isinstance(v, torch.Tensor)]
-    by_name = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
-    manifest = json.loads((artifact_dir / "manifest.json").read_text())
-    names = [spec["name"] for spec in manifest["inputs"]]
-    arrays = {n: by_name.get(n, tensors[i]).numpy() for i, n in enumerate(names)}
-    np.savez(path, **arrays)
-    with torch.no_grad():
-        out = model(**inputs)
-    return (out[0] if isinstance(out, (tuple, list)) else out).numpy()
-
-
-def run_artifact(factory: Callable[..., Any], out: Path) -> tuple[str, float]:
-    """`optkit run` on the lowered artifact; "ok (rel. error E)" against eager PyTorch."""
-    expected = write_inputs(factory, out / "tvm", out / "inputs.npz")
+def run_artifact(ref: str, out: Path) -> tuple[str, float]:
+    """`optkit run` on the lowered artifact, fed the example inputs `ref` is captured with (an
+    .npz by input name); "ok (rel. error E)" against the captured Program's first output."""
+    program = optkit.load_program_ref(ref)
+    names = program.input_names()
+    np.savez(out / "inputs.npz", **{n: t.numpy() for n, t in zip(names, program.example_inputs, strict=True)})
+    expected = program.run()
+    expected = (expected[0] if isinstance(expected, (tuple, list)) else expected).numpy()
     status, seconds = cli_call(
         ["run", str(out / "tvm"), "--inputs", str(out / "inputs.npz"), "-o", str(out / "outputs")]
     )
@@ -506,7 +496,7 @@ def run_artifact(factory: Callable[..., Any], out: Path) -> tuple[str, float]:
 
 
 def matrix_row(name: str, work: Path, dirs: bool) -> list[Any]:
-    label, factory, denoiser = FOREIGN[name]
+    label, _factory, denoiser = FOREIGN[name]
     ref = f"bench_foreign:{name}"
     if dirs:
         ref = str(save_folder(name, work))
@@ -533,7 +523,7 @@ def matrix_row(name: str, work: Path, dirs: bool) -> list[Any]:
         print(f"{name} {what}: {status} ({seconds:.1f} s)", flush=True)
     if cells[-1] == "ok":
         try:
-            status, seconds = run_artifact(factory, out)
+            status, seconds = run_artifact(ref, out)
         except Exception as err:  # the inputs or outputs could not be read: say so in the cell
             status, seconds = f"inputs: {type(err).__name__}: {first_line(str(err))}", 0.0
         total += seconds
@@ -581,7 +571,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=100, help="samples for the digits metrics")
     parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds")
-    parser.add_argument("--dirs", action="store_true", help="give the tiny models as save_pretrained folders")
+    parser.add_argument(
+        "--factories",
+        action="store_true",
+        help="give the tiny models as factories, not save_pretrained folders",
+    )
     parser.add_argument("--skip-matrix", action="store_true")
     parser.add_argument("--skip-example", action="store_true")
     parser.add_argument("--no-docs", action="store_true", help="print only, leave docs/benchmarks.md alone")
@@ -619,17 +613,20 @@ def main() -> None:
             "",
         ]
     if not args.skip_matrix:
-        matrix = bench_matrix(args.dirs)
+        matrix = bench_matrix(dirs=not args.factories)
         print(matrix.to_markdown(), flush=True)
         given = (
-            "`save_pretrained` folders" if args.dirs else "factories in this script (`bench_foreign:NAME`)"
+            "factories in this script (`bench_foreign:NAME`)"
+            if args.factories
+            else "`save_pretrained` folders (the diffusers ones with a `scheduler_config.json`)"
         )
         parts += [
             "### Commands on tiny diffusers / transformers models",
             "",
             f"Models built from small configs with random weights, given as {given}; denoisers sampled "
-            "by a diffusers `DDIMScheduler` (10 steps). Each command runs through the CLI in-process "
-            "(`optimize ... --repeats 3`); `run` feeds the factory's example inputs to the lowered artifact. "
+            "by a diffusers `DDIMScheduler` (20 steps). Each command runs through the CLI in-process "
+            "(`optimize ... --repeats 3`); `run` feeds the lowered artifact the example inputs optkit "
+            "captures the model with and compares its output with the captured Program's. "
             "`uncaught` marks an exception that is not an `OptkitError` (the user sees a traceback).",
             "",
             matrix.to_markdown(),

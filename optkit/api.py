@@ -244,9 +244,7 @@ def _add_size_figures(report: Report, program: Program, when: str) -> None:
     label, name = (f" ({when})", f"_{when}") if when else ("", "")
     report.add(f"FLOPs per call{label}", flops.total_flops(program), "FLOPs", f"flops{name}")
     report.add(f"parameters{label}", flops.parameter_count(program), "params", f"parameters{name}")
-    report.add(
-        f"parameter memory{label}", flops.parameter_bytes(program), "bytes", f"parameter_bytes{name}"
-    )
+    report.add(f"parameter memory{label}", flops.parameter_bytes(program), "bytes", f"parameter_bytes{name}")
 
 
 def _block_table(program: Program, pattern: str | None) -> Table:
@@ -330,7 +328,9 @@ def _latency_table(
     )
     report.add_timing("latency eager (before)", base, "latency_eager_before")
     report.add_timing("latency eager (after)", opt, "latency_eager_after")
-    report.add_timing("speed-up of eager (after) vs eager (before)", speedup(base, opt), "speedup_vs_eager", "x")
+    report.add_timing(
+        "speed-up of eager (after) vs eager (before)", speedup(base, opt), "speedup_vs_eager", "x"
+    )
     if ort is not None:
         report.add_timing("latency ONNX Runtime (after)", ort, "latency_ort_after")
         report.add_timing(

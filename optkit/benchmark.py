@@ -194,7 +194,7 @@ class BenchResult:
         rows = []
         for r in self.targets:
             lat = r.latency
-            speedup = eager.median_ms / r.median_ms if eager and eager.median_ms and r.median_ms else None
+            ratio = eager.median_ms / r.median_ms if eager and eager.median_ms and r.median_ms else None
             rows.append(
                 [
                     r.target,
@@ -203,7 +203,7 @@ class BenchResult:
                     _nan(lat.get("p10")),
                     _nan(lat.get("p90")),
                     _nan(r.gflops_per_s),
-                    _nan(speedup),
+                    _nan(ratio),
                     _nan(r.build_s),
                     _mib(r.rss_peak_bytes),
                     _mib(r.tensor_peak_bytes),
@@ -217,7 +217,10 @@ class BenchResult:
                 report.add_timing(f"{r.target} latency (median)", r.latency, f"latency_{key}")
             if eager and eager.median_ms and r.median_ms and r is not eager:
                 report.add_timing(
-                    f"{r.target} speed-up vs eager", speedup(eager.latency, r.latency), f"speedup_{key}_vs_eager", "x"
+                    f"{r.target} speed-up vs eager",
+                    speedup(eager.latency, r.latency),
+                    f"speedup_{key}_vs_eager",
+                    "x",
                 )
             if r.status != "ok":
                 report.notes.append(f"{r.target} {r.status}: {r.reason}")

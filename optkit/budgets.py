@@ -37,7 +37,10 @@ _BUDGET = re.compile(
 
 
 def _prefixed(base: str) -> dict[str, float]:
-    return {base: 1.0, **{p + base: s for p, s in (("K", 1e3), ("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12))}}
+    return {
+        base: 1.0,
+        **{p + base: s for p, s in (("K", 1e3), ("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12))},
+    }
 
 
 # Units a bound may be written in, by family, with their scale; a unit outside these families
@@ -98,9 +101,13 @@ class BudgetResult:
 
     @property
     def message(self) -> str:
-        """`quality_psnr_db = 24.1 dB, required >= 30 dB`: what a CI log shows."""
+        """`quality_psnr_db = 24.1 dB, required >= 30 dB`: what a CI log shows (the bound as
+        written, the value in the figure's unit)."""
         unit = f" {self.unit}" if self.unit else ""
-        return f"{self.budget.name} = {self.value:.6g}{unit}, required {self.budget.op} {self.bound:.6g}{unit}"
+        bound = f"{self.budget.bound:g}" + (
+            f" {self.budget.unit or self.unit}" if self.budget.unit or self.unit else ""
+        )
+        return f"{self.budget.name} = {self.value:.6g}{unit}, required {self.budget.op} {bound}"
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -20,22 +20,28 @@ from optkit.fsutil import atomic_file
 @dataclass(frozen=True)
 class Case:
     """One test case: its `name`, the `classname` CI groups it by, and a `failure` message
-    (None: passed)."""
+    (None: passed) of type `kind`."""
 
     name: str
     classname: str
     failure: str | None = None
+    kind: str = "budget"
 
 
 def budget_cases(results: Iterable[BudgetResult], classname: str) -> list[Case]:
     """One case per budget, failed with the figure's value and the bound when missed."""
-    return [Case(f"{r.budget.name} {r.budget.op} {r.budget.bound:g}{r.budget.unit}", classname, None if r.met else f"budget missed: {r.message}") for r in results]
+    return [Case(str(r.budget), classname, None if r.met else f"budget missed: {r.message}") for r in results]
 
 
 def regression_cases(changes: Iterable[FigureChange], classname: str) -> list[Case]:
     """One case per compared number, failed when it regressed (not noise)."""
     return [
-        Case(f"no regression: {c.name}", classname, f"regression: {c.summary}" if c.regression else None)
+        Case(
+            f"no regression: {c.name}",
+            classname,
+            f"regression: {c.summary}" if c.regression else None,
+            "regression",
+        )
         for c in changes
         if c.delta is not None
     ]
@@ -59,7 +65,7 @@ def junit_xml(suites: Mapping[str, Sequence[Case]]) -> str:
         for case in cases:
             node = ET.SubElement(suite, "testcase", name=case.name, classname=case.classname, time="0")
             if case.failure is not None:
-                ET.SubElement(node, "failure", message=case.failure, type="BudgetMissed").text = case.failure
+                ET.SubElement(node, "failure", message=case.failure, type=case.kind).text = case.failure
         total, failed = total + len(cases), failed + failures
     root.set("tests", str(total))
     root.set("failures", str(failed))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,6 +164,15 @@ class Table:
         return "\n".join(lines)
 
 
+def budget_table(results: Sequence[BudgetResult], title: str = "Budgets") -> Table:
+    """Budgets met and missed, as a table: the budget, its figure, the value, the outcome."""
+    rows = [
+        [f"`{b.budget}`", b.label, format_value(b.value, b.unit), "met" if b.met else "**MISSED**"]
+        for b in results
+    ]
+    return Table(title, ["budget", "figure", "value", "result"], rows)
+
+
 @dataclass
 class Report:
     """Figures (by machine name), tables and plots of one run; `write(dir)` saves JSON, Markdown
@@ -256,18 +265,10 @@ class Report:
             format=version,
         )
 
-    def budget_table(self) -> Table:
-        """The budgets this run was checked against, met and missed, as a table."""
-        rows = [
-            [f"`{b.budget}`", b.label, format_value(b.value, b.unit), "met" if b.met else "**MISSED**"]
-            for b in self.budgets
-        ]
-        return Table("Budgets", ["budget", "figure", "value", "result"], rows)
-
     def to_markdown(self) -> str:
         lines = [f"# {self.title}", ""]
         if self.budgets:
-            lines += [self.budget_table().to_markdown(), ""]
+            lines += [budget_table(self.budgets).to_markdown(), ""]
         if self.figures:
             lines += ["| figure | value | name |", "|---|---|---|"]
             lines += [f"| {v.label or k} | {v} | `{k}` |" for k, v in self.figures.items()]

@@ -60,7 +60,7 @@ def test_report_table_and_notes(mlp_program):
     table = report.tables[0]
     assert [row[0] for row in table.rows] == ["eager"]
     assert table.units["median"] == "ms" and table.units["achieved"] == "GFLOP/s"
-    assert report.figures["eager latency (median)"].unit == "ms"
+    assert report.figures["latency_eager"].unit == "ms"
     assert any("Peak RSS growth" in n for n in report.notes)
     assert "| eager | ok |" in report.to_markdown()
 
@@ -78,7 +78,7 @@ def test_failed_build_is_reported_and_others_still_run(mlp_program, monkeypatch)
     assert eager.status == "ok" and eager.median_ms is not None
     report = result.to_report()
     assert "ort failed: build failed: RuntimeError: no kernel for op frobnicate" in report.notes
-    assert "ort latency (median)" not in report.figures
+    assert "latency_ort" not in report.figures
 
 
 def test_outputs_beyond_tolerance_mark_a_mismatch_with_figures(mlp_program, monkeypatch):

@@ -28,10 +28,13 @@ class TinyLM(nn.Module):
 def test_default_metric_is_output_sqnr_and_matches_the_ptq_check(conv_program):
     assert quality.metric_of(conv_program) == "sqnr"
     result = optimize(conv_program, ["ptq"], {"ptq": {"min_sqnr_db": 0.0}})
-    ((label, figure),) = quality.compare(conv_program, result.program).items()
-    assert label == "output SQNR vs input (1 batch(es))" and figure.unit == "dB"
+    ((name, figure),) = quality.compare(conv_program, result.program).items()
+    assert name == "quality_sqnr_db" and figure.unit == "dB"
+    assert figure.label == "output SQNR vs input (1 batch(es))"
     assert figure.value == pytest.approx(result.records[0].check["min_sqnr_db"], rel=1e-4)
-    assert quality.compare(conv_program, conv_program.clone()) == {label: quality.Figure(math.inf, "dB")}
+    assert quality.compare(conv_program, conv_program.clone()) == {
+        name: quality.Figure(math.inf, "dB", figure.label)
+    }
 
 
 def test_top1_agreement_on_the_workloads_data(conv_program):
@@ -41,7 +44,7 @@ def test_top1_agreement_on_the_workloads_data(conv_program):
     )
     assert len(quality.evaluation_batches(program)) == 3
     assert quality.compare(program, program.clone()) == {
-        "top-1 agreement with input (3 batch(es))": quality.Figure(100.0, "%")
+        "quality_top1_pct": quality.Figure(100.0, "%", "top-1 agreement with input (3 batch(es))")
     }
 
 
@@ -51,8 +54,9 @@ def test_perplexity_of_both_models():
         Workload(metric="perplexity")
     )
     figures = quality.compare(program, program.clone())
+    assert list(figures) == ["perplexity_before", "perplexity_after"]
     before, after = figures.values()
-    assert before == after and 1.0 < before.value < 1000.0
+    assert before.value == after.value and 1.0 < before.value < 1000.0
     image = capture(*models.conv_net(), name="conv").with_workload(Workload(metric="perplexity"))
     with pytest.raises(ConfigError, match="token ids"):
         quality.compare(image, image)

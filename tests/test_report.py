@@ -21,12 +21,12 @@ def test_write_load_round_trip(tmp_path):
     r.plots["bars"] = "p.png"
     r.write(tmp_path)
     loaded = Report.load(tmp_path)
-    assert loaded.figures["latency"] == Figure(1.25, "ms")
+    assert loaded.figures["latency"] == Figure(1.25, "ms", "latency")
     assert loaded.tables[0].rows == [[1, 2.5]]
     md = (tmp_path / "report.md").read_text()
-    assert "| latency | 1.25 ms |" in md and "b (ms)" in md and "| 1 | 2.5 |" in md and "![bars](p.png)" in md
+    assert "| latency | 1.25 ms | `latency` |" in md and "b (ms)" in md and "| 1 | 2.5 |" in md and "![bars](p.png)" in md
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert json.loads((tmp_path / "report.json").read_text())["format"] == 1
+    assert json.loads((tmp_path / "report.json").read_text())["format"] == 2
 
 
 def test_load_errors(tmp_path):

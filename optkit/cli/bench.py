@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 @options.trust_pickle
 @click.option("--quiet", "-q", "quiet_here", is_flag=True, help="Print only errors (same as optkit --quiet).")
 @click.option("--json", "json_here", is_flag=True, help="Print the report as JSON (same as optkit --json).")
+@options.require
+@options.junit
 @click.pass_context
 def bench(
     ctx: click.Context,
@@ -58,6 +60,8 @@ def bench(
     trust_pickle: bool,
     quiet_here: bool,
     json_here: bool,
+    require: tuple[str, ...],
+    junit_path: Path | None,
 ) -> None:
     """Time MODEL on each target and check its outputs against eager; write OUTPUT/report.json,
     report.md and bench.png.
@@ -65,26 +69,34 @@ def bench(
     MODEL is zoo:NAME[:size], a .pt2 file, pkg.module:factory, or a pickled .pt (--trust-pickle).
     """
     from optkit.benchmark import BenchConfig, bench_file, default_targets, parse_targets
+    from optkit.budgets import parse_budgets
+    from optkit.cli.ci import finish
     from optkit.cli.main import _steps
 
     as_json = json_here or ctx.obj["json"]
     quiet = quiet_here or as_json or ctx.obj["quiet"]
     ctx.obj = {**ctx.obj, "quiet": quiet, "json": as_json}
+    budgets = parse_budgets(require)
     targets = parse_targets(targets_text) if targets_text else default_targets()
     config = BenchConfig(
         targets=targets, repeats=repeats, warmup=warmup, threads=threads, tune_trials=tune_trials
     )
     with _steps(ctx, f"bench {model}") as step:
         result, report = bench_file(
-            model, output, config, overwrite=overwrite, trust_pickle=trust_pickle, progress=step
+            model,
+            output,
+            config,
+            overwrite=overwrite,
+            trust_pickle=trust_pickle,
+            progress=step,
+            budgets=budgets,
         )
     if as_json:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
-        return
-    if quiet:
-        return
-    _print_table(result)
-    click.echo(f"wrote {output}/ (report.md, report.json, bench.png)")
+    elif not quiet:
+        _print_table(result)
+        click.echo(f"wrote {output}/ (report.md, report.json, bench.png)")
+    finish(ctx, report, junit_path)
 
 
 def _print_table(result: BenchResult) -> None:

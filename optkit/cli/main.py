@@ -1,7 +1,8 @@
 """The `optkit` command. The click layer parses options, calls the library, and prints.
 
-Library errors (`OptkitError`) become one line on stderr and exit code 2; `--debug` shows the
-traceback instead.
+Library errors (`OptkitError`) become one line on stderr and their exit code: 2 for bad input
+(`--debug` shows the traceback instead), 3 for a missed budget or, with
+`compare --fail-on-regression`, a regression (`BudgetMissed`: everything was written).
 """
 
 from __future__ import annotations
@@ -17,21 +18,24 @@ from typing import Any
 
 import click
 
-from optkit.cli import options
-from optkit.errors import OptkitError
+from optkit.cli import ci, options
+from optkit.errors import BudgetMissed, OptkitError
 
 
 class _Group(click.Group):
-    """Turns library errors into clean CLI errors."""
+    """Turns library errors into clean CLI errors with their exit code."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BudgetMissed as err:
+            click.echo(f"optkit: check failed: {err}", err=True)
+            ctx.exit(err.exit_code)
         except OptkitError as err:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
             click.echo(f"optkit: error: {err}", err=True)
-            ctx.exit(2)
+            ctx.exit(err.exit_code)
 
 
 @click.group(cls=_Group)
@@ -103,6 +107,8 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
 @click.option(
     "--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure."
 )
+@options.require
+@options.junit
 @click.pass_context
 def optimize(
     ctx: click.Context,
@@ -116,15 +122,19 @@ def optimize(
     calib_path: Path | None,
     no_onnx: bool,
     repeats: int,
+    require: tuple[str, ...],
+    junit_path: Path | None,
 ) -> None:
     """Run PASSES on MODEL; write the optimized model, its ONNX export and a report to OUTPUT.
 
     MODEL is zoo:NAME[:size], a .pt2 file, pkg.module:factory, or a pickled .pt (--trust-pickle).
     """
     from optkit.api import optimize_file
+    from optkit.budgets import parse_budgets
 
-    config_passes, pass_options = options.read_config(config_path)
-    passes = options.split_passes(passes_text) or config_passes
+    config = options.read_config(config_path)
+    budgets = parse_budgets([*config.require, *require])
+    passes = options.split_passes(passes_text) or config.passes
     if not passes:
         raise click.UsageError("give --passes (see `optkit passes`) or a config file with `passes = [...]`")
     with _steps(ctx, f"optimize {model}") as step:
@@ -132,7 +142,7 @@ def optimize(
             model,
             passes,
             output,
-            options=pass_options,
+            options=config.options,
             trust_pickle=trust_pickle,
             overwrite=overwrite,
             onnx=not no_onnx,
@@ -140,8 +150,10 @@ def optimize(
             progress=step,
             workload=workload_path,
             calib=calib_path,
+            budgets=budgets,
         )
     _emit(ctx, report, output)
+    ci.finish(ctx, report, junit_path)
 
 
 @cli.command()
@@ -172,6 +184,8 @@ def optimize(
 @options.trust_pickle
 @options.workload
 @options.calib
+@options.require
+@options.junit
 @click.pass_context
 def analyze(
     ctx: click.Context,
@@ -186,10 +200,14 @@ def analyze(
     trust_pickle: bool,
     workload_path: Path | None,
     calib_path: Path | None,
+    require: tuple[str, ...],
+    junit_path: Path | None,
 ) -> None:
     """Summarize MODEL: FLOPs, bytes and parameters per block, op counts (also .onnx files)."""
     from optkit.api import analyze_file
+    from optkit.budgets import parse_budgets
 
+    budgets = parse_budgets(require)
     probe: dict[str, Any] | None = None
     if sensitivity:
         probe = {"wbits": int(wbits), "abits": int(abits), "calibration": calibration}
@@ -204,11 +222,13 @@ def analyze(
             sensitivity=probe,
             workload=workload_path,
             calib=calib_path,
+            budgets=budgets,
         )
     if ctx.obj["json"]:
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         click.echo(report.to_markdown())
+    ci.finish(ctx, report, junit_path)
 
 
 @cli.command(name="passes")
@@ -277,6 +297,7 @@ from optkit.cli.lower import lower, run  # noqa: E402  (`optkit lower` and `optk
 
 cli.add_command(lower)
 cli.add_command(run)
+cli.add_command(ci.compare)
 
 
 def main() -> None:

@@ -89,7 +89,7 @@ def read_config(path: Path | None) -> RunConfig:
     require = data.pop("require", [])
     if not isinstance(require, list) or not all(isinstance(r, str) for r in require):
         raise ConfigError(
-            f"{path}: `require` must be a list of budgets such as \"quality_psnr_db>=30\", got {require!r}"
+            f'{path}: `require` must be a list of budgets such as "quality_psnr_db>=30", got {require!r}'
         )
     options: dict[str, dict[str, Any]] = {}
     for key, value in data.items():

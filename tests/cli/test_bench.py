@@ -57,7 +57,7 @@ def test_bench_json_and_refusal_to_overwrite(user_models):
     result = run(*args, "--json")
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert data["figures"]["eager latency (median)"]["unit"] == "ms"
+    assert data["figures"]["latency_eager"]["unit"] == "ms"
     again = run(*args)
     assert again.exit_code == 2 and "exists and is not empty; pass --overwrite" in again.output
     quiet = run("--quiet", *args, "--overwrite")

@@ -69,8 +69,8 @@ def test_optimize_writes_model_onnx_report_and_plot(user_models):
         "report.md",
     ]
     report = json.loads((out / "report.json").read_text())
-    assert report["figures"]["ONNX Runtime max abs error vs optimized"]["value"] < 1e-5
-    assert report["figures"]["FLOPs per call (after)"]["unit"] == "FLOPs"
+    assert report["figures"]["onnx_max_abs_error"]["value"] < 1e-5
+    assert report["figures"]["flops_after"]["unit"] == "FLOPs"
     passes = next(t for t in report["tables"] if t["title"] == "Passes")
     assert [r[0] for r in passes["rows"]] == ["fold-constants", "dce"]
     program = load_program(out / "model.pt2")
@@ -98,7 +98,7 @@ def test_optimize_with_config_file(user_models):
     )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert "model.onnx size" not in data["figures"]
+    assert "onnx_bytes" not in data["figures"]
 
 
 def test_analyze_prints_block_table_and_writes_plot(user_models):
@@ -212,4 +212,4 @@ def test_optimize_with_ptq_reports_weight_bytes(user_models):
     data = json.loads(result.output)
     passes = next(t for t in data["tables"] if t["title"] == "Passes")
     assert passes["rows"][0][0] == "ptq" and "weight_bytes_after" in passes["rows"][0][-1]
-    assert data["figures"]["ONNX Runtime max abs error vs optimized"]["value"] < 1e-2
+    assert data["figures"]["onnx_max_abs_error"]["value"] < 1e-2

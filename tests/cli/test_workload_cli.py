@@ -65,7 +65,7 @@ def test_a_user_denoiser_with_keyword_inputs_gets_trajectory_calibration_and_cac
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     figures = json.loads(result.output)["figures"]
-    assert "samples PSNR vs input (1 seed(s))" in figures
+    assert figures["quality_psnr_db"]["label"] == "samples PSNR vs input (1 seed(s))"
     saved = load_program(user_denoiser / "out" / "model.pt2")
     assert saved.input_names() == ["sample", "timestep", "class_labels"]
     assert saved.workload.diffusion.null_cond == ("fill:10",)

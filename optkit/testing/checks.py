@@ -1,219 +1,45 @@
-"""A pytest plugin for users' own test suites: capture once per session, assert with figures.
+"""Assertions for users' tests whose failure messages carry the figures: output SQNR and PSNR
+against a reference, latency against a baseline measured in the same interleaved rounds, and a
+report's figure against a budget.
 
-Installing optkit registers this module as the pytest plugin `optkit` (entry point group
-`pytest11` in pyproject.toml), so every test suite in that environment gets it; `-p no:optkit`
-turns it off, and with `PYTEST_DISABLE_PLUGIN_AUTOLOAD` set it is loaded with `-p optkit`.
-
-| name                     | what it is                                                            |
-|--------------------------|-----------------------------------------------------------------------|
-| `optkit_capture`         | fixture (session): `optkit_capture(module, example_inputs)` or        |
-|                          | `optkit_capture("zoo:dit")` -> Program, captured once per session      |
-| `optkit_optimize`        | fixture (session): `optkit_optimize(program, "ptq")` -> PipelineResult |
-| `assert_sqnr`            | output SQNR of a candidate against a reference >= a bound (dB)          |
-| `assert_psnr`            | output PSNR >= a bound (dB)                                            |
-| `assert_latency_ratio`   | a candidate's median latency against a baseline's, measured interleaved |
-| `assert_report_figure`   | a figure of a report `optkit optimize` wrote meets a bound (a budget)  |
-| `--optkit-threads N`     | option: torch intra-op threads for the session (restored afterwards)   |
-
-A failed check raises `AssertionError` whose message carries the measured figure, the bound and
-what was compared; a bad argument raises an `OptkitError` (`ConfigError`, `UnknownNameError`,
-`ArtifactError`), so a typo never reads as a regression.
+A failed check raises `AssertionError` (its message: the measured figure, the bound and what was
+compared); a bad argument raises an `OptkitError`, so a typo never reads as a regression.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
-from optkit.api import optimize
 from optkit.budgets import OPS, Budget, check_budgets, parse_budget
 from optkit.errors import ConfigError, UnknownNameError
-from optkit.ir.capture import capture
-from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
 from optkit.metrics import psnr_db, sqnr_db
-from optkit.pipeline import PipelineResult
-from optkit.refs import load_program_ref, parse_model_ref
 from optkit.report import Report
 from optkit.timing import interleaved_latency_ms
-
-__all__ = [
-    "CaptureCache",
-    "LatencyComparison",
-    "OptimizeCache",
-    "assert_latency_ratio",
-    "assert_psnr",
-    "assert_report_figure",
-    "assert_sqnr",
-    "measure_latency",
-]
-
-log = logging.getLogger(__name__)
 
 # What assert_sqnr / assert_psnr compare: a model run on inputs, or an output given as is.
 Operand = Program | nn.Module | Callable[..., Any] | torch.Tensor | np.ndarray
 # One batch (a tensor, or a tuple/list of tensors) or several (a list of tuples/lists of tensors).
 Inputs = torch.Tensor | Sequence[torch.Tensor] | Sequence[Sequence[torch.Tensor]]
 
-_THREADS = pytest.StashKey[int]()  # the thread count before --optkit-threads, restored at the end
 
-
-# -- session caches (the fixtures) -----------------------------------------------------------------
-class CaptureCache:
-    """Programs captured or loaded once per test session: the `optkit_capture` fixture.
-
-    `cache(module, example_inputs)` captures a module; `cache("zoo:dit")`, `cache("pkg.mod:factory")`
-    or `cache("model.pt2")` loads a model reference. A module is keyed by its identity and its
-    inputs' shapes and dtypes (the cache keeps the module alive, so its `id()` is not reused), a
-    reference by its text (a file by its resolved path) and load options; `key=` names the model
-    yourself, and then must name the same model on every call. The same Program object comes back
-    each time: treat it as read-only (`clone()` it before editing; passes never edit their input).
-    """
-
-    def __init__(self) -> None:
-        self._programs: dict[Hashable, Program] = {}
-        self._sources: dict[Hashable, Any] = {}  # key -> the module or reference text it stands for
-        self.loads = 0  # captures and loads actually done (the rest came from the cache)
-
-    def __call__(
-        self,
-        model_or_ref: nn.Module | str | Path,
-        example_inputs: torch.Tensor | Sequence[torch.Tensor] | None = None,
-        *,
-        key: Hashable | None = None,
-        name: str | None = None,
-        batch: int | None = None,
-        seed: int = 0,
-        trust_pickle: bool = False,
-    ) -> Program:
-        """The Program for `model_or_ref`, captured (a module, on `example_inputs`) or loaded
-        (a reference, with `batch`, `seed`, `trust_pickle` as in `optkit.load_model`) on first use."""
-        if isinstance(model_or_ref, nn.Module):
-            if example_inputs is None:
-                raise ConfigError(
-                    f"capturing a {type(model_or_ref).__name__} needs example_inputs (a tensor or a tuple of tensors)"
-                )
-            inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
-            source: Any = model_or_ref
-            auto_key: Hashable = ("module", id(model_or_ref), _signature(inputs))
-        elif isinstance(model_or_ref, (str, Path)):
-            if example_inputs is not None:
-                raise ConfigError(
-                    f"{str(model_or_ref)!r} is a model reference, which brings its own example inputs; "
-                    "give example_inputs only with an nn.Module"
-                )
-            source = _canonical_ref(str(model_or_ref))
-            auto_key = ("ref", source, batch, seed, trust_pickle)
-        else:
-            raise ConfigError(
-                f"optkit_capture takes an nn.Module or a model reference (zoo:NAME, pkg.module:factory, "
-                f"a .pt2 path), got {type(model_or_ref).__name__}"
-            )
-        cache_key = ("key", key) if key is not None else auto_key
-        if cache_key in self._programs:
-            if key is not None and not _same(self._sources[cache_key], source):
-                raise ConfigError(f"key {key!r} already names another model in this session; give a new key")
-            return self._programs[cache_key]
-        if isinstance(model_or_ref, nn.Module):
-            program = capture(model_or_ref, inputs, name=name or type(model_or_ref).__name__)
-        else:
-            program = load_program_ref(str(model_or_ref), batch=batch, seed=seed, trust_pickle=trust_pickle)
-        log.info("optkit_capture: captured %s once for this session", program.name)
-        self.loads += 1
-        self._programs[cache_key], self._sources[cache_key] = program, source
-        return program
-
-
-class OptimizeCache:
-    """Pass pipelines run once per test session: the `optkit_optimize` fixture.
-
-    `cache(program, "ptq")` or `cache(program, ["ptq", "cache"], {"ptq": {...}})` runs
-    `optkit.optimize` the first time and returns the same `PipelineResult` afterwards, keyed by
-    the Program's identity (the cache keeps it alive), the passes and the options.
-    """
-
-    def __init__(self) -> None:
-        self._results: dict[Hashable, tuple[Program, PipelineResult]] = {}
-        self.runs = 0  # pipelines actually run
-
-    def __call__(
-        self,
-        program: Program,
-        passes: str | Sequence[str],
-        options: Mapping[str, Mapping[str, Any]] | None = None,
-        *,
-        check_numerics: bool = True,
-    ) -> PipelineResult:
-        """`optkit.optimize(program, passes, options)`, once per session; `passes` may be `"ptq,cache"`."""
-        if not isinstance(program, Program):
-            raise ConfigError(
-                f"optkit_optimize takes a Program (from optkit_capture), got {type(program).__name__}"
-            )
-        names = (
-            [p.strip() for p in passes.split(",") if p.strip()] if isinstance(passes, str) else list(passes)
-        )
-        if not names:
-            raise ConfigError(
-                "optkit_optimize needs at least one pass or pipeline name (see `optkit passes`)"
-            )
-        cache_key = (
-            id(program),
-            tuple(names),
-            json.dumps(options or {}, sort_keys=True, default=repr),
-            check_numerics,
-        )
-        if cache_key not in self._results:
-            self._results[cache_key] = (program, optimize(program, names, options, check_numerics))
-            self.runs += 1
-        return self._results[cache_key][1]
-
-
-def _signature(inputs: tuple[Any, ...]) -> tuple[Any, ...]:
-    return tuple(
-        (tuple(t.shape), str(t.dtype)) if isinstance(t, torch.Tensor) else type(t).__name__ for t in inputs
-    )
-
-
-def _canonical_ref(text: str) -> str:
-    ref = parse_model_ref(text)
-    return text.strip() if ref.kind in ("zoo", "factory") else str(ref.path.resolve())
-
-
-def _same(a: Any, b: Any) -> bool:
-    return a is b if isinstance(a, nn.Module) or isinstance(b, nn.Module) else a == b
-
-
-@pytest.fixture(scope="session")
-def optkit_capture() -> CaptureCache:
-    """Capture a module or load a model reference once per session: `optkit_capture(model, inputs)`."""
-    return CaptureCache()
-
-
-@pytest.fixture(scope="session")
-def optkit_optimize() -> OptimizeCache:
-    """Run passes on a Program once per session: `optkit_optimize(program, "ptq").program`."""
-    return OptimizeCache()
-
-
-# -- output quality ----------------------------------------------------------------------------------
 def assert_sqnr(reference: Operand, candidate: Operand, min_db: float, inputs: Inputs | None = None) -> float:
     """Assert the SQNR of `candidate`'s output against `reference`'s is at least `min_db` dB.
 
     Each of `reference` and `candidate` is a Program, an nn.Module or another callable (run on
     `inputs`, else on the example inputs of whichever is a Program, without grad; its first output
-    is compared), or a tensor/array taken as the output itself. `inputs` is one batch (a tensor or
-    a tuple of tensors) or a list of batches; outputs of several batches are concatenated. Returns
-    the measured SQNR.
+    tensor or array is compared, so a wrapper around an ONNX Runtime session fits too), or a
+    tensor/array taken as the output itself. `inputs` is one batch (a tensor or a tuple of
+    tensors) or a list of batches; outputs of several batches are concatenated. Returns the
+    measured SQNR.
     """
     __tracebackhide__ = True
     _check_bound("min_db", min_db)
@@ -317,10 +143,12 @@ def _output(operand: Operand, batches: list[tuple[torch.Tensor, ...]]) -> torch.
     firsts = []
     with torch.no_grad():
         for batch in batches:
-            tensors = flat_outputs(operand(*batch))
-            if not tensors:
-                raise ConfigError(f"{_label(operand)} returned no tensor")
-            firsts.append(tensors[0].detach().to("cpu", torch.float64))
+            # Arrays count too: an ONNX Runtime session returns a list of numpy arrays.
+            leaves, _ = torch.utils._pytree.tree_flatten(operand(*batch))
+            arrays = [x for x in leaves if isinstance(x, (torch.Tensor, np.ndarray))]
+            if not arrays:
+                raise ConfigError(f"{_label(operand)} returned no tensor or array")
+            firsts.append(torch.as_tensor(arrays[0]).detach().to("cpu", torch.float64))
     if len(firsts) == 1:
         return firsts[0]
     return torch.cat([t if t.dim() else t[None] for t in firsts])
@@ -333,7 +161,7 @@ def _label(x: Any) -> str:
         return f"{type(x).__name__} {tuple(x.shape)}"
     if isinstance(x, nn.Module):
         return type(x).__name__
-    return getattr(x, "__qualname__", None) or type(x).__name__
+    return getattr(x, "__name__", None) or type(x).__name__
 
 
 def _error(ref: torch.Tensor, out: torch.Tensor) -> str:
@@ -487,56 +315,3 @@ def _report(report_or_dir: Report | str | Path) -> tuple[Report, str]:
     path = Path(report_or_dir)
     directory = path.parent if path.name == "report.json" else path
     return Report.load(directory), str(directory / "report.json")
-
-
-# -- pytest hooks ------------------------------------------------------------------------------------
-def pytest_addoption(parser: pytest.Parser) -> None:
-    """`--optkit-threads N` (ini: `optkit_threads`): torch intra-op threads for the session."""
-    group = parser.getgroup("optkit", "optkit model checks")
-    group.addoption(
-        "--optkit-threads",
-        type=int,
-        default=None,
-        metavar="N",
-        help="torch intra-op threads for this session (default: leave torch's setting); "
-        "pin it so latency and numerics are measured alike on every run",
-    )
-    parser.addini(
-        "optkit_threads", "torch intra-op threads for the session (as --optkit-threads)", default=""
-    )
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    """Pin torch's thread count when `--optkit-threads` (or the ini value) asks for it."""
-    threads = _threads_option(config)
-    if threads is not None:
-        config.stash[_THREADS] = torch.get_num_threads()
-        torch.set_num_threads(threads)
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Give torch back the thread count it had before the session."""
-    if _THREADS in config.stash:
-        torch.set_num_threads(config.stash[_THREADS])
-        del config.stash[_THREADS]
-
-
-def pytest_report_header(config: pytest.Config) -> str | None:
-    """Say in the header how many threads torch runs on when the session pinned them."""
-    threads = _threads_option(config)
-    return f"optkit: torch threads pinned to {threads}" if threads is not None else None
-
-
-def _threads_option(config: pytest.Config) -> int | None:
-    value = config.getoption("optkit_threads")
-    if value is None:
-        text = str(config.getini("optkit_threads")).strip()
-        if not text:
-            return None
-        try:
-            value = int(text)
-        except ValueError:
-            raise pytest.UsageError(f"optkit_threads must be an integer, got {text!r}") from None
-    if value < 1:
-        raise pytest.UsageError(f"--optkit-threads must be >= 1, got {value}")
-    return value
