@@ -18,6 +18,7 @@ from optkit.api import analyze, analyze_file, optimize, optimize_file  # noqa: E
 from optkit.errors import (
     ArtifactError,
     BackendError,
+    BudgetMissed,
     CaptureError,
     ConfigError,
     ModelRefError,
@@ -50,6 +51,7 @@ __all__ = [
     "Annotations",
     "ArtifactError",
     "BackendError",
+    "BudgetMissed",
     "Block",
     "Calibration",
     "CaptureError",

@@ -5,10 +5,9 @@ Verdicts:
 
 | figure                                       | verdict                                         |
 |----------------------------------------------|-------------------------------------------------|
-| with a spread (p10, p90) in both reports:    | `noise` when the p10-p90 intervals overlap, the |
-| timings and the speed-ups made from them     | medians differ by less than the larger spread,  |
-|                                              | or by less than `noise_floor` of the old value; |
-|                                              | else `faster` / `slower`                        |
+| with a spread (p10, p90) in both reports:    | `noise` when the p10-p90 intervals overlap or   |
+| timings and the speed-ups made from them     | the larger median is at most `1 + noise_floor`  |
+|                                              | times the smaller; else `faster` / `slower`     |
 | a time measured once (`capture_time`)        | `same` or `changed`: one run cannot tell noise  |
 | a number in a unit with a direction          | `same`, `better` or `worse`                     |
 | a number without one (perplexity, errors)    | `same` or `changed`                             |
@@ -17,6 +16,12 @@ Verdicts:
 
 Higher is better for dB, %, x (speed-ups) and GFLOP/s; lower is better for times, bytes,
 parameters, FLOPs and nodes. `slower` and `worse` are regressions.
+
+The spread says how much one run's timings scatter, not how much two runs differ: on a shared
+machine a second run of the same model can take twice as long throughout (measured on the 2-core
+machines optkit is developed on: 0.04 ms one run, 0.09 ms the next). The speed-ups, whose two
+sides are timed interleaved within one run, stay within about 10% there; absolute times need a
+`noise_floor` as large as the machine's run-to-run drift (docs/ci.md).
 
 Two reports are comparable when both are format 2 and record the same `kind` (the command:
 optimize, analyze, bench) and the same `model` (the captured model's name: the factory's name
@@ -38,7 +43,7 @@ from optkit.errors import ArtifactError, ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.report import REPORT_FORMAT, Figure, Report, Table, budget_table, format_value
 
-NOISE_FLOOR = 0.05  # a timing change under 5% of the old value is noise on a shared machine
+NOISE_FLOOR = 0.10  # timings within 10% of each other are noise (a quiet, dedicated machine)
 HIGHER_IS_BETTER = frozenset({"dB", "%", "x", "GFLOP/s"})
 LOWER_IS_BETTER = frozenset({"ns", "us", "ms", "s", "bytes", "params", "FLOPs", "nodes"})
 TIME_UNITS = frozenset({"ns", "us", "ms", "s"})
@@ -144,7 +149,8 @@ class Comparison:
             lines.append("**No regressions.**")
         lines += [
             "",
-            f"Timings are judged against their p10-p90 spread and a {100 * self.noise_floor:g}% floor.",
+            f"Timings are judged against their p10-p90 spread and a {100 * self.noise_floor:g}% noise floor; "
+            "on a shared machine absolute times of two runs drift further, speed-ups (timed interleaved) do not.",
             "",
         ]
         if self.budgets:
@@ -202,8 +208,8 @@ def compare_reports(
 ) -> Comparison:
     """Compare `new` with `baseline` figure by figure and check `budgets` on `new`; refuses two
     reports of different models, commands or formats (a ConfigError or ArtifactError)."""
-    if not 0 <= noise_floor < 1:
-        raise ConfigError(f"noise_floor must be in [0, 1), got {noise_floor}")
+    if not noise_floor >= 0:
+        raise ConfigError(f"noise_floor must be >= 0, got {noise_floor}")
     check_comparable(baseline, new)
     results = check_budgets(new, budgets)
     changes = []
@@ -242,10 +248,11 @@ def verdict(old: Figure | None, new: Figure | None, noise_floor: float = NOISE_F
 
 def _is_noise(old: Figure, new: Figure, floor: float) -> bool:
     assert old.p10 is not None and old.p90 is not None and new.p10 is not None and new.p90 is not None
+    # Overlap rather than "medians closer than the spread": with few runs p10/p90 are the
+    # extremes, and one preempted run would widen the spread over any change.
     a, b = float(old.value), float(new.value)
     overlap = old.p10 <= new.p90 and new.p10 <= old.p90
-    spread = max(old.p90 - old.p10, new.p90 - new.p10)
-    return overlap or abs(b - a) <= spread or abs(b - a) <= floor * abs(a)
+    return overlap or (a > 0 and b > 0 and max(a, b) <= (1 + floor) * min(a, b))
 
 
 def _number(figure: Figure | None) -> float | None:

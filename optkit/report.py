@@ -128,9 +128,9 @@ def format_value(value: Any, unit: str = "") -> str:
                 return f"{value / scale:.3g} {prefix}"
         return f"{int(value)} B"
     if unit in ("FLOPs", "params", "nodes") and abs(value) >= 1000:
-        for scale, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
-            if abs(value) >= scale:
-                return f"{value / scale:.3g} {prefix}{unit}"
+        for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K")):
+            if abs(value) >= factor:
+                return f"{value / factor:.3g} {prefix}{unit}"
     if isinstance(value, int):
         return f"{value} {unit}".strip()
     return f"{value:.4g} {unit}".strip()

@@ -20,10 +20,12 @@ from optkit.errors import BudgetMissed
 from optkit.report import Report
 
 
-def finish(ctx: click.Context, report: Report, junit_path: Path | None) -> None:
-    """After a command wrote `report`: print its budgets, write the JUnit file, and raise
+def finish(ctx: click.Context, report: Report, junit_path: Path | None, show: bool = True) -> None:
+    """After a command wrote `report`: print its budgets (unless `show` is off because the
+    command printed the report's Markdown, which has them), write the JUnit file, and raise
     BudgetMissed (exit 3) when one was missed."""
-    show_budgets(ctx, report.budgets)
+    if show:
+        show_budgets(ctx, report.budgets)
     if junit_path is not None:
         from optkit.junit import budget_cases, write_junit
 
@@ -71,10 +73,10 @@ def raise_if_missed(results: Sequence[BudgetResult]) -> None:
 )
 @click.option(
     "--noise-floor",
-    default=5.0,
+    default=10.0,
     show_default=True,
     type=float,
-    help="Timing changes under this % of the old value are noise.",
+    help="Timings within this % of each other are noise; raise it on shared machines (docs/ci.md).",
 )
 @click.option(
     "--json", "json_here", is_flag=True, help="Print the comparison as JSON (same as optkit --json)."

@@ -228,7 +228,7 @@ def analyze(
         click.echo(json.dumps(report.to_dict(), indent=2, default=str))
     else:
         click.echo(report.to_markdown())
-    ci.finish(ctx, report, junit_path)
+    ci.finish(ctx, report, junit_path, show=False)
 
 
 @cli.command(name="passes")

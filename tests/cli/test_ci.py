@@ -37,7 +37,8 @@ def workdir(tmp_path_factory):
     it runs far slower), used as the working directory of every test here."""
     path = tmp_path_factory.mktemp("ci")
     (path / "cimodels.py").write_text(textwrap.dedent(MODELS.format(width=32, depth=3, batch=4)))
-    (path / "cimodels_slow.py").write_text(textwrap.dedent(MODELS.format(width=384, depth=3, batch=64)))
+    # ~6 ms a call against ~0.1 ms: slower beyond any preempted run of the small one.
+    (path / "cimodels_slow.py").write_text(textwrap.dedent(MODELS.format(width=1024, depth=3, batch=256)))
     (path / "w4.toml").write_text("[ptq]\nwbits = 4\ngranularity = 'tensor'\n")
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(path)
@@ -135,10 +136,12 @@ def compare(*args):
 
 
 def test_compare_of_reruns_of_one_model_finds_no_regression(workdir):
+    # Two runs on this shared 2-core machine differ by up to 2.4x throughout (measured), far
+    # beyond each run's p10-p90 spread: absolute times need a floor of the machine's drift.
     assert optimize("base").exit_code == 0
     for i in range(5):
         assert optimize(f"rerun{i}").exit_code == 0
-        result = compare("base", f"rerun{i}", "--fail-on-regression")
+        result = compare("base", f"rerun{i}", "--fail-on-regression", "--noise-floor", "200")
         assert result.exit_code == 0, result.output
         data = json.loads(result.stdout)
         assert data["regressions"] == []
