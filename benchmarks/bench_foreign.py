@@ -55,7 +55,6 @@ import optkit  # noqa: E402
 from optkit.caching import CachedSampler, uncached_sample  # noqa: E402
 from optkit.caching.runner import cached_runner  # noqa: E402
 from optkit.metrics import psnr_db, sqnr_db  # noqa: E402
-from optkit.pipeline import PipelineResult  # noqa: E402
 from optkit.quant.calibration import denoiser_of  # noqa: E402
 from optkit.report import Table  # noqa: E402
 from optkit.sampling import sample  # noqa: E402
@@ -232,22 +231,11 @@ FOREIGN: dict[str, tuple[str, Callable[..., Any], bool]] = {
 
 
 # -- 1a. PTQ W8A8 on the trained example ------------------------------------------------------------
-def first_output(denoiser: Callable[..., Any]) -> Callable[..., torch.Tensor]:
-    """`denoiser` returning its first output: `denoiser_of` passes on the raw tuple of a model
-    that returns one (diffusers with `return_dict=False`) when the batch is the captured one."""
-
-    def call(*inputs: torch.Tensor) -> torch.Tensor:
-        out = denoiser(*inputs)
-        return out[0] if isinstance(out, (tuple, list)) else out
-
-    return call
-
-
 def draw(program: optkit.Program, seeds: range) -> torch.Tensor:
     """Samples of `program`'s workload sampler, one batch (one row per class) per seed."""
     diffusion = program.workload.diffusion
     x, _t, labels = program.example_inputs
-    denoiser = first_output(denoiser_of(program))
+    denoiser = denoiser_of(program)
     outs = [
         sample(
             denoiser, tuple(x.shape), sampler=diffusion.sampler, steps=diffusion.steps, seed=s, cond=(labels,)
@@ -255,49 +243,6 @@ def draw(program: optkit.Program, seeds: range) -> torch.Tensor:
         for s in seeds
     ]
     return torch.cat(outs)  # (seeds * B, 1, 16, 16)
-
-
-def all_steps_calibration(program: optkit.Program, seeds: int = 4) -> list[tuple[torch.Tensor, ...]]:
-    """The batches `ptq`'s default all-steps calibration collects (every denoiser call of the
-    workload's sampler on seeds 0..seeds-1), drawn here through `first_output`."""
-    diffusion = program.workload.diffusion
-    x, t_example, *cond = program.example_inputs
-    seen: list[tuple[torch.Tensor, ...]] = []
-
-    def record(_step: int, _t: torch.Tensor, inputs: tuple[torch.Tensor, ...], _out: torch.Tensor) -> None:
-        seen.append(tuple(v.to(t_example.dtype) if i == 1 else v.clone() for i, v in enumerate(inputs)))
-
-    denoiser = first_output(denoiser_of(program))
-    for seed in range(seeds):
-        sample(
-            denoiser,
-            tuple(x.shape),
-            sampler=diffusion.sampler,
-            steps=diffusion.steps,
-            seed=seed,
-            cond=tuple(cond),
-            observer=record,
-        )
-    return seen
-
-
-def quantize(program: optkit.Program) -> tuple[PipelineResult, str]:
-    """`ptq` with its defaults; if that fails, the same all-steps batches given as calibration
-    data (and a note saying why)."""
-    try:
-        return optkit.optimize(program, ["ptq"]), ""
-    except optkit.PassError as err:
-        batches = all_steps_calibration(program)
-        calibrated = program.clone().with_workload(
-            program.workload.replace(calibration=optkit.Calibration.from_batches(batches))
-        )
-        options = {"ptq": {"calibration": "data", "calibration_batches": len(batches)}}
-        note = (
-            f"`ptq` with its defaults failed here ({first_line(str(err))}); the figures below give it the "
-            f"same all-steps batches ({len(batches)}: 4 seeds x {program.workload.diffusion.steps} steps) as "
-            "in-memory calibration data instead."
-        )
-        return optkit.optimize(calibrated, ["ptq"], options), note
 
 
 def digit_scores(samples: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
@@ -315,7 +260,7 @@ def bench_ptq(program: optkit.Program, num_samples: int) -> tuple[Table, dict[st
     seeds = range(1000, 1000 + max(1, num_samples // batch))  # held out from calibration (seed 0..)
     labels = program.example_inputs[2].repeat(len(seeds))
     start = time.perf_counter()
-    result, note = quantize(program)
+    result = optkit.optimize(program, ["ptq"])
     ptq_s = time.perf_counter() - start
     quantized = result.program
     start = time.perf_counter()
@@ -353,7 +298,6 @@ def bench_ptq(program: optkit.Program, num_samples: int) -> tuple[Table, dict[st
         "sqnr": sqnr,
         "accuracy": (acc_f, acc_q),
         "fd": (fd_f, fd_q),
-        "note": note,
     }
     return table, info
 
@@ -572,7 +516,7 @@ def bench_matrix(dirs: bool) -> Table:
             ref = str(save_folder(name, work)) if dirs else f"bench_foreign:{name}"
             rows.append(matrix_row(label, ref, denoiser, work / name))
     return Table(
-        "Commands on the example and on tiny foreign models: ok, or the error's first sentence",
+        "Command results: ok, or the error's first sentence",
         [
             "model",
             "analyze",
@@ -623,14 +567,13 @@ def main() -> None:
             "### The trained example: `examples/diffusers_unet2d` (diffusers UNet2DModel on 16x16 digits)",
             "",
             f"`{EXAMPLE_REF}`: {trained}. `ptq` with its defaults took {ptq_info['ptq_seconds']:.1f} s "
-            f"(pass figures: {', '.join(f'{k} {v}' for k, v in ptq_info['ptq_figures'].items())}). "
-            + ptq_info["note"],
+            f"(pass figures: {', '.join(f'{k} {v}' for k, v in ptq_info['ptq_figures'].items())}).",
             "",
             ptq_table.to_markdown(),
             "",
             cache_table.to_markdown(),
             "",
-            *cache_notes,
+            "\n\n".join(cache_notes),
             "",
         ]
     if not args.skip_matrix:
@@ -642,9 +585,10 @@ def main() -> None:
             else "`save_pretrained` folders (the diffusers ones with a `scheduler_config.json`)"
         )
         parts += [
-            "### Commands on tiny diffusers / transformers models",
+            "### Commands on the example and on tiny diffusers / transformers models",
             "",
-            f"Models built from small configs with random weights, given as {given}; denoisers sampled "
+            f"First row: the trained example through its factory (`{EXAMPLE_REF}`), the commands of its "
+            f"README. Then models built from small configs with random weights, given as {given}; denoisers sampled "
             "by a diffusers `DDIMScheduler` (20 steps). Each command runs through the CLI in-process "
             "(`optimize ... --repeats 3`); `run` feeds the lowered artifact the example inputs optkit "
             "captures the model with and compares its output with the captured Program's. "

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from optkit import quality
+from optkit.backends.pipeline import Pipeline, check_target, lower_pipeline
 from optkit.budgets import Budget, check_budgets, parse_budgets
 from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
@@ -21,6 +22,7 @@ from optkit.ir import flops
 from optkit.ir.onnx_io import OnnxModel, export_onnx, onnx_session
 from optkit.ir.program import Program
 from optkit.ir.serialize import save_program
+from optkit.metrics import psnr_db
 from optkit.pipeline import PassManager, PipelineResult, build_passes
 from optkit.refs import load_model, load_program_ref
 from optkit.report import Report, Table, bar_plot, heatmap_plot
@@ -173,6 +175,7 @@ def optimize_file(
     workload: WorkloadLike | None = None,
     calib: str | Path | None = None,
     budgets: Sequence[str | Budget] = (),
+    target: str | None = None,
 ) -> Report:
     """Optimize the model at `ref` with `passes` and write model, ONNX, report and plots to `output`.
 
@@ -181,6 +184,9 @@ def optimize_file(
     `budgets` (`optkit.budgets`) are parsed before the run and checked into `report.budgets`
     before anything is written: an unknown figure or a unit that does not fit writes nothing,
     a missed budget is only recorded.
+    With `target` (`cpu`, `cuda`; checked before any work), the optimized Program and the step
+    variants of its cache schedule are lowered into `output/artifact/` (`optkit.backends.pipeline`)
+    and the report adds the compiled pipeline's latency beside the eager rows.
     """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
@@ -192,6 +198,8 @@ def optimize_file(
         workload = Workload.from_toml(workload)
     if calib is not None:
         Calibration.from_path(calib)
+    if target is not None:
+        check_target(target)
     output = Path(output)
     say("capture")
     start = time.perf_counter()
@@ -226,11 +234,19 @@ def optimize_file(
             report.add(
                 "output max abs value (scale of that error)", figures["output_abs_max"], "", "output_abs_max"
             )
+        pipeline = None
+        if target is not None:
+            pipeline = lower_pipeline(optimized, target, progress=lambda msg: say(f"{msg} for {target}"))
+            say("save compiled pipeline")
+            pipeline.save(tmp / "artifact")
+            report.add("lowering time", pipeline.info["lowering_seconds"], "s", "lowering_time")
+            report.add("compiled libraries", len(pipeline.libraries()), "libraries", "compiled_libraries")
+            report.add("compiled pipeline size", pipeline.library_bytes, "bytes", "compiled_bytes")
         say("latency")
-        _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats)
+        _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats, pipeline)
         if program.workload.diffusion is not None:
             say("sampling latency")
-            _sampling_table(report, program, optimized, max(3, repeats // 4))
+            _sampling_table(report, program, optimized, max(3, repeats // 4), pipeline)
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
         _annotation_plots(tmp, optimized, report)
         report.budgets = check_budgets(report, budgets)
@@ -288,23 +304,32 @@ def _pass_table(result: PipelineResult) -> Table:
 
 
 def _latency_table(
-    report: Report, before: Program, after: Program, onnx_path: Path | None, repeats: int
+    report: Report,
+    before: Program,
+    after: Program,
+    onnx_path: Path | None,
+    repeats: int,
+    pipeline: Pipeline | None = None,
 ) -> None:
-    """Eager before and after passes (and ONNX Runtime after), timed interleaved so that load from
-    other processes falls on all alike: the speed-ups stay comparable across runs even when the
-    absolute times of two runs are not (docs/ci.md)."""
+    """Eager before and after passes (and ONNX Runtime, and the compiled `main`, after), timed
+    interleaved so that load from other processes falls on all alike: the speed-ups stay
+    comparable across runs even when the absolute times of two runs are not (docs/ci.md)."""
     runners: dict[str, Callable[[], Any]] = {"before": before.run, "after": after.run}
     if onnx_path is not None:
         session = onnx_session(onnx_path)
         names = [i.name for i in session.get_inputs()]
         feeds = {n: t.numpy() for n, t in zip(names, after.example_inputs, strict=True)}
         runners["ort"] = lambda: session.run(None, feeds)
+    if pipeline is not None:
+        compiled = pipeline.main
+        runners["tvm"] = lambda: compiled.run(*after.example_inputs)
     timing = interleaved_latency_ms(runners, warmup=3, repeats=repeats)
     base = timing["before"]
     what = {
         "before": "PyTorch eager (captured, before passes)",
         "after": "PyTorch eager (optimized graph)",
         "ort": "ONNX Runtime (optimized graph)",
+        "tvm": f"TVM {pipeline.target.name} (optimized graph)" if pipeline is not None else "",
     }
     rows = [
         [what[k], t["median"], t["p10"], t["p90"], base["median"] / t["median"]] for k, t in timing.items()
@@ -330,20 +355,32 @@ def _latency_table(
             "speedup_ort_vs_eager",
             "x",
         )
+    if "tvm" in timing:
+        report.add_timing("latency TVM (after)", timing["tvm"], "latency_compiled_after")
+        report.add_timing(
+            "speed-up of TVM (after) vs eager (before)",
+            speedup(base, timing["tvm"]),
+            "speedup_compiled_vs_eager",
+            "x",
+        )
 
 
-def _sampling_table(report: Report, before: Program, after: Program, repeats: int) -> None:
+def _sampling_table(
+    report: Report, before: Program, after: Program, repeats: int, pipeline: Pipeline | None = None
+) -> None:
     """End-to-end sampling of one batch with the workload's sampler: the input Program against
-    the optimized one (block-cached when it has a schedule), interleaved, after a warm-up run
-    that also builds every step variant."""
+    the optimized one (block-cached when it has a schedule) and, with a `pipeline`, against the
+    same sampling in compiled code, interleaved, after a warm-up run that also builds every
+    step variant."""
     diffusion = before.workload.diffusion
     assert diffusion is not None
     draw_before, draw_after = quality.sampler_for(before), quality.sampler_for(after)
-    timing = interleaved_latency_ms(
-        {"before": lambda: draw_before(0), "after": lambda: draw_after(0)},
-        warmup=1,
-        repeats=repeats,
-    )
+    runners: dict[str, Callable[[], Any]] = {"before": lambda: draw_before(0), "after": lambda: draw_after(0)}
+    if pipeline is not None:
+        runners["compiled"] = lambda: pipeline.sample(0)
+        psnr = psnr_db(draw_after(0), pipeline.sample(0))
+        report.add("compiled samples PSNR vs eager optimized (seed 0)", psnr, "dB", "compiled_psnr_db")
+    timing = interleaved_latency_ms(runners, warmup=1, repeats=repeats)
     base = timing["before"]["median"]
     cached = " (block-cached)" if after.annotations.cache_schedule else ""
     rows = [
@@ -354,6 +391,14 @@ def _sampling_table(report: Report, before: Program, after: Program, repeats: in
             base / timing["after"]["median"],
         ],
     ]
+    if pipeline is not None:
+        rows.append(
+            [
+                f"TVM {pipeline.target.name}, optimized graph{cached}",
+                *(timing["compiled"][q] for q in ("median", "p10", "p90")),
+                base / timing["compiled"]["median"],
+            ]
+        )
     what = f"{diffusion.steps} {diffusion.sampler.label} steps, guidance {diffusion.guidance_scale:g}"
     report.tables.append(
         Table(
@@ -368,6 +413,14 @@ def _sampling_table(report: Report, before: Program, after: Program, repeats: in
     report.add_timing(
         "sampling speed-up (measured)", speedup(timing["before"], timing["after"]), "speedup_sampling", "x"
     )
+    if pipeline is not None:
+        report.add_timing("sampling latency (compiled)", timing["compiled"], "latency_sampling_compiled")
+        report.add_timing(
+            "sampling speed-up of the compiled pipeline (measured)",
+            speedup(timing["before"], timing["compiled"]),
+            "speedup_sampling_compiled",
+            "x",
+        )
 
 
 def _flops_plot(path: Path, program: Program, pattern: str | None, report: Report) -> None:

@@ -17,7 +17,7 @@ the conditional and unconditional branches never share cached values.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
@@ -33,6 +33,15 @@ from optkit.sampling import sample as plain_sample
 log = logging.getLogger(__name__)
 
 Lane = tuple[int, int]
+# A step variant's identity: the paths of the units it reuses and of those whose cache it fills.
+VariantKey = tuple[tuple[str, ...], tuple[str, ...]]
+# Runs one step variant: (x, t, *cond, *cached values) -> [prediction, *filled values].
+Executor = Callable[..., list[torch.Tensor]]
+
+
+def variant_key(reuse: Sequence[CacheUnit], fill: Sequence[CacheUnit]) -> VariantKey:
+    """The key of the step variant that reuses `reuse` and fills `fill`."""
+    return tuple(u.path for u in reuse), tuple(u.path for u in fill)
 
 
 def check_sampler(sampler: str | SamplerSpec) -> SamplerSpec:
@@ -47,6 +56,9 @@ class CachedSampler:
     (block path, step) to the scale-shift of each cached tensor. With `record=True` every step
     recomputes and returns every unit's cached value, which `values` keeps per lane and step
     (the change profile uses this). `evaluations` counts the block evaluations of the last run.
+    `executors` maps a variant key (`variant_key`) to a callable that runs that step variant
+    instead of its eager graph, e.g. its compiled library (`optkit.backends.pipeline`); the
+    variants it covers are then never built.
     """
 
     def __init__(
@@ -56,6 +68,7 @@ class CachedSampler:
         units: Sequence[CacheUnit],
         alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
         record: bool = False,
+        executors: Mapping[VariantKey, Executor] | None = None,
     ) -> None:
         by_path = {u.path: u for u in units}
         missing = [p for p in schedule.blocks if p not in by_path]
@@ -66,10 +79,11 @@ class CachedSampler:
         self.units = [by_path[p] for p in schedule.blocks]
         self.alignment = dict(alignment or {})
         self.record = record
+        self.executors = dict(executors or {})
         self.batch = int(program.example_inputs[0].shape[0])
         self._t_dtype = program.example_inputs[1].dtype
         self._residual = residual_form(program, self.units)
-        self._variants: dict[tuple[tuple[str, ...], tuple[str, ...]], StepVariant] = {}
+        self._variants: dict[VariantKey, StepVariant] = {}
         self.values: dict[Lane, list[dict[str, list[torch.Tensor]]]] = {}
         self.reset()
 
@@ -87,7 +101,7 @@ class CachedSampler:
     def variant(self, step: int) -> StepVariant:
         """The step variant for `step` (built once per distinct reuse/fill pattern)."""
         reuse, fill = self.plan(step)
-        key = (tuple(u.path for u in reuse), tuple(u.path for u in fill))
+        key = variant_key(reuse, fill)
         if key not in self._variants:
             self._variants[key] = step_variant(self.program, reuse, fill, residual=self._residual)
         return self._variants[key]
@@ -128,14 +142,15 @@ class CachedSampler:
             )
         step = self._advance(t[: self.batch])
         t = t.to(self._t_dtype)
-        variant = self.variant(step)
+        reuse, fill = self.plan(step)
+        run = self.executors.get(variant_key(reuse, fill)) or self._eager(step)
         outs = []
         for chunk, start in enumerate(range(0, x.shape[0], self.batch)):
             part = slice(start, start + self.batch)
             lane = (self._call, chunk)
             cache = self._cache.setdefault(lane, {})
             cached: list[torch.Tensor] = []
-            for unit in variant.reuse:
+            for unit in reuse:
                 fits = self.alignment.get((unit.path, step))
                 values = cache[unit.path]
                 if fits:
@@ -143,18 +158,20 @@ class CachedSampler:
                 else:
                     cached.extend(values)
             with torch.no_grad():
-                result = flat_outputs(
-                    variant.program.graph_module(x[part], t[part], *(c[part] for c in cond), *cached)
-                )
+                result = run(x[part], t[part], *(c[part] for c in cond), *cached)
             outs.append(result[0])
             filled = iter(result[1:])
-            for unit in variant.fill:
+            for unit in fill:
                 cache[unit.path] = [next(filled) for _ in unit.cached]
             if self.record:
                 per_step = self.values.setdefault(lane, [])
-                per_step.append({u.path: cache[u.path] for u in variant.fill})
-        self.evaluations += len(self.units) - len(variant.reuse)
+                per_step.append({u.path: cache[u.path] for u in fill})
+        self.evaluations += len(self.units) - len(reuse)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
+
+    def _eager(self, step: int) -> Executor:
+        graph_module = self.variant(step).program.graph_module
+        return lambda *inputs: flat_outputs(graph_module(*inputs))
 
     def sample(
         self,

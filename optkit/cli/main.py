@@ -12,7 +12,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +107,12 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
 @click.option(
     "--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure."
 )
+@click.option(
+    "--target",
+    default=None,
+    help="Also lower the result through TVM for cpu or cuda into OUTPUT/artifact/ (every cache step "
+    "variant; run it with `optkit sample`) and time the compiled pipeline.",
+)
 @options.require
 @options.junit
 @click.pass_context
@@ -122,6 +128,7 @@ def optimize(
     calib_path: Path | None,
     no_onnx: bool,
     repeats: int,
+    target: str | None,
     require: tuple[str, ...],
     junit_path: Path | None,
 ) -> None:
@@ -131,13 +138,16 @@ def optimize(
     """
     from optkit.api import optimize_file
     from optkit.budgets import parse_budgets
+    from optkit.native_output import native_stderr_to_file, write_log
 
     config = options.read_config(config_path)
     budgets = parse_budgets([*config.require, *require])
     passes = options.split_passes(passes_text) or config.passes
     if not passes:
         raise click.UsageError("give --passes (see `optkit passes`) or a config file with `passes = [...]`")
-    with _steps(ctx, f"optimize {model}") as step:
+    # With --target, TVM's C++ warnings go to OUTPUT/artifact/native.log (--debug shows them).
+    quiet_native = native_stderr_to_file() if target and not ctx.obj["debug"] else nullcontext([])
+    with _steps(ctx, f"optimize {model}") as step, quiet_native as native_lines:
         report = optimize_file(
             model,
             passes,
@@ -151,8 +161,14 @@ def optimize(
             workload=workload_path,
             calib=calib_path,
             budgets=budgets,
+            target=target,
         )
+    native_log = write_log(native_lines, output / "artifact" / "native.log") if target else None
     _emit(ctx, report, output)
+    if target and not ctx.obj["quiet"]:
+        click.echo(f"wrote {output}/artifact/ (compiled for {target}; sample it with `optkit sample`)")
+        if native_log is not None:
+            click.echo(f"  {len(native_lines)} lines of TVM's own messages in {native_log}")
     ci.finish(ctx, report, junit_path)
 
 
@@ -293,10 +309,11 @@ from optkit.cli.bench import bench  # noqa: E402
 
 cli.add_command(bench)
 
-from optkit.cli.lower import lower, run  # noqa: E402  (`optkit lower` and `optkit run`)
+from optkit.cli.lower import lower, run, sample  # noqa: E402  (`optkit lower`, `run`, `sample`)
 
 cli.add_command(lower)
 cli.add_command(run)
+cli.add_command(sample)
 cli.add_command(ci.compare)
 
 

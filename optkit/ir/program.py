@@ -132,7 +132,8 @@ class Program:
         size = self.example_inputs[0].shape[0]
         total = inputs[0].shape[0]
         if total == size:
-            return self.run(*inputs)
+            out = self.run(*inputs)
+            return out[0] if isinstance(out, (tuple, list)) else out
         if total % size:
             raise ConfigError(
                 f"{self.name} was captured with batch {size}; got a batch of {total}, not a multiple of it"

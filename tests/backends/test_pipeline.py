@@ -1,0 +1,152 @@
+"""The compiled sampling pipeline: lowered step variants, cached sampling in TVM code against the
+eager cached sampler, one saved directory, and the errors a broken directory gives."""
+
+import json
+import shutil
+
+import optkit.backends.pipeline as pipeline_mod
+import optkit.backends.targets as targets
+import pytest
+import torch
+from optkit.backends.pipeline import NO_CACHE, Pipeline, check_target, load_pipeline, lower_pipeline
+
+from optkit.api import optimize
+from optkit.caching.runner import cached_runner, cached_sample, uncached_sample, variant_key
+from optkit.errors import ArtifactError, BackendError, ConfigError, UnknownNameError
+from optkit.ir.capture import capture
+from optkit.metrics import psnr_db
+from optkit.sampling import SamplerSpec
+from optkit.workload import Diffusion, Workload
+from tests.caching.conftest import TinyDenoiser
+
+STEPS = 5  # uniform interval 2: fill, reuse, fill, reuse, recompute all (the `main` variant)
+
+
+@pytest.fixture(scope="module")
+def programs():
+    """(captured, cached): a 2-block denoiser sampled with DDIM and guidance 2 (null label 10)."""
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    inputs = (
+        torch.randn(2, 1, 8, 8, generator=gen),
+        torch.rand(2, generator=gen) * 1000,
+        torch.tensor([3, 7]),
+    )
+    program = capture(TinyDenoiser(dim=16, depth=2).eval(), inputs, name="tiny-denoiser")
+    program.with_workload(Workload(diffusion=Diffusion(SamplerSpec("ddim"), STEPS, 2.0, ("fill:10",))))
+    cached = optimize(program, ["cache"], {"cache": {"policy": "uniform", "interval": 2}}).program
+    return program, cached
+
+
+@pytest.fixture(scope="module")
+def lowered(programs):
+    steps = []
+    return lower_pipeline(programs[1], "cpu", progress=steps.append), steps
+
+
+@pytest.fixture(scope="module")
+def saved(lowered, tmp_path_factory):
+    return lowered[0].save(tmp_path_factory.mktemp("pipeline") / "artifact")
+
+
+def test_every_variant_of_the_schedule_is_lowered_once(programs, lowered):
+    pipe, steps = lowered
+    runner = cached_runner(programs[1])
+    keys = {variant_key(*runner.plan(s)) for s in range(STEPS)}
+    assert set(pipe.variants) == keys and len(keys) == 3
+    assert pipe.variants[NO_CACHE] is pipe.main  # the variant without reuse or fill is the Program
+    assert len(pipe.libraries()) == 3
+    assert steps == [
+        "lower main",
+        "lower step variant 1/2 (reuse 0, fill 2 blocks)",
+        "lower step variant 2/2 (reuse 2, fill 0 blocks)",
+    ]
+    reuse_both = pipe.variants[(("blocks.0", "blocks.1"), ())]
+    assert [s.shape for s in reuse_both.inputs[3:]] == [(2, 16, 16), (2, 16, 16)]  # the cached residuals
+
+
+def test_compiled_cached_sampling_matches_the_eager_cached_sampler(programs, lowered):
+    pipe, _ = lowered
+    for seed in (0, 1):
+        eager = cached_sample(programs[1], seed=seed)
+        compiled = pipe.sample(seed)
+        assert psnr_db(eager, compiled) >= 40.0
+        assert (eager - compiled).abs().max() < 1e-3
+    assert pipe.runner().evaluations == 2 * 3  # 2 blocks x 3 recompute steps: the cache was used
+
+
+def test_without_a_schedule_the_compiled_main_is_the_denoiser(programs, lowered):
+    program = programs[0]  # the cache pass only annotates: same graph, same library
+    pipe = Pipeline(program, lowered[0].main)
+    x, _t, label = program.example_inputs
+    uncond = program.workload.diffusion.null_condition((label,))
+    eager = uncached_sample(
+        program,
+        x.shape,
+        sampler="ddim",
+        steps=STEPS,
+        seed=0,
+        cond=(label,),
+        uncond=uncond,
+        guidance_scale=2.0,
+    )
+    assert psnr_db(eager, pipe.sample(0)) >= 40.0
+
+
+def test_saved_pipeline_is_one_directory_that_loads_and_samples_the_same(lowered, saved):
+    manifest = json.loads((saved / "pipeline.json").read_text())
+    assert manifest["format"] == "optkit-tvm-pipeline" and manifest["target"] == "cpu"
+    dirs = {(tuple(v["reuse"]), tuple(v["fill"])): v["dir"] for v in manifest["variants"]}
+    assert dirs[NO_CACHE] == "main" and sorted(set(dirs.values())) == ["main", "variants/00", "variants/01"]
+    for folder in ("main", "variants/00", "variants/01"):
+        assert (saved / folder / "model.so").is_file() and (saved / folder / "manifest.json").is_file()
+    sizes = [manifest["main"]["bytes"], *{v["dir"]: v["bytes"] for v in manifest["variants"]}.values()]
+    assert manifest["library_bytes_total"] == sum(sizes) - manifest["main"]["bytes"]  # main counted once
+    assert "not shared" in manifest["weights"]
+    loaded = load_pipeline(saved)
+    assert loaded.cached and set(loaded.variants) == set(lowered[0].variants)
+    assert torch.allclose(loaded.sample(0), lowered[0].sample(0), atol=1e-6)
+
+
+def _broken_copy(saved, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(saved, copy)
+    return copy
+
+
+@pytest.mark.parametrize(
+    ("breakage", "message"),
+    [
+        (lambda d: (d / "pipeline.json").unlink(), "not an optkit pipeline: pipeline.json is missing"),
+        (lambda d: (d / "pipeline.json").write_text("{not json"), "pipeline.json is corrupt"),
+        (lambda d: (d / "variants/01/model.so").unlink(), "model.so is missing"),
+        (lambda d: (d / "main/model.so").write_bytes(b"garbage"), "does not match the hash in pipeline.json"),
+        (lambda d: (d / "model.pt2").unlink(), "model.pt2 is missing"),
+    ],
+)
+def test_a_broken_directory_is_refused_by_name(saved, tmp_path, breakage, message):
+    copy = _broken_copy(saved, tmp_path)
+    breakage(copy)
+    with pytest.raises(ArtifactError, match=message):
+        load_pipeline(copy)
+
+
+def test_a_manifest_missing_a_variant_of_the_schedule_is_refused(saved, tmp_path):
+    copy = _broken_copy(saved, tmp_path)
+    manifest = json.loads((copy / "pipeline.json").read_text())
+    manifest["variants"] = manifest["variants"][:1]
+    (copy / "pipeline.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="step 1 needs the variant reusing"):
+        load_pipeline(copy)
+
+
+def test_targets_and_seeds_are_checked_before_any_work(monkeypatch, lowered):
+    with pytest.raises(UnknownNameError, match="unknown target 'tpu'; known: cpu, cuda"):
+        check_target("tpu")
+    monkeypatch.setattr(targets, "find_nvcc", lambda: "/usr/local/bin/nvcc")
+    monkeypatch.setattr(pipeline_mod, "cuda_device_present", lambda: False)
+    with pytest.raises(BackendError, match="no CUDA device"):
+        check_target("cuda")
+    for seed in (-1, 2**63, 1.5):
+        with pytest.raises(ConfigError, match="seed must be an integer"):
+            lowered[0].sample(seed)
