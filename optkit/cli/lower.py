@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import zipfile
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +207,9 @@ def sample(ctx: click.Context, artifact_dir: Path, seeds_text: str, output: Path
     with _steps(ctx, f"sample {artifact_dir}") as step:
         step("load")
         # TVM's loader warns once per function ("Scope Loaded"); --debug shows those lines.
-        quiet_native = native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])
+        quiet_native: AbstractContextManager[list[str]] = (
+            native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])
+        )
         with quiet_native:
             pipeline = load_pipeline(artifact_dir)
         samples, seconds = [], []

@@ -12,7 +12,7 @@ import logging
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -146,7 +146,9 @@ def optimize(
     if not passes:
         raise click.UsageError("give --passes (see `optkit passes`) or a config file with `passes = [...]`")
     # With --target, TVM's C++ warnings go to OUTPUT/artifact/native.log (--debug shows them).
-    quiet_native = native_stderr_to_file() if target and not ctx.obj["debug"] else nullcontext([])
+    quiet_native: AbstractContextManager[list[str]] = (
+        native_stderr_to_file() if target and not ctx.obj["debug"] else nullcontext([])
+    )
     with _steps(ctx, f"optimize {model}") as step, quiet_native as native_lines:
         report = optimize_file(
             model,

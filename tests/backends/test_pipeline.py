@@ -134,7 +134,7 @@ def test_a_broken_directory_is_refused_by_name(saved, tmp_path, breakage, messag
 def test_a_manifest_missing_a_variant_of_the_schedule_is_refused(saved, tmp_path):
     copy = _broken_copy(saved, tmp_path)
     manifest = json.loads((copy / "pipeline.json").read_text())
-    manifest["variants"] = manifest["variants"][:1]
+    manifest["variants"] = [v for v in manifest["variants"] if not v["reuse"]]
     (copy / "pipeline.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="step 1 needs the variant reusing"):
         load_pipeline(copy)
