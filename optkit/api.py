@@ -32,6 +32,20 @@ from optkit.workload import Calibration, Workload
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+# What a user gets, first in optimize's summary: quality against the input, then end to end.
+HEADLINE = (
+    "quality_psnr_db",
+    "quality_sqnr_db",
+    "quality_top1_pct",
+    "perplexity_before",
+    "perplexity_after",
+    "speedup_sampling_compiled",
+    "speedup_sampling",
+    "latency_sampling_before",
+    "latency_sampling_after",
+    "latency_sampling_compiled",
+    "compiled_psnr_db",
+)
 WorkloadLike = Workload | str | Path
 
 
@@ -249,6 +263,7 @@ def optimize_file(
             _sampling_table(report, program, optimized, max(3, repeats // 4), pipeline)
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
         _annotation_plots(tmp, optimized, report)
+        report.lead(HEADLINE)
         report.budgets = check_budgets(report, budgets)
         report.write(tmp)
     return report

@@ -281,6 +281,12 @@ class Report:
             lines.append(f"- {note}")
         return "\n".join(lines).rstrip() + "\n"
 
+    def lead(self, names: Sequence[str]) -> None:
+        """Put the figures named `names` (those present, in that order) first: what a reader
+        should see before the rest."""
+        first = {n: self.figures[n] for n in names if n in self.figures}
+        self.figures = {**first, **{k: v for k, v in self.figures.items() if k not in first}}
+
     def summary(self) -> str:
         """A few lines for the terminal: the title and the figures."""
         labels = {k: v.label or k for k, v in self.figures.items()}

@@ -87,3 +87,13 @@ def test_format_1_reports_are_read_with_todays_names(tmp_path):
     (tmp_path / "report.json").write_text(json.dumps({**old, "format": 7}))
     with pytest.raises(ArtifactError, match="report format 7 is not one this optkit reads \\(1, 2\\)"):
         Report.load(tmp_path)
+
+
+def test_lead_puts_named_figures_first_in_order():
+    report = Report("r")
+    report.add("a", 1.0, name="a")
+    report.add("b", 2.0, name="b")
+    report.add("c", 3.0, name="c")
+    report.lead(["c", "missing", "a"])
+    assert list(report.figures) == ["c", "a", "b"]
+    assert report.summary().splitlines()[1].strip().startswith("c")
