@@ -167,32 +167,14 @@ def load_artifact(path: str | Path) -> Artifact:
     import tvm
 
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{path} is not an optkit artifact: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{manifest_path} is corrupt: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path} is not an optkit artifact manifest (format {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} has artifact format {manifest.get('format_version')}; this optkit reads {FORMAT_VERSION}"
-        )
-    for key, have in _versions().items():
-        if manifest.get(key) != have:
-            raise ArtifactError(
-                f"{path} was built with {key.replace('_version', '')} {manifest.get(key)}, this is {have}; "
-                "lower the model again with this version"
-            )
+    manifest = read_manifest(path, MANIFEST, FORMAT, FORMAT_VERSION, "artifact")
     try:
         lib_info = manifest["library"]
         target = TargetSpec(str(manifest["target"]), dict(manifest["target_config"]))
         inputs = tuple(TensorSpec.from_dict(d) for d in manifest["inputs"])
         outputs = tuple(TensorSpec.from_dict(d) for d in manifest["outputs"])
     except (KeyError, TypeError, ValueError) as err:
-        raise ArtifactError(f"{manifest_path} lacks a field or has a bad one: {err}") from err
+        raise ArtifactError(f"{path / MANIFEST} lacks a field or has a bad one: {err}") from err
     lib = path / str(lib_info.get("file", LIBRARY))
     if not lib.is_file():
         raise ArtifactError(f"{path}: the compiled library {lib.name} is missing")
@@ -217,6 +199,31 @@ def load_artifact(path: str | Path) -> Artifact:
     known |= {"inputs", "outputs", "library"}
     info = {k: v for k, v in manifest.items() if k not in known}
     return Artifact(module, target, inputs, outputs, info)
+
+
+def read_manifest(path: Path, name: str, fmt: str, version: int, what: str) -> dict[str, Any]:
+    """The JSON manifest `path / name` of a directory optkit wrote, checked: present, parseable,
+    of format `fmt` at `version`, written by this optkit and TVM; `ArtifactError` otherwise."""
+    manifest_path = path / name
+    if not manifest_path.is_file():
+        raise ArtifactError(f"{path} is not an optkit {what}: {name} is missing")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{manifest_path} is corrupt: {err}") from err
+    if not isinstance(manifest, dict) or manifest.get("format") != fmt:
+        raise ArtifactError(f"{manifest_path} is not an optkit {what} manifest (format {fmt!r})")
+    if manifest.get("format_version") != version:
+        raise ArtifactError(
+            f"{path} has {what} format {manifest.get('format_version')}; this optkit reads {version}"
+        )
+    for key, have in _versions().items():
+        if manifest.get(key) != have:
+            raise ArtifactError(
+                f"{path} was built with {key.replace('_version', '')} {manifest.get(key)}, this is {have}; "
+                "lower the model again with this version"
+            )
+    return manifest
 
 
 def _sha256(path: Path) -> str:

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from optkit.backends.artifact import LIBRARY, Artifact, _sha256, _versions, load_artifact
+from optkit.backends.artifact import LIBRARY, Artifact, _sha256, _versions, load_artifact, read_manifest
 from optkit.backends.lowering import lower
 from optkit.backends.targets import TargetSpec, cuda_device_present, resolve_target
 
@@ -266,32 +266,14 @@ def load_pipeline(path: str | Path) -> Pipeline:
     """Load a directory written by `Pipeline.save`, checking versions, every file's SHA-256 and
     that the libraries fit the Program's schedule; ArtifactError names what is wrong."""
     path = Path(path)
-    manifest_path = path / MANIFEST
-    if not manifest_path.is_file():
-        raise ArtifactError(f"{path} is not an optkit pipeline: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"{manifest_path} is corrupt: {err}") from err
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise ArtifactError(f"{manifest_path} is not an optkit pipeline manifest (format {FORMAT!r})")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(
-            f"{path} has pipeline format {manifest.get('format_version')}; this optkit reads {FORMAT_VERSION}"
-        )
-    for key, have in _versions().items():
-        if manifest.get(key) != have:
-            raise ArtifactError(
-                f"{path} was built with {key.replace('_version', '')} {manifest.get(key)}, this is {have}; "
-                "lower the model again with this version"
-            )
+    manifest = read_manifest(path, MANIFEST, FORMAT, FORMAT_VERSION, "pipeline")
     try:
         program_info = manifest["program"]
         entries = [manifest["main"], *manifest["variants"]]
         keys = [(tuple(v["reuse"]), tuple(v["fill"])) for v in manifest["variants"]]
         folders = {str(e["dir"]): str(e["sha256"]) for e in entries}
     except (KeyError, TypeError) as err:
-        raise ArtifactError(f"{manifest_path} lacks a field or has a bad one: {err}") from err
+        raise ArtifactError(f"{path / MANIFEST} lacks a field or has a bad one: {err}") from err
     _check_file(path / PROGRAM, program_info.get("sha256"))
     _check_file(path / f"{PROGRAM}.json", program_info.get("sidecar_sha256"))
     artifacts = {}
