@@ -1,7 +1,8 @@
-"""Write a benchmark's Markdown into its own section of docs/benchmarks.md."""
+"""Write a benchmark's Markdown into its own section of docs/benchmarks.md; name the CPU."""
 
 from __future__ import annotations
 
+import platform
 import re
 from pathlib import Path
 
@@ -21,3 +22,14 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
         text = text.rstrip() + f"\n\n{block}\n"
     with atomic_file(doc) as tmp:
         tmp.write_text(text)
+
+
+def cpu_name() -> str:
+    """The CPU's model name from /proc/cpuinfo (every benchmark names the CPU it ran on)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -49,7 +48,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(ROOT))
 
-from _docs import write_section  # noqa: E402
+from _docs import cpu_name, write_section  # noqa: E402
 
 import optkit  # noqa: E402
 from optkit.caching import CachedSampler, uncached_sample  # noqa: E402
@@ -80,17 +79,6 @@ DDIM = {
     "beta_schedule": "linear",
     "clip_sample": False,
 }
-
-
-def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (as `bench_lower` names it)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # -- tiny foreign models (random weights), as factories --------------------------------------------

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -28,7 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _docs import write_section  # noqa: E402
+from _docs import cpu_name, write_section  # noqa: E402
 
 from optkit.benchmark import BenchConfig, BenchResult, TargetResult, benchmark  # noqa: E402
 from optkit.errors import OptkitError  # noqa: E402
@@ -41,16 +40,6 @@ from optkit.zoo.registry import list_models  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("dit", "ldm", "moviegen", "efficientsam", "recsys")
 LABELS = {"eager": "eager", "ort": "ORT", "tvm-cpu": "TVM"}
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _ms(r: TargetResult | None) -> float:
