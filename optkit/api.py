@@ -8,6 +8,7 @@ its ONNX export (checked in ONNX Runtime), a report (JSON, Markdown) and plots.
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ HEADLINE = (
     "speedup_sampling_compiled",
     "speedup_sampling",
     "latency_sampling_before",
+    "latency_sampling_ort_before",
     "latency_sampling_after",
     "latency_sampling_compiled",
     "compiled_psnr_db",
@@ -260,7 +262,12 @@ def optimize_file(
         _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats, pipeline)
         if program.workload.diffusion is not None:
             say("sampling latency")
-            _sampling_table(report, program, optimized, max(3, repeats // 4), pipeline)
+            with tempfile.TemporaryDirectory() as scratch:
+                float_onnx = None
+                if onnx:  # the peer: the float input model sampled in ONNX Runtime
+                    float_onnx = Path(scratch) / "input.onnx"
+                    export_onnx(program, float_onnx)
+                _sampling_table(report, program, optimized, max(3, repeats // 4), pipeline, float_onnx)
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
         _annotation_plots(tmp, optimized, report)
         report.lead(HEADLINE)
@@ -381,16 +388,24 @@ def _latency_table(
 
 
 def _sampling_table(
-    report: Report, before: Program, after: Program, repeats: int, pipeline: Pipeline | None = None
+    report: Report,
+    before: Program,
+    after: Program,
+    repeats: int,
+    pipeline: Pipeline | None = None,
+    float_onnx: Path | None = None,
 ) -> None:
     """End-to-end sampling of one batch with the workload's sampler: the input Program against
-    the optimized one (block-cached when it has a schedule) and, with a `pipeline`, against the
-    same sampling in compiled code, interleaved, after a warm-up run that also builds every
-    step variant."""
+    the optimized one (block-cached when it has a schedule), the input model in ONNX Runtime
+    (`float_onnx`) and, with a `pipeline`, the optimized sampling in compiled code; interleaved,
+    after a warm-up run that also builds every step variant."""
     diffusion = before.workload.diffusion
     assert diffusion is not None
     draw_before, draw_after = quality.sampler_for(before), quality.sampler_for(after)
     runners: dict[str, Callable[[], Any]] = {"before": lambda: draw_before(0), "after": lambda: draw_after(0)}
+    if float_onnx is not None:
+        draw_ort = quality.sampler_for(before, onnx_session(float_onnx))
+        runners["ort"] = lambda: draw_ort(0)
     if pipeline is not None:
         runners["compiled"] = lambda: pipeline.sample(0)
         psnr = psnr_db(draw_after(0), pipeline.sample(0))
@@ -406,6 +421,15 @@ def _sampling_table(
             base / timing["after"]["median"],
         ],
     ]
+    if "ort" in timing:
+        rows.insert(
+            1,
+            [
+                "ONNX Runtime, input graph",
+                *(timing["ort"][q] for q in ("median", "p10", "p90")),
+                base / timing["ort"]["median"],
+            ],
+        )
     if pipeline is not None:
         rows.append(
             [
@@ -428,6 +452,10 @@ def _sampling_table(
     report.add_timing(
         "sampling speed-up (measured)", speedup(timing["before"], timing["after"]), "speedup_sampling", "x"
     )
+    if "ort" in timing:
+        report.add_timing(
+            "sampling latency (ONNX Runtime, input)", timing["ort"], "latency_sampling_ort_before"
+        )
     if pipeline is not None:
         report.add_timing("sampling latency (compiled)", timing["compiled"], "latency_sampling_compiled")
         report.add_timing(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from optkit.ir.program import Program
 from optkit.metrics import psnr_db, sqnr_db
 from optkit.quant.calibration import Batch, calibration_batches
 from optkit.report import Figure
+from optkit.sampling import sample
 
 EVAL_BATCHES = 8  # data batches a quality figure reads at most
 
@@ -80,12 +82,15 @@ def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,))
     return {"quality_top1_pct": Figure(100.0 * agree, "%", f"top-1 agreement with input ({where})")}
 
 
-def sampler_for(program: Program) -> Callable[[int], torch.Tensor]:
+def sampler_for(program: Program, onnx_session: Any = None) -> Callable[[int], torch.Tensor]:
     """`seed -> one batch of samples` from `program` with its workload's sampler, block-cached
-    when the Program has a cache schedule (the runner, and its step variants, built once)."""
+    when the Program has a cache schedule (the runner, and its step variants, built once); with
+    `onnx_session` (the Program exported to ONNX), each denoiser call runs in ONNX Runtime."""
     diffusion = program.workload.diffusion
     if diffusion is None:
         raise ConfigError(f"{program.name}'s workload has no [diffusion] sampler to sample with")
+    if onnx_session is not None:
+        return _onnx_sampler(program, onnx_session)
     if program.annotations.cache_schedule:
         runner = cached_runner(program)
         return lambda seed: cached_sample(program, seed=seed, runner=runner)
@@ -93,6 +98,37 @@ def sampler_for(program: Program) -> Callable[[int], torch.Tensor]:
     guidance, uncond = diffusion.guidance(tuple(cond))
     return lambda seed: uncached_sample(
         program,
+        x.shape,
+        sampler=diffusion.sampler,
+        steps=diffusion.steps,
+        seed=seed,
+        cond=tuple(cond),
+        uncond=uncond,
+        guidance_scale=guidance,
+    )
+
+
+def _onnx_sampler(program: Program, session: Any) -> Callable[[int], torch.Tensor]:
+    diffusion = program.workload.diffusion
+    assert diffusion is not None
+    x, t_example, *cond = program.example_inputs
+    size = x.shape[0]
+    names = [i.name for i in session.get_inputs()]
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        # The graph's batch is static: a guided call (twice the batch) runs in chunks.
+        inputs = (x, t.to(t_example.dtype), *cond)
+        outs = [
+            torch.from_numpy(
+                session.run(None, {n: v[i : i + size].numpy() for n, v in zip(names, inputs, strict=True)})[0]
+            )
+            for i in range(0, x.shape[0], size)
+        ]
+        return torch.cat(outs)
+
+    guidance, uncond = diffusion.guidance(tuple(cond))
+    return lambda seed: sample(
+        denoise,
         x.shape,
         sampler=diffusion.sampler,
         steps=diffusion.steps,

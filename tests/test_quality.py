@@ -80,3 +80,20 @@ def test_samples_psnr_for_a_sampled_workload():
         )
     (figure,) = quality.compare(program, noisy).values()
     assert math.isfinite(figure.value)  # an untrained denoiser: any change shows in the samples
+
+
+def test_onnx_runtime_sampler_matches_the_eager_one(tmp_path):
+    from optkit.ir.onnx_io import export_onnx, onnx_session
+
+    torch.manual_seed(0)
+    inputs = (torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
+    program = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
+    program.with_workload(models.diffusion_workload(guidance_scale=2.0, null_cond=("fill:10",)))
+    program.workload = program.workload.replace(
+        diffusion=dataclasses.replace(program.workload.diffusion, steps=3)
+    )
+    export_onnx(program, tmp_path / "m.onnx")
+    eager = quality.sampler_for(program)(0)
+    ort = quality.sampler_for(program, onnx_session(tmp_path / "m.onnx"))(0)
+    assert ort.shape == eager.shape
+    torch.testing.assert_close(ort, eager, rtol=1e-3, atol=1e-3)
