@@ -25,12 +25,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from optkit.caching.runner import cached_runner, cached_sample, uncached_sample
+from optkit.caching.runner import cached_runner, cached_sample
 from optkit.errors import ConfigError
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
 from optkit.metrics import psnr_db, sqnr_db
-from optkit.quant.calibration import Batch, calibration_batches
+from optkit.quant.calibration import Batch, calibration_batches, denoiser_of
 from optkit.report import Figure
 from optkit.sampling import sample
 
@@ -89,43 +89,11 @@ def sampler_for(program: Program, onnx_session: Any = None) -> Callable[[int], t
     diffusion = program.workload.diffusion
     if diffusion is None:
         raise ConfigError(f"{program.name}'s workload has no [diffusion] sampler to sample with")
-    if onnx_session is not None:
-        return _onnx_sampler(program, onnx_session)
-    if program.annotations.cache_schedule:
+    if onnx_session is None and program.annotations.cache_schedule:
         runner = cached_runner(program)
         return lambda seed: cached_sample(program, seed=seed, runner=runner)
+    denoise = denoiser_of(program) if onnx_session is None else _onnx_denoiser(program, onnx_session)
     x, _t, *cond = program.example_inputs
-    guidance, uncond = diffusion.guidance(tuple(cond))
-    return lambda seed: uncached_sample(
-        program,
-        x.shape,
-        sampler=diffusion.sampler,
-        steps=diffusion.steps,
-        seed=seed,
-        cond=tuple(cond),
-        uncond=uncond,
-        guidance_scale=guidance,
-    )
-
-
-def _onnx_sampler(program: Program, session: Any) -> Callable[[int], torch.Tensor]:
-    diffusion = program.workload.diffusion
-    assert diffusion is not None
-    x, t_example, *cond = program.example_inputs
-    size = x.shape[0]
-    names = [i.name for i in session.get_inputs()]
-
-    def denoise(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
-        # The graph's batch is static: a guided call (twice the batch) runs in chunks.
-        inputs = (x, t.to(t_example.dtype), *cond)
-        outs = [
-            torch.from_numpy(
-                session.run(None, {n: v[i : i + size].numpy() for n, v in zip(names, inputs, strict=True)})[0]
-            )
-            for i in range(0, x.shape[0], size)
-        ]
-        return torch.cat(outs)
-
     guidance, uncond = diffusion.guidance(tuple(cond))
     return lambda seed: sample(
         denoise,
@@ -137,6 +105,26 @@ def _onnx_sampler(program: Program, session: Any) -> Callable[[int], torch.Tenso
         uncond=uncond,
         guidance_scale=guidance,
     )
+
+
+def _onnx_denoiser(program: Program, session: Any) -> Callable[..., torch.Tensor]:
+    # `program` exported to ONNX as a sampler's denoiser; the graph's batch is static, so a
+    # guided call (twice the batch) runs in chunks.
+    x_example, t_example = program.example_inputs[:2]
+    size = x_example.shape[0]
+    names = [i.name for i in session.get_inputs()]
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
+        inputs = (x, t.to(t_example.dtype), *cond)
+        outs = [
+            torch.from_numpy(
+                session.run(None, {n: v[i : i + size].numpy() for n, v in zip(names, inputs, strict=True)})[0]
+            )
+            for i in range(0, x.shape[0], size)
+        ]
+        return torch.cat(outs)
+
+    return denoise
 
 
 def _outputs(program: Program, batches: Sequence[Batch]) -> torch.Tensor:
