@@ -119,7 +119,7 @@ def data_dependent() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 def diffusion_workload(
-    sampler: str = "ddim", guidance_scale: float = 1.0, null_cond: tuple[str, ...] = ()
+    sampler: str = "ddim", guidance_scale: float = 1.0, null_cond: tuple[str, ...] = (), steps: int = 20
 ) -> Workload:
-    """A Workload sampling a denoiser `(x, t, *cond)` with `sampler` (20 steps)."""
-    return Workload(diffusion=Diffusion(SamplerSpec(sampler), 20, guidance_scale, null_cond))
+    """A Workload sampling a denoiser `(x, t, *cond)` with `sampler` for `steps` steps."""
+    return Workload(diffusion=Diffusion(SamplerSpec(sampler), steps, guidance_scale, null_cond))

@@ -1,4 +1,3 @@
-import dataclasses
 import math
 
 import pytest
@@ -11,7 +10,7 @@ from optkit.errors import ConfigError
 from optkit.ir.capture import capture
 from optkit.workload import Calibration, Workload
 from tests import models
-from tests.caching.conftest import TinyDenoiser
+from tests.caching.conftest import capture_tiny_denoiser
 
 
 class TinyLM(nn.Module):
@@ -63,13 +62,7 @@ def test_perplexity_of_both_models():
 
 
 def test_samples_psnr_for_a_sampled_workload():
-    torch.manual_seed(0)
-    inputs = (torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
-    program = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
-    program.with_workload(models.diffusion_workload())
-    program.workload = program.workload.replace(
-        diffusion=dataclasses.replace(program.workload.diffusion, steps=4)
-    )
+    program = capture_tiny_denoiser(models.diffusion_workload(steps=4))
     assert quality.metric_of(program) == "psnr"
     same = quality.compare(program, program.clone())
     assert same == {"quality_psnr_db": quality.Figure(math.inf, "dB", "samples PSNR vs input (1 seed(s))")}
@@ -85,13 +78,8 @@ def test_samples_psnr_for_a_sampled_workload():
 def test_onnx_runtime_sampler_matches_the_eager_one(tmp_path):
     from optkit.ir.onnx_io import export_onnx, onnx_session
 
-    torch.manual_seed(0)
-    inputs = (torch.randn(2, 1, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
-    program = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
-    program.with_workload(models.diffusion_workload(guidance_scale=2.0, null_cond=("fill:10",)))
-    program.workload = program.workload.replace(
-        diffusion=dataclasses.replace(program.workload.diffusion, steps=3)
-    )
+    workload = models.diffusion_workload(guidance_scale=2.0, null_cond=("fill:10",), steps=3)
+    program = capture_tiny_denoiser(workload)
     export_onnx(program, tmp_path / "m.onnx")
     eager = quality.sampler_for(program)(0)
     ort = quality.sampler_for(program, onnx_session(tmp_path / "m.onnx"))(0)

@@ -13,11 +13,10 @@ from optkit.backends.pipeline import NO_CACHE, Pipeline, check_target, load_pipe
 from optkit.api import optimize
 from optkit.caching.runner import cached_runner, cached_sample, uncached_sample, variant_key
 from optkit.errors import ArtifactError, BackendError, ConfigError, UnknownNameError
-from optkit.ir.capture import capture
 from optkit.metrics import psnr_db
 from optkit.sampling import SamplerSpec
 from optkit.workload import Diffusion, Workload
-from tests.caching.conftest import TinyDenoiser
+from tests.caching.conftest import capture_tiny_denoiser
 
 STEPS = 5  # uniform interval 2: fill, reuse, fill, reuse, recompute all (the `main` variant)
 
@@ -25,15 +24,8 @@ STEPS = 5  # uniform interval 2: fill, reuse, fill, reuse, recompute all (the `m
 @pytest.fixture(scope="module")
 def programs():
     """(captured, cached): a 2-block denoiser sampled with DDIM and guidance 2 (null label 10)."""
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    inputs = (
-        torch.randn(2, 1, 8, 8, generator=gen),
-        torch.rand(2, generator=gen) * 1000,
-        torch.tensor([3, 7]),
-    )
-    program = capture(TinyDenoiser(dim=16, depth=2).eval(), inputs, name="tiny-denoiser")
-    program.with_workload(Workload(diffusion=Diffusion(SamplerSpec("ddim"), STEPS, 2.0, ("fill:10",))))
+    workload = Workload(diffusion=Diffusion(SamplerSpec("ddim"), STEPS, 2.0, ("fill:10",)))
+    program = capture_tiny_denoiser(workload, dim=16, depth=2)
     cached = optimize(program, ["cache"], {"cache": {"policy": "uniform", "interval": 2}}).program
     return program, cached
 

@@ -14,6 +14,8 @@ import torch
 from torch import nn
 
 from optkit.ir.capture import capture
+from optkit.ir.program import Program
+from optkit.workload import Workload
 from tests import models
 
 
@@ -100,10 +102,10 @@ def sample_fn():
     return sample
 
 
-@pytest.fixture(scope="session")
-def tiny_denoiser_program():
+def capture_tiny_denoiser(workload: Workload | None = None, dim: int = 32, depth: int = 4) -> Program:
+    """A seeded TinyDenoiser captured on (x, t, label) with `workload` (DDIM, 20 steps by default)."""
     torch.manual_seed(0)
-    model = TinyDenoiser().eval()
+    model = TinyDenoiser(dim, depth).eval()
     gen = torch.Generator().manual_seed(0)
     inputs = (
         torch.randn(2, 1, 8, 8, generator=gen),
@@ -111,4 +113,9 @@ def tiny_denoiser_program():
         torch.tensor([3, 7]),
     )
     program = capture(model, inputs, name="tiny-denoiser")
-    return program.with_workload(models.diffusion_workload())
+    return program.with_workload(workload or models.diffusion_workload())
+
+
+@pytest.fixture(scope="session")
+def tiny_denoiser_program():
+    return capture_tiny_denoiser()

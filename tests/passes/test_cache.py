@@ -12,7 +12,7 @@ from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, get_pass
 from optkit.workload import Workload
 from tests import models
-from tests.caching.conftest import TinyDenoiser, _local_sample
+from tests.caching.conftest import _local_sample, capture_tiny_denoiser
 from tests.models import conv_net
 
 STEPS = 8
@@ -38,15 +38,7 @@ def sample_fn():
 
 @pytest.fixture(scope="module")
 def program():
-    torch.manual_seed(0)
-    gen = torch.Generator().manual_seed(0)
-    inputs = (
-        torch.randn(2, 1, 8, 8, generator=gen),
-        torch.rand(2, generator=gen) * 1000,
-        torch.tensor([3, 7]),
-    )
-    p = capture(TinyDenoiser().eval(), inputs, name="tiny-denoiser")
-    return p.with_workload(models.diffusion_workload())
+    return capture_tiny_denoiser()
 
 
 def _run(program, sample_fn, **options):
