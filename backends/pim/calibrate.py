@@ -1,0 +1,290 @@
+"""Calibrating the host side of the PIM cost model on this machine.
+
+Small one-op programs (a linear layer, an embedding lookup, an elementwise op, a pooling sum)
+at several sizes are lowered through TVM for the CPU and timed; per op kind a line
+microseconds = a + b * MFLOP + c * MB is fitted (non-negative least squares on relative
+error), and its leave-one-out mean absolute percentage error is recorded. The random-row read
+rate of a table larger than the last-level cache is measured the same way, with the table as a
+runtime input so that it is not compiled into the library.
+
+The fitted `HostModel` is cached per CPU and TVM version (`cache_path`), so the `pim` pass pays
+for calibration once per machine. `QUICK` sizes serve the test suite; `FULL` the benchmark.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from optkit.backends.pim.cost import HostModel
+from optkit.backends.pim.ops import program_ops
+from torch import nn
+
+from optkit.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+Sizes = dict[str, list[tuple[int, ...]]]
+QUICK: Sizes = {
+    "gemm": [(2, 22, 64), (2, 64, 16), (8, 256, 256), (32, 512, 512), (64, 1024, 512)],
+    "elementwise": [(128,), (4096,), (65536,), (1 << 20,)],
+    "reduction": [(2, 8, 16), (64, 16, 64), (256, 32, 64), (1024, 64, 64)],
+    "gather": [(2693, 16, 16), (4096, 32, 256), (16384, 64, 2048), (65536, 64, 16384)],
+}
+FULL: Sizes = {
+    "gemm": [
+        (2, 22, 64),
+        (2, 64, 16),
+        (2, 544, 16),
+        (1, 512, 512),
+        (8, 256, 256),
+        (32, 512, 512),
+        (64, 1024, 512),
+        (256, 512, 256),
+        (128, 1024, 1024),
+        (32, 2048, 512),
+        (256, 256, 1024),
+        (512, 512, 512),
+    ],
+    "elementwise": [(128,), (1024,), (4096,), (16384,), (65536,), (262144,), (1 << 20,), (1 << 22,)],
+    "reduction": [
+        (2, 8, 16),
+        (16, 8, 64),
+        (64, 16, 64),
+        (256, 32, 64),
+        (512, 32, 64),
+        (1024, 80, 64),
+        (256, 80, 32),
+    ],
+    "gather": [
+        (2693, 16, 16),
+        (4096, 32, 256),
+        (4096, 32, 4096),
+        (16384, 64, 2048),
+        (65536, 64, 16384),
+        (100000, 16, 65536),
+    ],
+}
+BIG_TABLE_QUICK = (1 << 20, 16, 1 << 14)  # rows, dim, lookups: 64 MiB
+BIG_TABLE_FULL = (1 << 23, 16, 1 << 16)  # 512 MiB: beyond a 260 MiB last-level cache
+
+
+class _Linear(nn.Module):
+    def __init__(self, k: int, n: int) -> None:
+        super().__init__()
+        self.fc = nn.Linear(k, n)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x)
+
+
+class _Reshape(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1)
+
+
+class _Relu(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x)
+
+
+class _Pool(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.sum(dim=1)
+
+
+class _Lookup(nn.Module):
+    def __init__(self, rows: int, dim: int) -> None:
+        super().__init__()
+        self.table = nn.Embedding(rows, dim)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.table(ids)
+
+
+class _TableInput(nn.Module):
+    def forward(self, table: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, table)
+
+
+def _kernel(
+    kind: str, size: tuple[int, ...], gen: torch.Generator
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    if kind == "gemm":
+        m, k, n = size
+        return _Linear(k, n), (torch.randn(m, k, generator=gen),)
+    if kind == "elementwise":
+        return _Relu(), (torch.randn(size[0], generator=gen),)
+    if kind == "reduction":
+        return _Pool(), (torch.randn(*size, generator=gen),)
+    rows, dim, lookups = size
+    return _Lookup(rows, dim), (zipf_ids(rows, lookups, gen),)
+
+
+def zipf_ids(rows: int, count: int, gen: torch.Generator, s: float = 1.05) -> torch.Tensor:
+    """`count` ids in [0, rows) with Zipf(s) popularity, the hot ids scattered over the table."""
+    ranks = torch.arange(1, rows + 1, dtype=torch.float64)
+    weights = ranks**-s
+    draws = torch.multinomial(weights / weights.sum(), count, replacement=True, generator=gen)
+    perm = torch.randperm(rows, generator=gen)
+    return perm[draws]
+
+
+def _measure(model: nn.Module, inputs: tuple[torch.Tensor, ...], repeats: int) -> tuple[float, Any]:
+    from optkit.backends.lowering import lower
+
+    from optkit.ir.capture import capture
+
+    program = capture(model.eval(), inputs, name="pim-calibration")
+    artifact = lower(program, "cpu")
+    ms = artifact.latency_ms(*inputs, warmup=3, repeats=repeats)["median"]
+    return ms * 1e3, program
+
+
+def calibrate(
+    sizes: Sizes | None = None,
+    big_table: tuple[int, int, int] = BIG_TABLE_QUICK,
+    repeats: int = 20,
+    seed: int = 0,
+    progress: Callable[[str], None] | None = None,
+) -> HostModel:
+    """Measure TVM CPU kernels of every op kind on this machine and fit the `HostModel`."""
+    sizes = sizes or QUICK
+    say = progress or (lambda _m: None)
+    gen = torch.Generator().manual_seed(seed)
+    samples: dict[str, list[tuple[float, float, float]]] = {}
+    # The cost of calling a compiled library at all is paid once per host segment, not per op.
+    call_us, _ = _measure(_Reshape(), (torch.randn(4, 4, generator=gen),), repeats)
+    for kind, shapes in sizes.items():
+        for size in shapes:
+            say(f"calibrate host: {kind} {size}")
+            model, inputs = _kernel(kind, size, gen)
+            us, program = _measure(model, inputs, repeats)
+            op = max((o for o in program_ops(program) if o.kind == kind), key=lambda o: o.flops + o.in_bytes)
+            moved = (
+                op.in_bytes
+                + op.out_bytes
+                + (op.lookups * op.row_bytes if kind == "gather" else op.weight_bytes)
+            )
+            samples.setdefault(kind, []).append((op.flops / 1e6, moved / 1e6, max(us - call_us, 0.05)))
+    l2 = cache_bytes(2)
+    coef, mape = {}, {}
+    for kind, rows in samples.items():
+        coef[kind] = _fit(rows, l2)
+        mape[kind] = _loo_mape(rows, l2)
+    rows_, dim, lookups = big_table
+    say(f"calibrate host: random rows of a {rows_ * dim * 4 >> 20} MiB table")
+    table = torch.randn(rows_, dim, generator=gen)
+    ids = zipf_ids(rows_, lookups, gen, s=0.0)  # uniform: every read misses the cache
+    us, _ = _measure(_TableInput(), (table, ids), repeats)
+    gather_gbps = lookups * max(dim * 4, 64) / (max(us - call_us, 0.05) * 1e3)
+    model = HostModel(
+        coef=coef,
+        gather_gbps=gather_gbps,
+        llc_bytes=llc_bytes(),
+        l2_bytes=l2,
+        call_us=call_us,
+        cpu=cpu_key(),
+        mape=mape,
+    )
+    log.info("host model: %s", model.to_dict())
+    return model
+
+
+def _fit(rows: list[tuple[float, float, float]], l2: int) -> tuple[float, float, float, float]:
+    from scipy.optimize import nnls
+
+    a = np.array([features(f, m, l2) for f, m, _ in rows])
+    y = np.array([t for _, _, t in rows])
+    w = 1.0 / y  # fit relative error: small and large kernels count alike
+    x, _ = nnls(a * w[:, None], y * w)
+    return float(x[0]), float(x[1]), float(x[2]), float(x[3])
+
+
+def features(mflop: float, mb: float, l2: int) -> list[float]:
+    """Regressors of the host model: 1, MFLOP, MB moved within L2, MB moved beyond it."""
+    inside = min(mb, l2 / 1e6)
+    return [1.0, mflop, inside, mb - inside]
+
+
+def _loo_mape(rows: list[tuple[float, float, float]], l2: int) -> float:
+    if len(rows) < 4:
+        return float("nan")
+    errs = []
+    for i, (f, m, t) in enumerate(rows):
+        coef = _fit(rows[:i] + rows[i + 1 :], l2)
+        errs.append(abs(float(np.dot(coef, features(f, m, l2))) - t) / t)
+    return 100.0 * float(np.mean(errs))
+
+
+def cache_bytes(level: int) -> int:
+    """The size of this machine's level-`level` cache (sysfs; the largest unified one of that level)."""
+    best = 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            if (
+                int((index / "level").read_text()) != level
+                or (index / "type").read_text().strip() == "Instruction"
+            ):
+                continue
+            text = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        try:
+            best = max(best, int(text.rstrip("KMG")) * scale)
+        except ValueError:
+            continue
+    return best or {1: 32 << 10, 2: 1 << 20, 3: 32 << 20}.get(level, 32 << 20)
+
+
+def llc_bytes() -> int:
+    """The last-level cache of this machine (sysfs), or 32 MiB when it cannot be read."""
+    return max(cache_bytes(3), cache_bytes(2))
+
+
+def cpu_key() -> str:
+    """This machine's CPU model name, as /proc/cpuinfo gives it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
+
+
+def cache_path(quick: bool) -> Path:
+    """Where the host model of this CPU and TVM version is kept."""
+    import tvm
+
+    root = Path(os.environ.get("OPTKIT_CACHE_DIR") or Path.home() / ".cache" / "optkit")
+    digest = hashlib.sha256(f"{cpu_key()}|{tvm.__version__}|{llc_bytes()}".encode()).hexdigest()[:12]
+    return root / "pim" / f"host-{'quick' if quick else 'full'}-{digest}.json"
+
+
+def host_model(quick: bool = True, progress: Callable[[str], None] | None = None) -> HostModel:
+    """The cached host model of this machine, calibrated first if there is none."""
+    path = cache_path(quick)
+    if path.exists():
+        import json
+
+        try:
+            return HostModel.from_dict(json.loads(path.read_text()))
+        except (ValueError, BackendError) as err:
+            log.warning("ignoring unreadable host model %s: %s", path, err)
+        except Exception as err:  # a malformed cache is recalibrated, not fatal
+            log.warning("ignoring unreadable host model %s: %s", path, err)
+    model = calibrate(
+        QUICK if quick else FULL, BIG_TABLE_QUICK if quick else BIG_TABLE_FULL, progress=progress
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)
+    return model
