@@ -54,7 +54,7 @@ class TargetSpec:
 def resolve_target(name: str, num_cores: int | None = None, cuda_arch: str = DEFAULT_CUDA_ARCH) -> TargetSpec:
     """`cpu` -> the host's LLVM target; `cuda` -> a CUDA target for `cuda_arch` (needs nvcc)."""
     if name not in TARGETS:
-        raise UnknownNameError("target", name, TARGETS)
+        raise UnknownNameError("target", name, TARGETS + ("pim:PRESET",))
     if name == "cpu":
         return TargetSpec("cpu", host_cpu_config(num_cores))
     if find_nvcc() is None:

@@ -36,3 +36,30 @@ def transformer_program():
 def recommender_program():
     model, inputs = models.recommender()
     return capture(model, inputs, name="recommender")
+
+
+@pytest.fixture
+def pim_host_model(monkeypatch, tmp_path):
+    """A fixed host cost model in a private cache, so `pim` placements need no TVM calibration.
+
+    The coefficients are of the size this project's calibration measures on a server CPU (a few
+    microseconds a kernel, ~10 us per MFLOP); tests of calibration itself live in
+    tests/backends/pim/test_calibrate.py."""
+    from optkit.backends.pim.calibrate import cache_path
+    from optkit.backends.pim.cost import HostModel
+
+    monkeypatch.setenv("OPTKIT_CACHE_DIR", str(tmp_path / "cache"))
+    coef = (1.0, 10.0, 5.0, 20.0)
+    model = HostModel(
+        coef={k: coef for k in ("gemm", "elementwise", "reduction", "gather")},
+        gather_gbps=5.0,
+        llc_bytes=32 << 20,
+        l2_bytes=2 << 20,
+        call_us=1.0,
+        cpu="test",
+    )
+    for quick in (True, False):
+        path = cache_path(quick)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(path)
+    return model
