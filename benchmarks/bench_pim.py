@@ -44,15 +44,21 @@ def host_model_section(model: HostModel, quick: bool) -> tuple[str, float]:
     from optkit.refs import load_program_ref
     from optkit.zoo.criteo import criteo_dlrm, example_inputs
 
-    cases = [("zoo:recsys (batch 2)", load_program_ref("zoo:recsys")),
-             ("zoo:recsys:small (batch 2)", load_program_ref("zoo:recsys:small")),
-             ("zoo:recsys (batch 32)", load_program_ref("zoo:recsys", batch=32))]
+    cases = [
+        ("zoo:recsys (batch 2)", load_program_ref("zoo:recsys")),
+        ("zoo:recsys:small (batch 2)", load_program_ref("zoo:recsys:small")),
+        ("zoo:recsys (batch 32)", load_program_ref("zoo:recsys", batch=32)),
+    ]
     if not quick:
         torch.manual_seed(0)
         for tables, batch in ((8, 16), (26, 16)):
             m = criteo_dlrm(scale=1000, tables=tables)
-            cases.append((f"Criteo DLRM / 1000, {tables} tables (batch {batch})",
-                          capture(m, example_inputs(m, batch, 4), name="criteo")))
+            cases.append(
+                (
+                    f"Criteo DLRM / 1000, {tables} tables (batch {batch})",
+                    capture(m, example_inputs(m, batch, 4), name="criteo"),
+                )
+            )
     rows, errors = [], []
     for label, program in cases:
         artifact = lower(program, "cpu")
@@ -68,7 +74,8 @@ def host_model_section(model: HostModel, quick: bool) -> tuple[str, float]:
         f"kernel kind: {kinds}; call overhead {model.call_us:.1f} us; random-row reads from a table "
         f"beyond the {model.llc_bytes >> 20} MiB last-level cache: {model.gather_gbps:.2f} GB/s). "
         "Whole models, one thread, TVM-compiled:\n\n"
-        "| model | measured (us) | predicted (us) | error |\n|---|---:|---:|---:|\n" + "\n".join(rows)
+        "| model | measured (us) | predicted (us) | error |\n|---|---:|---:|---:|\n"
+        + "\n".join(rows)
         + f"\n\nMean absolute percentage error: **{mape:.0f}%** (goal <= 15%).\n"
     )
     return text, mape
@@ -122,7 +129,9 @@ def exhaustive_gaps(model: HostModel, graphs: int) -> str:
         for seed in range(graphs):
             ops, sinks = random_graph(seed, 18)
             preset = resolve_preset(name)
-            tight = dataclasses.replace(preset, capacity_gib=preset.capacity_gib * 1e-3, unit_capacity_mib=0.0)
+            tight = dataclasses.replace(
+                preset, capacity_gib=preset.capacity_gib * 1e-3, unit_capacity_mib=0.0
+            )
             for device in (preset, tight):  # capacity free and binding
                 table = CostTable(ops, model, device, {"x": 4096})
                 start = time.perf_counter()
@@ -130,20 +139,34 @@ def exhaustive_gaps(model: HostModel, graphs: int) -> str:
                 times.append(time.perf_counter() - start)
                 best = table.evaluate(exhaustive_placement(table, sinks), sinks).latency_us
                 gaps.append(100 * (chosen - best) / best)
-        lines.append(f"| {name} | {2 * graphs} | {max(gaps):.2f}% | {np.mean(gaps):.3f}% | {max(times) * 1e3:.1f} |")
+        lines.append(
+            f"| {name} | {2 * graphs} | {max(gaps):.2f}% | {np.mean(gaps):.3f}% | {max(times) * 1e3:.1f} |"
+        )
     return (
         "Gap to the exhaustive optimum on random 18-op graphs (gathers, GEMMs, elementwise, reductions, "
         "host-only layout ops), with the capacity free and with it binding (1/1000 of the device):\n\n"
         "| preset | graphs | worst gap | mean gap | slowest placement (ms) |\n|---|---:|---:|---:|---:|\n"
-        + "\n".join(lines) + "\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
 def recnmp_check() -> str:
     recnmp = resolve_preset("recnmp")
     rows, dim, lookups = 1_000_000, 64, 256 * 80
-    op = PimOp("g", "t:embedding:0", "embedding", "gather", 0, lookups * 8, 256 * dim * 4,
-               weight_bytes=rows * dim * 4, rows=rows, row_bytes=dim * 4, lookups=lookups)
+    op = PimOp(
+        "g",
+        "t:embedding:0",
+        "embedding",
+        "gather",
+        0,
+        lookups * 8,
+        256 * dim * 4,
+        weight_bytes=rows * dim * 4,
+        rows=rows,
+        row_bytes=dim * 4,
+        lookups=lookups,
+    )
     host_us = op.lookups * max(op.row_bytes, 64) / (HostSpec().dram_gbps * 1e3)
     plain = host_us / pim_cost(op, dataclasses.replace(recnmp, cache_kib=0.0)).us
     cached = host_us / pim_cost(op, recnmp).us
@@ -165,15 +188,21 @@ def numerics_rows(calibration: str) -> str:
     program = load_program_ref("zoo:recsys", batch=256)
     lines = []
     for name in PRESETS:
-        result = PimPartition(PimConfig(preset=name, placement="greedy", calibration=calibration)).run(program.clone())
+        result = PimPartition(PimConfig(preset=name, placement="greedy", calibration=calibration)).run(
+            program.clone()
+        )
         fig = result.figures
         sq = fig.get("device_output_sqnr")
-        lines.append(f"| {name} | {resolve_preset(name).numerics} | {fig['pim_ops'].value} | "
-                     f"{'n/a' if sq is None else f'{sq.value:.1f}'} |")
+        lines.append(
+            f"| {name} | {resolve_preset(name).numerics} | {fig['pim_ops'].value} | "
+            f"{'n/a' if sq is None else f'{sq.value:.1f}'} |"
+        )
     return (
         "Device numerics on the trained `zoo:recsys` (batch 256; embeddings on PIM, the greedy rule): "
         "click logits of the partitioned model against the host's float32 run:\n\n"
-        "| preset | numerics | ops on PIM | logits SQNR (dB) |\n|---|---|---:|---:|\n" + "\n".join(lines) + "\n"
+        "| preset | numerics | ops on PIM | logits SQNR (dB) |\n|---|---|---:|---:|\n"
+        + "\n".join(lines)
+        + "\n"
     )
 
 
@@ -185,9 +214,12 @@ def main() -> None:
     torch.set_num_threads(1)
     start = time.perf_counter()
     calibration = "quick" if args.quick else "full"
-    model = cal.calibrate(cal.QUICK if args.quick else cal.FULL,
-                          cal.BIG_TABLE_QUICK if args.quick else cal.BIG_TABLE_FULL, repeats=30,
-                          progress=lambda m: print(m, file=sys.stderr))
+    model = cal.calibrate(
+        cal.QUICK if args.quick else cal.FULL,
+        cal.BIG_TABLE_QUICK if args.quick else cal.BIG_TABLE_FULL,
+        repeats=30,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
     path = cal.cache_path(args.quick)
     path.parent.mkdir(parents=True, exist_ok=True)
     model.save(path)  # the passes below use this calibration
@@ -215,17 +247,23 @@ def main() -> None:
     placed = optimal_placement(ctable, sinks_of(program))
     trace = schedule(ctable, placed, sinks_of(program))
     if not args.no_docs:
-        gantt_png(trace, DOCS / "bench_pim.png", title="Criteo-shaped DLRM, batch 256, pooling 80, on HBM-PIM (modeled)")
+        gantt_png(
+            trace,
+            DOCS / "bench_pim.png",
+            title="Criteo-shaped DLRM, batch 256, pooling 80, on HBM-PIM (modeled)",
+        )
     goals = []
     for pooling, res in results.items():
         fast = [n for n, r in res.items() if r["speedup_vs_host"] >= 3 and r["speedup_vs_greedy"] >= 1.3]
         green = [n for n, r in res.items() if r["energy_saving"] >= 2]
-        goals.append(f"pooling {pooling}: >= 3x over host and >= 1.3x over greedy on {', '.join(fast) or 'none'}; "
-                     f">= 2x less energy on {', '.join(green) or 'none'}")
+        goals.append(
+            f"pooling {pooling}: >= 3x over host and >= 1.3x over greedy on {', '.join(fast) or 'none'}; "
+            f">= 2x less energy on {', '.join(green) or 'none'}"
+        )
     markdown = f"""## PIM target and the `pim` pass
 
-`OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 python benchmarks/bench_pim.py{' --quick' if args.quick else ''}` on
-{cpu_name()}, {time.strftime('%Y-%m-%d')}, {time.perf_counter() - start:.0f} s. Latency and energy of the
+`OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 python benchmarks/bench_pim.py{" --quick" if args.quick else ""}` on
+{cpu_name()}, {time.strftime("%Y-%m-%d")}, {time.perf_counter() - start:.0f} s. Latency and energy of the
 PIM side are the cost model's one-shot estimates (`backends/pim/cost.py`, presets with their sources in
 `backends/pim/presets.py`); the host side is this machine's TVM CPU kernels, fitted. Host energy: busy
 time x 6.25 W a core (Xeon Platinum 8480+: 350 W / 56 cores) + DRAM traffic x 20 pJ/bit.
@@ -237,7 +275,7 @@ feature; pooling 80 is the multi-hot lookups of production models that RecNMP ev
 
 {table}
 
-Goals (issue 13): {'; '.join(goals)}.
+Goals (issue 13): {"; ".join(goals)}.
 
 ![one inference on HBM-PIM](bench_pim.png)
 

@@ -65,7 +65,11 @@ def segment_ids(program: Program, placement: dict[str, int]) -> tuple[dict[str, 
             continue
         side = placement.get(node.name, HOST)
         source = node.args[0] if node.args else None
-        if getattr(node.target, "__name__", "") == "getitem" and isinstance(source, fx.Node) and source.name in seg:
+        if (
+            getattr(node.target, "__name__", "") == "getitem"
+            and isinstance(source, fx.Node)
+            and source.name in seg
+        ):
             seg[node.name] = seg[source.name]  # a tuple is unpacked where it is made
             continue
         if not sides or side != sides[-1]:

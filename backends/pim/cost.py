@@ -70,11 +70,16 @@ class HostModel:
     llc_bytes: int
     l2_bytes: int = 1 << 20
     call_us: float = 0.0  # calling a compiled library at all, once per host segment
+    scale: dict[str, float] = field(default_factory=dict)  # per op group, fitted on whole models
     cpu: str = ""
     mape: dict[str, float] = field(default_factory=dict)  # fit quality on held-out kernels, %
     spec: HostSpec = field(default_factory=HostSpec)
 
     def latency_us(self, op: PimOp) -> float:
+        """The op's host latency: its kernel fit, scaled by its group's whole-model factor."""
+        return self.raw_latency_us(op) * self.scale.get(scale_group(op.kind), 1.0)
+
+    def raw_latency_us(self, op: PimOp) -> float:
         if op.kind == "view":
             return 0.0
         kind = op.kind if op.kind in self.coef else "elementwise"
@@ -117,6 +122,7 @@ class HostModel:
                 llc_bytes=int(data["llc_bytes"]),
                 l2_bytes=int(data.get("l2_bytes", 1 << 20)),
                 call_us=float(data.get("call_us", 0.0)),
+                scale={k: float(v) for k, v in data.get("scale", {}).items()},
                 cpu=str(data.get("cpu", "")),
                 mape={k: float(v) for k, v in data.get("mape", {}).items()},
                 spec=HostSpec(**data.get("spec", {})),
@@ -129,6 +135,15 @@ class HostModel:
 
         with atomic_file(path) as tmp:
             tmp.write_text(json.dumps(self.to_dict(), indent=2))
+
+
+# Op groups that share one whole-model scale factor (see `calibrate.fit_whole_models`).
+SCALED = ("gemm", "gather", "memory")
+
+
+def scale_group(kind: str) -> str:
+    """`gemm`, `gather`, or `memory` for every other kind (elementwise, reduction, layout)."""
+    return kind if kind in ("gemm", "gather") else "memory"
 
 
 def zipf_hit_rate(rows: int, cached_rows: int, s: float = ZIPF_S) -> float:

@@ -35,6 +35,7 @@ OBJECTIVES = ("latency", "energy")
 HOST, PIM = 0, 1
 EXHAUSTIVE_LIMIT = 20
 BISECTIONS = 20  # of the capacity multiplier: 1e-6 of its bracket, enough for bytes
+EVICTION_LIMIT = 12  # weight-holding ops on PIM up to which greedy eviction is tried
 
 
 @dataclass
@@ -138,9 +139,14 @@ def _value(cost: Cost, objective: str) -> float:
 
 
 def mincut_placement(
-    table: CostTable, sinks: Iterable[str], objective: str = "latency", penalty: float = 0.0
+    table: CostTable,
+    sinks: Iterable[str],
+    objective: str = "latency",
+    penalty: float = 0.0,
+    pinned: frozenset[str] = frozenset(),
 ) -> dict[str, int]:
-    """The optimal placement without the capacity limit (`penalty` per resident byte on PIM)."""
+    """The optimal placement without the capacity limit (`penalty` per resident byte on PIM;
+    the ops in `pinned` are kept on the host)."""
     check_objective(objective)
     g = nx.DiGraph()
     s, t = "__host__", "__pim__"
@@ -159,7 +165,8 @@ def mincut_placement(
 
     for op in table.ops:
         n = op.name
-        add(s, n, _value(table.pim[n], objective) + penalty * table.resident[n])  # paid if n on PIM
+        on_pim_cost = INF if n in pinned else _value(table.pim[n], objective) + penalty * table.resident[n]
+        add(s, n, on_pim_cost)  # paid if n on PIM
         add(n, t, _value(table.host[n], objective))  # paid if n on the host
     tensors: dict[str, list[str]] = {k: list(v) for k, v in table.consumers.items()}
     sinks = list(sinks)
@@ -186,26 +193,57 @@ def mincut_placement(
 
 
 def optimal_placement(table: CostTable, sinks: Iterable[str], objective: str = "latency") -> dict[str, int]:
-    """Min-cut placement within the preset's capacity (Lagrangian bisection + greedy repair)."""
+    """Min-cut placement within the preset's capacity.
+
+    Exact when the unconstrained optimum fits. Otherwise the best feasible placement among: the
+    min-cuts met while bisecting a Lagrange multiplier on resident bytes; for graphs with at most
+    `EVICTION_LIMIT` weight-holding ops on PIM, greedy eviction (force the op whose move to the
+    host costs least per byte freed, re-cut, repeat); each then improved by single-op moves.
+    """
     sinks = list(sinks)
     capacity = table.preset.capacity_bytes
     placement = mincut_placement(table, sinks, objective)
     if table.evaluate(placement, sinks).pim_bytes <= capacity:
         return placement
+    feasible: list[dict[str, int]] = []
+
+    def cut(penalty: float, forced: frozenset[str] = frozenset()) -> tuple[dict[str, int], bool]:
+        found = mincut_placement(table, sinks, objective, penalty, forced)
+        fits = table.evaluate(found, sinks).pim_bytes <= capacity
+        if fits:
+            feasible.append(found)
+        return found, fits
+
     lo, hi = 0.0, 1.0
-    while (
-        table.evaluate(mincut_placement(table, sinks, objective, hi), sinks).pim_bytes > capacity
-        and hi < 1e12
-    ):
+    while not cut(hi)[1] and hi < 1e12:
         hi *= 4
     for _ in range(BISECTIONS):
         mid = (lo + hi) / 2
-        if table.evaluate(mincut_placement(table, sinks, objective, mid), sinks).pim_bytes > capacity:
-            lo = mid
-        else:
+        if cut(mid)[1]:
             hi = mid
-    fitted = mincut_placement(table, sinks, objective, hi)
-    return _fill(table, sinks, objective, fitted, capacity)
+        else:
+            lo = mid
+    resident = [op.name for op in table.ops if table.resident[op.name] and placement[op.name] == PIM]
+    if len(resident) <= EVICTION_LIMIT:
+        forced: frozenset[str] = frozenset()
+        current = placement
+        while table.evaluate(current, sinks).pim_bytes > capacity:
+            options = []
+            for name in resident:
+                if name in forced or current[name] != PIM:
+                    continue
+                trial, _ = cut(0.0, forced | {name})
+                ev = table.evaluate(trial, sinks)
+                options.append((ev.objective(objective) / max(table.resident[name], 1), name, trial))
+            if not options:
+                break
+            _, name, current = min(options)
+            forced = forced | {name}
+    scored = sorted(feasible, key=lambda p: table.evaluate(p, sinks).objective(objective))[:3]
+    if not scored:
+        return host_only(table)
+    polished = [_fill(table, sinks, objective, p, capacity) for p in scored]
+    return min(polished, key=lambda p: table.evaluate(p, sinks).objective(objective))
 
 
 def _fill(

@@ -69,10 +69,12 @@ class CriteoDLRM(nn.Module):
         top: tuple[int, ...] = (512, 256, 1),
     ) -> None:
         super().__init__()
+        self.num_dense = bottom[0]
         self.bottom = _mlp(bottom, last_relu=True)
         self.tables = nn.ModuleList(nn.Embedding(rows, dim) for rows in cardinalities)
         features = len(cardinalities) + 1
         pairs = torch.triu_indices(features, features, offset=1)
+        self.pairs: torch.Tensor
         self.register_buffer("pairs", pairs[0] * features + pairs[1], persistent=False)
         self.top = _mlp((dim + features * (features - 1) // 2,) + top, last_relu=False)
 
@@ -96,7 +98,7 @@ def example_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Dense features and Zipf(1.05)-popular ids for `model` (ids hashed into each table)."""
     gen = torch.Generator().manual_seed(seed)
-    dense = torch.randn(batch, model.bottom[0].in_features, generator=gen)
+    dense = torch.randn(batch, model.num_dense, generator=gen)
     ranks = torch.arange(1, 100_001, dtype=torch.float64) ** -1.05
     draws = torch.multinomial(
         ranks / ranks.sum(), batch * len(model.tables) * pooling, replacement=True, generator=gen

@@ -4,12 +4,12 @@ import logging
 
 import pytest
 import torch
-
-from optkit.backends.pim.simulate import placement_of, run_partitioned
 from optkit.backends.pim.presets import resolve_preset
+from optkit.backends.pim.simulate import placement_of, run_partitioned
+from optkit.passes.pim import PimConfig, PimPartition
+
 from optkit.errors import ConfigError, UnknownNameError
 from optkit.metrics import sqnr_db
-from optkit.passes.pim import PimConfig, PimPartition
 
 
 def ops_of(program):
@@ -27,7 +27,9 @@ def test_pass_annotates_without_changing_the_graph(recommender_program, pim_host
     assert part and set(part.values()) <= {0, 1}
     assert all(":" in key for key in part)  # stable module:op:k keys
     fig = result.figures
-    assert fig["latency_pim"].value <= fig["latency_host_only"].value * (1.0 if placement == "optimal" else 10)
+    assert fig["latency_pim"].value <= fig["latency_host_only"].value * (
+        1.0 if placement == "optimal" else 10
+    )
     assert program.annotations.figures["pim"]["preset"] == "upmem"
     if placement == "greedy":  # the embedding bag goes to PIM, computed there in int8
         assert fig["pim_ops"].value >= 1
@@ -44,7 +46,9 @@ def test_optimal_is_never_worse_than_greedy_or_host(recommender_program, pim_hos
 
 
 def test_device_numerics_follow_the_preset(recommender_program, pim_host_model):
-    program = PimPartition(PimConfig(preset="hbm-pim", placement="greedy")).run(recommender_program.clone()).program
+    program = (
+        PimPartition(PimConfig(preset="hbm-pim", placement="greedy")).run(recommender_program.clone()).program
+    )
     program.annotations.partition = dict.fromkeys(program.annotations.partition, 1)  # everything on PIM
     fp16 = run_partitioned(program, resolve_preset("hbm-pim"))
     int8 = run_partitioned(program, resolve_preset("upmem"))
@@ -67,10 +71,14 @@ def test_bad_options():
         PimConfig.from_dict({"preset": "hbm-pim", "objective": "speed"})
 
 
-def test_a_table_larger_than_the_device_stays_on_the_host(recommender_program, pim_host_model, caplog, tmp_path):
+def test_a_table_larger_than_the_device_stays_on_the_host(
+    recommender_program, pim_host_model, caplog, tmp_path
+):
     small = tmp_path / "small.toml"
     small.write_text('base = "hbm-pim"\nname = "hbm-tiny"\ncapacity_gib = 1e-6\n')  # ~1 KiB
     with caplog.at_level(logging.WARNING):
-        result = PimPartition(PimConfig(preset=str(small), placement="greedy")).run(recommender_program.clone())
+        result = PimPartition(PimConfig(preset=str(small), placement="greedy")).run(
+            recommender_program.clone()
+        )
     assert "exceed the hbm-tiny device" in caplog.text
     assert result.figures["pim_resident_bytes"].value == 0

@@ -5,27 +5,29 @@ import json
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from optkit.backends.pim.artifact import load_pim_artifact, split
 from optkit.backends.pim.simulate import placement_of, run_partitioned
+from optkit.passes.pim import PimConfig, PimPartition
+
 from optkit.cli.main import cli
 from optkit.errors import ArtifactError
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.serialize import save_program
 from optkit.metrics import sqnr_db
-from optkit.passes.pim import PimConfig, PimPartition
 
 
 @pytest.fixture
 def partitioned(recommender_program, pim_host_model):
     """The recommender with its embedding bag on UPMEM (int8) and the MLP on the host."""
-    return PimPartition(PimConfig(preset="upmem", placement="greedy")).run(recommender_program.clone()).program
+    return (
+        PimPartition(PimConfig(preset="upmem", placement="greedy")).run(recommender_program.clone()).program
+    )
 
 
 def test_split_runs_like_the_partitioned_graph(partitioned):
     parts, sides = split(partitioned, placement_of(partitioned))
     assert 1 in sides and 0 in sides
-    for k, side in enumerate(sides):  # each segment holds its own weights, activations come in
+    for k in range(len(sides)):  # each segment holds its own weights, activations come in
         sub = getattr(parts, f"submod_{k}")
         assert all(n.op != "placeholder" or "weight" not in n.name for n in sub.graph.nodes)
     (got,) = flat_outputs(parts(*partitioned.example_inputs))
@@ -62,5 +64,7 @@ def test_tampered_manifest_is_refused(partitioned, tmp_path):
     (tmp_path / "art" / "pim.json").write_text(json.dumps(manifest))
     with pytest.raises(ArtifactError, match="segments"):
         load_pim_artifact(tmp_path / "art")
-    result = CliRunner().invoke(cli, ["lower", "zoo:recsys", "--target", "pim:nope", "-o", str(tmp_path / "x")])
+    result = CliRunner().invoke(
+        cli, ["lower", "zoo:recsys", "--target", "pim:nope", "-o", str(tmp_path / "x")]
+    )
     assert result.exit_code == 2 and "hbm-pim" in result.output

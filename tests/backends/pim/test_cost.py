@@ -4,7 +4,6 @@ reproduces the paper's embedding-stage gain."""
 import dataclasses
 
 import pytest
-
 from optkit.backends.pim.cost import (
     INF,
     HostModel,
@@ -17,13 +16,33 @@ from optkit.backends.pim.presets import HostSpec, resolve_preset
 
 
 def gather(rows=1_000_000, dim=64, lookups=256 * 80):
-    return PimOp("g", "t:embedding:0", "embedding", "gather", 0, lookups * 8, lookups * dim * 4,
-                 weight_bytes=rows * dim * 4, rows=rows, row_bytes=dim * 4, lookups=lookups)
+    return PimOp(
+        "g",
+        "t:embedding:0",
+        "embedding",
+        "gather",
+        0,
+        lookups * 8,
+        lookups * dim * 4,
+        weight_bytes=rows * dim * 4,
+        rows=rows,
+        row_bytes=dim * 4,
+        lookups=lookups,
+    )
 
 
 def gemm(m=8, k=1024, n=1024):
-    return PimOp("l", "fc:linear:0", "linear", "gemm", 2 * m * k * n, m * k * 4, m * n * 4,
-                 weight_bytes=k * n * 4, batch=m)
+    return PimOp(
+        "l",
+        "fc:linear:0",
+        "linear",
+        "gemm",
+        2 * m * k * n,
+        m * k * 4,
+        m * n * 4,
+        weight_bytes=k * n * 4,
+        batch=m,
+    )
 
 
 def test_zipf_hit_rate_bounds_and_monotone():
@@ -44,7 +63,9 @@ def test_gemv_reads_weights_once_at_bank_bandwidth():
     internal = hbm.units * hbm.unit_gbps * 1e3  # bytes per microsecond
     assert one.us == pytest.approx(fp16_weights / internal + hbm.launch_us, rel=0.01)
     # HBM-PIM has 1 FLOP per byte of internal bandwidth: 64 vectors are compute-bound
-    assert pim_cost(gemm(m=64), hbm).us == pytest.approx(2 * 64 * 1024 * 1024 / 1.2288e6 + hbm.launch_us, rel=0.01)
+    assert pim_cost(gemm(m=64), hbm).us == pytest.approx(
+        2 * 64 * 1024 * 1024 / 1.2288e6 + hbm.launch_us, rel=0.01
+    )
     assert one.uj > 0
 
 

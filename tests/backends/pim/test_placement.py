@@ -4,7 +4,6 @@ import dataclasses
 import random
 
 import pytest
-
 from optkit.backends.pim.cost import HostModel
 from optkit.backends.pim.ops import PimOp
 from optkit.backends.pim.placement import (
@@ -17,9 +16,12 @@ from optkit.backends.pim.placement import (
     optimal_placement,
 )
 from optkit.backends.pim.presets import resolve_preset
+
 from optkit.errors import UnknownNameError
 
-HOST_MODEL = HostModel({k: (1.0, 10.0, 5.0, 20.0) for k in ("gemm", "elementwise", "reduction", "gather")}, 5.0, 32 << 20)
+HOST_MODEL = HostModel(
+    {k: (1.0, 10.0, 5.0, 20.0) for k in ("gemm", "elementwise", "reduction", "gather")}, 5.0, 32 << 20
+)
 
 
 def random_graph(seed: int, n: int = 12) -> tuple[list[PimOp], list[str]]:
@@ -30,8 +32,16 @@ def random_graph(seed: int, n: int = 12) -> tuple[list[PimOp], list[str]]:
         kind = rng.choice(["gather", "gemm", "gemm", "elementwise", "reduction", "layout"]) if i else "gather"
         inputs = ["x"] if i == 0 else rng.sample([o.name for o in ops], k=min(len(ops), rng.randint(1, 2)))
         size = rng.choice([1 << 10, 1 << 14, 1 << 18])
-        op = PimOp(f"n{i}", f"m{i}:{kind}:0", kind, kind, rng.choice([0, 1 << 16, 1 << 22]), size, size,
-                   inputs=inputs)
+        op = PimOp(
+            f"n{i}",
+            f"m{i}:{kind}:0",
+            kind,
+            kind,
+            rng.choice([0, 1 << 16, 1 << 22]),
+            size,
+            size,
+            inputs=inputs,
+        )
         if kind == "gather":
             op.rows, op.row_bytes, op.lookups = rng.choice([1000, 10**7]), 256, rng.choice([256, 20480])
             op.weight_bytes = op.rows * op.row_bytes
@@ -66,7 +76,9 @@ def test_capacity_is_respected_and_beats_greedy():
 
 def test_a_tensor_crosses_once_for_many_consumers():
     producer = PimOp("p", "p:add:0", "add", "elementwise", 1, 4096, 4096, inputs=["x"])
-    users = [PimOp(f"u{i}", f"u:mul:{i}", "mul", "elementwise", 1, 4096, 4096, inputs=["p"]) for i in range(3)]
+    users = [
+        PimOp(f"u{i}", f"u:mul:{i}", "mul", "elementwise", 1, 4096, 4096, inputs=["p"]) for i in range(3)
+    ]
     table = CostTable([producer, *users], HOST_MODEL, resolve_preset("hbm-pim"), {"x": 4096})
     placement = {"p": HOST, "u0": PIM, "u1": PIM, "u2": PIM}
     moved = [t for t in table.evaluate(placement, ["u2"]).transfers if t[0] == "p"]

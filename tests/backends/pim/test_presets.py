@@ -1,8 +1,8 @@
 """PIM presets: sourced figures hold together; preset files are checked."""
 
 import pytest
-
 from optkit.backends.pim.presets import PRESETS, load_preset_file, resolve_preset
+
 from optkit.errors import ConfigError, UnknownNameError
 
 
