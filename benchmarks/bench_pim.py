@@ -25,11 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optkit.backends.pim import calibrate as cal  # noqa: E402
 from optkit.backends.pim.cost import HostModel, pim_cost, zipf_hit_rate  # noqa: E402
 from optkit.backends.pim.ops import PimOp, program_ops  # noqa: E402
-from optkit.backends.pim.placement import CostTable, exhaustive_placement, optimal_placement  # noqa: E402
+from optkit.backends.pim.placement import (  # noqa: E402
+    CostTable,
+    exhaustive_placement,
+    optimal_placement,
+    sinks_of,  # noqa: E402
+)
 from optkit.backends.pim.plots import gantt_png  # noqa: E402
 from optkit.backends.pim.presets import PRESETS, HostSpec, resolve_preset  # noqa: E402
 from optkit.backends.pim.simulate import schedule  # noqa: E402
-from optkit.passes.pim import PimConfig, PimPartition, sinks_of  # noqa: E402
+from optkit.passes.pim import PimConfig, PimPartition  # noqa: E402
 
 from benchmarks._docs import cpu_name, write_section  # noqa: E402
 from optkit.ir.capture import capture  # noqa: E402

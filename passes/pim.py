@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from optkit.backends.pim.calibrate import host_model
-from optkit.backends.pim.ops import program_ops
 from optkit.backends.pim.placement import (
     EXHAUSTIVE_LIMIT,
     PIM,
@@ -36,6 +35,8 @@ from optkit.backends.pim.placement import (
     greedy_placement,
     host_only,
     optimal_placement,
+    program_table,
+    sinks_of,
 )
 from optkit.backends.pim.presets import PimPreset, resolve_preset
 from optkit.backends.pim.simulate import run_partitioned, schedule
@@ -63,23 +64,10 @@ class PimConfig(PassConfig):
         resolve_preset(self.preset)  # an unknown preset or a bad preset file fails here
 
 
-def sinks_of(program: Program) -> list[str]:
-    """Names of the nodes whose values the graph returns."""
-    out = next(n for n in program.graph.nodes if n.op == "output")
-    return [n.name for n in out.all_input_nodes]
-
-
 def cost_table(program: Program, preset: str | PimPreset, calibration: str = "quick") -> CostTable:
     """The host / PIM cost table of `program` on a preset, with this machine's host model."""
     preset = resolve_preset(preset) if isinstance(preset, str) else preset
-    host = host_model(quick=calibration == "quick")
-    inputs = {
-        n.name: int(t.numel()) * t.element_size()
-        for n, t in zip(
-            [n for n in program.graph.nodes if n.op == "placeholder"], program.example_inputs, strict=False
-        )
-    }
-    return CostTable(program_ops(program), host, preset, inputs)
+    return program_table(program, preset, host_model(quick=calibration == "quick"))
 
 
 @register_pass("pim", PimConfig)
@@ -193,7 +181,7 @@ class PimPartition(Pass):
                 for k, v in evals.items()
             },
             "trace": trace.rows(),
-            "host_model_mape": host_model(quick=cfg.calibration == "quick").mape,
+            "host_model": table.host_model.to_dict(),
         }
         return PassResult(program, modified=bool(placed), figures=figures)
 

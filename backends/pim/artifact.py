@@ -27,7 +27,8 @@ import numpy as np
 import torch
 import torch.fx as fx
 from optkit.backends.artifact import Artifact, _versions, load_artifact, read_manifest
-from optkit.backends.pim.placement import HOST, PIM
+from optkit.backends.pim.cost import HostModel
+from optkit.backends.pim.placement import HOST, PIM, program_table, sinks_of
 from optkit.backends.pim.presets import PimPreset, resolve_preset
 from optkit.backends.pim.simulate import PartitionedRunner, Trace, placement_of, schedule
 from torch.fx.passes.split_module import split_module
@@ -145,6 +146,14 @@ class PimArtifact:
     sides: list[int]
     host: dict[int, Artifact] = field(default_factory=dict)
     lowering_seconds: float = 0.0
+    host_model: HostModel | None = None  # the host cost model the placement used (saved with it)
+
+    def __post_init__(self) -> None:
+        if self.host_model is None:
+            saved = self.program.annotations.figures.get("pim", {}).get("host_model")
+            if not saved:
+                raise ArtifactError(f"{self.program.name} has no host cost model; run the pim pass first")
+            self.host_model = HostModel.from_dict(saved)
 
     @property
     def placement(self) -> dict[str, int]:
@@ -152,8 +161,6 @@ class PimArtifact:
 
     def run(self, *inputs: Any) -> tuple[list[np.ndarray], Trace, float]:
         """Outputs, the modeled trace of one inference, and the measured host seconds."""
-        from optkit.passes.pim import cost_table, sinks_of
-
         tensors = (
             tuple(torch.as_tensor(np.asarray(x)) for x in inputs) if inputs else self.program.example_inputs
         )
@@ -181,7 +188,7 @@ class PimArtifact:
 
         with torch.no_grad():
             out = Runner(self.parts).run(*tensors)
-        table = cost_table(self.program, self.preset)
+        table = program_table(self.program, self.preset, self.host_model)
         trace = schedule(table, self.placement, sinks_of(self.program))
         return [t.numpy() for t in flat_outputs(out)], trace, host_seconds[0]
 

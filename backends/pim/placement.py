@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 from optkit.backends.pim.cost import INF, Cost, HostModel, pim_cost, transfer_cost
-from optkit.backends.pim.ops import PimOp
+from optkit.backends.pim.ops import PimOp, program_ops
 from optkit.backends.pim.presets import PimPreset
 
 from optkit.errors import ConfigError, UnknownNameError
+from optkit.ir.program import Program
 
 OBJECTIVES = ("latency", "energy")
 HOST, PIM = 0, 1
@@ -61,6 +62,7 @@ class CostTable:
         self, ops: list[PimOp], host: HostModel, preset: PimPreset, input_bytes: dict[str, int] | None = None
     ) -> None:
         self.ops = ops
+        self.host_model = host
         self.input_bytes = dict(input_bytes or {})
         self.preset = preset
         self.names = {op.name for op in ops}
@@ -117,6 +119,22 @@ class CostTable:
         if tensor in self.out_bytes:
             return self.out_bytes[tensor]
         return self.input_bytes.get(tensor, 0)
+
+
+def sinks_of(program: Program) -> list[str]:
+    """Names of the nodes whose values the graph returns."""
+    out = next(n for n in program.graph.nodes if n.op == "output")
+    return [n.name for n in out.all_input_nodes]
+
+
+def program_table(program: Program, preset: PimPreset, host: HostModel) -> CostTable:
+    """The host / PIM cost table of `program`'s ops on `preset`, with `host` for the host side."""
+    placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
+    inputs = {
+        n.name: int(t.numel()) * t.element_size()
+        for n, t in zip(placeholders, program.example_inputs, strict=False)
+    }
+    return CostTable(program_ops(program), host, preset, inputs)
 
 
 def co_locate(table: CostTable, placement: dict[str, int]) -> dict[str, int]:
