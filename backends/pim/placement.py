@@ -108,14 +108,15 @@ class CostTable:
         for tensor, sides in sides_needed.items():
             where = placement.get(tensor, HOST) if tensor in self.names else HOST
             for side in sides - {where}:
-                cost = transfer_cost(self._bytes(tensor), self.preset)
+                cost = transfer_cost(self.tensor_bytes(tensor), self.preset)
                 ev.transfers.append((tensor, side, cost))
-                ev.transfer_bytes += self._bytes(tensor)
+                ev.transfer_bytes += self.tensor_bytes(tensor)
                 ev.latency_us += cost.us
                 ev.energy_uj += cost.uj
         return ev
 
-    def _bytes(self, tensor: str) -> int:
+    def tensor_bytes(self, tensor: str) -> int:
+        """Bytes of the value `tensor` (an op output or a graph input)."""
         if tensor in self.out_bytes:
             return self.out_bytes[tensor]
         return self.input_bytes.get(tensor, 0)
@@ -191,7 +192,7 @@ def mincut_placement(
     for name in sinks:
         tensors.setdefault(name, []).append("__output__")
     for tensor, users in tensors.items():
-        move = _value(transfer_cost(table._bytes(tensor), table.preset), objective)
+        move = _value(transfer_cost(table.tensor_bytes(tensor), table.preset), objective)
         on_pim, on_host = f"{tensor}@pim", f"{tensor}@host"
         producer = tensor if tensor in table.names else s  # graph inputs sit on the host
         # "present on PIM": forced by any PIM consumer, costs `move` when the producer is on the host.

@@ -107,7 +107,7 @@ def schedule(table: CostTable, placement: dict[str, int], sinks: list[str]) -> T
         at_home = ready.get((tensor, home), 0.0)
         if home == side:
             return at_home
-        cost = transfer_cost(table._bytes(tensor), preset)
+        cost = transfer_cost(table.tensor_bytes(tensor), preset)
         start = max(at_home, free["link"])
         free["link"] = start + cost.us
         trace.events.append(
@@ -118,7 +118,7 @@ def schedule(table: CostTable, placement: dict[str, int], sinks: list[str]) -> T
                 start,
                 cost.us,
                 cost.uj,
-                table._bytes(tensor),
+                table.tensor_bytes(tensor),
             )
         )
         ready[(tensor, side)] = start + cost.us
