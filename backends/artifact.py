@@ -28,7 +28,7 @@ from optkit.backends.targets import TargetSpec
 from optkit.backends.tvm_import import TensorSpec
 
 from optkit.errors import ArtifactError, BackendError, ConfigError
-from optkit.fsutil import atomic_dir
+from optkit.fsutil import atomic_dir, member_path
 
 log = logging.getLogger(__name__)
 
@@ -169,13 +169,13 @@ def load_artifact(path: str | Path) -> Artifact:
     path = Path(path)
     manifest = read_manifest(path, MANIFEST, FORMAT, FORMAT_VERSION, "artifact")
     try:
-        lib_info = manifest["library"]
+        lib_info = dict(manifest["library"])
         target = TargetSpec(str(manifest["target"]), dict(manifest["target_config"]))
         inputs = tuple(TensorSpec.from_dict(d) for d in manifest["inputs"])
         outputs = tuple(TensorSpec.from_dict(d) for d in manifest["outputs"])
-    except (KeyError, TypeError, ValueError) as err:
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{path / MANIFEST} lacks a field or has a bad one: {err}") from err
-    lib = path / str(lib_info.get("file", LIBRARY))
+    lib = member_path(path, str(lib_info.get("file", LIBRARY)))
     if not lib.is_file():
         raise ArtifactError(f"{path}: the compiled library {lib.name} is missing")
     if _sha256(lib) != lib_info.get("sha256"):

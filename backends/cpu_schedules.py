@@ -7,10 +7,14 @@ convolutions, elementwise kernels, int8 GEMMs) would be compiled as the naive lo
 - `CPURowReduction`: softmax, norms, row any / max: rows in parallel, every block computed per
   row, each reduction split into vector partial results (`rfactor`).
 - `CPUMatmul`: other kernels with one reduction block (GEMM, batched GEMM, packed GEMM and conv,
-  the int8 and group-wise quantized kernels). The innermost spatial loop moves inside the
-  reduction and is vectorized, the next one is tiled into a register block (8 x 32 by default)
-  that accumulates in a local buffer, and the remaining outer spatial loops run in parallel:
-  `parallel(outer) / reduction / unroll(rows) / vectorize(cols)`.
+  the NHWC depthwise conv, the int8 and group-wise quantized kernels). The innermost spatial
+  loop moves inside the reduction and is vectorized, the next one is tiled into a register block
+  (8 x 32 by default) that accumulates in a local buffer, and the remaining outer spatial loops
+  run in parallel: `parallel(outer) / reduction / unroll(rows) / vectorize(cols)`. For optkit's NHWC conv kernels
+  (dense or depthwise, `packing.py`) the columns are channels and the rows output pixels of one
+  image row, so rows of 7 or 14 pixels get 1- or 2-row tiles. Fusing the pixel loops first
+  (to fill the 8-row tile) gave wrong results with TVM 0.27's primitives once the loops were
+  fused (convs and max pools at 7, 14, 28 pixels wide); it is not done.
 - `CPUElementwise`: spatial-only blocks: vectorize a long innermost axis alone, or fuse and
   vectorize the inner chunk; parallelize the rest.
 

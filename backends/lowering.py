@@ -1,7 +1,10 @@
 """`lower(program, target)`: the one entry point from a Program to a compiled `Artifact`.
 
-Order: import (`tvm_import.py`: ATen rewrites from `aten_rewrites.py`, quantized converters from
-`quantized.py`) -> on CPU, packed weights, fast math and with `schedule="blas"` float32 matmuls
+Order: inference BatchNorms folded into the convs before them (`fold-batchnorm`, on a copy of
+the Program: one elementwise kernel less per conv, and the packed kernels see the folded
+weights) -> import (`tvm_import.py`: ATen rewrites from `aten_rewrites.py`, quantized converters
+from `quantized.py`) -> on CPU, float convs in NHWC (`layout.py`), packed weights (depthwise
+convs included), fast math and with `schedule="blas"` float32 matmuls
 to BLAS (`_specialize`) -> optional schedule tuning with a persistent database (`tuning.py`) ->
 build with DLight / optkit schedules (`build.py`). When the build fails, `diagnose.py` compiles
 the imported bindings one by one to name the ATen op and module path that TVM cannot compile.
@@ -60,6 +63,7 @@ def lower(
     say = progress or (lambda _msg: None)
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
     start = time.perf_counter()
+    program = _fold_batchnorms(program)
     say("import into Relax")
     imported = import_program(program)
     mod = imported.mod
@@ -98,11 +102,34 @@ def lower(
     return Artifact(executable, spec, imported.inputs, imported.outputs, info)
 
 
+def _fold_batchnorms(program: Program) -> Program:
+    """`program`, or a copy of it with its inference BatchNorms folded when it has any."""
+    from optkit.passes.fold_batchnorm import fold_batchnorm
+
+    from optkit.ir.ops import op_name
+
+    if not any(
+        op_name(n) in ("batch_norm", "_native_batch_norm_legit_no_training") for n in program.compute_nodes()
+    ):
+        return program
+    copy = program.clone()
+    if fold_batchnorm(copy.graph_module):
+        from optkit.ir.program import eliminate_dead_code, remove_unused_attributes
+
+        eliminate_dead_code(copy.graph_module)
+        remove_unused_attributes(copy.graph_module)
+        copy.graph_module.recompile()
+        return copy
+    return program
+
+
 def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report."""
     figures = {
         "packed_matmuls": 0,
         "packed_convs": 0,
+        "depthwise_convs": 0,
+        "channels_last_convs": 0,
         "vnni_kernels": 0,
         "fast_math_ops": 0,
         "blas_matmuls": 0,
@@ -110,13 +137,19 @@ def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> t
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
     from optkit.backends.fast_math import fast_math as use_fast_math
+    from optkit.backends.layout import cancel_transposes, channels_last
     from optkit.backends.packing import pack_weights
     from optkit.backends.vnni import target_has_vnni
 
+    mod, figures["channels_last_convs"] = channels_last(mod)
     mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()))
     figures.update(
-        packed_matmuls=packed["matmul"], packed_convs=packed["conv2d"], vnni_kernels=packed["vnni"]
+        packed_matmuls=packed["matmul"],
+        packed_convs=packed["conv2d"],
+        depthwise_convs=packed["depthwise"],
+        vnni_kernels=packed["vnni"],
     )
+    mod, _ = cancel_transposes(mod)
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if schedule == "blas":

@@ -48,7 +48,7 @@ from optkit.caching.runner import (
 from optkit.caching.schedule import uniform_schedule
 from optkit.caching.variants import StepVariant
 from optkit.errors import ArtifactError, BackendError, ConfigError
-from optkit.fsutil import atomic_dir
+from optkit.fsutil import atomic_dir, member_path
 from optkit.ir.program import Program
 from optkit.ir.serialize import load_program, save_program
 
@@ -268,18 +268,18 @@ def load_pipeline(path: str | Path) -> Pipeline:
     path = Path(path)
     manifest = read_manifest(path, MANIFEST, FORMAT, FORMAT_VERSION, "pipeline")
     try:
-        program_info = manifest["program"]
+        program_info = dict(manifest["program"])
         entries = [manifest["main"], *manifest["variants"]]
         keys = [(tuple(v["reuse"]), tuple(v["fill"])) for v in manifest["variants"]]
         folders = {str(e["dir"]): str(e["sha256"]) for e in entries}
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise ArtifactError(f"{path / MANIFEST} lacks a field or has a bad one: {err}") from err
     _check_file(path / PROGRAM, program_info.get("sha256"))
     _check_file(path / f"{PROGRAM}.json", program_info.get("sidecar_sha256"))
     artifacts = {}
     for folder, digest in folders.items():
-        _check_file(path / folder / LIBRARY, digest)
-        artifacts[folder] = load_artifact(path / folder)
+        _check_file(member_path(path, folder) / LIBRARY, digest)
+        artifacts[folder] = load_artifact(member_path(path, folder))
     program = load_program(path / PROGRAM)
     variants = {key: artifacts[str(v["dir"])] for key, v in zip(keys, manifest["variants"], strict=True)}
     runner = _check_fits(program, variants, path)

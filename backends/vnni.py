@@ -68,8 +68,10 @@ def gemm_func(m: int, n: int, k: int) -> Any:
     mm, nn, kk, nbb, kbb, rr, tiles = i64(m), i64(n), i64(k), i64(nb), i64(kb), i64(rows), i64(mb * nb)
 
     @T.prim_func(private=True, s_tir=True)
-    def vnni_gemm(
-        x: T.Buffer((mm, kk), "uint8"), w: T.Buffer((nbb, kbb, 16, 4), "int8"), y: T.Buffer((mm, nn), "int32")
+    def vnni_gemm(  # TVMScript buffer specs below are calls, which mypy cannot read as types
+        x: T.Buffer((mm, kk), "uint8"),  # type: ignore[valid-type]
+        w: T.Buffer((nbb, kbb, 16, 4), "int8"),  # type: ignore[valid-type]
+        y: T.Buffer((mm, nn), "int32"),  # type: ignore[valid-type]
     ) -> None:
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4})
         with T.sblock("root"):

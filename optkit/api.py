@@ -20,6 +20,7 @@ from optkit.budgets import Budget, check_budgets, parse_budgets
 from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.ir import flops
+from optkit.ir.memory import check_memory
 from optkit.ir.onnx_io import OnnxModel, export_onnx, onnx_session
 from optkit.ir.program import Program
 from optkit.ir.serialize import save_program
@@ -224,6 +225,8 @@ def optimize_file(
         load_program_ref(ref, trust_pickle=trust_pickle, workload=workload), calib=calib
     )
     capture_s = time.perf_counter() - start
+    # Passes clone the Program and run it: refuse now, with a message, rather than be killed later.
+    check_memory(program, copies=2, what="optimize")
     result = optimize(program, passes, options, progress=lambda i, n, name: say(f"pass {i + 1}/{n}: {name}"))
     optimized = result.program
     report = Report(

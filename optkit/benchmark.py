@@ -101,8 +101,10 @@ def parse_targets(text: str) -> tuple[str, ...]:
 class BenchConfig:
     """What to measure and how.
 
-    `threads`: PyTorch threads, ONNX Runtime intra-op threads and the TVM CPU target's core
-    count (default: torch's current setting). `tune_trials`: optkit tile-search trials for TVM targets (0: untuned default schedules).
+    `threads`: PyTorch threads, ONNX Runtime intra-op threads, the TVM CPU target's core count
+    and TVM's runtime pool (`optkit.backends.threads`; it keeps that size after the run);
+    default: torch's current setting. `tune_trials`: optkit tile-search trials for TVM targets
+    (0: untuned default schedules).
     Outputs agree when max |target - eager| <= atol + rtol * max |eager| for every output;
     `rtol=None` picks 1e-3 for float graphs and 1e-2 for graphs with quantized kernels.
     """
@@ -199,6 +201,7 @@ class BenchResult:
                 [
                     r.target,
                     r.status,
+                    r.info.get("threads", ""),
                     _nan(lat.get("median")),
                     _nan(lat.get("p10")),
                     _nan(lat.get("p90")),
@@ -231,6 +234,7 @@ class BenchResult:
                 [
                     "target",
                     "status",
+                    "threads",
                     "median",
                     "p10",
                     "p90",
@@ -265,6 +269,15 @@ class BenchResult:
             f"Outputs agree when max |target - eager| <= {cfg.atol:g} + {self.rtol:g} * max |eager| "
             "for every output; rel error = max abs error / max |eager|.",
             "Achieved GFLOP/s = FLOPs per call (optkit.ir.flops) / median latency.",
+            "Threads: what each runtime reports it ran on (PyTorch set_num_threads, ONNX Runtime "
+            "intra-op threads, TVM's runtime pool via runtime.config_threadpool); "
+            + (
+                "with more than one thread, each timed call starts after this process's CPU use fell "
+                "below 10% over 5 ms (optkit.benchmark.quiesce), so that a runtime's spinning pool does "
+                "not take the cores of the next."
+                if self.threads > 1
+                else "one thread: no pools to settle between runtimes."
+            ),
             "Peak RSS growth: process resident memory sampled every 1 ms from just before the runtime "
             "is built (libraries imported, ONNX written) to the end of warm-up, minus the value then "
             "(weight copies, arenas, activations, compiler working memory for compile/TVM); "
@@ -324,7 +337,12 @@ def _eager_module(ctx: _Context) -> tuple[Callable[..., Any], str]:
 
 def _build_eager(ctx: _Context) -> _Runner:
     fn, what = _eager_module(ctx)
-    return _Runner(lambda: fn(*ctx.inputs), _torch_outputs, f"PyTorch {torch.__version__} eager, {what}")
+    return _Runner(
+        lambda: fn(*ctx.inputs),
+        _torch_outputs,
+        f"PyTorch {torch.__version__} eager, {what}, {torch.get_num_threads()} thread(s)",
+        info={"threads": torch.get_num_threads()},
+    )
 
 
 def _build_compile(ctx: _Context) -> _Runner:
@@ -333,7 +351,11 @@ def _build_compile(ctx: _Context) -> _Runner:
     compiled = torch.compile(fn, backend="inductor")
     compiled(*ctx.inputs)
     return _Runner(
-        lambda: compiled(*ctx.inputs), _torch_outputs, f"torch.compile inductor of {what}", [compiled]
+        lambda: compiled(*ctx.inputs),
+        _torch_outputs,
+        f"torch.compile inductor of {what}",
+        [compiled],
+        {"threads": torch.get_num_threads()},
     )
 
 
@@ -354,6 +376,7 @@ def _build_ort(ctx: _Context) -> _Runner:
         lambda value: [np.asarray(v) for v in value],
         f"ONNX Runtime {onnxruntime.__version__} CPU, {ctx.threads} intra-op threads",
         [session],
+        {"threads": ctx.threads},
     )
 
 
@@ -370,6 +393,11 @@ def _build_tvm(ctx: _Context, device: str) -> _Runner:
     import tvm  # noqa: F401  (loaded before memory is counted)
 
     ctx.memory_start()
+    runtime_threads = None
+    if device == "cpu":
+        from optkit.backends.threads import set_runtime_threads
+
+        runtime_threads = set_runtime_threads(ctx.threads)
     if device == "cuda" and not cuda_available():
         raise BackendError("tvm-cuda needs a CUDA GPU and TVM finds none (tvm.cuda(0).exist is False)")
     tuned = f"{ctx.tune_trials} tuning trials" if ctx.tune_trials else "untuned default schedules"
@@ -387,10 +415,14 @@ def _build_tvm(ctx: _Context, device: str) -> _Runner:
     copies = "host<->device copies included" if device == "cuda" else "input/output copies included"
     info = dict(getattr(artifact, "info", {}) or {})
     blas = f", {info['blas_matmuls']} float matmuls via BLAS callback" if info.get("blas_matmuls") else ""
+    pool = ""
+    if runtime_threads is not None:
+        info["threads"] = runtime_threads
+        pool = f", {runtime_threads} runtime thread(s)"
     return _Runner(
         lambda: artifact.run(*ctx.inputs),
         lambda value: [np.asarray(v) for v in value],
-        f"TVM {_tvm_version()} {device}, {tuned}{blas}, Artifact.run ({copies})",
+        f"TVM {_tvm_version()} {device}, {tuned}{blas}{pool}, Artifact.run ({copies})",
         [artifact],
         info,
     )
@@ -580,7 +612,7 @@ def benchmark(
             if runner is not None:
                 prepared.append((result, runner))
             gc.collect()
-        _time_interleaved(prepared, config.repeats, say)
+        _time_interleaved(prepared, config.repeats, say, settle=threads > 1)
         for result in results:
             median = result.latency.get("median")
             result.gflops_per_s = flops / (median * 1e6) if median else None
@@ -632,14 +664,40 @@ def _prepare(
         result.rss_peak_bytes = sampler.stop()
 
 
-def _time_interleaved(prepared: list[tuple[TargetResult, _Runner]], repeats: int, say: Progress) -> None:
+QUIESCE_WINDOW_S = 0.005
+QUIESCE_MAX_S = 0.25
+
+
+def quiesce(window_s: float = QUIESCE_WINDOW_S, max_s: float = QUIESCE_MAX_S) -> float:
+    """Wait until this process's thread pools are idle: its CPU time over a `window_s` sleep
+    stays under 10% of the window (at most `max_s`); returns the seconds waited.
+
+    The runtimes' pools spin for a while after a call (PyTorch's OpenMP threads, ONNX Runtime's
+    intra-op threads, TVM's workers); a runtime timed right after another would share the cores
+    with those spinning threads.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        cpu = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - cpu < 0.1 * window_s:
+            break
+    return time.perf_counter() - start
+
+
+def _time_interleaved(
+    prepared: list[tuple[TargetResult, _Runner]], repeats: int, say: Progress, settle: bool = False
+) -> None:
     """Time every runner `repeats` times in rounds (one call of each per round), so that load
-    from other processes that comes and goes falls on all targets alike."""
+    from other processes that comes and goes falls on all targets alike. With `settle` (more
+    than one thread), each call starts once the previous runtime's pool has gone idle (`quiesce`)."""
     times: dict[str, list[float]] = {r.target: [] for r, _ in prepared}
     live = list(prepared)
     for i in range(repeats):
         say(f"timed round {i + 1}/{repeats}: {', '.join(r.target for r, _ in live)}")
         for result, runner in list(live):
+            if settle:
+                quiesce()
             try:
                 times[result.target].append(latency_ms(runner.call, warmup=0, repeats=1)["median"])
             except Exception as err:

@@ -49,6 +49,10 @@ class BackendError(OptkitError):
     """Lowering or running on a backend failed (unsupported op, missing toolchain, bad input)."""
 
 
+class ResourceError(OptkitError):
+    """A run would need more memory than the machine has; says how much and what to change."""
+
+
 class BudgetMissed(OptkitError):
     """A run finished and wrote its outputs, but missed a budget it was given (`--require`) or,
     for `optkit compare --fail-on-regression`, regressed. The CLI exits with code 3."""

@@ -61,6 +61,33 @@ def _check_keys(owner: str, data: Mapping[str, Any], known: Iterable[str]) -> No
         )
 
 
+def _table(owner: str, value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{owner} must be a table of keys, got {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _number(owner: str, value: Any, kind: type[int] | type[float]) -> Any:
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or (kind is int and not isinstance(value, int)):
+        raise ConfigError(f"{owner} must be {'an integer' if kind is int else 'a number'}, got {value!r:.60}")
+    return kind(value)
+
+
+def _string(owner: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{owner} must be a string, got {value!r:.60}")
+    return value
+
+
+def _items(owner: str, value: Any, kind: type[str] | type[float] = str) -> tuple[Any, ...]:
+    if not isinstance(value, list | tuple):
+        raise ConfigError(f"{owner} must be a list, got {value!r:.60}")
+    if kind is str:
+        return tuple(_string(f"{owner} entry", v) for v in value)
+    return tuple(_number(f"{owner} entry", v, float) for v in value)
+
+
 def null_value(spec: str, cond: torch.Tensor) -> torch.Tensor:
     """The null (unconditional) version of one conditioning tensor under `spec`."""
     if spec == "zeros":
@@ -133,14 +160,24 @@ class Diffusion:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Diffusion:
+        data = _table("diffusion", data)
         _check_keys("diffusion", data, ("sampler", "steps", "guidance_scale", "null_cond"))
         if "sampler" not in data:
             raise ConfigError("diffusion needs a `sampler` (ddim, dpm++2m, flow-euler, or a diffusers table)")
+        sampler = data["sampler"]
+        if not isinstance(sampler, str):
+            sampler = _table("diffusion.sampler", sampler)
+        try:
+            spec = SamplerSpec.from_dict(sampler)
+        except ConfigError:
+            raise
+        except (TypeError, ValueError) as err:  # a value of the wrong kind inside the table
+            raise ConfigError(f"diffusion.sampler: {err}") from err
         return cls(
-            SamplerSpec.from_dict(data["sampler"]),
-            int(data.get("steps", 20)),
-            float(data.get("guidance_scale", 1.0)),
-            tuple(data.get("null_cond", ())),
+            spec,
+            _number("diffusion.steps", data.get("steps", 20), int),
+            _number("diffusion.guidance_scale", data.get("guidance_scale", 1.0), float),
+            _items("diffusion.null_cond", data.get("null_cond", ())),
         )
 
 
@@ -208,18 +245,19 @@ class Calibration:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base: Path | None = None) -> Calibration:
         """From `to_dict` output or a TOML table; a relative `path` is taken from `base`."""
+        data = _table("calibration", data)
         _check_keys("calibration", data, ("source", "path", "mean", "std", "batches"))
-        source = str(data.get("source", "example"))
+        source = _string("calibration.source", data.get("source", "example"))
         if source == "memory":  # saved from Python: the tensors did not travel with the model
             return cls()
-        path = str(data.get("path", ""))
+        path = _string("calibration.path", data.get("path", ""))
         if path and base is not None and not Path(path).is_absolute():
             path = str(base / path)
         return cls(
             source,
             path,
-            tuple(float(v) for v in data.get("mean", (0.0,))),
-            tuple(float(v) for v in data.get("std", (1.0,))),
+            _items("calibration.mean", data.get("mean", (0.0,)), float),
+            _items("calibration.std", data.get("std", (1.0,)), float),
         )
 
 
@@ -254,13 +292,14 @@ class Workload:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], base: Path | None = None) -> Workload:
         """From `to_dict` output or a parsed TOML file, naming any unknown key or bad value."""
+        data = _table("workload", data)
         _check_keys("workload", data, ("inputs", "diffusion", "calibration", "metric"))
         diffusion = data.get("diffusion")
         return cls(
-            tuple(str(n) for n in data.get("inputs", ())),
+            _items("workload inputs", data.get("inputs", ())),
             Diffusion.from_dict(diffusion) if diffusion else None,
             Calibration.from_dict(data.get("calibration", {}), base),
-            str(data.get("metric", "")),
+            _string("metric", data.get("metric", "")),
         )
 
     @classmethod

@@ -6,4 +6,4 @@ Installed as `optkit.passes` (the top-level `passes/` folder, mapped in pyprojec
 from optkit.pipeline import register_pipeline
 
 # Named pipelines of the passes in this package. Later passes add theirs in their own files.
-register_pipeline("cleanup", ["fold-constants", "dce"])
+register_pipeline("cleanup", ["fold-constants", "fold-batchnorm", "dce"])

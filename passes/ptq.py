@@ -26,6 +26,12 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
   sensitive blocks (highest output SQNR when only they are at 4 bits) drop to 4 bits until the
   parameter-weighted average meets the budget.
 
+Inference BatchNorms are folded into the conv / Linear before them first (`fold-batchnorm`;
+`fold_batchnorm=false` keeps them), so that the quantized weights are the ones that run and no
+BatchNorm is left between a quantized conv and the next quantizer. With `abits=8`, the inputs of
+residual adds after quantized convs go on the int8 grid too (`quantize_residuals`,
+`optkit.quant.residuals`), so that a CNN's ONNX export is int8 from conv to conv.
+
 Run after `fold-constants`; follow with `dce`. The PassManager checks the output SQNR against
 `min_sqnr_db`; below it, the error names the layers that lose most and the options that help.
 """
@@ -38,6 +44,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+from optkit.passes.fold_batchnorm import fold_batchnorm
+
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
@@ -45,6 +53,7 @@ from optkit.quant.advice import sqnr_floor_hint, worst_layers
 from optkit.quant.calibration import calibration_batches
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.observers import ObserverKind
+from optkit.quant.residuals import quantize_residual_adds
 from optkit.quant.rewrite import (
     LayerPlan,
     collect_act_stats,
@@ -97,6 +106,8 @@ class PTQConfig(PassConfig):
     skip: tuple[str, ...] = ()
     min_sqnr_db: float = 10.0
     seed: int = 0
+    fold_batchnorm: bool = True
+    quantize_residuals: bool = True
 
     def __post_init__(self) -> None:
         if self.granularity == "group" and (self.group_size <= 0 or self.group_size % 8):
@@ -139,6 +150,7 @@ class PostTrainingQuantization(Pass):
 
     def run(self, program: Program) -> PassResult:
         cfg: PTQConfig = self.config  # type: ignore[assignment]
+        bn_folded = fold_batchnorm(program.graph_module) if cfg.fold_batchnorm else 0
         sites, skipped = find_sites(program, tuple(cfg.skip) + tuple(cfg.keep_float))
         if cfg.keep_input_layer and program.workload.diffusion is not None:
             inputs = {s.node.name for s in sites if reads_model_input(program, s)}
@@ -167,7 +179,7 @@ class PostTrainingQuantization(Pass):
             if cfg.abits == 8 or cfg.smoothquant
             else {}
         )
-        figures: dict[str, Figure] = {}
+        figures: dict[str, Figure] = {"batchnorms_folded": Figure(bn_folded, "layers")}
         weights = {}
         if cfg.smoothquant:
             smoothed = 0
@@ -206,6 +218,9 @@ class PostTrainingQuantization(Pass):
             float_bytes += site.weight.numel() * 4
             program.annotations.precision[site.path] = plan.label()
         program.graph_module.recompile()
+        if cfg.abits == 8 and cfg.quantize_residuals:
+            residuals = quantize_residual_adds(program, batches, cfg.observer_kind(), cfg.percentile)
+            figures["int8_edges_added"] = Figure(residuals, "tensors")
         figures.update(
             {
                 "layers_quantized": Figure(len(sites), "layers"),

@@ -96,7 +96,7 @@ def test_unknown_pass_lists_known_ones():
 
 
 def test_pipelines_expand():
-    assert expand(["cleanup", "dce"]) == ["fold-constants", "dce", "dce"]
+    assert expand(["cleanup", "dce"]) == ["fold-constants", "fold-batchnorm", "dce", "dce"]
 
 
 def test_config_from_dict_checks_keys_and_values():
@@ -120,8 +120,9 @@ def test_manager_records_and_checks(conv_program):
     result = PassManager(
         build_passes(["test-scale-weights", "cleanup"], {"test-scale-weights": {"factor": 1.0}})
     ).run(conv_program)
-    assert [r.name for r in result.records] == ["test-scale-weights", "fold-constants", "dce"]
-    assert result.program.annotations.history == ["test-scale-weights", "fold-constants", "dce"]
+    names = ["test-scale-weights", "fold-constants", "fold-batchnorm", "dce"]
+    assert [r.name for r in result.records] == names
+    assert result.program.annotations.history == names
     assert all(r.check["max_abs_error"] == 0.0 for r in result.records)
 
 

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     "--threads",
     default=None,
     type=int,
-    help="PyTorch, ONNX Runtime and TVM CPU threads [default: torch's setting].",
+    help="PyTorch, ONNX Runtime and TVM runtime threads, each set to exactly this [default: torch's setting].",
 )
 @click.option("--tune-trials", default=0, show_default=True, type=int, help="TVM tuning trials (0: untuned).")
 @options.output
@@ -135,6 +135,9 @@ def _print_table(result: BenchResult) -> None:
     for r in result.targets:
         if r.status != "ok":
             console.print(f"[red]{r.target} {r.status}[/red]: {r.reason}", highlight=False)
+        ran = r.info.get("threads")
+        if ran is not None and ran != result.threads:
+            console.print(f"[red]{r.target} ran {ran} thread(s), not {result.threads}[/red]", highlight=False)
 
 
 def _fmt(value: float | None) -> str:

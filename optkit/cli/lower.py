@@ -16,7 +16,13 @@ from optkit.errors import ConfigError
 
 @click.command()
 @click.argument("model")
-@click.option("--target", default="cpu", show_default=True, help="cpu (LLVM, host CPU) or cuda (needs nvcc).")
+@click.option(
+    "--target",
+    default="cpu",
+    show_default=True,
+    help="cpu (LLVM, host CPU), cuda (needs nvcc) or pim:PRESET (simulated PIM: hbm-pim, aim, upmem, recnmp "
+    "or a preset .toml; the host part is compiled by TVM).",
+)
 @click.option(
     "--tune-trials",
     default=0,
@@ -66,13 +72,16 @@ def lower(
     MODEL is zoo:NAME[:size], a .pt2 file, pkg.module:factory, or a pickled .pt (--trust-pickle).
     """
     from optkit.backends import lower as lower_program
+    from optkit.backends.pim.artifact import parse_target
     from optkit.backends.targets import resolve_target
     from optkit.cli.main import _steps
     from optkit.native_output import native_stderr_to_file, write_log
     from optkit.refs import load_program_ref
     from optkit.workload import Workload
 
-    resolve_target(target)  # fail on a bad target or missing nvcc before loading the model
+    pim_preset = parse_target(target)  # fail on a bad target, preset or missing nvcc before loading
+    if pim_preset is None:
+        resolve_target(target)
     workload = Workload.from_toml(workload_path) if workload_path is not None else None
     if output.exists() and any(output.iterdir()) and not overwrite:
         raise ConfigError(
@@ -82,7 +91,14 @@ def lower(
         step("load model")
         program = load_program_ref(model, trust_pickle=trust_pickle, workload=workload)
         # TVM's C++ warnings go to OUTPUT/native.log, not the terminal (--debug shows them).
-        quiet_native = native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])
+        quiet_native: AbstractContextManager[list[str]] = (
+            native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])
+        )
+        if pim_preset is not None:
+            with quiet_native as native_lines:
+                _lower_pim(ctx, program, target, output, overwrite, step)
+            write_log(native_lines, output / "native.log")
+            return
         with quiet_native as native_lines:
             artifact = lower_program(
                 program,
@@ -109,6 +125,44 @@ def lower(
         click.echo(f"  output {spec.name}: {list(spec.shape)} {spec.dtype}")
 
 
+def _lower_pim(
+    ctx: click.Context, program: Any, target: str, output: Path, overwrite: bool, step: Any
+) -> None:
+    from optkit.backends.pim.artifact import lower_pim
+    from optkit.backends.pim.plots import gantt_png, trace_markdown
+
+    artifact = lower_pim(program, target.split(":", 1)[1], progress=step)
+    step("save")
+    artifact.save(output, overwrite=overwrite)
+    _, trace, _ = artifact.run()
+    gantt_png(trace, output / "gantt.png", title=f"{program.name} on {artifact.preset.name} (modeled)")
+    (output / "trace.md").write_text(trace_markdown(trace))
+    evals = artifact.program.annotations.figures.get("pim", {}).get("evaluations", {})
+    summary = {
+        "output": str(output),
+        "preset": artifact.preset.name,
+        "segments": ["pim" if s else "host" for s in artifact.sides],
+        "modeled": evals,
+        "lowering_seconds": artifact.lowering_seconds,
+    }
+    if ctx.obj["json"]:
+        click.echo(json.dumps(summary, indent=2, default=str))
+        return
+    pim_ops = sum(1 for v in artifact.program.annotations.partition.values() if v)
+    click.echo(
+        f"lowered {program.name} for pim:{artifact.preset.name} -> {output}/ "
+        f"({len(artifact.sides)} segments, {pim_ops} ops on PIM)"
+    )
+    host, chosen = evals.get("host", {}), evals.get("chosen", {})
+    if host and chosen:
+        click.echo(
+            f"  modeled latency {chosen['latency_us']:.1f} us vs host only {host['latency_us']:.1f} us "
+            f"({host['latency_us'] / chosen['latency_us']:.2f}x); energy {chosen['energy_uj']:.1f} uJ vs "
+            f"{host['energy_uj']:.1f} uJ (one-shot model estimates)"
+        )
+    click.echo(f"  per-op trace: {output}/trace.md, Gantt chart: {output}/gantt.png")
+
+
 @click.command(name="run")
 @click.argument("artifact_dir", type=click.Path(path_type=Path))
 @click.option(
@@ -129,8 +183,14 @@ def run(ctx: click.Context, artifact_dir: Path, inputs_path: Path, output: Path 
     from optkit.backends import load_artifact
     from optkit.fsutil import atomic_file
 
+    held = _read_npz(inputs_path)  # a bad inputs file fails before the library is loaded
+    from optkit.backends.pim.artifact import is_pim_artifact
+
+    if is_pim_artifact(artifact_dir):
+        _run_pim(ctx, artifact_dir, inputs_path, held, output)
+        return
     artifact = load_artifact(artifact_dir)
-    arrays = _read_inputs(inputs_path, [s.name for s in artifact.inputs])
+    arrays = _pick_inputs(inputs_path, held, [s.name for s in artifact.inputs])
     outputs = artifact.run(*arrays)
     if output is not None:
         with atomic_file(output.with_suffix(".npz")) as tmp, tmp.open("wb") as fh:
@@ -153,16 +213,56 @@ def run(ctx: click.Context, artifact_dir: Path, inputs_path: Path, output: Path 
         click.echo(f"wrote {summary['written']}")
 
 
-def _read_inputs(path: Path, names: list[str]) -> list[Any]:
+def _run_pim(
+    ctx: click.Context, artifact_dir: Path, inputs_path: Path, held: dict[str, Any], output: Path | None
+) -> None:
+    import numpy as np
+
+    from optkit.backends.pim.artifact import load_pim_artifact
+    from optkit.fsutil import atomic_file
+
+    artifact = load_pim_artifact(artifact_dir)
+    arrays = _pick_inputs(inputs_path, held, artifact.program.input_names())
+    outputs, trace, host_seconds = artifact.run(*arrays)
+    if output is not None:
+        with atomic_file(output.with_suffix(".npz")) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **{f"output_{i}": o for i, o in enumerate(outputs)})
+    summary: dict[str, Any] = {
+        "artifact": str(artifact_dir),
+        "target": f"pim:{artifact.preset.name}",
+        "outputs": [{"shape": list(o.shape), "dtype": str(o.dtype)} for o in outputs],
+        "modeled_latency_us": trace.latency_us,
+        "modeled_energy_uj": trace.energy_uj,
+        "modeled_bytes_moved": trace.bytes_moved,
+        "measured_host_ms": host_seconds * 1e3,
+        **({"written": str(output.with_suffix(".npz"))} if output is not None else {}),
+    }
+    if ctx.obj["json"]:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    for i, item in enumerate(summary["outputs"]):
+        click.echo(f"output_{i}: {item['shape']} {item['dtype']}")
+    click.echo(
+        f"pim:{artifact.preset.name}: modeled {trace.latency_us:.1f} us, {trace.energy_uj:.1f} uJ, "
+        f"{trace.bytes_moved} bytes host<->PIM; measured host segments {host_seconds * 1e3:.2f} ms (one run)"
+    )
+    if output is not None:
+        click.echo(f"wrote {summary['written']}")
+
+
+def _read_npz(path: Path) -> dict[str, Any]:
     import numpy as np
 
     if not path.is_file():
         raise ConfigError(f"inputs file {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise ConfigError(f"{path} is not a readable .npz file: {err}") from err
+
+
+def _pick_inputs(path: Path, arrays: dict[str, Any], names: list[str]) -> list[Any]:
     if set(names) <= set(arrays):
         return [arrays[n] for n in names]
     ordered = [f"arr_{i}" for i in range(len(names))]

@@ -83,12 +83,18 @@ def train(
     output = output or Path(f"{name}_{size}.safetensors")
     if output.suffix != ".safetensors":
         raise ConfigError(f"checkpoint must be a .safetensors file, got {output.name!r}")
-    settings = dataclasses.replace(entry.train_defaults, seed=seed)
     given = {"steps": steps, "batch_size": batch_size, "lr": lr}
     overrides = {k: v for k, v in given.items() if v is not None}
     if any(v <= 0 for v in overrides.values()):
         raise ConfigError(f"steps, batch size and learning rate must be positive, got {overrides}")
-    settings = dataclasses.replace(settings, **overrides)
+    defaults = entry.train_defaults
+    settings = dataclasses.replace(
+        defaults,
+        seed=seed,
+        steps=defaults.steps if steps is None else steps,
+        batch_size=defaults.batch_size if batch_size is None else batch_size,
+        lr=defaults.lr if lr is None else lr,
+    )
     model = entry.create(size, pretrained=False)
     with Progress(
         TextColumn(f"train {name}:{size}"),
@@ -108,11 +114,9 @@ def train(
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     with atomic_file(output) as tmp:
         save_file(state, str(tmp), metadata={"model": name, "size": size, "seed": str(seed)})
-    figures = {**figures, "checkpoint": str(output)}
+    shown: dict[str, object] = {**figures, "checkpoint": str(output)}
     click.echo(
-        json.dumps(figures, indent=2)
-        if ctx.obj["json"]
-        else "\n".join(f"{k}: {v}" for k, v in figures.items())
+        json.dumps(shown, indent=2) if ctx.obj["json"] else "\n".join(f"{k}: {v}" for k, v in shown.items())
     )
 
 

@@ -140,15 +140,16 @@ def node_flops(node: fx.Node) -> int:
             return 0
         return 2 * _numel(x[0].shape) * _numel(w[0].shape[1:])
     if name in ("scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu"):
-        q, k, v = (_val(a) for a in args[:3])
-        if not (q and k and v):
+        q, key, v = (_val(a) for a in args[:3])
+        if not (q and key and v):
             return 0
         lq, e = int(q[0].shape[-2]), int(q[0].shape[-1])
-        lk, ev = int(k[0].shape[-2]), int(v[0].shape[-1])
+        lk, ev = int(key[0].shape[-2]), int(v[0].shape[-1])
         batch = _numel(q[0].shape[:-2])
         return batch * (2 * lq * lk * e + 2 * lq * lk * ev + 5 * lq * lk)
     if name == "einsum":
-        return _einsum_flops(str(args[0]), [t for a in args[1] for t in _val(a)], out)
+        operands = args[1] if isinstance(args[1], (list, tuple)) else ()
+        return _einsum_flops(str(args[0]), [t for a in operands for t in _val(a)], out)
     if name in ("embedding", "embedding_bag", "_embedding_bag"):
         return _numel(out.shape)
     return _PER_ELEMENT.get(name, 0) * _numel(out.shape)

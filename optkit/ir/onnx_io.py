@@ -168,6 +168,10 @@ class OnnxModel:
             model = onnx.shape_inference.infer_shapes(model)
         except Exception as err:
             raise ArtifactError(f"{path} is not a readable ONNX model: {err}") from err
+        if not model.graph.node or not model.graph.output:
+            raise ArtifactError(
+                f"{path} holds no ONNX graph (no nodes or no outputs): empty or not an ONNX file"
+            )
         return cls(path, model)
 
     @property

@@ -60,11 +60,37 @@ class Annotations:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Annotations:
+        """From `to_dict` output; `ConfigError` names a key or value of the wrong kind."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"annotations must be a JSON object, got {type(data).__name__}")
         known = {"precision", "cache_schedule", "partition", "figures", "history"}
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown annotation keys {sorted(unknown)}; allowed: {sorted(known)}")
+        for key, value in data.items():
+            if not _ANNOTATION_CHECKS[key](value):
+                raise ConfigError(f"annotation {key!r} must be {_ANNOTATION_KINDS[key]}, got {value!r:.80}")
         return cls(**{k: copy.deepcopy(v) for k, v in data.items()})
+
+
+def _dict_of(check: Any) -> Any:
+    return lambda v: isinstance(v, dict) and all(isinstance(k, str) and check(x) for k, x in v.items())
+
+
+_ANNOTATION_CHECKS = {
+    "precision": _dict_of(lambda x: isinstance(x, str)),
+    "cache_schedule": _dict_of(lambda x: isinstance(x, list) and all(isinstance(b, int) for b in x)),
+    "partition": _dict_of(lambda x: isinstance(x, int) and not isinstance(x, bool)),
+    "figures": lambda v: isinstance(v, dict),
+    "history": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+}
+_ANNOTATION_KINDS = {
+    "precision": "an object of module path -> precision label",
+    "cache_schedule": "an object of block path -> list of true/false per step",
+    "partition": "an object of module path -> integer",
+    "figures": "an object",
+    "history": "a list of pass names",
+}
 
 
 @dataclass(frozen=True)
@@ -273,7 +299,7 @@ class Program:
 
     def parameters(self) -> dict[str, torch.Tensor]:
         """Named parameters and buffers of the graph module."""
-        named = dict(self.graph_module.named_parameters())
+        named: dict[str, torch.Tensor] = dict(self.graph_module.named_parameters())
         named.update(dict(self.graph_module.named_buffers()))
         return named
 

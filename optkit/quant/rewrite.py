@@ -163,7 +163,7 @@ def quantize_site(
             "w_scale": qw.scale.reshape(-1).float(),
             "w_zero": torch.zeros(w_q.shape[1], dtype=torch.int8),
             "w_colsum": w_q.sum(0, dtype=torch.int32),
-            "bias": bias,
+            "bias": on_accumulator_grid(bias, x_scale, qw.scale.reshape(-1).float()),
         }
         new = replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
         return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + qw.scale.numel() * 4
@@ -185,6 +185,17 @@ def quantize_site(
     )
     stored = sum(t.numel() * t.element_size() for t in buffers.values())
     return 0 if reads_tied_buffer(new, site, "w_packed") else stored
+
+
+def on_accumulator_grid(bias: torch.Tensor, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """`bias` rounded to the int32 accumulator's grid (`x_scale * w_scale` per output channel).
+
+    The ONNX export stores the bias of int8 layers as int32 on that grid, the form ONNX Runtime
+    fuses into QLinearConv / QGemm; rounding it here as well keeps the Program's outputs equal
+    to the export's (a shift of 1e-5 flipped a downstream rounding by one int8 step otherwise).
+    """
+    step = (x_scale * w_scale).double()
+    return (torch.round(bias.double() / step) * step).to(bias.dtype)
 
 
 def act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -223,7 +234,7 @@ def _quantize_conv(program: Program, site: QuantSite, stats: ActStats | None, bi
         "w_q": w_q,
         "w_scale": w_scale.float(),
         "w_zero": torch.zeros(w.shape[0], dtype=torch.int8),
-        "bias": bias,
+        "bias": on_accumulator_grid(bias, x_scale, w_scale.float()),
     }
     extra = (conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
     new = replace_site(program, site, torch.ops.optkit.conv2d_w8a8.default, tensors, extra)

@@ -268,7 +268,8 @@ class DiT(nn.Module):
                 nn.init.zeros_(module.bias)
         w = self.x_embedder.weight
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.bias)
+        if self.x_embedder.bias is not None:
+            nn.init.zeros_(self.x_embedder.bias)
         nn.init.normal_(self.y_embedder.table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.fc1.weight, std=0.02)
         nn.init.normal_(self.t_embedder.fc2.weight, std=0.02)

@@ -72,9 +72,9 @@ def test_optimize_writes_model_onnx_report_and_plot(user_models):
     assert report["figures"]["onnx_max_abs_error"]["value"] < 1e-5
     assert report["figures"]["flops_after"]["unit"] == "FLOPs"
     passes = next(t for t in report["tables"] if t["title"] == "Passes")
-    assert [r[0] for r in passes["rows"]] == ["fold-constants", "dce"]
+    assert [r[0] for r in passes["rows"]] == ["fold-constants", "fold-batchnorm", "dce"]
     program = load_program(out / "model.pt2")
-    assert program.annotations.history == ["fold-constants", "dce"]
+    assert program.annotations.history == ["fold-constants", "fold-batchnorm", "dce"]
     assert "sin" not in program.op_counts()
     shown = run("report", str(out))
     assert shown.exit_code == 0 and "Latency on the example inputs" in shown.output
@@ -113,9 +113,9 @@ def test_analyze_prints_block_table_and_writes_plot(user_models):
 def test_passes_lists_options_and_pipelines():
     result = run("passes")
     assert "fold-constants:" in result.output and "max_growth = 2.0" in result.output
-    assert "pipeline cleanup: fold-constants, dce" in result.output
+    assert "pipeline cleanup: fold-constants, fold-batchnorm, dce" in result.output
     data = json.loads(run("--json", "passes").output)
-    assert data["pipelines"]["cleanup"] == ["fold-constants", "dce"]
+    assert data["pipelines"]["cleanup"] == ["fold-constants", "fold-batchnorm", "dce"]
 
 
 def test_zoo_list_runs():

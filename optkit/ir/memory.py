@@ -1,0 +1,126 @@
+"""Memory a Program needs to run, estimated from its graph before anything runs.
+
+`estimate_memory` reads the shapes torch.export recorded on every node: weight bytes, the bytes
+of the example inputs, and the peak of the activations alive at once when the nodes run in graph
+order (a value is freed after its last user; views allocate nothing). `check_memory` refuses a
+run that cannot fit in the machine's available memory with `ResourceError`, instead of letting the
+operating system kill the process half-way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import fx
+
+from optkit.errors import ResourceError
+from optkit.ir.program import Program
+
+# Ops whose output shares its input's storage: they allocate nothing.
+VIEW_OPS = frozenset(
+    {
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "transpose",
+        "permute",
+        "expand",
+        "slice",
+        "select",
+        "squeeze",
+        "unsqueeze",
+        "getitem",
+        "t",
+        "alias",
+        "as_strided",
+        "detach",
+        "unflatten",
+        "flatten",
+        "split",
+        "chunk",
+        "unbind",
+        "narrow",
+    }
+)
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes a Program needs: weights, example inputs, and peak live activations of one call."""
+
+    weight_bytes: int
+    input_bytes: int
+    peak_activation_bytes: int
+
+    @property
+    def run_bytes(self) -> int:
+        """What one forward call allocates beyond the weights already in memory."""
+        return self.input_bytes + self.peak_activation_bytes
+
+
+def _tensor_bytes(value: object) -> int:
+    leaves, _ = torch.utils._pytree.tree_flatten(value)
+    return sum(t.numel() * t.element_size() for t in leaves if isinstance(t, torch.Tensor))
+
+
+def _allocates(node: fx.Node) -> bool:
+    name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+    return name not in VIEW_OPS
+
+
+def estimate_memory(program: Program) -> MemoryEstimate:
+    """Estimate the memory of one forward call of `program` from the shapes recorded on its
+    graph; nodes without recorded shapes count as zero."""
+    gm = program.graph_module
+    seen: set[int] = set()
+    weights = 0
+    for t in [*gm.parameters(), *gm.buffers()]:
+        if id(t) not in seen:
+            seen.add(id(t))
+            weights += t.numel() * t.element_size()
+    inputs = _tensor_bytes(program.example_inputs)
+    nodes = list(gm.graph.nodes)
+    last_use = {n: i for i, node in enumerate(nodes) for n in node.all_input_nodes}
+    live: dict[fx.Node, int] = {}
+    current = peak = 0
+    for i, node in enumerate(nodes):
+        if node.op == "call_function" and _allocates(node):
+            size = _tensor_bytes(node.meta.get("val"))
+            live[node] = size
+            current += size
+            peak = max(peak, current)
+        for arg in node.all_input_nodes:
+            if last_use.get(arg) == i and arg in live:
+                current -= live.pop(arg)
+    return MemoryEstimate(weights, inputs, peak)
+
+
+def available_memory() -> int:
+    """Bytes of memory the machine can still give a process (psutil's `available`)."""
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def check_memory(
+    program: Program, *, copies: int = 1, available_bytes: int | None = None, what: str = "run"
+) -> MemoryEstimate:
+    """Raise `ResourceError` unless `copies` extra copies of the weights (passes clone the
+    Program they rewrite) plus one forward call fit in `available_bytes` (the machine's
+    available memory by default); returns the estimate."""
+    estimate = estimate_memory(program)
+    need = copies * estimate.weight_bytes + estimate.run_bytes
+    have = available_memory() if available_bytes is None else available_bytes
+    if need > have:
+        raise ResourceError(
+            f"cannot {what} {program.name}: it needs about {_gib(need)} (weights {_gib(estimate.weight_bytes)} "
+            f"x {copies} copies, peak activations {_gib(estimate.peak_activation_bytes)} and inputs "
+            f"{_gib(estimate.input_bytes)} for the example batch) but {_gib(have)} of memory is "
+            "available; use a smaller batch or input size, or a machine with more memory"
+        )
+    return estimate
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**27 else f"{n / 2**20:.1f} MiB"
