@@ -1,0 +1,206 @@
+"""Model families users bring (random weights), float and W8A8, on every CPU runtime.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_families.py [--families mobilenet_v2 resnet18 vit_tiny] \
+        [--batch 8] [--image 112] [--repeats 15] [--threads 1]
+
+For each family of `families.py`: capture, `cleanup` (constant folding, BatchNorm folding,
+dce), then `ptq` (W8A8, per-channel weights, calibrated on the example batch) and `dce`. Rows:
+eager (the cleaned float Program), ONNX Runtime on its float export, TVM float (default path,
+untuned), eager W8A8, optkit's W8A8 ONNX in ONNX Runtime, ONNX Runtime's own `quantize_static`
+QDQ model of the float export (per-channel int8 weights, uint8 activations, calibrated on the
+same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it lowers. Every
+runtime gets `--threads` threads (TVM's runtime pool too) and all rows of a family are timed
+in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median). Writes
+docs/benchmarks.md (section bench_families) with the goals of issue 17 checked.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import peers  # noqa: E402
+from _docs import cpu_name, write_section  # noqa: E402
+from families import FAMILIES, family  # noqa: E402
+
+from optkit.ir.capture import capture  # noqa: E402
+from optkit.ir.onnx_io import export_onnx, flat_outputs, onnx_session  # noqa: E402
+from optkit.pipeline import PassManager, build_passes  # noqa: E402
+from optkit.report import Table  # noqa: E402
+from optkit.timing import interleaved_latency_ms  # noqa: E402
+
+ROWS = (
+    "eager",
+    "ORT",
+    "TVM",
+    "eager W8A8",
+    "optkit W8A8 ONNX (ORT)",
+    "ORT quantize_static QDQ (ORT)",
+    "TVM W8A8",
+)
+
+
+def _numpy(value: Any) -> np.ndarray:
+    if isinstance(value, (list, tuple)):
+        value = value[0]
+    return value.detach().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
+    noise = float(((ref.astype(np.float64) - got) ** 2).sum())
+    return math.inf if noise == 0 else 10 * math.log10(float((ref.astype(np.float64) ** 2).sum()) / noise)
+
+
+def _ort(path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+    session = onnx_session(path, threads)
+    feeds = {session.get_inputs()[0].name: x.numpy()}
+    return lambda: session.run(None, feeds)
+
+
+def _batchnorms(path: Path) -> int:
+    import onnx
+
+    return sum(n.op_type == "BatchNormalization" for n in onnx.load(str(path)).graph.node)
+
+
+def _tvm(program, threads: int, notes: list[str], label: str) -> Callable[[], Any] | None:
+    from optkit.backends import lower
+
+    try:
+        artifact = lower(program, "cpu", num_cores=threads)
+    except Exception as err:  # report, keep measuring the other rows
+        notes.append(f"{label}: TVM did not lower: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+        return None
+    x = program.example_inputs
+    return lambda: artifact.run(*x)
+
+
+def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) -> list[Any]:
+    from optkit.backends.threads import set_runtime_threads
+
+    model, x = family(name, args.batch, args.image)
+    program = PassManager(build_passes(["cleanup"])).run(capture(model, (x,), name=name)).program
+    int8 = PassManager(build_passes(["ptq", "dce"])).run(program).program
+    float_onnx, int8_onnx, qdq_onnx = (
+        tmp / f"{name}.onnx",
+        tmp / f"{name}-w8a8.onnx",
+        tmp / f"{name}-qdq.onnx",
+    )
+    export_onnx(program, float_onnx, check=False)
+    export_onnx(int8, int8_onnx, check=False)
+    peers.ort_quantize_static(float_onnx, [(x,)], qdq_onnx)
+    set_runtime_threads(args.threads)
+    fns: dict[str, Callable[[], Any] | None] = {
+        "eager": lambda: program.graph_module(x),
+        "ORT": _ort(float_onnx, x, args.threads),
+        "TVM": _tvm(program, args.threads, notes, name),
+        "eager W8A8": lambda: int8.graph_module(x),
+        "optkit W8A8 ONNX (ORT)": _ort(int8_onnx, x, args.threads),
+        "ORT quantize_static QDQ (ORT)": _ort(qdq_onnx, x, args.threads),
+        "TVM W8A8": _tvm(int8, args.threads, notes, f"{name} W8A8"),
+    }
+    live = {k: f for k, f in fns.items() if f is not None}
+    with torch.no_grad():
+        reference = _numpy(flat_outputs(program.run()))
+        quality = {k: _sqnr_db(reference, _numpy(f())) for k, f in live.items()}
+        lat = interleaved_latency_ms(live, warmup=args.warmup, repeats=args.repeats)
+    ms = {k: lat[k]["median"] if k in lat else float("nan") for k in ROWS}
+    ort, qdq = ms["ORT"], ms["ORT quantize_static QDQ (ORT)"]
+    print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), flush=True)
+    notes.append(
+        f"{name}: BatchNormalization nodes in optkit's W8A8 ONNX: {_batchnorms(int8_onnx)}; "
+        f"output SQNR against float eager (dB): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in quality.items() if k not in ("eager",))
+    )
+    return [
+        name,
+        *(ms[k] for k in ROWS),
+        ms["TVM"] / ort,
+        ms["optkit W8A8 ONNX (ORT)"] / qdq,
+        ms["TVM W8A8"] / qdq,
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--image", type=int, default=112)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    rows: list[list[Any]] = []
+    notes: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="optkit-families-") as tmp:
+        for name in args.families:
+            rows.append(measure(name, args, Path(tmp), notes))
+    columns = ["family", *ROWS, "TVM / ORT", "optkit W8A8 / ORT QDQ", "TVM W8A8 / ORT QDQ"]
+    units = {c: "ms" for c in ROWS} | {c: "x" for c in columns[-3:]}
+    table = Table(
+        f"Latency per call (median of {args.repeats} interleaved rounds after {args.warmup} warm-up, "
+        f"{args.threads} thread(s), batch {args.batch}, {args.image} x {args.image})",
+        columns,
+        rows,
+        units,
+    )
+    goals = []
+    for row in rows:
+        tvm_ort, w8_qdq = row[-3], row[-2]
+        goals.append(
+            f"- {row[0]}: TVM float {'meets' if tvm_ort <= 1 else 'misses'} the goal TVM <= ORT "
+            f"({tvm_ort:.2f}x); optkit W8A8 ONNX {'meets' if w8_qdq <= 1 else 'misses'} the goal "
+            f"<= ORT's quantize_static QDQ ({w8_qdq:.2f}x)."
+        )
+    import onnxruntime
+    import tvm
+
+    command = "OMP_NUM_THREADS=1 python benchmarks/bench_families.py " + " ".join(sys.argv[1:])
+    markdown = "\n".join(
+        [
+            f"`{command.strip()}` on {cpu_name()} ({len(os.sched_getaffinity(0))} CPU(s) for the process; "
+            "a shared machine, so compare ratios within a row), "
+            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, TVM {tvm.__version__}, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime())}. Families from `benchmarks/families.py` with "
+            "random weights and BatchNorm statistics (latency does not depend on them). Float rows "
+            "run the `cleanup` Program (BatchNorms folded into the convs); W8A8 rows the `ptq` "
+            "Program (BatchNorms folded first, per-channel int8 weights, activations calibrated on "
+            "the example batch). Ratios: latency / latency (> 1: the first is slower).",
+            "",
+            table.to_markdown(),
+            "",
+            "Goals of issue 17 (1 thread):",
+            *goals,
+            "",
+            *(f"- {n}" for n in notes),
+            "",
+            "What the TVM float rows still lose, from per-kernel timing of the MobileNetV2 row in "
+            "this run's setting (VM instrument, 1 thread): the NHWC packed convs tile one image row "
+            "at a time, so 14- and 7-pixel rows get 2- or 1-row register tiles (fusing pixel loops to "
+            "fill the 8-row tile gave wrong results with TVM 0.27's schedule primitives and is not "
+            "done); the 3 x 3 dense convs of ResNet read their padding from a separate pad kernel; "
+            "ViT's attention matmuls are not packed. TVM W8A8 keeps NCHW int8 convs (VNNI im2col "
+            "kernels) and the depthwise int8 convs run TVM's generic grouped conv.",
+        ]
+    )
+    print(markdown)
+    if not args.no_docs:
+        write_section("bench_families", markdown)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""Model families users bring, written here with random weights (latency does not depend on them).
+
+- `mobilenet_v2`: MobileNetV2 (Sandler et al. 2018, Table 2): a 3x3 stem, 17 inverted residual
+  blocks (1x1 expand, 3x3 depthwise, 1x1 project; BatchNorm after every conv, ReLU6), a 1x1 conv
+  to 1280 channels, global average pool, classifier. 52 BatchNorms. Deviation: `width` scales
+  the channels (1.0 = the paper's).
+- `resnet18`: ResNet-18 (He et al. 2016): 7x7 stem, max pool, four stages of two basic blocks
+  (3x3 conv-BN-ReLU twice, 1x1 conv-BN shortcut where the shape changes).
+- `vit_tiny`: a ViT-Ti/16-style encoder (Dosovitskiy et al. 2021; DeiT-Ti sizes: dim 192,
+  3 heads, MLP 768): patch embedding conv, class token, learned positions, pre-norm blocks.
+  Deviation: `depth` defaults to 6 (the paper's 12) to keep the benchmark short.
+
+BatchNorm running statistics are randomized so that folding them is not a no-op.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _conv_bn(
+    cin: int, cout: int, k: int, stride: int = 1, groups: int = 1, act: bool = True
+) -> nn.Sequential:
+    layers: list[nn.Module] = [
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+    ]
+    if act:
+        layers.append(nn.ReLU6(inplace=False))
+    return nn.Sequential(*layers)
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand (skipped at ratio 1) -> 3x3 depthwise -> 1x1 linear projection (+ skip)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
+        super().__init__()
+        hidden = cin * expand
+        layers = [_conv_bn(cin, hidden, 1)] if expand != 1 else []
+        layers += [_conv_bn(hidden, hidden, 3, stride, groups=hidden), _conv_bn(hidden, cout, 1, act=False)]
+        self.body = nn.Sequential(*layers)
+        self.skip = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)  # (B, cout, H / stride, W / stride)
+        return x + y if self.skip else y
+
+
+class MobileNetV2(nn.Module):
+    # (expansion t, channels c, repeats n, first stride s), the paper's Table 2
+    SETTINGS = (
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    )
+
+    def __init__(self, width: float = 1.0, classes: int = 1000) -> None:
+        super().__init__()
+
+        def ch(c: int) -> int:
+            return max(8, int(c * width + 4) // 8 * 8)
+
+        cin = ch(32)
+        layers: list[nn.Module] = [_conv_bn(3, cin, 3, 2)]
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(InvertedResidual(cin, ch(c), s if i == 0 else 1, t))
+                cin = ch(c)
+        layers.append(_conv_bn(cin, 1280, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(1280, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)  # (B, 1280, H / 32, W / 32)
+        return self.classifier(x.mean(dim=(2, 3)))
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(cin, cout, 3, stride)
+        self.conv2 = _conv_bn(cout, cout, 3, act=False)
+        self.shortcut = (
+            _conv_bn(cin, cout, 1, stride, act=False) if stride != 1 or cin != cout else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, classes: int = 1000) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+        )
+        blocks, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            blocks += [BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))  # (B, 512, H / 32, W / 32)
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class ViTBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp: int) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, mlp), nn.GELU(), nn.Linear(mlp, dim))
+        self.heads = heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = nn.functional.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d / heads)
+        x = x + self.proj(att.transpose(1, 2).reshape(b, t, d))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    def __init__(
+        self,
+        image: int = 224,
+        patch: int = 16,
+        dim: int = 192,
+        depth: int = 6,
+        heads: int = 3,
+        mlp: int = 768,
+        classes: int = 1000,
+    ) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, patch, patch)
+        self.cls = nn.Parameter(0.02 * torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(0.02 * torch.randn(1, (image // patch) ** 2 + 1, dim))
+        self.blocks = nn.Sequential(*(ViTBlock(dim, heads, mlp) for _ in range(depth)))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.patch(x).flatten(2).transpose(1, 2)  # (B, T, D)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random running statistics and affine parameters for every BatchNorm; eval mode."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(0.1 * torch.randn(n, generator=gen))
+            m.running_var.copy_(0.5 + torch.rand(n, generator=gen))
+            m.weight.data.copy_(0.5 + 0.5 * torch.rand(n, generator=gen))
+            m.bias.data.copy_(0.1 * torch.randn(n, generator=gen))
+    return model.eval()
+
+
+def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
+    """(model in eval mode, example input) of family `name` at `batch` x 3 x `image` x `image`."""
+    torch.manual_seed(seed)
+    builders = {"mobilenet_v2": MobileNetV2, "resnet18": ResNet18, "vit_tiny": lambda: ViT(image=image)}
+    if name not in builders:
+        raise KeyError(f"unknown family {name!r}; known: {', '.join(builders)}")
+    model = randomize_batchnorm(builders[name](), seed)
+    return model, torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(seed))
+
+
+FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny")
