@@ -2,7 +2,7 @@
 
 | schedule | CPU (llvm) | CUDA |
 |---|---|---|
-| `default` | constant weights packed into panels (`packing.py`), fast math (`fast_math.py`), DLight's CPU GEMV rule + optkit's rules (`cpu_schedules.py`: row reductions, matmul-like kernels, elementwise) + DLight's CPU Reduction as a fallback; a self-contained library | DLight GPU rules: Matmul, GEMV, Reduction, GeneralReduction, Fallback |
+| `default` | constant weights packed into panels (`packing.py`), fast math (`fast_math.py`), optkit's rules (`cpu_schedules.py`: DLight's GEMV with bounded tiles, row reductions, matmul-like kernels, elementwise) + DLight's CPU Reduction as a fallback; a self-contained library | DLight GPU rules: Matmul, GEMV, Reduction, GeneralReduction, Fallback |
 | `blas` | like `default`, and the float32 matmuls left after packing (activation x activation, as in attention) call numpy's BLAS (`blas.py`) | same as `default` |
 | `naive` | `tvm.compile`'s own pipeline: untuned loop nests (for comparison only) | same as `default` (GPU code needs thread bindings) |
 
@@ -27,7 +27,7 @@ SCHEDULES = ("default", "blas", "naive")
 
 def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = None) -> Any:
     """The DLight pass that schedules every not-yet-scheduled PrimFunc for `spec`."""
-    from optkit.backends.cpu_schedules import CPUElementwise, CPUMatmul, CPURowReduction
+    from optkit.backends.cpu_schedules import CPUGEMV, CPUElementwise, CPUMatmul, CPURowReduction
     from tvm.s_tir import dlight as dl
 
     if spec.kind == "cuda":
@@ -35,9 +35,7 @@ def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = No
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         )
     matmul = CPUMatmul(tuned=tuned, spec=spec)
-    return dl.ApplyDefaultSchedule(
-        dl.cpu.GEMV(), CPURowReduction(), matmul, dl.cpu.Reduction(), CPUElementwise()
-    )
+    return dl.ApplyDefaultSchedule(CPUGEMV(), CPURowReduction(), matmul, dl.cpu.Reduction(), CPUElementwise())
 
 
 def relax_pipeline(

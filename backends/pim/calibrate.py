@@ -200,17 +200,25 @@ def calibrate(
 
 
 class _MiniDLRM(nn.Module):
-    """A small recommender: embedding lookups pooled by sum, a bottom and a top MLP, concatenations."""
+    """A small recommender: embedding lookups pooled by sum, a bottom MLP, DLRM's pairwise dot
+    interaction (batched matmul + gather of the upper triangle), a top MLP."""
 
     def __init__(self, tables: int, rows: int, dim: int, hidden: int) -> None:
         super().__init__()
         self.tables = nn.ModuleList(nn.Embedding(rows, dim) for _ in range(tables))
         self.bottom = nn.Sequential(nn.Linear(13, hidden), nn.ReLU(), nn.Linear(hidden, dim), nn.ReLU())
-        self.top = nn.Sequential(nn.Linear(dim * (tables + 1), hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        features = tables + 1
+        pairs = torch.triu_indices(features, features, offset=1)
+        self.pairs: torch.Tensor
+        self.register_buffer("pairs", pairs[0] * features + pairs[1], persistent=False)
+        width = dim + features * (features - 1) // 2
+        self.top = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, 1))
 
     def forward(self, dense: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        pooled = [t(ids[:, i]).sum(dim=1) for i, t in enumerate(self.tables)]
-        return self.top(torch.cat([self.bottom(dense), *pooled], dim=1))
+        x = self.bottom(dense)  # (B, D)
+        tokens = torch.stack([x, *(t(ids[:, i]).sum(dim=1) for i, t in enumerate(self.tables))], dim=1)
+        inter = torch.bmm(tokens, tokens.transpose(1, 2)).flatten(1)[:, self.pairs]  # (B, pairs)
+        return self.top(torch.cat([x, inter], dim=1))
 
 
 def whole_model_set(full: bool) -> list[tuple[int, int, int, int, int, int]]:
@@ -221,7 +229,7 @@ def whole_model_set(full: bool) -> list[tuple[int, int, int, int, int, int]]:
         (8, 4000, 32, 128, 8, 2),
         (8, 4000, 32, 256, 64, 1),
         (2, 20000, 64, 512, 16, 8),
-        (6, 2000, 16, 32, 48, 2),  # batch 128 hangs LLVM codegen today (see the closing note of issue 13)
+        (6, 2000, 16, 32, 48, 2),
     ]
     more = [
         (12, 1000, 16, 128, 4, 1),
@@ -246,9 +254,10 @@ def fit_whole_models(
     seed: int,
     say: Callable[[str], None],
 ) -> None:
-    """Fit one scale per op group (`SCALED`) so that the sum over a compiled model's ops matches
-    its measured latency: TVM fuses elementwise ops into their producers and packs weights, which
-    one-op kernels do not show. Sets `model.scale` and `model.mape["whole-model"]` (leave one out)."""
+    """Fit the scale (one for every op group, `SCALED`) that makes the sum over a compiled model's
+    ops match its measured latency: TVM fuses elementwise ops into their producers and packs
+    weights, which one-op kernels do not show. Sets `model.scale` and `model.mape["whole-model"]`
+    (leave one out)."""
     gen = torch.Generator().manual_seed(seed)
     rows = []
     for tables, n, dim, hidden, batch, pooling in configs:
@@ -269,12 +278,12 @@ def fit_whole_models(
 
 
 def _fit_scales(rows: list[tuple[list[float], float]]) -> dict[str, float]:
-    from scipy.optimize import nnls
-
-    a = np.array([x for x, _ in rows])
+    # One factor for every group: per-group factors are collinear on recommenders (every model has
+    # gathers, GEMMs and memory ops in similar proportions) and the fit degenerates to zeros.
+    totals = np.array([sum(x) for x, _ in rows])
     y = np.array([t for _, t in rows])
-    x, _ = nnls(a / y[:, None], np.ones(len(y)))  # relative error
-    return {g: float(v) for g, v in zip(SCALED, x, strict=True)}
+    factor = float(np.median(y / np.maximum(totals, 1e-9)))  # robust to one noisy timing
+    return dict.fromkeys(SCALED, factor)
 
 
 def _fit(rows: list[tuple[float, float, float]], l2: int) -> tuple[float, float, float, float]:

@@ -1,5 +1,7 @@
 """Lowering through TVM on the CPU: numerics against the Program, schedules, unsupported ops."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -129,3 +131,48 @@ def test_ops_the_importer_lacks_are_decomposed_first(mlp, monkeypatch):
     assert artifact.info["decomposed_ops"] == ["gelu.default"]
     (got,) = artifact.run(*mlp.example_inputs)
     np.testing.assert_allclose(got, outputs_of(mlp)[0], rtol=1e-4, atol=1e-5)
+
+
+class _TinyRecommender(nn.Module):
+    """DLRM-shaped: a sum-pooled embedding and a bottom MLP, concatenated, a top MLP to one logit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = nn.Embedding(500, 8)
+        self.bottom = nn.Sequential(nn.Linear(13, 8), nn.ReLU())
+        self.top = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, dense, ids):
+        pooled = self.table(ids).sum(dim=1)  # (B, 8)
+        return self.top(torch.cat([self.bottom(dense), pooled], dim=1))  # (B, 1)
+
+
+def _vector_widths(func) -> list[int]:
+    # TVM 0.27's Python API has no TIR statement visitor: read the loops from the TVMScript.
+    return [int(n) for n in re.findall(r"T\.vectorized\((?:T\.int64\()?(\d+)", func.script())]
+
+
+def test_width_one_layer_at_large_batch_compiles_and_matches_torch():
+    # The last Linear (32 -> 1) is a GEMV that packing leaves alone. DLight's GEMV rule vectorized
+    # its 256 rows 128 at a time around an unrolled reduction of strided gathers, and LLVM's
+    # codegen ran for minutes from batch 128 on; `CPUGEMV` unrolls 16-row tiles instead.
+    import tvm
+    from optkit.backends.cpu_schedules import GEMV_ROWS
+    from optkit.backends.packing import pack_weights
+    from optkit.backends.tvm_import import import_program
+
+    gen = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    inputs = (torch.randn(256, 13, generator=gen), torch.randint(0, 500, (256, 2), generator=gen))
+    program = capture(_TinyRecommender().eval(), inputs)
+    (got,) = lower(program, "cpu", num_cores=1).run(*inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+    # Packing takes the two wider Linears; the 32 -> 1 one stays a plain matmul, DLight's GEMV.
+    packed = pack_weights(tvm.relax.transform.FoldConstant()(import_program(program).mod))[0]
+    funcs = scheduled_funcs(packed, resolve_target("cpu", num_cores=1))
+    gemvs = [f for name, f in funcs.items() if "matmul" in name and "packed" not in name]
+    assert len(gemvs) == 1
+    script = gemvs[0].script()
+    assert _vector_widths(gemvs[0]) == [] and "T.parallel" in script
+    assert f"T.unroll({GEMV_ROWS})" in script or f"T.unroll(T.int64({GEMV_ROWS}))" in script

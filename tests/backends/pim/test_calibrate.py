@@ -22,12 +22,10 @@ def test_kernel_fit_recovers_a_known_line():
     assert cal._loo_mape(rows, l2) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_whole_model_scales_recover_known_factors():
-    truth = {"gemm": 0.7, "gather": 1.3, "memory": 0.2}
-    rows = []
-    for sums in ([10.0, 1.0, 5.0], [50.0, 3.0, 20.0], [5.0, 10.0, 2.0], [100.0, 1.0, 40.0]):
-        rows.append((sums, sum(truth[g] * v for g, v in zip(SCALED, sums, strict=True))))
-    assert cal._fit_scales(rows) == pytest.approx(truth, rel=1e-6)
+def test_whole_model_scale_recovers_a_known_factor():
+    rows = [(sums, 0.6 * sum(sums)) for sums in ([10.0, 1.0, 5.0], [50.0, 3.0, 20.0], [5.0, 10.0, 2.0])]
+    rows.append(([100.0, 1.0, 40.0], 5.0 * 141.0))  # one noisy timing does not move the median
+    assert cal._fit_scales(rows) == pytest.approx(dict.fromkeys(SCALED, 0.6), rel=1e-6)
 
 
 def test_cache_is_per_machine_and_malformed_models_are_refused(monkeypatch, tmp_path):
