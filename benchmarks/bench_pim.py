@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from optkit.passes.pim import PimConfig, PimPartition  # noqa: E402
 
 from benchmarks._docs import cpu_name, write_section  # noqa: E402
 from optkit.ir.capture import capture  # noqa: E402
+from optkit.testing.pim_graphs import random_op_graph  # noqa: E402
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -107,32 +107,12 @@ def criteo_rows(pooling: int, calibration: str) -> tuple[list[str], dict[str, di
     return rows, results
 
 
-def random_graph(seed: int, n: int) -> tuple[list[PimOp], list[str]]:
-    rng = random.Random(seed)
-    ops: list[PimOp] = []
-    for i in range(n):
-        kind = rng.choice(["gather", "gemm", "gemm", "elementwise", "reduction", "layout"]) if i else "gather"
-        inputs = ["x"] if i == 0 else rng.sample([o.name for o in ops], k=min(len(ops), rng.randint(1, 2)))
-        size = rng.choice([1 << 10, 1 << 14, 1 << 18])
-        op = PimOp(f"n{i}", f"m{i}:{kind}:0", kind, kind, 0, size, size, inputs=inputs)
-        if kind == "gather":
-            op.rows, op.row_bytes, op.lookups = rng.choice([1000, 10**7]), 256, rng.choice([256, 20480])
-            op.weight_bytes = op.rows * op.row_bytes
-        if kind == "gemm":
-            op.weight_bytes, op.batch = rng.choice([1 << 16, 1 << 22]), rng.choice([1, 64])
-            op.flops = 2 * op.batch * op.weight_bytes // 4
-        if kind in ("elementwise", "reduction"):
-            op.flops = size // 4
-        ops.append(op)
-    return ops, [ops[-1].name]
-
-
 def exhaustive_gaps(model: HostModel, graphs: int) -> str:
     lines = []
     for name in PRESETS:
         gaps, times = [], []
         for seed in range(graphs):
-            ops, sinks = random_graph(seed, 18)
+            ops, sinks = random_op_graph(seed, 18)
             preset = resolve_preset(name)
             tight = dataclasses.replace(
                 preset, capacity_gib=preset.capacity_gib * 1e-3, unit_capacity_mib=0.0
