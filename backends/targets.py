@@ -99,6 +99,17 @@ def _mcpu_from_cpuinfo(path: Path) -> str:
     return next((cpu for flag, cpu in _FLAG_CPUS if flag in flags), "generic")
 
 
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or '' where it cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
+
+
 def find_nvcc() -> str | None:
     """Path of nvcc (PATH first, then the usual install places), or None."""
     found = shutil.which("nvcc")

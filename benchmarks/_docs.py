@@ -25,11 +25,7 @@ def write_section(name: str, markdown: str, doc: Path = DOC) -> None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name from /proc/cpuinfo (every benchmark names the CPU it ran on)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name (every benchmark names the CPU it ran on)."""
+    from optkit.backends.targets import cpu_model_name
+
+    return cpu_model_name() or platform.processor() or platform.machine()

@@ -339,14 +339,10 @@ def llc_bytes() -> int:
 
 
 def cpu_key() -> str:
-    """This machine's CPU model name, as /proc/cpuinfo gives it."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return "unknown cpu"
+    """This machine's CPU model name (the host model is kept per CPU)."""
+    from optkit.backends.targets import cpu_model_name
+
+    return cpu_model_name() or "unknown cpu"
 
 
 def cache_path(quick: bool) -> Path:
