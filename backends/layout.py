@@ -28,8 +28,13 @@ log = logging.getLogger(__name__)
 NHWC = ["NHWC", "OHWI"]
 
 
-def channels_last(mod: Any) -> tuple[Any, int]:
-    """`mod` with its float32 conv2d ops in NHWC / OHWI (see the module docstring), and how many."""
+def channels_last(mod: Any, fold_weights: bool = True) -> tuple[Any, int]:
+    """`mod` with its float32 conv2d ops in NHWC / OHWI (see the module docstring), and how many.
+
+    With `fold_weights=False` the weights' OIHW -> OHWI transposes stay `permute_dims` of the
+    original constants: `pack_weights` reads them through that binding, so no transposed copy
+    of every conv weight is made only to be replaced by its packed panels.
+    """
     from tvm import relax
 
     convs = [0]
@@ -48,7 +53,8 @@ def channels_last(mod: Any) -> tuple[Any, int]:
     if not _has_float_conv(mod):
         return mod, 0
     mod = relax.transform.ConvertLayout({}, desired)(mod)
-    mod = relax.transform.FoldConstant()(mod)  # the transposed weights
+    if fold_weights:
+        mod = relax.transform.FoldConstant()(mod)  # the transposed weights
     return mod, convs[0]
 
 

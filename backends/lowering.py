@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from optkit.ir.program import Program
 log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
+MAIN = "main"
 
 
 def lower(
@@ -56,24 +57,65 @@ def lower(
     the matmul-like kernels (see `tuning.py` for why this is not MetaSchedule) and keeps the
     database in `work_dir` (default `.optkit-tune/<target>`), so a second run reuses it.
     """
+    return lower_functions(
+        {MAIN: program},
+        target,
+        tune_trials,
+        work_dir,
+        schedule=schedule,
+        num_cores=num_cores,
+        cuda_arch=cuda_arch,
+        fast_math=fast_math,
+        progress=progress,
+    )[MAIN]
+
+
+def lower_functions(
+    programs: Mapping[str, Program],
+    target: str = "cpu",
+    tune_trials: int = 0,
+    work_dir: str | Path | None = None,
+    *,
+    schedule: str = "default",
+    num_cores: int | None = None,
+    cuda_arch: str = "sm_80",
+    fast_math: bool = True,
+    progress: Progress | None = None,
+) -> dict[str, Artifact]:
+    """Compile several Programs into ONE library, each a function named by its key (one of them
+    `main`), and return an Artifact per function; the Artifacts share the library and its VM.
+
+    The VM's constant pool keeps equal constants once (TVM's ExecBuilder deduplicates them by
+    structural equality), so Programs that share weights, such as a model and its cache step
+    variants, store and load each (packed) weight once. Options as for `lower`.
+    """
     if tune_trials < 0:
         raise ConfigError(f"tune_trials must be >= 0, got {tune_trials}")
     if schedule not in SCHEDULES:
         raise UnknownNameError("schedule", schedule, SCHEDULES)
+    if MAIN not in programs:
+        raise ConfigError(f"lower_functions needs a Program named {MAIN!r}; got {', '.join(programs)}")
     say = progress or (lambda _msg: None)
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
     start = time.perf_counter()
-    program = _fold_batchnorms(program)
-    say("import into Relax")
-    imported = import_program(program)
-    mod = imported.mod
-    if spec.kind == "llvm" and schedule != "naive":
-        from tvm import relax
+    imported = {}
+    for i, (name, program) in enumerate(programs.items()):
+        say("import into Relax" + (f" ({i + 1}/{len(programs)})" if len(programs) > 1 else ""))
+        imported[name] = import_program(_fold_batchnorms(program))
+        # The imported constants are the Program's own tensors (DLPack). Packing reads them, and
+        # the transposes in front of them, in place (`packing._constant`); what it leaves is
+        # folded after it (`_specialize`): no transposed copy of every weight is made first.
 
+    mod = _merged_module({name: imp.mod for name, imp in imported.items()})
+    if len(programs) > 1 or spec.kind == "llvm":
         say("pack weights")
-        mod = relax.transform.FoldConstant()(mod)  # transposed weights are computed once, here
-    imported_mod = mod
-    mod, figures = _specialize(mod, spec, schedule, fast_math)
+    mod, figures = _specialize(
+        mod,
+        spec,
+        schedule,
+        fast_math,
+        lambda done, total, left: say(f"pack weights {done}/{total} (about {left:.0f} s left)"),
+    )
     tuned = None
     tuning: dict[str, Any] = {}
     if tune_trials > 0:
@@ -86,20 +128,70 @@ def lower(
         executable = build(mod, spec, schedule, tuned)
     except BackendError as err:
         say("find the op that fails to compile")
-        raise _name_failing_op(err, imported_mod, imported.origins, spec, schedule, fast_math) from err
+        main = imported[MAIN]
+        main_mod = _merged_module({MAIN: main.mod})
+        raise _name_failing_op(err, main_mod, main.origins, spec, schedule, fast_math) from err
     info: dict[str, Any] = {
-        "model": program.name,
+        "model": programs[MAIN].name,
         "schedule": schedule,
         "tune_trials": tune_trials,
         **figures,
         "extern_funcs": [BLAS_MATMUL] if figures["blas_matmuls"] else [],
-        "decomposed_ops": list(imported.decomposed),
-        "aten_rewrites": dict(imported.rewritten),
+        "decomposed_ops": list(dict.fromkeys(op for imp in imported.values() for op in imp.decomposed)),
+        "aten_rewrites": dict(imported[MAIN].rewritten),
         "compile_seconds": round(time.perf_counter() - start, 2),
+        **({"functions": list(programs)} if len(programs) > 1 else {}),
         **({"tuning": tuning} if tuning else {}),
     }
-    log.info("lowered %s for %s in %.1f s", program.name, spec.name, info["compile_seconds"])
-    return Artifact(executable, spec, imported.inputs, imported.outputs, info)
+    log.info(
+        "lowered %s (%d functions) for %s in %.1f s",
+        info["model"],
+        len(programs),
+        spec.name,
+        info["compile_seconds"],
+    )
+    main_artifact = Artifact(executable, spec, imported[MAIN].inputs, imported[MAIN].outputs, info)
+    return {
+        name: main_artifact
+        if name == MAIN
+        else main_artifact.entry_point(name, imported[name].inputs, imported[name].outputs)
+        for name in programs
+    }
+
+
+def _merged_module(mods: Mapping[str, Any]) -> Any:
+    """One IRModule holding each module's `main` under its key and the kernels its converters
+    emitted (`groupwise_matmul`, ...): the kernels of every key but `main` are renamed
+    `KEY__kernel` (structurally equal kernels are kept once) and each `main` calls its own, so
+    two Programs whose importers named kernels of different shapes alike do not share one."""
+    import tvm
+    from tvm import relax
+
+    builder = relax.BlockBuilder()
+    mains = {}
+    for name, mod in mods.items():
+        renames: dict[str, Any] = {}
+        for gvar, func in mod.functions_items():
+            if gvar.name_hint != "main":
+                hint = gvar.name_hint if name == MAIN else f"{name}__{gvar.name_hint}"
+                renames[gvar.name_hint] = builder.add_func(func, hint)
+        mains[name] = _rename_calls(mod["main"], renames) if renames else mod["main"]
+    merged = builder.get()
+    for name, main in mains.items():
+        merged[tvm.ir.GlobalVar(name)] = main.with_attr("global_symbol", name)
+    return merged
+
+
+def _rename_calls(func: Any, renames: Mapping[str, Any]) -> Any:
+    """`func` with every GlobalVar named in `renames` replaced by its new GlobalVar."""
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Rename(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_global_var_(self, op: Any) -> Any:
+            return renames.get(op.name_hint, op)
+
+    return _Rename().visit_expr(func)
 
 
 def _fold_batchnorms(program: Program) -> Program:
@@ -112,7 +204,7 @@ def _fold_batchnorms(program: Program) -> Program:
         op_name(n) in ("batch_norm", "_native_batch_norm_legit_no_training") for n in program.compute_nodes()
     ):
         return program
-    copy = program.clone()
+    copy = program.clone(share_weights=True)  # fold_batchnorm registers new weights
     if fold_batchnorm(copy.graph_module):
         from optkit.ir.program import eliminate_dead_code, remove_unused_attributes
 
@@ -123,7 +215,13 @@ def _fold_batchnorms(program: Program) -> Program:
     return program
 
 
-def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> tuple[Any, dict[str, int]]:
+def _specialize(
+    mod: Any,
+    spec: TargetSpec,
+    schedule: str,
+    fast_math: bool,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report."""
     figures = {
         "packed_matmuls": 0,
@@ -140,9 +238,12 @@ def _specialize(mod: Any, spec: TargetSpec, schedule: str, fast_math: bool) -> t
     from optkit.backends.layout import cancel_transposes, channels_last
     from optkit.backends.packing import pack_weights
     from optkit.backends.vnni import target_has_vnni
+    from tvm import relax
 
-    mod, figures["channels_last_convs"] = channels_last(mod)
-    mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()))
+    mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False)
+    mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()), progress=progress)
+    # What packing left (weights of ops it does not pack) is folded once, here, as before.
+    mod = relax.transform.FoldConstant()(mod)
     figures.update(
         packed_matmuls=packed["matmul"],
         packed_convs=packed["conv2d"],

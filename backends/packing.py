@@ -30,6 +30,8 @@ residual adds form one fused elementwise kernel after it.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -64,11 +66,15 @@ def pack_conv_hwio(w: np.ndarray, panel: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(kh, kw, ci, co // panel, panel).transpose(3, 0, 1, 2, 4))
 
 
-def pack_weights(mod: Any, vnni: bool = False) -> tuple[Any, dict[str, int]]:
+def pack_weights(
+    mod: Any, vnni: bool = False, progress: Callable[[int, int, float], None] | None = None
+) -> tuple[Any, dict[str, int]]:
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
     `vnni`: int8 matmuls and convs go to the AVX-512 VNNI kernel (`vnni.py`) where their shapes
-    fit it, instead of the panel kernels here.
+    fit it, instead of the panel kernels here. `progress(done, total, seconds_left)` is called
+    at most once a second as matmuls and convs are visited (seconds left extrapolated from the
+    time per op so far).
     """
     from tvm import relax
 
@@ -76,22 +82,50 @@ def pack_weights(mod: Any, vnni: bool = False) -> tuple[Any, dict[str, int]]:
     conv2d = _op("relax.nn.conv2d")
     conv2d_transpose = _op("relax.nn.conv2d_transpose")
     counts = {"matmul": 0, "conv2d": 0, "depthwise": 0, "vnni": 0}
+    kinds = (matmul, conv2d, conv2d_transpose)
+    total = [0]
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(
+                func, lambda e: total.__setitem__(0, total[0] + (isinstance(e, relax.Call) and e.op in kinds))
+            )
+    done, start, shown = [0], time.perf_counter(), [0.0]
 
     @relax.expr_functor.mutator
     class _Pack(relax.PyExprMutator):  # type: ignore[misc]
         def visit_call_(self, call: Any) -> Any:
             call = self.visit_expr_post_order(call)
+            if progress is not None and call.op in kinds:
+                done[0] += 1
+                elapsed = time.perf_counter() - start
+                if elapsed - shown[0] >= 1.0 or done[0] == total[0]:  # at most once a second
+                    shown[0] = elapsed
+                    progress(done[0], total[0], elapsed / done[0] * max(0, total[0] - done[0]))
             try:
-                if vnni and call.op == matmul and (new := _vnni_matmul(self.builder_, call)) is not None:
+                if (
+                    vnni
+                    and call.op == matmul
+                    and (new := _vnni_matmul(self.builder_, call, self.lookup_binding)) is not None
+                ):
                     counts["vnni"] += 1
                     return new
-                if vnni and call.op == conv2d and (new := _vnni_conv(self.builder_, call)) is not None:
+                if (
+                    vnni
+                    and call.op == conv2d
+                    and (new := _vnni_conv(self.builder_, call, self.lookup_binding)) is not None
+                ):
                     counts["vnni"] += 1
                     return new
-                if call.op == matmul and (new := _packed_matmul(self.builder_, call)) is not None:
+                if (
+                    call.op == matmul
+                    and (new := _packed_matmul(self.builder_, call, self.lookup_binding)) is not None
+                ):
                     counts["matmul"] += 1
                     return new
-                if call.op == conv2d_transpose and (new := _patch_transpose(self.builder_, call)) is not None:
+                if (
+                    call.op == conv2d_transpose
+                    and (new := _patch_transpose(self.builder_, call, self.lookup_binding)) is not None
+                ):
                     counts["matmul"] += 1
                     return new
                 if (
@@ -100,7 +134,10 @@ def pack_weights(mod: Any, vnni: bool = False) -> tuple[Any, dict[str, int]]:
                 ):
                     counts["conv2d"] += 1
                     return new
-                if call.op == conv2d and (new := _depthwise_conv(self.builder_, call)) is not None:
+                if (
+                    call.op == conv2d
+                    and (new := _depthwise_conv(self.builder_, call, self.lookup_binding)) is not None
+                ):
                     counts["depthwise"] += 1
                     return new
             except _NotPackable:
@@ -136,19 +173,40 @@ def _static_shape(expr: Any) -> list[int]:
     return [int(d) for d in dims]
 
 
-def _constant(expr: Any) -> np.ndarray:
-    import tvm
+def _constant(expr: Any, lookup: Any = None) -> np.ndarray:
+    """A constant weight's value, or the value of `permute_dims` of one, as a numpy view.
 
+    Neither copies: the import shares the Program's tensors (DLPack), and a Linear's transposed
+    weight is read through its `permute_dims` binding instead of being folded into a second
+    copy first, so packing adds only the packed panels to the weights already in memory.
+    """
+    import tvm
+    from tvm import relax
+
+    axes: Any = False
+    if lookup is not None and isinstance(expr, relax.Var):
+        bound = lookup(expr)
+        if (
+            isinstance(bound, relax.Call)
+            and bound.op == tvm.ir.Op.get("relax.permute_dims")
+            and isinstance(bound.args[0], tvm.ir.expr.Constant)
+        ):
+            axes = None if bound.attrs.axes is None else [int(a) for a in bound.attrs.axes]
+            expr = bound.args[0]
     if not isinstance(expr, tvm.ir.expr.Constant):
         raise _NotPackable
-    return expr.value.numpy()
+    try:
+        value = np.from_dlpack(expr.value)
+    except (BufferError, RuntimeError, TypeError):  # a dtype numpy's DLPack does not take
+        value = expr.value.numpy()
+    return value if axes is False else value.transpose(axes)
 
 
-def _packed_matmul(bb: Any, call: Any) -> Any | None:
+def _packed_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     from tvm import relax
 
     x, w = call.args
-    w_np = _constant(w)
+    w_np = _constant(w, lookup)
     x_shape = _static_shape(x)
     out_dtype = PACKED_DTYPES.get((str(x.ty.dtype), str(w_np.dtype)))
     if w_np.ndim != 2 or len(x_shape) < 2 or out_dtype is None or str(call.ty.dtype) != out_dtype:
@@ -189,7 +247,9 @@ def _dense_te(panel: int, out_dtype: str) -> Any:
     return kernel
 
 
-def _plain_conv(call: Any) -> tuple[Any, np.ndarray, list[int], list[int], list[int]] | None:
+def _plain_conv(
+    call: Any, lookup: Any = None
+) -> tuple[Any, np.ndarray, list[int], list[int], list[int]] | None:
     """(x, constant weight, stride, dilation, padding top/left/bottom/right) of an NCHW / OIHW
     conv with one group and a static 4-D input, or None for any other conv."""
     x, w = call.args
@@ -197,7 +257,7 @@ def _plain_conv(call: Any) -> tuple[Any, np.ndarray, list[int], list[int], list[
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     if int(attrs.groups) != 1 or layouts != ("NCHW", "OIHW", "NCHW"):
         return None
-    w_np = _constant(w)
+    w_np = _constant(w, lookup)
     if len(_static_shape(x)) != 4:
         return None
     return (
@@ -209,7 +269,9 @@ def _plain_conv(call: Any) -> tuple[Any, np.ndarray, list[int], list[int], list[
     )
 
 
-def _nhwc_conv(call: Any) -> tuple[Any, np.ndarray, list[int], list[int], list[int], int] | None:
+def _nhwc_conv(
+    call: Any, lookup: Any = None
+) -> tuple[Any, np.ndarray, list[int], list[int], list[int], int] | None:
     """(x, constant weight `W[Kh, Kw, Ci / groups, Co]`, stride, dilation, padding, groups) of a
     float32 NHWC / OHWI conv (`layout.channels_last`) with a static input, or None."""
     x, w = call.args
@@ -217,7 +279,7 @@ def _nhwc_conv(call: Any) -> tuple[Any, np.ndarray, list[int], list[int], list[i
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     if layouts != ("NHWC", "OHWI", "NHWC") or str(x.ty.dtype) != "float32" or str(call.ty.dtype) != "float32":
         return None
-    w_np = _constant(w)
+    w_np = _constant(w, lookup)
     if len(_static_shape(x)) != 4 or w_np.dtype != np.float32:
         return None
     return (
@@ -251,7 +313,7 @@ def _pad_nhwc(bb: Any, x: Any, pad: list[int]) -> Any:
 def _packed_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     from tvm import relax
 
-    nhwc = _nhwc_conv(call)
+    nhwc = _nhwc_conv(call, lookup)
     if nhwc is not None:
         x, w_hwio, stride, dilation, pad, groups = nhwc
         panel = panel_width(w_hwio.shape[3])
@@ -269,7 +331,7 @@ def _packed_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
         wp = relax.const(pack_conv_hwio(w_hwio, panel))
         kernel = _conv_nhwc_te(panel, stride, dilation)
         return _emit_fusable(bb, kernel, _pad_nhwc(bb, x, pad), wp, name="packed_conv2d_nhwc")
-    conv = _plain_conv(call)
+    conv = _plain_conv(call, lookup)
     if conv is None:
         return None
     x, w_np, stride, dilation, pad = conv
@@ -285,12 +347,12 @@ def _packed_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     return relax.op.permute_dims(y, (0, 3, 1, 2))
 
 
-def _depthwise_conv(bb: Any, call: Any) -> Any | None:
+def _depthwise_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     """A float32 NHWC depthwise conv (groups == channels, one filter each) as a kernel that
     vectorizes over the channels: `y[n, h, w, c] = sum x_pad[n, h*s + kh*d, w*s + kw*d, c] * W[kh, kw, c]`."""
     from tvm import relax
 
-    nhwc = _nhwc_conv(call)
+    nhwc = _nhwc_conv(call, lookup)
     if nhwc is None:
         return None
     x, w_hwio, stride, dilation, pad, groups = nhwc
@@ -430,11 +492,11 @@ def _int8_pair(x: Any, w: np.ndarray, call: Any) -> bool:
     return str(x.ty.dtype) == "int8" and str(w.dtype) == "int8" and str(call.ty.dtype) == "int32"
 
 
-def _vnni_matmul(bb: Any, call: Any) -> Any | None:
+def _vnni_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     from optkit.backends import vnni
 
     x, w = call.args
-    w_np = _constant(w)
+    w_np = _constant(w, lookup)
     x_shape = _static_shape(x)
     if not _int8_pair(x, w_np, call) or w_np.ndim != 2 or len(x_shape) < 2 or x_shape[-1] != w_np.shape[0]:
         return None
@@ -446,12 +508,12 @@ def _vnni_matmul(bb: Any, call: Any) -> Any | None:
     return _from_2d(y, x_shape, n)
 
 
-def _vnni_conv(bb: Any, call: Any) -> Any | None:
+def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     """int8 conv as NHWC im2col + the VNNI GEMM: `cols[B*OH*OW, KH*KW*C] @ W`, back to NCHW."""
     from optkit.backends import vnni
     from tvm import relax
 
-    conv = _plain_conv(call)
+    conv = _plain_conv(call, lookup)
     if conv is None or not _int8_pair(conv[0], conv[1], call):
         return None
     x, w_np, stride, dilation, pad = conv
@@ -465,7 +527,7 @@ def _vnni_conv(bb: Any, call: Any) -> Any | None:
     return relax.op.permute_dims(bb.emit(relax.op.reshape(y, (b, oh, ow, co))), (0, 3, 1, 2))
 
 
-def _patch_transpose(bb: Any, call: Any) -> Any | None:
+def _patch_transpose(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     """A transposed conv whose kernel equals its stride (no overlap, no padding; the upsampling
     layers of SAM's mask decoder) is one matmul per input pixel: `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]`,
     then each pixel's `Co x Kh x Kw` patch is put in place. The matmul is packed like any other."""
@@ -473,7 +535,7 @@ def _patch_transpose(bb: Any, call: Any) -> Any | None:
 
     x, w = call.args
     attrs = call.attrs
-    w_np = _constant(w)
+    w_np = _constant(w, lookup)
     x_shape = _static_shape(x)
     if (
         str(x.ty.dtype) != "float32"

@@ -14,21 +14,21 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from optkit import quality
-from optkit.backends.pipeline import Pipeline, check_target, lower_pipeline
+import torch
+
+from optkit import endtoend, quality
+from optkit.backends.pipeline import check_target, lower_pipeline
 from optkit.budgets import Budget, check_budgets, parse_budgets
 from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.ir import flops
-from optkit.ir.memory import check_memory
-from optkit.ir.onnx_io import OnnxModel, export_onnx, onnx_session
+from optkit.ir.memory import EXTRA_WEIGHTS, check_memory, peak_message
+from optkit.ir.onnx_io import OnnxModel, export_onnx
 from optkit.ir.program import Program
 from optkit.ir.serialize import save_program
-from optkit.metrics import psnr_db
 from optkit.pipeline import PassManager, PipelineResult, build_passes
 from optkit.refs import load_model, load_program_ref
 from optkit.report import Report, Table, bar_plot, heatmap_plot
-from optkit.timing import interleaved_latency_ms, speedup
 from optkit.workload import Calibration, Workload
 
 log = logging.getLogger(__name__)
@@ -41,13 +41,21 @@ HEADLINE = (
     "quality_top1_pct",
     "perplexity_before",
     "perplexity_after",
+    "compiled_psnr_vs_float_db",
+    "speedup_compiled_vs_eager",
+    "speedup_compiled_vs_ort_float",
     "speedup_sampling_compiled",
+    "speedup_sampling_compiled_vs_ort",
+    "speedup_sampling_compiled_vs_compile",
     "speedup_sampling",
     "latency_sampling_before",
+    "latency_sampling_compile_before",
     "latency_sampling_ort_before",
     "latency_sampling_after",
     "latency_sampling_compiled",
     "compiled_psnr_db",
+    "timing_threads",
+    "load_average",
 )
 WorkloadLike = Workload | str | Path
 
@@ -193,6 +201,7 @@ def optimize_file(
     calib: str | Path | None = None,
     budgets: Sequence[str | Budget] = (),
     target: str | None = None,
+    threads: int | None = None,
 ) -> Report:
     """Optimize the model at `ref` with `passes` and write model, ONNX, report and plots to `output`.
 
@@ -203,10 +212,15 @@ def optimize_file(
     a missed budget is only recorded.
     With `target` (`cpu`, `cuda`; checked before any work), the optimized Program and the step
     variants of its cache schedule are lowered into `output/artifact/` (`optkit.backends.pipeline`)
-    and the report adds the compiled pipeline's latency beside the eager rows.
+    and the report adds the compiled pipeline's latency beside the eager rows (and, for a
+    sampled model, torch.compile's). Every runtime is timed on `threads` threads (default:
+    PyTorch's current setting); see `optkit.endtoend`.
     """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be >= 1, got {threads}")
+    threads = threads or torch.get_num_threads()
     budgets = parse_budgets(budgets)
     say = progress or (lambda _msg: None)
     # Fail on bad names, options and workload files before the (slow) capture.
@@ -226,7 +240,9 @@ def optimize_file(
     )
     capture_s = time.perf_counter() - start
     # Passes clone the Program and run it: refuse now, with a message, rather than be killed later.
-    check_memory(program, copies=2, what="optimize")
+    check_memory(program, copies=EXTRA_WEIGHTS["optimize"], what="optimize")
+    log.info(peak_message(program, "optimize"))
+    say(peak_message(program, "optimize"))
     result = optimize(program, passes, options, progress=lambda i, n, name: say(f"pass {i + 1}/{n}: {name}"))
     optimized = result.program
     report = Report(
@@ -255,22 +271,35 @@ def optimize_file(
             )
         pipeline = None
         if target is not None:
-            pipeline = lower_pipeline(optimized, target, progress=lambda msg: say(f"{msg} for {target}"))
+            pipeline = lower_pipeline(
+                optimized, target, progress=lambda msg: say(msg if target in msg else f"{msg} for {target}")
+            )
             say("save compiled pipeline")
             pipeline.save(tmp / "artifact")
             report.add("lowering time", pipeline.info["lowering_seconds"], "s", "lowering_time")
             report.add("compiled libraries", len(pipeline.libraries()), "libraries", "compiled_libraries")
             report.add("compiled pipeline size", pipeline.library_bytes, "bytes", "compiled_bytes")
-        say("latency")
-        _latency_table(report, program, optimized, tmp / "model.onnx" if onnx else None, repeats, pipeline)
-        if program.workload.diffusion is not None:
-            say("sampling latency")
-            with tempfile.TemporaryDirectory() as scratch:
-                float_onnx = None
-                if onnx:  # the peer: the float input model sampled in ONNX Runtime
-                    float_onnx = Path(scratch) / "input.onnx"
-                    export_onnx(program, float_onnx)
-                _sampling_table(report, program, optimized, max(3, repeats // 4), pipeline, float_onnx)
+        with endtoend.same_threads(threads, pipeline) as got, tempfile.TemporaryDirectory() as scratch:
+            endtoend.record_conditions(report, got)
+            onnx_path = float_onnx = None
+            if onnx:  # the peers: the optimized graph, and the float input model, in ONNX Runtime
+                onnx_path, float_onnx = tmp / "model.onnx", Path(scratch) / "input.onnx"
+                export_onnx(program, float_onnx)
+            say("latency")
+            endtoend.latency_table(report, program, optimized, onnx_path, repeats, got, pipeline, float_onnx)
+            if program.workload.diffusion is not None:
+                say("sampling latency" + (" (torch.compile compiles first)" if pipeline is not None else ""))
+                endtoend.sampling_table(
+                    report,
+                    program,
+                    optimized,
+                    max(3, repeats // 4),
+                    got,
+                    pipeline,
+                    float_onnx,
+                    inductor=pipeline is not None,
+                )
+        endtoend.record_peak_memory(report)
         _flops_plot(tmp / "flops_per_block.png", optimized, None, report)
         _annotation_plots(tmp, optimized, report)
         report.lead(HEADLINE)
@@ -326,147 +355,6 @@ def _pass_table(result: PipelineResult) -> Table:
         rows,
         {"time": "s", "output SQNR vs input": "dB"},
     )
-
-
-def _latency_table(
-    report: Report,
-    before: Program,
-    after: Program,
-    onnx_path: Path | None,
-    repeats: int,
-    pipeline: Pipeline | None = None,
-) -> None:
-    """Eager before and after passes (and ONNX Runtime, and the compiled `main`, after), timed
-    interleaved so that load from other processes falls on all alike: the speed-ups stay
-    comparable across runs even when the absolute times of two runs are not (docs/ci.md)."""
-    runners: dict[str, Callable[[], Any]] = {"before": before.run, "after": after.run}
-    if onnx_path is not None:
-        session = onnx_session(onnx_path)
-        names = [i.name for i in session.get_inputs()]
-        feeds = {n: t.numpy() for n, t in zip(names, after.example_inputs, strict=True)}
-        runners["ort"] = lambda: session.run(None, feeds)
-    if pipeline is not None:
-        compiled = pipeline.main
-        runners["tvm"] = lambda: compiled.run(*after.example_inputs)
-    timing = interleaved_latency_ms(runners, warmup=3, repeats=repeats)
-    base = timing["before"]
-    what = {
-        "before": "PyTorch eager (captured, before passes)",
-        "after": "PyTorch eager (optimized graph)",
-        "ort": "ONNX Runtime (optimized graph)",
-        "tvm": f"TVM {pipeline.target.name} (optimized graph)" if pipeline is not None else "",
-    }
-    rows = [
-        [what[k], t["median"], t["p10"], t["p90"], base["median"] / t["median"]] for k, t in timing.items()
-    ]
-    report.tables.append(
-        Table(
-            f"Latency on the example inputs (median of {repeats} interleaved runs after 3 warm-up)",
-            ["runtime", "median", "p10", "p90", "speed-up vs eager"],
-            rows,
-            {"median": "ms", "p10": "ms", "p90": "ms", "speed-up vs eager": "x"},
-        )
-    )
-    report.add_timing("latency eager (before)", base, "latency_eager_before")
-    report.add_timing("latency eager (after)", timing["after"], "latency_eager_after")
-    report.add_timing(
-        "speed-up of eager (after) vs eager (before)", speedup(base, timing["after"]), "speedup_vs_eager", "x"
-    )
-    if "ort" in timing:
-        report.add_timing("latency ONNX Runtime (after)", timing["ort"], "latency_ort_after")
-        report.add_timing(
-            "speed-up of ONNX Runtime (after) vs eager (before)",
-            speedup(base, timing["ort"]),
-            "speedup_ort_vs_eager",
-            "x",
-        )
-    if "tvm" in timing:
-        report.add_timing("latency TVM (after)", timing["tvm"], "latency_compiled_after")
-        report.add_timing(
-            "speed-up of TVM (after) vs eager (before)",
-            speedup(base, timing["tvm"]),
-            "speedup_compiled_vs_eager",
-            "x",
-        )
-
-
-def _sampling_table(
-    report: Report,
-    before: Program,
-    after: Program,
-    repeats: int,
-    pipeline: Pipeline | None = None,
-    float_onnx: Path | None = None,
-) -> None:
-    """End-to-end sampling of one batch with the workload's sampler: the input Program against
-    the optimized one (block-cached when it has a schedule), the input model in ONNX Runtime
-    (`float_onnx`) and, with a `pipeline`, the optimized sampling in compiled code; interleaved,
-    after a warm-up run that also builds every step variant."""
-    diffusion = before.workload.diffusion
-    assert diffusion is not None
-    draw_before, draw_after = quality.sampler_for(before), quality.sampler_for(after)
-    runners: dict[str, Callable[[], Any]] = {"before": lambda: draw_before(0), "after": lambda: draw_after(0)}
-    if float_onnx is not None:
-        draw_ort = quality.sampler_for(before, onnx_session(float_onnx))
-        runners["ort"] = lambda: draw_ort(0)
-    if pipeline is not None:
-        runners["compiled"] = lambda: pipeline.sample(0)
-        psnr = psnr_db(draw_after(0), pipeline.sample(0))
-        report.add("compiled samples PSNR vs eager optimized (seed 0)", psnr, "dB", "compiled_psnr_db")
-    timing = interleaved_latency_ms(runners, warmup=1, repeats=repeats)
-    base = timing["before"]["median"]
-    cached = " (block-cached)" if after.annotations.cache_schedule else ""
-    rows = [
-        ["PyTorch eager, input graph", *(timing["before"][q] for q in ("median", "p10", "p90")), 1.0],
-        [
-            f"PyTorch eager, optimized graph{cached}",
-            *(timing["after"][q] for q in ("median", "p10", "p90")),
-            base / timing["after"]["median"],
-        ],
-    ]
-    if "ort" in timing:
-        rows.insert(
-            1,
-            [
-                "ONNX Runtime, input graph",
-                *(timing["ort"][q] for q in ("median", "p10", "p90")),
-                base / timing["ort"]["median"],
-            ],
-        )
-    if pipeline is not None:
-        rows.append(
-            [
-                f"TVM {pipeline.target.name}, optimized graph{cached}",
-                *(timing["compiled"][q] for q in ("median", "p10", "p90")),
-                base / timing["compiled"]["median"],
-            ]
-        )
-    what = f"{diffusion.steps} {diffusion.sampler.label} steps, guidance {diffusion.guidance_scale:g}"
-    report.tables.append(
-        Table(
-            f"Sampling latency, one batch of {before.example_inputs[0].shape[0]} ({what}; median of {repeats} interleaved runs after a warm-up)",
-            ["runtime", "median", "p10", "p90", "speed-up vs input"],
-            rows,
-            {"median": "ms", "p10": "ms", "p90": "ms", "speed-up vs input": "x"},
-        )
-    )
-    report.add_timing("sampling latency (before)", timing["before"], "latency_sampling_before")
-    report.add_timing("sampling latency (after)", timing["after"], "latency_sampling_after")
-    report.add_timing(
-        "sampling speed-up (measured)", speedup(timing["before"], timing["after"]), "speedup_sampling", "x"
-    )
-    if "ort" in timing:
-        report.add_timing(
-            "sampling latency (ONNX Runtime, input)", timing["ort"], "latency_sampling_ort_before"
-        )
-    if pipeline is not None:
-        report.add_timing("sampling latency (compiled)", timing["compiled"], "latency_sampling_compiled")
-        report.add_timing(
-            "sampling speed-up of the compiled pipeline (measured)",
-            speedup(timing["before"], timing["compiled"]),
-            "speedup_sampling_compiled",
-            "x",
-        )
 
 
 def _flops_plot(path: Path, program: Program, pattern: str | None, report: Report) -> None:

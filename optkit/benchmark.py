@@ -34,7 +34,6 @@ import contextlib
 import gc
 import inspect
 import logging
-import statistics
 import tempfile
 import threading
 import time
@@ -58,7 +57,7 @@ from optkit.ir.onnx_io import export_onnx, flat_outputs, onnx_session
 from optkit.ir.program import Program
 from optkit.refs import load_program_ref
 from optkit.report import Report, Table
-from optkit.timing import latency_ms, speedup
+from optkit.timing import latency_ms, quiesce, speedup, summarize
 
 log = logging.getLogger(__name__)
 
@@ -273,7 +272,7 @@ class BenchResult:
             "intra-op threads, TVM's runtime pool via runtime.config_threadpool); "
             + (
                 "with more than one thread, each timed call starts after this process's CPU use fell "
-                "below 10% over 5 ms (optkit.benchmark.quiesce), so that a runtime's spinning pool does "
+                "below 10% over 5 ms (optkit.timing.quiesce), so that a runtime's spinning pool does "
                 "not take the cores of the next."
                 if self.threads > 1
                 else "one thread: no pools to settle between runtimes."
@@ -664,27 +663,6 @@ def _prepare(
         result.rss_peak_bytes = sampler.stop()
 
 
-QUIESCE_WINDOW_S = 0.005
-QUIESCE_MAX_S = 0.25
-
-
-def quiesce(window_s: float = QUIESCE_WINDOW_S, max_s: float = QUIESCE_MAX_S) -> float:
-    """Wait until this process's thread pools are idle: its CPU time over a `window_s` sleep
-    stays under 10% of the window (at most `max_s`); returns the seconds waited.
-
-    The runtimes' pools spin for a while after a call (PyTorch's OpenMP threads, ONNX Runtime's
-    intra-op threads, TVM's workers); a runtime timed right after another would share the cores
-    with those spinning threads.
-    """
-    start = time.perf_counter()
-    while time.perf_counter() - start < max_s:
-        cpu = time.process_time()
-        time.sleep(window_s)
-        if time.process_time() - cpu < 0.1 * window_s:
-            break
-    return time.perf_counter() - start
-
-
 def _time_interleaved(
     prepared: list[tuple[TargetResult, _Runner]], repeats: int, say: Progress, settle: bool = False
 ) -> None:
@@ -704,23 +682,7 @@ def _time_interleaved(
                 result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"
                 live.remove((result, runner))
     for result, _ in live:
-        result.latency = _summary(times[result.target])
-
-
-def _summary(times: list[float]) -> dict[str, float]:
-    # The figures and percentile rule of `optkit.timing.latency_ms`, over interleaved samples.
-    times = sorted(times)
-
-    def pct(q: float) -> float:
-        return times[min(len(times) - 1, round(q * (len(times) - 1)))]
-
-    return {
-        "median": statistics.median(times),
-        "p10": pct(0.1),
-        "p90": pct(0.9),
-        "min": times[0],
-        "repeats": float(len(times)),
-    }
+        result.latency = summarize(times[result.target])
 
 
 # -- files -------------------------------------------------------------------------------------

@@ -9,6 +9,8 @@ Verdicts:
 | timings and the speed-ups made from them     | the larger median is at most `1 + noise_floor`  |
 |                                              | times the smaller; else `faster` / `slower`     |
 | a time measured once (`capture_time`)        | `same` or `changed`: one run cannot tell noise  |
+| a measured memory peak (`peak_*`)            | `noise` within `noise_floor`, else `better` /   |
+|                                              | `worse`                                         |
 | a number in a unit with a direction          | `same`, `better` or `worse`                     |
 | a number without one (perplexity, errors)    | `same` or `changed`                             |
 | text                                         | `same` or `changed`                             |
@@ -218,13 +220,14 @@ def compare_reports(
         some = fig or old
         assert some is not None
         changes.append(
-            FigureChange(name, some.label or name, some.unit, old, fig, verdict(old, fig, noise_floor))
+            FigureChange(name, some.label or name, some.unit, old, fig, verdict(old, fig, noise_floor, name))
         )
     return Comparison(baseline, new, changes, results, noise_floor, sources)
 
 
-def verdict(old: Figure | None, new: Figure | None, noise_floor: float = NOISE_FLOOR) -> str:
-    """The verdict on one figure's change (see the module docstring)."""
+def verdict(old: Figure | None, new: Figure | None, noise_floor: float = NOISE_FLOOR, name: str = "") -> str:
+    """The verdict on one figure's change (see the module docstring); `name` tells a measured
+    memory peak (`peak_*`, judged against the noise floor) from exact sizes."""
     if old is None or new is None:
         return "added" if old is None else "removed"
     a, b = _number(old), _number(new)
@@ -241,6 +244,8 @@ def verdict(old: Figure | None, new: Figure | None, noise_floor: float = NOISE_F
         return "faster" if (b > a) == higher else "slower"
     if a == b or math.isclose(a, b, rel_tol=1e-9):
         return "same"
+    if name.startswith("peak_") and max(a, b) <= (1 + noise_floor) * min(a, b):
+        return "noise"
     if higher is None or new.unit in TIME_UNITS:
         return "changed"
     return "better" if (b > a) == higher else "worse"

@@ -58,3 +58,7 @@ class BudgetMissed(OptkitError):
     for `optkit compare --fail-on-regression`, regressed. The CLI exits with code 3."""
 
     exit_code = 3
+
+
+class DistributedError(OptkitError):
+    """A distributed run (`optkit search --ray ADDRESS`) cannot reach or use its cluster."""

@@ -26,7 +26,7 @@ import torch
 
 from optkit.errors import ConfigError, OptkitError, PassError, UnknownNameError
 from optkit.ir.onnx_io import flat_outputs
-from optkit.ir.program import Program, eliminate_dead_code, remove_unused_attributes
+from optkit.ir.program import Program, eliminate_dead_code, remove_unused_attributes, weight_versions
 from optkit.report import Figure
 
 log = logging.getLogger(__name__)
@@ -104,6 +104,11 @@ class Pass:
     name: ClassVar[str] = ""
     config_cls: ClassVar[type[PassConfig]] = PassConfig
     tolerance: ClassVar[Tolerance] = Tolerance()
+    # True when `run` never writes into a tensor of the Program it is given: it registers a new
+    # tensor for every weight it rewrites. The manager then hands it a copy that shares the
+    # input's weights (copy on write) instead of a deep copy: memory for one more graph, not
+    # one more model. Passes that edit weights in place keep the default and get a deep copy.
+    shares_weights: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None) -> None:
         config = config if config is not None else self.config_cls()
@@ -249,8 +254,14 @@ class PassManager:
         self.progress = progress
 
     def run(self, program: Program) -> PipelineResult:
-        """Run every pass on a clone of `program`; the input Program is never modified."""
-        current = program.clone()
+        """Run every pass on a clone of `program`; the input Program is never modified.
+
+        A pass that declares `shares_weights` gets a clone whose weights are its input's own
+        tensors (others a deep copy), and is checked afterwards not to have written into any of
+        them: the output shares every weight no pass rewrote with the input, and the peak stays
+        near one model plus what the passes add.
+        """
+        current = program.clone(share_weights=True)  # the manager itself writes no weight
         reference = flat_outputs(current.run()) if self.check_numerics else []
         records: list[PassRecord] = []
         for i, p in enumerate(self.passes):
@@ -262,12 +273,16 @@ class PassManager:
             if reason:
                 raise PassError(f"{where} cannot run: {reason}")
             start = time.perf_counter()
+            versions = weight_versions(current.graph_module) if p.shares_weights else {}
             try:
-                result = p.run(current.clone())
+                result = p.run(current.clone(share_weights=p.shares_weights))
             except OptkitError as err:
+                _check_untouched(current, versions, where)
                 raise PassError(f"{where} failed: {err}") from err
             except Exception as err:
+                _check_untouched(current, versions, where)
                 raise PassError(f"{where} crashed: {type(err).__name__}: {err}") from err
+            _check_untouched(current, versions, where)
             seconds = time.perf_counter() - start
             new = result.program
             if result.modified:
@@ -292,6 +307,20 @@ class PassManager:
             log.info("%s: modified=%s in %.2fs %s", p.name, result.modified, seconds, check)
             current = new
         return PipelineResult(current, records)
+
+
+def _check_untouched(before: Program, versions: dict[str, tuple[int, int]], where: str) -> None:
+    # A pass that shares its input's weights must replace, never overwrite, them.
+    if not versions:
+        return
+    now = weight_versions(before.graph_module)
+    written = [name for name, v in versions.items() if now.get(name, v) != v]
+    if written:
+        raise PassError(
+            f"{where} wrote into {len(written)} weight(s) of its input in place ({', '.join(written[:5])}) "
+            "although it declares shares_weights; register a new tensor instead, or set "
+            "shares_weights = False so that it gets a copy of its own"
+        )
 
 
 def _drop_leftovers(program: Program) -> None:

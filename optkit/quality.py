@@ -82,17 +82,19 @@ def compare(reference: Program, candidate: Program, seeds: Sequence[int] = (0,))
     return {"quality_top1_pct": Figure(100.0 * agree, "%", f"top-1 agreement with input ({where})")}
 
 
-def sampler_for(program: Program, onnx_session: Any = None) -> Callable[[int], torch.Tensor]:
+def sampler_for(
+    program: Program, denoise: Callable[..., torch.Tensor] | None = None
+) -> Callable[[int], torch.Tensor]:
     """`seed -> one batch of samples` from `program` with its workload's sampler, block-cached
     when the Program has a cache schedule (the runner, and its step variants, built once); with
-    `onnx_session` (the Program exported to ONNX), each denoiser call runs in ONNX Runtime."""
+    `denoise` (`onnx_denoiser`, `inductor_denoiser`), each denoiser call runs there instead."""
     diffusion = program.workload.diffusion
     if diffusion is None:
         raise ConfigError(f"{program.name}'s workload has no [diffusion] sampler to sample with")
-    if onnx_session is None and program.annotations.cache_schedule:
+    if denoise is None and program.annotations.cache_schedule:
         runner = cached_runner(program)
         return lambda seed: cached_sample(program, seed=seed, runner=runner)
-    denoise = denoiser_of(program) if onnx_session is None else _onnx_denoiser(program, onnx_session)
+    denoise = denoise or denoiser_of(program)
     x, _t, *cond = program.example_inputs
     guidance, uncond = diffusion.guidance(tuple(cond))
     return lambda seed: sample(
@@ -107,22 +109,38 @@ def sampler_for(program: Program, onnx_session: Any = None) -> Callable[[int], t
     )
 
 
-def _onnx_denoiser(program: Program, session: Any) -> Callable[..., torch.Tensor]:
-    # `program` exported to ONNX as a sampler's denoiser; the graph's batch is static, so a
-    # guided call (twice the batch) runs in chunks.
+def onnx_denoiser(program: Program, session: Any) -> Callable[..., torch.Tensor]:
+    """`program` exported to ONNX (`session`) as a sampler's denoiser, in chunks of the
+    captured batch (the graph's batch is static; a guided call doubles it)."""
+    names = [i.name for i in session.get_inputs()]
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        feeds = {n: v.numpy() for n, v in zip(names, inputs, strict=True)}
+        return torch.from_numpy(session.run(None, feeds)[0])
+
+    return _chunked(program, run)
+
+
+def inductor_denoiser(program: Program) -> Callable[..., torch.Tensor]:
+    """`program`'s graph under `torch.compile` (inductor) as a sampler's denoiser, in chunks of
+    the captured batch. The first call compiles (tens of seconds): warm it up before timing."""
+    compiled = torch.compile(program.graph_module, backend="inductor")
+
+    def run(*inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return flat_outputs(compiled(*inputs))[0]
+
+    return _chunked(program, run)
+
+
+def _chunked(program: Program, run: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
     x_example, t_example = program.example_inputs[:2]
     size = x_example.shape[0]
-    names = [i.name for i in session.get_inputs()]
 
     def denoise(x: torch.Tensor, t: torch.Tensor, *cond: torch.Tensor) -> torch.Tensor:
         inputs = (x, t.to(t_example.dtype), *cond)
-        outs = [
-            torch.from_numpy(
-                session.run(None, {n: v[i : i + size].numpy() for n, v in zip(names, inputs, strict=True)})[0]
-            )
-            for i in range(0, x.shape[0], size)
-        ]
-        return torch.cat(outs)
+        outs = [run(*(v[i : i + size] for v in inputs)) for i in range(0, x.shape[0], size)]
+        return torch.cat(outs) if len(outs) > 1 else outs[0]
 
     return denoise
 

@@ -25,15 +25,17 @@ def latency_ms(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int
         start = time.perf_counter()
         fn(*args)
         times.append((time.perf_counter() - start) * 1e3)
-    return _summary(times)
+    return summarize(times)
 
 
 def interleaved_latency_ms(
-    fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats: int = 10
+    fns: dict[str, Callable[[], Any]], warmup: int = 1, repeats: int = 10, settle: bool = False
 ) -> dict[str, dict[str, float]]:
     """Time several callables against each other: `warmup` untimed rounds, then `repeats`
     rounds in which each is called once, in turn, so that a slow spell of the machine falls
-    on all of them alike. Returns `latency_ms`'s figures per name."""
+    on all of them alike. With `settle` (runtimes on more than one thread), each timed call
+    starts once the previous one's thread pool has gone idle (`quiesce`). Returns
+    `latency_ms`'s figures per name."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):
@@ -42,13 +44,37 @@ def interleaved_latency_ms(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if settle:
+                quiesce()
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: _summary(t) for name, t in times.items()}
+    return {name: summarize(t) for name, t in times.items()}
 
 
-def _summary(times: list[float]) -> dict[str, float]:
+QUIESCE_WINDOW_S = 0.005
+QUIESCE_MAX_S = 0.25
+
+
+def quiesce(window_s: float = QUIESCE_WINDOW_S, max_s: float = QUIESCE_MAX_S) -> float:
+    """Wait until this process's thread pools are idle: its CPU time over a `window_s` sleep
+    stays under 10% of the window (at most `max_s`); returns the seconds waited.
+
+    The runtimes' pools spin for a while after a call (PyTorch's OpenMP threads, ONNX Runtime's
+    intra-op threads, TVM's workers); a runtime timed right after another would share the cores
+    with those spinning threads.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < max_s:
+        cpu = time.process_time()
+        time.sleep(window_s)
+        if time.process_time() - cpu < 0.1 * window_s:
+            break
+    return time.perf_counter() - start
+
+
+def summarize(times: list[float]) -> dict[str, float]:
+    """Median, p10, p90, min and count of `times` (ms): the figures every timing here reports."""
     times = sorted(times)
 
     def pct(q: float) -> float:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -57,6 +57,8 @@ from optkit.timing import interleaved_latency_ms
 log = logging.getLogger(__name__)
 
 MAX_THRESHOLD = 10.0
+MAX_FLOOR_TRIES = 12  # schedules relaxed against a quality floor (threshold 0.7**11 ~ 2% of it)
+FLOOR_REFINE = 3  # bisection steps between the last knob that missed the floor and the first that kept it
 TIMING_ROUNDS = 5  # interleaved uncached / cached sampling rounds behind the measured speed-up
 
 
@@ -68,7 +70,11 @@ class CacheConfig(PassConfig):
     and `first-block` policies; `budget` (fraction of block evaluations kept, in (0, 1]) drives
     `budget` and `fewer-steps`; `interval` drives `uniform`. `sampler` "",
     `steps` 0 and `guidance_scale` 0 mean the Workload's (`program.workload.diffusion`).
-    `blocks` is a regex over module paths ("" = automatic).
+    `blocks` is a regex over module paths ("" = automatic). `min_psnr` (dB, 0 = off) is a
+    quality floor: the policy's knob is relaxed step by step (threshold x0.7, budget +0.1,
+    interval -1) until the cached samples on the calibration seeds reach it against uncached
+    sampling, then bisected between the last knob that missed and the first that kept it, so
+    the schedule is the most aggressive one tried that keeps the floor.
     """
 
     policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps"] = "threshold"
@@ -82,8 +88,11 @@ class CacheConfig(PassConfig):
     align: bool = True
     mode: Literal["residual", "output"] = "residual"
     blocks: str = ""
+    min_psnr: float = 0.0
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.min_psnr) and 0 <= self.min_psnr <= 100):
+            raise ConfigError(f"min_psnr must be in [0, 100] dB (0 = no floor), got {self.min_psnr}")
         if not (math.isfinite(self.threshold) and 0 <= self.threshold <= MAX_THRESHOLD):
             raise ConfigError(f"threshold must be in [0, {MAX_THRESHOLD}], got {self.threshold}")
         if not 0 < self.budget <= 1:
@@ -117,6 +126,26 @@ def make_schedule(cfg: CacheConfig, profile: ChangeProfile) -> CacheSchedule:
     return fewer_steps_schedule(profile.blocks, profile.steps, cfg.budget)
 
 
+def relaxed(cfg: CacheConfig) -> CacheConfig | None:
+    """`cfg` with its policy's knob one step less aggressive, or None when it cannot relax."""
+    if cfg.policy in ("threshold", "first-block"):
+        return replace(cfg, threshold=0.7 * cfg.threshold) if cfg.threshold > 1e-3 else None
+    if cfg.policy in ("budget", "fewer-steps"):
+        return replace(cfg, budget=min(1.0, cfg.budget + 0.1)) if cfg.budget < 1.0 else None
+    return replace(cfg, interval=cfg.interval - 1) if cfg.interval > 1 else None
+
+
+def between(missed: CacheConfig, kept: CacheConfig) -> CacheConfig | None:
+    """The config halfway between a knob that missed the quality floor and one that kept it
+    (None for the integer `interval`, or when the two are already close)."""
+    name = _knob_name(kept)
+    low, high = _knob(missed), _knob(kept)
+    if name == "interval" or abs(high - low) <= 0.02 * max(abs(high), abs(low)):
+        return None
+    middle = 0.5 * (low + high)
+    return replace(kept, threshold=middle) if name == "threshold" else replace(kept, budget=middle)
+
+
 def unit_flops(program: Program, units: list[CacheUnit]) -> tuple[dict[str, int], int]:
     """FLOPs of one denoiser call per cached block, and in total."""
     costs = node_costs(program)
@@ -136,11 +165,23 @@ def expected_speedup(schedule: CacheSchedule, flops: dict[str, int], total: int,
     return steps * total / cached if cached else float("inf")
 
 
+def _knob_name(cfg: CacheConfig) -> str:
+    return {"threshold": "threshold", "first-block": "threshold", "uniform": "interval"}.get(
+        cfg.policy, "budget"
+    )
+
+
+def _knob(cfg: CacheConfig) -> float:
+    return float(getattr(cfg, _knob_name(cfg)))
+
+
 @register_pass("cache", CacheConfig)
 class BlockCaching(Pass):
     """Derive a block-caching schedule for a diffusion model and measure it. Annotation only;
     run after the passes that rewrite the graph. `sample_fn` (default: `optkit.sampling.sample`) can
     be set on the instance to drive another sampler with the same signature."""
+
+    shares_weights = True  # registers new tensors; never writes its input's
 
     sample_fn: SampleFn | None = None
 
@@ -187,25 +228,52 @@ class BlockCaching(Pass):
             shape=tuple(x.shape),
             **run_args,
         )
-        # 2. Schedule, 3. alignment.
-        schedule = make_schedule(cfg, profile)
-        alignment = (
-            fit_alignment(profile.values, schedule) if cfg.align and cfg.policy != "fewer-steps" else {}
-        )
-        # 4. Cached vs uncached samples on the same seeds. Step variants are built before any
-        # timing (graph surgery is not sampling); then TIMING_ROUNDS interleaved rounds after
-        # one warm-up round; the ratio of the median times is the measured speed-up.
-        runner = CachedSampler(program, schedule, units, alignment)
-        runner.variants()
-        plain = CachedSampler(program, schedule, units) if alignment else None
         uncached = {
             seed: partial(
                 uncached_sample, program, x.shape, sampler=sampler, steps=steps, seed=seed, **run_args
             )
             for seed in cfg.seeds
         }
-        refs = [uncached[seed]() for seed in cfg.seeds]
-        outs = [runner.sample(x.shape, sampler=sampler, seed=seed, **run_args) for seed in cfg.seeds]
+        reference = torch.cat([uncached[seed]() for seed in cfg.seeds])
+
+        def cached_samples(schedule: CacheSchedule, alignment: Any) -> tuple[CachedSampler, torch.Tensor]:
+            runner = CachedSampler(program, schedule, units, alignment)
+            runner.variants()  # graph surgery before any timing
+            out = [runner.sample(x.shape, sampler=sampler, seed=seed, **run_args) for seed in cfg.seeds]
+            return runner, torch.cat(out)
+
+        # 2. Schedule, 3. alignment, 4. cached samples on the same seeds; with a quality floor,
+        # the knob relaxes until the samples reach it.
+        tried: list[dict[str, float]] = []
+
+        def attempt(trial: CacheConfig) -> tuple[CacheConfig, CacheSchedule, Any, CachedSampler, float]:
+            schedule = make_schedule(trial, profile)
+            use_alignment = trial.align and trial.policy != "fewer-steps"
+            alignment = fit_alignment(profile.values, schedule) if use_alignment else {}
+            runner, samples = cached_samples(schedule, alignment)
+            psnr = psnr_db(reference, samples)
+            tried.append({"knob": _knob(trial), "psnr_db": psnr})
+            return trial, schedule, alignment, runner, psnr
+
+        best = attempt(cfg)
+        failed: CacheConfig | None = None
+        while cfg.min_psnr and best[-1] < cfg.min_psnr and len(tried) < MAX_FLOOR_TRIES:
+            looser = relaxed(best[0])
+            if looser is None:
+                break
+            failed, best = best[0], attempt(looser)
+        # Between the last knob that missed the floor and the first that kept it, bisect.
+        for _ in range(FLOOR_REFINE if best[-1] >= cfg.min_psnr else 0):
+            middle = between(failed, best[0]) if failed is not None else None
+            if middle is None:
+                break
+            trial = attempt(middle)
+            if trial[-1] >= cfg.min_psnr:
+                best = trial
+            else:
+                failed = middle
+        final, schedule, alignment, runner, psnr = best
+        plain = CachedSampler(program, schedule, units) if alignment else None
         unaligned = (
             [plain.sample(x.shape, sampler=sampler, seed=seed, **run_args) for seed in cfg.seeds]
             if plain
@@ -223,8 +291,6 @@ class BlockCaching(Pass):
             repeats=TIMING_ROUNDS,
         )
         measured = timing["uncached"]["median"] / timing["cached"]["median"]
-        reference = torch.cat(refs)
-        psnr = psnr_db(reference, torch.cat(outs))
         flops, total = unit_flops(program, units)
         speedup = expected_speedup(schedule, flops, total, steps)
         saved = 100.0 * (1.0 - schedule.evaluation_fraction(steps))
@@ -235,8 +301,11 @@ class BlockCaching(Pass):
             "sampler_spec": sampler.to_dict(),
             "steps": steps,
             "schedule_steps": schedule.steps,
-            "threshold": cfg.threshold,
-            "budget": cfg.budget,
+            "threshold": final.threshold,
+            "budget": final.budget,
+            "interval": final.interval,
+            "min_psnr": cfg.min_psnr,
+            "floor_tries": tried,
             "guidance_scale": guidance,
             "seeds": list(cfg.seeds),
             "mode": cfg.mode,
@@ -262,6 +331,16 @@ class BlockCaching(Pass):
             "psnr_vs_uncached": Figure(psnr, "dB"),
             "step_variants": Figure(len(runner.variants()), "programs"),
         }
+        if cfg.min_psnr:
+            figures["schedules_tried"] = Figure(len(tried), "schedules")
+            figures[f"final_{_knob_name(final)}"] = Figure(_knob(final), "")
+            if psnr < cfg.min_psnr:
+                log.warning(
+                    "cache: no schedule within %d tries reached %.1f dB (last %.1f dB)",
+                    len(tried),
+                    cfg.min_psnr,
+                    psnr,
+                )
         if unaligned:
             figures["psnr_without_alignment"] = Figure(
                 program.annotations.figures["cache"]["psnr_db_unaligned"], "dB"

@@ -23,6 +23,8 @@ class DCEConfig(PassConfig):
 class DeadCodeElimination(Pass):
     """Remove unused nodes and the attributes only they read."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     def run(self, program: Program) -> PassResult:
         gm = program.graph_module
         removed = eliminate_dead_code(gm)

@@ -157,6 +157,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
 class FoldBatchNorm(Pass):
     """Fold inference BatchNorms into the conv / Linear before them. After capture, before `ptq`."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     # Folding reassociates the float math: one rounding per output instead of two.
     tolerance = Tolerance(atol=1e-4, rtol=1e-3)
 

@@ -76,6 +76,8 @@ def _nbytes(value: Any) -> int:
 class FoldConstants(Pass):
     """Replace parameter-only subgraphs by their precomputed values."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     def run(self, program: Program) -> PassResult:
         gm = program.graph_module
         config: FoldConstantsConfig = self.config  # type: ignore[assignment]

@@ -77,6 +77,8 @@ def precision_label(plan: LayerPlan) -> str:
 class GroupwiseWeights(Pass):
     """Quantize Linear weights group-wise to packed int4 or int8. Run after capture, before lowering."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     @property
     def tolerance(self) -> Tolerance:  # type: ignore[override]
         return Tolerance(min_sqnr_db=self.config.min_sqnr_db)  # type: ignore[attr-defined]

@@ -261,6 +261,8 @@ class MateReplacement(Pass):
     attention. After capture, before `ptq` and `cache`. `progress(stage, step, total, loss)`
     can be set on the instance (the CLI draws bars with it); by default progress is logged."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     progress: ProgressFn | None = None
 
     @property

@@ -74,6 +74,8 @@ def cost_table(program: Program, preset: str | PimPreset, calibration: str = "qu
 class PimPartition(Pass):
     """Partition ops between the host and a PIM device by modeled latency or energy."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     def run(self, program: Program) -> PassResult:
         cfg: PimConfig = self.config  # type: ignore[assignment]
         table = cost_table(program, cfg.preset, cfg.calibration)

@@ -57,6 +57,8 @@ class SensitivityConfig(PassConfig):
 class Sensitivity(Pass):
     """Rank layers and blocks by output SQNR when quantized alone. Analysis only; run before ptq."""
 
+    shares_weights = True  # registers new tensors; never writes its input's
+
     def run(self, program: Program) -> PassResult:
         cfg: SensitivityConfig = self.config  # type: ignore[assignment]
         sites, _skipped = find_sites(program, cfg.skip)

@@ -37,6 +37,13 @@ def test_verdicts(old, new, expected):
     assert verdict(old, new) == expected
 
 
+def test_a_measured_memory_peak_is_judged_against_the_noise_floor():
+    mib = 2**20
+    assert verdict(Figure(100 * mib, "bytes"), Figure(105 * mib, "bytes"), name="peak_rss_bytes") == "noise"
+    assert verdict(Figure(100 * mib, "bytes"), Figure(150 * mib, "bytes"), name="peak_rss_bytes") == "worse"
+    assert verdict(Figure(100 * mib, "bytes"), Figure(105 * mib, "bytes"), name="model_bytes") == "worse"
+
+
 def test_a_larger_noise_floor_absorbs_drift_between_runs():
     old, new = timing(0.04, 0.039, 0.041), timing(0.09, 0.088, 0.092)
     assert verdict(old, new) == "slower"

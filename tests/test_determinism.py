@@ -9,7 +9,7 @@ from click.testing import CliRunner
 
 from optkit.cli.main import cli
 
-TIMING_WORDS = ("latency", "speedup", "time")
+TIMING_WORDS = ("latency", "speedup", "time", "peak_rss", "load_average")  # measured, not computed
 
 
 @pytest.fixture

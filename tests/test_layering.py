@@ -8,6 +8,7 @@ CORE = [
     *ROOT.glob("optkit/ir/*.py"),
     *ROOT.glob("optkit/quant/*.py"),
     *ROOT.glob("optkit/caching/*.py"),
+    *ROOT.glob("optkit/search/*.py"),
     *ROOT.glob("passes/*.py"),
     *ROOT.glob("backends/**/*.py"),
     *(

@@ -82,6 +82,6 @@ def test_onnx_runtime_sampler_matches_the_eager_one(tmp_path):
     program = capture_tiny_denoiser(workload)
     export_onnx(program, tmp_path / "m.onnx")
     eager = quality.sampler_for(program)(0)
-    ort = quality.sampler_for(program, onnx_session(tmp_path / "m.onnx"))(0)
+    ort = quality.sampler_for(program, quality.onnx_denoiser(program, onnx_session(tmp_path / "m.onnx")))(0)
     assert ort.shape == eager.shape
     torch.testing.assert_close(ort, eager, rtol=1e-3, atol=1e-3)

@@ -122,7 +122,7 @@ def _depends_on_first_input(program: Program) -> set[fx.Node]:
 def residual_form(program: Program, units: Sequence[CacheUnit]) -> Program:
     """A copy of `program` where each residual unit's output `o` (stream `h`) is rewritten as
     `h + (o - h)`, so that the residual `o - h` is a node that can be cut or returned."""
-    new = program.clone()
+    new = program.clone(share_weights=True)  # graph edits only
     graph = new.graph
     table = {n.name: n for n in graph.nodes}
     rebuilt_of: dict[fx.Node, fx.Node] = {}

@@ -32,12 +32,7 @@ if TYPE_CHECKING:
     help="Timed rounds (one call of each target per round).",
 )
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs before timing.")
-@click.option(
-    "--threads",
-    default=None,
-    type=int,
-    help="PyTorch, ONNX Runtime and TVM runtime threads, each set to exactly this [default: torch's setting].",
-)
+@options.threads
 @click.option("--tune-trials", default=0, show_default=True, type=int, help="TVM tuning trials (0: untuned).")
 @options.output
 @options.overwrite

@@ -75,6 +75,7 @@ def lower(
     from optkit.backends.pim.artifact import parse_target
     from optkit.backends.targets import resolve_target
     from optkit.cli.main import _steps
+    from optkit.ir.memory import EXTRA_WEIGHTS, check_memory, peak_message
     from optkit.native_output import native_stderr_to_file, write_log
     from optkit.refs import load_program_ref
     from optkit.workload import Workload
@@ -90,6 +91,11 @@ def lower(
     with _steps(ctx, f"lower {model}") as step:
         step("load model")
         program = load_program_ref(model, trust_pickle=trust_pickle, workload=workload)
+        if pim_preset is None:
+            # Refuse a model whose lowering cannot fit before minutes of compiling, not after.
+            check_memory(program, copies=EXTRA_WEIGHTS["lower and save"], what="lower")
+            if not ctx.obj["quiet"] and not ctx.obj["json"]:
+                click.echo(peak_message(program, "lower and save"), err=True)
         # TVM's C++ warnings go to OUTPUT/native.log, not the terminal (--debug shows them).
         quiet_native: AbstractContextManager[list[str]] = (
             native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])

@@ -113,6 +113,8 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
     help="Also lower the result through TVM for cpu or cuda into OUTPUT/artifact/ (every cache step "
     "variant; run it with `optkit sample`) and time the compiled pipeline.",
 )
+@options.pass_option
+@options.threads
 @options.require
 @options.junit
 @click.pass_context
@@ -129,6 +131,8 @@ def optimize(
     no_onnx: bool,
     repeats: int,
     target: str | None,
+    pass_options: tuple[str, ...],
+    threads: int | None,
     require: tuple[str, ...],
     junit_path: Path | None,
 ) -> None:
@@ -154,7 +158,7 @@ def optimize(
             model,
             passes,
             output,
-            options=config.options,
+            options=options.parse_pass_options(pass_options, config.options),
             trust_pickle=trust_pickle,
             overwrite=overwrite,
             onnx=not no_onnx,
@@ -164,6 +168,7 @@ def optimize(
             calib=calib_path,
             budgets=budgets,
             target=target,
+            threads=threads,
         )
     native_log = write_log(native_lines, output / "artifact" / "native.log") if target else None
     _emit(ctx, report, output)
@@ -317,6 +322,9 @@ cli.add_command(lower)
 cli.add_command(run)
 cli.add_command(sample)
 cli.add_command(ci.compare)
+from optkit.cli.search import search  # noqa: E402  (`optkit search`)
+
+cli.add_command(search)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,12 @@ trust_pickle = click.option(
     "--trust-pickle", is_flag=True, help="Allow loading a pickled .pt model (this runs code from the file)."
 )
 size = click.option("--size", default="tiny", show_default=True, help="Zoo model size (tiny, small).")
+threads = click.option(
+    "--threads",
+    default=None,
+    type=click.IntRange(min=1),
+    help="PyTorch, ONNX Runtime and TVM runtime threads for timing, each set to exactly this [default: torch's setting].",
+)
 seed = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 workload = click.option(
     "--workload",
@@ -56,6 +63,35 @@ junit = click.option(
     default=None,
     help="Write a JUnit XML file with one test case per budget.",
 )
+
+
+pass_option = click.option(
+    "-O",
+    "--option",
+    "pass_options",
+    multiple=True,
+    metavar="PASS.KEY=VALUE",
+    help="A pass option, e.g. -O cache.min_psnr=32 (a TOML value; repeatable; overrides --config).",
+)
+
+
+def parse_pass_options(
+    items: Sequence[str], base: Mapping[str, Mapping[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """`base` (a config file's option tables) with each `PASS.KEY=VALUE` laid over it; VALUE is
+    read as TOML (`32`, `0.2`, `true`, `"ddim"`, `[0, 1]`) and otherwise kept as a string."""
+    options = {name: dict(table) for name, table in base.items()}
+    for item in items:
+        key, sep, text = item.partition("=")
+        name, dot, field_name = key.strip().partition(".")
+        if not sep or not dot or not name or not field_name:
+            raise ConfigError(f"-O takes PASS.KEY=VALUE (e.g. cache.min_psnr=32), got {item!r}")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text.strip()
+        options.setdefault(name, {})[field_name] = value
+    return options
 
 
 def split_passes(value: str | None) -> list[str]:

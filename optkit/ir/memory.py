@@ -103,23 +103,43 @@ def available_memory() -> int:
     return int(psutil.virtual_memory().available)
 
 
+# What a step adds to a loaded Program, in float weights' worth, measured by
+# benchmarks/bench_scale.py (docs/benchmarks.md, section bench_scale) on diffusers UNets of
+# 37M-860M parameters, rounded up. Passes share the weights they do not rewrite (copy on
+# write), so `ptq` added 0.3-0.8x (the quantized copies, calibration's transients); `lower`
+# 1.2-2.3x (the packed panels, the compiler); writing the library (`export_library`, which
+# embeds the weights in the .so and holds several copies of them while it does) 6.4x.
+EXTRA_WEIGHTS = {"optimize": 1.0, "lower": 2.5, "lower and save": 6.5}
+
+
 def check_memory(
-    program: Program, *, copies: int = 1, available_bytes: int | None = None, what: str = "run"
+    program: Program, *, copies: float = 1, available_bytes: int | None = None, what: str = "run"
 ) -> MemoryEstimate:
-    """Raise `ResourceError` unless `copies` extra copies of the weights (passes clone the
-    Program they rewrite) plus one forward call fit in `available_bytes` (the machine's
-    available memory by default); returns the estimate."""
+    """Raise `ResourceError` unless `copies` extra weights' worth of memory (what the step adds
+    to the loaded Program; `EXTRA_WEIGHTS` has measured values) plus one forward call fit in
+    `available_bytes` (the machine's available memory by default); returns the estimate."""
     estimate = estimate_memory(program)
-    need = copies * estimate.weight_bytes + estimate.run_bytes
+    need = int(copies * estimate.weight_bytes) + estimate.run_bytes
     have = available_memory() if available_bytes is None else available_bytes
     if need > have:
         raise ResourceError(
-            f"cannot {what} {program.name}: it needs about {_gib(need)} (weights {_gib(estimate.weight_bytes)} "
-            f"x {copies} copies, peak activations {_gib(estimate.peak_activation_bytes)} and inputs "
+            f"cannot {what} {program.name}: it needs about {_gib(need)} more (weights {_gib(estimate.weight_bytes)} "
+            f"x {copies:g}, peak activations {_gib(estimate.peak_activation_bytes)} and inputs "
             f"{_gib(estimate.input_bytes)} for the example batch) but {_gib(have)} of memory is "
             "available; use a smaller batch or input size, or a machine with more memory"
         )
     return estimate
+
+
+def peak_message(program: Program, what: str) -> str:
+    """One line for the user before a long step: the estimated peak of `what` (a key of
+    `EXTRA_WEIGHTS`) over the memory in use now, and the memory available."""
+    estimate = estimate_memory(program)
+    extra = int(EXTRA_WEIGHTS[what] * estimate.weight_bytes) + estimate.run_bytes
+    return (
+        f"{what} {program.name}: weights {_gib(estimate.weight_bytes)}, estimated peak {_gib(extra)} "
+        f"above what is in use now, {_gib(available_memory())} available"
+    )
 
 
 def _gib(n: int) -> str:

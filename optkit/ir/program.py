@@ -170,10 +170,18 @@ class Program:
             outs.append(out[0] if isinstance(out, (tuple, list)) else out)
         return torch.cat(outs)
 
-    def clone(self) -> Program:
-        """A deep copy: graph, parameters, annotations. Passes edit the clone, never the input."""
+    def clone(self, *, share_weights: bool = False) -> Program:
+        """A deep copy: graph, parameters, annotations. Passes edit the clone, never the input.
+
+        With `share_weights`, the copy's graph, annotations and modules are new but its
+        parameters, buffers and tensor constants are the input's own tensor objects (copy on
+        write: a model of 10 GB forks for the cost of its graph). Whoever edits such a copy must
+        replace a weight (register a new tensor under the name), never write into it in place;
+        `weight_versions` lets a caller check that it did not.
+        """
+        memo = weight_memo(self.graph_module) if share_weights else {}
         return Program(
-            copy.deepcopy(self.graph_module),
+            copy.deepcopy(self.graph_module, memo),
             tuple(t.clone() for t in self.example_inputs),
             Annotations.from_dict(self.annotations.to_dict()),
             self.name,
@@ -327,6 +335,34 @@ class Program:
             for arg in node.all_input_nodes:
                 g.add_edge(arg.name, node.name)
         return g
+
+
+def weight_tensors(gm: fx.GraphModule) -> dict[str, torch.Tensor]:
+    """Every tensor a graph module holds, by dotted name: parameters, buffers and plain tensor
+    attributes (the constants torch.export lifts), each tensor object once."""
+    found: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for path, module in gm.named_modules(remove_duplicate=False):
+        prefix = f"{path}." if path else ""
+        values = [*module._parameters.items(), *module._buffers.items()]
+        values += [(k, v) for k, v in vars(module).items() if isinstance(v, torch.Tensor)]
+        for name, tensor in values:
+            if tensor is not None and id(tensor) not in seen:
+                seen.add(id(tensor))
+                found[prefix + name] = tensor
+    return found
+
+
+def weight_memo(gm: fx.GraphModule) -> dict[int, Any]:
+    """A `copy.deepcopy` memo that maps each of `gm`'s tensors to itself, so a deep copy of the
+    module shares them instead of copying their storage."""
+    return {id(t): t for t in weight_tensors(gm).values()}
+
+
+def weight_versions(gm: fx.GraphModule) -> dict[str, tuple[int, int]]:
+    """(data pointer, autograd version counter) of each of `gm`'s tensors: an in-place write
+    (`w.mul_(2)`, `w.copy_(...)`) bumps the counter, so two snapshots tell whether one happened."""
+    return {k: (t.data_ptr(), t._version) for k, t in weight_tensors(gm).items()}
 
 
 def eliminate_dead_code(gm: fx.GraphModule) -> int:

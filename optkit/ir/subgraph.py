@@ -38,7 +38,7 @@ def _nodes_by_name(program: Program, names: Sequence[str]) -> list[fx.Node]:
 
 def with_outputs(program: Program, names: Sequence[str]) -> Program:
     """A copy of `program` that returns its outputs followed by the values of nodes `names`."""
-    new = program.clone()
+    new = program.clone(share_weights=True)  # graph edits only
     gm = new.graph_module
     _flatten_codegen(gm)
     out = next(n for n in gm.graph.nodes if n.op == "output")
@@ -54,7 +54,7 @@ def cut_to_inputs(program: Program, names: Sequence[str], example_values: Sequen
     tensors for the new inputs."""
     if len(names) != len(example_values):
         raise ConfigError(f"{len(names)} nodes to cut but {len(example_values)} example values")
-    new = program.clone()
+    new = program.clone(share_weights=True)  # graph edits only
     gm = new.graph_module
     _flatten_codegen(gm)
     graph = gm.graph

@@ -44,10 +44,10 @@ def linear_w8a8(
     """y = dequant(int8 GEMM(quant(x), w_q)) + bias. x (..., K); w_q int8 (K, N); w_scale (N,);
     x_scale, x_zero scalars (x_zero on the int8 grid); w_colsum = w_q.sum(0) in int32."""
     lead = x.shape[:-1]
-    xq = _quantize_act(x.reshape(-1, x.shape[-1]), x_scale, x_zero).to(torch.int8)  # (M, K)
+    xq = _quantize_act(x.reshape(-1, x.shape[-1]).float(), x_scale, x_zero).to(torch.int8)  # (M, K)
     acc = torch._int_mm(xq, w_q) - x_zero.to(torch.int32) * w_colsum  # (M, N) int32
-    y = acc.float() * (x_scale * w_scale) + bias
-    return y.reshape(*lead, w_q.shape[1])
+    y = acc.float() * (x_scale * w_scale) + bias.float()
+    return y.reshape(*lead, w_q.shape[1]).to(x.dtype)  # a half-precision model stays in half
 
 
 @linear_w8a8.register_fake
@@ -80,7 +80,8 @@ def linear_wq(
 ) -> Tensor:
     """Weight-only quantized linear: group-wise int4 (packed) or int8 weight (K, N), float activations."""
     w = dequantize_weight(w_packed, w_scale, w_zero, bits, group_size, signed)
-    return torch.matmul(x, w) + bias
+    # One layer's weight dequantized at a time, in the activations' dtype (bf16 / fp16 stay so).
+    return torch.matmul(x, w.to(x.dtype)) + bias.to(x.dtype)
 
 
 @linear_wq.register_fake
@@ -103,9 +104,10 @@ def conv2d_w8a8(
     groups: int,
 ) -> Tensor:
     """Conv2d on int8 activations and per-output-channel int8 weights (Cout, Cin/g, kh, kw)."""
-    xd = (_quantize_act(x, x_scale, x_zero) - x_zero.float()) * x_scale
+    xd = (_quantize_act(x.float(), x_scale, x_zero) - x_zero.float()) * x_scale
     wd = w_q.float() * w_scale.reshape(-1, 1, 1, 1)
-    return F.conv2d(xd, wd, bias, stride, padding, dilation, groups)
+    y = F.conv2d(xd, wd, None if bias is None else bias.float(), stride, padding, dilation, groups)
+    return y.to(x.dtype)
 
 
 @conv2d_w8a8.register_fake
@@ -124,7 +126,7 @@ def _conv_out_shape(xs, ws, stride, padding, dilation):  # type: ignore[no-untyp
 @torch.library.custom_op("optkit::act_qdq", mutates_args=())
 def act_qdq(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     """Round an activation onto the int8 grid of (scale, zero) and back."""
-    return (_quantize_act(x, scale, zero) - zero.float()) * scale
+    return ((_quantize_act(x.float(), scale, zero) - zero.float()) * scale).to(x.dtype)
 
 
 @act_qdq.register_fake

@@ -35,9 +35,12 @@ Deviations and choices:
   the row's own rating out, so with the user and item id embeddings a network can read the
   label off the difference (the baseline loses nothing: validation AUC 0.7811 with them,
   0.7809 without).
-- Search is random sampling scored with inherited weights (NASRec: regularized evolution);
-  the picked subnet is fine-tuned from the inherited weights, not retrained from scratch. No
-  PIM cost enters the search here.
+- `search` here is random sampling scored with inherited weights; the picked subnet is
+  fine-tuned from the inherited weights, not retrained from scratch. No PIM cost enters it.
+  The joint architecture x PIM search (NSGA-II, TPE, regularized evolution, on Ray) is
+  `optkit search zoo:recsys` (`optkit.search`, `search_problem` below); the training loop and
+  the inherited-weight scoring live there and are shared. `TINY_CHOICE` has not been re-picked
+  from that search yet.
 - Tiny sizes: feature tokens of width 16, block widths {16, 32, 64}, 4 blocks. Embedding
   tables have min(cardinality, 2048) rows (ids hashed modulo the rows): MovieLens needs no
   hashing (its largest feature, item id, has 1,682 values); Criteo-like data with larger
@@ -65,17 +68,18 @@ import functools
 import math
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from optkit.errors import ConfigError
 from optkit.metrics import log_loss, roc_auc
 from optkit.nn.supernet import BlockChoice, RecSupernet, Subnet, SupernetConfig, sample_choice
+from optkit.search.api import SearchProblem
+from optkit.search.scoring import inherited_scores
+from optkit.search.training import fit, predict, train_supernet  # noqa: F401  (the zoo's training loop)
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
 
 PAPER = "NASRec: Weight Sharing Neural Architecture Search for Recommender Systems (Zhang et al., WWW 2023)"
@@ -176,66 +180,6 @@ def ctr_splits() -> dict[str, dict[str, torch.Tensor]]:
     }
 
 
-Forward = Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def fit(
-    params: list[nn.Parameter],
-    forward: Forward,
-    data: dict[str, torch.Tensor],
-    steps: int,
-    batch_size: int,
-    lr: float,
-    gen: torch.Generator,
-    progress: Callable[[int, float], None] | None = None,
-    weight_decay: float = 1e-5,
-) -> float:
-    """Minimize BCE of `forward(dense, sparse, gen)` logits on `data` with AdamW and cosine decay.
-
-    Batches are drawn with replacement; returns the smoothed final loss.
-    """
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / max(1, steps))) * 0.95 + 0.05
-    )
-    n = data["labels"].shape[0]
-    ema = float("nan")
-    for step in range(steps):
-        idx = torch.randint(0, n, (batch_size,), generator=gen)
-        loss = F.binary_cross_entropy_with_logits(
-            forward(data["dense"][idx], data["sparse"][idx], gen), data["labels"][idx]
-        )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        ema = loss.item() if step == 0 else 0.98 * ema + 0.02 * loss.item()
-        if progress:
-            progress(step + 1, ema)
-    return ema
-
-
-def train_supernet(
-    supernet: RecSupernet,
-    data: dict[str, torch.Tensor],
-    steps: int,
-    batch_size: int,
-    lr: float,
-    gen: torch.Generator,
-    progress: Callable[[int, float], None] | None = None,
-) -> float:
-    """Weight-sharing training: every step runs one uniformly sampled subnet."""
-    rng = random.Random(int(torch.randint(0, 2**31, (1,), generator=gen)))
-
-    def forward(dense: torch.Tensor, sparse: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return supernet(dense, sparse, sample_choice(supernet.config, rng))
-
-    supernet.train()
-    loss = fit(list(supernet.parameters()), forward, data, steps, batch_size, lr, gen, progress)
-    supernet.eval()
-    return loss
-
-
 def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     """Train a supernet on the `fit` split (half the steps), inherit `model`'s subnet weights and
     fine-tune the subnet for the other half, keeping the weights with the lowest validation log
@@ -309,18 +253,6 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
 # Search and evaluation
 
 
-@torch.no_grad()
-def predict(
-    model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    data: dict[str, torch.Tensor],
-    batch: int = 4096,
-) -> torch.Tensor:
-    """Click probabilities (N,) of `model(dense, sparse)` logits, in batches."""
-    n = data["labels"].shape[0]
-    out = [model(data["dense"][i : i + batch], data["sparse"][i : i + batch]) for i in range(0, n, batch)]
-    return torch.sigmoid(torch.cat(out))
-
-
 def search(
     config: RecsysConfig | None = None,
     candidates: int = 24,
@@ -343,21 +275,18 @@ def search(
     train_supernet(supernet, splits["fit"], steps, batch_size, lr, gen)
     rng = random.Random(seed + 1)
     choices = [config.choice] + [sample_choice(supernet.config, rng) for _ in range(candidates)]
-    val = splits["validation"]
-    results = []
-    for choice in choices:
-        sub = supernet.subnet(choice)
-        probs = predict(sub, val)
-        results.append(
-            {
-                "choice": choice,
-                "name": sub.describe(),
-                "auc": roc_auc(val["labels"], probs),
-                "log_loss": log_loss(val["labels"], probs),
-                "params": sum(p.numel() for p in sub.parameters()),
-            }
-        )
+    results = inherited_scores(supernet, choices, splits["validation"])
     return sorted(results, key=lambda r: -r["auc"])
+
+
+def search_problem(size: str = "tiny") -> SearchProblem:
+    """`zoo:recsys` as a co-design search problem (`optkit search`): the supernet of size `size`
+    and the MovieLens CTR splits (`fit` trains the supernet, `validation` scores candidates,
+    `test` measures the retrained ones)."""
+    configs = {"tiny": RecsysConfig.tiny(), "small": RecsysConfig.small()}
+    if size not in configs:
+        raise ConfigError(f"recsys has sizes {', '.join(configs)}, got {size!r}")
+    return SearchProblem(f"recsys:{size}", configs[size].supernet(), ctr_splits())
 
 
 @functools.lru_cache(maxsize=1)

@@ -47,12 +47,12 @@ def test_every_variant_of_the_schedule_is_lowered_once(programs, lowered):
     keys = {variant_key(*runner.plan(s)) for s in range(STEPS)}
     assert set(pipe.variants) == keys and len(keys) == 3
     assert pipe.variants[NO_CACHE] is pipe.main  # the variant without reuse or fill is the Program
-    assert len(pipe.libraries()) == 3
-    assert steps == [
-        "lower main",
-        "lower step variant 1/2 (reuse 0, fill 2 blocks)",
-        "lower step variant 2/2 (reuse 2, fill 0 blocks)",
-    ]
+    assert pipe.libraries() == [pipe.main]  # one library: the variants are functions of it
+    entries = {a.entry for a in pipe.variants.values()}
+    assert entries == {"main", "variant_01", "variant_02"}
+    assert all(a.module is pipe.main.module for a in pipe.variants.values())
+    assert [s for s in steps if s.startswith("import")] == [f"import into Relax ({i}/3)" for i in (1, 2, 3)]
+    assert steps[-1] == "build for cpu"
     reuse_both = pipe.variants[(("blocks.0", "blocks.1"), ())]
     assert [s.shape for s in reuse_both.inputs[3:]] == [(2, 16, 16), (2, 16, 16)]  # the cached residuals
 
@@ -88,16 +88,31 @@ def test_without_a_schedule_the_compiled_main_is_the_denoiser(programs, lowered)
 def test_saved_pipeline_is_one_directory_that_loads_and_samples_the_same(lowered, saved):
     manifest = json.loads((saved / "pipeline.json").read_text())
     assert manifest["format"] == "optkit-tvm-pipeline" and manifest["target"] == "cpu"
-    dirs = {(tuple(v["reuse"]), tuple(v["fill"])): v["dir"] for v in manifest["variants"]}
-    assert dirs[NO_CACHE] == "main" and sorted(set(dirs.values())) == ["main", "variants/00", "variants/01"]
-    for folder in ("main", "variants/00", "variants/01"):
-        assert (saved / folder / "model.so").is_file() and (saved / folder / "manifest.json").is_file()
-    sizes = [manifest["main"]["bytes"], *{v["dir"]: v["bytes"] for v in manifest["variants"]}.values()]
-    assert manifest["library_bytes_total"] == sum(sizes) - manifest["main"]["bytes"]  # main counted once
-    assert "not shared" in manifest["weights"]
+    functions = {(tuple(v["reuse"]), tuple(v["fill"])): v["function"] for v in manifest["variants"]}
+    assert functions[NO_CACHE] == "main" and sorted(functions.values()) == [
+        "main",
+        "variant_01",
+        "variant_02",
+    ]
+    assert sorted(p.name for p in saved.iterdir()) == ["main", "model.pt2", "model.pt2.json", "pipeline.json"]
+    assert (
+        manifest["library_bytes_total"]
+        == manifest["main"]["bytes"]
+        == (saved / "main/model.so").stat().st_size
+    )
+    assert "each weight stored once" in manifest["weights"]
     loaded = load_pipeline(saved)
     assert loaded.cached and set(loaded.variants) == set(lowered[0].variants)
     assert torch.allclose(loaded.sample(0), lowered[0].sample(0), atol=1e-6)
+
+
+def test_the_weights_are_stored_once_for_all_step_variants(programs, lowered, tmp_path):
+    """The library of main and its two variants is far smaller than three libraries."""
+    from optkit.backends.lowering import lower
+
+    alone = lower(programs[1], "cpu").save(tmp_path / "main-alone")
+    single = (alone / "model.so").stat().st_size
+    assert lowered[0].save(tmp_path / "pipe").joinpath("main/model.so").stat().st_size < 1.6 * single
 
 
 def _broken_copy(saved, tmp_path):
@@ -111,7 +126,7 @@ def _broken_copy(saved, tmp_path):
     [
         (lambda d: (d / "pipeline.json").unlink(), "not an optkit pipeline: pipeline.json is missing"),
         (lambda d: (d / "pipeline.json").write_text("{not json"), "pipeline.json is corrupt"),
-        (lambda d: (d / "variants/01/model.so").unlink(), "model.so is missing"),
+        (lambda d: (d / "main/model.so").unlink(), "model.so is missing"),
         (lambda d: (d / "main/model.so").write_bytes(b"garbage"), "does not match the hash in pipeline.json"),
         (lambda d: (d / "model.pt2").unlink(), "model.pt2 is missing"),
     ],
@@ -120,6 +135,15 @@ def test_a_broken_directory_is_refused_by_name(saved, tmp_path, breakage, messag
     copy = _broken_copy(saved, tmp_path)
     breakage(copy)
     with pytest.raises(ArtifactError, match=message):
+        load_pipeline(copy)
+
+
+def test_a_manifest_naming_a_function_the_library_lacks_is_refused(saved, tmp_path):
+    copy = _broken_copy(saved, tmp_path)
+    manifest = json.loads((copy / "pipeline.json").read_text())
+    manifest["variants"][-1]["function"] = "variant_99"
+    (copy / "pipeline.json").write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="no function 'variant_99'"):
         load_pipeline(copy)
 
 

@@ -50,3 +50,25 @@ def test_quantized_conv_matches_program(conv_program):
     artifact = lower(program, "cpu", num_cores=1)
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_programs_lowered_into_one_library_keep_their_own_kernels(mlp):
+    """Two int4 Programs whose importers name kernels of different shapes alike
+    (`groupwise_matmul`) each run their own in one library (`lower_functions`)."""
+    import torch
+    from optkit.backends.lowering import lower_functions
+
+    from optkit.ir.capture import capture
+
+    torch.manual_seed(1)
+    other = torch.nn.Sequential(torch.nn.Linear(48, 32), torch.nn.GELU(), torch.nn.Linear(32, 8)).eval()
+    opts = {"bits": 4, "group_size": 16}
+    programs = {
+        "main": _quantized(mlp, "groupwise", opts),
+        "other": _quantized(capture(other, (torch.randn(2, 48),), name="other"), "groupwise", opts),
+    }
+    lowered = lower_functions(programs, "cpu", num_cores=1)
+    assert lowered["other"].module is lowered["main"].module and lowered["other"].entry == "other"
+    for name, program in programs.items():
+        (got,) = lowered[name].run(*program.example_inputs)
+        np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)

@@ -7,8 +7,9 @@ import sys
 import pytest
 from optkit.backends.threads import runtime_threads, set_runtime_threads
 
-from optkit.benchmark import BenchConfig, benchmark, quiesce
+from optkit.benchmark import BenchConfig, benchmark
 from optkit.errors import ConfigError
+from optkit.timing import quiesce
 from tests.backends.conftest import mlp_program
 
 

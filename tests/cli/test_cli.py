@@ -101,6 +101,21 @@ def test_optimize_with_config_file(user_models):
     assert "onnx_bytes" not in data["figures"]
 
 
+def test_pass_options_on_the_command_line_override_the_config_file():
+    from optkit.cli.options import parse_pass_options
+
+    base = {"cache": {"threshold": 0.3, "seeds": [0, 1]}}
+    got = parse_pass_options(["cache.min_psnr=32", "cache.threshold=0.2", "ptq.calibration=all-steps"], base)
+    assert got == {
+        "cache": {"threshold": 0.2, "seeds": [0, 1], "min_psnr": 32},
+        "ptq": {"calibration": "all-steps"},  # not TOML: kept as text
+    }
+    assert base["cache"]["threshold"] == 0.3  # the config's tables are not modified
+    assert parse_pass_options(['cache.sampler="ddim"', "cache.seeds=[3]"], {}) == {
+        "cache": {"sampler": "ddim", "seeds": [3]}
+    }
+
+
 def test_analyze_prints_block_table_and_writes_plot(user_models):
     result = run("analyze", "usermodels:net", "-o", "an")
     assert result.exit_code == 0, result.output
@@ -139,6 +154,14 @@ def test_zoo_list_runs():
             "capture failed in the top-level forward of Branchy: data-dependent",
         ),
         (["optimize", "m.pt", "--passes", "dce", "-o", "o"], "--trust-pickle"),
+        (
+            ["optimize", "usermodels:net", "--passes", "dce", "-O", "dce", "-o", "o"],
+            "-O takes PASS.KEY=VALUE",
+        ),
+        (
+            ["optimize", "usermodels:net", "--passes", "dce", "-O", "cache.min_psnr=3", "-o", "o"],
+            "options given for pass(es) not in the run: cache",
+        ),
         (["analyze", "zoo:nosuch"], "unknown zoo model 'nosuch'"),
         (["report", "nowhere"], "no report in nowhere"),
     ],

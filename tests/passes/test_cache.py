@@ -85,6 +85,24 @@ def test_threshold_zero_is_exact(program, sample_fn):
     assert p.annotations.figures["cache"]["evaluations_saved_pct"] == 0.0
 
 
+@pytest.mark.parametrize("policy", ["threshold", "budget"])
+def test_quality_floor_relaxes_the_knob_until_the_samples_reach_it(program, sample_fn, policy):
+    loose = _run(program, sample_fn, policy=policy, threshold=0.35, budget=0.3)
+    floor = max(3.0, loose.figures["psnr_vs_uncached"].value + 3.0)  # beyond the loose schedule
+    result = _run(program, sample_fn, policy=policy, threshold=0.35, budget=0.3, min_psnr=floor)
+    data = result.program.annotations.figures["cache"]
+    tried = data["floor_tries"]
+    assert len(tried) >= 2 and tried[0]["psnr_db"] == pytest.approx(loose.figures["psnr_vs_uncached"].value)
+    knob = "threshold" if policy == "threshold" else "budget"
+    final = result.figures[f"final_{knob}"].value
+    assert result.figures["psnr_vs_uncached"].value >= floor
+    assert {"knob": final, "psnr_db": result.figures["psnr_vs_uncached"].value} in tried
+    # Every more aggressive schedule tried (larger threshold, smaller budget) missed the floor.
+    bolder = [t for t in tried if (t["knob"] > final if knob == "threshold" else t["knob"] < final)]
+    assert bolder and all(t["psnr_db"] < floor for t in bolder)
+    assert data["evaluations_saved_pct"] < loose.program.annotations.figures["cache"]["evaluations_saved_pct"]
+
+
 @pytest.mark.parametrize(
     ("policy", "options"),
     [
@@ -120,6 +138,8 @@ def test_bad_input(program, sample_fn):
         CacheConfig(sampler="euler-a")
     with pytest.raises(ConfigError, match="budget"):
         CacheConfig(budget=1.5)
+    with pytest.raises(ConfigError, match="min_psnr"):
+        CacheConfig(min_psnr=-3.0)
     with pytest.raises(ConfigError, match="policy"):
         CacheConfig.from_dict({"policy": "random"})
     no_sampler = program.clone()
