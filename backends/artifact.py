@@ -109,7 +109,7 @@ class Artifact:
         """`run` for torch tensors on the hot path of a sampler: shapes and dtypes are checked
         against the signature without numpy, inputs and outputs cross by DLPack (no copy for
         contiguous, 64-byte aligned CPU tensors), and the outputs are torch tensors that keep
-        their TVM buffers alive. About 0.3 ms less per call than `run` on a 40-call sampler."""
+        their TVM buffers alive (on dit's compiled `main`: 0.84 ms a call against 0.91 ms for `run`)."""
         import tvm
 
         if self.target.name != "cpu":
