@@ -7,7 +7,9 @@
 | `naive` | `tvm.compile`'s own pipeline: untuned loop nests (for comparison only) | same as `default` (GPU code needs thread bindings) |
 
 With tuning (`tuning.py`), the CPU matmul rule takes each kernel's measured-best tile from the
-tuning database; kernels without a record get the rule's defaults. The pipeline mirrors TVM's own
+tuning database; kernels without a record get the rule's defaults. With MetaSchedule
+(`metaschedule.py`), the kernels where its schedule beat optkit's arrive as `overrides`,
+scheduled PrimFuncs by structural key, put in place after fusion so the schedule pass skips them. The pipeline mirrors TVM's own
 `relax.backend.*.get_default_pipeline` with the schedule step inserted after fusion.
 """
 
@@ -38,33 +40,79 @@ def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = No
     return dl.ApplyDefaultSchedule(CPUGEMV(), CPURowReduction(), matmul, dl.cpu.Reduction(), CPUElementwise())
 
 
-def relax_pipeline(
-    spec: TargetSpec, schedule: str = "default", tuned: dict[str, dict[str, int]] | None = None
-) -> Any:
-    """The Relax pipeline for `tvm.compile`: legalize, fuse, schedule (tuned where measured), lower."""
-    import tvm
+def _backend(spec: TargetSpec) -> Any:
     from tvm import relax
 
-    if schedule not in SCHEDULES:
-        raise UnknownNameError("schedule", schedule, SCHEDULES)
-    target = spec.tvm_target()
-    backend = relax.backend.cuda.pipeline if spec.kind == "cuda" else relax.backend.cpu_generic.pipeline
-    legalize = [
+    return relax.backend.cuda.pipeline if spec.kind == "cuda" else relax.backend.cpu_generic.pipeline
+
+
+def fusion_passes(spec: TargetSpec) -> list[Any]:
+    """The passes before scheduling: library dispatch, legalize, fuse (shared with the tuners, so
+    the kernels they tune are the ones the build schedules)."""
+    from tvm import relax
+
+    return _backend(spec).library_dispatch_passes(spec.tvm_target()) + [
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]
-    scheduled: list[Any] = []
+
+
+def fuse(mod: Any, spec: TargetSpec) -> Any:
+    """`mod` legalized and fused as the build does it, not yet scheduled."""
+    import tvm
+
+    target = spec.tvm_target()
+    with target:
+        return tvm.transform.Sequential(fusion_passes(spec))(mod)
+
+
+def structural_key(func: Any) -> str:
+    """A key for a PrimFunc that ignores its variable names (TVM's structural hash, as
+    MetaSchedule's database uses): the same kernel imported twice gets the same key."""
+    import tvm_ffi
+
+    return f"{tvm_ffi.structural_hash(func.without_attr('global_symbol')) & (2**64 - 1):016x}"
+
+
+def override_pass(overrides: dict[str, Any]) -> Any:
+    """A pass that replaces each fused PrimFunc whose `structural_key` is in `overrides` by its
+    scheduled version (marked `tirx.is_scheduled`, so DLight's schedule pass leaves it)."""
+    import tvm
+
+    @tvm.transform.module_pass(opt_level=0, name="OptkitApplyOverrides")
+    def _apply(mod: Any, _ctx: Any) -> Any:
+        for gvar, func in list(mod.functions_items()):
+            if isinstance(func, tvm.tirx.PrimFunc) and (found := overrides.get(structural_key(func))):
+                mod[gvar] = found
+        return mod
+
+    return _apply
+
+
+def relax_pipeline(
+    spec: TargetSpec,
+    schedule: str = "default",
+    tuned: dict[str, dict[str, int]] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> Any:
+    """The Relax pipeline for `tvm.compile`: legalize, fuse, schedule (tuned where measured), lower."""
+    import tvm
+
+    if schedule not in SCHEDULES:
+        raise UnknownNameError("schedule", schedule, SCHEDULES)
+    target = spec.tvm_target()
+    backend = _backend(spec)
+    scheduled: list[Any] = [override_pass(overrides)] if overrides else []
     if schedule != "naive" or spec.kind == "cuda":
         scheduled.append(schedule_pass(spec, tuned))
 
     @tvm.transform.module_pass(opt_level=0, name="OptkitPipeline")
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         passes = (
-            backend.library_dispatch_passes(target)
-            + legalize
+            fusion_passes(spec)
             + scheduled
             + backend.dataflow_lower_passes(target)
             + backend.finalize_passes(target)
@@ -76,12 +124,17 @@ def relax_pipeline(
 
 
 def build(
-    mod: Any, spec: TargetSpec, schedule: str = "default", tuned: dict[str, dict[str, int]] | None = None
+    mod: Any,
+    spec: TargetSpec,
+    schedule: str = "default",
+    tuned: dict[str, dict[str, int]] | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> Any:
-    """Compile `mod` for `spec`; returns the `tvm.relax.VMExecutable`."""
+    """Compile `mod` for `spec`; returns the `tvm.relax.VMExecutable`. `tuned`: optkit tuner's
+    tile per workload key; `overrides`: scheduled PrimFuncs per `structural_key` (MetaSchedule's)."""
     import tvm
 
-    pipeline = relax_pipeline(spec, schedule, tuned)
+    pipeline = relax_pipeline(spec, schedule, tuned, overrides)
     try:
         if spec.kind == "cuda":
             with nvcc_compile_mode():

@@ -5,7 +5,8 @@ the Program: one elementwise kernel less per conv, and the packed kernels see th
 weights) -> import (`tvm_import.py`: ATen rewrites from `aten_rewrites.py`, quantized converters
 from `quantized.py`) -> on CPU, float convs in NHWC (`layout.py`), packed weights (depthwise
 convs included), fast math and with `schedule="blas"` float32 matmuls
-to BLAS (`_specialize`) -> optional schedule tuning with a persistent database (`tuning.py`) ->
+to BLAS (`_specialize`) -> optional schedule tuning with a persistent database (`tuning.py`, or
+MetaSchedule per kernel where it beats optkit's rule: `metaschedule.py`) ->
 build with DLight / optkit schedules (`build.py`). When the build fails, `diagnose.py` compiles
 the imported bindings one by one to name the ATen op and module path that TVM cannot compile.
 """
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
 MAIN = "main"
+TUNERS = ("optkit", "metaschedule")
 
 
 def lower(
@@ -43,6 +45,7 @@ def lower(
     num_cores: int | None = None,
     cuda_arch: str = "sm_80",
     fast_math: bool = True,
+    tuner: str = "optkit",
     progress: Progress | None = None,
 ) -> Artifact:
     """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
@@ -54,8 +57,11 @@ def lower(
     `schedule` is `default` (a self-contained library), `blas` (float32 matmuls that remain
     after packing, such as attention's, call numpy's BLAS) or `naive` (TVM's untuned loop nests,
     for comparison); see `build.py`. `tune_trials > 0` measures that many schedule variants of
-    the matmul-like kernels (see `tuning.py` for why this is not MetaSchedule) and keeps the
-    database in `work_dir` (default `.optkit-tune/<target>`), so a second run reuses it.
+    the matmul-like kernels with optkit's tuner (`tuner="optkit"`, `tuning.py`), or spends that
+    many MetaSchedule trials on the kernels with a reduction and keeps, per kernel, the faster of
+    its schedule and optkit's (`tuner="metaschedule"`, `metaschedule.py`; the winners and their
+    times are in `info["tuning"]["choices"]`). Either keeps its database in `work_dir` (default
+    `.optkit-tune/<target>`), so a second run with the same kernels spends no trials.
     """
     return lower_functions(
         {MAIN: program},
@@ -66,6 +72,7 @@ def lower(
         num_cores=num_cores,
         cuda_arch=cuda_arch,
         fast_math=fast_math,
+        tuner=tuner,
         progress=progress,
     )[MAIN]
 
@@ -80,6 +87,7 @@ def lower_functions(
     num_cores: int | None = None,
     cuda_arch: str = "sm_80",
     fast_math: bool = True,
+    tuner: str = "optkit",
     progress: Progress | None = None,
 ) -> dict[str, Artifact]:
     """Compile several Programs into ONE library, each a function named by its key (one of them
@@ -89,8 +97,10 @@ def lower_functions(
     structural equality), so Programs that share weights, such as a model and its cache step
     variants, store and load each (packed) weight once. Options as for `lower`.
     """
-    if tune_trials < 0:
-        raise ConfigError(f"tune_trials must be >= 0, got {tune_trials}")
+    if isinstance(tune_trials, bool) or not isinstance(tune_trials, int) or tune_trials < 0:
+        raise ConfigError(f"tune_trials must be an integer >= 0, got {tune_trials!r}")
+    if tuner not in TUNERS:
+        raise UnknownNameError("tuner", tuner, TUNERS)
     if schedule not in SCHEDULES:
         raise UnknownNameError("schedule", schedule, SCHEDULES)
     if MAIN not in programs:
@@ -117,15 +127,21 @@ def lower_functions(
         lambda done, total, left: say(f"pack weights {done}/{total} (about {left:.0f} s left)"),
     )
     tuned = None
+    overrides = None
     tuning: dict[str, Any] = {}
     if tune_trials > 0:
         from optkit.backends.tuning import default_work_dir, tune
 
         tune_dir = Path(work_dir) if work_dir is not None else default_work_dir(spec.name)
-        tuned, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
+        if tuner == "metaschedule":
+            from optkit.backends.metaschedule import tune_metaschedule
+
+            overrides, tuning = tune_metaschedule(mod, spec, tune_trials, tune_dir, progress=say)
+        else:
+            tuned, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
     say(f"build for {spec.name}")
     try:
-        executable = build(mod, spec, schedule, tuned)
+        executable = build(mod, spec, schedule, tuned, overrides)
     except BackendError as err:
         say("find the op that fails to compile")
         main = imported[MAIN]
@@ -135,6 +151,7 @@ def lower_functions(
         "model": programs[MAIN].name,
         "schedule": schedule,
         "tune_trials": tune_trials,
+        **({"tuner": tuner} if tune_trials else {}),
         **figures,
         "extern_funcs": [BLAS_MATMUL] if figures["blas_matmuls"] else [],
         "decomposed_ops": list(dict.fromkeys(op for imp in imported.values() for op in imp.decomposed)),

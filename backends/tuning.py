@@ -1,17 +1,17 @@
 """Tuning: measure schedule variants of each matmul-like kernel, keep the best in a JSON database.
 
-Why not MetaSchedule: in the apache-tvm 0.27.0.post1 wheel, `tvm.ir.save_json` (`ffi::ToJSONGraph`)
-segfaults on any TIR expression (even `tvm.ir.save_json(tirx.IntImm("int32", 3))`), and
-MetaSchedule serializes the IRModule when it builds each `TuneContext` (and its JSON database
-stores workloads the same way), so `tune_relax`, `static_shape_tuning_pipeline` and
-`MetaScheduleTuneIRMod` all crash there with a JSON or an in-memory database alike.
-`TuneContext` also imports `tvm.s_tir.tensor_intrin`, which takes 40 s of CPU to parse.
+This is `tuner="optkit"` (the default). MetaSchedule is the other tuner (`tuner="metaschedule"`,
+`metaschedule.py`). It was ruled out here while `tvm.ir.save_json` (`ffi::ToJSONGraph`)
+segfaulted on any TIR object, which MetaSchedule's `TuneContext` and JSON database both hit: that
+came from `apache-tvm-ffi` 0.1.15.x, which is not binary-compatible with the apache-tvm
+0.27.0.post1 wheel; with `apache-tvm-ffi==0.1.14.post1` (pinned in constraints.txt) it works.
 
-What optkit tunes instead: the parameters of its own CPU matmul template (`cpu_schedules.py`):
-rows in the register tile and vector lanes per tile. Each trial compiles one kernel with one
-variant and times it on random inputs with TVM's `time_evaluator`; the fastest variant per
-kernel is stored in `<work_dir>/tuning_db.json` under a key made from the kernel's TVMScript
-and the target, so a later run (same kernel, same target) reuses it without measuring.
+What optkit tunes: the parameters of its own CPU matmul template (`cpu_schedules.py`): rows in
+the register tile and vector lanes per tile. Each trial compiles one kernel with one variant and
+times it on random inputs with TVM's `time_evaluator`; the fastest variant per kernel is stored
+in `<work_dir>/tuning_db.json` under a key made from the kernel's TVMScript and the target, so a
+later run (same kernel, same target) reuses it without measuring. Twelve variants a kernel, a
+second or so each: cheap, and on the packed kernels the default tile usually stands.
 """
 
 from __future__ import annotations
@@ -113,7 +113,13 @@ def tune(
             db.commit(task["key"], task["name"], params, ms)
     db.save()
     best = {t["key"]: p for t in tasks if (p := db.best(t["key"])) is not None}
-    summary = {"kernels": len(tasks), "trials_run": run, "reused": reused, "database": str(db.path)}
+    summary = {
+        "tuner": "optkit",
+        "kernels": len(tasks),
+        "trials_run": run,
+        "reused": reused,
+        "database": str(db.path),
+    }
     log.info("tuning: %s", summary)
     return best, summary
 

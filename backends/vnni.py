@@ -10,9 +10,9 @@ through im2col) use it as follows:
 - `y = xu @ w - 128 * colsum(w)`, the correction a constant that the epilogue subtracts.
 
 The kernel is written directly in TIR (`gemm_func`): a `rows x 16` int32 accumulator tile in
-registers, one `vpdpbusd` per row per 4 k. It is not a schedule plus `tensorize`: in the
-apache-tvm 0.27.0.post1 wheel `tensorize` crashes in `ffi::ToJSONGraph`, the same serializer
-bug that rules out MetaSchedule (see `tuning.py`). Measured alone on this repository's AMD EPYC
+registers, one `vpdpbusd` per row per 4 k. It is not a schedule plus `tensorize`: with
+apache-tvm-ffi 0.1.15.x `tensorize` crashed in `ffi::ToJSONGraph`, the serializer bug that also
+kept MetaSchedule out (see `tuning.py`; not re-checked with the pinned 0.1.14.post1). Measured alone on this repository's AMD EPYC
 (1 thread): 256x512x2048 at ~610 GOP/s, against ~227 GFLOP/s for the float32 packed kernel.
 Used when the llvm target reports `avx512vnni`.
 """

@@ -1,14 +1,16 @@
 """Lowering through TVM against PyTorch eager and ONNX Runtime, on the zoo's models.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_lower.py [--models dit ldm moviegen efficientsam recsys] \
-        [--sizes tiny small] [--precisions float int8] [--tune-trials 64] [--repeats 10] [--threads 1]
+        [--sizes tiny small] [--precisions float int8] [--tune-trials 64] [--tuner optkit|metaschedule] \
+        [--repeats 10] [--threads 1]
 
 For each zoo model present at run time (of `--models`), each size and each precision: capture
 (`zoo:NAME:SIZE`, batch `--batch`), and for `int8` run the `ptq` pass (W8A8, per-channel
 weights, calibration on the example inputs) and `dce`; then `optkit.benchmark.benchmark` times
 eager, ONNX Runtime and TVM on the CPU along the default path (untuned schedules), and, with
-`--tune-trials N > 0`, TVM again tuned with N trials of optkit's tile search in a fresh database
-(so the tuned build time includes the whole search). Ratios are latency over latency (TVM/ORT > 1: TVM slower),
+`--tune-trials N > 0`, TVM again tuned with N trials of optkit's tile search (`--tuner optkit`)
+or of MetaSchedule, kept per kernel where it beats optkit's schedule (`--tuner metaschedule`), in
+a fresh database (so the tuned build time includes the whole search). Ratios are latency over latency (TVM/ORT > 1: TVM slower),
 medians of `--repeats` runs in the same process. Every output is checked against eager; a target
 that fails or disagrees is named below the table. Writes docs/benchmarks.md (section bench_lower)
 and docs/bench_lower.png.
@@ -103,7 +105,9 @@ def run_one(program, precision: str, args: argparse.Namespace) -> dict:
     }
     if args.tune_trials > 0:
         again = benchmark(
-            program, BenchConfig(targets=targets, tune_trials=args.tune_trials, **common), progress=_say
+            program,
+            BenchConfig(targets=targets, tune_trials=args.tune_trials, tuner=args.tuner, **common),
+            progress=_say,
         )
         e2, o2, tuned = (again.get(t) for t in targets)
         row.update(
@@ -164,6 +168,12 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="*", default=["tiny", "small"])
     parser.add_argument("--precisions", nargs="*", default=["float", "int8"], choices=["float", "int8"])
     parser.add_argument("--tune-trials", type=int, default=64, help="0: skip the tuned TVM run")
+    parser.add_argument(
+        "--tuner",
+        default="optkit",
+        choices=["optkit", "metaschedule"],
+        help="who spends the trials of the tuned run (metaschedule: kept per kernel where faster)",
+    )
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=1)
@@ -265,7 +275,9 @@ def main() -> None:
     else:
         plot_rows = rows
     tvm_runs = (
-        f"untuned and tuned with {args.tune_trials} trials" if args.tune_trials else "untuned (default path)"
+        f"untuned and tuned with {args.tune_trials} {args.tuner} trials"
+        if args.tune_trials
+        else "untuned (default path)"
     )
     table = Table(
         f"Latency per call (median of {args.repeats} interleaved rounds after {args.warmup} warm-up, "

@@ -102,8 +102,10 @@ class BenchConfig:
 
     `threads`: PyTorch threads, ONNX Runtime intra-op threads, the TVM CPU target's core count
     and TVM's runtime pool (`optkit.backends.threads`; it keeps that size after the run);
-    default: torch's current setting. `tune_trials`: optkit tile-search trials for TVM targets
-    (0: untuned default schedules).
+    default: torch's current setting. `tune_trials`: tuning trials for TVM targets (0: untuned
+    default schedules), spent by `tuner` (`optkit`: its tile search; `metaschedule`: TVM's
+    MetaSchedule, kept per kernel where it beats optkit's schedule; the backend's `lower` checks
+    the name).
     Outputs agree when max |target - eager| <= atol + rtol * max |eager| for every output;
     `rtol=None` picks 1e-3 for float graphs and 1e-2 for graphs with quantized kernels.
     """
@@ -113,6 +115,7 @@ class BenchConfig:
     warmup: int = 3
     threads: int | None = None
     tune_trials: int = 0
+    tuner: str = "optkit"
     rtol: float | None = None
     atol: float = 1e-5
     work_dir: Path | None = None
@@ -319,6 +322,7 @@ class _Context:
     tune_trials: int
     work_dir: Path
     say: Progress
+    tuner: str = "optkit"
     # Called by a builder once its libraries are imported (and files written): memory from here on
     # is the runtime's own.
     memory_start: Callable[[], None] = lambda: None
@@ -399,7 +403,7 @@ def _build_tvm(ctx: _Context, device: str) -> _Runner:
         runtime_threads = set_runtime_threads(ctx.threads)
     if device == "cuda" and not cuda_available():
         raise BackendError("tvm-cuda needs a CUDA GPU and TVM finds none (tvm.cuda(0).exist is False)")
-    tuned = f"{ctx.tune_trials} tuning trials" if ctx.tune_trials else "untuned default schedules"
+    tuned = f"{ctx.tune_trials} {ctx.tuner} tuning trials" if ctx.tune_trials else "untuned default schedules"
     ctx.say(f"tvm-{device}: lowering ({tuned})")
     # Optional keywords of the backend's `lower`: its CPU thread count and progress messages.
     accepted = inspect.signature(lower).parameters
@@ -408,6 +412,8 @@ def _build_tvm(ctx: _Context, device: str) -> _Runner:
         extra["num_cores"] = ctx.threads
     if "progress" in accepted:
         extra["progress"] = lambda msg: ctx.say(f"tvm-{device}: {msg}")
+    if ctx.tune_trials and ctx.tuner != "optkit":
+        extra["tuner"] = ctx.tuner
     artifact = lower(
         ctx.program, target=device, tune_trials=ctx.tune_trials, work_dir=ctx.work_dir / device, **extra
     )
@@ -601,7 +607,9 @@ def benchmark(
             work.mkdir(parents=True, exist_ok=True)
         else:
             work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="optkit-bench-")))
-        ctx = _Context(program, module, program.example_inputs, threads, config.tune_trials, work, say)
+        ctx = _Context(
+            program, module, program.example_inputs, threads, config.tune_trials, work, say, config.tuner
+        )
         eager_fn, _ = _eager_module(ctx)
         reference = _torch_outputs(eager_fn(*ctx.inputs))
         prepared = []

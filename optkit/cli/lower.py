@@ -27,8 +27,16 @@ from optkit.errors import ConfigError
     "--tune-trials",
     default=0,
     show_default=True,
-    type=int,
-    help="Schedule-tuning measurements (0: no tuning).",
+    type=click.IntRange(min=0),
+    help="Schedule-tuning trial budget for --tuner (0: no tuning).",
+)
+@click.option(
+    "--tuner",
+    type=click.Choice(["optkit", "metaschedule"]),
+    default="optkit",
+    show_default=True,
+    help="optkit: tile sizes of optkit's matmul rule; metaschedule: TVM MetaSchedule on the kernels "
+    "with a reduction, each kept only where it beats optkit's schedule (recorded in the manifest).",
 )
 @click.option(
     "--work-dir",
@@ -59,6 +67,7 @@ def lower(
     model: str,
     target: str,
     tune_trials: int,
+    tuner: str,
     work_dir: Path | None,
     schedule: str,
     exact_math: bool,
@@ -113,6 +122,7 @@ def lower(
                 work_dir=work_dir,
                 schedule=schedule,
                 fast_math=not exact_math,
+                tuner=tuner,
                 progress=step,
             )
         step("save")
@@ -122,13 +132,23 @@ def lower(
     if ctx.obj["json"]:
         click.echo(json.dumps(summary, indent=2, default=str))
         return
-    click.echo(f"lowered {program.name} for {target} ({schedule}, {tune_trials} tuning trials) -> {output}/")
+    tuned = f"{tune_trials} {tuner} tuning trials" if tune_trials else "untuned"
+    click.echo(f"lowered {program.name} for {target} ({schedule}, {tuned}) -> {output}/")
+    for name, choice in artifact.info.get("tuning", {}).get("choices", {}).items():
+        click.echo(
+            f"  kernel {name}: {choice['winner']} (optkit {_us(choice['optkit_us'])}, "
+            f"metaschedule {_us(choice['metaschedule_us'])})"
+        )
     if native_log is not None:
         click.echo(f"  {len(native_lines)} lines of TVM's own messages in {native_log}")
     for spec in artifact.inputs:
         click.echo(f"  input  {spec.name}: {list(spec.shape)} {spec.dtype}")
     for spec in artifact.outputs:
         click.echo(f"  output {spec.name}: {list(spec.shape)} {spec.dtype}")
+
+
+def _us(value: float | None) -> str:
+    return "failed" if value is None else f"{value:.2f} us"
 
 
 def _lower_pim(
