@@ -5,7 +5,7 @@ a schedule (`program.annotations.cache_schedule`), every distinct step variant t
 uses (`optkit.caching.variants`: ordinary Programs that take the reused blocks' cached values
 as extra inputs and return the filled blocks' as extra outputs). `Pipeline.sample(seed)` runs
 the whole sampler (noise, timesteps, classifier-free guidance with the null condition, cache
-reuse with scale-shift alignment) through `optkit.caching.CachedSampler`, whose `executors`
+reuse or forecasting with scale-shift alignment) through `optkit.caching.CachedSampler`, whose `executors`
 call the compiled libraries instead of the eager graphs: the caching logic exists once.
 
 All of them are compiled into ONE library (`optkit.backends.lowering.lower_functions`), each a

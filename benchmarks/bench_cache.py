@@ -16,6 +16,17 @@ hook (said in the table), else random. Then, with the zoo's own metric (`evaluat
 FD-digits and class accuracy, video figures) on 100 samples: the uncached sampler, the threshold
 with the largest speed-up at PSNR >= 30 dB, and each baseline at that threshold's compute.
 Writes docs/benchmarks.md (section bench_cache) and docs/bench_cache.png.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_cache.py --forecast-only [--models dit ldm] \
+        [--samplers ddim] [--thresholds 0.1 0.2 0.3] [--repeats 3]
+
+`--forecast-only` measures the newer options instead (section bench_cache_forecast): the
+threshold policy with plain reuse against TaylorSeer forecasting (orders 1 and 2), the TeaCache
+gate at the same fraction of block evaluations (with and without forecasting), uniform reuse
+with and without forecasting and, for UNets, the DeepCache unit (`mode = "deep"`); every row
+against fewer sampler steps at the same FLOPs. The expected speed-up is from FLOPs, the
+measured one from wall-clock (median of `repeats` rounds interleaved with the uncached sampler;
+on a shared machine, the table names the 1-minute load average before and after).
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import inspect
+import os
 import statistics
 import sys
 import time
@@ -33,6 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _docs import write_section  # noqa: E402
+from optkit.passes.cache import unit_flops, variant_speedup  # noqa: E402
 
 from optkit.caching import (  # noqa: E402
     CachedSampler,
@@ -41,14 +54,18 @@ from optkit.caching import (  # noqa: E402
     fewer_steps_schedule,
     first_block_budget_schedule,
     fit_alignment,
+    modulated_input,
+    profile_gate,
+    teacache_schedule,
     threshold_schedule,
     uncached_sample,
     uniform_schedule,
 )
-from optkit.errors import UnknownNameError  # noqa: E402
+from optkit.errors import ConfigError, UnknownNameError  # noqa: E402
 from optkit.ir.capture import capture  # noqa: E402
 from optkit.metrics import psnr_db  # noqa: E402
 from optkit.report import Table  # noqa: E402
+from optkit.timing import interleaved_latency_ms  # noqa: E402
 from optkit.zoo.registry import EvalSettings, TrainSettings, get_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,6 +193,177 @@ def bench_model(
     return rows, {"label": f"{label} ({weights})", "curves": curves, "quality": quality}
 
 
+def matching_gate_threshold(gate: list[float], blocks: list[str], fraction: float) -> float:
+    """The TeaCache threshold whose schedule keeps the fraction of evaluations closest to
+    `fraction` (the gate reuses whole steps, so the fractions are steps apart)."""
+    candidates = sorted(
+        {0.0, *(sum(gate[a:b]) for a in range(len(gate)) for b in range(a + 1, len(gate) + 1))}
+    )
+    return min(
+        candidates,
+        key=lambda d: (abs(teacache_schedule(blocks, gate, d).evaluation_fraction() - fraction), -d),
+    )
+
+
+def bench_forecast(name: str, sampler: str, steps: int, repeats: int, thresholds, loaded) -> list[list]:
+    """Rows of the forecasting / TeaCache / DeepCache table for one model and sampler."""
+    model, _weights = loaded
+    entry = get_model(name)
+    program = capture(model, entry.example_inputs(model, 2, 0), name=f"{name}-tiny")
+    program.with_workload(entry.workload(steps))
+    units = cache_units(program)
+    x, _t, *cond = program.example_inputs
+    guidance, uncond = program.workload.diffusion.guidance(tuple(cond))
+    kw = {"sampler": sampler, "cond": tuple(cond), "uncond": uncond, "guidance_scale": guidance}
+    probe = modulated_input(program, units[0])
+    profile = block_change_profile(
+        program, units, steps=steps, seeds=CAL_SEEDS, shape=x.shape, probes=[probe], **kw
+    )
+    label = f"{name} / {sampler}" + (f" / CFG {guidance:g}" if guidance > 1 else "")
+    fewer_refs: dict[int, list[torch.Tensor]] = {}
+
+    def uncached(n_steps: int) -> list[torch.Tensor]:
+        if n_steps not in fewer_refs:
+            fewer_refs[n_steps] = [
+                uncached_sample(program, x.shape, steps=n_steps, seed=s, **kw) for s in EVAL_SEEDS
+            ]
+        return fewer_refs[n_steps]
+
+    refs = torch.cat(uncached(steps))
+    rows: list[list] = []
+
+    def row(policy: str, knob: str, schedule, order: int, used_units, used_profile) -> None:
+        alignment = fit_alignment(used_profile.values, schedule, order, used_profile.timesteps)
+        runner = CachedSampler(program, schedule, used_units, alignment, forecast=order)
+
+        def run_all() -> list[torch.Tensor]:
+            return [runner.sample(x.shape, seed=s, **kw) for s in EVAL_SEEDS]
+
+        outs = run_all()
+        # Interleaved with the uncached sampler, so that a busy spell of the shared machine
+        # falls on both.
+        timing = interleaved_latency_ms(
+            {
+                "uncached": lambda: [
+                    uncached_sample(program, x.shape, steps=steps, seed=s, **kw) for s in EVAL_SEEDS
+                ],
+                "cached": run_all,
+            },
+            warmup=0,
+            repeats=repeats,
+        )
+        plain = CachedSampler(program, schedule, used_units, forecast=order)
+        plain_outs = [plain.sample(x.shape, seed=s, **kw) for s in EVAL_SEEDS]
+        speedup = variant_speedup(runner, total, steps)
+        fewer = max(1, round(steps / speedup))
+        rows.append(
+            [
+                label,
+                policy,
+                knob,
+                100 * (1 - schedule.evaluation_fraction(steps)),
+                speedup,
+                timing["uncached"]["median"] / timing["cached"]["median"],
+                psnr_db(refs, torch.cat(outs)),
+                psnr_db(refs, torch.cat(plain_outs)),
+                fewer,
+                psnr_db(refs, torch.cat(uncached(fewer))),
+            ]
+        )
+        print(rows[-1], flush=True)
+
+    _flops, total = unit_flops(program, units)
+    rescale, gate = profile_gate(profile)
+    print(f"{label}: TeaCache indicator {probe}, rescale {rescale.coefficients}, R^2 {rescale.r2:.2f}")
+    for delta in thresholds:
+        schedule = threshold_schedule(profile.change, delta)
+        for order in (0, 1, 2):
+            row(f"threshold, forecast {order}", f"{delta:g}", schedule, order, units, profile)
+        tea = matching_gate_threshold(gate, profile.blocks, schedule.evaluation_fraction())
+        tea_schedule = teacache_schedule(profile.blocks, gate, tea)
+        for order in (0, 1):
+            row(f"teacache, forecast {order}", f"{tea:.3g}", tea_schedule, order, units, profile)
+    for interval in (2, 3):
+        schedule = uniform_schedule(profile.blocks, steps, interval)
+        for order in (0, 1, 2):
+            row(f"uniform, forecast {order}", f"k={interval}", schedule, order, units, profile)
+    try:
+        deep = cache_units(program, mode="deep")
+    except ConfigError:
+        return rows  # not a UNet
+    deep_profile = block_change_profile(program, deep, steps=steps, seeds=CAL_SEEDS, shape=x.shape, **kw)
+    for interval in (2, 3, 5):
+        schedule = uniform_schedule(deep_profile.blocks, steps, interval)
+        for order in (0, 1, 2):
+            row(
+                f"deep ({deep[0].path}), uniform, forecast {order}",
+                f"k={interval}",
+                schedule,
+                order,
+                deep,
+                deep_profile,
+            )
+    return rows
+
+
+def forecast_main(args) -> None:
+    """The `--forecast-only` run: section bench_cache_forecast of docs/benchmarks.md."""
+    from _docs import cpu_name
+
+    load_before = os.getloadavg()[0]
+    rows, notes = [], []
+    for name in args.models:
+        loaded = load(name, args.train_steps)
+        if loaded is None:
+            notes.append(f"- `{name}`: not in the zoo in this run, skipped.")
+            continue
+        samplers = ("flow-euler",) if get_model(name).sampler == "flow-euler" else tuple(args.samplers)
+        for sampler in samplers:
+            rows += bench_forecast(name, sampler, args.steps, args.repeats, args.thresholds, loaded)
+        notes.append(f"- {name}: {loaded[1]}")
+    load_after = os.getloadavg()[0]
+    table = Table(
+        f"Forecasting, TeaCache gate and DeepCache unit ({args.steps} steps, eval seeds {list(EVAL_SEEDS)}, "
+        f"calibration seeds {list(CAL_SEEDS)})",
+        [
+            "model / sampler",
+            "policy",
+            "knob",
+            "evaluations saved",
+            "expected speed-up (FLOPs)",
+            "measured speed-up",
+            "PSNR",
+            "PSNR (no scale-shift)",
+            "fewer steps, same FLOPs",
+            "PSNR fewer steps",
+        ],
+        rows,
+        {
+            "evaluations saved": "%",
+            "expected speed-up (FLOPs)": "x",
+            "measured speed-up": "x",
+            "PSNR": "dB",
+            "PSNR (no scale-shift)": "dB",
+            "PSNR fewer steps": "dB",
+        },
+    )
+    command = "OMP_NUM_THREADS=1 python benchmarks/bench_cache.py " + " ".join(sys.argv[1:])
+    markdown = "\n".join(
+        [
+            "## Block caching: forecasting, TeaCache, DeepCache (`bench_cache --forecast-only`)",
+            "",
+            f"`{command.strip()}` on {cpu_name()}, 1 thread; shared machine, 1-minute load average "
+            f"{load_before:.2f} before and {load_after:.2f} after (measured speed-ups are noisy; the "
+            "FLOP-based ones are not). PSNR against the uncached samples of the same seeds. Models and weights:",
+            *notes,
+            "",
+            table.to_markdown(),
+        ]
+    )
+    print(markdown)
+    write_section("bench_cache_forecast", markdown)
+
+
 def pick_threshold(rows: list) -> float:
     """The threshold with the largest measured speed-up at PSNR >= 30 dB (else the smallest)."""
     good = [r for r in rows if r[4] >= 30.0]
@@ -268,8 +456,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=300)
+    parser.add_argument(
+        "--forecast-only", action="store_true", help="the forecasting / TeaCache / DeepCache table"
+    )
+    parser.add_argument("--samplers", nargs="*", default=["ddim"], help="eps models, --forecast-only")
+    parser.add_argument("--thresholds", nargs="*", type=float, default=[0.1, 0.2, 0.3])
     args = parser.parse_args()
     torch.set_num_threads(1)
+    if args.forecast_only:
+        forecast_main(args)
+        return
     rows, results, notes = [], [], []
     for name in args.models:
         loaded = load(name, args.train_steps)

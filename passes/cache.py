@@ -7,9 +7,14 @@
 2. Schedule: per block, which steps recompute and which reuse (`optkit.caching.schedule`): the
    paper's accumulated-change threshold (`policy = "threshold"`, or `"budget"` for a fraction of
    block evaluations), or a baseline: `"uniform"` interval reuse (DeepCache-style),
-   `"first-block"` change gating (diffusers' FirstBlockCache) or `"fewer-steps"`.
-3. Scale-shift alignment: per block and reuse step, a per-channel affine correction of the
-   reused value, fitted by least squares on the calibration trajectories.
+   `"first-block"` change gating (diffusers' FirstBlockCache) or `"fewer-steps"`; or
+   `"teacache"`: all blocks gated together by the polynomial-rescaled change of the first
+   block's timestep-modulated input (TeaCache, Liu et al., CVPR 2025; static, from calibration).
+3. Forecast and alignment: with `forecast` 1 or 2 a reused value is the polynomial
+   extrapolation over the timestep of the block's last recompute steps (TaylorSeer, Liu et al.,
+   ICCV 2025) instead of the last one. Scale-shift alignment: per block and reuse step, a
+   per-channel affine correction of the reused (or forecast) value, fitted by least squares on
+   the calibration trajectories.
 4. Measure: sample the calibration seeds with the cached runner (step variants built with
    `with_outputs` / `cut_to_inputs`, before any timing) and without; report block evaluations
    saved, the FLOP-based and the measured speed-up (median of interleaved rounds after a
@@ -35,6 +40,7 @@ from typing import Any, Literal
 import torch
 
 from optkit.caching.alignment import alignment_to_data, fit_alignment
+from optkit.caching.forecast import check_order
 from optkit.caching.profile import ChangeProfile, block_change_profile
 from optkit.caching.runner import CachedSampler, SampleFn, check_sampler, uncached_sample
 from optkit.caching.schedule import (
@@ -42,10 +48,12 @@ from optkit.caching.schedule import (
     budget_schedule,
     fewer_steps_schedule,
     first_block_schedule,
+    teacache_schedule,
     threshold_schedule,
     uniform_schedule,
 )
-from optkit.caching.variants import CacheUnit, cache_units
+from optkit.caching.teacache import modulated_input, profile_gate
+from optkit.caching.variants import CacheUnit, cache_units, step_variant
 from optkit.errors import ConfigError
 from optkit.ir.flops import node_costs
 from optkit.ir.program import Program
@@ -59,6 +67,7 @@ log = logging.getLogger(__name__)
 MAX_THRESHOLD = 10.0
 MAX_FLOOR_TRIES = 12  # schedules relaxed against a quality floor (threshold 0.7**11 ~ 2% of it)
 FLOOR_REFINE = 3  # bisection steps between the last knob that missed the floor and the first that kept it
+POLICY_NAMES = ("threshold", "budget", "uniform", "first-block", "fewer-steps", "teacache")
 TIMING_ROUNDS = 5  # interleaved uncached / cached sampling rounds behind the measured speed-up
 
 
@@ -66,18 +75,21 @@ TIMING_ROUNDS = 5  # interleaved uncached / cached sampling rounds behind the me
 class CacheConfig(PassConfig):
     """Block-caching settings: the schedule policy and its knob, and the calibration run.
 
-    `threshold` (accumulated relative L1 change, 0 = always recompute) drives the `threshold`
-    and `first-block` policies; `budget` (fraction of block evaluations kept, in (0, 1]) drives
+    `threshold` (accumulated relative L1 change, 0 = always recompute) drives the `threshold`,
+    `first-block` and `teacache` policies; `budget` (fraction of block evaluations kept, in (0, 1]) drives
     `budget` and `fewer-steps`; `interval` drives `uniform`. `sampler` "",
     `steps` 0 and `guidance_scale` 0 mean the Workload's (`program.workload.diffusion`).
-    `blocks` is a regex over module paths ("" = automatic). `min_psnr` (dB, 0 = off) is a
+    `blocks` is a regex over module paths ("" = automatic). `mode` is how blocks are cached:
+    their residual where they have one, their outputs, or `deep`: one unit, the deep branch of
+    a UNet (DeepCache; see `optkit.caching.variants.deep_unit`). `min_psnr` (dB, 0 = off) is a
     quality floor: the policy's knob is relaxed step by step (threshold x0.7, budget +0.1,
     interval -1) until the cached samples on the calibration seeds reach it against uncached
     sampling, then bisected between the last knob that missed and the first that kept it, so
-    the schedule is the most aggressive one tried that keeps the floor.
+    the schedule is the most aggressive one tried that keeps the floor. `forecast` (0 = plain
+    reuse, 1 or 2 = Taylor order) extrapolates reused values from the last recompute steps.
     """
 
-    policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps"] = "threshold"
+    policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps", "teacache"] = "threshold"
     threshold: float = 0.3
     budget: float = 0.5
     interval: int = 2
@@ -86,11 +98,15 @@ class CacheConfig(PassConfig):
     seeds: tuple[int, ...] = (0, 1)
     guidance_scale: float = 0.0
     align: bool = True
-    mode: Literal["residual", "output"] = "residual"
+    mode: Literal["residual", "output", "deep"] = "residual"
     blocks: str = ""
     min_psnr: float = 0.0
+    forecast: Literal[0, 1, 2] = 0
 
     def __post_init__(self) -> None:
+        check_order(self.forecast)
+        if self.policy not in POLICY_NAMES:
+            raise ConfigError(f"policy must be one of {', '.join(POLICY_NAMES)}, got {self.policy!r}")
         if not (math.isfinite(self.min_psnr) and 0 <= self.min_psnr <= 100):
             raise ConfigError(f"min_psnr must be in [0, 100] dB (0 = no floor), got {self.min_psnr}")
         if not (math.isfinite(self.threshold) and 0 <= self.threshold <= MAX_THRESHOLD):
@@ -123,12 +139,14 @@ def make_schedule(cfg: CacheConfig, profile: ChangeProfile) -> CacheSchedule:
         return uniform_schedule(profile.blocks, profile.steps, cfg.interval)
     if cfg.policy == "first-block":
         return first_block_schedule(profile.change, cfg.threshold)
+    if cfg.policy == "teacache":
+        return teacache_schedule(profile.blocks, profile_gate(profile)[1], cfg.threshold)
     return fewer_steps_schedule(profile.blocks, profile.steps, cfg.budget)
 
 
 def relaxed(cfg: CacheConfig) -> CacheConfig | None:
     """`cfg` with its policy's knob one step less aggressive, or None when it cannot relax."""
-    if cfg.policy in ("threshold", "first-block"):
+    if cfg.policy in ("threshold", "first-block", "teacache"):
         return replace(cfg, threshold=0.7 * cfg.threshold) if cfg.threshold > 1e-3 else None
     if cfg.policy in ("budget", "fewer-steps"):
         return replace(cfg, budget=min(1.0, cfg.budget + 0.1)) if cfg.budget < 1.0 else None
@@ -146,14 +164,25 @@ def between(missed: CacheConfig, kept: CacheConfig) -> CacheConfig | None:
     return replace(kept, threshold=middle) if name == "threshold" else replace(kept, budget=middle)
 
 
-def unit_flops(program: Program, units: list[CacheUnit]) -> tuple[dict[str, int], int]:
-    """FLOPs of one denoiser call per cached block, and in total."""
+def unit_flops(
+    program: Program, units: list[CacheUnit], by_variant: bool = False
+) -> tuple[dict[str, int], int]:
+    """FLOPs of one denoiser call per cached block, and in total. With `by_variant`, a unit's
+    FLOPs are those its reuse alone removes from the graph (for the `deep` unit: the whole deep
+    branch, not only the block itself)."""
     costs = node_costs(program)
+    total = sum(c.flops for c in costs)
+    if by_variant:
+        dropped = {
+            u.path: total - sum(c.flops for c in node_costs(step_variant(program, [u], []).program))
+            for u in units
+        }
+        return dropped, total
     per = {
         u.path: sum(c.flops for c in costs if c.module == u.path or c.module.startswith(u.path + "."))
         for u in units
     }
-    return per, sum(c.flops for c in costs)
+    return per, total
 
 
 def expected_speedup(schedule: CacheSchedule, flops: dict[str, int], total: int, steps: int) -> float:
@@ -165,10 +194,28 @@ def expected_speedup(schedule: CacheSchedule, flops: dict[str, int], total: int,
     return steps * total / cached if cached else float("inf")
 
 
+def variant_speedup(runner: CachedSampler, total: int, steps: int) -> float:
+    """FLOPs of `steps` uncached denoiser calls (`total` each) over those of the step variants
+    `runner` runs, one per step of its schedule. Exact where reusing a block removes more than
+    the block's own nodes (a UNet's reused up block takes the blocks that only feed it along),
+    which `expected_speedup` does not see; the same as it for residual units."""
+    cost: dict[int, int] = {}
+    spent = 0
+    for step in range(runner.schedule.steps):
+        variant = runner.variant(step).program
+        if id(variant) not in cost:
+            cost[id(variant)] = sum(c.flops for c in node_costs(variant))
+        spent += cost[id(variant)]
+    return steps * total / spent if spent else float("inf")
+
+
 def _knob_name(cfg: CacheConfig) -> str:
-    return {"threshold": "threshold", "first-block": "threshold", "uniform": "interval"}.get(
-        cfg.policy, "budget"
-    )
+    return {
+        "threshold": "threshold",
+        "first-block": "threshold",
+        "teacache": "threshold",
+        "uniform": "interval",
+    }.get(cfg.policy, "budget")
 
 
 def _knob(cfg: CacheConfig) -> float:
@@ -218,7 +265,8 @@ class BlockCaching(Pass):
             "guidance_scale": guidance,
             "sample_fn": self.sample_fn,
         }
-        # 1. Change profile on the calibration seeds.
+        # 1. Change profile on the calibration seeds (with the TeaCache indicator when gated by it).
+        probes = [modulated_input(program, units[0])] if cfg.policy == "teacache" else []
         profile = block_change_profile(
             program,
             units,
@@ -226,6 +274,7 @@ class BlockCaching(Pass):
             steps=steps,
             seeds=cfg.seeds,
             shape=tuple(x.shape),
+            probes=probes,
             **run_args,
         )
         uncached = {
@@ -237,7 +286,7 @@ class BlockCaching(Pass):
         reference = torch.cat([uncached[seed]() for seed in cfg.seeds])
 
         def cached_samples(schedule: CacheSchedule, alignment: Any) -> tuple[CachedSampler, torch.Tensor]:
-            runner = CachedSampler(program, schedule, units, alignment)
+            runner = CachedSampler(program, schedule, units, alignment, forecast=cfg.forecast)
             runner.variants()  # graph surgery before any timing
             out = [runner.sample(x.shape, sampler=sampler, seed=seed, **run_args) for seed in cfg.seeds]
             return runner, torch.cat(out)
@@ -249,7 +298,11 @@ class BlockCaching(Pass):
         def attempt(trial: CacheConfig) -> tuple[CacheConfig, CacheSchedule, Any, CachedSampler, float]:
             schedule = make_schedule(trial, profile)
             use_alignment = trial.align and trial.policy != "fewer-steps"
-            alignment = fit_alignment(profile.values, schedule) if use_alignment else {}
+            alignment = (
+                fit_alignment(profile.values, schedule, cfg.forecast, profile.timesteps)
+                if use_alignment
+                else {}
+            )
             runner, samples = cached_samples(schedule, alignment)
             psnr = psnr_db(reference, samples)
             tried.append({"knob": _knob(trial), "psnr_db": psnr})
@@ -273,7 +326,7 @@ class BlockCaching(Pass):
             else:
                 failed = middle
         final, schedule, alignment, runner, psnr = best
-        plain = CachedSampler(program, schedule, units) if alignment else None
+        plain = CachedSampler(program, schedule, units, forecast=cfg.forecast) if alignment else None
         unaligned = (
             [plain.sample(x.shape, sampler=sampler, seed=seed, **run_args) for seed in cfg.seeds]
             if plain
@@ -291,8 +344,8 @@ class BlockCaching(Pass):
             repeats=TIMING_ROUNDS,
         )
         measured = timing["uncached"]["median"] / timing["cached"]["median"]
-        flops, total = unit_flops(program, units)
-        speedup = expected_speedup(schedule, flops, total, steps)
+        flops, total = unit_flops(program, units, by_variant=cfg.mode == "deep")
+        speedup = variant_speedup(runner, total, steps)
         saved = 100.0 * (1.0 - schedule.evaluation_fraction(steps))
         program.annotations.cache_schedule = schedule.to_annotation()
         program.annotations.figures["cache"] = {
@@ -305,6 +358,7 @@ class BlockCaching(Pass):
             "budget": final.budget,
             "interval": final.interval,
             "min_psnr": cfg.min_psnr,
+            "forecast": cfg.forecast,
             "floor_tries": tried,
             "guidance_scale": guidance,
             "seeds": list(cfg.seeds),
@@ -323,6 +377,14 @@ class BlockCaching(Pass):
             "psnr_db_unaligned": psnr_db(reference, torch.cat(unaligned)) if unaligned else psnr,
             "alignment": alignment_to_data(alignment),
         }
+        if cfg.policy == "teacache":
+            rescale, gate = profile_gate(profile)
+            program.annotations.figures["cache"]["teacache"] = {
+                "indicator": probes[0],
+                "coefficients": list(rescale.coefficients),
+                "r2": rescale.r2,
+                "gate_change": gate,
+            }
         figures = {
             "cached_blocks": Figure(len(units), "blocks"),
             "block_evaluations_saved": Figure(saved, "%"),

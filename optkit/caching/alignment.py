@@ -16,7 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from optkit.caching.forecast import check_order
+from optkit.caching.forecast import forecast as predict
 from optkit.caching.schedule import CacheSchedule
+from optkit.errors import ConfigError
 
 
 def channel_axis(value: torch.Tensor) -> int:
@@ -65,23 +68,37 @@ def fit_scale_shift(cached: torch.Tensor, target: torch.Tensor, shrink: float = 
 
 
 def fit_alignment(
-    values: Mapping[str, Sequence[Sequence[torch.Tensor]]], schedule: CacheSchedule
+    values: Mapping[str, Sequence[Sequence[torch.Tensor]]],
+    schedule: CacheSchedule,
+    forecast: int = 0,
+    timesteps: Sequence[float] | None = None,
 ) -> dict[tuple[str, int], list[ScaleShift]]:
     """Fit one `ScaleShift` per cached tensor of every (block, reuse step) of `schedule`.
 
     `values[block][step]` are the block's cached tensors at each step of the uncached sampler
     (as `ChangeProfile.values` holds them, calibration seeds concatenated on the batch axis).
-    The fit maps the value at the block's last recompute step to the value at the reuse step.
+    The fit maps the value at the block's last recompute step to the value at the reuse step;
+    with `forecast` 1 or 2 it maps the forecast from the last recompute steps (at the sampler's
+    `timesteps`, see `optkit.caching.forecast`) instead, as the runner will feed it.
     """
+    check_order(forecast)
+    if forecast and (timesteps is None or len(timesteps) < schedule.steps):
+        raise ConfigError(f"forecast alignment needs the timestep of each of the {schedule.steps} steps")
     fitted: dict[tuple[str, int], list[ScaleShift]] = {}
     for path, flags in schedule.recompute.items():
-        last = 0
+        recomputed: list[int] = []
         for step, recompute in enumerate(flags):
             if recompute:
-                last = step
+                recomputed.append(step)
                 continue
+            if forecast:
+                assert timesteps is not None  # checked above
+                history = [(timesteps[r], values[path][r]) for r in recomputed[-(forecast + 1) :]]
+                source = predict(history, timesteps[step], forecast)
+            else:
+                source = list(values[path][recomputed[-1]])
             fitted[(path, step)] = [
-                fit_scale_shift(c, t) for c, t in zip(values[path][last], values[path][step], strict=True)
+                fit_scale_shift(c, t) for c, t in zip(source, values[path][step], strict=True)
             ]
     return fitted
 

@@ -9,12 +9,16 @@ Here `o` is the value the cache holds (see `variants.py`): the residual of resid
 (what reuse replaces) and the output of other blocks. The profile runs the uncached sampler
 once per calibration seed through a variant that returns every block's value, and keeps those
 values: scale-shift alignment fits on them. Step 0 has no predecessor; its change is 0.
+
+For the TeaCache indicator (`teacache.py`) the profile also records, per lane, the relative L1
+change of the nodes `probes` (the first block's modulated input) and of the model output, and
+for forecasting the sampler's timestep of every step.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,13 +33,19 @@ from optkit.sampling import SamplerSpec
 @dataclass
 class ChangeProfile:
     """Per block: relative L1 change per step (`change`) and the values per step (`values`,
-    each a list of tensors with the calibration seeds and lanes concatenated on the batch axis)."""
+    each a list of tensors with the calibration seeds and lanes concatenated on the batch axis).
+    `timesteps`: the sampler's timestep per step. Per calibration lane (seed x CFG branch x
+    chunk) and step: the relative L1 change of each probe node (`probe_change[name]`) and of the
+    model output (`output_change`)."""
 
     blocks: list[str]
     steps: int
     sampler: str
     change: dict[str, list[float]]
     values: dict[str, list[list[torch.Tensor]]]
+    timesteps: list[float] = field(default_factory=list)
+    probe_change: dict[str, list[list[float]]] = field(default_factory=dict)
+    output_change: list[list[float]] = field(default_factory=list)
 
 
 def _relative_l1(new: Sequence[torch.Tensor], old: Sequence[torch.Tensor]) -> float:
@@ -56,11 +66,13 @@ def block_change_profile(
     uncond: tuple[torch.Tensor, ...] | None = None,
     guidance_scale: float = 1.0,
     sample_fn: SampleFn | None = None,
+    probes: Sequence[str] = (),
 ) -> ChangeProfile:
     """Run the uncached sampler on each of `seeds` and record every unit's value at every step.
 
     `shape` and `cond` default to the Program's example inputs (`x, t, *cond`). Returns the
-    profile with the change averaged over seeds and lanes (CFG branches, batch chunks).
+    profile with the change averaged over seeds and lanes (CFG branches, batch chunks), and the
+    per-lane change of the nodes `probes` and of the output.
     """
     sampler = check_sampler(sampler)
     if steps < 2:
@@ -71,7 +83,9 @@ def block_change_profile(
     shape = tuple(shape) if shape is not None else tuple(x.shape)
     cond = tuple(cond) if cond is not None else tuple(example_cond)
     paths = [u.path for u in units]
-    runner = CachedSampler(program, uniform_schedule(paths, steps, 1), units, record=True)
+    runner = CachedSampler(program, uniform_schedule(paths, steps, 1), units, record=True, probes=probes)
+    probe_change: dict[str, list[list[float]]] = {name: [] for name in probes}
+    output_change: list[list[float]] = []
     change_sum = {p: [0.0] * steps for p in paths}
     lanes = 0
     values: dict[str, list[list[list[torch.Tensor]]]] = {p: [[] for _ in range(steps)] for p in paths}
@@ -85,7 +99,7 @@ def block_change_profile(
             guidance_scale=guidance_scale,
             sample_fn=sample_fn,
         )
-        for per_step in runner.values.values():
+        for lane, per_step in runner.values.items():
             if len(per_step) != steps:
                 raise ConfigError(f"the sampler made {len(per_step)} denoiser steps, expected {steps}")
             lanes += 1
@@ -94,9 +108,18 @@ def block_change_profile(
                     values[path][s].append(per_step[s][path])
                     if s:
                         change_sum[path][s] += _relative_l1(per_step[s][path], per_step[s - 1][path])
+            outs = runner.outputs[lane]
+            output_change.append([0.0] + [_relative_l1([outs[s]], [outs[s - 1]]) for s in range(1, steps)])
+            for name in probes:
+                seen = [step_probes[name] for step_probes in runner.probe_values[lane]]
+                probe_change[name].append(
+                    [0.0] + [_relative_l1([seen[s]], [seen[s - 1]]) for s in range(1, steps)]
+                )
     change = {p: [c / lanes for c in change_sum[p]] for p in paths}
     stacked = {
         p: [[torch.cat(parts) for parts in zip(*values[p][s], strict=True)] for s in range(steps)]
         for p in paths
     }
-    return ChangeProfile(paths, steps, sampler.label, change, stacked)
+    return ChangeProfile(
+        paths, steps, sampler.label, change, stacked, list(runner.timesteps), probe_change, output_change
+    )

@@ -12,6 +12,12 @@ sampler's step is found from the timestep (a new `t` starts a new step), so a sa
 doubles the batch for CFG (cond and uncond stacked) and one that calls the denoiser twice per
 step both work. Each (call within the step, chunk) is a separate *lane* with its own cache, so
 the conditional and unconditional branches never share cached values.
+
+Forecasting (`forecast` 1 or 2, TaylorSeer; see `forecast.py`): each lane keeps the values of a
+block's last `forecast + 1` recompute steps with their timesteps, and a reuse step is fed their
+polynomial extrapolation to the step's timestep instead of the last value. Units then fill the
+cache on every recompute step that a later reuse step follows. The executors' inputs are the
+same either way, so compiled step variants forecast too.
 """
 
 from __future__ import annotations
@@ -22,11 +28,13 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from optkit.caching.alignment import ScaleShift, alignment_from_data
+from optkit.caching.forecast import check_order, forecast
 from optkit.caching.schedule import CacheSchedule, uniform_schedule
 from optkit.caching.variants import CacheUnit, StepVariant, cache_units, residual_form, step_variant
 from optkit.errors import ConfigError, OptkitError
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
+from optkit.ir.subgraph import with_outputs
 from optkit.sampling import SampleFn, SamplerSpec, as_spec
 from optkit.sampling import sample as plain_sample
 
@@ -37,6 +45,8 @@ Lane = tuple[int, int]
 VariantKey = tuple[tuple[str, ...], tuple[str, ...]]
 # Runs one step variant: (x, t, *cond, *cached values) -> [prediction, *filled values].
 Executor = Callable[..., list[torch.Tensor]]
+# Per block path: (timestep, cached tensors) of its last recompute steps, oldest first.
+History = dict[str, list[tuple[float, list[torch.Tensor]]]]
 
 
 def variant_key(reuse: Sequence[CacheUnit], fill: Sequence[CacheUnit]) -> VariantKey:
@@ -55,7 +65,10 @@ class CachedSampler:
     `units` are the cache units (see `cache_units`) named by the schedule; `alignment` maps
     (block path, step) to the scale-shift of each cached tensor. With `record=True` every step
     recomputes and returns every unit's cached value, which `values` keeps per lane and step
-    (the change profile uses this). `evaluations` counts the block evaluations of the last run.
+    (the change profile uses this), with the prediction per lane and step in `outputs` and the
+    values of the nodes `probes` in `probe_values`. `evaluations` counts the block evaluations
+    of the last run, `timesteps` the timestep of each step. `forecast` (0, 1, 2) extrapolates
+    reused values from the last recompute steps (see the module docstring).
     `executors` maps a variant key (`variant_key`) to a callable that runs that step variant
     instead of its eager graph, e.g. its compiled library (`optkit.backends.pipeline`); the
     variants it covers are then never built.
@@ -69,6 +82,8 @@ class CachedSampler:
         alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
         record: bool = False,
         executors: Mapping[VariantKey, Executor] | None = None,
+        forecast: int = 0,
+        probes: Sequence[str] = (),
     ) -> None:
         by_path = {u.path: u for u in units}
         missing = [p for p in schedule.blocks if p not in by_path]
@@ -79,12 +94,19 @@ class CachedSampler:
         self.units = [by_path[p] for p in schedule.blocks]
         self.alignment = dict(alignment or {})
         self.record = record
+        self.forecast = check_order(forecast)
+        if probes and not record:
+            raise ConfigError("probes are recorded only by a recording runner (record=True)")
+        self.probes = tuple(probes)
         self.executors = dict(executors or {})
         self.batch = int(program.example_inputs[0].shape[0])
         self._t_dtype = program.example_inputs[1].dtype
         self._residual = residual_form(program, self.units)
         self._variants: dict[VariantKey, StepVariant] = {}
         self.values: dict[Lane, list[dict[str, list[torch.Tensor]]]] = {}
+        self.outputs: dict[Lane, list[torch.Tensor]] = {}
+        self.probe_values: dict[Lane, list[dict[str, torch.Tensor]]] = {}
+        self.timesteps: list[float] = []
         self.reset()
 
     # -- plan ------------------------------------------------------------------------------
@@ -95,7 +117,11 @@ class CachedSampler:
         flags = self.schedule.recompute
         last = step + 1 >= self.schedule.steps
         reuse = [u for u in self.units if not flags[u.path][step]]
-        fill = [u for u in self.units if flags[u.path][step] and not last and not flags[u.path][step + 1]]
+        if self.forecast:
+            # Every recompute before a later reuse: the forecast reads the last few of them.
+            fill = [u for u in self.units if flags[u.path][step] and not all(flags[u.path][step + 1 :])]
+        else:
+            fill = [u for u in self.units if flags[u.path][step] and not last and not flags[u.path][step + 1]]
         return reuse, fill
 
     def variant(self, step: int) -> StepVariant:
@@ -103,7 +129,10 @@ class CachedSampler:
         reuse, fill = self.plan(step)
         key = variant_key(reuse, fill)
         if key not in self._variants:
-            self._variants[key] = step_variant(self.program, reuse, fill, residual=self._residual)
+            variant = step_variant(self.program, reuse, fill, residual=self._residual)
+            if self.probes:
+                variant = StepVariant(with_outputs(variant.program, self.probes), variant.reuse, variant.fill)
+            self._variants[key] = variant
         return self._variants[key]
 
     def variants(self) -> list[StepVariant]:
@@ -118,8 +147,11 @@ class CachedSampler:
         self._step = -1
         self._call = 0
         self._last_t: torch.Tensor | None = None
-        self._cache: dict[Lane, dict[str, list[torch.Tensor]]] = {}
+        self._cache: dict[Lane, History] = {}
         self.values = {}
+        self.outputs = {}
+        self.probe_values = {}
+        self.timesteps = []
         self.evaluations = 0
 
     def _advance(self, t: torch.Tensor) -> int:
@@ -127,6 +159,7 @@ class CachedSampler:
             self._call += 1
         else:
             self._step, self._call, self._last_t = self._step + 1, 0, t.clone()
+            self.timesteps.append(float(t[0]))
         if self._step >= self.schedule.steps:
             raise OptkitError(
                 f"the sampler made more than the schedule's {self.schedule.steps} steps; "
@@ -141,6 +174,7 @@ class CachedSampler:
                 f"batch {x.shape[0]} is not a multiple of the captured batch {self.batch} of {self.program.name}"
             )
         step = self._advance(t[: self.batch])
+        now = self.timesteps[step]
         t = t.to(self._t_dtype)
         reuse, fill = self.plan(step)
         run = self.executors.get(variant_key(reuse, fill)) or self._eager(step)
@@ -152,7 +186,7 @@ class CachedSampler:
             cached: list[torch.Tensor] = []
             for unit in reuse:
                 fits = self.alignment.get((unit.path, step))
-                values = cache[unit.path]
+                values = forecast(cache[unit.path], now, self.forecast)
                 if fits:
                     cached.extend(f.apply(v) for f, v in zip(fits, values, strict=True))
                 else:
@@ -162,10 +196,13 @@ class CachedSampler:
             outs.append(result[0])
             filled = iter(result[1:])
             for unit in fill:
-                cache[unit.path] = [next(filled) for _ in unit.cached]
+                history = cache.setdefault(unit.path, [])
+                history.append((now, [next(filled) for _ in unit.cached]))
+                del history[: -(self.forecast + 1)]
             if self.record:
-                per_step = self.values.setdefault(lane, [])
-                per_step.append({u.path: cache[u.path] for u in fill})
+                self.values.setdefault(lane, []).append({u.path: cache[u.path][-1][1] for u in fill})
+                self.outputs.setdefault(lane, []).append(result[0])
+                self.probe_values.setdefault(lane, []).append({name: next(filled) for name in self.probes})
         self.evaluations += len(self.units) - len(reuse)
         return torch.cat(outs) if len(outs) > 1 else outs[0]
 
@@ -229,17 +266,21 @@ def cached_runner(
     program: Program,
     schedule: CacheSchedule | None = None,
     alignment: Mapping[tuple[str, int], list[ScaleShift]] | None = None,
+    forecast: int | None = None,
 ) -> CachedSampler:
-    """The CachedSampler for `program`: `schedule` and `alignment`, or those the `cache` pass
-    recorded in `program.annotations` (a ConfigError says so when there are none). Keep it to
-    sample repeatedly: it builds each step variant once."""
+    """The CachedSampler for `program`: `schedule`, `alignment` and `forecast` order, or those
+    the `cache` pass recorded in `program.annotations` (a ConfigError says so when there are
+    none). Keep it to sample repeatedly: it builds each step variant once."""
     data = program.annotations.figures.get("cache", {})
+    given = schedule is not None
     if schedule is None:
         schedule = CacheSchedule.from_annotation(program.annotations.cache_schedule)
         if alignment is None and data.get("alignment"):
             alignment = alignment_from_data(data["alignment"])
     units = cache_units(program, data.get("block_pattern") or None, data.get("mode", "residual"))
-    return CachedSampler(program, schedule, units, alignment)
+    if forecast is None:  # the pass's order goes with the pass's schedule
+        forecast = int(data.get("forecast", 0)) if not given else 0
+    return CachedSampler(program, schedule, units, alignment, forecast=forecast)
 
 
 def cached_sample(

@@ -12,7 +12,10 @@ paper and later work compare against are policies here too:
   block's accumulated change reaches the threshold (the FirstBlockCache heuristic of diffusers).
   Deviation: the gate is decided once on the calibration profile, not per sample at run time,
   so the schedule stays a static annotation like the others;
-- `fewer-steps`: no caching, the sampler runs fewer steps at the same compute.
+- `fewer-steps`: no caching, the sampler runs fewer steps at the same compute;
+- `teacache`: all blocks recompute together when the accumulated, polynomial-rescaled change of
+  the first block's timestep-modulated input reaches the threshold (TeaCache, Liu et al., CVPR
+  2025; see `teacache.py`). Static, like `first-block`.
 
 Deviation from the paper: the change profile is the mean over calibration seeds (the paper also
 averages over prompts), and step 0 always recomputes (nothing is cached yet).
@@ -26,7 +29,7 @@ from dataclasses import dataclass
 
 from optkit.errors import ConfigError
 
-POLICIES = ("threshold", "budget", "uniform", "first-block", "fewer-steps")
+POLICIES = ("threshold", "budget", "uniform", "first-block", "fewer-steps", "teacache")
 
 
 @dataclass(frozen=True)
@@ -160,3 +163,12 @@ def fewer_steps_schedule(blocks: Sequence[str], steps: int, budget: float) -> Ca
     _check_budget(budget)
     fewer = max(1, round(budget * steps))
     return CacheSchedule(fewer, {p: tuple(True for _ in range(fewer)) for p in blocks}, "fewer-steps")
+
+
+def teacache_schedule(blocks: Sequence[str], gate_change: Sequence[float], threshold: float) -> CacheSchedule:
+    """TeaCache: every block recomputes together when the accumulated gate change (the rescaled
+    change of the first block's modulated input, `optkit.caching.teacache.rescaled_change`)
+    reaches `threshold`, and every block reuses otherwise."""
+    _check_threshold(threshold)
+    gate = _accumulate(gate_change, threshold)
+    return CacheSchedule(len(gate), {p: gate for p in blocks}, "teacache")

@@ -11,6 +11,11 @@ becomes a *cache unit*: the value that is cached, and how it re-enters the graph
   fresh input; for a transformer block `x + f(x)` this is the same thing.
 - `output` units (any other block, e.g. a UNet block that changes the channel count or has
   skip outputs): the cached values are the block's output nodes themselves.
+- the `deep` unit of a UNet (DeepCache, Ma et al., CVPR 2024): one output unit, the last block
+  whose input is below the model's full feature resolution (the up block that ends the deep
+  branch and feeds the shallow up blocks). Reusing it drops everything that only feeds it: the
+  deep down blocks, the middle and the deep up blocks; the shallow down blocks, whose outputs
+  feed the skip connections, and the shallow up blocks recompute on every step.
 
 A *step variant* is an ordinary Program built with `with_outputs` / `cut_to_inputs`: the cached
 values of the blocks reused at that step become extra inputs (their nodes disappear after
@@ -34,7 +39,7 @@ from optkit.ir.subgraph import cut_to_inputs, with_outputs
 
 log = logging.getLogger(__name__)
 
-CacheMode = Literal["residual", "output"]
+CacheMode = Literal["residual", "output", "deep"]
 
 
 @dataclass(frozen=True)
@@ -52,7 +57,7 @@ class CacheUnit:
     cached: tuple[str, ...]
 
     @property
-    def mode(self) -> CacheMode:
+    def mode(self) -> Literal["residual", "output"]:
         return "residual" if self.stream is not None else "output"
 
 
@@ -78,10 +83,13 @@ def cache_units(
     With `mode="residual"`, blocks that have a residual stream cache their residual; the others
     (and every block with `mode="output"`) cache their output nodes. Without a `pattern`, blocks
     that do not depend on the first input (the noisy sample), such as timestep-embedding MLPs,
-    are left out. Raises `ConfigError` when no block is left.
+    are left out. With `mode="deep"` there is one unit, the deep branch of a UNet
+    (`deep_unit`; `pattern` then names that block). Raises `ConfigError` when no block is left.
     """
-    if mode not in ("residual", "output"):
-        raise ConfigError(f"cache mode must be 'residual' or 'output', got {mode!r}")
+    if mode not in ("residual", "output", "deep"):
+        raise ConfigError(f"cache mode must be 'residual', 'output' or 'deep', got {mode!r}")
+    if mode == "deep":
+        return [deep_unit(program, pattern)]
     blocks = program.blocks(pattern)
     if not blocks:
         raise ConfigError(
@@ -108,6 +116,38 @@ def cache_units(
     if not units:
         raise ConfigError(f"{program.name} has no blocks on the path of its first input (the noisy sample)")
     return units
+
+
+def _pixels(node: fx.Node) -> int:
+    shape = _shape(node)
+    return shape[-2] * shape[-1] if shape is not None and len(shape) == 4 else 0
+
+
+def deep_unit(program: Program, pattern: str | None = None) -> CacheUnit:
+    """The DeepCache unit: the block `pattern` names (exactly one), or else the last block on
+    the noisy input's path whose input feature map is smaller than the largest one any block
+    outputs (the end of the UNet's deep branch). Its output nodes are cached. ConfigError for a
+    model without such a block (no resolution change, e.g. a transformer)."""
+    on_x = _depends_on_first_input(program)
+    blocks = [b for b in program.blocks(pattern) if b.outputs and any(n in on_x for n in b.outputs)]
+    if pattern is not None:
+        if len(blocks) != 1:
+            raise ConfigError(
+                f"cache mode 'deep' caches one block; pattern {pattern!r} matches "
+                f"{[b.path for b in blocks] or 'none'} of {program.name}"
+            )
+        chosen = blocks[0]
+    else:
+        full = max((_pixels(n) for b in blocks for n in b.outputs), default=0)
+        deep = [b for b in blocks if any(0 < _pixels(n) < full for n in b.inputs if n in on_x)]
+        if not deep:
+            raise ConfigError(
+                f"cache mode 'deep' needs a UNet: no block of {program.name} takes a feature map below "
+                "its full resolution; use mode 'residual' or 'output', or name the block in `blocks`"
+            )
+        chosen = deep[-1]
+    outputs = tuple(n.name for n in chosen.outputs)
+    return CacheUnit(chosen.path, outputs, None, outputs)
 
 
 def _depends_on_first_input(program: Program) -> set[fx.Node]:

@@ -67,6 +67,23 @@ def test_compiled_cached_sampling_matches_the_eager_cached_sampler(programs, low
     assert pipe.runner().evaluations == 2 * 3  # 2 blocks x 3 recompute steps: the cache was used
 
 
+def test_compiled_cached_sampling_forecasts_like_the_eager_cached_sampler(programs, lowered):
+    # Forecasting changes what the runner feeds the step variants, not the variants: with the
+    # same schedule the lowered functions are the same, and the compiled pipeline forecasts.
+    pipe, _ = lowered
+    options = {"cache": {"policy": "uniform", "interval": 2, "forecast": 1, "seeds": [0]}}
+    ahead = optimize(programs[0], ["cache"], options).program
+    runner = cached_runner(ahead)
+    assert runner.forecast == 1
+    assert {variant_key(*runner.plan(s)) for s in range(STEPS)} == set(pipe.variants)
+    forecasting = Pipeline(ahead, pipe.main, pipe.variants)
+    for seed in (0, 1):
+        compiled = forecasting.sample(seed)
+        assert (cached_sample(ahead, seed=seed) - compiled).abs().max() < 1e-3
+        assert (compiled - pipe.sample(seed)).abs().max() > 1e-3  # the forecast changed the samples
+    assert forecasting.runner().evaluations == 2 * 3
+
+
 def test_without_a_schedule_the_compiled_main_is_the_denoiser(programs, lowered):
     program = programs[0]  # the cache pass only annotates: same graph, same library
     pipe = Pipeline(program, lowered[0].main)

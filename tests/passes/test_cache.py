@@ -1,12 +1,20 @@
-"""The `cache` pass: annotations and figures, threshold 0 exactness, baselines, bad input."""
+"""The `cache` pass: annotations and figures, threshold 0 exactness, baselines, forecasting,
+the TeaCache gate, the DeepCache unit, variant FLOPs, bad input."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from optkit.passes.cache import BlockCaching, CacheConfig
+from optkit.passes.cache import BlockCaching, CacheConfig, expected_speedup, unit_flops, variant_speedup
 
-from optkit.caching import cached_sample, uncached_sample
+from optkit.caching import (
+    CachedSampler,
+    cache_units,
+    cached_runner,
+    cached_sample,
+    uncached_sample,
+    uniform_schedule,
+)
 from optkit.errors import ConfigError
 from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, get_pass
@@ -165,3 +173,93 @@ def test_schedule_heatmap_png(program, sample_fn, tmp_path):
     written = schedule_heatmap(tmp_path, p)
     (name,) = written.values()
     assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_forecast_is_recorded_and_used_when_sampling_again(program, sample_fn):
+    reuse = _run(program, sample_fn, policy="uniform", interval=2, seeds=(0,)).program
+    ahead = _run(program, sample_fn, policy="uniform", interval=2, forecast=1, seeds=(0,)).program
+    data = ahead.annotations.figures["cache"]
+    assert data["forecast"] == 1 and reuse.annotations.figures["cache"]["forecast"] == 0
+    assert ahead.annotations.cache_schedule == reuse.annotations.cache_schedule  # same schedule
+    assert cached_runner(ahead).forecast == 1 and cached_runner(reuse).forecast == 0
+    forecast_out = cached_sample(ahead, seed=3, sample_fn=sample_fn)
+    reuse_out = cached_sample(reuse, seed=3, sample_fn=sample_fn)
+    assert torch.isfinite(forecast_out).all() and not torch.allclose(forecast_out, reuse_out)
+
+
+def test_teacache_policy_gates_every_block_with_the_rescaled_input_change(program, sample_fn):
+    result = _run(program, sample_fn, policy="teacache", threshold=1.0, seeds=(0,))
+    p = result.program
+    flags = list(p.annotations.cache_schedule.values())
+    assert all(f == flags[0] for f in flags) and not all(flags[0])  # one gate, and it reuses
+    data = p.annotations.figures["cache"]
+    tea = data["teacache"]
+    assert tea["indicator"] in {n.name for n in program.graph.nodes}
+    assert len(tea["coefficients"]) == 3 and tea["r2"] <= 1.0
+    assert len(tea["gate_change"]) == STEPS and tea["gate_change"][0] == 0.0
+    assert data["evaluations_saved_pct"] > 0 and result.figures["expected_speedup"].value > 1.0
+    # A larger threshold accumulates longer before recomputing: fewer evaluations.
+    bolder = _run(program, sample_fn, policy="teacache", threshold=2.0, seeds=(0,)).program
+    assert bolder.annotations.figures["cache"]["evaluations_saved_pct"] > data["evaluations_saved_pct"]
+
+
+def _tiny_unet():
+    from optkit.nn.unet import UNet, UNetConfig
+
+    torch.manual_seed(0)
+    config = UNetConfig(
+        in_channels=2, out_channels=2, channels=8, attention_levels=(), heads=2, context_dim=8, groups=4
+    )
+    model = UNet(config).eval()
+    torch.nn.init.normal_(model.conv_out.weight, std=0.1)  # zero-initialized: it would predict 0
+    inputs = (torch.randn(2, 2, 8, 8), torch.rand(2) * 1000, torch.randn(2, 3, 8))
+    return capture(model, inputs, name="tiny-unet").with_workload(models.diffusion_workload())
+
+
+def test_deep_mode_caches_the_deep_branch_of_a_unet(program, sample_fn):
+    result = _run(_tiny_unet(), sample_fn, mode="deep", policy="uniform", interval=2, seeds=(0,))
+    p = result.program
+    assert list(p.annotations.cache_schedule) == ["up.1"]  # ends the half-resolution level
+    data = p.annotations.figures["cache"]
+    assert data["unit_mode"] == {"up.1": "output"}
+    # Reusing it drops the deep down blocks and the middle too: much more than up.1's own FLOPs.
+    assert data["block_flops"]["up.1"] > 0.5 * data["total_flops"]
+    assert result.figures["expected_speedup"].value > 1.3
+    assert torch.isfinite(cached_sample(p, seed=1, sample_fn=sample_fn)).all()
+    # `blocks` can name the one block instead; a pattern matching several is refused.
+    assert [u.path for u in cache_units(p, r"^up\.0$", "deep")] == ["up.0"]
+    with pytest.raises(ConfigError, match="caches one block"):
+        cache_units(p, r"^up\.", "deep")
+    with pytest.raises(ConfigError, match="needs a UNet"):
+        _run(program, sample_fn, mode="deep")
+
+
+def test_new_options_are_validated():
+    with pytest.raises(ConfigError, match="forecast must be 0 \\(plain reuse\\), 1 or 2"):
+        CacheConfig(forecast=3)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="0, 1, 2"):
+        CacheConfig.from_dict({"forecast": 4})
+    with pytest.raises(ConfigError, match="'teacache'"):
+        CacheConfig.from_dict({"policy": "tea-cache"})
+    with pytest.raises(ConfigError, match="teacache"):
+        CacheConfig(policy="tea-cache")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="'deep'"):
+        CacheConfig.from_dict({"mode": "deeper"})
+
+
+def test_variant_flops_count_what_reuse_removes(program):
+    # Residual units: a reused block's nodes are what goes; both counts agree (up to the adds).
+    units = cache_units(program)
+    schedule = uniform_schedule([u.path for u in units], STEPS, 2)
+    flops, total = unit_flops(program, units)
+    runner = CachedSampler(program, schedule, units)
+    assert variant_speedup(runner, total, STEPS) == pytest.approx(
+        expected_speedup(schedule, flops, total, STEPS), rel=0.02
+    )
+    # A UNet's output units: reusing the deep up block also drops the blocks that only feed it.
+    unet = _tiny_unet()
+    units = cache_units(unet)
+    schedule = uniform_schedule([u.path for u in units if u.path.startswith("up.0")], STEPS, 2)
+    flops, total = unit_flops(unet, units)
+    runner = CachedSampler(unet, schedule, units)
+    assert variant_speedup(runner, total, STEPS) > 1.05 * expected_speedup(schedule, flops, total, STEPS)
