@@ -45,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peers  # noqa: E402
 from _docs import write_section  # noqa: E402
 
+from optkit import sampling as samplers  # noqa: E402
 from optkit.errors import UnknownNameError  # noqa: E402
 from optkit.ir.capture import capture  # noqa: E402
 from optkit.ir.flops import parameter_bytes  # noqa: E402
@@ -55,7 +56,6 @@ from optkit.pipeline import PassManager, build_passes  # noqa: E402
 from optkit.quant.calibration import calibration_batches  # noqa: E402
 from optkit.report import Table  # noqa: E402
 from optkit.timing import latency_ms  # noqa: E402
-from optkit.zoo import samplers  # noqa: E402
 from optkit.zoo.digits_metrics import class_accuracy, fd_digits  # noqa: E402
 from optkit.zoo.registry import TrainSettings, get_model  # noqa: E402
 

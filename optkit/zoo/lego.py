@@ -48,6 +48,7 @@ from optkit.metrics import psnr_db
 from optkit.nn.autoencoder import DOWNSAMPLE, AutoencoderConfig
 from optkit.nn.text_encoder import TextEncoder
 from optkit.nn.unet import UNetConfig
+from optkit.sampling import SampleFn
 from optkit.workload import null_condition
 from optkit.zoo.digits_metrics import class_accuracy
 from optkit.zoo.ldm import LatentUNet, ae_parameters, decode, encode, encode_all, train_first_stage
@@ -242,6 +243,7 @@ def generate(
     action: torch.Tensor,
     settings: EvalSettings,
     sampler: str = "ddim",
+    sample_fn: SampleFn | None = None,
 ) -> torch.Tensor:
     """After-images (N, 1, R, R) in [-1, 1] for digits `before` (N, 1, R, R) and actions (N,),
     sampled in batches of `settings.batch_size` with seeds `settings.seed + start`."""
@@ -254,7 +256,7 @@ def generate(
             encode(model, before[start : start + settings.batch_size]),
             action_tokens(action[start : start + settings.batch_size]),
         )
-        z = sample(
+        z = (sample_fn or sample)(
             model,
             (cond[0].shape[0], *cfg.latent_shape),
             sampler=sampler,
@@ -268,9 +270,12 @@ def generate(
     return torch.cat(out)
 
 
-def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
+) -> dict[str, float]:
     """Apply the actions of `num_samples` held-out action pairs and score the generated
-    after-images: PSNR against the true after-image (overall and per action), and the shipped
+    after-images (`sample_fn`, the signature of `optkit.sampling.sample`, replaces the plain
+    sampler so that a quantized, cached or compiled runner is scored the same way): PSNR against the true after-image (overall and per action), and the shipped
     digits classifier's accuracy on the digit label after undoing rotation and flip (identity
     preserved), next to the same accuracy on the true after-images."""
     from optkit.zoo.data import ACTIONS, action_pairs
@@ -278,7 +283,7 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
     cfg: LegoConfig = model.config  # type: ignore[assignment]
     model.eval()
     before, action, after, labels = action_pairs(settings.num_samples, cfg.resolution, settings.seed, "test")
-    samples = generate(model, before, action, settings, sampler)
+    samples = generate(model, before, action, settings, sampler, sample_fn)
     figures = {
         "psnr_db": float(psnr_db(after, samples)),
         "identity_accuracy": float(class_accuracy(undo_view(samples, action), labels)),

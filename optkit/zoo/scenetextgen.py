@@ -48,6 +48,7 @@ from optkit.errors import ConfigError
 from optkit.nn.autoencoder import DOWNSAMPLE, AutoencoderConfig
 from optkit.nn.text_encoder import TextEncoder
 from optkit.nn.unet import UNetConfig
+from optkit.sampling import SampleFn
 from optkit.workload import null_condition
 from optkit.zoo.digits_metrics import class_accuracy, fd_digits, load_digits_classifier
 from optkit.zoo.ldm import LatentUNet, ae_parameters, decode, encode, encode_all, train_first_stage
@@ -203,9 +204,13 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     }
 
 
-def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") -> dict[str, float]:
-    """Generate canvases for `num_samples` test-split digit strings (fixed seeds, guidance 2),
-    cut them into character cells and score: the shipped digits classifier's per-character and
+def evaluate(
+    model: nn.Module, settings: EvalSettings, sampler: str = "ddim", sample_fn: SampleFn | None = None
+) -> dict[str, float]:
+    """Generate canvases for `num_samples` test-split digit strings (fixed seeds, guidance 2;
+    `sample_fn`, the signature of `optkit.sampling.sample`, replaces the plain sampler so that a
+    quantized, cached or compiled runner is scored the same way), cut them into character cells
+    and score: the shipped digits classifier's per-character and
     whole-string accuracy, FD-digits of the cells against the cells of real test canvases, and
     the character accuracy of real test canvases passed through the autoencoder."""
     from optkit.zoo.data import scene_text
@@ -215,7 +220,7 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
     reference, chars = scene_text(
         settings.num_samples, cfg.length, (cfg.height, cfg.width), seed=settings.seed, split="test"
     )
-    samples = generate(model, chars, settings, sampler)
+    samples = generate(model, chars, settings, sampler, sample_fn)
     cells, ref_cells = glyph_cells(samples, cfg.length), glyph_cells(reference, cfg.length)
     truth = chars.reshape(-1)
     with torch.no_grad():
@@ -230,7 +235,11 @@ def evaluate(model: nn.Module, settings: EvalSettings, sampler: str = "ddim") ->
 
 
 def generate(
-    model: nn.Module, chars: torch.Tensor, settings: EvalSettings, sampler: str = "ddim"
+    model: nn.Module,
+    chars: torch.Tensor,
+    settings: EvalSettings,
+    sampler: str = "ddim",
+    sample_fn: SampleFn | None = None,
 ) -> torch.Tensor:
     """Canvases (N, 1, H, W) in [-1, 1] showing the digit strings `chars` (N, L), sampled in
     batches of `settings.batch_size` with seeds `settings.seed + start` and guidance 2."""
@@ -240,7 +249,7 @@ def generate(
     out = []
     for start in range(0, chars.shape[0], settings.batch_size):
         ids = char_ids(chars[start : start + settings.batch_size])
-        z = sample(
+        z = (sample_fn or sample)(
             model,
             (ids.shape[0], *cfg.latent_shape),
             sampler=sampler,
