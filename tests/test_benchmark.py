@@ -33,6 +33,7 @@ def _tvm_missing() -> str:
     return ""
 
 
+@pytest.mark.slow
 def test_eager_and_ort_agree_with_figures(transformer_program):
     before = torch.get_num_threads()
     result = benchmark(transformer_program, BenchConfig(targets=("eager", "ort"), threads=1, **FAST))
@@ -113,6 +114,7 @@ def test_run_failure_after_build_is_reported(mlp_program, monkeypatch):
     assert result.get("eager").status == "ok"
 
 
+@pytest.mark.slow
 def test_quantized_program_gets_the_quantized_tolerance_and_runs_in_ort(transformer_program):
     q = PassManager(build_passes(["ptq", "dce"])).run(transformer_program).program
     result = benchmark(q, BenchConfig(targets=("eager", "ort"), **FAST))
@@ -138,6 +140,7 @@ def test_compile_target_agrees_with_eager(mlp_program):
     assert "inductor" in compiled.detail
 
 
+@pytest.mark.slow
 def test_tvm_cpu_target(mlp_program):
     missing = _tvm_missing()
     if missing:

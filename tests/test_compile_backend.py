@@ -133,6 +133,7 @@ def test_eager_target_runs_the_optimized_graph_in_pytorch(caplog):
     assert any("for eager" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.slow
 def test_graph_break_compiles_each_graph_and_matches(caplog):
     caplog.set_level(logging.INFO, LOGGER)
     x = torch.randn(4, 16)

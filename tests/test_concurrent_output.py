@@ -51,6 +51,7 @@ def _start_writer(out: Path) -> subprocess.Popen:
     return proc
 
 
+@pytest.mark.slow
 def test_a_writer_in_another_process_blocks_then_sigkill_leaves_nothing(tmp_path):
     out = tmp_path / "out"
     proc = _start_writer(out)

@@ -42,6 +42,7 @@ def _figures_without_timings(path) -> dict:
     return {k: v for k, v in figures.items() if not any(w in k for w in TIMING_WORDS)}
 
 
+@pytest.mark.slow
 def test_two_runs_write_identical_files(tiny_models):
     _optimize("a")
     _optimize("b")

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -30,7 +28,6 @@ def test_ruff_format_check_passes():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.slow
 def test_mypy_passes_on_the_typed_packages():
     proc = _run("mypy", "optkit", "passes", "backends", timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

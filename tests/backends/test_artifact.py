@@ -46,6 +46,7 @@ def test_outputs_survive_the_next_call(mlp):
     np.testing.assert_allclose(artifact.run(shifted)[0], kept, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_blas_artifact_names_its_callback(transformer_program, tmp_path):
     artifact = lower(transformer_program, "cpu", schedule="blas", num_cores=1)
     path = artifact.save(tmp_path / "blas")

@@ -63,6 +63,7 @@ def test_patterns_lower_and_match_torch():
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.slow
 def test_llama_like_matches_torch():
     model, inputs = llama_like()
     program = capture(model, inputs, name="llama_like")
@@ -171,6 +172,7 @@ def _hf_llama(use_cache: bool):
     return Logits().eval(), (torch.randint(0, 256, (1, 16), generator=torch.Generator().manual_seed(0)),)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("use_cache", [False, True])
 def test_transformers_llama_matches_torch(use_cache):
     model, inputs = _hf_llama(use_cache)

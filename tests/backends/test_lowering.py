@@ -31,6 +31,7 @@ def test_conv_net_matches_torch(conv_program):
     np.testing.assert_allclose(got, outputs_of(conv_program)[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("schedule", ["default", "blas"])
 def test_masked_attention_matches_torch(transformer_program, schedule):
     artifact = lower(transformer_program, "cpu", schedule=schedule, num_cores=1)
@@ -43,6 +44,7 @@ def test_masked_attention_matches_torch(transformer_program, schedule):
     assert blas >= 2 if schedule == "blas" else blas == 0
 
 
+@pytest.mark.slow
 def test_default_schedules_leave_no_kernel_unscheduled(mlp):
     import tvm
 
@@ -152,6 +154,7 @@ def _vector_widths(func) -> list[int]:
     return [int(n) for n in re.findall(r"T\.vectorized\((?:T\.int64\()?(\d+)", func.script())]
 
 
+@pytest.mark.slow
 def test_width_one_layer_at_large_batch_compiles_and_matches_torch():
     # The last Linear (32 -> 1) is a GEMV that packing leaves alone. DLight's GEMV rule vectorized
     # its 256 rows 128 at a time around an unrolled reduction of strided gathers, and LLVM's

@@ -77,6 +77,7 @@ def test_unpackable_layers_keep_the_generic_kernels():
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_int8_panel_kernels_without_vnni(mlp, conv_program, monkeypatch):
     # On a CPU without AVX-512 VNNI the int8 matmul and conv use the int32-accumulating panel kernels.
     from optkit.backends import vnni

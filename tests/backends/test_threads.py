@@ -13,6 +13,7 @@ from optkit.timing import quiesce
 from tests.backends.conftest import mlp_program
 
 
+@pytest.mark.slow
 def test_two_threads_in_a_fresh_process_whatever_the_default():
     # TVM's default on x86 is half the logical CPUs (one on a 2-core machine) and the target's
     # num-cores does not change it; the pool must still run two.
@@ -31,6 +32,7 @@ def test_one_thread_and_bad_counts():
         set_runtime_threads(0)
 
 
+@pytest.mark.slow
 def test_bench_reports_every_runtimes_threads():
     result = benchmark(
         mlp_program(), BenchConfig(targets=("eager", "ort", "tvm-cpu"), threads=1, repeats=2, warmup=0)

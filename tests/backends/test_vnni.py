@@ -38,6 +38,7 @@ def test_gemm_is_exact(m, n, k):
     np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64))
 
 
+@pytest.mark.slow
 def test_w8a8_linear_and_conv_use_vnni(mlp, conv_program):
     # conv_program: 3 -> 8 -> 8 channels, so K = 27 is padded to 28 and N = 8 to 16.
     for program in (mlp, conv_program):

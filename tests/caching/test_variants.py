@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from optkit.caching.variants import cache_units, residual_form, step_variant
@@ -55,6 +56,7 @@ def test_nothing_to_do_is_the_program_itself(tiny_denoiser_program):
     assert step_variant(tiny_denoiser_program, [], []).program is tiny_denoiser_program
 
 
+@pytest.mark.slow
 def test_reuse_variant_exports_to_onnx(tiny_denoiser_program, tmp_path):
     units = cache_units(tiny_denoiser_program)
     variant = step_variant(tiny_denoiser_program, [units[0], units[2]], [units[3]])

@@ -54,6 +54,7 @@ def run(*args):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
 
 
+@pytest.mark.slow
 def test_optimize_writes_model_onnx_report_and_plot(user_models):
     result = run(
         "--quiet", "optimize", "usermodels:net", "--passes", "cleanup", "-o", "out", "--repeats", "3"
@@ -185,6 +186,7 @@ def test_existing_output_needs_overwrite(user_models):
     assert (user_models / "out" / "keep.txt").exists()
 
 
+@pytest.mark.slow
 def test_real_subprocess(user_models):
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     ok = subprocess.run(
@@ -229,6 +231,7 @@ def test_analyze_sensitivity_writes_ranking_and_heatmap(user_models):
     assert (user_models / "sens" / "sensitivity_heatmap.png").read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_optimize_with_ptq_reports_weight_bytes(user_models):
     result = run("--json", "optimize", "usermodels:net", "--passes", "ptq,dce", "-o", "q", "--repeats", "2")
     assert result.exit_code == 0, result.output

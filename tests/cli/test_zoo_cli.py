@@ -10,6 +10,7 @@ from optkit.cli.main import cli
 from optkit.zoo.registry import get_model
 
 
+@pytest.mark.slow
 def test_train_uses_recipe_defaults_and_options_override(tmp_path):
     out = tmp_path / "dit.safetensors"
     args = [

@@ -135,6 +135,7 @@ def _sample(program, steps=2):
     )
 
 
+@pytest.mark.slow
 def test_pipeline_folder_gives_the_unet_and_its_scheduler(tmp_path):
     model = unet()
     diffusers.DDPMPipeline(unet=model, scheduler=diffusers.DDIMScheduler()).save_pretrained(tmp_path / "pipe")
@@ -157,6 +158,7 @@ def test_pipeline_folder_gives_the_unet_and_its_scheduler(tmp_path):
     assert component.workload.diffusion.sampler.label == "diffusers:DDIMScheduler"
 
 
+@pytest.mark.slow
 def test_a_model_folder_needs_a_scheduler_or_a_workload(tmp_path):
     folder = _save(unet(), tmp_path / "unet")
     with pytest.raises(ModelRefError, match="no scheduler to sample it with.*--workload FILE.toml"):
@@ -170,6 +172,7 @@ def test_a_model_folder_needs_a_scheduler_or_a_workload(tmp_path):
     assert program.workload.diffusion.sampler.label == "diffusers:DPMSolverMultistepScheduler"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "make, names, guidance, null_cond",
     [
@@ -223,6 +226,7 @@ def test_sd3_transformer_matches_eager(tmp_path):
     assert _sample(program).shape == program.example_inputs[0].shape
 
 
+@pytest.mark.slow
 def test_flux_transformer_takes_scheduler_time_and_fixed_position_ids(tmp_path):
     model = flux().eval()
     program = load_model(_save(model, tmp_path / "flux"), workload=FLOW_EULER)

@@ -82,6 +82,7 @@ def _block_flops(kind: str, grid: tuple[int, int, int]) -> int:
     return total_flops(capture(block, (torch.randn(1, grid[0] * grid[1] * grid[2], 32),)))
 
 
+@pytest.mark.slow
 def test_mate_cost_is_linear_attention_is_not() -> None:
     small, large = (2, 8, 8), (8, 16, 16)  # 128 -> 2048 tokens (16x)
     mate_ratio = _block_flops("mate", large) / _block_flops("mate", small)
@@ -90,6 +91,7 @@ def test_mate_cost_is_linear_attention_is_not() -> None:
     assert attn_ratio > 16 * 2
 
 
+@pytest.mark.slow
 def test_mate_capture_and_onnx_match_eager(tmp_path) -> None:
     mate = MATE(32, 2, (4, 4, 4), 1, TINY).eval()  # shifted windows, H-major scan
     x = torch.randn(2, 64, 32)

@@ -93,6 +93,7 @@ def test_threshold_zero_is_exact(program, sample_fn):
     assert p.annotations.figures["cache"]["evaluations_saved_pct"] == 0.0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("policy", ["threshold", "budget"])
 def test_quality_floor_relaxes_the_knob_until_the_samples_reach_it(program, sample_fn, policy):
     loose = _run(program, sample_fn, policy=policy, threshold=0.35, budget=0.3)
@@ -216,6 +217,7 @@ def _tiny_unet():
     return capture(model, inputs, name="tiny-unet").with_workload(models.diffusion_workload())
 
 
+@pytest.mark.slow
 def test_deep_mode_caches_the_deep_branch_of_a_unet(program, sample_fn):
     result = _run(_tiny_unet(), sample_fn, mode="deep", policy="uniform", interval=2, seeds=(0,))
     p = result.program

@@ -87,6 +87,7 @@ def test_numerics_of_short_groups_against_float():
     assert gptq >= sqnr[64] - 0.5
 
 
+@pytest.mark.slow
 def test_short_groups_export_to_onnx_runtime_and_lower_through_tvm(tmp_path):
     from optkit.backends import lower
 
@@ -173,6 +174,7 @@ def test_a_failing_hint_does_not_hide_the_error(monkeypatch):
         run(lm_program(), bits=4, group_size=64, min_sqnr_db=60.0)
 
 
+@pytest.mark.slow
 def test_saved_and_onnx_exported_with_int4_storage(tmp_path, transformer_program):
     program = run(transformer_program, bits=4, group_size=16).program
     save_program(program, tmp_path / "q.pt2")

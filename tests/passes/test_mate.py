@@ -140,6 +140,7 @@ def test_sites_multihead_and_spelled_out():
     assert [r for _, r in find_attention_sites(masked)[1]].count("masked attention") == 2
 
 
+@pytest.mark.slow
 def test_rewrite_replaces_self_attention_only(program, mate_result):
     p = mate_result.program
     assert mate_result.modified
@@ -211,6 +212,7 @@ def _onnx_roundtrip(program, path) -> None:
     assert export_onnx(program, path)["max_abs_error"] < 1e-4  # checked in ONNX Runtime
 
 
+@pytest.mark.slow
 def test_onnx_linear_baseline(program, tmp_path):
     options = {**FAST, "kind": "relu-linear", "steps": 5, "finetune_steps": 0}
     _onnx_roundtrip(

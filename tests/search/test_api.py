@@ -22,6 +22,7 @@ SMALL = dict(
 )
 
 
+@pytest.mark.slow
 def test_search_writes_front_and_retrained_models_and_resumes(tiny_problem, pim_host_model, tmp_path):
     cfg = SearchConfig(**SMALL)
     result = run_search(tiny_problem, cfg, tmp_path, host=pim_host_model)

@@ -85,6 +85,7 @@ def test_prompt_attention_downsample_matches_manual() -> None:
     torch.testing.assert_close(attn(q, k, k), expected)
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     model = EfficientSAM(EfficientSAMConfig.tiny()).eval()
     inputs = example_inputs(model, 2, seed=0)

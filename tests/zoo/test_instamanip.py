@@ -178,6 +178,7 @@ def test_relation_loss() -> None:
     assert relation_loss(torch.ones(3, 2, 4), action).item() == pytest.approx(4 / 9)
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     torch.manual_seed(0)
     model = InstaManip(TINY).eval()

@@ -65,6 +65,7 @@ def test_shapes_labels_and_first_stage() -> None:
     torch.testing.assert_close(decoded, model.first_stage(images).clamp(-1, 1))
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     model = randomize_zero_init(LatentDiffusion(LDMConfig.tiny())).eval()
     inputs = example_inputs(model, 2, seed=0)
@@ -101,6 +102,7 @@ def test_autoencoder_learns_and_kl_regularizes() -> None:
     assert torch.equal(plain.moments(images)[1], torch.zeros(64, 2, 4, 4))
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_evaluates(monkeypatch) -> None:
     import optkit.zoo.data as data
 

@@ -77,6 +77,7 @@ def test_image_and_action_condition_the_output() -> None:
     assert context.shape == (2, 4 + 16, 16)
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     model = randomize_zero_init(Lego(LegoConfig.tiny())).eval()
     inputs = example_inputs(model, 2, seed=0)
@@ -90,6 +91,7 @@ def test_capture_and_onnx_match_eager(tmp_path) -> None:
     assert figures["max_abs_error"] < 1e-4 and figures["output_abs_max"] > 1e-2
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_evaluates(monkeypatch) -> None:
     import optkit.zoo.lego as lego
 

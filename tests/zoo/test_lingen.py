@@ -46,6 +46,7 @@ def _program(config: VideoTransformerConfig):
     return program
 
 
+@pytest.mark.slow
 def test_shapes_and_capture_match_eager() -> None:
     program = _program(lingen_tiny())
     assert [p for p in program.block_paths() if p.startswith("blocks.")][:4] == [
@@ -53,6 +54,7 @@ def test_shapes_and_capture_match_eager() -> None:
     ]
 
 
+@pytest.mark.slow
 def test_onnx_matches_eager(tmp_path) -> None:
     # Two blocks (T- and H-major scans, plain and shifted windows) keep the export quick; the
     # four-block tiny model has the same ops.
@@ -60,6 +62,7 @@ def test_onnx_matches_eager(tmp_path) -> None:
     assert export_onnx(program, tmp_path / "lingen.onnx")["max_abs_error"] < 1e-4
 
 
+@pytest.mark.slow
 def test_block_flops_grow_linearly_unlike_moviegen() -> None:
     def per_block(mixer: str, frames: int, resolution: int) -> int:
         cfg = VideoTransformerConfig(
@@ -74,6 +77,7 @@ def test_block_flops_grow_linearly_unlike_moviegen() -> None:
     assert lingen_ratio < 8 * 1.1 and movie_ratio > 8 * 1.5
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_loss() -> None:
     torch.manual_seed(0)
     before, after = training_reduces_loss(build(lingen_tiny()), steps=20, batch=4)

@@ -123,6 +123,7 @@ def test_rope_3d_relative_positions() -> None:
     assert not torch.allclose(dots[0, 0, 0, 1, 2, 3], dots[0, 0, 0, 1, 3, 2])
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     model = randomize_zero_init(VideoTransformer(VideoTransformerConfig.tiny())).eval()
     inputs = example_inputs(model, 2, seed=0)
@@ -136,6 +137,7 @@ def test_capture_and_onnx_match_eager(tmp_path) -> None:
     assert export_onnx(program, tmp_path / "moviegen.onnx")["max_abs_error"] < 1e-4
 
 
+@pytest.mark.slow
 def test_training_steps_reduce_loss() -> None:
     torch.manual_seed(0)
     before, after = training_reduces_loss(VideoTransformer(VideoTransformerConfig.tiny()))

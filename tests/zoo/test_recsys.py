@@ -105,6 +105,7 @@ def test_hashing_wraps_large_ids() -> None:
     torch.testing.assert_close(a, b)
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     model = randomize(get_model("recsys").create("tiny", pretrained=False)).eval()
     inputs = example_inputs(model, 4, seed=0)
@@ -137,6 +138,7 @@ def test_supernet_training_on_criteo_like_reduces_loss() -> None:
     assert after < before
 
 
+@pytest.mark.slow
 def test_zoo_train_and_evaluate_on_movielens() -> None:
     entry = get_model("recsys")
     model = entry.create("tiny", pretrained=False)

@@ -72,6 +72,7 @@ def test_glyph_cells_follow_the_layout() -> None:
     assert torch.equal(cells[0], canvas[0, :, :, 0:4]) and torch.equal(cells[5], canvas[1, :, :, 8:12])
 
 
+@pytest.mark.slow
 def test_capture_and_onnx_match_eager(tmp_path) -> None:
     model = randomize_zero_init(SceneTextGen(SceneTextGenConfig.tiny())).eval()
     inputs = example_inputs(model, 2, seed=0)
@@ -94,6 +95,7 @@ def test_capture_and_onnx_match_eager(tmp_path) -> None:
     assert figures["max_abs_error"] < 1e-4 and figures["output_abs_max"] > 1e-2
 
 
+@pytest.mark.slow
 def test_training_reduces_loss_and_evaluates(monkeypatch) -> None:
     import optkit.zoo.scenetextgen as stg
 

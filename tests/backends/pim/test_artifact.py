@@ -34,6 +34,7 @@ def test_split_runs_like_the_partitioned_graph(partitioned):
     np.testing.assert_allclose(got.detach(), partitioned.run(), rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_lower_and_run_through_the_cli(partitioned, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     save_program(partitioned, tmp_path / "model.pt2")
