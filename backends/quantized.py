@@ -10,6 +10,10 @@
 | `conv2d_w8a8` | int8 grid for x, `conv2d` on int32-widened centered activations and int8 weights with int32 accumulation, per-channel rescale and bias |
 | `act_qdq` | elementwise round onto the int8 grid and back |
 
+Activation scales and zero points may be per sample, (B, 1, ..., 1) (timestep groups,
+`optkit.quant.timestep_groups`): they broadcast in the elementwise steps, and the int8 matmul's
+epilogue reads them as an (M, 1) column.
+
 Rounding: torch rounds half to even; TVM's `round` matches it for the values that occur here,
 as the tests check against the Program's own output.
 """
@@ -54,6 +58,10 @@ def _linear_w8a8(node: Any, importer: Any) -> Any:
     n = int(w_q.ty.shape[1])
     if len(shape) != 2:  # 2-D, so that the epilogue below fuses into the GEMM kernel
         x = bb.emit(op.reshape(x, (-1, shape[-1])))
+    if len(x_scale.ty.shape) > 0:  # per sample (B, 1, ..., 1) -> (M, 1)
+        rows = (*shape[:-1], 1)
+        x_scale = bb.emit(op.reshape(bb.emit(op.broadcast_to(x_scale, rows)), (-1, 1)))
+        x_zero = bb.emit(op.reshape(bb.emit(op.broadcast_to(x_zero, rows)), (-1, 1)))
     xq = bb.emit(op.astype(_quantize(bb, x, x_scale, x_zero), "int8"))  # (M, K) int8
     acc = bb.emit(op.matmul(xq, w_q, out_dtype="int32"))  # (M, N) int32
     acc = bb.emit(op.subtract(acc, op.multiply(op.astype(x_zero, "int32"), w_colsum)))
@@ -91,8 +99,8 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
             op.nn.conv2d(xi8, w_q, strides=stride, padding=0, dilation=dilation, groups=1, out_dtype="int32")
         )
         w_sum = bb.emit(op.sum(bb.emit(op.astype(w_q, "int32")), axis=[1, 2, 3]))  # folded to a constant
-        shift = bb.emit(op.multiply(w_sum, bb.emit(op.astype(x_zero, "int32"))))
-        acc = bb.emit(op.subtract(acc, bb.emit(op.reshape(shift, (1, -1, 1, 1)))))
+        w_sum = bb.emit(op.reshape(w_sum, (1, -1, 1, 1)))
+        acc = bb.emit(op.subtract(acc, bb.emit(op.multiply(w_sum, bb.emit(op.astype(x_zero, "int32"))))))
     else:
         # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero padding.
         xc = bb.emit(op.astype(op.subtract(xq, zf), "int32"))
@@ -102,7 +110,7 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
                 xc, wc, strides=stride, padding=padding, dilation=dilation, groups=groups, out_dtype="int32"
             )
         )  # (N, Cout, H, W) int32
-    scale = bb.emit(op.reshape(bb.emit(op.multiply(x_scale, w_scale)), (1, -1, 1, 1)))
+    scale = bb.emit(op.multiply(x_scale, bb.emit(op.reshape(w_scale, (1, -1, 1, 1)))))  # (1 or N, Cout, 1, 1)
     y = bb.emit(op.multiply(bb.emit(op.astype(acc, "float32")), scale))
     return bb.emit(op.add(y, bb.emit(op.reshape(bias, (1, -1, 1, 1)))))
 

@@ -26,6 +26,12 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
   sensitive blocks (highest output SQNR when only they are at 4 bits) drop to 4 bits until the
   parameter-weighted average meets the budget.
 
+For diffusion models, `timestep_groups = G > 1` gives every quantized layer G activation
+scales and zero points instead of one: the calibration steps are split by timestep into G
+contiguous ranges of equal step counts, each calibrated on its own, and the graph picks each
+sample's row from its timestep input with plain tensor ops (`optkit.quant.timestep_groups`), so
+the Program still exports to ONNX and lowers through TVM (PTQ4DiT / ViT-Q's grouped scales).
+
 Inference BatchNorms are folded into the conv / Linear before them first (`fold-batchnorm`;
 `fold_batchnorm=false` keeps them), so that the quantized weights are the ones that run and no
 BatchNorm is left between a quantized conv and the next quantizer. With `abits=8`, the inputs of
@@ -66,6 +72,7 @@ from optkit.quant.rewrite import (
 from optkit.quant.sensitivity import allocate_bits, block_candidates, measure
 from optkit.quant.sites import QuantSite, find_sites, reads_model_input, split_output_heads
 from optkit.quant.smoothing import insert_smoothing, outlier_ratio, smoothing_factors
+from optkit.quant.timestep_groups import GroupedActScales, collect_group_stats, split_timesteps
 from optkit.report import Figure
 
 log = logging.getLogger(__name__)
@@ -109,8 +116,19 @@ class PTQConfig(PassConfig):
     seed: int = 0
     fold_batchnorm: bool = True
     quantize_residuals: Literal["auto", True, False] = "auto"
+    timestep_groups: int = 1  # activation scales per timestep range (diffusion; 1 = one scale)
 
     def __post_init__(self) -> None:
+        if isinstance(self.timestep_groups, bool) or not isinstance(self.timestep_groups, int):
+            raise ConfigError(f"timestep_groups must be an integer >= 1, got {self.timestep_groups!r}")
+        if self.timestep_groups < 1:
+            raise ConfigError(
+                f"timestep_groups must be >= 1 (1 = one activation scale per layer), got {self.timestep_groups}"
+            )
+        if self.timestep_groups > 1 and self.abits != 8:
+            raise ConfigError(
+                f"timestep_groups > 1 groups activation scales and needs abits=8, got abits={self.abits}"
+            )
         if self.granularity == "group" and (self.group_size <= 0 or self.group_size % 8):
             raise ConfigError(f"group_size must be a positive multiple of 8, got {self.group_size}")
         if not 0.0 <= self.smoothquant <= 1.0:
@@ -173,6 +191,12 @@ class PostTrainingQuantization(Pass):
                 if s.kind == "conv"
             ]
             sites = [s for s in sites if s.kind != "conv"]
+        if cfg.timestep_groups > 1 and program.workload.diffusion is None:
+            raise ConfigError(
+                f"timestep_groups={cfg.timestep_groups} needs a diffusion model sampled by its workload, but "
+                f"{program.name}'s workload has no [diffusion] sampler (use timestep_groups=1, or give "
+                "--workload FILE.toml)"
+            )
         start = time.perf_counter()
         batches = calibration_batches(
             program, cfg.calibration, cfg.calibration_batches, cfg.calibration_steps, cfg.seed
@@ -205,6 +229,14 @@ class PostTrainingQuantization(Pass):
                 ]
                 stats = collect_act_stats(program, sites, batches, cfg.observer_kind(), cfg.percentile)
         hessians = collect_hessians(program, sites, batches) if cfg.method == "gptq" else {}
+        grouped = None
+        if cfg.timestep_groups > 1:
+            groups = split_timesteps(batches, cfg.timestep_groups)
+            group_stats = collect_group_stats(
+                program, sites, batches, groups, cfg.observer_kind(), cfg.percentile
+            )
+            grouped = GroupedActScales(program, groups, group_stats)
+            figures["timestep_group_boundaries"] = Figure(groups.describe())
         calibration_s = time.perf_counter() - start
         bits_by_site = (
             self._mixed_precision(program, sites, stats, batches, figures) if cfg.average_bits else {}
@@ -216,7 +248,12 @@ class PostTrainingQuantization(Pass):
             if w is not None:
                 site.weight = w.t().contiguous()
             stored += quantize_site(
-                program, site, plan, stats.get(site.node.name), hessians.get(site.node.name)
+                program,
+                site,
+                plan,
+                stats.get(site.node.name),
+                hessians.get(site.node.name),
+                grouped=grouped if plan.abits == 8 else None,
             )
             float_bytes += site.weight.numel() * 4
             program.annotations.precision[site.path] = plan.label()

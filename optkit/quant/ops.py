@@ -13,6 +13,13 @@ the Program really holds int8 / packed int4 tensors, and `torch.export` keeps th
 Int4 weights leave PyTorch as uint8 bytes; the ONNX translation marks them with an
 `optkit.onnx::AsInt4` node that `optkit.ir.onnx_io` replaces by a real INT4/UINT4 initializer
 holding the same bytes, so the ONNX file stores 4-bit weights too.
+
+Activation scales and zero points are per tensor (0-d), or per sample: shaped (B, 1, ..., 1),
+the rank of x, when `ptq` picks them by timestep group (`optkit.quant.timestep_groups`). The
+int8 GEMM then quantizes each row with its sample's scale and rescales the int32 result by the
+same; the ONNX translation of a per-sample layer rounds in plain arithmetic (QuantizeLinear
+takes only a scalar or per-axis 1-D scale) with a float bias, so ONNX Runtime runs those layers
+in float on the int8 grid's values.
 """
 
 from __future__ import annotations
@@ -30,6 +37,11 @@ def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return torch.clamp(torch.round(x / scale) + zero.float(), -128, 127)
 
 
+def _per_row(v: Tensor, lead: torch.Size) -> Tensor:
+    # A per-sample (B, 1, ..., 1) scale or zero point as (M, 1) against x viewed as (M, K).
+    return v if v.dim() == 0 else v.expand(*lead, 1).reshape(-1, 1)
+
+
 @torch.library.custom_op("optkit::linear_w8a8", mutates_args=())
 def linear_w8a8(
     x: Tensor,
@@ -42,8 +54,10 @@ def linear_w8a8(
     bias: Tensor,
 ) -> Tensor:
     """y = dequant(int8 GEMM(quant(x), w_q)) + bias. x (..., K); w_q int8 (K, N); w_scale (N,);
-    x_scale, x_zero scalars (x_zero on the int8 grid); w_colsum = w_q.sum(0) in int32."""
+    x_scale, x_zero scalars or per sample (B, 1, ..., 1) (x_zero on the int8 grid);
+    w_colsum = w_q.sum(0) in int32."""
     lead = x.shape[:-1]
+    x_scale, x_zero = _per_row(x_scale, lead), _per_row(x_zero, lead)  # scalars or (M, 1)
     xq = _quantize_act(x.reshape(-1, x.shape[-1]).float(), x_scale, x_zero).to(torch.int8)  # (M, K)
     acc = torch._int_mm(xq, w_q) - x_zero.to(torch.int32) * w_colsum  # (M, N) int32
     y = acc.float() * (x_scale * w_scale) + bias.float()
@@ -103,7 +117,8 @@ def conv2d_w8a8(
     dilation: list[int],
     groups: int,
 ) -> Tensor:
-    """Conv2d on int8 activations and per-output-channel int8 weights (Cout, Cin/g, kh, kw)."""
+    """Conv2d on int8 activations and per-output-channel int8 weights (Cout, Cin/g, kh, kw);
+    x_scale, x_zero scalars or per sample (B, 1, 1, 1)."""
     xd = (_quantize_act(x.float(), x_scale, x_zero) - x_zero.float()) * x_scale
     wd = w_q.float() * w_scale.reshape(-1, 1, 1, 1)
     y = F.conv2d(xd, wd, None if bias is None else bias.float(), stride, padding, dilation, groups)
@@ -172,6 +187,25 @@ def onnx_translations() -> dict:
         zero_u8 = op.Cast(op.Add(op.Cast(zero, to=1), op.Constant(value_float=128.0)), to=2)  # type: ignore[type-var]
         return op.DequantizeLinear(op.QuantizeLinear(x, scale, zero_u8), scale, zero_u8)  # type: ignore[type-var]
 
+    def per_sample(scale) -> bool:  # type: ignore[no-untyped-def]
+        shape = getattr(scale, "shape", None)
+        return shape is not None and len(shape) > 0
+
+    def grid_rows(x, scale, zero):  # type: ignore[no-untyped-def]
+        # The int8 grid in arithmetic, for per-sample (B, 1, ..., 1) scales; the same rounding
+        # (half to even) as QuantizeLinear and as the eager kernels. Returns (q, zero) in float.
+        zf = op.Cast(zero, to=1)  # type: ignore[type-var]
+        q = op.Clip(
+            op.Add(op.Round(op.Div(x, scale)), zf),
+            op.Constant(value_float=-128.0),
+            op.Constant(value_float=127.0),
+        )
+        return q, zf
+
+    def act_rows(x, scale, zero):  # type: ignore[no-untyped-def]
+        q, zf = grid_rows(x, scale, zero)
+        return op.Mul(op.Sub(q, zf), scale)
+
     def int32_bias(bias, x_scale, w_scale):  # type: ignore[no-untyped-def]
         # The bias as int32 on the accumulator's grid (x_scale * w_scale per output channel), as
         # ONNX Runtime's QDQ form has it: with a float bias its fusions to QLinearConv / QGemm do
@@ -183,8 +217,16 @@ def onnx_translations() -> dict:
         return op.DequantizeLinear(bias_q, bias_scale, axis=0)  # type: ignore[type-var]
 
     def t_linear_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, w_colsum, bias):  # type: ignore[no-untyped-def]
-        xd = act(x, x_scale, x_zero)
+        if per_sample(x_scale):
+            # The eager kernel's integer GEMM, with each row's zero point and scale applied
+            # after it. (DequantizeLinear -> MatMul would become ORT's MatMulNBits, which
+            # re-quantizes the activations on its own grid: 5e-3 off on a test layer.)
+            q, _ = grid_rows(x, x_scale, x_zero)
+            acc = op.MatMulInteger(op.Cast(q, to=3), w_q)  # type: ignore[type-var]
+            acc = op.Sub(acc, op.Mul(op.Cast(x_zero, to=6), w_colsum))  # type: ignore[type-var]
+            return op.Add(op.Mul(op.Cast(acc, to=1), op.Mul(x_scale, w_scale)), bias)  # type: ignore[type-var]
         wd = op.DequantizeLinear(w_q, w_scale, w_zero, axis=1)
+        xd = act(x, x_scale, x_zero)
         return op.Add(op.MatMul(xd, wd), int32_bias(bias, x_scale, w_scale))
 
     def t_linear_wq(x, w_packed, w_scale, w_zero, bias, bits: int, group_size: int, signed: bool):  # type: ignore[no-untyped-def]
@@ -201,13 +243,14 @@ def onnx_translations() -> dict:
         return op.Add(op.MatMul(x, wd), bias)
 
     def t_conv2d_w8a8(x, x_scale, x_zero, w_q, w_scale, w_zero, bias, stride, padding, dilation, groups: int):  # type: ignore[no-untyped-def]
-        xd = act(x, x_scale, x_zero)
+        rows = per_sample(x_scale)
+        xd = act_rows(x, x_scale, x_zero) if rows else act(x, x_scale, x_zero)
         wd = op.DequantizeLinear(w_q, w_scale, w_zero, axis=0)
         pads = list(padding) + list(padding)
         return op.Conv(
             xd,
             wd,
-            int32_bias(bias, x_scale, w_scale),
+            bias if rows else int32_bias(bias, x_scale, w_scale),
             strides=list(stride),
             pads=pads,
             dilations=list(dilation),
@@ -215,7 +258,7 @@ def onnx_translations() -> dict:
         )
 
     def t_act_qdq(x, scale, zero):  # type: ignore[no-untyped-def]
-        return act(x, scale, zero)
+        return act_rows(x, scale, zero) if per_sample(scale) else act(x, scale, zero)
 
     return {
         torch.ops.optkit.linear_w8a8.default: t_linear_w8a8,

@@ -20,8 +20,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
+import torch.fx as fx
 
 from optkit.ir.program import Program
 from optkit.quant.calibration import Batch, watch_inputs
@@ -29,6 +31,9 @@ from optkit.quant.numerics import QuantSpec, scale_zero
 from optkit.quant.observers import Observer, ObserverKind
 from optkit.quant.sites import QuantSite, add_buffer, reads_tied_buffer, replace_site
 from optkit.quant.weights import pack_weight, quantize_gptq, quantize_rtn
+
+if TYPE_CHECKING:
+    from optkit.quant.timestep_groups import GroupedActScales
 
 log = logging.getLogger(__name__)
 
@@ -131,19 +136,22 @@ def quantize_site(
     hessian: torch.Tensor | None = None,
     weight_kn: torch.Tensor | None = None,
     damp: float = 0.01,
+    grouped: GroupedActScales | None = None,
 ) -> int:
     """Rewrite one site to its quantized kernel; returns the bytes of the weight tensors it
     stores (0 when it reads the copy of a site it is tied to).
 
     `weight_kn` overrides the site's weight (after SmoothQuant rebalancing); with a `hessian`,
-    weights are rounded by GPTQ with dampening `damp`.
+    weights are rounded by GPTQ with dampening `damp`. With `grouped`, the activation scale and
+    zero point are picked per sample from the site's timestep-group tables
+    (`optkit.quant.timestep_groups`), and the bias stays in float: no single accumulator grid.
     """
     w_kn = (
         weight_kn if weight_kn is not None else (site.weight.t().float() if site.kind == "linear" else None)
     )
     bias = site.bias if site.bias is not None else torch.zeros(site.weight.shape[0])
     if site.kind == "conv":
-        return _quantize_conv(program, site, stats, bias)
+        return _quantize_conv(program, site, stats, bias, grouped)
     assert w_kn is not None
     plan = effective_plan(site, plan)
     spec = plan.weight  # a group size that does not divide K leaves a short last group
@@ -163,12 +171,19 @@ def quantize_site(
             "w_scale": qw.scale.reshape(-1).float(),
             "w_zero": torch.zeros(w_q.shape[1], dtype=torch.int8),
             "w_colsum": w_q.sum(0, dtype=torch.int32),
-            "bias": on_accumulator_grid(bias, x_scale, qw.scale.reshape(-1).float()),
+            "bias": bias.float()
+            if grouped is not None
+            else on_accumulator_grid(bias, x_scale, qw.scale.reshape(-1).float()),
         }
+        rank = _input_rank(site)
         new = replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
+        if grouped is not None:
+            _select_per_sample(program, new, grouped.select(site, new, rank))
         return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + qw.scale.numel() * 4
     if plan.abits == 8:
-        _insert_act_qdq(program, site, *act_qparams(stats))
+        q = _insert_act_qdq(program, site, *act_qparams(stats))
+        if grouped is not None:
+            _select_per_sample(program, q, grouped.select(site, q, _input_rank(site)))
     group = spec.group_size if spec.granularity == "group" else w_kn.shape[0]
     if spec.granularity == "tensor":
         qw.scale, qw.zero = (
@@ -206,7 +221,31 @@ def act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
     return scale.reshape(()).float(), (zero.reshape(()) - 128).to(torch.int8)
 
 
-def _insert_act_qdq(program: Program, site: QuantSite, scale: torch.Tensor, zero: torch.Tensor) -> None:
+def _input_rank(site: QuantSite) -> int:
+    x = site.node.args[0]
+    val = x.meta.get("val") if isinstance(x, fx.Node) else None
+    if isinstance(val, torch.Tensor):
+        return val.dim()
+    return 4 if site.kind == "conv" else 2
+
+
+def _select_per_sample(program: Program, node: fx.Node, selected: tuple[fx.Node, fx.Node]) -> None:
+    # Swap the per-tensor (scale, zero) reads, args 1 and 2 of every quantized op, for the
+    # per-sample selection, and drop the buffers they read.
+    gm = program.graph_module
+    old = node.args[1:3]
+    node.args = (node.args[0], *selected, *node.args[3:])
+    for read in old:
+        if isinstance(read, fx.Node) and read.op == "get_attr" and not read.users:
+            target = str(read.target)
+            gm.graph.erase_node(read)
+            if hasattr(gm, target) and not any(
+                n.op == "get_attr" and n.target == target for n in gm.graph.nodes
+            ):
+                delattr(gm, target)
+
+
+def _insert_act_qdq(program: Program, site: QuantSite, scale: torch.Tensor, zero: torch.Tensor) -> fx.Node:
     gm = program.graph_module
     graph = gm.graph
     x = site.node.args[0]
@@ -218,9 +257,16 @@ def _insert_act_qdq(program: Program, site: QuantSite, scale: torch.Tensor, zero
     if isinstance(x, torch.fx.Node) and "val" in x.meta:
         q.meta["val"] = x.meta["val"]
     site.node.args = (q, *site.node.args[1:])
+    return q
 
 
-def _quantize_conv(program: Program, site: QuantSite, stats: ActStats | None, bias: torch.Tensor) -> int:
+def _quantize_conv(
+    program: Program,
+    site: QuantSite,
+    stats: ActStats | None,
+    bias: torch.Tensor,
+    grouped: GroupedActScales | None = None,
+) -> int:
     w = site.weight.float()  # (Cout, Cin/g, kh, kw)
     amax = w.abs().reshape(w.shape[0], -1).amax(1)
     spec = QuantSpec(8, True, "channel")
@@ -234,8 +280,11 @@ def _quantize_conv(program: Program, site: QuantSite, stats: ActStats | None, bi
         "w_q": w_q,
         "w_scale": w_scale.float(),
         "w_zero": torch.zeros(w.shape[0], dtype=torch.int8),
-        "bias": on_accumulator_grid(bias, x_scale, w_scale.float()),
+        "bias": bias.float() if grouped is not None else on_accumulator_grid(bias, x_scale, w_scale.float()),
     }
     extra = (conv["stride"], conv["padding"], conv["dilation"], conv["groups"])
+    rank = _input_rank(site)
     new = replace_site(program, site, torch.ops.optkit.conv2d_w8a8.default, tensors, extra)
+    if grouped is not None:
+        _select_per_sample(program, new, grouped.select(site, new, rank))
     return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + w_scale.numel() * 4
