@@ -57,6 +57,8 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 RESULTS = DOCS / "papers.json"
 PAGE = DOCS / "papers.md"
 HOLDS, MISSES = "holds", "does not hold"
+# One architecture trained alone with 4 seeds: test AUC std 0.0009 (docs/benchmarks.md, search).
+AUC_NOISE = 0.001
 
 
 @dataclass
@@ -176,6 +178,8 @@ def _quantized(setup: bench_quant.Setup, options: dict[str, Any]) -> dict[str, f
     }
     if "average_weight_bits" in figures:
         out["weight_bits"] = float(figures["average_weight_bits"].value)
+    if "layers_smoothed" in figures:
+        out["layers_smoothed"] = float(figures["layers_smoothed"].value)
     return out
 
 
@@ -233,8 +237,10 @@ def paper_sqnr_ldm(args: argparse.Namespace) -> Section:
                 continue  # dit's uniform rows are in the DiT PTQ section
             say(f"sqnr-ldm: {name} {label}")
             if reverse:
+                # The same size as the SQNR-ranked allocation reached (it stops at or under the budget).
+                spent = mixed[(name, f"mixed {budget:g} bits", False)]["weight_bits"]
                 with mock.patch("optkit.passes.ptq.allocate_bits", _reversed_allocation):
-                    f = _quantized(setup, options)
+                    f = _quantized(setup, {**options, "average_bits": spent})
             else:
                 f = _quantized(setup, options)
             mixed[(name, label.split(",")[0] if "mixed" in label else label, reverse)] = f
@@ -277,6 +283,8 @@ def paper_sqnr_ldm(args: argparse.Namespace) -> Section:
             rows,
         )
     )
+    w8_ldm = mixed[("ldm", "W8A8, local treatments on (defaults)", False)]["sample_sqnr_db"]
+    w4_ldm = mixed[("ldm", "W4A8 g32 GPTQ (uniform)", False)]["sample_sqnr_db"]
     gaps = []
     for name, budget in (("ldm", 7.3), ("dit", 6.0)):
         ranked = mixed[(name, f"mixed {budget:g} bits", False)]
@@ -300,7 +308,9 @@ def paper_sqnr_ldm(args: argparse.Namespace) -> Section:
                 f"{n}: SQNR-ranked minus reversed {d:+.2f} dB on final samples at {a:.2f} vs {b:.2f} bits"
                 for n, d, a, b in gaps
             )
-            + " (holds at >= +0.5 dB on both).",
+            + " (holds at >= +0.5 dB on both). On ldm the whole span from uniform W8A8 to uniform W4A8 is "
+            f"{w8_ldm - w4_ldm:.2f} dB on final samples (convs stay int8: there is no int4 conv kernel, so only the "
+            "Linear layers can drop to 4 bits), so no allocation can move it by much.",
         )
     )
     on = mixed[("ldm", "W8A8, local treatments on (defaults)", False)]
@@ -315,7 +325,8 @@ def paper_sqnr_ldm(args: argparse.Namespace) -> Section:
             verdict(gain >= 1.0),
             f"final-sample SQNR {on['sample_sqnr_db']:.2f} dB with the treatments, {off['sample_sqnr_db']:.2f} dB without "
             f"({gain:+.2f} dB; holds at >= +1 dB); SmoothQuant 0.5: {smooth['sample_sqnr_db']:.2f} dB "
-            f"({smooth['sample_sqnr_db'] - on['sample_sqnr_db']:+.2f} dB).",
+            f"({smooth['sample_sqnr_db'] - on['sample_sqnr_db']:+.2f} dB, "
+            f"{int(smooth.get('layers_smoothed', 0))} layers past the pass's outlier threshold).",
         )
     )
     zoo_part(s, "ldm", args)
@@ -527,7 +538,18 @@ def paper_block_caching(args: argparse.Namespace) -> Section:
             f"the cache pass with a {papers_zoo.CACHE_FLOOR_DB:g} dB floor on ldm (UNet) and dit, DDIM and DPM-Solver++: "
             "measured speed-up >= 1.5x at >= 30 dB against the uncached samples.",
             verdict(all(sp >= 1.5 and p >= papers_zoo.CACHE_FLOOR_DB - 1e-6 for _, _, sp, p in ok_speed)),
-            "; ".join(f"{n} {sm}: {sp:.2f}x at {p:.1f} dB" for n, sm, sp, p in ok_speed) + ".",
+            "; ".join(f"{n} {sm}: {sp:.2f}x at {p:.1f} dB" for n, sm, sp, p in ok_speed)
+            + ". Where it misses: "
+            + "; ".join(
+                f"{n} {sm} saves {float(f['block_evaluations_saved']):.0f}% of block evaluations "
+                f"({float(f['expected_speedup']):.2f}x fewer FLOPs) at the floor"
+                for n, sm, f, _ in results
+                if float(f["measured_speedup"]) < 1.5
+            )
+            + " (the per-block threshold schedule on the UNet loses the floor as soon as it reuses more; "
+            "probably because its blocks feed each other through the skip connections, so reusing one block "
+            "while its neighbours recompute mixes features of different steps: not isolated here; gating "
+            "whole steps together works, see the teacache note below).",
         )
     )
     better = [(n, sm, float(f["psnr_vs_uncached"]), float(g["psnr_vs_uncached"])) for n, sm, f, g in results]
@@ -536,7 +558,11 @@ def paper_block_caching(args: argparse.Namespace) -> Section:
             "At equal compute, block caching gives better samples than running fewer steps.",
             "PSNR against the 20-step samples: the cached schedule against fewer steps with the same FLOPs.",
             verdict(all(a > b for _, _, a, b in better)),
-            "; ".join(f"{n} {sm}: {a:.1f} vs {b:.1f} dB ({a - b:+.1f})" for n, sm, a, b in better) + ".",
+            "; ".join(f"{n} {sm}: {a:.1f} vs {b:.1f} dB ({a - b:+.1f})" for n, sm, a, b in better)
+            + ". Fewer steps at those FLOPs drops "
+            + ", ".join(f"{float(g['block_evaluations_saved']):.0f}% ({n} {sm})" for n, sm, _, g in results)
+            + " of the steps; on ldm the cached schedule saves so little at the floor that the same FLOPs "
+            "drop few steps, which costs the DDIM/DPM trajectories little.",
         )
     )
     s.notes.append(
@@ -720,10 +746,12 @@ def paper_dnas_pim(args: argparse.Namespace) -> Section:
                 claim,
                 how,
                 verdict(
-                    searched["test_auc"] > dlrm["test_auc"] and searched["latency_us"] <= dlrm["latency_us"]
+                    searched["test_auc"] > dlrm["test_auc"] + AUC_NOISE
+                    and searched["latency_us"] <= dlrm["latency_us"]
                 ),
                 f"searched {searched['test_auc']:.4f} at {searched['latency_us']:.0f} us vs DLRM {dlrm['test_auc']:.4f} "
-                f"at {dlrm['latency_us']:.0f} us ({searched['test_auc'] - dlrm['test_auc']:+.4f} AUC). {why}",
+                f"at {dlrm['latency_us']:.0f} us ({searched['test_auc'] - dlrm['test_auc']:+.4f} AUC; a lead counts "
+                f"above {AUC_NOISE:g}, the seed-to-seed spread of one architecture's test AUC). {why}",
             )
         )
     program = load_program_ref("zoo:recsys", batch=256)
@@ -917,7 +945,7 @@ def main() -> None:
         parser.error(f"--samples ({args.samples}) must be a multiple of --batch ({args.batch})")
     torch.set_num_threads(args.threads)
     command = "OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 python " + " ".join(
-        [Path(sys.argv[0]).name, *sys.argv[1:]]
+        ["benchmarks/bench_papers.py", *sys.argv[1:]]
     )
     for key in args.papers:
         load = os.getloadavg()[0]

@@ -268,13 +268,13 @@ def tolerance_failures(name: str, variants: list[Variant]) -> list[str]:
             worse = got > limit if direction == "lower" else got < limit
             if worse:
                 failures.append(
-                    f"{v.label}: {metric} {got:.4g} against float {ref:.4g} (allowed {tolerance_text(kind, tol)})"
+                    f"{v.label}: {metric} {got:.4g} against float {ref:.4g} (allowed: {tolerance_text(kind, tol)} {'more' if direction == 'lower' else 'less'})"
                 )
     return failures
 
 
 def tolerance_text(kind: str, tol: float) -> str:
-    return {"abs": f"±{tol:g}", "rel": f"{100 * tol:g}%", "db": f"{tol:g} dB"}[kind]
+    return {"abs": f"{tol:g}", "rel": f"{100 * tol:g}%", "db": f"{tol:g} dB"}[kind]
 
 
 def tolerance_line(name: str) -> str:
