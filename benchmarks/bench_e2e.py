@@ -27,9 +27,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -38,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from optkit.backends.pipeline import Pipeline, load_pipeline  # noqa: E402
 
 from benchmarks._docs import cpu_name, write_section  # noqa: E402
+from benchmarks.papers_zoo import as_module, pipeline_sample_fn  # noqa: E402
 from optkit.api import optimize_file  # noqa: E402
 from optkit.native_output import native_stderr_to_file  # noqa: E402
 from optkit.report import Report, format_value  # noqa: E402
@@ -167,45 +167,16 @@ def _quality_rows(name: str, pipeline: Pipeline, samples: int) -> list[list[str]
     if diffusion is not None:
         settings = EvalSettings(num_samples=samples, steps=diffusion.steps, seed=1000, batch_size=batch)
         runs = {"float eager": entry.evaluate(module, settings), "compiled pipeline": None}
-        runs["compiled pipeline"] = entry.evaluate(module, settings, sample_fn=_pipeline_sample_fn(pipeline))
+        runs["compiled pipeline"] = entry.evaluate(module, settings, sample_fn=pipeline_sample_fn(pipeline))
     else:
         settings = EvalSettings(num_samples=samples, seed=1000, batch_size=batch)
         runs = {
             "float eager": entry.evaluate(module, settings),
-            "compiled library": entry.evaluate(_CompiledModule(pipeline, module), settings),
+            "compiled library": entry.evaluate(
+                as_module(module, pipeline.main.run_torch, pipeline.program.example_inputs), settings
+            ),
         }
     return [[f"`{name}`", run, *(f"{k} {v:.3g}" for k, v in figs.items())] for run, figs in runs.items()]
-
-
-def _pipeline_sample_fn(pipeline: Pipeline) -> Callable[..., torch.Tensor]:
-    """The signature of `optkit.sampling.sample`, answered by the compiled pipeline (its
-    sampler, steps and null condition are the workload's; the zoo's evaluation uses the same)."""
-
-    def sample_fn(
-        _model: Any, shape: Sequence[int], *, cond: tuple[torch.Tensor, ...], seed: int, **kw: Any
-    ) -> torch.Tensor:
-        return pipeline.sample(seed, cond=cond, guidance_scale=kw.get("guidance_scale"))
-
-    return sample_fn
-
-
-class _CompiledModule(torch.nn.Module):
-    """The compiled main library as the zoo's evaluate sees a model: chunks of its batch."""
-
-    def __init__(self, pipeline: Pipeline, float_module: torch.nn.Module) -> None:
-        super().__init__()
-        self.config = float_module.config
-        self.artifact = pipeline.main
-        self.batch = int(pipeline.program.example_inputs[0].shape[0])
-
-    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        n = inputs[0].shape[0]
-        if n % self.batch:
-            raise ValueError(f"batch {n} is not a multiple of the compiled batch {self.batch}")
-        parts = [
-            self.artifact.run_torch(*(t[i : i + self.batch] for t in inputs)) for i in range(0, n, self.batch)
-        ]
-        return tuple(torch.cat([p[k] for p in parts]) for k in range(len(parts[0])))
 
 
 def _quality_table(rows: list[list[str]], samples: int) -> str:
