@@ -858,6 +858,9 @@ def render(results: dict[str, dict[str, Any]]) -> str:
         "with which command it was measured. A claim is the paper's, paraphrased; the miniature is what "
         "optkit measures on its zoo; the verdict is this run's. Sections not run yet are listed as such.",
         "",
+        f"The sections' last runs took {sum(r['seconds'] for r in results.values()) / 60:.0f} min in all "
+        "(each section's own time and the machine's load are in its header).",
+        "",
         "| paper | claim (paraphrased) | verdict |",
         "|---|---|---|",
     ]
