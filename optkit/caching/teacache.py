@@ -23,22 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
-import torch.fx as fx
 
 from optkit.caching.profile import ChangeProfile
-from optkit.caching.variants import CacheUnit
+from optkit.caching.variants import CacheUnit, reached_from
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
 
 DEGREE = 2
-
-
-def _reached_from(graph: fx.Graph, source: fx.Node) -> set[fx.Node]:
-    reached = {source}
-    for node in graph.nodes:
-        if any(arg in reached for arg in node.all_input_nodes):
-            reached.add(node)
-    return reached
 
 
 def modulated_input(program: Program, unit: CacheUnit) -> str:
@@ -49,8 +40,8 @@ def modulated_input(program: Program, unit: CacheUnit) -> str:
     placeholders = [n for n in program.graph.nodes if n.op == "placeholder"]
     if len(placeholders) < 2:
         raise ConfigError(f"{program.name} must take (x, t, ...) for the TeaCache indicator")
-    on_x = _reached_from(program.graph, placeholders[0])
-    on_t = _reached_from(program.graph, placeholders[1])
+    on_x = reached_from(program.graph, placeholders[0])
+    on_t = reached_from(program.graph, placeholders[1])
     block = next((b for b in program.blocks() if b.path == unit.path), None)
     if block is None:
         raise ConfigError(f"{program.name} has no block {unit.path}")

@@ -150,13 +150,17 @@ def deep_unit(program: Program, pattern: str | None = None) -> CacheUnit:
     return CacheUnit(chosen.path, outputs, None, outputs)
 
 
-def _depends_on_first_input(program: Program) -> set[fx.Node]:
-    first = next(n for n in program.graph.nodes if n.op == "placeholder")
-    reached = {first}
-    for node in program.graph.nodes:
+def reached_from(graph: fx.Graph, source: fx.Node) -> set[fx.Node]:
+    """`source` and every node of `graph` that depends on it."""
+    reached = {source}
+    for node in graph.nodes:
         if any(arg in reached for arg in node.all_input_nodes):
             reached.add(node)
     return reached
+
+
+def _depends_on_first_input(program: Program) -> set[fx.Node]:
+    return reached_from(program.graph, next(n for n in program.graph.nodes if n.op == "placeholder"))
 
 
 def residual_form(program: Program, units: Sequence[CacheUnit]) -> Program:
