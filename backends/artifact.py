@@ -4,12 +4,13 @@ A saved artifact is a directory:
 
 | file | what |
 |---|---|
-| `model.so` | the Relax VM executable with its kernels and weights (`export_library`) |
-| `manifest.json` | optkit and TVM versions, target, inputs/outputs (name, shape, dtype), schedule, tuning trials, Python callbacks the library needs, SHA-256 of `model.so`, creation time |
+| `model.so` | the Relax VM executable: kernels and bytecode (`export_library`) |
+| `weights.bin` | the weights the functions take as their last argument, 64-byte aligned, memory-mapped when loaded (`weights.py`) |
+| `manifest.json` | optkit and TVM versions, target, inputs/outputs (name, shape, dtype), schedule, tuning trials, Python callbacks the library needs, SHA-256 of `model.so` and `weights.bin`, each weight's offset, shape and dtype, creation time |
 
 `load_artifact` refuses a directory written by another optkit or TVM version (the VM bytecode
-format is not stable across TVM releases), a missing or corrupt library, or a manifest that
-does not parse, with `ArtifactError`. `run` checks input count, shapes and dtypes with
+format is not stable across TVM releases), a missing or corrupt library or weights file, or a
+manifest that does not parse, with `ArtifactError`. `run` checks input count, shapes and dtypes with
 `ConfigError` naming what was expected and what came.
 """
 
@@ -27,6 +28,7 @@ import numpy as np
 import torch
 from optkit.backends.targets import TargetSpec
 from optkit.backends.tvm_import import TensorSpec
+from optkit.backends.weights import load_weights, save_weights, weight_tuple
 
 from optkit.errors import ArtifactError, BackendError, ConfigError
 from optkit.fsutil import atomic_dir, member_path
@@ -34,8 +36,9 @@ from optkit.fsutil import atomic_dir, member_path
 log = logging.getLogger(__name__)
 
 FORMAT = "optkit-tvm-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: weights in weights.bin, outside the library
 LIBRARY = "model.so"
+WEIGHTS = "weights.bin"
 MANIFEST = "manifest.json"
 
 
@@ -52,8 +55,10 @@ class Artifact:
     """A compiled model: `run(*inputs) -> list[np.ndarray]`, `save(dir)`, `latency_ms()`.
 
     `module` is the TVM executable (fresh from `tvm.compile`) or the runtime module loaded from
-    `model.so`. `info` holds what the manifest records beyond the signature: schedule, tuning
-    trials, BLAS offloads, decomposed ops, Python callbacks the library needs.
+    `model.so`; `weights` the tensors its functions take as their last argument, a tuple
+    (`weights.py`; empty when the model has none worth lifting). `info` holds what the manifest
+    records beyond the signature: schedule, tuning trials, BLAS offloads, decomposed ops, Python
+    callbacks the library needs.
     """
 
     module: Any
@@ -61,7 +66,9 @@ class Artifact:
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
     info: dict[str, Any] = field(default_factory=dict)
+    weights: list[Any] = field(default_factory=list, repr=False)
     _vm: Any = field(default=None, repr=False)
+    _weight_tuple: Any = field(default=None, repr=False)
     entry: str = "main"
     _owner: Artifact | None = field(default=None, repr=False)  # whose VM an entry point shares
     _main_fn: Any = field(default=None, repr=False)
@@ -139,12 +146,24 @@ class Artifact:
     ) -> Artifact:
         """Another function `name` of the same library, with its own signature; it shares this
         Artifact's module and virtual machine (one copy of the weights in memory)."""
-        return Artifact(self.module, self.target, inputs, outputs, self.info, entry=name, _owner=self)
+        return Artifact(
+            self.module, self.target, inputs, outputs, self.info, self.weights, entry=name, _owner=self
+        )
 
     def _main(self) -> Any:
+        """The entry function, called with the inputs only: the weight tuple is appended."""
         if self._main_fn is None:
-            self._main_fn = self._machine()[self.entry]
+            function = self._machine()[self.entry]
+            weights = self._weights()
+            self._main_fn = function if weights is None else (lambda *args: function(*args, weights))
         return self._main_fn
+
+    def _weights(self) -> Any:
+        if self._owner is not None:
+            return self._owner._weights()
+        if self._weight_tuple is None and self.weights:
+            self._weight_tuple = weight_tuple(self.weights, self.target.device())
+        return self._weight_tuple
 
     def _tensors(self, arrays: list[np.ndarray]) -> list[Any]:
         """TVM tensors for the inputs: zero-copy on the CPU where numpy's buffer is 64-byte aligned
@@ -189,10 +208,12 @@ class Artifact:
         }
 
     def save(self, out_dir: str | Path, overwrite: bool = False) -> Path:
-        """Write `model.so` and `manifest.json` into `out_dir` atomically; returns the directory."""
+        """Write `model.so`, `weights.bin` and `manifest.json` into `out_dir` atomically; returns
+        the directory. The weights are streamed to the file one tensor at a time."""
         out_dir = Path(out_dir)
         manifest = self.manifest()
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            manifest["weights"] = save_weights(self.weights, tmp / WEIGHTS)
             lib = tmp / LIBRARY
             try:
                 self.module.export_library(str(lib))
@@ -238,9 +259,22 @@ def load_artifact(path: str | Path) -> Artifact:
     except Exception as err:  # a truncated or foreign .so fails inside dlopen / the loader
         raise ArtifactError(f"cannot load {lib}: {err}") from err
     known = {"format", "format_version", "optkit_version", "tvm_version", "target", "target_config"}
-    known |= {"inputs", "outputs", "library"}
+    known |= {"inputs", "outputs", "library", "weights"}
     info = {k: v for k, v in manifest.items() if k not in known}
-    return Artifact(module, target, inputs, outputs, info)
+    return Artifact(module, target, inputs, outputs, info, _load_weights(path, manifest.get("weights")))
+
+
+def _load_weights(path: Path, info: Any) -> list[Any]:
+    if not isinstance(info, dict):
+        raise ArtifactError(f"{path / MANIFEST} lacks the weights entry (file, sha256, tensors)")
+    file = member_path(path, str(info.get("file", WEIGHTS)))
+    if not file.is_file():
+        raise ArtifactError(f"{path}: the weights file {file.name} is missing")
+    if _sha256(file) != info.get("sha256"):
+        raise ArtifactError(
+            f"{file} does not match the hash in its manifest: the file is corrupt or was replaced"
+        )
+    return load_weights(file, info)
 
 
 def read_manifest(path: Path, name: str, fmt: str, version: int, what: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ import logging
 from typing import Any
 
 from optkit.backends.targets import TargetSpec, nvcc_compile_mode
+from optkit.backends.weights import LiftedWeights, lift_pass
 
 from optkit.errors import BackendError, UnknownNameError
 
@@ -97,8 +98,10 @@ def relax_pipeline(
     schedule: str = "default",
     tuned: dict[str, dict[str, int]] | None = None,
     overrides: dict[str, Any] | None = None,
+    weights: LiftedWeights | None = None,
 ) -> Any:
-    """The Relax pipeline for `tvm.compile`: legalize, fuse, schedule (tuned where measured), lower."""
+    """The Relax pipeline for `tvm.compile`: legalize, fuse, (lift the weights into a parameter),
+    schedule (tuned where measured), lower."""
     import tvm
 
     if schedule not in SCHEDULES:
@@ -113,6 +116,7 @@ def relax_pipeline(
     def _pipeline(mod: Any, _ctx: Any) -> Any:
         passes = (
             fusion_passes(spec)
+            + ([lift_pass(weights)] if weights is not None else [])
             + scheduled
             + backend.dataflow_lower_passes(target)
             + backend.finalize_passes(target)
@@ -129,12 +133,14 @@ def build(
     schedule: str = "default",
     tuned: dict[str, dict[str, int]] | None = None,
     overrides: dict[str, Any] | None = None,
+    weights: LiftedWeights | None = None,
 ) -> Any:
     """Compile `mod` for `spec`; returns the `tvm.relax.VMExecutable`. `tuned`: optkit tuner's
-    tile per workload key; `overrides`: scheduled PrimFuncs per `structural_key` (MetaSchedule's)."""
+    tile per workload key; `overrides`: scheduled PrimFuncs per `structural_key` (MetaSchedule's);
+    `weights`: where the constants lifted out of the library go (`weights.py`; None keeps them in)."""
     import tvm
 
-    pipeline = relax_pipeline(spec, schedule, tuned, overrides)
+    pipeline = relax_pipeline(spec, schedule, tuned, overrides, weights)
     try:
         if spec.kind == "cuda":
             with nvcc_compile_mode():

@@ -7,7 +7,8 @@ from `quantized.py`) -> on CPU, float convs in NHWC (`layout.py`), packed weight
 convs included), fast math and with `schedule="blas"` float32 matmuls
 to BLAS (`_specialize`) -> optional schedule tuning with a persistent database (`tuning.py`, or
 MetaSchedule per kernel where it beats optkit's rule: `metaschedule.py`) ->
-build with DLight / optkit schedules (`build.py`). When the build fails, `diagnose.py` compiles
+build with DLight / optkit schedules (`build.py`), the weights lifted out of the library into a
+tuple parameter after fusion (`weights.py`). When the build fails, `diagnose.py` compiles
 the imported bindings one by one to name the ATen op and module path that TVM cannot compile.
 """
 
@@ -24,6 +25,7 @@ from optkit.backends.blas import BLAS_MATMUL, offload_matmuls
 from optkit.backends.build import SCHEDULES, build
 from optkit.backends.targets import TargetSpec, resolve_target
 from optkit.backends.tvm_import import NodeOrigin, import_program
+from optkit.backends.weights import LiftedWeights, WeightReleaser
 
 from optkit.errors import BackendError, ConfigError, UnknownNameError
 from optkit.ir.program import Program
@@ -47,6 +49,7 @@ def lower(
     fast_math: bool = True,
     tuner: str = "optkit",
     progress: Progress | None = None,
+    release_weights: bool = False,
 ) -> Artifact:
     """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
 
@@ -62,6 +65,10 @@ def lower(
     its schedule and optkit's (`tuner="metaschedule"`, `metaschedule.py`; the winners and their
     times are in `info["tuning"]["choices"]`). Either keeps its database in `work_dir` (default
     `.optkit-tune/<target>`), so a second run with the same kernels spends no trials.
+    `release_weights` frees the Program's weights as their packed panels replace them, so that
+    lowering holds about one copy of the weights, not two (`optkit lower` does; the Program
+    cannot run afterwards, and a build failure is reported without naming the failing op).
+    The weights leave the library either way (`weights.py`).
     """
     return lower_functions(
         {MAIN: program},
@@ -74,6 +81,7 @@ def lower(
         fast_math=fast_math,
         tuner=tuner,
         progress=progress,
+        release_weights=release_weights,
     )[MAIN]
 
 
@@ -89,6 +97,7 @@ def lower_functions(
     fast_math: bool = True,
     tuner: str = "optkit",
     progress: Progress | None = None,
+    release_weights: bool = False,
 ) -> dict[str, Artifact]:
     """Compile several Programs into ONE library, each a function named by its key (one of them
     `main`), and return an Artifact per function; the Artifacts share the library and its VM.
@@ -109,9 +118,13 @@ def lower_functions(
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
     start = time.perf_counter()
     imported = {}
+    tensors: list[Any] = []  # the Programs' weights (and their BatchNorm-folded copies')
     for i, (name, program) in enumerate(programs.items()):
         say("import into Relax" + (f" ({i + 1}/{len(programs)})" if len(programs) > 1 else ""))
-        imported[name] = import_program(_fold_batchnorms(program))
+        folded = _fold_batchnorms(program)
+        if release_weights:
+            tensors += [*program.parameters().values(), *folded.parameters().values()]
+        imported[name] = import_program(folded)
         # The imported constants are the Program's own tensors (DLPack). Packing reads them, and
         # the transposes in front of them, in place (`packing._constant`); what it leaves is
         # folded after it (`_specialize`): no transposed copy of every weight is made first.
@@ -119,12 +132,16 @@ def lower_functions(
     mod = _merged_module({name: imp.mod for name, imp in imported.items()})
     if len(programs) > 1 or spec.kind == "llvm":
         say("pack weights")
+    releaser = None
+    if release_weights:
+        releaser = lambda m: WeightReleaser(tensors, m)  # noqa: E731  counted on the module packing sees
     mod, figures = _specialize(
         mod,
         spec,
         schedule,
         fast_math,
         lambda done, total, left: say(f"pack weights {done}/{total} (about {left:.0f} s left)"),
+        releaser,
     )
     tuned = None
     overrides = None
@@ -140,9 +157,12 @@ def lower_functions(
         else:
             tuned, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
     say(f"build for {spec.name}")
+    weights = LiftedWeights()  # the constants leave the library (`weights.py`)
     try:
-        executable = build(mod, spec, schedule, tuned, overrides)
+        executable = build(mod, spec, schedule, tuned, overrides, weights=weights)
     except BackendError as err:
+        if release_weights:  # the imported graph's weights are gone; it cannot be rebuilt op by op
+            raise
         say("find the op that fails to compile")
         main = imported[MAIN]
         main_mod = _merged_module({MAIN: main.mod})
@@ -156,6 +176,8 @@ def lower_functions(
         "extern_funcs": [BLAS_MATMUL] if figures["blas_matmuls"] else [],
         "decomposed_ops": list(dict.fromkeys(op for imp in imported.values() for op in imp.decomposed)),
         "aten_rewrites": dict(imported[MAIN].rewritten),
+        "weight_tensors": len(weights.tensors),
+        "weight_bytes": weights.nbytes,
         "compile_seconds": round(time.perf_counter() - start, 2),
         **({"functions": list(programs)} if len(programs) > 1 else {}),
         **({"tuning": tuning} if tuning else {}),
@@ -167,7 +189,9 @@ def lower_functions(
         spec.name,
         info["compile_seconds"],
     )
-    main_artifact = Artifact(executable, spec, imported[MAIN].inputs, imported[MAIN].outputs, info)
+    main_artifact = Artifact(
+        executable, spec, imported[MAIN].inputs, imported[MAIN].outputs, info, weights.tensors
+    )
     return {
         name: main_artifact
         if name == MAIN
@@ -238,8 +262,10 @@ def _specialize(
     schedule: str,
     fast_math: bool,
     progress: Callable[[int, int, float], None] | None = None,
+    releaser: Callable[[Any], WeightReleaser] | None = None,
 ) -> tuple[Any, dict[str, int]]:
-    """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report."""
+    """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report.
+    `releaser(mod)`, when given, frees the weights packing replaces (`WeightReleaser`)."""
     figures = {
         "packed_matmuls": 0,
         "packed_convs": 0,
@@ -258,7 +284,15 @@ def _specialize(
     from tvm import relax
 
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False)
-    mod, packed = pack_weights(mod, vnni=target_has_vnni(spec.tvm_target()), progress=progress)
+    release = releaser(mod) if releaser is not None else None
+    mod, packed = pack_weights(
+        mod,
+        vnni=target_has_vnni(spec.tvm_target()),
+        progress=progress,
+        consumed=release.consumed if release is not None else None,
+    )
+    if release is not None:
+        figures["released_weight_bytes"] = release.freed_bytes
     # What packing left (weights of ops it does not pack) is folded once, here, as before.
     mod = relax.transform.FoldConstant()(mod)
     figures.update(

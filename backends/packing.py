@@ -67,15 +67,21 @@ def pack_conv_hwio(w: np.ndarray, panel: int) -> np.ndarray:
 
 
 def pack_weights(
-    mod: Any, vnni: bool = False, progress: Callable[[int, int, float], None] | None = None
+    mod: Any,
+    vnni: bool = False,
+    progress: Callable[[int, int, float], None] | None = None,
+    consumed: Callable[[Any], None] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
     `vnni`: int8 matmuls and convs go to the AVX-512 VNNI kernel (`vnni.py`) where their shapes
     fit it, instead of the panel kernels here. `progress(done, total, seconds_left)` is called
     at most once a second as matmuls and convs are visited (seconds left extrapolated from the
-    time per op so far).
+    time per op so far). `consumed(tensor)` is told each time a use of a constant weight is
+    replaced by its packed panels (directly, or through a `permute_dims` no one else reads), so
+    that the caller can free the original once no use is left (`weights.WeightReleaser`).
     """
+    import tvm
     from tvm import relax
 
     matmul = _op("relax.matmul")
@@ -90,6 +96,17 @@ def pack_weights(
                 func, lambda e: total.__setitem__(0, total[0] + (isinstance(e, relax.Call) and e.op in kinds))
             )
     done, start, shown = [0], time.perf_counter(), [0.0]
+    readers = _var_readers(mod) if consumed is not None else {}
+
+    def _consume(call: Any, lookup: Any) -> None:
+        if consumed is None:
+            return
+        w = call.args[1]
+        if isinstance(w, relax.Var) and readers.get(w, 0) == 1:
+            w = lookup(w)
+            w = w.args[0] if isinstance(w, relax.Call) and w.op == _op("relax.permute_dims") else None
+        if isinstance(w, tvm.ir.expr.GenericConst):
+            consumed(w.value)
 
     @relax.expr_functor.mutator
     class _Pack(relax.PyExprMutator):  # type: ignore[misc]
@@ -101,6 +118,12 @@ def pack_weights(
                 if elapsed - shown[0] >= 1.0 or done[0] == total[0]:  # at most once a second
                     shown[0] = elapsed
                     progress(done[0], total[0], elapsed / done[0] * max(0, total[0] - done[0]))
+            new = self._pack(call)
+            if new is not call:
+                _consume(call, self.lookup_binding)
+            return new
+
+        def _pack(self, call: Any) -> Any:
             try:
                 if (
                     vnni
@@ -153,6 +176,30 @@ def pack_weights(
 
 class _NotPackable(Exception):
     pass
+
+
+def _var_readers(mod: Any) -> dict[Any, int]:
+    """How many call arguments and tuple fields read each Relax variable of `mod`."""
+    from tvm import relax
+
+    readers: dict[Any, int] = {}
+
+    def visit(expr: Any) -> None:
+        fields = (
+            expr.args
+            if isinstance(expr, relax.Call)
+            else expr.fields
+            if isinstance(expr, relax.Tuple)
+            else ()
+        )
+        for arg in fields:
+            if isinstance(arg, relax.Var):
+                readers[arg] = readers.get(arg, 0) + 1
+
+    for func in mod.functions.values():
+        if isinstance(func, relax.Function):
+            relax.analysis.post_order_visit(func, visit)
+    return readers
 
 
 def _op(name: str) -> Any:

@@ -102,9 +102,9 @@ def lower(
         program = load_program_ref(model, trust_pickle=trust_pickle, workload=workload)
         if pim_preset is None:
             # Refuse a model whose lowering cannot fit before minutes of compiling, not after.
-            check_memory(program, copies=EXTRA_WEIGHTS["lower and save"], what="lower")
+            check_memory(program, copies=EXTRA_WEIGHTS["lower, releasing the weights"], what="lower")
             if not ctx.obj["quiet"] and not ctx.obj["json"]:
-                click.echo(peak_message(program, "lower and save"), err=True)
+                click.echo(peak_message(program, "lower, releasing the weights"), err=True)
         # TVM's C++ warnings go to OUTPUT/native.log, not the terminal (--debug shows them).
         quiet_native: AbstractContextManager[list[str]] = (
             native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])
@@ -124,6 +124,7 @@ def lower(
                 fast_math=not exact_math,
                 tuner=tuner,
                 progress=step,
+                release_weights=True,  # the Program is not needed after it: one copy of the weights
             )
         step("save")
         artifact.save(output, overwrite=overwrite)

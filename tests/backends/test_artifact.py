@@ -85,7 +85,7 @@ def test_save_is_atomic_and_refuses_overwrite(saved):
     with pytest.raises(OptkitError, match="--overwrite"):
         artifact.save(path)
     artifact.save(path, overwrite=True)
-    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.so"]
+    assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.so", "weights.bin"]
 
 
 def test_run_checks_inputs(saved):

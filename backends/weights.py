@@ -1,0 +1,261 @@
+"""Weights outside the library: constants lifted into one tuple parameter, and the weights file.
+
+A Relax VM executable that holds its weights as constants embeds them in `model.so` when saved,
+and TVM's `export_library` holds several copies of them while it does (serialized bytes, the
+LLVM blob, the object file, the linker's): measured +6.4x the float weights at 142M parameters
+(docs/benchmarks.md, bench_scale), which put an SD-1.5-size UNet at ~20 GB and an SDXL-size one
+out of reach of a 24 GiB machine. Here every constant of at least `MIN_BYTES` becomes an element
+of one tuple parameter, `weights`, appended to each public function of the module after the
+fusion passes (so constant folding has already run, and kernels are fused as before). The
+library then holds only code; the weights are tensors the Artifact passes on every call (one
+argument, the same tuple object each time) and writes to `weights.bin`, one tensor after the
+other at 64-byte aligned offsets, which loading maps into memory instead of reading.
+
+Equal weights are kept once (the cache step variants of a pipeline reuse the packed weights of
+`main`; TVM's constant pool used to deduplicate them by structural equality): by data pointer,
+then by content hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from optkit.errors import ArtifactError
+
+MIN_BYTES = 1024  # smaller constants (scalars, short vectors) stay in the library
+ALIGN = 64  # TVM's CPU kernels assume 64-byte aligned buffers
+PARAM = "weights"
+
+
+@dataclass
+class LiftedWeights:
+    """The tensors lifted out of a module, in the order of the `weights` tuple parameter."""
+
+    tensors: list[Any] = field(default_factory=list)  # tvm.runtime.Tensor
+    _by_ptr: dict[tuple[int, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
+    _by_digest: dict[tuple[str, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
+
+    def index(self, data: Any) -> int:
+        """The position of `data` (a tvm Tensor) in the tuple, adding it if no equal one is there."""
+        view = torch.from_dlpack(data)
+        ptr_key = (view.data_ptr(), tuple(view.shape), str(view.dtype))
+        if (found := self._by_ptr.get(ptr_key)) is not None:
+            return found
+        digest = hashlib.blake2b(_bytes(view), digest_size=16).hexdigest()
+        key = (digest, tuple(view.shape), str(view.dtype))
+        if (found := self._by_digest.get(key)) is None:
+            found = len(self.tensors)
+            self.tensors.append(data)
+            self._by_digest[key] = found
+        self._by_ptr[ptr_key] = found
+        return found
+
+    @property
+    def nbytes(self) -> int:
+        return sum(_nbytes(t) for t in self.tensors)
+
+
+def lift_pass(store: LiftedWeights, min_bytes: int = MIN_BYTES) -> Any:
+    """A module pass: every constant of >= `min_bytes` in a public Relax function becomes
+    `weights[i]` of a tuple parameter appended to that function; `store` collects the tensors.
+    Every public function gets the same parameter (the whole tuple), so one tuple object serves
+    all entry points of a library; a module without such constants is left as it is."""
+    import tvm
+    from tvm import relax
+
+    @relax.expr_functor.mutator
+    class _Lift(relax.PyExprMutator):  # type: ignore[misc]
+        def __init__(self) -> None:
+            super().__init__()
+            self.used: dict[int, Any] = {}
+
+        def visit_generic_const_(self, op: Any) -> Any:
+            value = op.value
+            if not isinstance(value, tvm.runtime.Tensor) or _nbytes(value) < min_bytes:
+                return op
+            i = store.index(value)
+            if i not in self.used:
+                self.used[i] = relax.Var(f"w{i}", op.ty)
+            return self.used[i]
+
+    @tvm.transform.module_pass(opt_level=0, name="OptkitLiftWeights")
+    def _apply(mod: Any, _ctx: Any) -> Any:
+        public = {}
+        for gvar, func in mod.functions_items():
+            if isinstance(func, relax.Function) and func.attrs is not None and "global_symbol" in func.attrs:
+                mutator = _Lift()
+                public[gvar] = (func, mutator.visit_expr(func.body), mutator.used)
+        if not store.tensors:
+            return mod
+        # Every public function takes the same tuple (the whole store, whatever it reads), so
+        # the caller appends one object to the inputs of any entry point.
+        tuple_type = relax.TupleType([relax.TensorType(list(t.shape), str(t.dtype)) for t in store.tensors])
+        for gvar, (func, body, used) in public.items():
+            param = relax.Var(PARAM, tuple_type)
+            reads = [relax.VarBinding(var, relax.TupleGetItem(param, i)) for i, var in sorted(used.items())]
+            blocks = [relax.BindingBlock(reads), *body.blocks] if reads else list(body.blocks)
+            mod[gvar] = relax.Function(
+                [*func.params, param],
+                relax.SeqExpr(blocks, body.body),
+                func.ret_ty,
+                func.is_pure,
+                func.attrs,
+                func.span,
+            )
+        return mod
+
+    return _apply
+
+
+def weight_tuple(tensors: list[Any], device: Any) -> Any:
+    """The runtime tuple the functions take as their last argument (tensors moved to `device`)."""
+    import tvm
+
+    if device.dlpack_device_type() != 1:  # not the CPU: one copy per weight, once
+        tensors = [
+            tvm.runtime.tensor(np.asarray(torch.from_dlpack(t).numpy()), device=device) for t in tensors
+        ]
+    return tvm.runtime.convert(list(tensors))
+
+
+def save_weights(tensors: list[Any], path: Path) -> dict[str, Any]:
+    """Write `tensors` one after the other at 64-byte aligned offsets; returns the manifest entry
+    (file name, SHA-256, bytes, and per tensor its offset, shape and dtype)."""
+    digest = hashlib.sha256()
+    entries = []
+    offset = 0
+    with path.open("wb") as fh:
+        for t in tensors:
+            view = torch.from_dlpack(t)
+            pad = -offset % ALIGN
+            if pad:
+                fh.write(b"\0" * pad)
+                digest.update(b"\0" * pad)
+                offset += pad
+            data = _bytes(view)
+            fh.write(data)
+            digest.update(data)
+            entries.append(
+                {"offset": offset, "shape": list(view.shape), "dtype": str(view.dtype).removeprefix("torch.")}
+            )
+            offset += len(data)
+    return {"file": path.name, "sha256": digest.hexdigest(), "bytes": offset, "tensors": entries}
+
+
+def load_weights(path: Path, info: dict[str, Any]) -> list[Any]:
+    """The tensors of a weights file written by `save_weights`, memory-mapped (copy on write: the
+    pages are read when a kernel first touches them and shared with the page cache)."""
+    import tvm
+
+    size = path.stat().st_size
+    if size != info.get("bytes"):
+        raise ArtifactError(
+            f"{path} has {size} bytes, its manifest says {info.get('bytes')}: the file is truncated or was replaced"
+        )
+    mapped = np.memmap(path, dtype=np.uint8, mode="c") if size else np.zeros(0, np.uint8)
+    tensors = []
+    try:
+        for entry in info["tensors"]:
+            dtype = getattr(torch, str(entry["dtype"]))
+            shape = [int(d) for d in entry["shape"]]
+            count = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
+            start = int(entry["offset"])
+            if start % ALIGN or start + count > size:
+                raise ArtifactError(
+                    f"{path}: tensor at offset {start} ({count} bytes) is misaligned or outside the file"
+                )
+            raw = torch.from_numpy(mapped[start : start + count])
+            tensors.append(tvm.runtime.from_dlpack(raw.view(dtype).reshape(shape)))
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise ArtifactError(f"{path}: a weight entry in the manifest is malformed: {err}") from err
+    return tensors
+
+
+def _nbytes(data: Any) -> int:
+    return int(np.prod(data.shape)) * np.dtype("uint8").itemsize * _itemsize(str(data.dtype))
+
+
+def _itemsize(dtype: str) -> int:
+    bits = int("".join(c for c in dtype if c.isdigit()) or 8)
+    return max(bits // 8, 1)
+
+
+def _bytes(view: torch.Tensor) -> memoryview:
+    flat = view.contiguous().reshape(-1)
+    return flat.view(torch.uint8).numpy().data if flat.numel() else memoryview(b"")
+
+
+class WeightReleaser:
+    """Frees a Program's weight storage as packing replaces its last use (`optkit lower`'s
+    `release_weights`: a model's float weights and their packed panels are then not held
+    together, so lowering peaks near one copy of the weights instead of two).
+
+    The imported constants are the Program's own tensors (DLPack views), so a storage is freed
+    (`resize_(0)`) when every constant of the module that points into it has been consumed;
+    storages no constant points into (weights the compiled graph does not read, or read
+    through a converted copy) are freed at once. Storages that cannot be resized (numpy-backed)
+    are left alone. The Program cannot run afterwards.
+    """
+
+    def __init__(self, tensors: list[torch.Tensor], mod: Any) -> None:
+        import tvm
+        from tvm import relax
+
+        storages: dict[int, Any] = {}
+        for t in tensors:
+            storage = t.untyped_storage()
+            if storage.nbytes():
+                storages[storage.data_ptr()] = storage
+        self._starts = sorted(storages)
+        self._storages = storages
+        self.uses = dict.fromkeys(storages, 0)
+        self.freed_bytes = 0
+
+        def count(expr: Any) -> None:
+            if isinstance(expr, tvm.ir.expr.GenericConst) and (key := self._owner(expr.value)) is not None:
+                self.uses[key] += 1
+
+        for func in mod.functions.values():
+            if isinstance(func, relax.Function):
+                relax.analysis.post_order_visit(func, count)
+        for key, n in list(self.uses.items()):
+            if n == 0:
+                self._free(key)
+
+    def consumed(self, value: Any) -> None:
+        """One use of the constant `value` (a tvm Tensor) is gone; free its storage if it was the last."""
+        key = self._owner(value)
+        if key is None or key not in self.uses:
+            return
+        self.uses[key] -= 1
+        if self.uses[key] == 0:
+            self._free(key)
+
+    def _owner(self, value: Any) -> int | None:
+        import bisect
+
+        try:
+            ptr = torch.from_dlpack(value).data_ptr()
+        except (BufferError, RuntimeError, TypeError):
+            return None
+        i = bisect.bisect_right(self._starts, ptr) - 1
+        if i < 0:
+            return None
+        start = self._starts[i]
+        return start if ptr < start + self._storages[start].nbytes() else None
+
+    def _free(self, key: int) -> None:
+        storage = self._storages[key]
+        size = storage.nbytes()
+        try:
+            storage.resize_(0)
+        except RuntimeError:  # not resizable (numpy-backed): it stays
+            return
+        self.uses.pop(key, None)
+        self.freed_bytes += size
