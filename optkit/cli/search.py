@@ -56,6 +56,14 @@ def _problem(model: str) -> object:
 @click.option(
     "--retrain-steps", default=2000, show_default=True, type=int, help="Steps of each stand-alone training."
 )
+@click.option(
+    "--calibration",
+    default="auto",
+    show_default=True,
+    help="Host side of the cost model: auto (this machine's full calibration if cached, else quick), "
+    "quick, full, or FILE.json, a saved host model (e.g. OUT/host_model.json of an earlier search) "
+    "so that the same seed gives the same front on another machine.",
+)
 @options.seed
 @options.output
 @click.pass_context
@@ -71,13 +79,15 @@ def search(
     supernet_steps: int,
     retrain: int,
     retrain_steps: int,
+    calibration: str,
     seed: int,
     output: Path,
 ) -> None:
     """Search architectures of MODEL (zoo:recsys) jointly with the knobs of a PIM device.
 
     Writes OUTPUT/journal.log (resume by running the same command again), trials.json,
-    pareto.json, pareto.png and retrained.json.
+    pareto.json, pareto.png, retrained.json, and supernet.pt and host_model.json, the weights
+    and the host cost model that a resumed search reuses.
     """
     from optkit.cli.main import _emit, _steps
     from optkit.search.api import SearchConfig, preflight, run_search
@@ -97,6 +107,7 @@ def search(
         supernet_steps=supernet_steps,
         retrain=retrain,
         retrain_steps=retrain_steps,
+        calibration=calibration,
     )
     preflight(config)  # an unreachable --ray address fails here, in seconds
     problem = _problem(model)

@@ -1,7 +1,10 @@
 """`run_search`: the whole co-design search, as `optkit search` runs it.
 
 1. Train the weight-sharing supernet once on the `fit` split (or load it from `OUT/supernet.pt`
-   when resuming, so a resumed search scores with the same weights).
+   when resuming, so a resumed search scores with the same weights); likewise keep the cost
+   model's host side in `OUT/host_model.json` (`search_host`). The supernet's initialization,
+   its training and the sampler are seeded by `config.seed`, so the same seed, problem, host
+   model and torch thread count give the same trials and front in any process.
 2. Score candidates of the joint space (`space.py`) with inherited weights and the PIM cost
    model (`scoring.py`), through the searcher's ask/tell loop (`study.py`), in this process, on
    a local process pool, or on Ray (`executors.py`, `ray_executor.py`).
@@ -41,6 +44,8 @@ from optkit.search.training import Data, train_supernet
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
+CALIBRATIONS = ("auto", "quick", "full")
+HOST_MODEL = "host_model.json"  # the host model a search in OUT prices with
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,8 @@ class SearchConfig:
     cost_batch: int = 256  # rows per inference the cost model prices
     retrain: int = 2  # front candidates trained alone (0: none, nor the baselines)
     retrain_steps: int = 2000
-    calibration: str = "auto"  # host model: quick | full | auto (full if cached, else quick)
+    # host model: quick | full | auto (full if cached, else quick) | a saved host model (.json)
+    calibration: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "objectives", parse_objectives(self.objectives))
@@ -93,8 +99,11 @@ class SearchConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.population < 2 or self.retrain < 0 or self.lr <= 0:
             raise ConfigError(f"need population >= 2, retrain >= 0 and lr > 0, got {self}")
-        if self.calibration not in ("quick", "full", "auto"):
-            raise ConfigError(f"calibration must be quick, full or auto, got {self.calibration!r}")
+        if self.calibration not in CALIBRATIONS and not self.calibration.endswith(".json"):
+            raise ConfigError(
+                f"calibration must be {', '.join(CALIBRATIONS)} or a saved host model (.json), "
+                f"got {self.calibration!r}"
+            )
 
     def journal_settings(self) -> dict[str, Any]:
         """The settings a resumed search must share with the journal it resumes."""
@@ -159,6 +168,10 @@ def load_or_train_supernet(
 ) -> RecSupernet:
     """The supernet in `out/supernet.pt` if a previous run left one, else trained and saved."""
     path = out / "supernet.pt"
+    # Seeded before the supernet is built: its initial weights come from torch's global generator,
+    # whose state depends on what ran before it (and which starts from a different seed in every
+    # process with the torch of this project's constraints).
+    torch.manual_seed(config.seed)
     supernet = RecSupernet(problem.supernet)
     if path.exists():
         state = torch.load(path, weights_only=True)
@@ -167,12 +180,52 @@ def load_or_train_supernet(
         return supernet
     if progress:
         progress(f"training the supernet ({config.supernet_steps} steps)")
-    torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
     train_supernet(supernet, problem.splits["fit"], config.supernet_steps, config.batch_size, config.lr, gen)
     with atomic_file(path) as tmp:
         torch.save(supernet.state_dict(), tmp)
     return supernet
+
+
+def search_host(config: SearchConfig, out: Path, host: HostModel | None = None) -> HostModel:
+    """The host side of the cost model that the search in `out` prices every candidate with.
+
+    A calibration is measured, so two calibrations of one machine differ (two quick ones priced
+    the DLRM baseline at 76 and 314 us): the model a search starts with is kept in
+    `out/host_model.json` and a resumed search prices with it, whatever the machine's cache
+    holds now. Otherwise:
+    `host` if given, else `config.calibration`: a saved host model (a `host_model.json` of an
+    earlier search, or a cached calibration) or this machine's cached calibration (calibrated
+    first if there is none). A given `host` or saved file that differs from the kept one fails.
+    """
+    from optkit.backends.pim.calibrate import cache_path, host_model
+
+    kept_path = out / HOST_MODEL
+    if host is None and config.calibration not in CALIBRATIONS:
+        host = _read_host(Path(config.calibration).expanduser())
+    if kept_path.exists():
+        kept = _read_host(kept_path)
+        if host is not None and host.to_dict() != kept.to_dict():
+            raise ConfigError(
+                f"{kept_path} holds the host model this search was priced with, and the one given "
+                "differs; resume with that file, or use another output directory"
+            )
+        return kept
+    if host is None:
+        full = config.calibration == "full" or (config.calibration == "auto" and cache_path(False).exists())
+        host = host_model(quick=not full)
+    host.save(kept_path)
+    return host
+
+
+def _read_host(path: Path) -> HostModel:
+    if not path.is_file():
+        raise ConfigError(f"no saved host model at {path}")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"cannot read the host model {path}: {err}") from None
+    return HostModel.from_dict(data)
 
 
 def make_executor(scorer: CandidateScorer, config: SearchConfig) -> Executor:
@@ -217,19 +270,15 @@ def run_search(
 ) -> SearchResult:
     """Run (or resume) the search of `problem` into directory `out`; see the module docstring.
 
-    `host`: the host side of the cost model (default: this machine's cached calibration);
-    `executor`: where to score (default: `make_executor`).
+    `host`: the host side of the cost model (default: `config.calibration`; `search_host` says
+    which one a resumed search uses); `executor`: where to score (default: `make_executor`).
     """
     preflight(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     preset = resolve_preset(config.preset)
     space = SearchSpace(problem.supernet, preset)
-    if host is None:
-        from optkit.backends.pim.calibrate import cache_path, host_model
-
-        full = config.calibration == "full" or (config.calibration == "auto" and cache_path(False).exists())
-        host = host_model(quick=not full)
+    host = search_host(config, out, host)
     sampler = make_sampler(config.searcher, config.seed, config.population)
     study = open_study(out, config.objectives, sampler, config.journal_settings())
     supernet = load_or_train_supernet(problem, config, out, progress)

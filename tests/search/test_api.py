@@ -82,6 +82,7 @@ def test_config_rejects_bad_values():
         (["--target", "pim:nope"], "unknown PIM preset 'nope'"),
         (["--target", "cpu"], "needs --target pim:PRESET"),
         (["--searcher", "annealing"], "unknown searcher 'annealing'"),
+        (["--calibration", "precise"], "calibration must be auto, quick, full"),
         (["--ray", "127.0.0.1:1"], "cannot reach the Ray cluster"),
     ],
 )
@@ -94,3 +95,26 @@ def test_cli_bad_input_exits_2(args, message, tmp_path):
 def test_cli_needs_a_supernet_model(tmp_path):
     res = CliRunner().invoke(cli, ["search", "zoo:mlp", "-o", str(tmp_path / "out")])
     assert res.exit_code == 2 and "zoo:recsys" in res.output
+
+
+def test_search_host_is_kept_in_out_and_reused(pim_host_model, tmp_path):
+    import dataclasses
+
+    from optkit.search.api import HOST_MODEL, search_host
+
+    saved = tmp_path / "saved.json"
+    pim_host_model.save(saved)
+    out = tmp_path / "out"
+    out.mkdir()
+    first = search_host(SearchConfig(calibration=str(saved)), out)
+    assert first.to_dict() == pim_host_model.to_dict() and (out / HOST_MODEL).exists()
+    # a resumed search prices with the kept model, whatever the calibration setting says now
+    assert search_host(SearchConfig(calibration="quick"), out).to_dict() == first.to_dict()
+    assert search_host(SearchConfig(), out, host=pim_host_model).to_dict() == first.to_dict()
+    other = dataclasses.replace(pim_host_model, gather_gbps=9.0)
+    with pytest.raises(ConfigError, match="differs"):
+        search_host(SearchConfig(), out, host=other)
+    with pytest.raises(ConfigError, match="no saved host model"):
+        search_host(SearchConfig(calibration=str(tmp_path / "missing.json")), tmp_path / "fresh")
+    with pytest.raises(ConfigError, match="calibration must be"):
+        SearchConfig(calibration="precise")
