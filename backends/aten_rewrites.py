@@ -10,6 +10,7 @@ order, removes what became dead and returns how often each rule fired.
 | `scan_dtype` | `cumsum` / `cumprod` of bool or a narrower int promote to int64 | keeps the input dtype: a bool `cumsum` reaches LLVM as a bool add, which fails with `Check failed: (t.MatchesCode(DLDataTypeCode::kDLFloat))` naming no op | cast the input to the output dtype |
 | `concat_dtype` | `cat` promotes its inputs to one dtype | `concat` needs equal dtypes | cast the inputs to the output dtype |
 | `empty_concat` | `cat` skips 1-D empty tensors (the legacy rule) and zero-size inputs add nothing | `concat` needs equal ranks (`ndim 1 and 4`) | drop the zero-size inputs |
+| `half_matmul` | `linear`, `mm`, `bmm`, `matmul`, `addmm` of bfloat16 / float16 tensors are bfloat16 / float16 | their matmuls output float32 (`addmm`'s bias add then fails: `Binary operators must have the same datatype`), and every later op, each weight cast up with it, runs in float32: a half model's weights are widened after its first matmul | cast the result back to the half dtype (`addmm`: `add(bias, half(mm(x, w)))`), so the next layer's weights stay in half |
 
 Both patterns come from Hugging Face transformers' Llama: the causal mask of a cache-free forward
 counts `position_ids` steps with `cumsum` over a bool tensor, and a `DynamicCache` forward
@@ -102,10 +103,42 @@ def _drop_empty_concat_inputs(node: fx.Node) -> bool:
     return True
 
 
+def _half_matmul_result(node: fx.Node) -> bool:
+    out = _val(node)
+    if out is None or out.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    graph = node.graph
+    if node.target == aten.addmm.default:
+        if node.kwargs:
+            return False  # alpha / beta are left to the importer
+        bias, x, w = node.args[:3]
+        with graph.inserting_before(node):
+            mm = graph.call_function(aten.mm.default, (x, w))
+            mm.meta.update(node.meta)
+            add = graph.call_function(aten.add.Tensor, (_cast(node, mm, out.dtype), bias))
+        add.meta.update(node.meta)
+        node.replace_all_uses_with(add)
+        return True
+    users = list(node.users)
+    if len(users) == 1 and users[0].target == aten._to_copy.default:
+        return False  # already cast (a second pass over the graph)
+    with graph.inserting_after(node):
+        cast = graph.call_function(aten._to_copy.default, (node,), {"dtype": out.dtype})
+    cast.meta.update(node.meta)
+    for user in users:
+        user.replace_input_with(node, cast)
+    return True
+
+
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("scan_dtype", (aten.cumsum.default, aten.cumprod.default), _cast_scan_input),
     Rewrite("concat_dtype", (aten.cat.default,), _cast_concat_inputs),
     Rewrite("empty_concat", (aten.cat.default,), _drop_empty_concat_inputs),
+    Rewrite(
+        "half_matmul",
+        (aten.addmm.default, aten.linear.default, aten.mm.default, aten.bmm.default, aten.matmul.default),
+        _half_matmul_result,
+    ),
 )
 
 

@@ -179,3 +179,20 @@ def test_width_one_layer_at_large_batch_compiles_and_matches_torch():
     script = gemvs[0].script()
     assert _vector_widths(gemvs[0]) == [] and "T.parallel" in script
     assert f"T.unroll({GEMV_ROWS})" in script or f"T.unroll(T.int64({GEMV_ROWS}))" in script
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_model_lowers_with_half_weights(dtype):
+    # Issue 20: a model stored in half precision is lowered without widening its weights;
+    # TVM's addmm converter outputs float32 whatever its inputs (aten rewrite `half_addmm`).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 16)).eval().to(dtype)
+    x = torch.randn(4, 64).to(dtype)
+    program = capture(model, (x,), name="half")
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["aten_rewrites"] == {"half_matmul": 2}
+    assert artifact.outputs[0].dtype == str(dtype).removeprefix("torch.")
+    assert artifact.info["weight_bytes"] == (64 * 128 + 128 * 16) * 2  # the matrices, in half
+    (got,) = artifact.run_torch(x)
+    want = model(x)
+    torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
