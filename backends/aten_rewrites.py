@@ -10,7 +10,9 @@ order, removes what became dead and returns how often each rule fired.
 | `scan_dtype` | `cumsum` / `cumprod` of bool or a narrower int promote to int64 | keeps the input dtype: a bool `cumsum` reaches LLVM as a bool add, which fails with `Check failed: (t.MatchesCode(DLDataTypeCode::kDLFloat))` naming no op | cast the input to the output dtype |
 | `concat_dtype` | `cat` promotes its inputs to one dtype | `concat` needs equal dtypes | cast the inputs to the output dtype |
 | `empty_concat` | `cat` skips 1-D empty tensors (the legacy rule) and zero-size inputs add nothing | `concat` needs equal ranks (`ndim 1 and 4`) | drop the zero-size inputs |
-| `half_matmul` | `linear`, `mm`, `bmm`, `matmul`, `addmm` of bfloat16 / float16 tensors are bfloat16 / float16 | their matmuls output float32 (`addmm`'s bias add then fails: `Binary operators must have the same datatype`), and every later op, each weight cast up with it, runs in float32: a half model's weights are widened after its first matmul | cast the result back to the half dtype (`addmm`: `add(bias, half(mm(x, w)))`), so the next layer's weights stay in half |
+| `plain_softmax` | `scaled_dot_product_attention` without a mask exports as a "safe" softmax: `where(row all -inf, 0, softmax(x))` | five more passes over the (B, H, N, N) scores and a zeros constant of their size folded into the weights (32 MiB per self-attention of a 32 x 32 latent UNet) | `softmax(x)` where x comes straight from the scores' matmul (no mask can make a row all -inf) |
+| `bf16_norm` | `native_group_norm` / `native_layer_norm` of bfloat16 | `group_norm` / `layer_norm` refuse it: `expects that data must be float, but got T.bfloat16` | normalize in float32 (input, scale and shift cast up), cast the result back |
+| `half_matmul` | `linear`, `mm`, `bmm`, `matmul`, `addmm`, `convolution` of bfloat16 / float16 tensors are bfloat16 / float16 | their matmuls output float32 (`addmm`'s bias add then fails: `Binary operators must have the same datatype`), and every later op, each weight cast up with it, runs in float32: a half model's weights are widened after its first matmul | cast the result back to the half dtype (`addmm` and a convolution with a bias: `add(half(mm(x, w)), bias)`), so the next layer's weights stay in half |
 
 Both patterns come from Hugging Face transformers' Llama: the causal mask of a cache-free forward
 counts `position_ids` steps with `cumsum` over a bool tensor, and a `DynamicCache` forward
@@ -20,6 +22,7 @@ concatenates each layer's empty initial key/value tensor of shape `(0,)` with th
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -103,6 +106,65 @@ def _drop_empty_concat_inputs(node: fx.Node) -> bool:
     return True
 
 
+_RESHAPES = (
+    aten.view.default,
+    aten._unsafe_view.default,
+    aten.reshape.default,
+    aten.mul.Scalar,
+    aten.div.Scalar,
+)
+_MATMULS = (aten.bmm.default, aten.mm.default, aten.matmul.default)
+
+
+def _unmasked_softmax(node: fx.Node) -> bool:
+    cond, zeros, soft = node.args[:3]
+    if not (
+        isinstance(soft, fx.Node)
+        and soft.target == aten._softmax.default
+        and isinstance(zeros, fx.Node)
+        and zeros.target == aten.full_like.default
+        and zeros.args[0] is soft
+        and zeros.args[1] == 0
+        and isinstance(cond, fx.Node)
+        and cond.target == aten.logical_not.default
+    ):
+        return False
+    scores = soft.args[0]
+    while isinstance(scores, fx.Node) and scores.target in _RESHAPES:
+        scores = scores.args[0]
+    if not (isinstance(scores, fx.Node) and scores.target in _MATMULS):
+        return False  # a mask may leave a row all -inf: keep the safe form
+    node.replace_all_uses_with(soft)
+    return True
+
+
+def _bf16_norm_in_float32(node: fx.Node) -> bool:
+    x = node.args[0]
+    x_val = _val(x) if isinstance(x, fx.Node) else None
+    if x_val is None or x_val.dtype != torch.bfloat16:
+        return False
+    args = list(node.args)
+    # input, scale, shift (None when the norm has none); layer norm has its shape in between
+    for i in (0, 1, 2) if node.target == aten.native_group_norm.default else (0, 2, 3):
+        arg = args[i]
+        if isinstance(arg, fx.Node):
+            args[i] = _cast(node, arg, torch.float32)
+    node.args = tuple(args)
+    vals = node.meta.get("val")
+    if isinstance(vals, (tuple, list)):
+        node.meta["val"] = tuple(v.float() if isinstance(v, torch.Tensor) else v for v in vals)
+    for user in list(node.users):
+        if user.target is operator.getitem and user.args[1] == 0:
+            with node.graph.inserting_after(user):
+                back = node.graph.call_function(aten._to_copy.default, (user,), {"dtype": torch.bfloat16})
+            back.meta.update(user.meta)
+            user.meta["val"] = user.meta["val"].float() if _val(user) is not None else user.meta.get("val")
+            for later in list(user.users):
+                if later is not back:
+                    later.replace_input_with(user, back)
+    return True
+
+
 def _half_matmul_result(node: fx.Node) -> bool:
     out = _val(node)
     if out is None or out.dtype not in (torch.bfloat16, torch.float16):
@@ -116,6 +178,22 @@ def _half_matmul_result(node: fx.Node) -> bool:
             mm = graph.call_function(aten.mm.default, (x, w))
             mm.meta.update(node.meta)
             add = graph.call_function(aten.add.Tensor, (_cast(node, mm, out.dtype), bias))
+        add.meta.update(node.meta)
+        node.replace_all_uses_with(add)
+        return True
+    if node.target == aten.convolution.default and node.args[2] is not None:
+        x, w, bias, *rest = node.args
+        bias_val = _val(bias) if isinstance(bias, fx.Node) else None
+        if bias_val is None:
+            return False
+        shape = [1, bias_val.shape[0]] + [1] * (out.dim() - 2)
+        with graph.inserting_before(node):
+            conv = graph.call_function(aten.convolution.default, (x, w, None, *rest))
+            conv.meta.update(node.meta)
+            view = graph.call_function(aten.view.default, (bias, shape))
+            view.meta.update(node.meta)
+            view.meta["val"] = bias_val.view(shape)
+            add = graph.call_function(aten.add.Tensor, (_cast(node, conv, out.dtype), view))
         add.meta.update(node.meta)
         node.replace_all_uses_with(add)
         return True
@@ -134,9 +212,20 @@ REWRITES: tuple[Rewrite, ...] = (
     Rewrite("scan_dtype", (aten.cumsum.default, aten.cumprod.default), _cast_scan_input),
     Rewrite("concat_dtype", (aten.cat.default,), _cast_concat_inputs),
     Rewrite("empty_concat", (aten.cat.default,), _drop_empty_concat_inputs),
+    Rewrite("plain_softmax", (aten.where.self,), _unmasked_softmax),
+    Rewrite(
+        "bf16_norm", (aten.native_group_norm.default, aten.native_layer_norm.default), _bf16_norm_in_float32
+    ),
     Rewrite(
         "half_matmul",
-        (aten.addmm.default, aten.linear.default, aten.mm.default, aten.bmm.default, aten.matmul.default),
+        (
+            aten.addmm.default,
+            aten.linear.default,
+            aten.mm.default,
+            aten.bmm.default,
+            aten.matmul.default,
+            aten.convolution.default,
+        ),
         _half_matmul_result,
     ),
 )

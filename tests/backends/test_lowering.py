@@ -196,3 +196,36 @@ def test_half_precision_model_lowers_with_half_weights(dtype):
     (got,) = artifact.run_torch(x)
     want = model(x)
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+
+
+class _Attention(nn.Module):
+    def forward(self, q, k, v, mask=None):
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+
+
+def test_unmasked_attention_softmax_loses_its_all_masked_row_guard():
+    # `plain_softmax`: without a mask no row of scores can be all -inf; with one the guard stays.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 8) for _ in range(3))
+    plain = lower(capture(_Attention(), (q, k, v), name="sdpa"), "cpu", num_cores=1)
+    assert plain.info["aten_rewrites"] == {"plain_softmax": 1}
+    np.testing.assert_allclose(plain.run(q, k, v)[0], _Attention()(q, k, v).numpy(), atol=1e-5)
+    mask = torch.ones(16, 16, dtype=torch.bool).tril()
+    mask[3] = False  # a row with nothing to attend to: the guarded softmax gives zeros, not NaN
+    masked = lower(capture(_Attention(), (q, k, v, mask), name="masked"), "cpu", num_cores=1)
+    assert "plain_softmax" not in masked.info["aten_rewrites"]
+    want = _Attention()(q, k, v, mask).numpy()
+    np.testing.assert_allclose(masked.run(q, k, v, mask.numpy())[0], want, atol=1e-5)
+
+
+def test_bfloat16_norms_run_in_float32():
+    # TVM's group_norm / layer_norm refuse bfloat16 (`bf16_norm`); the weights stay bfloat16.
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.Flatten(2))
+    model = nn.Sequential(model, nn.LayerNorm(36)).eval().to(torch.bfloat16)
+    x = torch.randn(2, 8, 6, 6).to(torch.bfloat16)
+    artifact = lower(capture(model, (x,), name="norms"), "cpu", num_cores=1)
+    assert artifact.info["aten_rewrites"] == {"bf16_norm": 2, "half_matmul": 1}
+    assert {str(w.dtype) for w in artifact.weights} == {"bfloat16"}
+    (got,) = artifact.run_torch(x)
+    torch.testing.assert_close(got.float(), model(x).float(), atol=5e-2, rtol=5e-2)
