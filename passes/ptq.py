@@ -32,6 +32,12 @@ contiguous ranges of equal step counts, each calibrated on its own, and the grap
 sample's row from its timestep input with plain tensor ops (`optkit.quant.timestep_groups`), so
 the Program still exports to ONNX and lowers through TVM (PTQ4DiT / ViT-Q's grouped scales).
 
+`lowrank = R > 0` adds SVDQuant's low-rank branch (`optkit.quant.lowrank`): each chosen Linear's
+weight, after SmoothQuant if it ran, is split into its rank-R SVD part, kept in float16 and run as
+two plain `linear` nodes on the unquantized input, and the residual, which alone is quantized;
+the branch's output is added to the quantized kernel's. `lowrank_fraction` gives the branch only
+to the layers whose weight error it lowers most; `lowrank_skip` names layers that go without.
+
 Inference BatchNorms are folded into the conv / Linear before them first (`fold-batchnorm`;
 `fold_batchnorm=false` keeps them), so that the quantized weights are the ones that run and no
 BatchNorm is left between a quantized conv and the next quantizer. With `abits=8`, the inputs of
@@ -51,6 +57,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
 from optkit.passes.fold_batchnorm import fold_batchnorm
 
 from optkit.errors import ConfigError
@@ -58,10 +65,12 @@ from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
 from optkit.quant.advice import sqnr_floor_hint, worst_layers
 from optkit.quant.calibration import calibration_batches
+from optkit.quant.lowrank import LowRankSplit, choose_branches, insert_lowrank_branch, lowrank_sites
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.observers import ObserverKind
 from optkit.quant.residuals import quantize_residual_adds
 from optkit.quant.rewrite import (
+    ActStats,
     LayerPlan,
     collect_act_stats,
     collect_hessians,
@@ -117,8 +126,20 @@ class PTQConfig(PassConfig):
     fold_batchnorm: bool = True
     quantize_residuals: Literal["auto", True, False] = "auto"
     timestep_groups: int = 1  # activation scales per timestep range (diffusion; 1 = one scale)
+    lowrank: int = 0  # SVDQuant: rank of a float16 low-rank branch beside each quantized Linear; 0 = off
+    lowrank_fraction: float = 1.0  # share of eligible Linears that get it (largest weight-error gain first)
+    lowrank_skip: tuple[str, ...] = ()  # module paths or globs that get no branch (still quantized)
 
     def __post_init__(self) -> None:
+        if isinstance(self.lowrank, bool) or not isinstance(self.lowrank, int) or self.lowrank < 0:
+            raise ConfigError(
+                f"lowrank (the branch's rank) must be an integer >= 0 (0 = off), got {self.lowrank!r}"
+            )
+        if not 0.0 < self.lowrank_fraction <= 1.0:
+            raise ConfigError(
+                f"lowrank_fraction must be in (0, 1] (the share of Linear layers given a branch), "
+                f"got {self.lowrank_fraction}"
+            )
         if isinstance(self.timestep_groups, bool) or not isinstance(self.timestep_groups, int):
             raise ConfigError(f"timestep_groups must be an integer >= 1, got {self.timestep_groups!r}")
         if self.timestep_groups < 1:
@@ -191,6 +212,8 @@ class PostTrainingQuantization(Pass):
                 if s.kind == "conv"
             ]
             sites = [s for s in sites if s.kind != "conv"]
+        if cfg.lowrank:  # fail before calibrating when the rank does not fit a layer
+            lowrank_sites(sites, cfg.lowrank, cfg.lowrank_skip)
         if cfg.timestep_groups > 1 and program.workload.diffusion is None:
             raise ConfigError(
                 f"timestep_groups={cfg.timestep_groups} needs a diffusion model sampled by its workload, but "
@@ -241,12 +264,17 @@ class PostTrainingQuantization(Pass):
         bits_by_site = (
             self._mixed_precision(program, sites, stats, batches, figures) if cfg.average_bits else {}
         )
-        stored = float_bytes = 0
         for site in sites:
-            plan = effective_plan(site, cfg.plan(bits_by_site.get(site.node.name)))
             w = weights.get(site.node.name)
             if w is not None:
                 site.weight = w.t().contiguous()
+        splits = self._lowrank_splits(sites, stats, bits_by_site, figures) if cfg.lowrank else {}
+        stored = float_bytes = branch_bytes = 0
+        for site in sites:
+            plan = effective_plan(site, cfg.plan(bits_by_site.get(site.node.name)))
+            split = splits.get(site.node.name)
+            if split is not None:
+                branch_bytes += insert_lowrank_branch(program, site, split)
             stored += quantize_site(
                 program,
                 site,
@@ -256,8 +284,12 @@ class PostTrainingQuantization(Pass):
                 grouped=grouped if plan.abits == 8 else None,
             )
             float_bytes += site.weight.numel() * 4
-            program.annotations.precision[site.path] = plan.label()
+            label = plan.label() + (f"+lr{split.rank}" if split is not None else "")
+            program.annotations.precision[site.path] = label
         program.graph_module.recompile()
+        stored += branch_bytes
+        if cfg.lowrank:
+            figures["lowrank_bytes"] = Figure(branch_bytes, "bytes")
         # A sampled model adds every step's error to the next step's input: on zoo:ldm int8
         # residual adds took the samples from 24.8 to 7.3 dB PSNR against float, so "auto"
         # puts them on the int8 grid only for models that are not sampled (the CNN case).
@@ -286,6 +318,31 @@ class PostTrainingQuantization(Pass):
         hint = self._hint(plans, _spread(batches, 4))
         return PassResult(program, modified=bool(sites), figures=figures, hint=hint)
 
+    def _lowrank_splits(
+        self,
+        sites: list[QuantSite],
+        stats: dict[str, ActStats],
+        bits_by_site: dict[str, int],
+        figures: dict[str, Figure],
+    ) -> dict[str, LowRankSplit]:
+        """SVDQuant splits of the chosen Linear sites (`optkit.quant.lowrank`), with figures."""
+        cfg: PTQConfig = self.config  # type: ignore[assignment]
+
+        def spec_of(site: QuantSite) -> QuantSpec:
+            return effective_plan(site, cfg.plan(bits_by_site.get(site.node.name))).weight
+
+        def absmax(site: QuantSite) -> torch.Tensor | None:
+            st = stats.get(site.node.name)
+            return None if st is None else st.channel_absmax
+
+        splits, gains = choose_branches(
+            sites, cfg.lowrank, cfg.lowrank_fraction, cfg.lowrank_skip, spec_of, absmax
+        )
+        figures["lowrank_layers"] = Figure(len(splits), "layers")
+        if gains:
+            figures["lowrank_gain"] = Figure(", ".join(f"{p}: {g:.1f}" for p, g in gains.items()), "dB")
+        return splits
+
     def _hint(self, plans: dict[str, LayerPlan], batches: list) -> Callable[[Program], str]:  # type: ignore[type-arg]
         """What to try when the output misses `min_sqnr_db` (a `PassResult.hint`)."""
         cfg: PTQConfig = self.config  # type: ignore[assignment]
@@ -299,6 +356,8 @@ class PostTrainingQuantization(Pass):
                 options.append("abits=16 (weight-only)")
             if cfg.wbits == 4:
                 options.append("wbits=8")
+                if not cfg.lowrank:
+                    options.append("lowrank=16 (weight outliers)")
             options.append(f"keep_float={list(cfg.keep_float) + [p for p, _ in worst]}")
             options.append(f"min_sqnr_db below {cfg.min_sqnr_db:g}")
             return sqnr_floor_hint(worst, options)

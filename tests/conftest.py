@@ -33,6 +33,12 @@ def transformer_program():
 
 
 @pytest.fixture
+def outlier_program():
+    model, inputs = models.outlier_mlp()
+    return capture(model, inputs, name="outlier-mlp")
+
+
+@pytest.fixture
 def recommender_program():
     model, inputs = models.recommender()
     return capture(model, inputs, name="recommender")

@@ -118,6 +118,17 @@ def data_dependent() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return DataDependent(), (torch.randn(2, 4),)
 
 
+def outlier_mlp() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """Two Linears with weight outliers, as SVDQuant describes them: `fc1` has one input
+    column 25x the others (it stretches every group it falls in), `fc2` one output row 25x."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 64)).eval()
+    with torch.no_grad():
+        model[0].weight[:, 5] *= 25.0
+        model[2].weight[7, :] *= 25.0
+    return model, (torch.randn(32, 64),)
+
+
 def diffusion_workload(
     sampler: str = "ddim", guidance_scale: float = 1.0, null_cond: tuple[str, ...] = (), steps: int = 20
 ) -> Workload:

@@ -19,6 +19,7 @@ def _quantized(program, name, opts):
         ("ptq", {}, "linear_w8a8"),
         ("groupwise", {"bits": 4, "group_size": 16}, "linear_wq"),
         ("ptq", {"wbits": 4, "granularity": "group", "group_size": 16}, "act_qdq"),
+        ("ptq", {"wbits": 4, "granularity": "group", "group_size": 16, "lowrank": 4}, "act_qdq"),
     ],
 )
 def test_quantized_linear_matches_program(mlp, name, opts, op):
