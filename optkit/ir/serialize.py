@@ -99,9 +99,42 @@ def load_program(path: str | Path) -> Program:
         )
     args, kwargs = exported.example_inputs
     gm = exported.module()
+    del exported
     _drop_guards(gm)
+    _own_weights(gm)
     inputs = positional_inputs(gm, (args, kwargs)) if kwargs else tuple(args)
     return Program(gm, inputs, annotations, name, meta).with_workload(workload)
+
+
+def _own_weights(gm: torch.nn.Module) -> None:
+    """Give every weight `torch.export.load` read its own resizable storage, one tensor at a time.
+
+    The loaded tensors wrap the archive's buffers, which cannot be resized, so `optkit lower`
+    could not free a weight once its packed panels replaced it (`backends/weights.py`); each
+    tensor has its own buffer, so copying them one by one frees each original as it goes.
+    """
+    copies: dict[int, torch.Tensor] = {}
+
+    def own(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().resizable():
+            return t
+        if id(t) not in copies:  # tied weights stay tied
+            copy = t.detach().clone()
+            copies[id(t)] = (
+                torch.nn.Parameter(copy, requires_grad=False) if isinstance(t, torch.nn.Parameter) else copy
+            )
+        return copies[id(t)]
+
+    with torch.no_grad():
+        for module in gm.modules():
+            stores: tuple[dict[str, Any], ...] = (module._parameters, module._buffers)
+            for store in stores:
+                for name, t in store.items():
+                    if t is not None:
+                        store[name] = own(t)
+            for name, value in list(vars(module).items()):
+                if isinstance(value, torch.Tensor) and not name.startswith("_"):
+                    setattr(module, name, own(value))
 
 
 @contextlib.contextmanager

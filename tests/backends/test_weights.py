@@ -83,3 +83,15 @@ def test_release_weights_frees_what_packing_replaced(wide):
     assert {name.rsplit(".", 1)[-1] for name in freed} == {"weight"}
     assert artifact.info["released_weight_bytes"] == (512 * 512 + 512 * 8) * 4
     np.testing.assert_allclose(artifact.run(x)[0], want, rtol=1e-4, atol=1e-4)
+
+
+def test_weights_of_a_loaded_program_are_released_too(wide, tmp_path):
+    # torch.export.load wraps the archive's buffers, which cannot be resized; load_program gives
+    # each weight its own storage so `optkit lower model.pt2` frees what packing replaced.
+    from optkit.ir.serialize import load_program, save_program
+
+    save_program(wide, tmp_path / "wide.pt2")
+    loaded = load_program(tmp_path / "wide.pt2")
+    assert all(t.untyped_storage().resizable() for t in loaded.parameters().values())
+    artifact = lower(loaded, "cpu", num_cores=1, release_weights=True)
+    assert artifact.info["released_weight_bytes"] == (512 * 512 + 512 * 8) * 4
