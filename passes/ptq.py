@@ -12,13 +12,23 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
   one-call SQNR over the trajectory on the zoo's DiT at W8A8 — percentile otherwise);
   activations use asymmetric (zero-point) grids, which suit post-softmax and post-GELU/SiLU
   values that are (almost) one-signed;
-- local treatments: SmoothQuant rebalancing of layers whose input has channel outliers,
-  time-sensitive modules (timestep embeddings) kept in float, and, for diffusion models, the
-  input layer kept in float (`keep_input_layer`): it reads x_t, and at the last sampler steps
-  the noise left in x_t (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is smaller than an int8
-  step of x_t's range, while it is exactly what an eps-prediction model has to read — int8
-  there erases the signal of the final steps (measured on the zoo's DiT: one-call SQNR at
-  W8A8 17 -> 41 dB with all-step calibration; the layer holds < 1% of the weights); and a
+- local treatments: SmoothQuant rebalancing of layers whose input has channel outliers, and
+  the named `treatments` (`optkit.quant.treatments`), each keeping a kind of layer in float:
+  `time-embedding` (timestep embedding MLPs), `input-layer`, `output-layer` (the layer whose
+  output is the model's: a denoiser's final projection), `softmax-input` (the Q/K projections
+  feeding attention scores) and `skip-connections` (layers reading a UNet's skip concatenation);
+  the default, `("time-embedding", "input-layer")`, is what `ptq` did before they were named.
+  The older flags still work: `keep_input_layer=false` switches `input-layer` off, and
+  `time-embedding` is `keep_float`'s default patterns (`TIME_MODULES`), so a `keep_float` without
+  them quantizes the time embeddings as before and leaving `time-embedding` out of `treatments`
+  drops them from `keep_float`. `output-layer` is the one measured to pay at no size cost (zoo
+  dit / ldm W4A8 GPTQ, final samples: +3.3 / +1.9 dB; docs/passes.md), but not clearly on dit at
+  W8A8, so it is not a default. The input layer (diffusion models only) reads x_t, and at the
+  last sampler steps the noise left in x_t (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is
+  smaller than an int8 step of x_t's range, while it is exactly what an eps-prediction model
+  has to read — int8 there erases the signal of the final steps (measured on the zoo's DiT:
+  one-call SQNR at W8A8 17 -> 41 dB with all-step calibration; the layer holds < 1% of the
+  weights); and a
   language model's output head kept in float unless `quantize_head` (found by
   `optkit.quant.sites.output_head`: tied to the input embedding, or 1000+ logits from a 4x
   narrower input; when it is tied and quantized, the embedding keeps reading the float table);
@@ -60,7 +70,7 @@ from typing import Literal
 import torch
 from optkit.passes.fold_batchnorm import fold_batchnorm
 
-from optkit.errors import ConfigError
+from optkit.errors import ConfigError, UnknownNameError
 from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
 from optkit.quant.advice import sqnr_floor_hint, worst_layers
@@ -79,15 +89,13 @@ from optkit.quant.rewrite import (
     short_group_note,
 )
 from optkit.quant.sensitivity import allocate_bits, block_candidates, measure
-from optkit.quant.sites import QuantSite, find_sites, reads_model_input, split_output_heads
+from optkit.quant.sites import QuantSite, find_sites, split_output_heads
 from optkit.quant.smoothing import insert_smoothing, outlier_ratio, smoothing_factors
 from optkit.quant.timestep_groups import GroupedActScales, collect_group_stats, split_timesteps
+from optkit.quant.treatments import DEFAULT_TREATMENTS, TIME_MODULES, TREATMENTS, treated_sites
 from optkit.report import Figure
 
 log = logging.getLogger(__name__)
-
-TIME_MODULES = ("*t_embedder*", "*time_embed*", "*time_mlp*", "*timestep*", "*t_embed*")
-
 
 SENSITIVITY_BATCHES = 8  # calibration batches the mixed-precision ranking evaluates
 
@@ -117,8 +125,9 @@ class PTQConfig(PassConfig):
     smoothquant: float = 0.0
     smooth_threshold: float = 8.0
     average_bits: float = 0.0
-    keep_float: tuple[str, ...] = TIME_MODULES
-    keep_input_layer: bool = True
+    treatments: tuple[str, ...] = DEFAULT_TREATMENTS  # layers kept float by kind (module docstring)
+    keep_float: tuple[str, ...] = TIME_MODULES  # = `time-embedding`, plus any paths kept float
+    keep_input_layer: bool = True  # false: `input-layer` off
     quantize_head: bool = False
     skip: tuple[str, ...] = ()
     min_sqnr_db: float = 10.0
@@ -131,6 +140,14 @@ class PTQConfig(PassConfig):
     lowrank_skip: tuple[str, ...] = ()  # module paths or globs that get no branch (still quantized)
 
     def __post_init__(self) -> None:
+        if isinstance(self.treatments, str):
+            raise ConfigError(
+                f"treatments must be a list of names, got the string {self.treatments!r}; known: "
+                f"{', '.join(TREATMENTS)}"
+            )
+        for name in self.treatments:
+            if name not in TREATMENTS:
+                raise UnknownNameError("ptq treatment", name, tuple(TREATMENTS))
         if isinstance(self.lowrank, bool) or not isinstance(self.lowrank, int) or self.lowrank < 0:
             raise ConfigError(
                 f"lowrank (the branch's rank) must be an integer >= 0 (0 = off), got {self.lowrank!r}"
@@ -164,6 +181,23 @@ class PTQConfig(PassConfig):
                 f"{self.calibration_batches}, {self.calibration_steps}"
             )
 
+    def active_treatments(self) -> tuple[str, ...]:
+        """The structural treatments `optkit.quant.treatments.treated_sites` applies: `treatments`
+        less `time-embedding` (kept float by name, `float_patterns`) and less `input-layer` when
+        `keep_input_layer` is false."""
+        off = {"time-embedding"} | (set() if self.keep_input_layer else {"input-layer"})
+        return tuple(t for t in dict.fromkeys(self.treatments) if t not in off)
+
+    def float_patterns(self) -> tuple[str, ...]:
+        """Module paths and globs kept float by name: `skip` and `keep_float`, less the time
+        patterns (`TIME_MODULES`) when `time-embedding` is not among the treatments."""
+        keep = (
+            self.keep_float
+            if "time-embedding" in self.treatments
+            else (p for p in self.keep_float if p not in TIME_MODULES)
+        )
+        return tuple(self.skip) + tuple(keep)
+
     def observer_kind(self) -> ObserverKind:
         """The observer `auto` stands for with this calibration (see the module docstring)."""
         if self.observer != "auto":
@@ -193,15 +227,9 @@ class PostTrainingQuantization(Pass):
     def run(self, program: Program) -> PassResult:
         cfg: PTQConfig = self.config  # type: ignore[assignment]
         bn_folded = fold_batchnorm(program.graph_module) if cfg.fold_batchnorm else 0
-        sites, skipped = find_sites(program, tuple(cfg.skip) + tuple(cfg.keep_float))
-        if cfg.keep_input_layer and program.workload.diffusion is not None:
-            inputs = {s.node.name for s in sites if reads_model_input(program, s)}
-            skipped += [
-                (s.path, "reads the noisy input x_t (keep_input_layer)")
-                for s in sites
-                if s.node.name in inputs
-            ]
-            sites = [s for s in sites if s.node.name not in inputs]
+        sites, skipped = find_sites(program, cfg.float_patterns())
+        sites, treated = treated_sites(program, sites, cfg.active_treatments())
+        skipped += treated
         if not cfg.quantize_head:
             sites, heads = split_output_heads(program, sites)
             skipped += heads
@@ -247,7 +275,7 @@ class PostTrainingQuantization(Pass):
             if smoothed and cfg.abits == 8:  # re-observe the rebalanced activations
                 sites = [
                     s
-                    for s in find_sites(program, tuple(cfg.skip) + tuple(cfg.keep_float))[0]
+                    for s in find_sites(program, cfg.float_patterns())[0]
                     if s.node.name in {x.node.name for x in sites}
                 ]
                 stats = collect_act_stats(program, sites, batches, cfg.observer_kind(), cfg.percentile)

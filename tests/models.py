@@ -134,3 +134,69 @@ def diffusion_workload(
 ) -> Workload:
     """A Workload sampling a denoiser `(x, t, *cond)` with `sampler` for `steps` steps."""
     return Workload(diffusion=Diffusion(SamplerSpec(sampler), steps, guidance_scale, null_cond))
+
+
+class SkipConcat(nn.Module):
+    """A UNet's up-path join in miniature: an encoder feature (the skip) concatenated on channels
+    with a decoder feature of a 50x larger range, and one 1x1 conv reading both."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = nn.Conv2d(4, 8, 3, padding=1)
+        self.dec = nn.Conv2d(8, 8, 3, padding=1)
+        self.fuse = nn.Conv2d(16, 4, 1)
+        with torch.no_grad():  # the skip channels count as much in the output as the others
+            self.fuse.weight[:, 8:] *= 50.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = self.enc(x)  # (B, 8, H, W)
+        h = self.dec(skip) * 50.0  # (B, 8, H, W)
+        return self.fuse(torch.cat([h, skip], dim=1))  # (B, 4, H, W)
+
+
+def skip_concat() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return SkipConcat().eval(), (torch.randn(4, 4, 8, 8),)
+
+
+class SharpAttention(nn.Module):
+    """Self-attention with large query/key weights, so that the softmax is sharp and small errors
+    in the scores move its output (the SQNR paper's softmax-input sensitivity)."""
+
+    def __init__(self, dim: int = 32, heads: int = 2) -> None:
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_k = nn.Linear(dim, dim, bias=False)
+        self.to_v = nn.Linear(dim, dim, bias=False)
+        self.to_out = nn.Linear(dim, dim)
+        with torch.no_grad():
+            self.to_q.weight *= 4.0
+            self.to_k.weight *= 4.0
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        return x.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)  # (B, H, N, Dh)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self._split(self.to_q(x)), self._split(self.to_k(x)), self._split(self.to_v(x))
+        out = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)
+        return self.to_out(out.transpose(1, 2).reshape(x.shape))  # (B, N, D)
+
+
+def sharp_attention() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return SharpAttention().eval(), (torch.randn(4, 16, 32),)
+
+
+def tiny_dit_program():  # -> Program
+    """A one-block DiT (dim 32) with random weights, captured, sampled by a CFG DDIM workload."""
+    from optkit.ir.capture import capture
+    from optkit.zoo.dit import DiT, DiTConfig
+
+    model = DiT(DiTConfig(dim=32, depth=1, heads=2))
+    for p in model.parameters():  # leave adaLN-Zero's identity start, so the output is not zero
+        torch.nn.init.normal_(p, std=0.05)
+    inputs = (torch.randn(2, 2, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
+    program = capture(model, inputs, name="dit-test")
+    return program.with_workload(diffusion_workload(guidance_scale=2.0, null_cond=("fill:10",)))

@@ -168,7 +168,7 @@ def _head_reason(site: QuantSite, tables: list[tuple[str, torch.Tensor]]) -> str
         if _same_values(table, site.weight):
             return f"output head tied to the input embedding {path!r}"
     n, k = (int(d) for d in site.weight.shape)
-    if n >= HEAD_MIN_OUTPUTS and n >= HEAD_MIN_RATIO * k and _feeds_output(site.node):
+    if n >= HEAD_MIN_OUTPUTS and n >= HEAD_MIN_RATIO * k and feeds_output(site.node):
         return f"output head ({n} outputs from {k} inputs)"
     return None
 
@@ -178,7 +178,8 @@ def _same_values(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and (tensor_key(a) == tensor_key(b) or bool(torch.equal(a, b)))
 
 
-def _feeds_output(node: fx.Node) -> bool:
+def feeds_output(node: fx.Node) -> bool:
+    """Whether `node`'s output is a graph output, directly or through reshapes, casts, slices."""
     frontier, seen = [node], set()
     while frontier:
         n = frontier.pop()

@@ -162,15 +162,7 @@ def test_per_tensor_minmax_weights_run(transformer_program, wbits):
 
 
 def _tiny_dit():
-    from optkit.ir.capture import capture
-    from optkit.zoo.dit import DiT, DiTConfig
-
-    model = DiT(DiTConfig(dim=32, depth=1, heads=2))
-    for p in model.parameters():  # leave adaLN-Zero's identity start, so the output is not zero
-        torch.nn.init.normal_(p, std=0.05)
-    inputs = (torch.randn(2, 2, 8, 8), torch.tensor([10.0, 500.0]), torch.tensor([3, 7]))
-    program = capture(model, inputs, name="dit-test")
-    return program.with_workload(models.diffusion_workload(guidance_scale=2.0, null_cond=("fill:10",)))
+    return models.tiny_dit_program()
 
 
 def test_diffusion_input_layer_stays_float_unless_disabled():
