@@ -19,7 +19,7 @@ A saved pipeline is one directory (`Pipeline.save`, written atomically; `load_pi
 | path | what |
 |---|---|
 | `model.pt2`, `model.pt2.json` | the optimized Program: graph, workload, cache schedule, alignment |
-| `main/` | the compiled library (`model.so` + `manifest.json`, as `Artifact.save` writes them): the Program as `main`, each step variant as a function of its own |
+| `main/` | the compiled library (`model.so` + `weights.bin` + `manifest.json`, as `Artifact.save` writes them): the Program as `main`, each step variant as a function of its own |
 | `pipeline.json` | versions, target, each variant key (reused, filled block paths) -> its function and signature, SHA-256 and size of the library and of the Program |
 """
 
@@ -34,7 +34,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from optkit.backends.artifact import LIBRARY, Artifact, _sha256, _versions, load_artifact, read_manifest
+from optkit.backends.artifact import (
+    LIBRARY,
+    WEIGHTS,
+    Artifact,
+    _sha256,
+    _versions,
+    load_artifact,
+    read_manifest,
+)
 from optkit.backends.lowering import lower_functions
 from optkit.backends.targets import TargetSpec, cuda_device_present, resolve_target
 from optkit.backends.tvm_import import TensorSpec
@@ -57,7 +65,7 @@ from optkit.ir.serialize import load_program, save_program
 log = logging.getLogger(__name__)
 
 FORMAT = "optkit-tvm-pipeline"
-FORMAT_VERSION = 2  # 1: one library per step variant
+FORMAT_VERSION = 3  # 1: one library per step variant; 2: one library; 3: its weights in main/weights.bin
 MANIFEST = "pipeline.json"
 PROGRAM = "model.pt2"
 MAIN = "main"
@@ -179,6 +187,8 @@ class Pipeline:
             self.main.save(tmp / MAIN)
             lib = tmp / MAIN / LIBRARY
             library = {"sha256": _sha256(lib), "bytes": lib.stat().st_size}
+            # What the compiled pipeline weighs: the code and the weights beside it.
+            total = library["bytes"] + (tmp / MAIN / WEIGHTS).stat().st_size
             manifest = {
                 **self.info,
                 "format": FORMAT,
@@ -202,18 +212,18 @@ class Pipeline:
                     }
                     for (reuse, fill), a in self.variants.items()
                 ],
-                "library_bytes_total": library["bytes"],
+                "library_bytes_total": total,
                 "weights": "one library: the Program and every step variant are functions of it, each weight stored once",
                 "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             }
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        self.info["library_bytes_total"] = library["bytes"]
+        self.info["library_bytes_total"] = total
         log.info("saved pipeline (%d step variants in one library) to %s", len(self.variants), out_dir)
         return out_dir
 
     @property
     def library_bytes(self) -> int:
-        """Bytes of all distinct libraries once saved (recorded by `save`/`load_pipeline`)."""
+        """Bytes of the library and its weights file once saved (recorded by `save`/`load_pipeline`)."""
         return int(self.info.get("library_bytes_total", 0))
 
 
