@@ -238,13 +238,7 @@ def load_artifact(path: str | Path) -> Artifact:
         outputs = tuple(TensorSpec.from_dict(d) for d in manifest["outputs"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{path / MANIFEST} lacks a field or has a bad one: {err}") from err
-    lib = member_path(path, str(lib_info.get("file", LIBRARY)))
-    if not lib.is_file():
-        raise ArtifactError(f"{path}: the compiled library {lib.name} is missing")
-    if _sha256(lib) != lib_info.get("sha256"):
-        raise ArtifactError(
-            f"{lib} does not match the hash in its manifest: the file is corrupt or was replaced"
-        )
+    lib = _checked_member(path, lib_info, LIBRARY, "compiled library")
     if "optkit.blas.matmul" in manifest.get("extern_funcs", []):
         from optkit.backends.blas import register
 
@@ -267,14 +261,19 @@ def load_artifact(path: str | Path) -> Artifact:
 def _load_weights(path: Path, info: Any) -> list[Any]:
     if not isinstance(info, dict):
         raise ArtifactError(f"{path / MANIFEST} lacks the weights entry (file, sha256, tensors)")
-    file = member_path(path, str(info.get("file", WEIGHTS)))
+    return load_weights(_checked_member(path, info, WEIGHTS, "weights file"), info)
+
+
+def _checked_member(path: Path, info: dict[str, Any], default: str, what: str) -> Path:
+    """The file a manifest entry names inside `path`, present and matching its SHA-256."""
+    file = member_path(path, str(info.get("file", default)))
     if not file.is_file():
-        raise ArtifactError(f"{path}: the weights file {file.name} is missing")
+        raise ArtifactError(f"{path}: the {what} {file.name} is missing")
     if _sha256(file) != info.get("sha256"):
         raise ArtifactError(
             f"{file} does not match the hash in its manifest: the file is corrupt or was replaced"
         )
-    return load_weights(file, info)
+    return file
 
 
 def read_manifest(path: Path, name: str, fmt: str, version: int, what: str) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -224,6 +225,33 @@ def setup_segmentation(name: str, entry: Any, model: torch.nn.Module, weights: s
     setup = Setup(name, weights, model, program, False, calls, produce, quality)
     setup.reference = produce(model)
     return setup
+
+
+def run_models(
+    script: str, args: Any, measure_model: Callable[[str], tuple[list[Any], str]]
+) -> dict[str, Any]:
+    """One run of a small PTQ benchmark over `args.models` (comma-separated): its rows and notes
+    from `measure_model(name)`, the command, the settings and the load average around it;
+    written to `args.save` when given (`--render` merges such files)."""
+    load_before = os.getloadavg()[0]
+    rows: list[Any] = []
+    notes = []
+    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
+        model_rows, note = measure_model(name)
+        rows += model_rows
+        notes.append(note)
+    load_after = os.getloadavg()[0]
+    command = f"OMP_NUM_THREADS=1 python benchmarks/{script} " + " ".join(sys.argv[1:])
+    run = {
+        "command": command.strip(),
+        "settings": f"{args.samples} samples, {args.steps} steps, all-step calibration",
+        "load": f"1-min load average {load_before:.2f} before, {load_after:.2f} after",
+        "rows": rows,
+        "notes": notes,
+    }
+    if args.save:
+        Path(args.save).write_text(json.dumps(run, default=float))
+    return run
 
 
 def _first(out: Any) -> torch.Tensor:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _docs import cpu_name, write_section  # noqa: E402
-from bench_quant import GROUP, _first, call_sqnr, load, run_ptq, setup_diffusion  # noqa: E402
+from bench_quant import GROUP, _first, call_sqnr, load, run_models, run_ptq, setup_diffusion  # noqa: E402
 
 from optkit.ir.flops import parameter_bytes  # noqa: E402
 from optkit.metrics import sqnr_db  # noqa: E402
@@ -119,23 +118,7 @@ def main() -> None:
         write_outputs([json.loads(Path(p).read_text()) for p in args.render])
         return
     torch.set_num_threads(1)
-    load_before = os.getloadavg()[0]
-    rows, notes = [], []
-    for name in [m.strip() for m in args.models.split(",") if m.strip()]:
-        model_rows, note = measure_model(name, args)
-        rows += model_rows
-        notes.append(note)
-    load_after = os.getloadavg()[0]
-    command = "OMP_NUM_THREADS=1 python benchmarks/bench_quant_treatments.py " + " ".join(sys.argv[1:])
-    run = {
-        "command": command.strip(),
-        "settings": f"{args.samples} samples, {args.steps} steps, all-step calibration",
-        "load": f"1-min load average {load_before:.2f} before, {load_after:.2f} after",
-        "rows": rows,
-        "notes": notes,
-    }
-    if args.save:
-        Path(args.save).write_text(json.dumps(run, default=float))
+    run = run_models("bench_quant_treatments.py", args, lambda name: measure_model(name, args))
     write_outputs([run])
 
 
