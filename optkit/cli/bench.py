@@ -33,7 +33,14 @@ if TYPE_CHECKING:
 )
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs before timing.")
 @options.threads
-@click.option("--tune-trials", default=0, show_default=True, type=int, help="TVM tuning trials (0: untuned).")
+@click.option(
+    "--tune-trials",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="TVM tuning trials for --tuner (0: untuned).",
+)
+@options.tuner
 @options.output
 @options.overwrite
 @options.trust_pickle
@@ -50,6 +57,7 @@ def bench(
     warmup: int,
     threads: int | None,
     tune_trials: int,
+    tuner: str,
     output: Path,
     overwrite: bool,
     trust_pickle: bool,
@@ -74,7 +82,12 @@ def bench(
     budgets = parse_budgets(require)
     targets = parse_targets(targets_text) if targets_text else default_targets()
     config = BenchConfig(
-        targets=targets, repeats=repeats, warmup=warmup, threads=threads, tune_trials=tune_trials
+        targets=targets,
+        repeats=repeats,
+        warmup=warmup,
+        threads=threads,
+        tune_trials=tune_trials,
+        tuner=tuner,
     )
     with _steps(ctx, f"bench {model}") as step:
         result, report = bench_file(

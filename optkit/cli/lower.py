@@ -30,14 +30,7 @@ from optkit.errors import ConfigError
     type=click.IntRange(min=0),
     help="Schedule-tuning trial budget for --tuner (0: no tuning).",
 )
-@click.option(
-    "--tuner",
-    type=click.Choice(["optkit", "metaschedule"]),
-    default="optkit",
-    show_default=True,
-    help="optkit: tile sizes of optkit's matmul rule; metaschedule: TVM MetaSchedule on the kernels "
-    "with a reduction, each kept only where it beats optkit's schedule (recorded in the manifest).",
-)
+@options.tuner
 @click.option(
     "--work-dir",
     type=click.Path(path_type=Path),

@@ -31,6 +31,14 @@ threads = click.option(
     type=click.IntRange(min=1),
     help="PyTorch, ONNX Runtime and TVM runtime threads for timing, each set to exactly this [default: torch's setting].",
 )
+tuner = click.option(
+    "--tuner",
+    type=click.Choice(["optkit", "metaschedule"]),
+    default="optkit",
+    show_default=True,
+    help="optkit: tile sizes of optkit's matmul rule; metaschedule: TVM MetaSchedule on the kernels "
+    "with a reduction, each kept only where it beats optkit's schedule (recorded in the manifest).",
+)
 seed = click.option("--seed", default=0, show_default=True, type=int, help="Random seed.")
 workload = click.option(
     "--workload",

@@ -83,3 +83,18 @@ def test_one_failing_target_is_reported_while_the_others_run(user_models, monkey
     statuses = {row[0]: row[1] for row in report["tables"][0]["rows"]}
     assert statuses == {"eager": "ok", "compile": "failed", "ort": "ok"}
     assert any(n.startswith("compile failed: build failed") for n in report["notes"])
+
+
+def test_tuner_reaches_the_bench_config_and_a_bad_one_is_refused(user_models, monkeypatch):
+    seen = {}
+
+    def record(ref, output, config, **_kwargs):
+        seen["tuner"], seen["trials"] = config.tuner, config.tune_trials
+        raise SystemExit(0)
+
+    monkeypatch.setattr(bench, "bench_file", record)
+    args = ["bench", "benchmodels:mlp", "--targets", "tvm-cpu", "--tune-trials", "4", "-o", "out"]
+    CliRunner().invoke(cli, [*args, "--tuner", "metaschedule"])
+    assert seen == {"tuner": "metaschedule", "trials": 4}
+    bad = CliRunner().invoke(cli, [*args, "--tuner", "autotvm"])
+    assert bad.exit_code == 2 and "'autotvm' is not one of 'optkit', 'metaschedule'" in bad.output
