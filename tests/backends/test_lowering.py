@@ -186,13 +186,13 @@ def test_half_precision_model_lowers_with_half_weights(dtype):
     # Issue 20: a model stored in half precision is lowered without widening its weights;
     # TVM's addmm converter outputs float32 whatever its inputs (aten rewrite `half_addmm`).
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 128), nn.GELU(), nn.Linear(128, 16)).eval().to(dtype)
-    x = torch.randn(4, 64).to(dtype)
+    model = nn.Sequential(nn.Linear(256, 512), nn.GELU(), nn.Linear(512, 128)).eval().to(dtype)
+    x = torch.randn(4, 256).to(dtype)
     program = capture(model, (x,), name="half")
     artifact = lower(program, "cpu", num_cores=1)
     assert artifact.info["aten_rewrites"] == {"half_matmul": 2}
     assert artifact.outputs[0].dtype == str(dtype).removeprefix("torch.")
-    assert artifact.info["weight_bytes"] == (64 * 128 + 128 * 16) * 2  # the matrices, in half
+    assert artifact.info["weight_bytes"] == (256 * 512 + 512 * 128) * 2  # the matrices, in half
     (got,) = artifact.run_torch(x)
     want = model(x)
     torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
@@ -221,7 +221,7 @@ def test_unmasked_attention_softmax_loses_its_all_masked_row_guard():
 def test_bfloat16_norms_run_in_float32():
     # TVM's group_norm / layer_norm refuse bfloat16 (`bf16_norm`); the weights stay bfloat16.
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(8, 16, 3, padding=1), nn.GroupNorm(4, 16), nn.Flatten(2))
+    model = nn.Sequential(nn.Conv2d(8, 512, 3, padding=1), nn.GroupNorm(4, 512), nn.Flatten(2))
     model = nn.Sequential(model, nn.LayerNorm(36)).eval().to(torch.bfloat16)
     x = torch.randn(2, 8, 6, 6).to(torch.bfloat16)
     artifact = lower(capture(model, (x,), name="norms"), "cpu", num_cores=1)
