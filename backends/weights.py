@@ -181,12 +181,10 @@ def load_weights(path: Path, info: dict[str, Any]) -> list[Any]:
 
 
 def _nbytes(data: Any) -> int:
-    return int(np.prod(data.shape)) * np.dtype("uint8").itemsize * _itemsize(str(data.dtype))
+    import tvm
 
-
-def _itemsize(dtype: str) -> int:
-    bits = int("".join(c for c in dtype if c.isdigit()) or 8)
-    return max(bits // 8, 1)
+    kind = tvm.runtime.DataType(str(data.dtype))
+    return int(np.prod(data.shape)) * max(kind.bits * kind.lanes // 8, 1)
 
 
 def _bytes(view: torch.Tensor) -> memoryview:
