@@ -121,9 +121,7 @@ def weight_tuple(tensors: list[Any], device: Any) -> Any:
     import tvm
 
     if device.dlpack_device_type() != 1:  # not the CPU: one copy per weight, once
-        tensors = [
-            tvm.runtime.tensor(np.asarray(torch.from_dlpack(t).numpy()), device=device) for t in tensors
-        ]
+        tensors = [t.copyto(device) for t in tensors]
     return tvm.runtime.convert(list(tensors))
 
 
