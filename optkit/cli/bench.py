@@ -33,13 +33,7 @@ if TYPE_CHECKING:
 )
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs before timing.")
 @options.threads
-@click.option(
-    "--tune-trials",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="TVM tuning trials for --tuner (0: untuned).",
-)
+@options.tune_trials
 @options.tuner
 @options.output
 @options.overwrite

@@ -23,13 +23,7 @@ from optkit.errors import ConfigError
     help="cpu (LLVM, host CPU), cuda (needs nvcc) or pim:PRESET (simulated PIM: hbm-pim, aim, upmem, recnmp "
     "or a preset .toml; the host part is compiled by TVM).",
 )
-@click.option(
-    "--tune-trials",
-    default=0,
-    show_default=True,
-    type=click.IntRange(min=0),
-    help="Schedule-tuning trial budget for --tuner (0: no tuning).",
-)
+@options.tune_trials
 @options.tuner
 @click.option(
     "--work-dir",

@@ -31,6 +31,13 @@ threads = click.option(
     type=click.IntRange(min=1),
     help="PyTorch, ONNX Runtime and TVM runtime threads for timing, each set to exactly this [default: torch's setting].",
 )
+tune_trials = click.option(
+    "--tune-trials",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Schedule-tuning trials for --tuner (0: untuned).",
+)
 tuner = click.option(
     "--tuner",
     type=click.Choice(["optkit", "metaschedule"]),
