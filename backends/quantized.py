@@ -9,6 +9,7 @@
 | `linear_wq` | one TE kernel: the reduction reads packed int4 (or int8) weights, unpacks the nibble, subtracts the zero point and multiplies by the group scale inside the K loop; no float weight is materialized |
 | `conv2d_w8a8` | int8 grid for x, `conv2d` on int32-widened centered activations and int8 weights with int32 accumulation, per-channel rescale and bias |
 | `act_qdq` | elementwise round onto the int8 grid and back |
+| `aten.amax` | `max(x, axis, keepdims)`: per-token activation scales (`max|x_row| / 127`) reduce with it; TVM 0.27's importer has no converter, and PyTorch's decomposition needs `prims.broadcast_in_dim`, which it lacks too |
 
 Activation scales and zero points may be per sample, (B, 1, ..., 1) (timestep groups,
 `optkit.quant.timestep_groups`): they broadcast in the elementwise steps, and the int8 matmul's
@@ -33,6 +34,7 @@ def custom_convert_map() -> dict[str, Converter]:
         "linear_wq.default": _linear_wq,
         "conv2d_w8a8.default": _conv2d_w8a8,
         "act_qdq.default": _act_qdq,
+        "amax.default": _amax,
     }
 
 
@@ -68,6 +70,16 @@ def _linear_w8a8(node: Any, importer: Any) -> Any:
     y = bb.emit(op.multiply(op.astype(acc, "float32"), op.multiply(x_scale, w_scale)))
     y = bb.emit(op.add(y, bias))
     return y if len(shape) == 2 else bb.emit(op.reshape(y, (*shape[:-1], n)))
+
+
+def _amax(node: Any, importer: Any) -> Any:
+    from tvm import relax
+
+    x = importer.env[node.args[0]]
+    dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", [])
+    keepdim = node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False)
+    axis = [int(d) for d in dims] or None  # amax over no dims reduces over all of them
+    return importer.block_builder.emit(relax.op.max(x, axis=axis, keepdims=bool(keepdim)))
 
 
 def _act_qdq(node: Any, importer: Any) -> Any:

@@ -6,7 +6,12 @@
   calibrated on the same batches (per-channel int8 weights, uint8 activations, MinMax).
 - `torchao_int8_weight_only`: torchao's Int8WeightOnlyConfig on the eager module;
   `torchao_int4_weight_only` tries Int4WeightOnlyConfig and returns the reason it cannot run
-  (with torchao 0.18 it needs the CUDA `mslk` package, absent on this CPU).
+  (with torchao 0.18 it needs the CUDA `mslk` package, absent on this CPU);
+  `torchao_quantized(model, NAME, **options)` applies any torchao config by name (the dynamic
+  int8 activation paths `Int8DynamicActivationInt8WeightConfig`,
+  `Int8DynamicActivationIntxWeightConfig`, the CPU int4 path `IntxWeightOnlyConfig`).
+- `ort_quantize_dynamic`: ONNX Runtime's dynamic quantization of the float ONNX export (int8
+  weights, activations quantized per tensor at run time by `DynamicQuantizeLinear`).
 
 Sizes are counted the same way for every format (`tensor_bytes`, `onnx_weight_bytes`): the
 bytes of the stored tensors, 4-bit values at half a byte.
@@ -141,6 +146,33 @@ def torchao_int4_weight_only(model: nn.Module, group_size: int = 32) -> tuple[nn
     except Exception as err:  # torchao 0.18: "Requires mslk >= 1.0.0" (a CUDA-only package)
         return None, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
     return quantized, ""
+
+
+def torchao_quantized(model: nn.Module, config: str, **options: Any) -> tuple[nn.Module | None, str]:
+    """A copy of `model` quantized by torchao's config class `config` (built with `options`;
+    a `group_size` option becomes `PerGroup(group_size)` granularity), or (None, reason)."""
+    try:
+        import torchao.quantization as tq
+    except Exception as err:
+        return None, f"torchao not installed ({type(err).__name__})"
+    if "group_size" in options:
+        key = "weight_granularity" if config == "Int8DynamicActivationIntxWeightConfig" else "granularity"
+        options[key] = tq.PerGroup(options.pop("group_size"))
+    quantized = copy.deepcopy(model)
+    try:
+        tq.quantize_(quantized, getattr(tq, config)(**options))
+    except Exception as err:
+        return None, f"{type(err).__name__}: {str(err).splitlines()[0][:120]}"
+    return quantized, ""
+
+
+def ort_quantize_dynamic(float_onnx: Path, out: Path, per_channel: bool = False) -> Path:
+    """ONNX Runtime's dynamic quantization of `float_onnx` (its defaults: int8 weights, per
+    tensor unless `per_channel`; activations quantized at run time, per tensor)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(str(float_onnx), str(out), per_channel=per_channel, weight_type=QuantType.QInt8)
+    return out
 
 
 def tensor_bytes(model: nn.Module) -> int:

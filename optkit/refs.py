@@ -149,7 +149,7 @@ def _load_zoo(text: str, pretrained: bool, batch: int, seed: int) -> Program:
     inputs = entry.example_inputs(model, batch, seed)
     program = capture(model, inputs, name=f"{entry.name}-{size}")
     program.meta = {"zoo": entry.name, "size": size, "task": entry.task}
-    return program.with_workload(entry.workload())
+    return program.with_workload(entry.workload(model=model))
 
 
 def _load_factory(text: str) -> Program:

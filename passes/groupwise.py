@@ -22,13 +22,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch
+
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
 from optkit.quant.advice import sqnr_floor_hint, worst_layers
-from optkit.quant.calibration import CalibrationMode, calibration_batches
+from optkit.quant.calibration import CalibrationMode, calibration_batches, resolve_mode
 from optkit.quant.numerics import QuantSpec
-from optkit.quant.rewrite import LayerPlan, collect_hessians, effective_plan, quantize_site, short_group_note
+from optkit.quant.rewrite import LayerPlan, effective_plan, gptq_hessians, quantize_site, short_group_note
 from optkit.quant.sites import find_sites, split_output_heads
 from optkit.report import Figure
 
@@ -95,9 +97,16 @@ class GroupwiseWeights(Pass):
         if not cfg.quantize_head:
             sites, heads = split_output_heads(program, sites)
             skipped += heads
-        hessians = (
-            collect_hessians(program, sites, self._batches(program)) if cfg.method == "gptq" and sites else {}
-        )
+        hessians: dict[str, torch.Tensor] = {}
+        gptq_rows = 0
+        if cfg.method == "gptq" and sites:
+            more = None
+            if resolve_mode(program, cfg.calibration) == "data":
+
+                def more(n: int) -> list:  # type: ignore[type-arg]
+                    return calibration_batches(program, "data", n)
+
+            hessians, gptq_rows = gptq_hessians(program, sites, self._batches(program), more)
         plans = {s.path: effective_plan(s, cfg.plan()) for s in sites}
         short = [f"{s.path}: {note}" for s in sites if (note := short_group_note(s, cfg.plan()))]
         int8 = [s.path for s in sites if plans[s.path].weight.bits != cfg.bits]
@@ -115,6 +124,8 @@ class GroupwiseWeights(Pass):
             "weight_bytes_before": Figure(float_bytes, "bytes"),
             "weight_bytes_after": Figure(quant_bytes, "bytes"),
         }
+        if gptq_rows:
+            figures["gptq_rows"] = Figure(gptq_rows, "rows")
         if short:
             figures["short_groups"] = Figure("; ".join(short))
         if int8:

@@ -48,6 +48,15 @@ two plain `linear` nodes on the unquantized input, and the residual, which alone
 the branch's output is added to the quantized kernel's. `lowrank_fraction` gives the branch only
 to the layers whose weight error it lowers most; `lowrank_skip` names layers that go without.
 
+`activations = "per-token"` quantizes each Linear's input per row (token) at run time, with
+the scale `max|x_row| / 127` computed in the graph (`optkit.quant.rewrite`): the W8A8 recipe
+of LLMs, whose activations carry a few huge outlier channels in a few tokens. `recipe = "auto"`
+picks the activation handling for the model: it quantizes a copy with each of static and
+per-token scales, each without SmoothQuant and with it at every alpha of `recipe_alphas` (an
+alpha is skipped when no layer's input passes `smooth_threshold`, as it would change nothing), scores
+each copy by output SQNR against the float model on the calibration batches, keeps the best and
+reports every candidate's score (`recipe_sqnr`).
+
 Inference BatchNorms are folded into the conv / Linear before them first (`fold-batchnorm`;
 `fold_batchnorm=false` keeps them), so that the quantized weights are the ones that run and no
 BatchNorm is left between a quantized conv and the next quantizer. With `abits=8`, the inputs of
@@ -61,6 +70,7 @@ Run after `fold-constants`; follow with `dce`. The PassManager checks the output
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -71,10 +81,12 @@ import torch
 from optkit.passes.fold_batchnorm import fold_batchnorm
 
 from optkit.errors import ConfigError, UnknownNameError
+from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
+from optkit.metrics import sqnr_db
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
 from optkit.quant.advice import sqnr_floor_hint, worst_layers
-from optkit.quant.calibration import calibration_batches
+from optkit.quant.calibration import calibration_batches, resolve_mode
 from optkit.quant.lowrank import LowRankSplit, choose_branches, insert_lowrank_branch, lowrank_sites
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.observers import ObserverKind
@@ -83,8 +95,8 @@ from optkit.quant.rewrite import (
     ActStats,
     LayerPlan,
     collect_act_stats,
-    collect_hessians,
     effective_plan,
+    gptq_hessians,
     quantize_site,
     short_group_note,
 )
@@ -98,6 +110,7 @@ from optkit.report import Figure
 log = logging.getLogger(__name__)
 
 SENSITIVITY_BATCHES = 8  # calibration batches the mixed-precision ranking evaluates
+RECIPE_BATCHES = 4  # calibration batches `recipe = "auto"` scores its candidates on
 
 
 def _spread(batches: list, n: int) -> list:  # type: ignore[type-arg]
@@ -138,6 +151,14 @@ class PTQConfig(PassConfig):
     lowrank: int = 0  # SVDQuant: rank of a float16 low-rank branch beside each quantized Linear; 0 = off
     lowrank_fraction: float = 1.0  # share of eligible Linears that get it (largest weight-error gain first)
     lowrank_skip: tuple[str, ...] = ()  # module paths or globs that get no branch (still quantized)
+    activations: Literal["static", "per-token"] = (
+        "static"  # Linear activation scales: calibrated, or per row at run time
+    )
+    recipe: Literal["given", "auto"] = "given"  # auto: activations and smoothquant chosen by output SQNR
+    recipe_alphas: tuple[float, ...] = (
+        0.5,
+        0.8,
+    )  # SmoothQuant alphas `recipe = "auto"` tries besides 0 (off)
 
     def __post_init__(self) -> None:
         if isinstance(self.treatments, str):
@@ -167,6 +188,28 @@ class PTQConfig(PassConfig):
             raise ConfigError(
                 f"timestep_groups > 1 groups activation scales and needs abits=8, got abits={self.abits}"
             )
+        if self.activations not in ("static", "per-token"):
+            raise UnknownNameError("ptq activations", str(self.activations), ("static", "per-token"))
+        if self.recipe not in ("given", "auto"):
+            raise UnknownNameError("ptq recipe", str(self.recipe), ("given", "auto"))
+        if self.activations == "per-token" and self.abits != 8:
+            raise ConfigError(
+                f"activations='per-token' quantizes activations and needs abits=8, got abits={self.abits}"
+            )
+        if self.activations == "per-token" and self.timestep_groups > 1:
+            raise ConfigError(
+                "activations='per-token' computes each row's scale at run time; timestep_groups > 1 picks "
+                "calibrated scales by timestep: choose one"
+            )
+        if self.recipe == "auto":
+            if self.abits != 8:
+                raise ConfigError(
+                    f"recipe='auto' chooses how activations are quantized and needs abits=8, got {self.abits}"
+                )
+            if any(not 0.0 <= a <= 1.0 for a in self.recipe_alphas):
+                raise ConfigError(
+                    f"recipe_alphas must be SmoothQuant alphas in [0, 1] (0 = off), got {list(self.recipe_alphas)}"
+                )
         if self.granularity == "group" and (self.group_size <= 0 or self.group_size % 8):
             raise ConfigError(f"group_size must be a positive multiple of 8, got {self.group_size}")
         if not 0.0 <= self.smoothquant <= 1.0:
@@ -226,6 +269,8 @@ class PostTrainingQuantization(Pass):
 
     def run(self, program: Program) -> PassResult:
         cfg: PTQConfig = self.config  # type: ignore[assignment]
+        if cfg.recipe == "auto":
+            return self._auto_recipe(program)
         bn_folded = fold_batchnorm(program.graph_module) if cfg.fold_batchnorm else 0
         sites, skipped = find_sites(program, cfg.float_patterns())
         sites, treated = treated_sites(program, sites, cfg.active_treatments())
@@ -279,7 +324,16 @@ class PostTrainingQuantization(Pass):
                     if s.node.name in {x.node.name for x in sites}
                 ]
                 stats = collect_act_stats(program, sites, batches, cfg.observer_kind(), cfg.percentile)
-        hessians = collect_hessians(program, sites, batches) if cfg.method == "gptq" else {}
+        hessians: dict[str, torch.Tensor] = {}
+        if cfg.method == "gptq":
+            more = None
+            if resolve_mode(program, cfg.calibration) == "data":
+
+                def more(n: int) -> list:  # type: ignore[type-arg]
+                    return calibration_batches(program, "data", n)
+
+            hessians, gptq_rows = gptq_hessians(program, sites, batches, more)
+            figures["gptq_rows"] = Figure(gptq_rows, "rows")
         grouped = None
         if cfg.timestep_groups > 1:
             groups = split_timesteps(batches, cfg.timestep_groups)
@@ -310,6 +364,7 @@ class PostTrainingQuantization(Pass):
                 stats.get(site.node.name),
                 hessians.get(site.node.name),
                 grouped=grouped if plan.abits == 8 else None,
+                per_token=cfg.activations == "per-token" and site.kind == "linear",
             )
             float_bytes += site.weight.numel() * 4
             label = plan.label() + (f"+lr{split.rank}" if split is not None else "")
@@ -346,6 +401,52 @@ class PostTrainingQuantization(Pass):
         hint = self._hint(plans, _spread(batches, 4))
         return PassResult(program, modified=bool(sites), figures=figures, hint=hint)
 
+    def _auto_recipe(self, program: Program) -> PassResult:
+        """`recipe = "auto"`: quantize a copy per candidate (static / per-token activations x
+        `recipe_alphas`), keep the one whose outputs are closest to the float model's."""
+        cfg: PTQConfig = self.config  # type: ignore[assignment]
+        batches = _spread(
+            calibration_batches(
+                program, cfg.calibration, cfg.calibration_batches, cfg.calibration_steps, cfg.seed
+            ),
+            RECIPE_BATCHES,
+        )
+        with torch.no_grad():
+            reference = torch.cat(
+                [flat_outputs(program.graph_module(*b))[0].float().flatten() for b in batches]
+            )
+        best: tuple[float, str, PassResult] | None = None
+        scores = []
+        smoothing_applies = True  # false once an alpha smoothed no layer (none passes smooth_threshold)
+        for activations in ("static", "per-token"):
+            for alpha in dict.fromkeys((0.0, *cfg.recipe_alphas)):  # 0 (off) always competes
+                if alpha and not smoothing_applies:
+                    continue  # the same Program as alpha 0
+                candidate = dataclasses.replace(
+                    cfg, recipe="given", activations=activations, smoothquant=alpha
+                )
+                result = PostTrainingQuantization(candidate).run(program.clone(share_weights=True))
+                if alpha and result.figures["layers_smoothed"].value == 0:
+                    smoothing_applies = False
+                    scores.append(
+                        f"smoothquant: no layer's input passes smooth_threshold {cfg.smooth_threshold:g}"
+                    )
+                    continue
+                gm = result.program.graph_module
+                with torch.no_grad():
+                    out = torch.cat([flat_outputs(gm(*b))[0].float().flatten() for b in batches])
+                label = f"{activations}, smoothquant {alpha:g}"
+                db = sqnr_db(reference, out)
+                scores.append(f"{label}: {db:.1f}")
+                log.info("ptq recipe %s: output SQNR %.2f dB", label, db)
+                if best is None or db > best[0]:
+                    best = (db, label, result)
+        assert best is not None
+        db, label, result = best
+        result.figures["recipe"] = Figure(label)
+        result.figures["recipe_sqnr"] = Figure("; ".join(scores), "dB")
+        return result
+
     def _lowrank_splits(
         self,
         sites: list[QuantSite],
@@ -378,6 +479,8 @@ class PostTrainingQuantization(Pass):
         def hint(before: Program) -> str:
             worst = worst_layers(before, plans, batches, 3, cfg.observer_kind(), cfg.percentile)
             options = []
+            if cfg.abits == 8 and cfg.recipe == "given":
+                options.append('recipe="auto" (per-token scales and SmoothQuant, chosen by SQNR)')
             if cfg.abits == 8 and not cfg.smoothquant:
                 options.append("smoothquant=0.5 (activation outliers)")
             if cfg.abits == 8:

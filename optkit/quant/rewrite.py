@@ -10,6 +10,13 @@ statistics and GPTQ Hessians come from calibration runs of the float Program. Ke
 | any | 16 (float) | `linear_wq` (weight-only, W4A16 / W8A16) |
 | conv, int8 per-channel | int8 | `conv2d_w8a8` (int4 conv weights are stored as int8) |
 
+With `per_token`, a Linear's activations are quantized dynamically: each row (token) of its input
+gets the symmetric int8 scale `max|x_row| / 127`, computed in the graph from the input itself
+(`abs -> amax(-1) -> / 127`), so the same kernels take it as a per-row scale with zero point 0
+and the bias stays in float. This is the LLM recipe of LLM.int8() / ZeroQuant ("per-token
+dynamic"): a token with an outlier no longer widens the grid of every other token, and no
+calibrated range can be clipped. Convolutions keep their calibrated per-tensor scale.
+
 Every Linear is covered whatever its width: a group size that does not divide the input
 channels leaves a short last group (`optkit.quant.numerics`), and a 4-bit layer with an odd
 number of outputs is stored as int8 (`effective_plan`).
@@ -18,7 +25,8 @@ number of outputs is stored as int8 (`effective_plan`).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACT_SPEC = QuantSpec(8, symmetric=False, granularity="tensor")
+GPTQ_ROWS_PER_CHANNEL = 16  # Hessian rows per input channel GPTQ asks the calibration data for
 
 
 @dataclass(frozen=True)
@@ -88,24 +97,59 @@ def collect_act_stats(
 
 
 def collect_hessians(
-    program: Program, sites: Sequence[QuantSite], batches: Sequence[Batch]
+    program: Program,
+    sites: Sequence[QuantSite],
+    batches: Sequence[Batch],
+    rows: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """H = 2 X^T X of each linear site's inputs, keyed by node name (GPTQ)."""
+    """H = 2 X^T X of each linear site's inputs, keyed by node name (GPTQ); `rows`, when given,
+    receives the number of input rows each Hessian summed."""
     acc = {
         s.node.name: torch.zeros(s.in_features, s.in_features, dtype=torch.float64)
         for s in sites
         if s.kind == "linear"
     }
+    counts = rows if rows is not None else {}
+    counts.update(dict.fromkeys(acc, 0))
 
     def add(name: str):  # type: ignore[no-untyped-def]
         def fn(x: torch.Tensor) -> None:
             x2 = x.reshape(-1, x.shape[-1]).double()
             acc[name] += 2.0 * x2.t() @ x2
+            counts[name] += x2.shape[0]
 
         return fn
 
     watch_inputs(program, batches, {name: add(name) for name in acc})
     return acc
+
+
+def gptq_hessians(
+    program: Program,
+    sites: Sequence[QuantSite],
+    batches: Sequence[Batch],
+    more: Callable[[int], Sequence[Batch]] | None = None,
+) -> tuple[dict[str, torch.Tensor], int]:
+    """GPTQ's Hessians from at least `GPTQ_ROWS_PER_CHANNEL` input rows per input channel of
+    every Linear where the data allows; returns them and the fewest rows any layer summed.
+
+    With fewer rows than input channels X^T X is singular and GPTQ fits its rounding to the few
+    rows it saw: calibrated on one 64-token window, GPTQ lost to round-to-nearest on a Llama
+    (issue 15). When `batches` fall short, `more(n)` is asked for n batches (the calibration
+    data, up to what it holds) and the Hessians are collected again from those.
+    """
+    rows: dict[str, int] = {}
+    hessians = collect_hessians(program, sites, batches, rows)
+    linear = [s for s in sites if s.kind == "linear"]
+    if not linear:
+        return hessians, 0
+    short = max(GPTQ_ROWS_PER_CHANNEL * s.in_features / max(rows[s.node.name], 1) for s in linear)
+    if short > 1 and more is not None:
+        extended = more(math.ceil(len(batches) * short))
+        if len(extended) > len(batches):
+            rows = {}
+            hessians = collect_hessians(program, sites, extended, rows)
+    return hessians, min(rows[s.node.name] for s in linear)
 
 
 def effective_plan(site: QuantSite, plan: LayerPlan) -> LayerPlan:
@@ -137,6 +181,7 @@ def quantize_site(
     weight_kn: torch.Tensor | None = None,
     damp: float = 0.01,
     grouped: GroupedActScales | None = None,
+    per_token: bool = False,
 ) -> int:
     """Rewrite one site to its quantized kernel; returns the bytes of the weight tensors it
     stores (0 when it reads the copy of a site it is tied to).
@@ -145,6 +190,8 @@ def quantize_site(
     weights are rounded by GPTQ with dampening `damp`. With `grouped`, the activation scale and
     zero point are picked per sample from the site's timestep-group tables
     (`optkit.quant.timestep_groups`), and the bias stays in float: no single accumulator grid.
+    With `per_token`, a Linear's activation scales are computed per row at run time (module
+    docstring); `stats` may then be None.
     """
     w_kn = (
         weight_kn if weight_kn is not None else (site.weight.t().float() if site.kind == "linear" else None)
@@ -161,8 +208,9 @@ def quantize_site(
         if hessian is not None and spec.granularity != "tensor"
         else quantize_rtn(w_kn, spec)
     )
+    dynamic = per_token and plan.abits == 8
     if use_int_gemm:
-        x_scale, x_zero = act_qparams(stats)
+        x_scale, x_zero = (_UNIT_SCALE, _ZERO) if dynamic else act_qparams(stats)
         w_q = qw.q.to(torch.int8)
         tensors: dict[str, torch.Tensor] = {
             "x_scale": x_scale,
@@ -172,17 +220,21 @@ def quantize_site(
             "w_zero": torch.zeros(w_q.shape[1], dtype=torch.int8),
             "w_colsum": w_q.sum(0, dtype=torch.int32),
             "bias": bias.float()
-            if grouped is not None
+            if grouped is not None or dynamic
             else on_accumulator_grid(bias, x_scale, qw.scale.reshape(-1).float()),
         }
         rank = _input_rank(site)
         new = replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
-        if grouped is not None:
+        if dynamic:
+            _select_per_sample(program, new, _per_token_qparams(program, site, new))
+        elif grouped is not None:
             _select_per_sample(program, new, grouped.select(site, new, rank))
         return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + qw.scale.numel() * 4
     if plan.abits == 8:
-        q = _insert_act_qdq(program, site, *act_qparams(stats))
-        if grouped is not None:
+        q = _insert_act_qdq(program, site, *((_UNIT_SCALE, _ZERO) if dynamic else act_qparams(stats)))
+        if dynamic:
+            _select_per_sample(program, q, _per_token_qparams(program, site, q))
+        elif grouped is not None:
             _select_per_sample(program, q, grouped.select(site, q, _input_rank(site)))
     group = spec.group_size if spec.granularity == "group" else w_kn.shape[0]
     if spec.granularity == "tensor":
@@ -219,6 +271,28 @@ def act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
     scale, zero = stats.observer.qparams(ACT_SPEC)
     # The kernels use the int8 grid: shift the unsigned zero point by 128.
     return scale.reshape(()).float(), (zero.reshape(()) - 128).to(torch.int8)
+
+
+_UNIT_SCALE = torch.tensor(1.0)  # placeholders of a dynamic layer, replaced in the graph
+_ZERO = torch.tensor(0, dtype=torch.int8)
+TOKEN_SCALE_FLOOR = 1e-8  # an all-zero row (padding) keeps a finite scale
+
+
+def _per_token_qparams(program: Program, site: QuantSite, consumer: fx.Node) -> tuple[fx.Node, fx.Node]:
+    """Nodes, before `consumer`, computing its input's per-row scale `max|x_row| / 127`, shaped
+    (..., 1) like the input, and reading a 0-d int8 zero point."""
+    gm = program.graph_module
+    graph = gm.graph
+    aten = torch.ops.aten
+    x = consumer.args[0]
+    with graph.inserting_before(consumer):
+        amax = graph.call_function(
+            aten.amax.default, (graph.call_function(aten.abs.default, (x,)), [-1], True)
+        )
+        floor = graph.call_function(aten.clamp_min.default, (amax, TOKEN_SCALE_FLOOR))
+        scale = graph.call_function(aten.div.Tensor, (floor, 127.0))  # (..., 1)
+        zero = graph.get_attr(add_buffer(gm, site.path, "x_zero_token", _ZERO.clone()))
+    return scale, zero
 
 
 def _input_rank(site: QuantSite) -> int:

@@ -4,7 +4,11 @@ Activation outliers concentrate in a few input channels; dividing those channels
 `s_k = max|X_k|^alpha / max|W_k|^(1 - alpha)` and multiplying the matching weight rows by
 `s_k` leaves X @ W unchanged while flattening X's range, so per-tensor activation scales lose
 less. The division is a `mul` node inserted before the layer (folding it into a preceding norm
-is left to a later pass).
+is left to a later pass), and the layer reads the rebalanced weight from then on, so the graph
+computes what it computed before: activation statistics collected after smoothing see the
+model's own activations downstream. (Before the weight was swapped in the graph too, every
+layer after a smoothed one was calibrated on inputs shrunk by 1/s: a Llama-style decoder's
+perplexity went from 2.66 to 10.0 at W8A8 with every layer smoothed at alpha 0.5.)
 """
 
 from __future__ import annotations
@@ -31,15 +35,19 @@ def outlier_ratio(act_absmax: torch.Tensor) -> float:
 
 
 def insert_smoothing(program_gm: torch.fx.GraphModule, site: QuantSite, s: torch.Tensor) -> torch.Tensor:
-    """Insert x * (1/s) before `site` and return the rebalanced (K, N) weight (s * W)."""
+    """Insert x * (1/s) before the Linear `site`, make it read the rebalanced weight s * W, and
+    return that weight as (K, N)."""
     graph = program_gm.graph
     name = add_buffer(program_gm, site.path, "smooth_inv", (1.0 / s).float())
+    w_kn = site.weight.t().float() * s[:, None]
+    w_name = add_buffer(program_gm, site.path, "smooth_weight", w_kn.t().to(site.weight.dtype))
     x = site.node.args[0]
     with graph.inserting_before(site.node):
         inv = graph.get_attr(name)
         scaled = graph.call_function(torch.ops.aten.mul.Tensor, (x, inv))
+        weight = graph.get_attr(w_name)
     scaled.meta = dict(site.node.meta)
     if isinstance(x, torch.fx.Node) and "val" in x.meta:
         scaled.meta["val"] = x.meta["val"]
-    site.node.args = (scaled, *site.node.args[1:])
-    return site.weight.t().float() * s[:, None]
+    site.node.args = (scaled, weight, *site.node.args[2:])
+    return w_kn

@@ -1,4 +1,4 @@
-"""Offline data for the zoo: digits, digit videos, scene text, edit pairs, shapes, CTR logs.
+"""Offline data for the zoo: digits, digit videos, scene text, edit pairs, shapes, CTR logs, text.
 
 Everything here ships with installed wheels or is generated, so training and evaluation never
 touch the network. Conventions (shared by every zoo model):
@@ -33,6 +33,11 @@ Sources and choices:
   sparse ids (Zipf-distributed, id order permuted per feature) and labels drawn from a planted
   logistic model with first-order id effects and factorization-machine pairwise interactions
   (sparse-sparse and dense-dense); the bias is set for a click rate of about 0.25.
+- `reference_text`: the Python Language Reference's topics as `pydoc` ships them with every
+  CPython (`pydoc_data.topics`, about 465 KB of English prose and grammar for 3.11), as UTF-8
+  bytes. The topics are joined in sorted order and cut into 4 KiB chunks; every 10th chunk (the
+  10th, 20th, ...) is the test split, the rest train, so test text is never seen in training.
+  (Held-out whole topics gave only 11 KB of test text: the topics' sizes vary 100-fold.)
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ import torch.nn.functional as F
 from optkit.errors import ConfigError, OptkitError
 from optkit.metrics import roc_auc
 
+TEXT_CHUNK = 4096  # bytes per reference-text chunk
+TEXT_TEST_EVERY = 10  # every 10th chunk is test text
 SPLIT_SEED = 1234  # the fixed split of every data set; never a user seed
 ACTIONS = ("shift", "rotate", "flip", "thicken")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -554,3 +561,21 @@ def criteo_like(n: int, seed: int = 0, cardinalities: tuple[int, ...] = CRITEO_C
     if 0 < test_labels.sum() < len(test_labels):
         out["oracle_auc"] = roc_auc(test_labels, probs[cut:])
     return out
+
+
+@functools.cache
+def _reference_bytes() -> bytes:
+    from pydoc_data.topics import topics  # the reference manual's text, shipped with CPython
+
+    return b"\n\n".join(topics[name].encode("utf-8") for name in sorted(topics))
+
+
+def reference_text(split: str = "train") -> torch.Tensor:
+    """The Python reference manual's text as a 1-D int64 tensor of UTF-8 byte values (0-255):
+    `train` joins the chunks not held out, `test` every `TEXT_TEST_EVERY`-th (module docstring)."""
+    _check_split(split)
+    data = _reference_bytes()
+    chunks = [data[i : i + TEXT_CHUNK] for i in range(0, len(data), TEXT_CHUNK)]
+    test = split == "test"
+    kept = b"".join(c for i, c in enumerate(chunks) if (i % TEXT_TEST_EVERY == TEXT_TEST_EVERY - 1) == test)
+    return torch.frombuffer(bytearray(kept), dtype=torch.uint8).long()

@@ -19,7 +19,7 @@ from torch import nn
 
 from optkit.errors import ConfigError, UnknownNameError
 from optkit.sampling import SamplerSpec
-from optkit.workload import Diffusion, Workload
+from optkit.workload import Calibration, Diffusion, Workload
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ _MODEL_MODULES = (
     "lego",
     "efficientsam",
     "recsys",
+    "textlm",
 )
 
 
@@ -70,7 +71,8 @@ class ZooModel:
     `configs` maps a size name (`tiny`, `small`) to the config dataclass instance that `build`
     turns into an `nn.Module`. `example_inputs(model, batch, seed)` returns the positional tensors
     that `model(*inputs)` takes: the tensors capture and export use. `task` is one of
-    `diffusion-image`, `diffusion-video`, `segmentation`, `recommendation`, `multimodal`;
+    `diffusion-image`, `diffusion-video`, `segmentation`, `recommendation`, `multimodal`,
+    `language-model`;
     `sampler` names the zoo sampler a diffusion model is trained for (`ddim`, `dpm++2m`,
     `flow-euler`), empty for models that are not sampled; `guidance_scale` and `null_cond` (see
     `optkit.workload.Diffusion`) say how it samples with classifier-free guidance, and
@@ -78,7 +80,9 @@ class ZooModel:
     model in place on data that ships offline and returns figures (final loss, seconds);
     `evaluate(model, settings)` returns the quality figures named in docs/zoo.md.
     `train_defaults` are the settings `optkit zoo train NAME` uses when no option overrides
-    them: the recipe of the shipped `tiny` checkpoint.
+    them: the recipe of the shipped `tiny` checkpoint. A model that is not sampled may name its
+    Workload's quality `metric` (`perplexity`, `top1`; see `optkit.workload`) and give
+    `calibration(model)`, the input batches its Workload calibrates on (kept in memory).
     """
 
     name: str
@@ -93,18 +97,25 @@ class ZooModel:
     train: Callable[[nn.Module, TrainSettings], dict[str, float]] | None = None
     evaluate: Callable[[nn.Module, EvalSettings], dict[str, float]] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    metric: str = ""
+    calibration: Callable[[nn.Module], tuple[tuple[torch.Tensor, ...], ...]] | None = None
     train_defaults: TrainSettings = field(default_factory=TrainSettings)
 
     @property
     def sizes(self) -> tuple[str, ...]:
         return tuple(self.configs)
 
-    def workload(self, steps: int = 20) -> Workload:
-        """How passes drive this model: its sampler, guidance and null condition (if sampled)."""
+    def workload(self, steps: int = 20, model: nn.Module | None = None) -> Workload:
+        """How passes drive this model: its sampler, guidance and null condition (if sampled),
+        or its metric and the calibration batches for `model` (built at `tiny` if not given)."""
         if not self.sampler:
-            return Workload()
+            if self.calibration is None:
+                return Workload(metric=self.metric)
+            held = self.calibration(model if model is not None else self.build(self.configs["tiny"]))
+            return Workload(calibration=Calibration.from_batches(held), metric=self.metric)
         return Workload(
-            diffusion=Diffusion(SamplerSpec(self.sampler), steps, self.guidance_scale, self.null_cond)
+            diffusion=Diffusion(SamplerSpec(self.sampler), steps, self.guidance_scale, self.null_cond),
+            metric=self.metric,
         )
 
     def checkpoint_path(self, size: str) -> Path:

@@ -74,6 +74,33 @@ def test_smoothquant_helps_when_activations_have_outlier_channels():
     assert smooth > plain + 3.0
 
 
+def test_smoothquant_calibrates_a_layer_after_a_smoothed_one_on_its_true_inputs():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+    from optkit.quant.sites import find_sites
+    from optkit.quant.smoothing import insert_smoothing, smoothing_factors
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64))
+    x = torch.randn(32, 64)
+    x[:, 3] *= 60.0
+    program = capture(model, (x,))
+    reference = program.run()
+    # Smoothing alone leaves the function unchanged: the layer reads the rebalanced weight.
+    smoothed = program.clone()
+    site = find_sites(smoothed)[0][0]
+    insert_smoothing(smoothed.graph_module, site, smoothing_factors(x.abs().amax(0), site.weight.t(), 0.5))
+    smoothed.graph_module.recompile()
+    torch.testing.assert_close(smoothed.run(), reference, rtol=1e-4, atol=1e-4)
+    # Both layers smoothed and W8A8 static: the second layer's scale fits what it really reads.
+    plain = sqnr_db(reference, run(program, observer="minmax").program.run())
+    both = sqnr_db(
+        reference, run(program, observer="minmax", smoothquant=0.5, smooth_threshold=0.0).program.run()
+    )
+    assert both > plain
+
+
 def test_mixed_precision_meets_budget_and_reports_allocation(transformer_program):
     result = run(transformer_program, average_bits=6.0, min_sqnr_db=5.0)
     figures = result.records[0].figures
