@@ -75,6 +75,11 @@ class Artifact:
     _torch_inputs: list[tuple[Any, Any]] | None = field(default=None, repr=False)
 
     # -- running ---------------------------------------------------------------------------
+    def virtual_machine(self) -> Any:
+        """The Relax VM that runs this artifact (shared by its entry points): what a profiler
+        instruments (`kernel_profile.py`)."""
+        return self._machine()
+
     def _machine(self) -> Any:
         if self._owner is not None:
             return self._owner._machine()

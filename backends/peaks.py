@@ -1,0 +1,358 @@
+"""Per-core compute peaks of this CPU, measured with TVM-compiled micro-kernels on one thread.
+
+A kernel's "% of peak" means something only against a peak measured on the same machine, the
+same way: issue 17 asks for the big GEMM/conv kernels at >= 60% of it. Two kernels, both
+written directly in TIR (as `vnni.gemm_func` is) so that nothing but the measured instruction
+runs in the hot loop:
+
+- fp32 FMA (`fma_func`): `ACC` independent vector accumulators held in registers, each updated
+  `acc = fma(acc, mul, add)` per iteration, the accumulators unrolled. Enough accumulators hide
+  the FMA latency (4 cycles, 2 ports: >= 8 in flight) while leaving registers for the operands:
+  24 of the 32 zmm registers with AVX-512 (16 lanes), 12 of the 16 ymm registers with AVX2
+  (8 lanes). One FMA is 2 FLOPs per lane.
+- int8 dot product (`dot_func`): the same shape around `vpdpbusd` (VNNI: 4 u8 x s8 products
+  added into each int32 lane), through the LLVM intrinsic `vnni.py` uses: 512-bit with AVX-512
+  VNNI, 256-bit with AVX-VNNI. One instruction is 2 * 4 * lanes int8 ops. A CPU with neither
+  gets no int8 peak, and the reason says so (the `pmaddubsw` + `pmaddwd` path is not measured).
+
+The ISA is chosen from the /proc/cpuinfo flags, never assumed. Both kernels compute something
+checkable: with `mul = 1`, `add = 1` the FMA accumulators end at `init + n` (exact in float32
+while below 2**24); each dot accumulator ends at `init + n * sum_k(a_k * b_k)` per lane. Every
+measured call is checked that way, so a peak never comes from a kernel that skipped work.
+(A `pmaddubsw` + `pmaddwd` kernel would need a loop-carried input to keep LLVM from hoisting the
+products out of the loop, and then has no closed form to check: it is left out.)
+Figures: median over `repeats` timed calls of about `seconds` each, after one warm-up call.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from optkit.backends.targets import cpu_model_name, host_cpu_config, host_mcpu
+
+from optkit.errors import BackendError, ConfigError, UnknownNameError
+
+log = logging.getLogger(__name__)
+
+FMA_MAX_ITERATIONS = 2**23  # init (< 8) + n stays below 2**24, exact in float32: the check is exact
+DOT_MAX_ITERATIONS = 2**28  # |init + n * lane sum| (lane sums <= 4) stays inside int32
+
+
+@dataclass(frozen=True)
+class VectorISA:
+    """One way to run a kernel: vector width, accumulators, the cpuinfo flags it needs and, for
+    the dot product, the LLVM intrinsic."""
+
+    name: str
+    lanes: int  # 32-bit lanes per register
+    accumulators: int
+    flags: tuple[str, ...]
+    intrinsic: str = ""
+
+
+FMA_ISAS = {
+    "avx512": VectorISA("avx512", 16, 24, ("avx512f",)),
+    "avx2": VectorISA("avx2", 8, 12, ("avx2", "fma")),
+}
+DOT_ISAS = {
+    "avx512-vnni": VectorISA("avx512-vnni", 16, 24, ("avx512_vnni",), "llvm.x86.avx512.vpdpbusd.512"),
+    "avx-vnni": VectorISA("avx-vnni", 8, 12, ("avx_vnni",), "llvm.x86.avx512.vpdpbusd.256"),
+}
+DOT_GROUP = 4  # bytes multiplied and summed into each int32 lane per instruction
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    """The CPU a peak was measured on: model name, LLVM's name for it and its /proc/cpuinfo flags."""
+
+    name: str
+    mcpu: str
+    flags: frozenset[str]
+
+    def features(self) -> list[str]:
+        """The flags that matter for these peaks, in a stable order."""
+        wanted = ("fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+        return [f for f in wanted if f in self.flags]
+
+
+def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
+    """This machine's CPU: name, LLVM host cpu and the first `flags` line of `cpuinfo`."""
+    flags: frozenset[str] = frozenset()
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = frozenset(line.split(":", 1)[1].split())
+                break
+    except OSError as err:
+        log.warning("cannot read %s: %s", cpuinfo, err)
+    return CpuInfo(cpu_model_name() or "unknown CPU", host_mcpu(), flags)
+
+
+def best_isa(table: dict[str, VectorISA], cpu: CpuInfo) -> VectorISA | None:
+    """The first (widest) entry of `table` whose flags `cpu` has, or None."""
+    return next((isa for isa in table.values() if all(f in cpu.flags for f in isa.flags)), None)
+
+
+def _isa(table: dict[str, VectorISA], name: str) -> VectorISA:
+    if name not in table:
+        raise UnknownNameError("vector ISA", name, tuple(table))
+    return table[name]
+
+
+def fma_func(isa: VectorISA) -> Any:
+    """TIR kernel `out[ACC, L] = init` after `n` times `acc = fma(acc, mul, add)` (float32)."""
+    from tvm.script import tirx as T
+
+    lanes, accs = isa.lanes, isa.accumulators
+    vec = f"float32x{lanes}"
+    fma = f"llvm.fma.v{lanes}f32"
+
+    @T.prim_func(s_tir=True)
+    def fma_peak(  # TVMScript buffer specs below are calls, which mypy cannot read as types
+        init: T.Buffer((accs, lanes), "float32"),  # type: ignore[valid-type]
+        mul: T.Buffer((lanes,), "float32"),  # type: ignore[valid-type]
+        add: T.Buffer((lanes,), "float32"),  # type: ignore[valid-type]
+        out: T.Buffer((accs, lanes), "float32"),  # type: ignore[valid-type]
+        n: T.int32,
+    ) -> None:
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            acc = T.alloc_local((accs, lanes), "float32")
+            for j in T.unroll(accs):
+                acc[j, T.ramp(0, 1, lanes)] = init.vload([j, 0], dtype=vec)
+            for _ in T.serial(n):
+                for j in T.unroll(accs):
+                    acc[j, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(fma),
+                        acc.vload([j, 0], dtype=vec),
+                        mul.vload([0], dtype=vec),
+                        add.vload([0], dtype=vec),
+                        dtype=vec,
+                    )
+            for j in T.unroll(accs):
+                out[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec)
+
+    return fma_peak
+
+
+def dot_func(isa: VectorISA) -> Any:
+    """TIR kernel `out[ACC, L] = init` after `n` times `acc = vpdpbusd(acc, a, b)` (int32 lanes,
+    `a` uint8 and `b` int8 of 4 * L bytes each)."""
+    from tvm.script import tirx as T
+
+    lanes, accs, width = isa.lanes, isa.accumulators, isa.lanes * DOT_GROUP
+    vec = f"int32x{lanes}"
+
+    @T.prim_func(s_tir=True)
+    def dot_peak(
+        init: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
+        a: T.Buffer((width,), "uint8"),  # type: ignore[valid-type]
+        b: T.Buffer((width,), "int8"),  # type: ignore[valid-type]
+        out: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
+        n: T.int32,
+    ) -> None:
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            acc = T.alloc_local((accs, lanes), "int32")
+            for j in T.unroll(accs):
+                acc[j, T.ramp(0, 1, lanes)] = init.vload([j, 0], dtype=vec)
+            for _ in T.serial(n):
+                for j in T.unroll(accs):
+                    acc[j, T.ramp(0, 1, lanes)] = T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(isa.intrinsic),
+                        acc.vload([j, 0], dtype=vec),
+                        a.vload([0], dtype=f"uint8x{width}"),
+                        b.vload([0], dtype=f"int8x{width}"),
+                        dtype=vec,
+                    )
+            for j in T.unroll(accs):
+                out[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec)
+
+    return dot_peak
+
+
+def compile_kernel(func: Any) -> Callable[..., None]:
+    """Compile a micro-kernel for the host CPU (all its features); returns the callable."""
+    import tvm
+
+    config = host_cpu_config(num_cores=1)
+    lib = tvm.compile(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=tvm.target.Target(config)
+    )
+    return lib["main"]  # type: ignore[no-any-return]
+
+
+def fma_reference(init: np.ndarray, mul: np.ndarray, add: np.ndarray, n: int) -> np.ndarray:
+    """What `fma_func`'s kernel returns: `n` fused multiply-adds per lane (float64, then float32)."""
+    acc = init.astype(np.float64)
+    for _ in range(n):
+        acc = acc * mul.astype(np.float64) + add.astype(np.float64)
+    return acc.astype(np.float32)
+
+
+def dot_reference(init: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """What `dot_func`'s kernel returns: each lane adds `n` times its 4 u8 x s8 products."""
+    lanes = init.shape[1]
+    per_lane = (a.astype(np.int64) * b.astype(np.int64)).reshape(lanes, DOT_GROUP).sum(axis=1)
+    return (init.astype(np.int64) + n * per_lane).astype(np.int32)
+
+
+@dataclass(frozen=True)
+class Peak:
+    """One measured peak: `gops` (GFLOP/s for fp32, GOP/s for int8) on one core, the median of
+    `samples`; `ops_per_iter` counts 2 per multiply-add."""
+
+    kind: str  # "fp32" or "int8"
+    isa: str
+    lanes: int
+    accumulators: int
+    ops_per_iter: int
+    iterations: int
+    gops: float
+    samples: tuple[float, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class MicroKernel:
+    """A compiled peak kernel with its operands: `run(n)` runs `n` iterations and checks the
+    result against the closed form, returning the seconds the call took."""
+
+    def __init__(self, kind: str, isa: VectorISA) -> None:
+        import tvm
+
+        self.kind, self.isa = kind, isa
+        shape = (isa.accumulators, isa.lanes)
+        self.init: np.ndarray
+        self.operands: tuple[np.ndarray, np.ndarray]
+        if kind == "fp32":
+            self.fn = compile_kernel(fma_func(isa))
+            # mul = 1, add = 1: the accumulators count iterations, exactly (init + n < 2**24).
+            self.init = np.arange(np.prod(shape), dtype=np.float32).reshape(shape) % 7
+            self.operands = (np.ones(isa.lanes, np.float32), np.ones(isa.lanes, np.float32))
+            self.ops_per_iter = 2 * isa.lanes * isa.accumulators
+            self.max_iterations = FMA_MAX_ITERATIONS
+        elif kind == "int8":
+            self.fn = compile_kernel(dot_func(isa))
+            width = isa.lanes * DOT_GROUP
+            self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
+            a = (np.arange(width) % 3).astype(np.uint8)  # lane sums in [0, 4]: no int32 overflow
+            b = ((np.arange(width) % 3) - 1).astype(np.int8)
+            self.operands = (a, b)
+            self.ops_per_iter = 2 * DOT_GROUP * isa.lanes * isa.accumulators
+            self.max_iterations = DOT_MAX_ITERATIONS
+        else:
+            raise UnknownNameError("peak kind", kind, ("fp32", "int8"))
+        self._args = [tvm.runtime.tensor(x) for x in (self.init, *self.operands)]
+        self._out = tvm.runtime.tensor(np.zeros(shape, self.init.dtype))
+
+    def reference(self, n: int) -> np.ndarray:
+        """The kernel's result after `n` iterations, from the closed form in numpy."""
+        if self.kind == "fp32":
+            return self.init + np.float32(n) * self.operands[1]  # mul = 1: the closed form is exact
+        return dot_reference(self.init, *self.operands, n)
+
+    def result(self, n: int) -> np.ndarray:
+        """Run `n` iterations and return the accumulators."""
+        self.fn(*self._args, self._out, n)
+        return np.asarray(self._out.numpy())
+
+    def run(self, n: int) -> float:
+        """Seconds for one call of `n` iterations; raises `BackendError` if its result is wrong."""
+        if not 0 <= n <= self.max_iterations:
+            raise ConfigError(f"{self.kind} peak iterations must be in [0, {self.max_iterations}], got {n}")
+        start = time.perf_counter()
+        self.fn(*self._args, self._out, n)
+        seconds = time.perf_counter() - start
+        got, want = self._out.numpy(), self.reference(n)
+        if not np.array_equal(got, want):
+            raise BackendError(
+                f"the {self.kind} {self.isa.name} peak kernel computed wrong accumulators after {n} "
+                f"iterations (first value {got.flat[0]}, expected {want.flat[0]}): its timing is void"
+            )
+        return seconds
+
+
+def measure(kernel: MicroKernel, seconds: float = 0.2, repeats: int = 7) -> Peak:
+    """Time `kernel` on one thread: iterations sized so a call takes about `seconds`, one warm-up
+    call, then the median of `repeats` calls (each checked)."""
+    if seconds <= 0 or repeats < 1:
+        raise ConfigError(f"seconds must be > 0 and repeats >= 1, got seconds={seconds}, repeats={repeats}")
+    n = 1 << 12
+    limit = kernel.max_iterations
+    while n < limit and kernel.run(n) < seconds / 8:  # grow until a call is long enough to scale
+        n = min(n * 4, limit)
+    n = max(1, min(limit, int(n * seconds / max(kernel.run(n), 1e-9))))
+    kernel.run(n)  # warm-up at the measured size
+    samples = [kernel.ops_per_iter * n / kernel.run(n) / 1e9 for _ in range(repeats)]
+    return Peak(
+        kernel.kind,
+        kernel.isa.name,
+        kernel.isa.lanes,
+        kernel.isa.accumulators,
+        kernel.ops_per_iter,
+        n,
+        statistics.median(samples),
+        tuple(round(s, 2) for s in samples),
+    )
+
+
+@dataclass(frozen=True)
+class CpuPeaks:
+    """This core's measured fp32 FMA and int8 dot-product peaks; `int8` is None with the reason
+    in `int8_unavailable` when the CPU has no dot-product instruction measured here."""
+
+    cpu: CpuInfo
+    fp32: Peak
+    int8: Peak | None
+    int8_unavailable: str = ""
+
+    def peak_for(self, precision: str) -> Peak | None:
+        """The peak a kernel of `precision` (`fp32` or `int8`) is compared against."""
+        return self.fp32 if precision == "fp32" else self.int8 if precision == "int8" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cpu": self.cpu.name,
+            "mcpu": self.cpu.mcpu,
+            "features": self.cpu.features(),
+            "fp32": self.fp32.to_dict(),
+            "int8": self.int8.to_dict() if self.int8 else None,
+            "int8_unavailable": self.int8_unavailable,
+        }
+
+
+def measure_peaks(
+    seconds: float = 0.2,
+    repeats: int = 7,
+    fma_isa: str | None = None,
+    dot_isa: str | None = None,
+    cpu: CpuInfo | None = None,
+) -> CpuPeaks:
+    """Measure this core's peaks (run it with TVM's runtime on one thread; the kernels have no
+    parallel loop). `fma_isa` / `dot_isa` force a variant of `FMA_ISAS` / `DOT_ISAS` (it must
+    exist on this CPU); by default the widest the CPU's flags allow."""
+    cpu = cpu or cpu_info()
+    fma = _isa(FMA_ISAS, fma_isa) if fma_isa else best_isa(FMA_ISAS, cpu)
+    if fma is None:
+        raise BackendError(
+            f"{cpu.name} has neither AVX-512F nor AVX2+FMA (flags: {', '.join(cpu.features()) or 'none'}); "
+            "no fp32 FMA peak kernel is written for it"
+        )
+    fp32 = measure(MicroKernel("fp32", fma), seconds, repeats)
+    dot = _isa(DOT_ISAS, dot_isa) if dot_isa else best_isa(DOT_ISAS, cpu)
+    if dot is None:
+        reason = (
+            f"{cpu.name} has no VNNI (neither avx512_vnni nor avx_vnni in /proc/cpuinfo); "
+            "the pmaddubsw + pmaddwd path is not measured"
+        )
+        return CpuPeaks(cpu, fp32, None, reason)
+    return CpuPeaks(cpu, fp32, measure(MicroKernel("int8", dot), seconds, repeats))

@@ -1,0 +1,196 @@
+"""Peak micro-kernels (exact results at tiny iteration counts), kernel op counts, and the per-kernel
+profile of a tiny model. Nothing here asserts on a time: only on what was computed and counted."""
+
+import numpy as np
+import pytest
+from optkit.backends import kernel_profile as kp
+from optkit.backends import peaks, vnni
+from optkit.backends.targets import resolve_target
+
+from optkit.errors import ConfigError, UnknownNameError
+from optkit.pipeline import PassManager, build_passes
+
+HOST = peaks.cpu_info()
+
+
+def _has(isa):
+    return all(f in HOST.flags for f in isa.flags)
+
+
+FMA = [
+    pytest.param(i, marks=pytest.mark.skipif(not _has(i), reason=f"no {i.name}"))
+    for i in peaks.FMA_ISAS.values()
+]
+DOT = [
+    pytest.param(i, marks=pytest.mark.skipif(not _has(i), reason=f"no {i.name}"))
+    for i in peaks.DOT_ISAS.values()
+]
+
+
+def _tensors(*arrays):
+    import tvm
+
+    return [tvm.runtime.tensor(a) for a in arrays]
+
+
+@pytest.mark.parametrize("isa", FMA, ids=lambda i: i.name)
+def test_fma_kernel_does_n_fused_multiply_adds(isa):
+    fn = peaks.compile_kernel(peaks.fma_func(isa))
+    shape = (isa.accumulators, isa.lanes)
+    init = (np.arange(np.prod(shape), dtype=np.float32).reshape(shape) % 9) - 4
+    mul = np.full(isa.lanes, 0.5, np.float32)  # powers of two: every step is exact in float32
+    add = (np.arange(isa.lanes, dtype=np.float32) % 4) * 0.25
+    for n in (0, 1, 3):
+        init_t, mul_t, add_t, out = _tensors(init, mul, add, np.zeros(shape, np.float32))
+        fn(init_t, mul_t, add_t, out, n)
+        np.testing.assert_array_equal(out.numpy(), peaks.fma_reference(init, mul, add, n))
+
+
+@pytest.mark.parametrize("isa", DOT, ids=lambda i: i.name)
+def test_dot_kernel_adds_n_times_the_lane_dot_products(isa):
+    fn = peaks.compile_kernel(peaks.dot_func(isa))
+    shape, width = (isa.accumulators, isa.lanes), isa.lanes * peaks.DOT_GROUP
+    rng = np.random.default_rng(0)
+    init = rng.integers(-1000, 1000, shape).astype(np.int32)
+    a = rng.integers(0, 256, width).astype(np.uint8)
+    b = rng.integers(-128, 128, width).astype(np.int8)
+    for n in (0, 1, 5):
+        init_t, a_t, b_t, out = _tensors(init, a, b, np.zeros(shape, np.int32))
+        fn(init_t, a_t, b_t, out, n)
+        expected = init.astype(np.int64) + n * (a.astype(np.int64) * b).reshape(isa.lanes, 4).sum(axis=1)
+        np.testing.assert_array_equal(out.numpy(), expected)
+        np.testing.assert_array_equal(out.numpy(), peaks.dot_reference(init, a, b, n))
+
+
+@pytest.mark.parametrize("kind", ["fp32", "int8"])
+def test_micro_kernel_checks_each_call(kind):
+    isa = peaks.best_isa(peaks.FMA_ISAS if kind == "fp32" else peaks.DOT_ISAS, HOST)
+    if isa is None:
+        pytest.skip(f"no {kind} peak kernel for this CPU")
+    kernel = peaks.MicroKernel(kind, isa)
+    for n in (0, 7, 1000):
+        kernel.run(n)  # raises BackendError on a wrong result
+        np.testing.assert_array_equal(kernel.result(n), kernel.reference(n))
+    with pytest.raises(ConfigError, match="iterations"):
+        kernel.run(kernel.max_iterations + 1)
+
+
+def test_measure_peaks_reports_the_widest_isa_the_flags_allow():
+    got = peaks.measure_peaks(seconds=0.002, repeats=2)
+    assert got.fp32.isa == peaks.best_isa(peaks.FMA_ISAS, HOST).name
+    assert got.fp32.gops > 0 and len(got.fp32.samples) == 2
+    assert got.fp32.ops_per_iter == 2 * got.fp32.lanes * got.fp32.accumulators
+    dot = peaks.best_isa(peaks.DOT_ISAS, HOST)
+    assert (got.int8.isa if got.int8 else None) == (dot.name if dot else None)
+    assert got.to_dict()["cpu"] == HOST.name
+
+
+def test_isa_choice_follows_the_cpu_flags():
+    avx2_only = peaks.CpuInfo("test", "haswell", frozenset({"avx2", "fma"}))
+    assert peaks.best_isa(peaks.FMA_ISAS, avx2_only).name == "avx2"
+    assert peaks.best_isa(peaks.DOT_ISAS, avx2_only) is None
+    assert peaks.best_isa(peaks.FMA_ISAS, peaks.CpuInfo("old", "nehalem", frozenset({"sse4_2"}))) is None
+    vnni256 = peaks.CpuInfo("test", "alderlake", frozenset({"avx2", "fma", "avx_vnni"}))
+    assert peaks.best_isa(peaks.DOT_ISAS, vnni256).name == "avx-vnni"
+
+
+@pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
+def test_int8_peak_is_unavailable_with_a_reason_without_vnni():
+    got = peaks.measure_peaks(
+        seconds=0.002, repeats=1, cpu=peaks.CpuInfo("no-vnni", "haswell", frozenset({"avx2", "fma"}))
+    )
+    assert got.fp32.isa == "avx2" and got.int8 is None
+    assert "VNNI" in got.int8_unavailable and got.peak_for("int8") is None
+
+
+def test_unknown_isa_is_refused_with_the_known_names():
+    with pytest.raises(UnknownNameError, match="avx512"):
+        peaks.measure_peaks(fma_isa="sse9")
+
+
+# -- operation counts --------------------------------------------------------------------------
+
+
+def _matmul_func(m, n, k):
+    from tvm import te
+
+    a, b = te.placeholder((m, k), name="a"), te.placeholder((k, n), name="b")
+    r = te.reduce_axis((0, k), name="r")
+    c = te.compute((m, n), lambda i, j: te.sum(a[i, r] * b[r, j], axis=r), name="c")
+    return te.create_prim_func([a, b, c])
+
+
+def _conv_func(batch, cin, cout, size, kernel):
+    from tvm import te, topi
+
+    x = te.placeholder((batch, cin, size, size), name="x")
+    w = te.placeholder((cout, cin, kernel, kernel), name="w")
+    return te.create_prim_func([x, w, topi.nn.conv2d_nchw(x, w, 1, 0, 1)])
+
+
+def test_matmul_and_conv_ops_count_a_multiply_add_as_two():
+    assert kp.kernel_ops(_matmul_func(8, 16, 32), []) == 2 * 8 * 16 * 32
+    out = 10 - 3 + 1
+    assert kp.kernel_ops(_conv_func(2, 4, 8, 10, 3), []) == 2 * 2 * 8 * out * out * 4 * 3 * 3
+
+
+def test_vnni_kernel_ops_come_from_its_shapes():
+    m, n, k = 8, 32, 64
+    shapes = [((m, k), "uint8"), ((n // 16, k // 4, 16, 4), "int8"), ((m, n), "int32")]
+    assert kp.vnni_ops(shapes) == 2 * m * n * k
+    assert kp.kernel_ops(vnni.gemm_func(m, n, k), shapes) == 2 * m * n * k
+
+
+def test_kernel_classes():
+    assert kp.kernel_family("fused_packed_conv2d_add_relu") == "conv"
+    assert kp.kernel_family("fused_depthwise_conv2d_nhwc_add") == "depthwise"
+    assert kp.kernel_family("fused_vnni_gemm1_subtract4") == "gemm"
+    assert kp.kernel_family("packed_matmul3") == "gemm"
+    assert kp.kernel_family("fast_softmax") == "other"
+    assert [kp.precision_of(d) for d in ("uint8", "int8", "float32", "int32", "int64")] == [
+        "int8",
+        "int8",
+        "fp32",
+        "int32",
+        "other",
+    ]
+
+
+# -- the profile of a tiny model -----------------------------------------------------------------
+
+
+def _fake_peaks(fp32=100.0, int8=400.0):
+    def peak(kind, gops):
+        return peaks.Peak(kind, "test", 16, 1, 32, 1, gops, (gops,))
+
+    return peaks.CpuPeaks(peaks.CpuInfo("test", "test", frozenset()), peak("fp32", fp32), peak("int8", int8))
+
+
+def test_profile_of_a_tiny_mlp(mlp):
+    # mlp: Linear(32, 64) -> GELU -> Linear(64, 16) on a (4, 32) batch
+    profile = kp.profile_kernels(mlp, warmup=0, repeats=2, model_repeats=1)
+    kernels = profile.kernels
+    assert kernels and all(k.calls >= 1 and k.ms_per_call > 0 for k in kernels)
+    assert [k.total_ms for k in kernels] == sorted((k.total_ms for k in kernels), reverse=True)
+    assert len(profile.top(5)) == min(5, len(kernels))
+    assert sum(profile.share(k) for k in kernels) == pytest.approx(1.0)
+    gemms = [k for k in kernels if k.family == "gemm"]
+    matmul_ops = 2 * 4 * 32 * 64 + 2 * 4 * 64 * 16
+    assert sum(k.ops * k.calls for k in gemms) >= matmul_ops
+    assert sum(k.ops * k.calls for k in gemms) <= matmul_ops + 4 * (64 + 16) * 2  # at most a fused bias
+    assert all(k.precision == "fp32" for k in kernels)
+    fake = _fake_peaks()
+    for k in gemms:
+        assert k.percent_of_peak(fake) == pytest.approx(k.gops)  # 100 GFLOP/s peak: % == GFLOP/s
+    assert all(k.percent_of_peak(fake) is None for k in kernels if k.family == "other")
+    assert set(profile.family_rate(fake)) == {"fp32"}
+
+
+@pytest.mark.skipif(not vnni.target_has_vnni(resolve_target("cpu").tvm_target()), reason="no AVX-512 VNNI")
+def test_profile_of_a_w8a8_mlp_counts_its_vnni_gemms_as_int8(mlp):
+    quantized = PassManager(build_passes(["ptq", "dce"])).run(mlp).program
+    profile = kp.profile_kernels(quantized, warmup=0, repeats=1, model_repeats=1)
+    int8 = [k for k in profile.kernels if k.precision == "int8" and k.family == "gemm"]
+    assert sum(k.ops * k.calls for k in int8) == 2 * 4 * 32 * 64 + 2 * 4 * 64 * 16
+    fake = _fake_peaks(int8=200.0)
+    assert all(k.percent_of_peak(fake) == pytest.approx(k.gops / 2) for k in int8)
