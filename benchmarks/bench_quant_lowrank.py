@@ -10,7 +10,8 @@ The models, weights, sampling and SQNR are bench_quant.py's (`load`, `setup_diff
 held-out seeds for every variant; W8A8 (per-channel int8 weights) is the size reference. A
 Linear whose branch would hold as many values as its weight gets none (`lowrank_skip`, said in
 the table). `--also-float NAME=PATTERN` repeats NAME's GPTQ rows with PATTERN kept float;
-`--smoothquant A` repeats them with every layer smoothed (SVDQuant's order: smooth, then split).
+`--smoothquant A` repeats them with every layer smoothed (SVDQuant's order: smooth, then split);
+`--smoothquant-only` runs those rows alone.
 Writes docs/benchmarks.md (section bench_quant_lowrank); `--save` / `--render` merge runs made
 in separate processes.
 """
@@ -62,7 +63,9 @@ def variants_for(name: str, args: Any) -> list[Variant]:
     if args.smoothquant:
         smooth = {"smoothquant": args.smoothquant, "smooth_threshold": 0.0}
         blocks.append((f"SmoothQuant {args.smoothquant:g}, every layer", smooth, ["gptq"]))
-    variants: list[Variant] = [("W8A8", "rtn", 0, 1.0, {}, "")]
+    if args.smoothquant_only:
+        blocks = [b for b in blocks if b[0].startswith("SmoothQuant")]
+    variants: list[Variant] = [] if args.smoothquant_only else [("W8A8", "rtn", 0, 1.0, {}, "")]
     for what, extra, methods in blocks:
         for method in methods:
             variants.append(("W4A8", method, 0, 1.0, extra, what))
@@ -139,6 +142,9 @@ def main() -> None:
         "--also-float", action="append", default=[], help="NAME=PATTERN: GPTQ rows again, PATTERN kept float"
     )
     parser.add_argument("--smoothquant", type=float, default=0.0, help="GPTQ rows again, smoothed (alpha)")
+    parser.add_argument(
+        "--smoothquant-only", action="store_true", help="only the smoothed rows (with --smoothquant)"
+    )
     parser.add_argument("--save", help="also write this run's rows to a JSON file")
     parser.add_argument("--render", nargs="+", help="write the docs from JSON files of earlier runs")
     args = parser.parse_args()
@@ -180,6 +186,8 @@ def goal_lines(rows: list[list[Any]]) -> list[str]:
 def write_outputs(runs: list[dict[str, Any]]) -> None:
     """The Markdown section from one or more runs (each: one process)."""
     rows = [r for run in runs for r in run["rows"]]
+    order = {name: i for i, name in enumerate(dict.fromkeys(r[0] for r in rows))}
+    rows.sort(key=lambda r: order[r[0]])  # each model's rows together, in run order
     settings = "; ".join(sorted({run["settings"] for run in runs}))
     table = Table(
         f"W4A8 with SVDQuant's low-rank branch ({settings})",
