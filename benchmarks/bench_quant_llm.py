@@ -89,6 +89,11 @@ G64 = {"granularity": "group", "group_size": 64}
 OPTKIT: list[tuple[str, dict[str, Any], str]] = [
     ("W8A8 static (defaults)", {}, "W8A8"),
     ("W8A8 static + SmoothQuant 0.5", {"smoothquant": 0.5, "smooth_threshold": 0.0}, "W8A8"),
+    (
+        "W8A8 static + SmoothQuant searched per layer",
+        {"smoothquant_search": (0.25, 0.5, 0.75), "smooth_threshold": 0.0},
+        "W8A8",
+    ),
     ("W8A8 per-token", {"activations": "per-token"}, "W8A8"),
     ('W8A8 recipe="auto"', {"recipe": "auto"}, "W8A8"),
     ("W8A16", {"abits": 16}, ""),
@@ -185,7 +190,7 @@ class Results:
 
 def optkit_note(figures: dict[str, Any]) -> str:
     parts = []
-    for key in ("recipe", "layers_smoothed", "gptq_rows", "layers_kept_float"):
+    for key in ("recipe", "layers_smoothed", "smooth_alphas", "gptq_rows", "layers_kept_float"):
         fig = figures.get(key)
         if fig is not None:
             value = fig.value if isinstance(fig.value, str) else f"{fig.value:g}"

@@ -10,7 +10,8 @@ The models, weights, sampling and SQNR are bench_quant.py's (`load`, `setup_diff
 held-out seeds for every variant; W8A8 (per-channel int8 weights) is the size reference. A
 Linear whose branch would hold as many values as its weight gets none (`lowrank_skip`, said in
 the table). `--also-float NAME=PATTERN` repeats NAME's GPTQ rows with PATTERN kept float;
-`--smoothquant A` repeats them with every layer smoothed (SVDQuant's order: smooth, then split);
+`--smoothquant A` repeats them with every layer smoothed (SVDQuant's order: smooth, then split),
+`--smoothquant search` with each layer's alpha searched (`ptq`'s `smoothquant_search`);
 `--smoothquant-only` runs those rows alone.
 Writes docs/benchmarks.md (section bench_quant_lowrank); `--save` / `--render` merge runs made
 in separate processes.
@@ -37,6 +38,7 @@ from optkit.metrics import sqnr_db  # noqa: E402
 from optkit.quant.sites import find_sites  # noqa: E402
 from optkit.report import Table  # noqa: E402
 
+SEARCH_ALPHAS = (0.25, 0.5, 0.75)  # `--smoothquant search`: ptq's smoothquant_search
 W4A8 = {"wbits": 4, "granularity": "group", "group_size": GROUP}
 NAN = float("nan")
 
@@ -60,9 +62,12 @@ def variants_for(name: str, args: Any) -> list[Variant]:
     floats = [p for m, p in (w.split("=", 1) for w in args.also_float) if m == name]
     if floats:
         blocks.append((f"float: {', '.join(floats)}", {"skip": tuple(floats)}, ["gptq"]))
-    if args.smoothquant:
-        smooth = {"smoothquant": args.smoothquant, "smooth_threshold": 0.0}
-        blocks.append((f"SmoothQuant {args.smoothquant:g}, every layer", smooth, ["gptq"]))
+    if args.smoothquant == "search":
+        search = {"smoothquant_search": SEARCH_ALPHAS, "smooth_threshold": 0.0}
+        blocks.append(("SmoothQuant alpha searched per layer, every layer", search, ["gptq"]))
+    elif args.smoothquant:
+        smooth = {"smoothquant": float(args.smoothquant), "smooth_threshold": 0.0}
+        blocks.append((f"SmoothQuant {float(args.smoothquant):g}, every layer", smooth, ["gptq"]))
     if args.smoothquant_only:
         blocks = [b for b in blocks if b[0].startswith("SmoothQuant")]
     variants: list[Variant] = [] if args.smoothquant_only else [("W8A8", "rtn", 0, 1.0, {}, "")]
@@ -141,7 +146,9 @@ def main() -> None:
     parser.add_argument(
         "--also-float", action="append", default=[], help="NAME=PATTERN: GPTQ rows again, PATTERN kept float"
     )
-    parser.add_argument("--smoothquant", type=float, default=0.0, help="GPTQ rows again, smoothed (alpha)")
+    parser.add_argument(
+        "--smoothquant", default="", help="GPTQ rows again, smoothed: an alpha, or 'search' (per layer)"
+    )
     parser.add_argument(
         "--smoothquant-only", action="store_true", help="only the smoothed rows (with --smoothquant)"
     )

@@ -48,6 +48,10 @@ two plain `linear` nodes on the unquantized input, and the residual, which alone
 the branch's output is added to the quantized kernel's. `lowrank_fraction` gives the branch only
 to the layers whose weight error it lowers most; `lowrank_skip` names layers that go without.
 
+`smoothquant_search = (alphas...)` picks SmoothQuant's migration strength per layer, by the SQNR
+of the layer's output with its input and weight quantized on sampled calibration rows
+(`optkit.quant.smoothing.search_alpha`; PTQ4DiT's per-layer channel balancing, searched).
+
 `activations = "per-token"` quantizes each Linear's input per row (token) at run time, with
 the scale `max|x_row| / 127` computed in the graph (`optkit.quant.rewrite`): the W8A8 recipe
 of LLMs, whose activations carry a few huge outlier channels in a few tokens. `recipe = "auto"`
@@ -102,7 +106,13 @@ from optkit.quant.rewrite import (
 )
 from optkit.quant.sensitivity import allocate_bits, block_candidates, measure
 from optkit.quant.sites import QuantSite, find_sites, split_output_heads
-from optkit.quant.smoothing import insert_smoothing, outlier_ratio, smoothing_factors
+from optkit.quant.smoothing import (
+    insert_smoothing,
+    outlier_ratio,
+    sample_input_rows,
+    search_alpha,
+    smoothing_factors,
+)
 from optkit.quant.timestep_groups import GroupedActScales, collect_group_stats, split_timesteps
 from optkit.quant.treatments import DEFAULT_TREATMENTS, TIME_MODULES, TREATMENTS, treated_sites
 from optkit.report import Figure
@@ -136,6 +146,9 @@ class PTQConfig(PassConfig):
     calibration_batches: int = 4
     calibration_steps: int = 0  # sampler steps; 0 = the workload's
     smoothquant: float = 0.0
+    smoothquant_search: tuple[
+        float, ...
+    ] = ()  # alphas tried per layer by its output SQNR (overrides smoothquant)
     smooth_threshold: float = 8.0
     average_bits: float = 0.0
     treatments: tuple[str, ...] = DEFAULT_TREATMENTS  # layers kept float by kind (module docstring)
@@ -212,6 +225,16 @@ class PTQConfig(PassConfig):
                 )
         if self.granularity == "group" and (self.group_size <= 0 or self.group_size % 8):
             raise ConfigError(f"group_size must be a positive multiple of 8, got {self.group_size}")
+        if isinstance(self.smoothquant_search, (int, float)) or any(
+            not 0.0 <= a <= 1.0 for a in self.smoothquant_search
+        ):
+            raise ConfigError(
+                f"smoothquant_search must be a list of SmoothQuant alphas in [0, 1], got {self.smoothquant_search!r}"
+            )
+        if self.smoothquant_search and self.abits != 8:
+            raise ConfigError(
+                f"smoothquant_search scores alphas with quantized activations and needs abits=8, got {self.abits}"
+            )
         if not 0.0 <= self.smoothquant <= 1.0:
             raise ConfigError(f"smoothquant (alpha) must be in [0, 1] (0 = off), got {self.smoothquant}")
         if self.average_bits and not 4.0 <= self.average_bits <= 8.0:
@@ -299,22 +322,13 @@ class PostTrainingQuantization(Pass):
         )
         stats = (
             collect_act_stats(program, sites, batches, cfg.observer_kind(), cfg.percentile)
-            if cfg.abits == 8 or cfg.smoothquant
+            if cfg.abits == 8 or cfg.smoothquant or cfg.smoothquant_search
             else {}
         )
         figures: dict[str, Figure] = {"batchnorms_folded": Figure(bn_folded, "layers")}
-        weights = {}
-        if cfg.smoothquant:
-            smoothed = 0
-            for site in sites:
-                st = stats.get(site.node.name)
-                if site.kind != "linear" or st is None or st.channel_absmax is None:
-                    continue
-                if cfg.smooth_threshold and outlier_ratio(st.channel_absmax) < cfg.smooth_threshold:
-                    continue
-                s = smoothing_factors(st.channel_absmax, site.weight.t().float(), cfg.smoothquant)
-                weights[site.node.name] = insert_smoothing(program.graph_module, site, s)
-                smoothed += 1
+        weights: dict[str, torch.Tensor] = {}
+        if cfg.smoothquant or cfg.smoothquant_search:
+            smoothed = self._smooth(program, sites, stats, batches, weights, figures)
             program.graph_module.recompile()
             figures["layers_smoothed"] = Figure(smoothed, "layers")
             if smoothed and cfg.abits == 8:  # re-observe the rebalanced activations
@@ -400,6 +414,55 @@ class PostTrainingQuantization(Pass):
             figures["short_groups"] = Figure("; ".join(short))
         hint = self._hint(plans, _spread(batches, 4))
         return PassResult(program, modified=bool(sites), figures=figures, hint=hint)
+
+    def _smooth(
+        self,
+        program: Program,
+        sites: list[QuantSite],
+        stats: dict[str, ActStats],
+        batches: list,  # type: ignore[type-arg]
+        weights: dict[str, torch.Tensor],
+        figures: dict[str, Figure],
+    ) -> int:
+        """SmoothQuant on the Linear sites whose input passes `smooth_threshold`, at `smoothquant`
+        or at the alpha `search_alpha` picks per layer from `smoothquant_search`; fills `weights`
+        (node name -> rebalanced (K, N) weight) and returns how many layers were smoothed."""
+        cfg: PTQConfig = self.config  # type: ignore[assignment]
+        linear = [
+            s
+            for s in sites
+            if s.kind == "linear"
+            and (st := stats.get(s.node.name)) is not None
+            and st.channel_absmax is not None
+            and not (cfg.smooth_threshold and outlier_ratio(st.channel_absmax) < cfg.smooth_threshold)
+        ]
+        rows = sample_input_rows(program, linear, batches, seed=cfg.seed) if cfg.smoothquant_search else {}
+        chosen: dict[float, int] = {}
+        for site in linear:
+            absmax = stats[site.node.name].channel_absmax
+            assert absmax is not None
+            alpha = cfg.smoothquant
+            if cfg.smoothquant_search:
+                alpha, _ = search_alpha(
+                    site,
+                    rows[site.node.name],
+                    absmax,
+                    effective_plan(site, cfg.plan()).weight,
+                    cfg.smoothquant_search,
+                    per_token=cfg.activations == "per-token",
+                    observer=cfg.observer_kind(),
+                    percentile=cfg.percentile,
+                )
+                chosen[alpha] = chosen.get(alpha, 0) + 1
+                if not alpha:
+                    continue
+            s = smoothing_factors(absmax, site.weight.t().float(), alpha)
+            weights[site.node.name] = insert_smoothing(program.graph_module, site, s)
+        if cfg.smoothquant_search:
+            figures["smooth_alphas"] = Figure(
+                ", ".join(f"{a:g}: {n}" for a, n in sorted(chosen.items())), "layers"
+            )
+        return len(weights)
 
     def _auto_recipe(self, program: Program) -> PassResult:
         """`recipe = "auto"`: quantize a copy per candidate (static / per-token activations x

@@ -9,14 +9,31 @@ computes what it computed before: activation statistics collected after smoothin
 model's own activations downstream. (Before the weight was swapped in the graph too, every
 layer after a smoothed one was calibrated on inputs shrunk by 1/s: a Llama-style decoder's
 perplexity went from 2.66 to 10.0 at W8A8 with every layer smoothed at alpha 0.5.)
+
+One alpha does not suit every layer: PTQ4DiT balances each layer's channels by its own salience.
+`search_alpha` picks a layer's migration strength from a list by the SQNR of that layer's output
+when its smoothed input and weight are both quantized as the layer will be (activation grid from
+the same observer over the sampled rows, or per row for per-token scales; weights by
+round-to-nearest with the layer's spec), on rows sampled from its calibration inputs
+(`sample_input_rows`). Alpha 0 (no smoothing) always competes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from optkit.errors import ConfigError
+from optkit.ir.program import Program
+from optkit.quant.calibration import Batch, watch_inputs
+from optkit.quant.numerics import QuantSpec, fake_quantize, sqnr_db
+from optkit.quant.observers import Observer, ObserverKind
 from optkit.quant.sites import QuantSite, add_buffer
+from optkit.quant.weights import quantize_rtn
+
+SEARCH_ROWS = 2048  # calibration rows per layer the alpha search scores on
+ACT_SPEC = QuantSpec(8, symmetric=False, granularity="tensor")
 
 
 def smoothing_factors(act_absmax: torch.Tensor, w_kn: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -51,3 +68,64 @@ def insert_smoothing(program_gm: torch.fx.GraphModule, site: QuantSite, s: torch
         scaled.meta["val"] = x.meta["val"]
     site.node.args = (scaled, weight, *site.node.args[2:])
     return w_kn
+
+
+def sample_input_rows(
+    program: Program,
+    sites: Sequence[QuantSite],
+    batches: Sequence[Batch],
+    rows: int = SEARCH_ROWS,
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
+    """Up to `rows` input rows (tokens, (R, K)) of each Linear site over the calibration batches,
+    drawn evenly from every batch (seeded), keyed by node name."""
+    per_batch = max(1, rows // max(1, len(batches)))
+    gen = torch.Generator().manual_seed(seed)
+    held: dict[str, list[torch.Tensor]] = {s.node.name: [] for s in sites if s.kind == "linear"}
+
+    def keep(name: str):  # type: ignore[no-untyped-def]
+        def fn(x: torch.Tensor) -> None:
+            flat = x.detach().reshape(-1, x.shape[-1]).float()
+            pick = torch.randperm(flat.shape[0], generator=gen)[:per_batch]
+            held[name].append(flat[pick])
+
+        return fn
+
+    watch_inputs(program, batches, {name: keep(name) for name in held})
+    return {name: torch.cat(parts)[:rows] for name, parts in held.items() if parts}
+
+
+def _fake_quantize_rows(
+    x: torch.Tensor, per_token: bool, observer: ObserverKind, percentile: float
+) -> torch.Tensor:
+    if per_token:
+        scale = x.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127.0  # (R, 1), zero point 0
+        return torch.clamp(torch.round(x / scale), -128, 127) * scale
+    obs = Observer(observer, percentile)
+    obs.update(x)
+    scale, zero = obs.qparams(ACT_SPEC)
+    return fake_quantize(x, scale, zero, ACT_SPEC)
+
+
+def search_alpha(
+    site: QuantSite,
+    rows: torch.Tensor,
+    act_absmax: torch.Tensor,
+    weight_spec: QuantSpec,
+    alphas: Sequence[float],
+    per_token: bool = False,
+    observer: ObserverKind = "minmax",
+    percentile: float = 99.99,
+) -> tuple[float, dict[float, float]]:
+    """The alpha of `alphas` (0 included) whose smoothing gives `site`'s output the highest SQNR
+    on `rows` (R, K) with input and weight quantized, and every alpha's SQNR in dB."""
+    w_kn = site.weight.t().float()  # (K, N)
+    reference = rows @ w_kn
+    scores: dict[float, float] = {}
+    for alpha in dict.fromkeys((0.0, *alphas)):
+        s = smoothing_factors(act_absmax, w_kn, alpha) if alpha else torch.ones(w_kn.shape[0])
+        x_q = _fake_quantize_rows(rows / s, per_token, observer, percentile)
+        w_q = quantize_rtn(w_kn * s[:, None], weight_spec).dequantized()
+        scores[alpha] = sqnr_db(reference, x_q @ w_q)
+    best = max(scores, key=lambda a: scores[a])
+    return best, scores

@@ -101,6 +101,45 @@ def test_smoothquant_calibrates_a_layer_after_a_smoothed_one_on_its_true_inputs(
     assert both > plain
 
 
+def _outlier_channel_program():
+    from torch import nn
+
+    from optkit.ir.capture import capture
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    x = torch.randn(32, 64)
+    x[:, 3] *= 60.0
+    return capture(model, (x,))
+
+
+def test_smoothquant_search_picks_each_layers_alpha_by_its_output_sqnr():
+    from optkit.quant.numerics import QuantSpec
+    from optkit.quant.sites import find_sites
+    from optkit.quant.smoothing import sample_input_rows, search_alpha
+
+    program = _outlier_channel_program()
+    site = find_sites(program)[0][0]
+    rows = sample_input_rows(program, [site], [program.example_inputs], rows=16)[site.node.name]
+    assert rows.shape == (16, 64)
+    x = program.example_inputs[0]
+    alpha, scores = search_alpha(site, x, x.abs().amax(0), QuantSpec(8, True, "channel"), (0.5, 0.8))
+    assert set(scores) == {0.0, 0.5, 0.8} and alpha == max(scores, key=scores.get)
+    assert alpha > 0 and scores[alpha] > scores[0.0] + 3.0  # the outlier channel is worth moving
+
+
+def test_smoothquant_search_reports_the_alphas_and_beats_no_smoothing():
+    program = _outlier_channel_program()
+    reference = program.run()
+    result = run(program, observer="minmax", smoothquant_search=(0.25, 0.5, 0.75), smooth_threshold=0.0)
+    figures = result.records[0].figures
+    counts = dict(part.split(": ") for part in figures["smooth_alphas"].value.split(", "))
+    assert sum(int(n) for n in counts.values()) == 2
+    assert figures["layers_smoothed"].value == sum(int(n) for a, n in counts.items() if a != "0")
+    plain = sqnr_db(reference, run(program, observer="minmax").program.run())
+    assert sqnr_db(reference, result.program.run()) > plain
+
+
 def test_mixed_precision_meets_budget_and_reports_allocation(transformer_program):
     result = run(transformer_program, average_bits=6.0, min_sqnr_db=5.0)
     figures = result.records[0].figures
@@ -166,6 +205,12 @@ def test_nan_in_calibration_is_an_error(transformer_program):
         ({"wbits": 2}, "wbits must be one of 4, 8"),
         ({"average_bits": 9.0}, "average_bits must be 0"),
         ({"smoothquant": 1.5}, "smoothquant"),
+        (
+            {"smoothquant_search": [0.5, 1.5]},
+            r"smoothquant_search must be a list of SmoothQuant alphas in \[0, 1\]",
+        ),
+        ({"smoothquant_search": 0.5}, "smoothquant_search must be a list"),
+        ({"smoothquant_search": [0.5], "abits": 16}, "needs abits=8"),
         ({"calibration": "random"}, "calibration must be one of"),
     ],
 )
