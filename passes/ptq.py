@@ -146,9 +146,8 @@ class PTQConfig(PassConfig):
     calibration_batches: int = 4
     calibration_steps: int = 0  # sampler steps; 0 = the workload's
     smoothquant: float = 0.0
-    smoothquant_search: tuple[
-        float, ...
-    ] = ()  # alphas tried per layer by its output SQNR (overrides smoothquant)
+    # SmoothQuant alphas tried per layer, by the layer's output SQNR (overrides smoothquant)
+    smoothquant_search: tuple[float, ...] = ()
     smooth_threshold: float = 8.0
     average_bits: float = 0.0
     treatments: tuple[str, ...] = DEFAULT_TREATMENTS  # layers kept float by kind (module docstring)
@@ -164,14 +163,10 @@ class PTQConfig(PassConfig):
     lowrank: int = 0  # SVDQuant: rank of a float16 low-rank branch beside each quantized Linear; 0 = off
     lowrank_fraction: float = 1.0  # share of eligible Linears that get it (largest weight-error gain first)
     lowrank_skip: tuple[str, ...] = ()  # module paths or globs that get no branch (still quantized)
-    activations: Literal["static", "per-token"] = (
-        "static"  # Linear activation scales: calibrated, or per row at run time
-    )
+    # Linear activation scales: calibrated ("static"), or each row's at run time ("per-token")
+    activations: Literal["static", "per-token"] = "static"
     recipe: Literal["given", "auto"] = "given"  # auto: activations and smoothquant chosen by output SQNR
-    recipe_alphas: tuple[float, ...] = (
-        0.5,
-        0.8,
-    )  # SmoothQuant alphas `recipe = "auto"` tries besides 0 (off)
+    recipe_alphas: tuple[float, ...] = (0.5, 0.8)  # SmoothQuant alphas recipe "auto" tries besides 0
 
     def __post_init__(self) -> None:
         if isinstance(self.treatments, str):

@@ -29,11 +29,11 @@ from optkit.ir.program import Program
 from optkit.quant.calibration import Batch, watch_inputs
 from optkit.quant.numerics import QuantSpec, fake_quantize, sqnr_db
 from optkit.quant.observers import Observer, ObserverKind
+from optkit.quant.rewrite import ACT_SPEC
 from optkit.quant.sites import QuantSite, add_buffer
 from optkit.quant.weights import quantize_rtn
 
 SEARCH_ROWS = 2048  # calibration rows per layer the alpha search scores on
-ACT_SPEC = QuantSpec(8, symmetric=False, granularity="tensor")
 
 
 def smoothing_factors(act_absmax: torch.Tensor, w_kn: torch.Tensor, alpha: float) -> torch.Tensor:
