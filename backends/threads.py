@@ -7,6 +7,11 @@ Runtime two (issue 17). `set_runtime_threads(n)` raises that cap through the env
 before the pool exists, then selects `n` workers with TVM 0.27's `runtime.config_threadpool`
 (mode 1: all cores of the machine, which are all "big" on a homogeneous CPU), and returns the
 count the runtime reports back (`runtime.NumThreads`), which callers should show.
+
+`config_threadpool` also pins the calling thread, worker 0, to the first core. With one thread
+that buys nothing and costs much on a shared machine: the process can no longer move off a
+core another job is using (found by `bench_peaks`, whose kernels then ran on the busy core
+while the other sat idle). For one thread the caller's CPU affinity is put back.
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ def set_runtime_threads(threads: int) -> int:
     import tvm  # noqa: F401  (registers the runtime's global functions)
     import tvm_ffi
 
+    affinity = os.sched_getaffinity(0)
     tvm_ffi.get_global_func("runtime.config_threadpool")(_ALL_CORES, threads)
+    if threads == 1:
+        os.sched_setaffinity(0, affinity)
     got = runtime_threads()
     if got != threads:
         log.warning(

@@ -182,8 +182,8 @@ def main() -> None:
     if args.cpu is not None and args.cpu not in allowed:
         parser.error(f"--cpu {args.cpu} is not among the CPUs this process may use: {allowed}")
     set_runtime_threads(1)
-    # TVM's config_threadpool pins this thread to the first CPU, which on a shared machine may be
-    # the busy one: run where --cpu says, or wherever the OS finds room.
+    # set_runtime_threads(1) leaves this thread free to run on any allowed CPU (on a shared machine
+    # the first may be busy): run where --cpu says, or wherever the OS finds room.
     os.sched_setaffinity(0, [args.cpu] if args.cpu is not None else allowed)
     pinned = sorted(os.sched_getaffinity(0))
     started = time.time()

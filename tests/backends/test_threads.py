@@ -27,7 +27,9 @@ def test_two_threads_in_a_fresh_process_whatever_the_default():
 
 
 def test_one_thread_and_bad_counts():
+    before = os.sched_getaffinity(0)
     assert set_runtime_threads(1) == 1 == runtime_threads()
+    assert os.sched_getaffinity(0) == before  # not pinned to the first core
     with pytest.raises(ConfigError, match="threads must be >= 1"):
         set_runtime_threads(0)
 
