@@ -7,24 +7,88 @@ through im2col) use it as follows:
 - activations shifted to unsigned, `xu = x + 128` (uint8), in the kernel that quantizes them;
 - the constant weight packed once at compile time as `Wv[N / 16, K / 4, 16, 4]`, so that for
   4 consecutive k the 16 output columns' bytes are one 64-byte register;
-- `y = xu @ w - 128 * colsum(w)`, the correction a constant that the epilogue subtracts.
+- `y = xu @ w - 128 * colsum(w)`: the correction is the accumulators' starting value (`offset`),
+  so no elementwise pass over y is left for it.
 
-The kernel is written directly in TIR (`gemm_func`): a `rows x 16` int32 accumulator tile in
-registers, one `vpdpbusd` per row per 4 k. It is not a schedule plus `tensorize`: with
-apache-tvm-ffi 0.1.15.x `tensorize` crashed in `ffi::ToJSONGraph`, the serializer bug that also
-kept MetaSchedule out (see `tuning.py`; not re-checked with the pinned 0.1.14.post1). Measured alone on this repository's AMD EPYC
-(1 thread): 256x512x2048 at ~610 GOP/s, against ~227 GFLOP/s for the float32 packed kernel.
-Used when the llvm target reports `avx512vnni`.
+The kernel is written directly in TIR (`gemm_func`), built with TVM's IR builder; it is not a
+schedule plus `tensorize` (with apache-tvm-ffi 0.1.15.x `tensorize` crashed in
+`ffi::ToJSONGraph`, the serializer bug that also kept MetaSchedule out; see `tuning.py`). A
+parallel loop runs over register tiles of `rows x panels` int32 accumulators (a panel: 16
+output columns). Per 4 k a tile loads one 64-byte weight register per panel and broadcasts 4
+activation bytes per row straight from memory (`vpbroadcastd zmm, m32`: a load, not a port-5
+shuffle), then issues `rows * panels` `vpdpbusd`. `choose_tile` picks the tile per shape from
+a cost model fitted to measurements (up to 24 accumulators in 31 zmm registers: 4x6 and 6x4
+for wide N, 7x3 for M = 49, 10x2 for N = 32); tiles that do not divide M or N / 16 overlap the
+one before rather than shrinking (M = 49, 196, 200 keep 7-, 4- and 5-row tiles), and a last
+panel past N stores lane by lane, so the padded columns need no slice. Tiles run down M over
+the same weight panels while those fit L1, else across N (long K).
+
+The accumulators are per-panel buffers in `global` scope under TVM's 1 KiB stack limit: a
+`local` buffer in a parallel loop becomes a `TVMBackendAllocWorkspace` / free pair per tile,
+which in the previous kernel (`rows x 16` tiles, rows the first of 8, 4, 2, 1 dividing M) cost
+more than the tile's work when K is short.
+
+Measured alone on one thread of an Intel Xeon (emeraldrapids, AVX-512 VNNI, no AMX; shared
+2-core machine, load average ~1.9; int8 dot-product peak ~720 GOP/s), old kernel -> this one,
+M x K x N, median of 30 interleaved rounds: 128x192x768 184 -> 540 GOP/s, 512x128x352
+138 -> 498, 49x576x96 46 -> 505, 256x512x2048 252 -> 524 (that shape varies 350-650 from run
+to run here), 196x1152x192 209 -> 476, 784x72x32 113 -> 469. End to end (TVM, 1 thread, same
+run): dit:small int8 runs 2.2x faster than float (1.4x with the old kernel), moviegen:small
+1.44x (1.02x); W8A8 MobileNetV2 stays slower than float (0.59x, from 0.46x), its time being
+in the int32 depthwise convs. Used when the llvm target reports `avx512vnni`.
 """
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from optkit.errors import BackendError
+
 LANES, GROUP = 16, 4  # int32 lanes per register, bytes per lane
-ROWS = (8, 4, 2, 1)  # accumulator rows per tile: the first that divides M
+VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
+VECTOR_REGISTERS = 31  # of AVX-512's 32 zmm registers, one left to LLVM
+MAX_PANELS = 8  # 16-column panels per tile
+L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
+
+
+@dataclass(frozen=True)
+class Tile:
+    """A register tile of the GEMM: `rows` x `panels` int32 accumulators of 16 lanes, and the
+    order of the tiles: with `rows_inner`, the tiles of one column (the same weight panels) run
+    one after another, so that the panels stay in L1 while the activation rows change."""
+
+    rows: int
+    panels: int
+    rows_inner: bool = True
+
+    @property
+    def registers(self) -> int:
+        """zmm registers in the inner loop: accumulators, one broadcast per row, one weight."""
+        return self.rows * self.panels + self.rows + 1
+
+
+def choose_tile(m: int, n: int, k: int) -> Tile:
+    """The tile for `y[M, N] = xu[M, K] @ W`: the one of least modelled time that fits the
+    registers.
+
+    Per 4 k, a `rows` x `panels` tile issues `rows * panels` `vpdpbusd`, `rows` broadcast loads
+    and `panels` 64-byte weight loads; measured on emeraldrapids, its time per tile tracks
+    `rows * panels + rows + panels` (24 accumulators at ~90% of the register-only peak, 15 at
+    ~60%). Tiles that do not divide M or N / 16 overlap the previous one (the last rows or panels
+    are computed twice), so the model counts ceil(M / rows) * ceil(N / 16 / panels) tiles.
+    Rows run inner while a tile column's weight panels fit L1, else panels run inner (long K:
+    the activation rows stay in L1 and the weights stream from L2)."""
+    nb = -(-n // LANES)
+    _, panels, rows = min(
+        (-(-m // rows) * -(-nb // panels) * (rows * panels + rows + panels), panels, rows)
+        for panels in range(1, min(MAX_PANELS, nb) + 1)
+        for rows in range(1, min(m, (VECTOR_REGISTERS - 1) // (panels + 1)) + 1)
+    )
+    return Tile(rows, panels, rows_inner=panels * k * LANES <= L1_WEIGHT_BYTES)
 
 
 def target_has_vnni(target: Any) -> bool:
@@ -52,52 +116,92 @@ def pack(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k // GROUP, GROUP, n // LANES, LANES).transpose(2, 0, 3, 1))
 
 
-def gemm_func(m: int, n: int, k: int) -> Any:
-    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`.
+def gemm_func(m: int, n: int, k: int, tile: Tile | None = None, *, offset: bool = False) -> Any:
+    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`; with `offset`,
+    `y = offset[N16] + xu @ Wv` (int32 `offset` a third input, before `y`). `Wv` and `offset`
+    have N rounded up to a multiple of 16 (N16); the columns past N are not stored.
 
-    Shapes and loops are int64, as Relax's, so that `FuseOps` can fuse the elementwise epilogue
-    that follows (zero-point correction, rescale, bias) into the kernel (`op_pattern` 4:
-    out-elementwise-fusable).
+    One parallel loop over `tile`s (default `choose_tile`); each keeps its `rows x panels`
+    accumulators in registers over all of K (starting from `offset`), then stores them. Built with TVM's IR builder, as
+    the tile's size sets how many accumulator buffers there are: one per panel, each under
+    TVM's 1 KiB stack-allocation limit and in `global` scope, so that they live on the parallel
+    task's stack (LLVM keeps them in registers) rather than in a workspace that TVM would
+    allocate and free for every tile. Shapes and loops are int64, as Relax's, so that `FuseOps`
+    can fuse the elementwise epilogue that follows (zero-point correction, rescale, bias) into
+    the kernel (`op_pattern` 4: out-elementwise-fusable).
     """
-    from tvm import tirx
-    from tvm.script import tirx as T
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script.builder import ir as T
 
-    rows = next(r for r in ROWS if m % r == 0)
-    nb, kb, mb = n // LANES, k // GROUP, m // rows
-    i64 = lambda v: tirx.IntImm("int64", v)  # noqa: E731
-    mm, nn, kk, nbb, kbb, rr, tiles = i64(m), i64(n), i64(k), i64(nb), i64(kb), i64(rows), i64(mb * nb)
+    if m < 1 or n < 1 or k < GROUP or k % GROUP:
+        raise BackendError(f"the VNNI GEMM needs M, N >= 1 and K a multiple of 4, got {m}x{n}x{k}")
+    tile = tile or choose_tile(m, n, k)
+    nb, kb = -(-n // LANES), k // GROUP
+    rows, panels = min(tile.rows, m), min(tile.panels, nb)
+    tiles_m, tiles_n = -(-m // rows), -(-nb // panels)
 
-    @T.prim_func(private=True, s_tir=True)
-    def vnni_gemm(  # TVMScript buffer specs below are calls, which mypy cannot read as types
-        x: T.Buffer((mm, kk), "uint8"),  # type: ignore[valid-type]
-        w: T.Buffer((nbb, kbb, 16, 4), "int8"),  # type: ignore[valid-type]
-        y: T.Buffer((mm, nn), "int32"),  # type: ignore[valid-type]
-    ) -> None:
+    with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
+        T.func_name("vnni_gemm")
+        x = T.arg("x", T.buffer((_i64(m), _i64(k)), "uint8"))
+        w = T.arg("w", T.buffer((_i64(nb), _i64(kb), LANES, GROUP), "int8"))
+        c = T.arg("offset", T.buffer((_i64(nb * LANES),), "int32")) if offset else None
+        y = T.arg("y", T.buffer((_i64(m), _i64(n)), "int32"))
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 4})
         with T.sblock("root"):
-            for tile in T.parallel(tiles):
-                acc = T.alloc_local((rr, 16), "int32")
-                for r in T.unroll(rr):
-                    acc[r, T.ramp(T.int64(0), 1, 16)] = T.broadcast(T.int32(0), 16)
-                for ko in T.serial(kbb):
-                    b = w.vload([tile % nbb, ko, T.int64(0), T.int64(0)], dtype="int8x64")
-                    for r in T.unroll(rr):
-                        a = T.reinterpret(
-                            x.vload([tile // nbb * rr + r, ko * 4], dtype="uint8x4"), dtype="int32"
-                        )
-                        acc[r, T.ramp(T.int64(0), 1, 16)] = T.call_llvm_pure_intrin(
-                            T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
-                            acc.vload([r, T.int64(0)], dtype="int32x16"),
-                            T.reinterpret(T.broadcast(a, 16), dtype="uint8x64"),
-                            b,
-                            dtype="int32x16",
-                        )
-                for r in T.unroll(rr):
-                    y[tile // nbb * rr + r, T.ramp(tile % nbb * 16, 1, 16)] = acc.vload(
-                        [r, T.int64(0)], dtype="int32x16"
-                    )
+            x4 = T.decl_buffer((_i64(m), _i64(kb)), "int32", data=x.data)  # 4 bytes of a row as one word
+            with T.parallel(_i64(0), _i64(tiles_m * tiles_n)) as t:
+                if tile.rows_inner:
+                    tm, tn = t % _i64(tiles_m), t // _i64(tiles_m)
+                else:
+                    tm, tn = t // _i64(tiles_n), t % _i64(tiles_n)
+                # the last tile of a column or row overlaps the one before instead of running off
+                row = T.min(tm * _i64(rows), _i64(m - rows))
+                panel = T.min(tn * _i64(panels), _i64(nb - panels))
+                _tile_body(x4, w, c, y, row, panel, rows, panels)
+    return ib.get()
 
-    return vnni_gemm
+
+def _i64(value: int) -> Any:
+    from tvm import tirx
+
+    return tirx.IntImm("int64", value)
+
+
+def _tile_body(x4: Any, w: Any, c: Any, y: Any, row: Any, panel: Any, rows: int, panels: int) -> None:
+    """Emit one tile: set the accumulators to 0 or the offset `c`, one `vpdpbusd` per row and panel per 4 k, store."""
+    from tvm import tirx
+    from tvm.tirx.script.builder import ir as T
+
+    lanes, vec = tirx.Ramp(_i64(0), _i64(1), LANES), f"int32x{LANES}"
+    acc = [T.alloc_buffer((_i64(rows), LANES), "int32", scope="global") for _ in range(panels)]
+    for p, r in itertools.product(range(panels), range(rows)):
+        cols = tirx.Ramp((panel + _i64(p)) * _i64(LANES), _i64(1), LANES)
+        start = (
+            tirx.Broadcast(tirx.IntImm("int32", 0), LANES) if c is None else c.vload([cols.base], dtype=vec)
+        )
+        T.buffer_store(acc[p], start, [_i64(r), lanes])
+    with T.serial(_i64(0), w.shape[1]) as ko:
+        for p in range(panels):  # one weight register per panel, reused by all rows
+            b = w.vload([panel + _i64(p), ko, _i64(0), _i64(0)], dtype=f"int8x{LANES * GROUP}")
+            for r in range(rows):
+                a = tirx.reinterpret(f"uint8x{LANES * GROUP}", tirx.Broadcast(x4[row + _i64(r), ko], LANES))
+                dot = tirx.call_llvm_pure_intrin(
+                    vec, VPDPBUSD, acc[p].vload([_i64(r), _i64(0)], dtype=vec), a, b
+                )
+                T.buffer_store(acc[p], dot, [_i64(r), lanes])
+    n = int(y.shape[1])
+    for r, p in itertools.product(range(rows), range(panels)):
+        start = (panel + _i64(p)) * _i64(LANES)
+        cols = tirx.Ramp(start, _i64(1), LANES)
+        if n % LANES == 0:
+            T.buffer_store(y, acc[p].vload([_i64(r), _i64(0)], dtype=vec), [row + _i64(r), cols])
+            continue
+        with T.If(start + _i64(LANES) <= _i64(n)):  # a whole panel; the last one stores lane by lane
+            with T.Then():
+                T.buffer_store(y, acc[p].vload([_i64(r), _i64(0)], dtype=vec), [row + _i64(r), cols])
+            with T.Else():
+                for lane in range(n % LANES):
+                    T.buffer_store(y, acc[p][_i64(r), _i64(lane)], [row + _i64(r), start + _i64(lane)])
 
 
 def to_unsigned(bb: Any, x: Any) -> Any:
@@ -119,12 +223,11 @@ def matmul(bb: Any, xu: Any, w: np.ndarray) -> Any:
     n = w.shape[1]
     n16 = _round_up(n, LANES)
     wide = np.concatenate([w, np.zeros((k, n16 - n), w.dtype)], axis=1) if n16 > n else w
-    gvar = bb.add_func(gemm_func(m, n16, k), "vnni_gemm")
-    y = bb.emit(relax.call_tir(gvar, [xu, relax.const(pack(wide))], relax.TensorType((m, n16), "int32")))
-    if n16 > n:
-        y = bb.emit(relax.op.strided_slice(y, axes=[1], begin=[0], end=[n]))
-    shift = (128 * w.astype(np.int64).sum(axis=0)).astype(np.int32)
-    return relax.op.subtract(y, relax.const(shift))
+    # the correction starts the accumulators: no elementwise pass over y for it
+    offset = (-128 * wide.astype(np.int64).sum(axis=0)).astype(np.int32)
+    gvar = bb.add_func(gemm_func(m, n, k, offset=True), "vnni_gemm")
+    args = [xu, relax.const(pack(wide)), relax.const(offset)]
+    return relax.call_tir(gvar, args, relax.TensorType((m, n), "int32"))
 
 
 def im2col(bb: Any, x: Any, kh: int, kw: int, stride: list[int], dilation: list[int]) -> Any:

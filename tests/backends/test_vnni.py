@@ -22,20 +22,87 @@ def test_packed_layout():
     assert packed[n // 16, k // 4, n % 16, k % 4] == w[k, n]
 
 
-@pytest.mark.parametrize(("m", "n", "k"), [(16, 32, 64), (6, 16, 8), (3, 48, 12)])
-def test_gemm_is_exact(m, n, k):
+def _compile(funcs):
     import tvm
 
-    lib = tvm.compile(
-        tvm.IRModule({"main": vnni.gemm_func(m, n, k).with_attr("global_symbol", "main")}),
-        target=HOST.tvm_target(),
-    ).jit()
-    rng = np.random.default_rng(0)
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    return tvm.compile(mod, target=HOST.tvm_target())
+
+
+def _check_exact(lib, name, m, n, k, seed=0):
+    import tvm
+
+    rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    n16 = -(-n // 16) * 16
+    wide = np.concatenate([w, rng.integers(-128, 128, (k, n16 - n)).astype(np.int8)], axis=1)
+    out = tvm.runtime.tensor(np.full((m, n), -1, np.int32))
+    lib[name](tvm.runtime.tensor(x), tvm.runtime.tensor(vnni.pack(wide)), out)
+    np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64), err_msg=name)
+
+
+# M and N / 16 that the tiles do not divide (the last tile overlaps), K from one step to long;
+# then N that is no multiple of 16 (the packed weight's extra columns are not stored).
+REMAINDER_SHAPES = [(m, n, k) for m in (1, 7, 49, 128, 200) for n in (16, 48, 80) for k in (4, 64, 192, 516)]
+REMAINDER_SHAPES += [(m, n, k) for m in (1, 49) for n in (3, 24, 344) for k in (4, 72)]
+
+
+def test_gemm_is_exact_with_remainders():
+    names = {f"gemm_{m}x{n}x{k}": (m, n, k) for m, n, k in REMAINDER_SHAPES}
+    lib = _compile({name: vnni.gemm_func(*shape) for name, shape in names.items()})
+    for name, shape in names.items():
+        _check_exact(lib, name, *shape)
+
+
+@pytest.mark.parametrize(
+    "tile",
+    [vnni.Tile(6, 4), vnni.Tile(4, 6, rows_inner=False), vnni.Tile(7, 3), vnni.Tile(1, 1), vnni.Tile(15, 1)],
+)
+def test_each_tile_and_order_is_exact(tile):
+    shapes = [(16, 32, 64), (6, 16, 8), (3, 48, 12), (49, 96, 576), (50, 112, 20), (9, 40, 8)]
+    lib = _compile({f"gemm{i}": vnni.gemm_func(*shape, tile=tile) for i, shape in enumerate(shapes)})
+    for i, shape in enumerate(shapes):
+        _check_exact(lib, f"gemm{i}", *shape, seed=i)
+
+
+@pytest.mark.parametrize(("m", "n", "k"), [(49, 96, 576), (196, 192, 1152), (200, 80, 64), (128, 768, 192)])
+def test_tile_fills_the_registers_without_one_row_tiles(m, n, k):
+    tile = vnni.choose_tile(m, n, k)
+    assert tile.registers <= vnni.VECTOR_REGISTERS
+    assert tile.rows >= 4 and tile.rows * tile.panels >= 20
+
+
+def test_offset_starts_the_accumulators():
+    import tvm
+
+    m, n, k = 49, 40, 64  # N = 40: the offset and weight have 48 columns, y 40
+    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True)})
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
+    offset = rng.integers(-(2**20), 2**20, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
-    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(vnni.pack(w)), out)
-    np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64))
+    args = (tvm.runtime.tensor(a) for a in (x, vnni.pack(w), offset))
+    lib["main"](*args, out)
+    want = offset + x.astype(np.int64) @ w.astype(np.int64)
+    np.testing.assert_array_equal(out.numpy(), want[:, :n])
+
+
+def test_tiles_follow_the_weight_panels_size():
+    assert vnni.choose_tile(128, 768, 192) == vnni.Tile(4, 6, rows_inner=True)  # 6 panels x 192 k: 18 KiB
+    assert vnni.choose_tile(49, 96, 576) == vnni.Tile(7, 3, rows_inner=True)  # 49 = 7 x 7, 6 panels = 2 x 3
+    assert not vnni.choose_tile(196, 192, 1152).rows_inner  # 6 panels x 1152 k: 108 KiB, past L1
+    assert vnni.choose_tile(1, 16, 64) == vnni.Tile(1, 1, rows_inner=True)
+
+
+def test_accumulators_need_no_workspace():
+    # a local buffer in TVM's parallel loop becomes a TVMBackendAllocWorkspace call per tile,
+    # which cost more than the tile's own work for short K
+    lib = _compile({"main": vnni.gemm_func(128, 768, 192)})
+    source = lib.mod.inspect_source("ll")
+    assert "vpdpbusd" in source
+    assert "TVMBackendAllocWorkspace" not in source
 
 
 @pytest.mark.slow
