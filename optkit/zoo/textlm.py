@@ -29,7 +29,6 @@ recipe and figures): `OMP_NUM_THREADS=2 optkit zoo train textlm -o textlm_tiny.s
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -39,6 +38,7 @@ from torch import nn
 from optkit.errors import ConfigError
 from optkit.zoo.data import reference_text
 from optkit.zoo.registry import EvalSettings, TrainSettings, ZooModel, register_model
+from optkit.zoo.training import run_steps
 
 PAPER = "LLaMA: Open and Efficient Foundation Language Models (Touvron et al., 2023)"
 VOCAB = 256  # UTF-8 bytes
@@ -213,26 +213,14 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, settings.steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    model.train()
-    start, ema = time.perf_counter(), None
-    for step in range(settings.steps):
-        chunk = windows(text, settings.batch_size, model.cfg.context + 1, gen)  # (B, T + 1)
+    context = model.cfg.context
+
+    def loss_at(step: int) -> torch.Tensor:
+        chunk = windows(text, settings.batch_size, context + 1, gen)  # (B, T + 1)
         logits = model(chunk[:, :-1])
-        loss = F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
-        if settings.progress:
-            settings.progress(step + 1, settings.steps, ema)
-    model.eval()
-    return {
-        "final_loss": float(ema or 0.0),
-        "seconds": time.perf_counter() - start,
-        "steps": float(settings.steps),
-    }
+        return F.cross_entropy(logits.flatten(0, 1), chunk[:, 1:].flatten())
+
+    return run_steps(model, opt, sched, loss_at, settings)
 
 
 def perplexity(

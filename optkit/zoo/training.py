@@ -1,4 +1,5 @@
-"""Training loop shared by the zoo's diffusion models (eps-prediction DDPM and flow matching).
+"""Training loops of the zoo: `run_steps`, the optimizer loop its models share, and
+`train_denoiser` for the diffusion models (eps-prediction DDPM and flow matching).
 
 Seeded (`torch.Generator`), AdamW with cosine decay and gradient clipping, condition dropout for
 classifier-free guidance, and a progress callback per step. Returns measured figures.
@@ -64,9 +65,8 @@ def train_denoiser(
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, settings.steps - warmup))) * 0.95 + 0.05
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    start = time.perf_counter()
-    ema = None
-    for step in range(settings.steps):
+
+    def loss_at(step: int) -> torch.Tensor:
         x0, cond = batches(gen, settings.batch_size)
         if null_cond is not None and cond_dropout > 0:
             drop = torch.rand((x0.shape[0],), generator=gen) < cond_dropout
@@ -76,7 +76,26 @@ def train_denoiser(
                 for c, n in zip(cond, nulls, strict=True)
             )
         xt, t, target = noised(x0, objective, gen)
-        loss = F.mse_loss(model(xt, t, *cond), target)
+        return F.mse_loss(model(xt, t, *cond), target)
+
+    return run_steps(model, opt, sched, loss_at, settings)
+
+
+def run_steps(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss_at: Callable[[int], torch.Tensor],
+    settings: TrainSettings,
+) -> dict[str, float]:
+    """The zoo's optimizer loop: `settings.steps` steps of `loss_at(step)`, gradients clipped to
+    norm 1, the scheduler stepped after each, an exponential moving average of the loss (0.98)
+    reported to `settings.progress`; leaves `model` in eval mode and returns the figures
+    (`final_loss`, the average at the end; `seconds`; `steps`)."""
+    model.train()
+    start, ema = time.perf_counter(), None
+    for step in range(settings.steps):
+        loss = loss_at(step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
