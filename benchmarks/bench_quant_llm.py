@@ -55,7 +55,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -80,6 +79,7 @@ from optkit.report import Table  # noqa: E402
 from optkit.timing import interleaved_latency_ms  # noqa: E402
 from optkit.zoo.data import reference_text  # noqa: E402
 from optkit.zoo.registry import get_model  # noqa: E402
+from optkit.zoo.textlm import scoring_windows, windows_perplexity  # noqa: E402
 
 W8A8_GOAL = 1.05
 W4_GOAL = 1.15
@@ -129,23 +129,6 @@ OUTLIER_TITLE = "the same function with outlier channels (x{gain:g} on 2 of 192 
 TVM_ROWS = ("float32", 'W8A8 recipe="auto"', "W4A16 g64 GPTQ")
 
 Logits = Callable[[torch.Tensor], torch.Tensor]
-
-
-def test_windows(context: int, windows: int, batch: int) -> torch.Tensor:
-    """(N, context + 1) consecutive, non-overlapping windows of the test text, N a multiple of
-    `batch` (the captured graphs have a static batch)."""
-    text = reference_text("test")
-    n = min(windows, (text.numel() - 1) // context) // batch * batch
-    return torch.stack([text[i * context : i * context + context + 1] for i in range(n)])
-
-
-def perplexity(logits_of: Logits, rows: torch.Tensor, batch: int) -> float:
-    total = 0.0
-    with torch.no_grad():
-        for part in rows.split(batch):
-            logits = logits_of(part[:, :-1]).float()
-            total += float(F.cross_entropy(logits.flatten(0, 1), part[:, 1:].flatten(), reduction="sum"))
-    return math.exp(total / (rows.shape[0] * (rows.shape[1] - 1)))
 
 
 def program_logits(program: Program) -> Logits:
@@ -258,8 +241,8 @@ def measure(model: nn.Module, args: Any) -> tuple[list[list[Any]], str]:
     context = model.cfg.context
     program = capture(model, entry.example_inputs(model, args.batch, 0), name=f"textlm-{args.size}")
     program = program.with_workload(entry.workload(model=model))
-    rows_test = test_windows(context, args.windows, args.batch)
-    float_ppl = perplexity(program_logits(program), rows_test, args.batch)
+    rows_test = scoring_windows(reference_text("test"), context, args.windows, args.batch)
+    float_ppl = windows_perplexity(program_logits(program), rows_test, args.batch)
     float_bytes = parameter_bytes(program)
     print(f"float: perplexity {float_ppl:.3f} on {rows_test.shape[0]} windows, {float_bytes / 1024:.0f} KiB")
     sample_ids = rows_test[: args.batch, :-1]
@@ -274,7 +257,7 @@ def measure(model: nn.Module, args: Any) -> tuple[list[list[Any]], str]:
         out = PassManager(build_passes(["ptq", "dce"], {"ptq": {"min_sqnr_db": 0.0, **opts}})).run(program)
         seconds = time.perf_counter() - start
         figures = out.records[0].figures
-        ppl = perplexity(program_logits(out.program), rows_test, args.batch)
+        ppl = windows_perplexity(program_logits(out.program), rows_test, args.batch)
         note = optkit_note(figures) + f"; pass {seconds:.0f} s"
         gm = out.program.graph_module
         size = figures["weight_bytes_after"].value + (float_bytes - figures["weight_bytes_before"].value)
@@ -295,7 +278,7 @@ def measure(model: nn.Module, args: Any) -> tuple[list[list[Any]], str]:
             def run(ids: torch.Tensor, artifact: Any = artifact) -> torch.Tensor:
                 return torch.as_tensor(artifact.run(ids)[0])
 
-            ppl = perplexity(run, rows_test, args.batch)
+            ppl = windows_perplexity(run, rows_test, args.batch)
             note = f"lowered in {seconds:.0f} s"
             results.add("optkit (TVM)", label, size, ppl, goal, note, lambda run=run: run(sample_ids))
             print(f"TVM {label}: perplexity {ppl:.3f} ({note})")
@@ -305,7 +288,7 @@ def measure(model: nn.Module, args: Any) -> tuple[list[list[Any]], str]:
         if quantized is None:
             results.add("torchao", label, math.nan, math.nan, goal, reason)
             continue
-        ppl = perplexity(quantized, rows_test, args.batch)
+        ppl = windows_perplexity(quantized, rows_test, args.batch)
         results.add(
             "torchao", label, tensor_bytes(quantized), ppl, goal, call=lambda m=quantized: m(sample_ids)
         )
@@ -328,7 +311,7 @@ def measure(model: nn.Module, args: Any) -> tuple[list[list[Any]], str]:
         for i, (label, make, goal) in enumerate(peers):
             path = float_onnx if make is None else make(Path(tmp) / f"peer{i}.onnx")
             session = OrtDenoiser(path)
-            ppl = perplexity(session, rows_test, args.batch)
+            ppl = windows_perplexity(session, rows_test, args.batch)
             results.add(
                 "ONNX Runtime",
                 label,

@@ -29,6 +29,7 @@ recipe and figures): `OMP_NUM_THREADS=2 optkit zoo train textlm -o textlm_tiny.s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -223,21 +224,33 @@ def train(model: nn.Module, settings: TrainSettings) -> dict[str, float]:
     return run_steps(model, opt, sched, loss_at, settings)
 
 
-def perplexity(
-    model: nn.Module, text: torch.Tensor, context: int, windows_max: int, batch_size: int
-) -> float:
-    """Perplexity per byte of `model` on consecutive, non-overlapping windows of `text`: each
-    window of `context + 1` bytes scores its last `context` bytes from the ones before."""
-    n = min(windows_max, (text.numel() - 1) // context)
+def scoring_windows(text: torch.Tensor, context: int, windows_max: int, multiple_of: int = 1) -> torch.Tensor:
+    """Consecutive, non-overlapping windows of `context + 1` bytes of `text`, (N, context + 1):
+    at most `windows_max`, N a multiple of `multiple_of` (for graphs with a static batch)."""
+    n = min(windows_max, (text.numel() - 1) // context) // multiple_of * multiple_of
     if n < 1:
         raise ConfigError(f"text of {text.numel()} bytes holds no window of {context + 1}")
-    rows = torch.stack([text[i * context : i * context + context + 1] for i in range(n)])  # (N, T + 1)
+    return torch.stack([text[i * context : i * context + context + 1] for i in range(n)])
+
+
+def windows_perplexity(
+    logits_of: Callable[[torch.Tensor], torch.Tensor], rows: torch.Tensor, batch_size: int
+) -> float:
+    """Perplexity per byte over `rows` (N, T + 1): each row's last T bytes scored from the ones
+    before by `logits_of(ids (B, T)) -> logits (B, T, 256)` (a model, a session, an artifact)."""
     total = 0.0
     with torch.no_grad():
         for part in rows.split(batch_size):
-            logits = model(part[:, :-1]).float()
+            logits = logits_of(part[:, :-1]).float()
             total += float(F.cross_entropy(logits.flatten(0, 1), part[:, 1:].flatten(), reduction="sum"))
-    return math.exp(total / (n * context))
+    return math.exp(total / (rows.shape[0] * (rows.shape[1] - 1)))
+
+
+def perplexity(
+    model: nn.Module, text: torch.Tensor, context: int, windows_max: int, batch_size: int
+) -> float:
+    """Perplexity per byte of `model` on up to `windows_max` `scoring_windows` of `text`."""
+    return windows_perplexity(model, scoring_windows(text, context, windows_max), batch_size)
 
 
 def evaluate(model: nn.Module, settings: EvalSettings) -> dict[str, float]:
