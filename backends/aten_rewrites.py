@@ -12,6 +12,7 @@ order, removes what became dead and returns how often each rule fired.
 | `empty_concat` | `cat` skips 1-D empty tensors (the legacy rule) and zero-size inputs add nothing | `concat` needs equal ranks (`ndim 1 and 4`) | drop the zero-size inputs |
 | `plain_softmax` | `scaled_dot_product_attention` without a mask exports as a "safe" softmax: `where(row all -inf, 0, softmax(x))` | five more passes over the (B, H, N, N) scores and a zeros constant of their size folded into the weights (32 MiB per self-attention of a 32 x 32 latent UNet) | `softmax(x)` where x comes straight from the scores' matmul (no mask can make a row all -inf) |
 | `bf16_norm` | `native_group_norm` / `native_layer_norm` of bfloat16 | `group_norm` / `layer_norm` refuse it: `expects that data must be float, but got T.bfloat16` | normalize in float32 (input, scale and shift cast up), cast the result back |
+| `negative_select` | `select(x, dim, -1)` counts from the end | `take(x, -1, dim)` in fast mode: reads out of bounds (garbage, NaN or a segfault; `x[:, -1]` of a 6-D tensor did it) | the index plus the dimension's size |
 | `half_matmul` | `linear`, `mm`, `bmm`, `matmul`, `addmm`, `convolution` of bfloat16 / float16 tensors are bfloat16 / float16 | their matmuls output float32 (`addmm`'s bias add then fails: `Binary operators must have the same datatype`), and every later op, each weight cast up with it, runs in float32: a half model's weights are widened after its first matmul | cast the result back to the half dtype (`addmm` and a convolution with a bias: `add(half(mm(x, w)), bias)`), so the next layer's weights stay in half |
 
 Both patterns come from Hugging Face transformers' Llama: the causal mask of a cache-free forward
@@ -208,11 +209,21 @@ def _half_matmul_result(node: fx.Node) -> bool:
     return True
 
 
+def _select_index_from_start(node: fx.Node) -> bool:
+    x, dim, index = node.args[0], int(node.args[1]), int(node.args[2])
+    val = _val(x)
+    if index >= 0 or val is None:
+        return False
+    node.args = (x, dim, index + int(val.shape[dim]))
+    return True
+
+
 REWRITES: tuple[Rewrite, ...] = (
     Rewrite("scan_dtype", (aten.cumsum.default, aten.cumprod.default), _cast_scan_input),
     Rewrite("concat_dtype", (aten.cat.default,), _cast_concat_inputs),
     Rewrite("empty_concat", (aten.cat.default,), _drop_empty_concat_inputs),
     Rewrite("plain_softmax", (aten.where.self,), _unmasked_softmax),
+    Rewrite("negative_select", (aten.select.int,), _select_index_from_start),
     Rewrite(
         "bf16_norm", (aten.native_group_norm.default, aten.native_layer_norm.default), _bf16_norm_in_float32
     ),

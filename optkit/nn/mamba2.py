@@ -13,9 +13,9 @@ between chunks, (4) the contribution of the incoming state to each chunk's outpu
 `ssd_sequential` is the token-by-token recurrence, kept as the reference the tests compare with.
 
 Deviations from the paper:
-- Step (3) passes states between chunks with a log-depth (Hillis-Steele) scan of
-  ceil(log2(num_chunks)) steps instead of the (num_chunks x num_chunks) segment-sum matrix, so
-  the cost stays linear (times a log of the chunk count) in the sequence length and the
+- Step (3) passes states between chunks with the segment-sum matrix only inside blocks of
+  SCAN_BLOCK chunks, and recursively between blocks, instead of one (num_chunks x num_chunks)
+  matrix: the cost stays linear in the sequence length (times a log of the chunk count) and the
   captured graph has no token-level loop.
 - One group of B/C shared by all heads (ngroups = 1), no initial state input, no state output.
 - Sequences whose length is not a multiple of the chunk are zero-padded at the end (causal, so
@@ -123,9 +123,9 @@ def ssd_chunked(
     x_decayed = x * decay_to_end.permute(0, 2, 3, 1).unsqueeze(-1)  # (B, C, Q, H, P)
     states = torch.einsum("bcjn,bcjhp->bchpn", b, x_decayed)  # (B, C, H, P, N)
 
-    # 3. Pass states between chunks: S_k = exp(sum a over chunk k) S_{k-1} + s_k, log-depth scan.
+    # 3. Pass states between chunks: S_k = exp(sum a over chunk k) S_{k-1} + s_k, blocked scan.
     log_gain = a_cum[..., -1].permute(0, 2, 1)  # (B, C, H)
-    states = _affine_scan(states, log_gain)  # (B, C, H, P, N): state after chunk k
+    states = _chunk_scan(states, log_gain)  # (B, C, H, P, N): state after chunk k
     incoming = F.pad(states, (0, 0, 0, 0, 0, 0, 1, 0))[:, :nc]  # (B, C, H, P, N): state before chunk k
 
     # 4. Incoming state read out at every position, decayed by exp(a_1 + ... + a_i).
@@ -136,15 +136,41 @@ def ssd_chunked(
     return y[:, :length]
 
 
-def _affine_scan(states: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
-    # Inclusive scan of S_k = exp(g_k) S_{k-1} + s_k over dim 1 in ceil(log2 C) doubling steps.
-    n = states.shape[1]
-    for step in range(math.ceil(math.log2(n)) if n > 1 else 0):
-        k = 2**step
-        shifted = F.pad(states, (0, 0, 0, 0, 0, 0, k, 0))[:, :n]  # (B, C, H, P, N)
-        states = states + torch.exp(log_gain)[..., None, None] * shifted
-        log_gain = log_gain + F.pad(log_gain, (0, 0, k, 0))[:, :n]  # (B, C, H)
-    return states
+# Chunk states are passed on in blocks of this many chunks (see `_chunk_scan`).
+SCAN_BLOCK = 16
+
+
+def _chunk_scan(states: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
+    """Inclusive scan S_k = exp(g_k) S_{k-1} + s_k over dim 1 of `states` (B, C, H, P, N) with
+    log-gains `log_gain` (B, C, H) <= 0, as SSD itself does it one level up.
+
+    Up to SCAN_BLOCK chunks: one (C x C) decay matrix and a matmul. More: blocks of SCAN_BLOCK
+    chunks are scanned that way, the state each block leaves behind is scanned recursively over
+    the blocks, and each block's incoming state is added decayed. Cost C * SCAN_BLOCK per state
+    entry on each of log_SCAN_BLOCK(C) levels; every level is a few matmuls, so the captured graph
+    stays shallow (a doubling scan's chained elementwise steps fuse into one kernel whose inlined
+    expression doubles with each step, which took TVM half an hour to compile at 16K tokens).
+    """
+    bsz, n = states.shape[:2]
+    if n <= SCAN_BLOCK:
+        gains = log_gain.transpose(1, 2)  # (B, H, C)
+        lower = torch.ones(n, n, dtype=torch.bool, device=states.device).tril()  # (C, C)
+        decay = torch.exp(segsum(gains)) * lower  # (B, H, C, C): [i, j] = exp(g_{j+1} + ... + g_i)
+        return torch.einsum("bhij,bjhpn->bihpn", decay, states)  # (B, C, H, P, N)
+    pad = (-n) % SCAN_BLOCK
+    if pad:  # trailing chunks with no input and no decay never change earlier states
+        states = F.pad(states, (0, 0, 0, 0, 0, 0, 0, pad))
+        log_gain = F.pad(log_gain, (0, 0, 0, pad))
+    m, k = (n + pad) // SCAN_BLOCK, SCAN_BLOCK
+    blocks = states.reshape(bsz * m, k, *states.shape[2:])  # (B*M, K, H, P, N)
+    gains = log_gain.reshape(bsz * m, k, -1)  # (B*M, K, H)
+    local = _chunk_scan(blocks, gains).reshape(bsz, m, k, *states.shape[2:])  # (B, M, K, H, P, N)
+    gains = gains.reshape(bsz, m, k, -1)  # (B, M, K, H)
+    after = _chunk_scan(local[:, :, -1], gains.sum(2))  # (B, M, H, P, N): state after block m
+    incoming = F.pad(after, (0, 0, 0, 0, 0, 0, 1, 0))[:, :m]  # (B, M, H, P, N): before block m
+    reach = torch.exp(torch.cumsum(gains, dim=2))[..., None, None]  # (B, M, K, H, 1, 1)
+    out = local + reach * incoming.unsqueeze(2)  # (B, M, K, H, P, N)
+    return out.reshape(bsz, m * k, *states.shape[2:])[:, :n]
 
 
 def ssd_sequential(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
