@@ -248,6 +248,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=40)
     parser.add_argument("--psnr-seeds", type=int, default=4)
     parser.add_argument("--kinds", nargs="*", default=["mate", "hedgehog-swa", "relu-linear"])
+    parser.add_argument(
+        "--keep", type=int, nargs="*", default=[], help="also MATE hybrids keeping this many attention layers"
+    )
     parser.add_argument("--no-refs", action="store_true", help="skip the teacher and lingen rows")
     parser.add_argument("--save", type=Path, help="write the raw figures as JSON")
     parser.add_argument("--note", default="", help="a sentence printed under the command (how the run went)")
