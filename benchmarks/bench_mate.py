@@ -217,15 +217,17 @@ def plot_cost(data: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     rows = {k: {int(n): v for n, v in r.items()} for k, r in data["rows"].items()}
     for k in KINDS:
         ns = sorted(rows[k])
         axes[0].loglog(ns, [rows[k][n]["flops"] for n in ns], "o-", label=k)
-        ne = [n for n in ns if "eager_ms" in rows[k][n]]
-        axes[1].loglog(ne, [rows[k][n]["eager_ms"] for n in ne], "o-", label=k)
+        for ax, key in ((axes[1], "eager_ms"), (axes[2], "tvm_ms")):
+            nk = [n for n in ns if key in rows[k][n]]
+            ax.loglog(nk, [rows[k][n][key] for n in nk], "o-", label=k)
     axes[0].set(xlabel="tokens", ylabel="FLOPs", title="FLOPs of one mixer")
     axes[1].set(xlabel="tokens", ylabel="ms", title="eager latency (1 thread)")
+    axes[2].set(xlabel="tokens", ylabel="ms", title="TVM-compiled latency (1 thread)")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
