@@ -2,9 +2,9 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_foreign.py [--samples 100] [--repeats 5] [--skip-matrix]
 
-1. The trained example `examples/diffusers_unet2d` (a diffusers `UNet2DModel`, class-conditional,
+1. The trained example `examples/diffusers_digits/unet` (a diffusers `UNet2DModel`, class-conditional,
    16x16 digits, sampled by its own saved `DDIMScheduler`, 20 steps), captured by its factory
-   `examples.diffusers_unet2d.model:build` (batch 10, one row per class):
+   `examples.diffusers_digits.model:build` (batch 10, one row per class):
    - PTQ W8A8 (`ptq` with its defaults: all-steps calibration over the workload's sampler):
      SQNR of the final samples against the float model's samples on the same seeds, and the
      digits classifier's class accuracy and FD-digits (against the 1,000 test digits) of float
@@ -59,7 +59,7 @@ from optkit.report import Table  # noqa: E402
 from optkit.sampling import sample  # noqa: E402
 from optkit.timing import interleaved_latency_ms  # noqa: E402
 
-EXAMPLE_REF = "examples.diffusers_unet2d.model:build"
+EXAMPLE_REF = "examples.diffusers_digits.model:build"
 CAL_SEEDS = (0, 1)
 EVAL_SEEDS = (100, 101)
 THRESHOLDS = (0.05, 0.1, 0.2, 0.3, 0.5)
@@ -498,7 +498,7 @@ def bench_matrix(dirs: bool) -> Table:
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_foreign_") as tmp:
         work = Path(tmp)
-        label = "examples/diffusers_unet2d (trained; its factory)"
+        label = "examples/diffusers_digits unet (trained; its factory)"
         rows.append(matrix_row(label, EXAMPLE_REF, True, work / "example"))
         for name, (label, _factory, denoiser) in FOREIGN.items():
             ref = str(save_folder(name, work)) if dirs else f"bench_foreign:{name}"
@@ -538,7 +538,7 @@ def main() -> None:
     parts: list[str] = []
     if not args.skip_example:
         program = optkit.load_model(EXAMPLE_REF)
-        info_path = ROOT / "examples" / "diffusers_unet2d" / "checkpoint" / "training.json"
+        info_path = ROOT / "examples" / "diffusers_digits" / "unet" / "training.json"
         info = json.loads(info_path.read_text()) if info_path.is_file() else {}
         ptq_table, ptq_info = bench_ptq(program, args.samples)
         print(ptq_table.to_markdown(), flush=True)
@@ -546,13 +546,13 @@ def main() -> None:
         print(cache_table.to_markdown(), flush=True)
         trained = (
             f"{info.get('parameters', 0) / 1e6:.2f}M parameters, trained {info.get('steps')} steps in "
-            f"{info.get('seconds', 0) / 60:.1f} min (`examples/diffusers_unet2d/train.py`, seed "
+            f"{info.get('seconds', 0) / 60:.1f} min (`examples/diffusers_digits/train.py`, seed "
             f"{info.get('settings', {}).get('seed')}), final loss {info.get('final_loss', 0):.4f}"
             if info
             else "checkpoint without training.json"
         )
         parts += [
-            "### The trained example: `examples/diffusers_unet2d` (diffusers UNet2DModel on 16x16 digits)",
+            "### The trained example: `examples/diffusers_digits/unet` (diffusers UNet2DModel on 16x16 digits)",
             "",
             f"`{EXAMPLE_REF}`: {trained}. `ptq` with its defaults took {ptq_info['ptq_seconds']:.1f} s "
             f"(pass figures: {', '.join(f'{k} {v}' for k, v in ptq_info['ptq_figures'].items())}).",

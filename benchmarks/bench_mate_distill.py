@@ -76,6 +76,7 @@ def bench_distill(args: argparse.Namespace) -> dict:
             "psnr_db": psnr_db(ref, out) if finite else math.nan,
             "flops": total_flops(student),
             "sites": data["sites"],
+            "kept": data.get("kept", []),
             "stage1_mean_loss": sum(v["stage1_loss"] for v in data["sites"].values()) / len(data["sites"]),
             "finetune_loss_before": data["finetune_loss_before"],
             "finetune_loss_after": data["finetune_loss_after"],
@@ -124,7 +125,10 @@ def distill_markdown(data: dict, args: argparse.Namespace) -> str:
             f"| {f(r.get('distill_s'), '.0f')} |"
         )
     lines += ["", *_goal_lines(results)]
-    kinds = [n for n in results if "sites" in results[n]]
+    hybrids = [n for n in results if "(keep " in n]
+    for name in hybrids:
+        lines.append(f"- {name.split('-> ')[-1]} kept as attention: {', '.join(_kept(results[name], name))}.")
+    kinds = [n for n in results if "sites" in results[n] and n not in hybrids]
     if kinds:
         paths = list(results[kinds[0]]["sites"])
         lines += ["", "Per-layer output SQNR (dB) of each new block against its attention, on the calibration "
@@ -138,6 +142,14 @@ def distill_markdown(data: dict, args: argparse.Namespace) -> str:
             ]
             lines.append(f"| {p} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _kept(row: dict, name: str) -> list[str]:
+    # The sites a hybrid kept: recorded by the pass, else its rule (highest stage-1 loss first).
+    if row.get("kept"):
+        return list(row["kept"])
+    k = int(name.split("(keep ")[1].rstrip(")"))
+    return sorted(row["sites"], key=lambda p: -row["sites"][p]["stage1_loss"])[:k]
 
 
 def _goal_lines(results: dict) -> list[str]:

