@@ -179,3 +179,46 @@ def test_shipped_checkpoint_beats_the_logistic_regression_baseline() -> None:
     assert scores["rows"] == 20000
     assert scores["auc"] > scores["baseline_auc"] + 0.003
     assert scores["log_loss"] < scores["baseline_log_loss"]
+
+
+def _front_trial(number: int, choice: tuple[BlockChoice, ...], auc: float) -> dict:
+    return {
+        "number": number,
+        "candidate": {"choice": [[c.op, c.dim, list(c.sources)] for c in choice], "hardware": {}},
+        "scores": {"auc": auc, "latency_us": 100.0 + number},
+    }
+
+
+def test_repick_trains_the_best_front_architectures_and_the_current_one(tmp_path) -> None:
+    import json
+
+    from optkit.zoo.recsys import TINY_CHOICE, repick
+
+    searched = (BlockChoice("mlp", 16, (0,)),) * 3 + (BlockChoice("dot", 16, (1, 2, 3, 4)),)
+    front = [
+        _front_trial(3, searched, 0.70),
+        _front_trial(7, searched, 0.75),
+        _front_trial(9, TINY_CHOICE, 0.60),
+    ]
+    (tmp_path / "pareto.json").write_text(json.dumps({"front": front}))
+    results = repick(tmp_path, top=1, settings=TrainSettings(steps=4, batch_size=64))
+    # top 1 distinct architecture by inherited AUC (trial 7 over its duplicate 3), and the
+    # current choice, which is on this front but not in its top 1.
+    assert [r["source"] for r in sorted(results, key=lambda r: r["source"])] == [
+        "current TINY_CHOICE",
+        "search trial #7",
+    ]
+    assert results[0]["validation_auc"] >= results[1]["validation_auc"]
+    picked = next(r for r in results if r["source"] == "search trial #7")
+    assert picked["choice"] == searched and picked["inherited_auc"] == 0.75
+    assert all(0.0 <= r["test_auc"] <= 1.0 for r in results)
+
+
+def test_repick_refuses_a_folder_without_a_search(tmp_path) -> None:
+    from optkit.zoo.recsys import repick
+
+    with pytest.raises(ConfigError, match="pareto.json"):
+        repick(tmp_path)
+    (tmp_path / "pareto.json").write_text("{}")
+    with pytest.raises(ConfigError, match="optkit search"):
+        repick(tmp_path)
