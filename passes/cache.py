@@ -87,6 +87,12 @@ class CacheConfig(PassConfig):
     sampling, then bisected between the last knob that missed and the first that kept it, so
     the schedule is the most aggressive one tried that keeps the floor. `forecast` (0 = plain
     reuse, 1 or 2 = Taylor order) extrapolates reused values from the last recompute steps.
+    `keep_first`: the first block recomputes at every step, as FirstBlockCache's does, and the
+    `threshold`, `budget` and `uniform` policies schedule the others (`budget` still counts every
+    block). An error in the first block's value passes through every later block: on the
+    diffusers DiT of `examples/diffusers_digits`, threshold 0.1 scheduled the first block's reuse
+    on 8 of 20 steps and kept 34.8 dB at 69% of the block evaluations; with `keep_first`, 49.6 dB
+    at 78% (docs/benchmarks.md, bench_cache_peers).
     """
 
     policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps", "teacache"] = "threshold"
@@ -102,6 +108,7 @@ class CacheConfig(PassConfig):
     blocks: str = ""
     min_psnr: float = 0.0
     forecast: Literal[0, 1, 2] = 0
+    keep_first: bool = False
 
     def __post_init__(self) -> None:
         check_order(self.forecast)
@@ -130,7 +137,18 @@ class CacheConfig(PassConfig):
 
 
 def make_schedule(cfg: CacheConfig, profile: ChangeProfile) -> CacheSchedule:
-    """The schedule `cfg.policy` derives from `profile`."""
+    """The schedule `cfg.policy` derives from `profile` (with `keep_first`, see `CacheConfig`)."""
+    if cfg.keep_first and cfg.policy in ("threshold", "budget", "uniform") and len(profile.blocks) > 1:
+        first, *rest = profile.blocks
+        units = len(profile.blocks)
+        # The first block makes 1/units of the evaluations; the others meet the rest of the budget.
+        budget = min(1.0, max(1e-3, (cfg.budget * units - 1) / (units - 1)))
+        others = make_schedule(
+            replace(cfg, keep_first=False, budget=budget),
+            replace(profile, blocks=rest, change={p: profile.change[p] for p in rest}),
+        )
+        flags = {first: tuple(True for _ in range(others.steps)), **others.recompute}
+        return CacheSchedule(others.steps, flags, others.policy)
     if cfg.policy == "threshold":
         return threshold_schedule(profile.change, cfg.threshold)
     if cfg.policy == "budget":

@@ -188,6 +188,15 @@ def save(folder: Path, model: torch.nn.Module, scheduler: DDIMScheduler, info: d
     (folder / "training.json").write_text(json.dumps(info, indent=2) + "\n")
 
 
+def _relative(path: Path) -> str:
+    """`path` as written from the repository root when it lies inside it (for training.json)."""
+    root = HERE.parents[1]
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--arch", choices=sorted(ARCHS), default="unet")
@@ -203,7 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     model, scheduler, figures = train(args.arch, args.steps, args.batch_size, args.lr, args.seed)
     quality = sample_quality(model, scheduler_config(scheduler))
     info = {
-        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "settings": {k: (_relative(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         **figures,
         "samples": "100 (10 per class), 20 DDIM steps, seed 0",
         **quality,

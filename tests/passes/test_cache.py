@@ -265,3 +265,29 @@ def test_variant_flops_count_what_reuse_removes(program):
     flops, total = unit_flops(unet, units)
     runner = CachedSampler(unet, schedule, units)
     assert variant_speedup(runner, total, STEPS) > 1.05 * expected_speedup(schedule, flops, total, STEPS)
+
+
+def _profile(change: dict[str, list[float]]):
+    from optkit.caching.profile import ChangeProfile
+
+    steps = len(next(iter(change.values())))
+    return ChangeProfile(list(change), steps, "ddim", change, {p: [] for p in change})
+
+
+@pytest.mark.parametrize(
+    ("policy", "options"), [("threshold", {"threshold": 0.3}), ("budget", {"budget": 0.6}), ("uniform", {})]
+)
+def test_keep_first_recomputes_the_first_block_at_every_step(policy, options):
+    from optkit.passes.cache import make_schedule
+
+    # The first block changes least, so without keep_first it is the one reused most.
+    change = {"b0": [0.0] + [0.05] * 9, "b1": [0.0] + [0.2] * 9, "b2": [0.0] + [0.3] * 9}
+    plain = make_schedule(CacheConfig(policy=policy, **options), _profile(change))
+    kept = make_schedule(CacheConfig(policy=policy, keep_first=True, **options), _profile(change))
+    assert not all(plain.recompute["b0"]) and all(kept.recompute["b0"])
+    assert list(kept.recompute) == ["b0", "b1", "b2"] and kept.policy == plain.policy
+    if policy == "budget":  # the budget still counts every block's evaluations
+        evaluations = sum(sum(flags) for flags in kept.recompute.values())
+        assert 0.6 * 30 <= evaluations < 0.6 * 30 + 10
+    else:  # the other blocks are scheduled as before
+        assert kept.recompute["b1"] == plain.recompute["b1"] and kept.recompute["b2"] == plain.recompute["b2"]
