@@ -312,3 +312,16 @@ def test_ptq_calibrates_on_the_scheduler_trajectory(tmp_path):
     assert figures["layers_quantized"].value > 0
     out = _sample(result.program)
     assert out.shape == program.example_inputs[0].shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("factory", ["build", "build_dit"])
+def test_the_trained_examples_load_through_their_factories(factory):
+    # examples/diffusers_digits ships a trained UNet2DModel and DiTTransformer2DModel.
+    from examples.diffusers_digits import model as example
+
+    program = load_model(f"examples.diffusers_digits.model:{factory}")
+    module, inputs, workload = getattr(example, factory)()
+    want = module(**inputs)[0]
+    (got,) = program.run()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert program.workload.inputs == workload.inputs and program.workload.diffusion.steps == 20
