@@ -377,6 +377,7 @@ class BlockCaching(Pass):
             "interval": final.interval,
             "min_psnr": cfg.min_psnr,
             "forecast": cfg.forecast,
+            "keep_first": cfg.keep_first,
             "floor_tries": tried,
             "guidance_scale": guidance,
             "seeds": list(cfg.seeds),
