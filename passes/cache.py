@@ -90,9 +90,9 @@ class CacheConfig(PassConfig):
     `keep_first`: the first block recomputes at every step, as FirstBlockCache's does, and the
     `threshold`, `budget` and `uniform` policies schedule the others (`budget` still counts every
     block). An error in the first block's value passes through every later block: on the
-    diffusers DiT of `examples/diffusers_digits`, threshold 0.1 scheduled the first block's reuse
-    on 8 of 20 steps and kept 34.8 dB at 69% of the block evaluations; with `keep_first`, 49.6 dB
-    at 78% (docs/benchmarks.md, bench_cache_peers).
+    diffusers DiT of `examples/diffusers_digits`, threshold 0.1 kept 34.8 dB PSNR at 69% of the
+    block evaluations, with `keep_first` 49.6 dB at 78% (diffusers' FirstBlockCache: 47.1 dB at
+    79%; docs/benchmarks.md, bench_cache_peers).
     """
 
     policy: Literal["threshold", "budget", "uniform", "first-block", "fewer-steps", "teacache"] = "threshold"
