@@ -254,6 +254,7 @@ def main() -> None:
         "--keep", type=int, nargs="*", default=[], help="also MATE hybrids keeping this many attention layers"
     )
     parser.add_argument("--no-refs", action="store_true", help="skip the teacher and lingen rows")
+    parser.add_argument("--teacher-checkpoint", help="moviegen tiny weights (.safetensors) for the teacher")
     parser.add_argument("--save", type=Path, help="write the raw figures as JSON")
     parser.add_argument("--note", default="", help="a sentence printed under the command (how the run went)")
     parser.add_argument("--load", type=Path, help="re-render the section from a saved JSON")

@@ -40,9 +40,30 @@ def _zoo_metrics(model: torch.nn.Module, settings: EvalSettings, program=None) -
     return entry.evaluate(model, settings, sample_fn=draw)
 
 
+def _with_weights(model: torch.nn.Module, path: str) -> torch.nn.Module:
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def _zoo_program(model: torch.nn.Module):
+    # What `load_program_ref("zoo:moviegen")` builds, around `model` (batch 2, seed 0).
+    from optkit.ir.capture import capture
+
+    entry = get_model("moviegen")
+    program = capture(model, entry.example_inputs(model, 2, 0), name="moviegen-tiny")
+    program.meta = {"zoo": entry.name, "size": "tiny", "task": entry.task}
+    return program.with_workload(entry.workload(model=model))
+
+
 def bench_distill(args: argparse.Namespace) -> dict:
-    teacher = load_program_ref("zoo:moviegen")
     teacher_module = get_model("moviegen").create("tiny")
+    if getattr(args, "teacher_checkpoint", None):  # other weights for the teacher (e.g. trained longer)
+        teacher_module = _with_weights(teacher_module, args.teacher_checkpoint)
+        teacher = _zoo_program(teacher_module)
+    else:
+        teacher = load_program_ref("zoo:moviegen")
     settings = EvalSettings(num_samples=args.samples, steps=20, seed=0, batch_size=10)
     seeds = range(args.psnr_seeds)
     draw_teacher = sampler_for(teacher)

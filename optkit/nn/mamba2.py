@@ -149,7 +149,7 @@ def _chunk_scan(states: torch.Tensor, log_gain: torch.Tensor) -> torch.Tensor:
     the blocks, and each block's incoming state is added decayed. Cost C * SCAN_BLOCK per state
     entry on each of log_SCAN_BLOCK(C) levels; every level is a few matmuls, so the captured graph
     stays shallow (a doubling scan's chained elementwise steps fuse into one kernel whose inlined
-    expression doubles with each step, which took TVM half an hour to compile at 16K tokens).
+    expression doubles with each step: TVM was still compiling it after 30 minutes at 16K tokens).
     """
     bsz, n = states.shape[:2]
     if n <= SCAN_BLOCK:
