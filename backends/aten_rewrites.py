@@ -210,9 +210,9 @@ def _half_matmul_result(node: fx.Node) -> bool:
 
 
 def _select_index_from_start(node: fx.Node) -> bool:
-    x, dim, index = node.args[0], int(node.args[1]), int(node.args[2])
+    x, dim, index = node.args[:3]
     val = _val(x)
-    if index >= 0 or val is None:
+    if not (isinstance(dim, int) and isinstance(index, int)) or index >= 0 or val is None:
         return False
     node.args = (x, dim, index + int(val.shape[dim]))
     return True
