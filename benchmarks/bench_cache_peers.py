@@ -102,7 +102,7 @@ class LinearFlops:
                 module.register_forward_hook(self._count)
 
     def _count(self, module: torch.nn.Linear, args: tuple, _out: Any) -> None:
-        self.macs += args[0].numel() // module.in_features * module.in_features * module.out_features
+        self.macs += args[0].numel() * module.out_features  # rows x in x out
 
 
 def eager_sampler(model: torch.nn.Module, program: optkit.Program) -> Callable[[int], torch.Tensor]:
@@ -163,9 +163,8 @@ def peer_configs() -> list[tuple[str, Callable[[torch.nn.Module], None]]]:
             cache_interval=interval,
             max_order=order,
             taylor_factors_dtype=torch.float32,
-            cache_identifiers=[
-                r"transformer_blocks\.\d+"
-            ],  # its default patterns expect `attn`, DiT has `attn1`
+            # whole blocks: its default patterns expect `attn`, and DiT's attention is `attn1`
+            cache_identifiers=[r"transformer_blocks\.\d+"],
         )
         out.append(
             (
@@ -186,11 +185,12 @@ def timed_speedup(plain: Callable[[int], Any], fast: Callable[[int], Any], repea
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from examples.diffusers_digits.model import load_model
+    from diffusers.hooks import HookRegistry
+
+    from examples.diffusers_digits.model import DIT, load_model
 
     program = optkit.load_model(REF)
-
-    model, _ = load_model(ROOT / "examples" / "diffusers_digits" / "dit")
+    model, _ = load_model(DIT)
     counter = LinearFlops(model)
     plain = eager_sampler(model, program)
     ref = torch.cat([plain(s) for s in EVAL_SEEDS])
@@ -209,8 +209,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, apply in peer_configs():
         hooked = copy.deepcopy(model)
         apply(hooked)
-        from diffusers.hooks import HookRegistry
-
         # The copy carries the reference model's registry, whose cached list of child registries
         # predates the hooks just added.
         HookRegistry.check_if_exists_or_initialize(hooked).invalidate_child_registries_cache()
