@@ -12,8 +12,9 @@ against 16 ms for all of ONNX Runtime.
 activations, residual adds), so that transposes remain only where the graph leaves the conv
 chain (the input, a `mean` over H and W, a flatten). `clip` (ReLU6, hardtanh) has no layout rule
 in TVM 0.27 and would force a transpose pair around every activation, so it is spelled
-`minimum(maximum(x, lo), hi)` first. int8 convs keep NCHW: their kernels (`vnni.py`) choose
-their own layout.
+`minimum(maximum(x, lo), hi)` first. int8 convs go NHWC too where the VNNI kernels take them
+(`vnni.py` reads NHWC), and keep NCHW elsewhere. A W8A8 MobileNetV2 has float convs too: its
+depthwise convs compute in float32 (`quantized.py`).
 """
 
 from __future__ import annotations
@@ -28,26 +29,27 @@ log = logging.getLogger(__name__)
 NHWC = ["NHWC", "OHWI"]
 
 
-def channels_last(mod: Any, fold_weights: bool = True) -> tuple[Any, int]:
+def channels_last(mod: Any, fold_weights: bool = True, int8: bool = False) -> tuple[Any, int]:
     """`mod` with its float32 conv2d ops in NHWC / OHWI (see the module docstring), and how many.
 
     With `fold_weights=False` the weights' OIHW -> OHWI transposes stay `permute_dims` of the
     original constants: `pack_weights` reads them through that binding, so no transposed copy
-    of every conv weight is made only to be replaced by its packed panels.
+    of every conv weight is made only to be replaced by its packed panels. `int8`: int8 convs
+    go NHWC too (the VNNI kernels read NHWC, `packing._vnni_conv`); otherwise they keep NCHW,
+    whatever layout flows into them.
     """
     from tvm import relax
 
     convs = [0]
 
     def desired(call: Any) -> dict[str, list[str]]:
-        if (
-            str(getattr(call.op, "name", "")) == "relax.nn.conv2d"
-            and str(call.args[0].ty.dtype) == "float32"
-            and str(call.attrs.data_layout) == "NCHW"
-        ):
+        if str(getattr(call.op, "name", "")) != "relax.nn.conv2d" or str(call.attrs.data_layout) != "NCHW":
+            return {}
+        dtype = str(call.args[0].ty.dtype)
+        if dtype == "float32" or (int8 and dtype == "int8"):
             convs[0] += 1
             return {"relax.nn.conv2d": NHWC}
-        return {}
+        return {"relax.nn.conv2d": ["NCHW", "OIHW"]}
 
     mod = _clip_as_min_max(mod)
     if not _has_float_conv(mod):

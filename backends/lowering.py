@@ -270,6 +270,7 @@ def _specialize(
         "packed_matmuls": 0,
         "packed_convs": 0,
         "depthwise_convs": 0,
+        "padded_matmuls": 0,
         "channels_last_convs": 0,
         "vnni_kernels": 0,
         "fast_math_ops": 0,
@@ -283,11 +284,12 @@ def _specialize(
     from optkit.backends.vnni import target_has_vnni
     from tvm import relax
 
-    mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False)
+    vnni = target_has_vnni(spec.tvm_target())
+    mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(
         mod,
-        vnni=target_has_vnni(spec.tvm_target()),
+        vnni=vnni,
         progress=progress,
         consumed=release.consumed if release is not None else None,
     )
@@ -299,6 +301,7 @@ def _specialize(
         packed_matmuls=packed["matmul"],
         packed_convs=packed["conv2d"],
         depthwise_convs=packed["depthwise"],
+        padded_matmuls=packed["padded"],
         vnni_kernels=packed["vnni"],
     )
     mod, _ = cancel_transposes(mod)

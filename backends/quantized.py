@@ -7,7 +7,7 @@
 |---|---|
 | `linear_w8a8` | quantize x to int8 -> `matmul(int8, int8, out_dtype=int32)` -> zero-point correction, rescale and bias as the matmul's epilogue (FuseOps fuses them into one kernel) |
 | `linear_wq` | one TE kernel: the reduction reads packed int4 (or int8) weights, unpacks the nibble, subtracts the zero point and multiplies by the group scale inside the K loop; no float weight is materialized |
-| `conv2d_w8a8` | int8 grid for x, `conv2d` on int32-widened centered activations and int8 weights with int32 accumulation, per-channel rescale and bias |
+| `conv2d_w8a8` | int8 grid for x; grouped (depthwise) convs and short reductions (an RGB stem): `conv2d` in float32 on the centered activations and the int8 weights, exact while the sums stay below 2^24; other groups-1 convs: `conv2d(int8, int8, out_dtype=int32)` with zero-point padding and a constant zero x sum(w) correction; the remaining grouped convs in int32; per-channel rescale and bias |
 | `act_qdq` | elementwise round onto the int8 grid and back |
 | `aten.amax` | `max(x, axis, keepdims)`: per-token activation scales (`max|x_row| / 127`) reduce with it; TVM 0.27's importer has no converter, and PyTorch's decomposition needs `prims.broadcast_in_dim`, which it lacks too |
 
@@ -98,6 +98,21 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
     x, x_scale, x_zero, w_q, w_scale, _w_zero, bias, stride, padding, dilation, groups = _args(node, importer)
     xq = _quantize(bb, x, x_scale, x_zero)
     zf = bb.emit(op.astype(x_zero, "float32"))
+    if _in_float32(w_q, groups):
+        # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero
+        # padding. Every partial sum is an integer below 2^24, so float32 computes it exactly, and
+        # the conv gets the float kernels (`packing.py`): a depthwise conv the vectorized NHWC
+        # one instead of TVM's generic int32 grouped conv, an RGB stem the packed conv that reads
+        # the NCHW image in place instead of a 4-channel im2col.
+        xc = bb.emit(op.subtract(xq, zf))
+        wf = bb.emit(op.astype(w_q, "float32"))  # a constant once the weights are bound
+        acc = bb.emit(
+            op.nn.conv2d(
+                xc, wf, strides=stride, padding=padding, dilation=dilation, groups=groups, out_dtype="float32"
+            )
+        )
+        scale = bb.emit(op.multiply(x_scale, bb.emit(op.reshape(w_scale, (1, -1, 1, 1)))))
+        return bb.emit(op.add(bb.emit(op.multiply(acc, scale)), bb.emit(op.reshape(bias, (1, -1, 1, 1)))))
     if groups == 1:
         # int8 x int8 -> int32. Padding must mean 0, so it holds the zero point: pad the centered
         # values with 0 and add the zero point back; then subtract zero * sum(w) per output
@@ -125,6 +140,19 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
     scale = bb.emit(op.multiply(x_scale, bb.emit(op.reshape(w_scale, (1, -1, 1, 1)))))  # (1 or N, Cout, 1, 1)
     y = bb.emit(op.multiply(bb.emit(op.astype(acc, "float32")), scale))
     return bb.emit(op.add(y, bb.emit(op.reshape(bias, (1, -1, 1, 1)))))
+
+
+DOT_DEPTH = 4  # channels per int8 dot product (vpdpbusd); fewer input channels compute in float32
+
+
+def _in_float32(w_q: Any, groups: int) -> bool:
+    """Whether an int8 conv computes in float32: it is grouped (depthwise) or has fewer input
+    channels than one int8 dot product takes (an RGB stem: its im2col pads 3 channels to 4, and
+    its 3-byte pixels copy one by one; 5.2 ms of a W8A8 MobileNetV2's 26 at batch 8), and its
+    sums fit float32 exactly ((Cin / groups) x Kh x Kw products of at most 255 x 128 each, below
+    2^24 in all)."""
+    _co, ci_per_group, kh, kw = (int(d) for d in w_q.ty.shape)
+    return (groups > 1 or ci_per_group < DOT_DEPTH) and ci_per_group * kh * kw * 255 * 128 < 2**24
 
 
 def _linear_wq(node: Any, importer: Any) -> Any:

@@ -93,3 +93,23 @@ def test_depthwise_block_matches_torch(batch):
     assert artifact.info["channels_last_convs"] == 5
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_w8a8_depthwise_block_matches_its_program():
+    # The int8 depthwise convs compute in float32 (exact: their sums stay below 2^24) on the
+    # NHWC depthwise kernel; the 1x1 int8 convs stay int8 and take the NHWC layout with them.
+    from optkit.backends.targets import resolve_target
+    from optkit.backends.vnni import target_has_vnni
+
+    from optkit.pipeline import PassManager, build_passes
+
+    torch.manual_seed(0)
+    program = capture(DepthwiseBlock().eval(), (torch.randn(2, 8, 10, 10),))
+    quantized = PassManager(build_passes(["ptq"])).run(program).program
+    assert quantized.op_counts().get("conv2d_w8a8", 0) == 5
+    artifact = lower(quantized, "cpu", num_cores=1)
+    assert artifact.info["depthwise_convs"] == 3
+    if target_has_vnni(resolve_target("cpu").tvm_target()):
+        assert artifact.info["vnni_kernels"] == 2
+    (got,) = artifact.run(*quantized.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)

@@ -66,6 +66,42 @@ def test_transposed_conv_matches_torch(layer, packed):
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
 
 
+def test_nhwc_convs_on_narrow_images_match_torch():
+    # After the first conv the activations are NHWC. A 7-pixel image row splits by no register
+    # tile height, so the 3 x 3 conv tiles its flattened pixels (`packed_conv2d_rows`); the
+    # strided conv after it has more output channels (128) than pixels (1 x 4 x 4), so its
+    # schedule sweeps the weight panel by panel.
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(4, 32, 1),
+        nn.ReLU(),
+        nn.Conv2d(32, 64, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(64, 128, 3, 2, 1),
+    ).eval()
+    program = capture(model, (torch.randn(1, 4, 7, 7),))
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["packed_convs"] == 3
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
+class _Scores(nn.Module):
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(q @ k.transpose(-1, -2) / 4.0, dim=-1) @ v
+
+
+def test_activation_matmul_of_odd_width_is_padded_and_matches_torch():
+    # 19 tokens: no vector width divides the score matrix's rows, so the keys get zero columns.
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 19, 16) for _ in range(3))
+    program = capture(_Scores().eval(), (q, k, v))
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["padded_matmuls"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
 def test_unpackable_layers_keep_the_generic_kernels():
     # 5 output channels: no panel width divides it; grouped conv: not packed. Both still match.
     torch.manual_seed(0)
