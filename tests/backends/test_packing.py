@@ -68,22 +68,22 @@ def test_transposed_conv_matches_torch(layer, packed):
 
 def test_nhwc_convs_on_narrow_images_match_torch():
     # After the first conv the activations are NHWC. A 7-pixel image row splits by no register
-    # tile height, so the 3 x 3 conv tiles its flattened pixels (`packed_conv2d_rows`); the
-    # strided conv after it has more output channels (128) than pixels (1 x 4 x 4), so its
-    # schedule sweeps the weight panel by panel.
+    # tile height, so the 3 x 3 convs tile their flattened pixels (`packed_conv2d_rows`); their
+    # weights (2.3 MiB) outgrow the cache and the pixels (49, then 16) are fewer than the
+    # output channels (256), so their schedules sweep the weight panel by panel.
     torch.manual_seed(0)
     model = nn.Sequential(
-        nn.Conv2d(4, 32, 1),
+        nn.Conv2d(4, 256, 1),
         nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1),
+        nn.Conv2d(256, 256, 3, padding=1),
         nn.ReLU(),
-        nn.Conv2d(64, 128, 3, 2, 1),
+        nn.Conv2d(256, 256, 3, 2, 1),
     ).eval()
     program = capture(model, (torch.randn(1, 4, 7, 7),))
     artifact = lower(program, "cpu", num_cores=1)
     assert artifact.info["packed_convs"] == 3
     (got,) = artifact.run(*program.example_inputs)
-    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-4)
 
 
 class _Scores(nn.Module):
