@@ -251,11 +251,28 @@ def im2col(bb: Any, x: Any, kh: int, kw: int, stride: list[int], dilation: list[
         return value if c4 == c else tirx.if_then_else(ch < c, value, tirx.const(0, src.dtype))
 
     cols = te.compute((b, oh, ow, kh, kw, c4), tap, name="im2col")
-    func = te.create_prim_func([src, cols]).without_attr("global_symbol")
+    func = _schedule_im2col(te.create_prim_func([src, cols]).without_attr("global_symbol"), c4)
     func = func.with_attr("op_pattern", 8)  # kOpaque
     gvar = bb.add_func(func, "im2col")
     out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, oh, ow, kh, kw, c4], str(x.ty.dtype))))
     return bb.emit(relax.op.reshape(out, (b * oh * ow, kh * kw * c4)))
+
+
+def _schedule_im2col(func: Any, channels: int) -> Any:
+    """Images x rows in parallel, the other loops nested, each tap's channels one vector copy.
+    The generic elementwise rule fused all six loops and split off 16 bytes, so every 16-byte
+    copy decoded six indices by div / mod: a W8A8 ResNet-18's im2col ran at 2 GB/s, 11 of its 37 ms."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    loops = sch.get_loops(sch.get_sblock("im2col"))
+    sch.parallel(sch.fuse(loops[0], loops[1]))
+    width = next((v for v in (64, 32, 16) if channels % v == 0), None)
+    if width is not None:
+        sch.vectorize(sch.split(loops[5], factors=[None, width])[1])
+    elif channels <= 64:
+        sch.vectorize(loops[5])
+    return sch.mod["main"].with_attr("tirx.is_scheduled", True)
 
 
 def conv_weight(w: np.ndarray) -> np.ndarray:
