@@ -13,9 +13,11 @@ unpacked and 120 for numpy's OpenBLAS.
 | `matmul(x[..., K], W[K, N])`, W constant, float32 (or int8 -> int32) | `y[M, N] = sum_k x[m, k] * Wp[n / P, k, n % P]` |
 | `nn.conv2d(x, W)`, NCHW, W constant, groups 1 | `y[n, h, w, co] = sum x_pad[n, ci, h*s + kh*d, w*s + kw*d] * Wp[co / P, ci, kh, kw, co % P]`, then NHWC -> NCHW |
 | `nn.conv2d(x, W)`, NHWC (`layout.py`), float32, groups 1 | `y[n, h, w, co] = sum x_pad[n, h*s + kh*d, w*s + kw*d, ci] * Wp[co / P, kh, kw, ci, co % P]` (input channel innermost: both operands stream); an input that is a transpose of an NCHW tensor is read in place by the NCHW kernel |
+| the same, output width not a multiple of the 8-row tile (7 x 7 images) | `rows[n*OH*OW + h*OW + w, co]` over flattened pixels (8-row tiles whatever the width), then the NHWC output, inlined into the tile write-back |
 | `nn.conv2d(x, W)`, NHWC, float32, depthwise (groups = channels) | `y[n, h, w, c] = sum x[n, h*s + kh*d - p, w*s + kw*d - p, c] * W[kh, kw, c]`, padding read in place: vectorized over the channels, whatever the image width |
 | `nn.conv2d_transpose(x, W)`, kernel == stride, no padding | `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]` (packed as above), patches put in place |
-| int8 `matmul` / `conv2d` on a CPU with AVX-512 VNNI | `vnni.py` (NHWC im2col for convs) |
+| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py` (NHWC im2col for convs) |
+| float32 `matmul(a, b)`, b not constant, output width not a multiple of 4 (attention scores) | `matmul(a, pad(b))` over a multiple of 16 columns, sliced back |
 
 All put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
 spatial axis (rows of x, or output pixels of the image) into registers. The conv kernels are

@@ -9,6 +9,11 @@
 - `vit_tiny`: a ViT-Ti/16-style encoder (Dosovitskiy et al. 2021; DeiT-Ti sizes: dim 192,
   3 heads, MLP 768): patch embedding conv, class token, learned positions, pre-norm blocks.
   Deviation: `depth` defaults to 6 (the paper's 12) to keep the benchmark short.
+- `llama_64tok`, `llama_512tok`: a Llama-style decoder (Touvron et al. 2023: pre-norm blocks with
+  RMSNorm, rotary position embeddings, causal attention, SwiGLU MLP; `optkit.zoo.textlm`'s
+  blocks) at dim 512, 8 heads, SwiGLU width 1408, 4 layers, prefilling one sequence of 64 or
+  512 tokens (batch 1 whatever `batch` says: a decoder serves one prompt at a time). Deviation:
+  a 256-symbol byte vocabulary (textlm's), so the embedding and output head are small.
 
 BatchNorm running statistics are randomized so that folding them is not a no-op.
 """
@@ -167,14 +172,30 @@ def randomize_batchnorm(model: nn.Module, seed: int = 0) -> nn.Module:
     return model.eval()
 
 
+LLAMA_TOKENS = {"llama_64tok": 64, "llama_512tok": 512}
+
+
+def llama(tokens: int) -> nn.Module:
+    """The Llama-style decoder above, random weights, rotary tables for `tokens` positions."""
+    from optkit.zoo.textlm import TextLMConfig, build
+
+    return build(TextLMConfig(dim=512, depth=4, heads=8, hidden=1408, context=tokens)).eval()
+
+
 def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """(model in eval mode, example input) of family `name` at `batch` x 3 x `image` x `image`."""
+    """(model in eval mode, example input) of family `name`: images `batch` x 3 x `image` x
+    `image`, or for the decoders one sequence of token ids."""
     torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    if name in LLAMA_TOKENS:
+        tokens = LLAMA_TOKENS[name]
+        return llama(tokens), torch.randint(0, 256, (1, tokens), generator=gen)
     builders = {"mobilenet_v2": MobileNetV2, "resnet18": ResNet18, "vit_tiny": lambda: ViT(image=image)}
     if name not in builders:
-        raise KeyError(f"unknown family {name!r}; known: {', '.join(builders)}")
+        raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
     model = randomize_batchnorm(builders[name](), seed)
-    return model, torch.randn(batch, 3, image, image, generator=torch.Generator().manual_seed(seed))
+    return model, torch.randn(batch, 3, image, image, generator=gen)
 
 
-FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny")
+FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny", *LLAMA_TOKENS)
+CNN_FAMILIES = ("mobilenet_v2", "resnet18")
