@@ -301,7 +301,9 @@ def _pad_columns(bb: Any, call: Any, lookup: Any = None) -> Any | None:
         pass
     w_shape = _static_shape(w)
     n = w_shape[-1]
-    if str(call.ty.dtype) != "float32" or str(w.ty.dtype) != "float32" or n % 4 == 0 or n < PAD_COLUMNS:
+    if len(w_shape) < 2 or str(call.ty.dtype) != "float32" or str(w.ty.dtype) != "float32":
+        return None
+    if n % 4 == 0 or n < PAD_COLUMNS:
         return None
     wide = -(-n // PAD_COLUMNS) * PAD_COLUMNS
     padded = bb.emit(relax.op.nn.pad(w, [0, 0] * (len(w_shape) - 1) + [0, wide - n]))
@@ -393,6 +395,7 @@ def _pad_nhwc(bb: Any, x: Any, pad: list[int]) -> Any:
 
 
 def _packed_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
+    from optkit.backends.cpu_schedules import ROW_TILE
     from tvm import relax
 
     nhwc = _nhwc_conv(call, lookup)
@@ -415,8 +418,6 @@ def _packed_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
         kh, kw = w_hwio.shape[:2]
         oh = (h + pad[0] + pad[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
         ow = (wd + pad[1] + pad[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-        from optkit.backends.cpu_schedules import ROW_TILE
-
         if ow % ROW_TILE:
             # Too narrow an image row for the full register tile: tile the flattened pixels.
             kernel = _conv_rows_te(panel, stride, dilation, oh, ow)
@@ -663,9 +664,8 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
         xu = vnni.to_unsigned(bb, x)
     elif conv is not None and _int8_pair(conv[0], conv[1], call):
         x, w_np, stride, dilation, pad = conv
-        xu = bb.emit(
-            relax.op.permute_dims(vnni.to_unsigned(bb, x), (0, 2, 3, 1))
-        )  # NHWC, fused with the shift
+        # to NHWC, in the kernel that shifts to uint8
+        xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x), (0, 2, 3, 1)))
     else:
         return None
     co, _, kh, kw = w_np.shape

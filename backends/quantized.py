@@ -7,7 +7,7 @@
 |---|---|
 | `linear_w8a8` | quantize x to int8 -> `matmul(int8, int8, out_dtype=int32)` -> zero-point correction, rescale and bias as the matmul's epilogue (FuseOps fuses them into one kernel) |
 | `linear_wq` | one TE kernel: the reduction reads packed int4 (or int8) weights, unpacks the nibble, subtracts the zero point and multiplies by the group scale inside the K loop; no float weight is materialized |
-| `conv2d_w8a8` | int8 grid for x; grouped (depthwise) convs and short reductions (an RGB stem): `conv2d` in float32 on the centered activations and the int8 weights, exact while the sums stay below 2^24; other groups-1 convs: `conv2d(int8, int8, out_dtype=int32)` with zero-point padding and a constant zero x sum(w) correction; the remaining grouped convs in int32; per-channel rescale and bias |
+| `conv2d_w8a8` | int8 grid for x; grouped (depthwise) convs and convs over fewer than 4 input channels (an RGB stem): `conv2d` in float32 on the centered activations and the int8 weights, exact while the sums stay below 2^24; other groups-1 convs: `conv2d(int8, int8, out_dtype=int32)` with zero-point padding and a constant zero x sum(w) correction; the remaining grouped convs in int32; per-channel rescale and bias |
 | `act_qdq` | elementwise round onto the int8 grid and back |
 | `aten.amax` | `max(x, axis, keepdims)`: per-token activation scales (`max|x_row| / 127`) reduce with it; TVM 0.27's importer has no converter, and PyTorch's decomposition needs `prims.broadcast_in_dim`, which it lacks too |
 

@@ -34,8 +34,10 @@ M x K x N, median of 30 interleaved rounds: 128x192x768 184 -> 540 GOP/s, 512x12
 138 -> 498, 49x576x96 46 -> 505, 256x512x2048 252 -> 524 (that shape varies 350-650 from run
 to run here), 196x1152x192 209 -> 476, 784x72x32 113 -> 469. End to end (TVM, 1 thread, same
 run): dit:small int8 runs 2.2x faster than float (1.4x with the old kernel), moviegen:small
-1.44x (1.02x); W8A8 MobileNetV2 stays slower than float (0.59x, from 0.46x), its time being
-in the int32 depthwise convs. Used when the llvm target reports `avx512vnni`.
+1.44x (1.02x); W8A8 MobileNetV2 stayed slower than float (0.59x, from 0.46x), its time being
+in the int32 depthwise convs; since those compute in exact float32 on the NHWC depthwise kernel
+(`quantized.py`) and the int8 convs run NHWC, it is 1.36x faster than float (batch 8,
+`bench_families`). Used when the llvm target reports `avx512vnni`.
 """
 
 from __future__ import annotations
