@@ -188,8 +188,10 @@ def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module,
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if name in LLAMA_TOKENS:
+        from optkit.zoo.textlm import VOCAB
+
         tokens = LLAMA_TOKENS[name]
-        return llama(tokens), torch.randint(0, 256, (1, tokens), generator=gen)
+        return llama(tokens), torch.randint(0, VOCAB, (1, tokens), generator=gen)
     builders = {"mobilenet_v2": MobileNetV2, "resnet18": ResNet18, "vit_tiny": lambda: ViT(image=image)}
     if name not in builders:
         raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
