@@ -2,7 +2,8 @@
 
 From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transformers:
 
-- precisions W8A8 (int8 GEMM), W4A8 (group-wise int4 weights, int8 activations), W4A16 / W8A16
+- precisions W8A8 (int8 GEMM), W4A8 (group-wise int4 weights, int8 activations), W4A4 (4-bit
+  activations too: SVDQuant's per-group scales by default, see below), W4A16 / W8A16
   (weight-only), per-tensor, per-channel or per-group weight scales, RTN or GPTQ rounding;
 - calibration read from the model's Workload: the example inputs, the workload's calibration
   data (`--calib`: batches, images or tokens; the default when given), or — for models the
@@ -53,8 +54,11 @@ of the layer's output with its input and weight quantized on sampled calibration
 (`optkit.quant.smoothing.search_alpha`; PTQ4DiT's per-layer channel balancing, searched).
 
 `activations = "per-token"` quantizes each Linear's input per row (token) at run time, with
-the scale `max|x_row| / 127` computed in the graph (`optkit.quant.rewrite`): the W8A8 recipe
-of LLMs, whose activations carry a few huge outlier channels in a few tokens. `recipe = "auto"`
+the scale `max|x_row| / 127` computed in the graph (`optkit.quant.activations`): the W8A8 recipe
+of LLMs, whose activations carry a few huge outlier channels in a few tokens. `"per-group"`
+gives each `act_group_size` input channels of a row their own scale (SVDQuant's W4A4 recipe, the
+`auto` choice at `abits = 4`; at 8 bits it runs the float GEMM on int8-grid values instead of
+the int8 GEMM). Convolutions keep calibrated int8 activations at any `abits`. `recipe = "auto"`
 picks the activation handling for the model: it quantizes a copy with each of static and
 per-token scales, each without SmoothQuant and with it at every alpha of `recipe_alphas` (an
 alpha is skipped when no layer's input passes `smooth_threshold`, as it would change nothing), scores
@@ -89,6 +93,7 @@ from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
 from optkit.metrics import sqnr_db
 from optkit.pipeline import Pass, PassConfig, PassResult, Tolerance, register_pass
+from optkit.quant.activations import ACT_BITS, ACT_MODES, ActMode, layer_mode
 from optkit.quant.advice import sqnr_floor_hint, worst_layers
 from optkit.quant.calibration import calibration_batches, resolve_mode
 from optkit.quant.lowrank import LowRankSplit, choose_branches, insert_lowrank_branch, lowrank_sites
@@ -135,7 +140,7 @@ class PTQConfig(PassConfig):
     """Post-training quantization settings (see the module docstring)."""
 
     wbits: Literal[4, 8] = 8
-    abits: Literal[8, 16] = 8
+    abits: Literal[4, 8, 16] = 8  # 16: float activations (weight-only)
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int = 64
     symmetric: bool = True
@@ -163,8 +168,10 @@ class PTQConfig(PassConfig):
     lowrank: int = 0  # SVDQuant: rank of a float16 low-rank branch beside each quantized Linear; 0 = off
     lowrank_fraction: float = 1.0  # share of eligible Linears that get it (largest weight-error gain first)
     lowrank_skip: tuple[str, ...] = ()  # module paths or globs that get no branch (still quantized)
-    # Linear activation scales: calibrated ("static"), or each row's at run time ("per-token")
-    activations: Literal["static", "per-token"] = "static"
+    # Linear activation scales: calibrated ("static"), or at run time per row ("per-token") or
+    # per `act_group_size` input channels of a row ("per-group"); auto: per-group at abits=4
+    activations: Literal["auto", "static", "per-token", "per-group"] = "auto"
+    act_group_size: int = 64
     recipe: Literal["given", "auto"] = "given"  # auto: activations and smoothquant chosen by output SQNR
     recipe_alphas: tuple[float, ...] = (0.5, 0.8)  # SmoothQuant alphas recipe "auto" tries besides 0
 
@@ -196,18 +203,26 @@ class PTQConfig(PassConfig):
             raise ConfigError(
                 f"timestep_groups > 1 groups activation scales and needs abits=8, got abits={self.abits}"
             )
-        if self.activations not in ("static", "per-token"):
-            raise UnknownNameError("ptq activations", str(self.activations), ("static", "per-token"))
+        if self.activations not in ("auto", *ACT_MODES):
+            raise UnknownNameError("ptq activations", str(self.activations), ("auto", *ACT_MODES))
+        if isinstance(self.act_group_size, bool) or not isinstance(self.act_group_size, int):
+            raise ConfigError(f"act_group_size must be an integer >= 2, got {self.act_group_size!r}")
+        if self.act_group_size < 2:
+            raise ConfigError(
+                f"act_group_size (input channels per activation scale) must be >= 2, got {self.act_group_size}"
+            )
         if self.recipe not in ("given", "auto"):
             raise UnknownNameError("ptq recipe", str(self.recipe), ("given", "auto"))
-        if self.activations == "per-token" and self.abits != 8:
+        dynamic = self.activations in ("per-token", "per-group")
+        if dynamic and self.abits not in ACT_BITS:
             raise ConfigError(
-                f"activations='per-token' quantizes activations and needs abits=8, got abits={self.abits}"
+                f"activations={self.activations!r} quantizes activations and needs abits=4 or 8, got "
+                f"abits={self.abits}"
             )
-        if self.activations == "per-token" and self.timestep_groups > 1:
+        if (dynamic or self.abits == 4) and self.timestep_groups > 1:
             raise ConfigError(
-                "activations='per-token' computes each row's scale at run time; timestep_groups > 1 picks "
-                "calibrated scales by timestep: choose one"
+                f"activations={self.act_mode()!r} at abits={self.abits} computes scales at run time or on a "
+                "4-bit grid; timestep_groups > 1 picks calibrated int8 scales by timestep: choose one"
             )
         if self.recipe == "auto":
             if self.abits != 8:
@@ -226,9 +241,10 @@ class PTQConfig(PassConfig):
             raise ConfigError(
                 f"smoothquant_search must be a list of SmoothQuant alphas in [0, 1], got {self.smoothquant_search!r}"
             )
-        if self.smoothquant_search and self.abits != 8:
+        if self.smoothquant_search and self.abits not in ACT_BITS:
             raise ConfigError(
-                f"smoothquant_search scores alphas with quantized activations and needs abits=8, got {self.abits}"
+                f"smoothquant_search scores alphas with quantized activations and needs abits=4 or 8, got "
+                f"{self.abits}"
             )
         if not 0.0 <= self.smoothquant <= 1.0:
             raise ConfigError(f"smoothquant (alpha) must be in [0, 1] (0 = off), got {self.smoothquant}")
@@ -264,6 +280,13 @@ class PTQConfig(PassConfig):
         if self.observer != "auto":
             return self.observer
         return "minmax" if self.calibration == "single-step" else "percentile"
+
+    def act_mode(self) -> ActMode:
+        """The activation mode `auto` stands for: `per-group` at 4 bits (SVDQuant's W4A4), where
+        one calibrated scale per tensor leaves too few steps for the row's bulk, else `static`."""
+        if self.activations != "auto":
+            return self.activations
+        return "per-group" if self.abits == 4 else "static"
 
     def plan(self, bits: int | None = None) -> LayerPlan:
         bits = bits or self.wbits
@@ -317,7 +340,7 @@ class PostTrainingQuantization(Pass):
         )
         stats = (
             collect_act_stats(program, sites, batches, cfg.observer_kind(), cfg.percentile)
-            if cfg.abits == 8 or cfg.smoothquant or cfg.smoothquant_search
+            if cfg.abits in ACT_BITS or cfg.smoothquant or cfg.smoothquant_search
             else {}
         )
         figures: dict[str, Figure] = {"batchnorms_folded": Figure(bn_folded, "layers")}
@@ -326,7 +349,7 @@ class PostTrainingQuantization(Pass):
             smoothed = self._smooth(program, sites, stats, batches, weights, figures)
             program.graph_module.recompile()
             figures["layers_smoothed"] = Figure(smoothed, "layers")
-            if smoothed and cfg.abits == 8:  # re-observe the rebalanced activations
+            if smoothed and cfg.abits in ACT_BITS:  # re-observe the rebalanced activations
                 sites = [
                     s
                     for s in find_sites(program, cfg.float_patterns())[0]
@@ -361,8 +384,12 @@ class PostTrainingQuantization(Pass):
                 site.weight = w.t().contiguous()
         splits = self._lowrank_splits(sites, stats, bits_by_site, figures) if cfg.lowrank else {}
         stored = float_bytes = branch_bytes = 0
+        fallback = []  # per-group Linears whose input channels the group does not divide
         for site in sites:
             plan = effective_plan(site, cfg.plan(bits_by_site.get(site.node.name)))
+            mode = layer_mode(site, cfg.act_mode(), cfg.act_group_size)
+            if mode != cfg.act_mode() and site.kind == "linear":
+                fallback.append(site.path)
             split = splits.get(site.node.name)
             if split is not None:
                 branch_bytes += insert_lowrank_branch(program, site, split)
@@ -373,7 +400,8 @@ class PostTrainingQuantization(Pass):
                 stats.get(site.node.name),
                 hessians.get(site.node.name),
                 grouped=grouped if plan.abits == 8 else None,
-                per_token=cfg.activations == "per-token" and site.kind == "linear",
+                act_mode=mode,
+                act_group=cfg.act_group_size,
             )
             float_bytes += site.weight.numel() * 4
             label = plan.label() + (f"+lr{split.rank}" if split is not None else "")
@@ -382,6 +410,12 @@ class PostTrainingQuantization(Pass):
         stored += branch_bytes
         if cfg.lowrank:
             figures["lowrank_bytes"] = Figure(branch_bytes, "bytes")
+        if cfg.abits in ACT_BITS:
+            figures["activations"] = Figure(cfg.act_mode())
+        if fallback:
+            figures["per_token_fallback"] = Figure(
+                f"{', '.join(fallback)} (input channels not a multiple of {cfg.act_group_size})"
+            )
         # A sampled model adds every step's error to the next step's input: on zoo:ldm int8
         # residual adds took the samples from 24.8 to 7.3 dB PSNR against float, so "auto"
         # puts them on the int8 grid only for models that are not sampled (the CNN case).
@@ -444,9 +478,11 @@ class PostTrainingQuantization(Pass):
                     absmax,
                     effective_plan(site, cfg.plan()).weight,
                     cfg.smoothquant_search,
-                    per_token=cfg.activations == "per-token",
+                    act_mode=layer_mode(site, cfg.act_mode(), cfg.act_group_size),
                     observer=cfg.observer_kind(),
                     percentile=cfg.percentile,
+                    abits=cfg.abits,
+                    act_group=cfg.act_group_size,
                 )
                 chosen[alpha] = chosen.get(alpha, 0) + 1
                 if not alpha:
@@ -539,10 +575,12 @@ class PostTrainingQuantization(Pass):
             options = []
             if cfg.abits == 8 and cfg.recipe == "given":
                 options.append('recipe="auto" (per-token scales and SmoothQuant, chosen by SQNR)')
-            if cfg.abits == 8 and not cfg.smoothquant:
+            if cfg.abits in ACT_BITS and not cfg.smoothquant:
                 options.append("smoothquant=0.5 (activation outliers)")
-            if cfg.abits == 8:
-                options.append("abits=16 (weight-only)")
+            if cfg.abits == 4 and cfg.act_mode() != "per-group":
+                options.append('activations="per-group" (a scale per 64 input channels)')
+            if cfg.abits in ACT_BITS:
+                options.append(f"abits={16 if cfg.abits == 8 else 8}")
             if cfg.wbits == 4:
                 options.append("wbits=8")
                 if not cfg.lowrank:

@@ -31,8 +31,8 @@ import torch.fx as fx
 from optkit.ir.ops import op_name
 from optkit.ir.program import Program, module_path
 from optkit.quant import ops as qops  # noqa: F401  (registers torch.ops.optkit.*)
+from optkit.quant.activations import ACT_SPEC
 from optkit.quant.observers import Observer, ObserverKind
-from optkit.quant.rewrite import ACT_SPEC
 from optkit.quant.sites import add_buffer
 
 log = logging.getLogger(__name__)

@@ -7,15 +7,15 @@ statistics and GPTQ Hessians come from calibration runs of the float Program. Ke
 |---|---|---|
 | int8 per-channel / per-tensor | int8 | `linear_w8a8`: int8 x int8 -> int32 GEMM |
 | int4 or int8 group-wise | int8 | `act_qdq` + `linear_wq` (activations on the int8 grid, W4A8) |
+| any | 4 | `act_qdq` + `linear_wq` (activations on a 4-bit grid, W4A4) |
 | any | 16 (float) | `linear_wq` (weight-only, W4A16 / W8A16) |
 | conv, int8 per-channel | int8 | `conv2d_w8a8` (int4 conv weights are stored as int8) |
 
-With `per_token`, a Linear's activations are quantized dynamically: each row (token) of its input
-gets the symmetric int8 scale `max|x_row| / 127`, computed in the graph from the input itself
-(`abs -> amax(-1) -> / 127`), so the same kernels take it as a per-row scale with zero point 0
-and the bias stays in float. This is the LLM recipe of LLM.int8() / ZeroQuant ("per-token
-dynamic"): a token with an outlier no longer widens the grid of every other token, and no
-calibrated range can be clipped. Convolutions keep their calibrated per-tensor scale.
+How activations reach their grid (`act_mode`) is `optkit.quant.activations`': calibrated
+per-tensor scales, or scales the graph computes per row (`per-token`: `max|x_row| / 127`, the
+LLM recipe of LLM.int8() / ZeroQuant, which the int8 GEMM takes as a per-row scale with zero
+point 0 and a float bias) or per group of input channels (`per-group`, SVDQuant's W4A4 recipe).
+Convolutions keep calibrated per-tensor int8 scales at any `abits` (`effective_plan`).
 
 Every Linear is covered whatever its width: a group size that does not divide the input
 channels leaves a short last group (`optkit.quant.numerics`), and a 4-bit layer with an odd
@@ -34,10 +34,18 @@ import torch
 import torch.fx as fx
 
 from optkit.ir.program import Program
+from optkit.quant.activations import (
+    ACT_BITS,
+    ActMode,
+    act_qparams,
+    insert_act_qdq,
+    insert_group_qdq,
+    row_scales,
+)
 from optkit.quant.calibration import Batch, watch_inputs
 from optkit.quant.numerics import QuantSpec, scale_zero
 from optkit.quant.observers import Observer, ObserverKind
-from optkit.quant.sites import QuantSite, add_buffer, reads_tied_buffer, replace_site
+from optkit.quant.sites import QuantSite, reads_tied_buffer, replace_site
 from optkit.quant.weights import pack_weight, quantize_gptq, quantize_rtn
 
 if TYPE_CHECKING:
@@ -45,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ACT_SPEC = QuantSpec(8, symmetric=False, granularity="tensor")
 GPTQ_ROWS_PER_CHANNEL = 16  # Hessian rows per input channel GPTQ asks the calibration data for
 
 
@@ -154,7 +161,10 @@ def gptq_hessians(
 
 def effective_plan(site: QuantSite, plan: LayerPlan) -> LayerPlan:
     """`plan` as it applies to `site`: int4 packing holds two output channels per byte, so a
-    Linear with an odd number of outputs (an IoU or score head) is stored as int8 per-channel."""
+    Linear with an odd number of outputs (an IoU or score head) is stored as int8 per-channel;
+    a conv's kernel (`conv2d_w8a8`) takes int8 weights per channel and int8 activations."""
+    if site.kind == "conv":
+        return LayerPlan(QuantSpec(8, True, "channel"), 8)
     if site.kind == "linear" and plan.weight.bits == 4 and site.weight.shape[0] % 2:
         return LayerPlan(QuantSpec(8, True, "channel"), plan.abits)
     return plan
@@ -181,7 +191,8 @@ def quantize_site(
     weight_kn: torch.Tensor | None = None,
     damp: float = 0.01,
     grouped: GroupedActScales | None = None,
-    per_token: bool = False,
+    act_mode: ActMode = "static",
+    act_group: int = 64,
 ) -> int:
     """Rewrite one site to its quantized kernel; returns the bytes of the weight tensors it
     stores (0 when it reads the copy of a site it is tied to).
@@ -190,8 +201,9 @@ def quantize_site(
     weights are rounded by GPTQ with dampening `damp`. With `grouped`, the activation scale and
     zero point are picked per sample from the site's timestep-group tables
     (`optkit.quant.timestep_groups`), and the bias stays in float: no single accumulator grid.
-    With `per_token`, a Linear's activation scales are computed per row at run time (module
-    docstring); `stats` may then be None.
+    With a dynamic `act_mode` (`per-token`, or `per-group` of `act_group` input channels: see
+    `optkit.quant.activations`, whose `layer_mode` says what applies to a layer), a Linear's
+    activation scales are computed at run time; `stats` may then be None.
     """
     w_kn = (
         weight_kn if weight_kn is not None else (site.weight.t().float() if site.kind == "linear" else None)
@@ -202,13 +214,19 @@ def quantize_site(
     assert w_kn is not None
     plan = effective_plan(site, plan)
     spec = plan.weight  # a group size that does not divide K leaves a short last group
-    use_int_gemm = plan.abits == 8 and spec.bits == 8 and spec.symmetric and spec.granularity != "group"
+    dynamic = act_mode != "static" and plan.abits in ACT_BITS
+    use_int_gemm = (
+        plan.abits == 8
+        and spec.bits == 8
+        and spec.symmetric
+        and spec.granularity != "group"
+        and act_mode != "per-group"  # its scale changes along K: no single int GEMM
+    )
     qw = (
         quantize_gptq(w_kn, hessian, spec, damp)
         if hessian is not None and spec.granularity != "tensor"
         else quantize_rtn(w_kn, spec)
     )
-    dynamic = per_token and plan.abits == 8
     if use_int_gemm:
         x_scale, x_zero = (_UNIT_SCALE, _ZERO) if dynamic else act_qparams(stats)
         w_q = qw.q.to(torch.int8)
@@ -226,15 +244,18 @@ def quantize_site(
         rank = _input_rank(site)
         new = replace_site(program, site, torch.ops.optkit.linear_w8a8.default, tensors)
         if dynamic:
-            _select_per_sample(program, new, _per_token_qparams(program, site, new))
+            _select_per_sample(program, new, row_scales(program, site, new, 8))
         elif grouped is not None:
             _select_per_sample(program, new, grouped.select(site, new, rank))
         return 0 if reads_tied_buffer(new, site, "w_q") else w_q.numel() + qw.scale.numel() * 4
-    if plan.abits == 8:
-        q = _insert_act_qdq(program, site, *((_UNIT_SCALE, _ZERO) if dynamic else act_qparams(stats)))
-        if dynamic:
-            _select_per_sample(program, q, _per_token_qparams(program, site, q))
-        elif grouped is not None:
+    if act_mode == "per-group" and plan.abits in ACT_BITS:
+        insert_group_qdq(program, site, act_group, plan.abits)
+    elif dynamic:
+        q = insert_act_qdq(program, site, _UNIT_SCALE, _ZERO)
+        _select_per_sample(program, q, row_scales(program, site, q, plan.abits))
+    elif plan.abits in ACT_BITS:
+        q = insert_act_qdq(program, site, *act_qparams(stats, plan.abits), plan.abits)
+        if grouped is not None:
             _select_per_sample(program, q, grouped.select(site, q, _input_rank(site)))
     group = spec.group_size if spec.granularity == "group" else w_kn.shape[0]
     if spec.granularity == "tensor":
@@ -265,34 +286,8 @@ def on_accumulator_grid(bias: torch.Tensor, x_scale: torch.Tensor, w_scale: torc
     return (torch.round(bias.double() / step) * step).to(bias.dtype)
 
 
-def act_qparams(stats: ActStats | None) -> tuple[torch.Tensor, torch.Tensor]:
-    if stats is None:
-        raise ValueError("activation quantization needs calibration statistics")
-    scale, zero = stats.observer.qparams(ACT_SPEC)
-    # The kernels use the int8 grid: shift the unsigned zero point by 128.
-    return scale.reshape(()).float(), (zero.reshape(()) - 128).to(torch.int8)
-
-
 _UNIT_SCALE = torch.tensor(1.0)  # placeholders of a dynamic layer, replaced in the graph
 _ZERO = torch.tensor(0, dtype=torch.int8)
-TOKEN_SCALE_FLOOR = 1e-8  # an all-zero row (padding) keeps a finite scale
-
-
-def _per_token_qparams(program: Program, site: QuantSite, consumer: fx.Node) -> tuple[fx.Node, fx.Node]:
-    """Nodes, before `consumer`, computing its input's per-row scale `max|x_row| / 127`, shaped
-    (..., 1) like the input, and reading a 0-d int8 zero point."""
-    gm = program.graph_module
-    graph = gm.graph
-    aten = torch.ops.aten
-    x = consumer.args[0]
-    with graph.inserting_before(consumer):
-        amax = graph.call_function(
-            aten.amax.default, (graph.call_function(aten.abs.default, (x,)), [-1], True)
-        )
-        floor = graph.call_function(aten.clamp_min.default, (amax, TOKEN_SCALE_FLOOR))
-        scale = graph.call_function(aten.div.Tensor, (floor, 127.0))  # (..., 1)
-        zero = graph.get_attr(add_buffer(gm, site.path, "x_zero_token", _ZERO.clone()))
-    return scale, zero
 
 
 def _input_rank(site: QuantSite) -> int:
@@ -317,21 +312,6 @@ def _select_per_sample(program: Program, node: fx.Node, selected: tuple[fx.Node,
                 n.op == "get_attr" and n.target == target for n in gm.graph.nodes
             ):
                 delattr(gm, target)
-
-
-def _insert_act_qdq(program: Program, site: QuantSite, scale: torch.Tensor, zero: torch.Tensor) -> fx.Node:
-    gm = program.graph_module
-    graph = gm.graph
-    x = site.node.args[0]
-    with graph.inserting_before(site.node):
-        s = graph.get_attr(add_buffer(gm, site.path, "x_scale", scale))
-        z = graph.get_attr(add_buffer(gm, site.path, "x_zero", zero))
-        q = graph.call_function(torch.ops.optkit.act_qdq.default, (x, s, z))
-    q.meta = dict(site.node.meta)
-    if isinstance(x, torch.fx.Node) and "val" in x.meta:
-        q.meta["val"] = x.meta["val"]
-    site.node.args = (q, *site.node.args[1:])
-    return q
 
 
 def _quantize_conv(

@@ -22,10 +22,11 @@ import torch.fx as fx
 
 from optkit.ir.onnx_io import flat_outputs
 from optkit.ir.program import Program
+from optkit.quant.activations import ACT_BITS, act_qparams, static_range
 from optkit.quant.calibration import Batch
 from optkit.quant.numerics import QuantSpec, scale_zero, sqnr_db
 from optkit.quant.ops import act_qdq
-from optkit.quant.rewrite import ActStats, LayerPlan, act_qparams
+from optkit.quant.rewrite import ActStats, LayerPlan
 from optkit.quant.sites import QuantSite, find_sites
 from optkit.quant.weights import quantize_rtn
 
@@ -51,7 +52,7 @@ class _CachedRunner(fx.Interpreter):
         args, kwargs = self.fetch_args_kwargs_from_env(n)
         values = list(args)
         if site.act is not None:
-            values[0] = act_qdq(values[0], *site.act)
+            values[0] = site.act(values[0])
         values[1] = site.weight
         return n.target(*values, **kwargs)  # type: ignore[operator]
 
@@ -59,12 +60,23 @@ class _CachedRunner(fx.Interpreter):
 @dataclass
 class _FakeSite:
     weight: torch.Tensor  # dequantized, in the layer's own layout
-    act: tuple[torch.Tensor, torch.Tensor] | None
+    act: Callable[[torch.Tensor], torch.Tensor] | None  # the input's grid (calibrated scales)
+
+
+def _static_act(stats: ActStats | None, bits: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An input's calibrated grid, as `optkit.quant.activations.insert_act_qdq` applies it."""
+    x_scale, x_zero = act_qparams(stats, bits)
+    span = static_range(x_scale, x_zero, bits)
+
+    def act(x: torch.Tensor) -> torch.Tensor:
+        return act_qdq(x if span is None else x.clamp(*span), x_scale, x_zero)
+
+    return act
 
 
 def _fake_site(site: QuantSite, plan: LayerPlan, stats: ActStats | None) -> _FakeSite:
     # The same numbers the kernels of `optkit.quant.rewrite` compute with.
-    act = act_qparams(stats) if plan.abits == 8 else None
+    act = _static_act(stats, 8 if site.kind == "conv" else plan.abits) if plan.abits in ACT_BITS else None
     if site.kind == "conv":
         w = site.weight.float()
         amax = w.abs().reshape(w.shape[0], -1).amax(1)

@@ -26,10 +26,10 @@ import torch
 
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
+from optkit.quant.activations import fake_quantize_rows
 from optkit.quant.calibration import Batch, watch_inputs
-from optkit.quant.numerics import QuantSpec, fake_quantize, sqnr_db
-from optkit.quant.observers import Observer, ObserverKind
-from optkit.quant.rewrite import ACT_SPEC
+from optkit.quant.numerics import QuantSpec, sqnr_db
+from optkit.quant.observers import ObserverKind
 from optkit.quant.sites import QuantSite, add_buffer
 from optkit.quant.weights import quantize_rtn
 
@@ -95,36 +95,27 @@ def sample_input_rows(
     return {name: torch.cat(parts)[:rows] for name, parts in held.items() if parts}
 
 
-def _fake_quantize_rows(
-    x: torch.Tensor, per_token: bool, observer: ObserverKind, percentile: float
-) -> torch.Tensor:
-    if per_token:
-        scale = x.abs().amax(1, keepdim=True).clamp(min=1e-8) / 127.0  # (R, 1), zero point 0
-        return torch.clamp(torch.round(x / scale), -128, 127) * scale
-    obs = Observer(observer, percentile)
-    obs.update(x)
-    scale, zero = obs.qparams(ACT_SPEC)
-    return fake_quantize(x, scale, zero, ACT_SPEC)
-
-
 def search_alpha(
     site: QuantSite,
     rows: torch.Tensor,
     act_absmax: torch.Tensor,
     weight_spec: QuantSpec,
     alphas: Sequence[float],
-    per_token: bool = False,
+    act_mode: str = "static",
     observer: ObserverKind = "minmax",
     percentile: float = 99.99,
+    abits: int = 8,
+    act_group: int = 64,
 ) -> tuple[float, dict[float, float]]:
     """The alpha of `alphas` (0 included) whose smoothing gives `site`'s output the highest SQNR
-    on `rows` (R, K) with input and weight quantized, and every alpha's SQNR in dB."""
+    on `rows` (R, K) with input and weight quantized (the input as `act_mode` at `abits` puts
+    it on its grid: `optkit.quant.activations`), and every alpha's SQNR in dB."""
     w_kn = site.weight.t().float()  # (K, N)
     reference = rows @ w_kn
     scores: dict[float, float] = {}
     for alpha in dict.fromkeys((0.0, *alphas)):
         s = smoothing_factors(act_absmax, w_kn, alpha) if alpha else torch.ones(w_kn.shape[0])
-        x_q = _fake_quantize_rows(rows / s, per_token, observer, percentile)
+        x_q = fake_quantize_rows(rows / s, act_mode, abits, act_group, observer, percentile)
         w_q = quantize_rtn(w_kn * s[:, None], weight_spec).dequantized()
         scores[alpha] = sqnr_db(reference, x_q @ w_q)
     best = max(scores, key=lambda a: scores[a])

@@ -33,9 +33,10 @@ import torch.fx as fx
 
 from optkit.errors import ConfigError
 from optkit.ir.program import Program
+from optkit.quant.activations import act_qparams
 from optkit.quant.calibration import Batch
 from optkit.quant.observers import ObserverKind
-from optkit.quant.rewrite import ActStats, act_qparams, collect_act_stats
+from optkit.quant.rewrite import ActStats, collect_act_stats
 from optkit.quant.sites import QuantSite, add_buffer
 
 log = logging.getLogger(__name__)

@@ -210,7 +210,7 @@ def test_nan_in_calibration_is_an_error(transformer_program):
             r"smoothquant_search must be a list of SmoothQuant alphas in \[0, 1\]",
         ),
         ({"smoothquant_search": 0.5}, "smoothquant_search must be a list"),
-        ({"smoothquant_search": [0.5], "abits": 16}, "needs abits=8"),
+        ({"smoothquant_search": [0.5], "abits": 16}, "needs abits=4 or 8"),
         ({"calibration": "random"}, "calibration must be one of"),
     ],
 )

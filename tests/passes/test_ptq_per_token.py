@@ -154,7 +154,7 @@ def test_gptq_asks_the_calibration_data_for_enough_rows():
     ("opts", "match"),
     [
         ({"activations": "dynamic"}, "unknown ptq activations 'dynamic'"),
-        ({"activations": "per-token", "abits": 16}, "needs abits=8"),
+        ({"activations": "per-token", "abits": 16}, "needs abits=4 or 8"),
         ({"recipe": "auto", "abits": 16}, "needs abits=8"),
         ({"recipe": "best"}, "unknown ptq recipe 'best'"),
         (
