@@ -12,7 +12,10 @@ Linear whose branch would hold as many values as its weight gets none (`lowrank_
 the table). `--also-float NAME=PATTERN` repeats NAME's GPTQ rows with PATTERN kept float;
 `--smoothquant A` repeats them with every layer smoothed (SVDQuant's order: smooth, then split),
 `--smoothquant search` with each layer's alpha searched (`ptq`'s `smoothquant_search`);
-`--smoothquant-only` runs those rows alone.
+`--smoothquant-only` runs those rows alone. `--w4a4` runs W4A4 rows alone (`ptq abits=4`: 4-bit
+activations per group of input channels, SVDQuant's recipe), each with and without the branch:
+GPTQ weights, then SmoothQuant 0.5 with the output layer kept float, at activation groups of 64
+(the paper's) and 32.
 Writes docs/benchmarks.md (section bench_quant_lowrank); `--save` / `--render` merge runs made
 in separate processes.
 """
@@ -40,6 +43,10 @@ from optkit.report import Table  # noqa: E402
 
 SEARCH_ALPHAS = (0.25, 0.5, 0.75)  # `--smoothquant search`: ptq's smoothquant_search
 W4A8 = {"wbits": 4, "granularity": "group", "group_size": GROUP}
+# Every row keeps the time embeddings and the input layer float and quantizes the output layer
+# (`ptq`'s default until 2026-11-30, when `output-layer` joined it), unless its note says float.
+TREATMENTS = ("time-embedding", "input-layer")
+SMOOTH_OUT = {"smoothquant": 0.5, "smooth_threshold": 0.0, "treatments": (*TREATMENTS, "output-layer")}
 NAN = float("nan")
 
 # (precision, weight rounding, rank, fraction, extra ptq options, what the extra options are called)
@@ -55,9 +62,32 @@ def narrow_layers(setup: Any, rank: int) -> tuple[str, ...]:
     return tuple(path for path, n, k in n_k if rank * (n + k) >= n * k)
 
 
+W4A4_BLOCKS: list[tuple[str, dict[str, Any]]] = [
+    ("activations per group of 64", {"act_group_size": 64}),
+    (
+        "activations per group of 64; SmoothQuant 0.5; output layer float",
+        {"act_group_size": 64, **SMOOTH_OUT},
+    ),
+    (
+        "activations per group of 32; SmoothQuant 0.5; output layer float",
+        {"act_group_size": 32, **SMOOTH_OUT},
+    ),
+    (
+        "activations per token; SmoothQuant 0.5; output layer float",
+        {"activations": "per-token", **SMOOTH_OUT},
+    ),
+]
+
+
 def variants_for(name: str, args: Any) -> list[Variant]:
     ranks = [int(r) for r in args.ranks.split(",") if r.strip()]
     fractions = [float(f) for f in args.fractions.split(",") if f.strip()]
+    if args.w4a4:
+        return [
+            ("W4A4", "gptq", r, f, extra, what)
+            for what, extra in W4A4_BLOCKS
+            for r, f in [(0, 1.0), *((r, f) for r in ranks for f in fractions)]
+        ]
     blocks: list[tuple[str, dict[str, Any], list[str]]] = [("", {}, args.methods.split(","))]
     floats = [p for m, p in (w.split("=", 1) for w in args.also_float) if m == name]
     if floats:
@@ -94,7 +124,11 @@ def measure_model(name: str, args: Any, weight_files: dict[str, str]) -> tuple[l
     ]
     base: dict[str, float] = {}
     for precision, method, rank, fraction, extra, what in variants_for(name, args):
-        options: dict[str, Any] = {"method": method} if precision == "W8A8" else {**W4A8, "method": method}
+        options: dict[str, Any] = {"method": method, "treatments": TREATMENTS}
+        if precision != "W8A8":
+            options.update(W4A8)
+        if precision == "W4A4":
+            options["abits"] = 4
         options.update(extra)
         note = [what] if what else []
         if rank:
@@ -152,6 +186,7 @@ def main() -> None:
     parser.add_argument(
         "--smoothquant-only", action="store_true", help="only the smoothed rows (with --smoothquant)"
     )
+    parser.add_argument("--w4a4", action="store_true", help="only W4A4 rows (4-bit activations per group)")
     parser.add_argument("--save", help="also write this run's rows to a JSON file")
     parser.add_argument("--render", nargs="+", help="write the docs from JSON files of earlier runs")
     args = parser.parse_args()
@@ -187,17 +222,46 @@ def goal_lines(rows: list[list[Any]]) -> list[str]:
                 f"{best[10]:.0f} KiB against W8A8's {w8[5]:.1f} dB at {w8[10]:.0f} KiB: {margin:+.1f} dB "
                 f"(goal +3 dB at equal or smaller size: {verdict})."
             )
+    return lines + w4a4_goal_lines(rows)
+
+
+def w4a4_goal_lines(rows: list[list[Any]]) -> list[str]:
+    """Issue 15's W4A4 goal on dit (final samples >= 25 dB, class accuracy unchanged): per model
+    with W4A4 rows, the best row at any size and the best within W8A8's size."""
+    lines = []
+    for name in dict.fromkeys(r[0] for r in rows if r[1] == "W4A4"):
+        ref = next((r for r in rows if r[0] == name and r[1] == "float"), None)
+        w8 = next((r for r in rows if r[0] == name and r[1] == "W8A8"), None)
+        w4a4 = [r for r in rows if r[0] == name and r[1] == "W4A4"]
+        pools = [("at any size", w4a4)]
+        if w8 is not None:
+            pools.append((f"within W8A8's {w8[10]:.0f} KiB", [r for r in w4a4 if r[10] <= w8[10]]))
+        for label, pool in pools:
+            if not pool:
+                lines.append(f"- `{name}` W4A4 {label}: no row.")
+                continue
+            best = max(pool, key=lambda r: r[5])
+            acc_same = ref is not None and best[8] >= ref[8]
+            verdict = "met" if best[5] >= 25.0 and acc_same else "missed"
+            rank = f", rank {best[3]}" if best[3] != "" else ", no branch"
+            lines.append(
+                f"- `{name}` W4A4 {label}: best is {best[2]}{rank} ({best[13]}), {best[5]:.1f} dB on final "
+                f"samples, class accuracy {best[8]:.3g} (float {ref[8] if ref else NAN:.3g}), {best[10]:.0f} KiB "
+                f"(goal >= 25 dB with unchanged class accuracy: {verdict})."
+            )
     return lines
 
 
 def write_outputs(runs: list[dict[str, Any]]) -> None:
     """The Markdown section from one or more runs (each: one process)."""
     rows = [r for run in runs for r in run["rows"]]
+    floats = set()  # every run measures its models' float row: keep one per model
+    rows = [r for r in rows if r[1] != "float" or (r[0] not in floats and not floats.add(r[0]))]
     order = {name: i for i, name in enumerate(dict.fromkeys(r[0] for r in rows))}
     rows.sort(key=lambda r: order[r[0]])  # each model's rows together, in run order
     settings = "; ".join(sorted({run["settings"] for run in runs}))
     table = Table(
-        f"W4A8 with SVDQuant's low-rank branch ({settings})",
+        f"W4A8 and W4A4 with SVDQuant's low-rank branch ({settings})",
         [
             "model",
             "precision",
@@ -240,7 +304,10 @@ def write_outputs(runs: list[dict[str, Any]]) -> None:
             f"W4A8: int4 weights in groups of {GROUP}, int8 activations (percentile observer after "
             "all-step calibration); the branch's factors are float16 and counted in *size* (stored "
             "tensors, int4 at half a byte) and in *branch*; *ptq time*: the whole pass (calibration, "
-            "SVD, GPTQ). Time embeddings and the layer reading x_t stay float, as in bench_quant. A "
+            "SVD, GPTQ). W4A4: the same int4 weights and 4-bit activations, on a grid per group of "
+            "input channels of each token (its min and max, with a zero point) unless the note says per "
+            "token. Time embeddings and the layer reading x_t stay float, the output layer is quantized "
+            "unless the note says float (`ptq`'s default before 2026-11-30). A "
             "Linear whose branch would hold as many values as its weight (R (N + K) >= N K) gets none "
             "(`lowrank_skip`, said in the note). Final-sample SQNR compounds every step's error and "
             "moves between neighbouring rows by more than the one-call SQNR does: read both.",

@@ -18,14 +18,14 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
   `time-embedding` (timestep embedding MLPs), `input-layer`, `output-layer` (the layer whose
   output is the model's: a denoiser's final projection), `softmax-input` (the Q/K projections
   feeding attention scores) and `skip-connections` (layers reading a UNet's skip concatenation);
-  the default, `("time-embedding", "input-layer")`, is what `ptq` did before they were named.
+  the default is `("time-embedding", "input-layer", "output-layer")`.
   The older flags still work: `keep_input_layer=false` switches `input-layer` off, and
   `time-embedding` is `keep_float`'s default patterns (`TIME_MODULES`), so a `keep_float` without
   them quantizes the time embeddings as before and leaving `time-embedding` out of `treatments`
-  drops them from `keep_float`. `output-layer` is the one measured to pay at no size cost (zoo
-  dit / ldm W4A8 GPTQ, final samples: +3.3 / +1.9 dB; docs/passes.md), but not clearly on dit at
-  W8A8, so it is not a default. The input layer (diffusion models only) reads x_t, and at the
-  last sampler steps the noise left in x_t (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is
+  drops them from `keep_float`. `input-layer` and `output-layer` act on diffusion models only.
+  `output-layer` pays at no size cost (zoo dit / ldm, final samples: W4A8 GPTQ +3.3 / +1.9 dB,
+  W8A8 +0.2 / +3.4 dB, at +0.2-0.3% size; docs/passes.md), so it joined the default. The
+  input layer reads x_t, and at the last sampler steps the noise left in x_t (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is
   smaller than an int8 step of x_t's range, while it is exactly what an eps-prediction model
   has to read — int8 there erases the signal of the final steps (measured on the zoo's DiT:
   one-call SQNR at W8A8 17 -> 41 dB with all-step calibration; the layer holds < 1% of the

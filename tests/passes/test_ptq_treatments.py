@@ -31,13 +31,13 @@ def dit():
     return models.tiny_dit_program()
 
 
-def test_default_treatments_are_the_old_behaviour(dit):
-    assert PTQConfig().treatments == DEFAULT_TREATMENTS == ("time-embedding", "input-layer")
+def test_default_treatments_keep_a_denoisers_first_last_and_time_layers_float(dit):
+    assert PTQConfig().treatments == DEFAULT_TREATMENTS == ("time-embedding", "input-layer", "output-layer")
     named = run(dit, **SINGLE_STEP).program.annotations.precision
     old = run(dit, **SINGLE_STEP, keep_input_layer=True, treatments=list(DEFAULT_TREATMENTS))
     assert named == old.program.annotations.precision
-    assert not {"x_embedder", "t_embedder.fc1", "t_embedder.fc2"} & set(named)
-    assert "final_layer.linear" in named and "blocks.0.attn.qkv" in named
+    assert not {"x_embedder", "t_embedder.fc1", "t_embedder.fc2", "final_layer.linear"} & set(named)
+    assert "blocks.0.attn.qkv" in named
 
 
 def test_time_embedding_off_quantizes_the_timestep_mlp(dit):
@@ -53,15 +53,17 @@ def test_time_embedding_off_quantizes_the_timestep_mlp(dit):
 def test_input_layer_off_and_keep_input_layer_alias(dit):
     off = run(dit, **SINGLE_STEP, treatments=["time-embedding"]).program
     assert off.op_counts()["conv2d_w8a8"] == 1
-    assert PTQConfig(keep_input_layer=False).active_treatments() == ()
+    assert PTQConfig(keep_input_layer=False).active_treatments() == ("output-layer",)
     assert PTQConfig(treatments=("output-layer",)).active_treatments() == ("output-layer",)
 
 
 def test_output_layer_keeps_the_final_projection_float(dit):
-    result = run(dit, **SINGLE_STEP, treatments=[*DEFAULT_TREATMENTS, "output-layer"])
+    result = run(dit, **SINGLE_STEP)
     precision = result.program.annotations.precision
     assert "final_layer.linear" not in precision and "blocks.0.fc2" in precision
     assert "final_layer.linear: output layer of the model (treatment output-layer)" in kept(result)
+    off = run(dit, **SINGLE_STEP, treatments=["time-embedding", "input-layer"]).program.annotations.precision
+    assert "final_layer.linear" in off
 
 
 def test_softmax_input_keeps_query_and_key_projections_float(dit):
@@ -99,17 +101,22 @@ def test_skip_connections_treatment_recovers_the_small_range_half():
 
 
 def test_output_layer_treatment_lifts_sqnr_when_the_last_layer_has_outliers():
-    from torch import nn
-
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 8)).eval()
+    program = models.tiny_dit_program()
+    last = program.graph_module.get_parameter("final_layer.linear.weight")
     with torch.no_grad():
-        model[2].weight[:, 3] *= 20.0  # one input column stretches every group it falls in
-    program = capture(model, (torch.randn(32, 64),))
+        last[:, 3] *= 20.0  # one input column stretches every group it falls in
     reference = program.run()
-    plain = sqnr_db(reference, run(program, **W4A8, min_sqnr_db=0.0).program.run())
-    treated = run(program, **W4A8, treatments=["output-layer"], min_sqnr_db=0.0)
-    assert sqnr_db(reference, treated.program.run()) > plain + 3.0
+    plain = run(program, **W4A8, **SINGLE_STEP, treatments=["time-embedding", "input-layer"])
+    treated = run(program, **W4A8, **SINGLE_STEP)
+    assert sqnr_db(reference, treated.program.run()) > sqnr_db(reference, plain.program.run()) + 3.0
+
+
+def test_output_layer_acts_on_diffusion_models_only():
+    # A classifier's last layer is quantized like the others (and a language model's head has
+    # its own switch, quantize_head).
+    model, inputs = models.conv_net()
+    result = run(capture(model, inputs), treatments=["output-layer"])
+    assert "head" in result.program.annotations.precision
 
 
 def test_softmax_input_treatment_lifts_sqnr_of_a_sharp_attention():

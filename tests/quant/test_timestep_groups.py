@@ -41,7 +41,15 @@ def _program():
 
 
 def _quantize(program, groups, **opts):
-    opts = {"timestep_groups": groups, "calibration_batches": 1, "min_sqnr_db": 0.0, **opts}
+    # The output layer is quantized too: four layers with tables.
+    treatments = ("time-embedding", "input-layer")
+    opts = {
+        "timestep_groups": groups,
+        "calibration_batches": 1,
+        "min_sqnr_db": 0.0,
+        "treatments": treatments,
+        **opts,
+    }
     return PassManager(build_passes(["ptq", "dce"], {"ptq": opts})).run(program)
 
 
