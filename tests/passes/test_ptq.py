@@ -291,13 +291,15 @@ def test_w4_layer_with_odd_outputs_is_stored_as_int8():
     assert sqnr_db(program.run(), result.program.run()) > 15.0
 
 
-def test_auto_observer_is_minmax_after_single_step_calibration():
+def test_auto_observer_follows_the_calibration(conv_program):
     from optkit.passes.ptq import PTQConfig
 
-    assert PTQConfig(calibration="single-step").observer_kind() == "minmax"
-    assert PTQConfig(calibration="all-steps").observer_kind() == "percentile"
-    assert PTQConfig().observer_kind() == "percentile"
-    assert PTQConfig(calibration="single-step", observer="mse").observer_kind() == "mse"
+    dit = models.tiny_dit_program()
+    assert PTQConfig(calibration="single-step").observer_kind(dit) == "minmax"
+    assert PTQConfig(calibration="all-steps").observer_kind(dit) == "mse"
+    assert PTQConfig().observer_kind(dit) == "mse"  # a sampled model calibrates on all steps
+    assert PTQConfig().observer_kind(conv_program) == "percentile"  # the example inputs
+    assert PTQConfig(calibration="single-step", observer="mse").observer_kind(dit) == "mse"
 
 
 def test_mixed_precision_ranks_on_a_bounded_spread_of_batches():

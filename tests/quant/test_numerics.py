@@ -109,3 +109,17 @@ def test_rtn_per_tensor_gives_one_repeated_scale(bits):
     assert qw.scale.shape == (1, 6) and torch.all(qw.scale == qw.scale[0, 0])
     assert float(qw.scale[0, 0]) == pytest.approx(float(w.abs().max()) / (2 ** (bits - 1) - 1))
     assert (qw.dequantized() - w).abs().max() <= qw.scale[0, 0] / 2 + 1e-6
+
+
+def test_percentile_and_mse_observers_see_every_batch():
+    # All-step calibration: the early steps' activations are 10x wider than the late ones'.
+    # The range must come from every batch, not from the last ones.
+    gen = torch.Generator().manual_seed(0)
+    spec = QuantSpec(8, symmetric=False, granularity="tensor")
+    for kind in ("percentile", "mse"):
+        obs = Observer(kind, 99.0)
+        for i in range(40):
+            obs.update(torch.randn(20000, generator=gen) * (10.0 if i < 20 else 1.0))
+        lo, hi = obs.range(spec)
+        assert float(hi) > 10.0 and float(lo) < -10.0, kind
+        assert obs.kept_values().numel() <= 1 << 18
