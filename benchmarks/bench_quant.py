@@ -711,9 +711,10 @@ def write_outputs(runs: list[dict[str, Any]]) -> None:
         "ORT's whole `quantize_static`, torchao's `quantize_`. Latency: one call at the captured batch; the "
         "machine's 2 cores were shared with other jobs during the runs, so compare rows of one model (same "
         "process, interleaved), not absolute milliseconds. optkit rows use `ptq` defaults unless named "
-        "(per-channel int8 weights, `auto` observer = percentile after all-step calibration — diffusion "
-        "models calibrate on all sampler steps here, and every peer sees the same calibration batches — "
-        "time embeddings and the diffusion input layer kept float); W4 rows use GPTQ with groups of "
+        "(per-channel int8 weights, `auto` observer = MSE after all-step calibration, percentile on "
+        "EfficientSAM's example inputs — diffusion models calibrate on all sampler steps here, and every "
+        "peer sees the same calibration batches — time embeddings and a diffusion model's input and "
+        "output layers kept float); W4 rows use GPTQ with groups of "
         f"{GROUP}; mixed rows start every block at W8A8 and drop the least sensitive ones to W4.",
         "",
         table.to_markdown(),

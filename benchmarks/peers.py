@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-NAIVE_W8A8 = {
+NAIVE_W8A8 = {  # every layer quantized: no treatment keeps one float
     "granularity": "tensor",
     "observer": "minmax",
+    "treatments": [],
     "keep_float": [],
-    "keep_input_layer": False,
     "min_sqnr_db": 0.0,
 }
 NAIVE_W4A8 = {**NAIVE_W8A8, "wbits": 4}
