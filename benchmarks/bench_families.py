@@ -1,6 +1,6 @@
 """Model families users bring (random weights), float and W8A8, on every CPU runtime.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_families.py [--families mobilenet_v2 resnet18 vit_tiny llama_64tok llama_512tok] \
+    OMP_NUM_THREADS=1 python benchmarks/bench_families.py [--families mobilenet_v2 resnet18 vit_tiny llama_64tok llama_512tok sd_unet] \
         [--batch 8] [--image 112] [--repeats 15] [--threads 1]
 
 For each family of `families.py`: capture, `cleanup` (constant folding, BatchNorm folding,
@@ -63,9 +63,9 @@ def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return math.inf if noise == 0 else 10 * math.log10(float((ref.astype(np.float64) ** 2).sum()) / noise)
 
 
-def _ort(path: Path, x: torch.Tensor, threads: int) -> Callable[[], Any]:
+def _ort(path: Path, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], Any]:
     session = onnx_session(path, threads)
-    feeds = {session.get_inputs()[0].name: x.numpy()}
+    feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
     return lambda: session.run(None, feeds)
 
 
@@ -91,7 +91,7 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
     from optkit.backends.threads import set_runtime_threads
 
     model, x = family(name, args.batch, args.image)
-    program = PassManager(build_passes(["cleanup"])).run(capture(model, (x,), name=name)).program
+    program = PassManager(build_passes(["cleanup"])).run(capture(model, x, name=name)).program
     int8 = PassManager(build_passes(["ptq", "dce"])).run(program).program
     float_onnx, int8_onnx, qdq_onnx = (
         tmp / f"{name}.onnx",
@@ -100,13 +100,13 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
     )
     export_onnx(program, float_onnx, check=False)
     export_onnx(int8, int8_onnx, check=False)
-    peers.ort_quantize_static(float_onnx, [(x,)], qdq_onnx)
+    peers.ort_quantize_static(float_onnx, [x], qdq_onnx)
     set_runtime_threads(args.threads)
     fns: dict[str, Callable[[], Any] | None] = {
-        "eager": lambda: program.graph_module(x),
+        "eager": lambda: program.graph_module(*x),
         "ORT": _ort(float_onnx, x, args.threads),
         "TVM": _tvm(program, args.threads, notes, name),
-        "eager W8A8": lambda: int8.graph_module(x),
+        "eager W8A8": lambda: int8.graph_module(*x),
         "optkit W8A8 ONNX (ORT)": _ort(int8_onnx, x, args.threads),
         "ORT quantize_static QDQ (ORT)": _ort(qdq_onnx, x, args.threads),
         "TVM W8A8": _tvm(int8, args.threads, notes, f"{name} W8A8"),
@@ -194,7 +194,7 @@ def main() -> None:
     table = Table(
         f"Latency per call (median of {args.repeats} interleaved rounds after {args.warmup} warm-up, "
         f"{args.threads} thread(s); images: batch {args.batch}, {args.image} x {args.image}; "
-        "decoders: one sequence)",
+        "decoders: one sequence; sd_unet: a guided step's 2 latents of 4 x 32 x 32)",
         columns,
         rows,
         units,

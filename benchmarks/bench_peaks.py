@@ -56,7 +56,7 @@ def load_model(spec: str, batch: int, image: int) -> Program:
         if name not in FAMILIES:
             raise UnknownNameError("model family", name, FAMILIES)
         model, x = family(name, 1, image)
-        program = capture(model, (x,), name=name)
+        program = capture(model, x, name=name)
         return PassManager(build_passes(["cleanup"])).run(program).program
     if not name:
         raise UnknownNameError(

@@ -14,6 +14,13 @@
   blocks) at dim 512, 8 heads, SwiGLU width 1408, 4 layers, prefilling one sequence of 64 or
   512 tokens (batch 1 whatever `batch` says: a decoder serves one prompt at a time). Deviation:
   a 256-symbol byte vocabulary (textlm's), so the embedding and output head are small.
+- `sd_unet`: a diffusers `UNet2DConditionModel` in Stable Diffusion's layout (cross-attention
+  down blocks, a mid block, cross-attention up blocks, GroupNorm + SiLU ResNet blocks, a
+  77-token text condition) called as a denoiser (latents, timestep, text embeddings), one
+  guided step's batch of 2. Deviation: SD-1.5's channels (320, 640, 1280, 1280) and text width
+  768 are scaled down to (64, 128, 256), one ResNet layer per block and width 256, on 32 x 32
+  latents (SD-1.5 at 256 x 256 pixels), so that a row takes seconds; heads of 32 channels
+  (SD-1.5's are 40); needs the `diffusers` extra.
 
 BatchNorm running statistics are randomized so that folding them is not a no-op.
 """
@@ -182,22 +189,61 @@ def llama(tokens: int) -> nn.Module:
     return build(TextLMConfig(dim=512, depth=4, heads=8, hidden=1408, context=tokens)).eval()
 
 
-def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module, torch.Tensor]:
-    """(model in eval mode, example input) of family `name`: images `batch` x 3 x `image` x
-    `image`, or for the decoders one sequence of token ids."""
+class Denoiser(nn.Module):
+    """A diffusers UNet2DConditionModel called as optkit's denoisers are: (x, t, text) -> eps."""
+
+    def __init__(self, unet: nn.Module) -> None:
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        return self.unet(x, t, encoder_hidden_states=text, return_dict=False)[0]
+
+
+def sd_unet(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The scaled-down Stable Diffusion UNet above, random weights, and one guided step's inputs."""
+    from diffusers import UNet2DConditionModel
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        block_out_channels=(64, 128, 256),
+        layers_per_block=1,
+        attention_head_dim=(2, 4, 8),  # diffusers reads this as heads per block: 32 channels each
+        cross_attention_dim=256,
+        norm_num_groups=32,
+    )
+    gen = torch.Generator().manual_seed(seed)
+    inputs = (
+        torch.randn(2, 4, 32, 32, generator=gen),
+        torch.tensor([500.0, 500.0]),
+        torch.randn(2, 77, 256, generator=gen),
+    )
+    return Denoiser(unet).eval(), inputs
+
+
+def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """(model in eval mode, example inputs) of family `name`: images `batch` x 3 x `image` x
+    `image`, for the decoders one sequence of token ids, for `sd_unet` its denoiser inputs."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     if name in LLAMA_TOKENS:
         from optkit.zoo.textlm import VOCAB
 
         tokens = LLAMA_TOKENS[name]
-        return llama(tokens), torch.randint(0, VOCAB, (1, tokens), generator=gen)
+        return llama(tokens), (torch.randint(0, VOCAB, (1, tokens), generator=gen),)
+    if name == "sd_unet":
+        return sd_unet(seed)
     builders = {"mobilenet_v2": MobileNetV2, "resnet18": ResNet18, "vit_tiny": lambda: ViT(image=image)}
     if name not in builders:
         raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
     model = randomize_batchnorm(builders[name](), seed)
-    return model, torch.randn(batch, 3, image, image, generator=gen)
+    return model, (torch.randn(batch, 3, image, image, generator=gen),)
 
 
-FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny", *LLAMA_TOKENS)
+FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny", *LLAMA_TOKENS, "sd_unet")
 CNN_FAMILIES = ("mobilenet_v2", "resnet18")
