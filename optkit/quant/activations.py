@@ -17,7 +17,8 @@ per 64 input channels of each token), which keeps a channel outlier from widenin
 the whole row. Deviation: each group's grid is asymmetric, spanning the group's own min and max
 (and 0), where the paper's is symmetric: the input of an MLP's second Linear comes out of a GELU
 and is almost one-signed, so a symmetric 4-bit grid spends half its 15 steps on values that do
-not occur (measured on the zoo's DiT: see docs/benchmarks.md, bench_quant_lowrank). Its scale
+not occur (zoo:dit, W4A4 GPTQ g32 with groups of 32, SmoothQuant 0.5, rank-16 branch, output
+layer float, 16 samples: final samples 25.4 dB symmetric, 27.4 dB with the zero point). Its scale
 changes along K, so one int GEMM with a per-row rescale cannot run it: those layers run
 `act_qdq` + `linear_wq` (the W4A8 kernels). A Linear whose input channels the group does not
 divide falls back to `per-token` (`layer_mode`).
