@@ -28,11 +28,11 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
   drops them from `keep_float`. `input-layer` and `output-layer` act on diffusion models only.
   `output-layer` pays at no size cost (zoo dit / ldm, final samples: W4A8 GPTQ +3.3 / +1.9 dB,
   W8A8 +0.2 / +3.4 dB, at +0.2-0.3% size; docs/passes.md), so it joined the default. The
-  input layer reads x_t, and at the last sampler steps the noise left in x_t (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is
-  smaller than an int8 step of x_t's range, while it is exactly what an eps-prediction model
-  has to read — int8 there erases the signal of the final steps (measured on the zoo's DiT:
-  one-call SQNR at W8A8 17 -> 41 dB with all-step calibration; the layer holds < 1% of the
-  weights); and a
+  input layer reads x_t, and at the last sampler steps the noise left in x_t
+  (sqrt(1 - alpha-bar) x eps, ~0.01 at t = 0) is smaller than an int8 step of x_t's range,
+  while it is exactly what an eps-prediction model has to read — int8 there erases the signal
+  of the final steps (measured on the zoo's DiT: one-call SQNR at W8A8 17 -> 41 dB with
+  all-step calibration; the layer holds < 1% of the weights); and a
   language model's output head kept in float unless `quantize_head` (found by
   `optkit.quant.sites.output_head`: tied to the input embedding, or 1000+ logits from a 4x
   narrower input; when it is tied and quantized, the embedding keeps reading the float table);
@@ -582,7 +582,7 @@ class PostTrainingQuantization(Pass):
             if cfg.abits in ACT_BITS and not cfg.smoothquant:
                 options.append("smoothquant=0.5 (activation outliers)")
             if cfg.abits == 4 and cfg.act_mode() != "per-group":
-                options.append('activations="per-group" (a scale per 64 input channels)')
+                options.append(f'activations="per-group" (a scale per {cfg.act_group_size} input channels)')
             if cfg.abits in ACT_BITS:
                 options.append(f"abits={16 if cfg.abits == 8 else 8}")
             if cfg.wbits == 4:
