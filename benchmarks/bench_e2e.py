@@ -199,7 +199,7 @@ def _cache_runs(runs: int) -> str:
         for i in range(runs):
             out = Path(work) / f"run{i}"
             cmd = [
-                *("optkit", "--json", "optimize", "zoo:dit", "--passes", "ptq,cache"),
+                *(sys.executable, "-m", "optkit", "--json", "optimize", "zoo:dit", "--passes", "ptq,cache"),
                 *("-O", f"cache.min_psnr={MIN_PSNR:g}", "--no-onnx", "--repeats", "3", "-o", str(out)),
             ]
             subprocess.run(cmd, check=True, capture_output=True, text=True)
