@@ -387,11 +387,12 @@ def forecast_goal_lines(rows: list[list]) -> list[str]:
             lines.append(f"- {label}: no row reaches 30 dB.")
             continue
         best = max(good, key=lambda r: r[4])
-        speed = "met" if goal is not None and best[4] >= goal else "missed"
+        speed = "no goal set" if goal is None else "met" if best[4] >= goal else "missed"
         steps = "better" if best[6] > best[9] else "not better"
         lines.append(
             f"- {label}: fastest at >= 30 dB is {best[1]} ({best[2]}), {best[4]:.2f}x in FLOPs ({best[5]:.2f}x "
-            f"measured) at {best[6]:.1f} dB (goal {goal:g}x: {speed}); {best[8]} steps at the same FLOPs give "
+            f"measured) at {best[6]:.1f} dB (goal {'-' if goal is None else f'{goal:g}x'}: {speed}); {best[8]} "
+            f"steps at the same FLOPs give "
             f"{best[9]:.1f} dB ({steps})."
         )
     return lines

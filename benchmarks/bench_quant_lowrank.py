@@ -43,9 +43,11 @@ from optkit.report import Table  # noqa: E402
 
 SEARCH_ALPHAS = (0.25, 0.5, 0.75)  # `--smoothquant search`: ptq's smoothquant_search
 W4A8 = {"wbits": 4, "granularity": "group", "group_size": GROUP}
-# Every row keeps the time embeddings and the input layer float and quantizes the output layer
-# (`ptq`'s default until 2026-11-30, when `output-layer` joined it), unless its note says float.
+# Every row keeps the time embeddings and the input layer float and quantizes the output layer,
+# with the percentile observer (`ptq`'s defaults until 2026-11-30, when `output-layer` joined the
+# treatments and all-step calibration moved to the MSE observer), unless its note says otherwise.
 TREATMENTS = ("time-embedding", "input-layer")
+PINNED = {"treatments": TREATMENTS, "observer": "percentile"}
 SMOOTH_OUT = {"smoothquant": 0.5, "smooth_threshold": 0.0, "treatments": (*TREATMENTS, "output-layer")}
 NAN = float("nan")
 
@@ -124,7 +126,7 @@ def measure_model(name: str, args: Any, weight_files: dict[str, str]) -> tuple[l
     ]
     base: dict[str, float] = {}
     for precision, method, rank, fraction, extra, what in variants_for(name, args):
-        options: dict[str, Any] = {"method": method, "treatments": TREATMENTS}
+        options: dict[str, Any] = {"method": method, **PINNED}
         if precision != "W8A8":
             options.update(W4A8)
         if precision == "W4A4":
