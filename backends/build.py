@@ -56,6 +56,9 @@ def fusion_passes(spec: TargetSpec) -> list[Any]:
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
+        # `lv1 = lv0` aliases (a rewrite that returns an existing variable) hide a GEMM's bias
+        # add from FuseOps: a Linear's bias add had been a kernel of its own.
+        relax.transform.CanonicalizeBindings(),
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
     ]

@@ -33,6 +33,7 @@ model's latency (the report gives both).
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -156,14 +157,55 @@ def vnni_ops(shapes: list[tuple[tuple[int, ...], str]]) -> float:
     return float(2 * m * k * w[0] * w[2])
 
 
-def kernel_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]]) -> float:
+_LOOP = re.compile(
+    r"^(\s*)for .* in (T\.grid|T\.parallel|T\.unroll|T\.vectorized|T\.serial|range)\((.*)\):\s*$"
+)
+_REDUCE = re.compile(r'T\.axis\.reduce\(|T\.axis\.remap\("[SR]*R')
+_BLOCK = re.compile(r"^(\s*)with T\.sblock\(")
+
+
+def _extent(kind: str, args: str) -> int:
+    values = [int(v) for v in re.findall(r"(?<![\w.])(\d+)(?![\w.])", re.sub(r"T\.int(32|64)\(", "(", args))]
+    if kind == "T.grid":
+        return math.prod(values)
+    return values[-1] - values[0] if len(values) == 2 else (values[0] if values else 1)
+
+
+def reduction_volume(script: str) -> int:
+    """Iterations of the reduction blocks (those with a reduce axis) of a scheduled
+    PrimFunc's TVMScript: the product of the loop extents around each, summed."""
+    lines = script.splitlines()
+    stack: list[tuple[int, int]] = []  # (indent, extent) of the loops enclosing the line
+    total = 0
+    for i, line in enumerate(lines):
+        indent = len(line) - len(line.lstrip())
+        stack = [(d, e) for d, e in stack if d < indent] if line.strip() else stack
+        if (loop := _LOOP.match(line)) is not None:
+            stack.append((indent, _extent(loop.group(2), loop.group(3))))
+        elif _BLOCK.match(line) is not None:
+            body = []
+            for nxt in lines[i + 1 :]:
+                if nxt.strip() and len(nxt) - len(nxt.lstrip()) <= indent:
+                    break
+                body.append(nxt)
+            if any(_REDUCE.search(b) for b in body):
+                total += math.prod(e for _, e in stack)
+    return total
+
+
+def kernel_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]], family: str = "other") -> float:
     """Operations per call of PrimFunc `func` called with tensors of `shapes` (shape, dtype);
-    a multiply-add counts 2."""
+    a multiply-add counts 2. A GEMM or conv (`family`) counts its reductions' multiply-adds only:
+    the epilogue fused into its tile write-back (a GELU's polynomial, a requantization) would
+    otherwise count as GEMM work and inflate its share of the peak."""
     import tvm
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    if any(name in func.script() for name in VNNI_INTRINSICS):
+    script = func.script()
+    if any(name in script for name in VNNI_INTRINSICS):
         return vnni_ops(shapes)
+    if family in ("gemm", "conv", "depthwise") and (macs := reduction_volume(script)) > 0:
+        return 2.0 * macs
     try:
         return float(estimate_tir_flops(tvm.IRModule({"main": func})))
     except Exception as err:  # TVM's estimator has no rule for some intrinsics
@@ -275,7 +317,7 @@ def profile_kernels(
                 name=name,
                 calls=call.count,
                 ms_per_call=timed[name]["median"],
-                ops=kernel_ops(funcs[name], shapes),
+                ops=kernel_ops(funcs[name], shapes, kernel_family(name, shapes)),
                 precision=precision_of(shapes[0][1] if shapes else ""),
                 family=kernel_family(name, shapes),
                 shapes=tuple(f"{d}{list(s)}" for s, d in shapes),

@@ -275,17 +275,22 @@ def _specialize(
         "vnni_kernels": 0,
         "fast_math_ops": 0,
         "blas_matmuls": 0,
+        "sunk_reshapes": 0,
+        "fused_attentions": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
+    from optkit.backends.attention import fuse_attention
     from optkit.backends.fast_math import fast_math as use_fast_math
     from optkit.backends.layout import cancel_transposes, channels_last
     from optkit.backends.packing import pack_weights
+    from optkit.backends.reshapes import sink_reshapes
     from optkit.backends.vnni import target_has_vnni
     from tvm import relax
 
     vnni = target_has_vnni(spec.tvm_target())
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
+    mod, figures["fused_attentions"] = fuse_attention(mod)  # before packing pads the scores
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(
         mod,
@@ -305,6 +310,7 @@ def _specialize(
         vnni_kernels=packed["vnni"],
     )
     mod, _ = cancel_transposes(mod)
+    mod, figures["sunk_reshapes"] = sink_reshapes(mod)
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if schedule == "blas":

@@ -37,6 +37,8 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from optkit.backends.relax_exprs import relax_op as _op
+from optkit.backends.relax_exprs import static_shape
 
 log = logging.getLogger(__name__)
 
@@ -210,22 +212,11 @@ def _var_readers(mod: Any) -> dict[Any, int]:
     return readers
 
 
-def _op(name: str) -> Any:
-    import tvm
-
-    return tvm.ir.Op.get(name)
-
-
 def _static_shape(expr: Any) -> list[int]:
-    from tvm import relax, tirx
-
-    ty = expr.ty
-    if not isinstance(ty, relax.TensorType) or ty.shape is None:
+    shape = static_shape(expr)
+    if shape is None:
         raise _NotPackable
-    dims = list(ty.shape)
-    if not all(isinstance(d, tirx.IntImm) for d in dims):
-        raise _NotPackable
-    return [int(d) for d in dims]
+    return shape
 
 
 def _constant(expr: Any, lookup: Any = None) -> np.ndarray:
@@ -258,11 +249,13 @@ def _constant(expr: Any, lookup: Any = None) -> np.ndarray:
 def _packed_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     from tvm import relax
 
-    x, w = call.args
-    w_np = _constant(w, lookup)
+    x = call.args[0]
+    w_np = _matmul_weight(call, lookup)
     x_shape = _static_shape(x)
+    if w_np is None:
+        return None
     out_dtype = PACKED_DTYPES.get((str(x.ty.dtype), str(w_np.dtype)))
-    if w_np.ndim != 2 or len(x_shape) < 2 or out_dtype is None or str(call.ty.dtype) != out_dtype:
+    if len(x_shape) < 2 or out_dtype is None or str(call.ty.dtype) != out_dtype:
         return None
     k, n = w_np.shape
     panel = panel_width(n)
@@ -280,6 +273,38 @@ def _packed_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     if wide > n:
         y = bb.emit(relax.op.strided_slice(y, axes=[1], begin=[0], end=[n]))
     return _from_2d(y, x_shape, n)
+
+
+def _matmul_weight(call: Any, lookup: Any = None) -> np.ndarray | None:
+    """The constant weight of `matmul(x, W)` as a 2-D array (through `_unbroadcast`, and without
+    leading dims of one), or None when it has batch dims that shape the output."""
+    x, w = call.args
+    w_np = _constant(_unbroadcast(w, lookup), lookup)
+    if w_np.ndim > 2 and all(d == 1 for d in w_np.shape[:-2]):
+        w_np = w_np.reshape(w_np.shape[-2:])
+    if w_np.ndim != 2 or _static_shape(call) != [*_static_shape(x)[:-1], w_np.shape[1]]:
+        return None
+    return w_np
+
+
+def _unbroadcast(w: Any, lookup: Any = None) -> Any:
+    """A 2-D weight's `broadcast_to` over batch dims, as the export spells a Linear on a
+    non-contiguous 3-D input (`bmm(x, expand(W.T))`), read as the 2-D weight: `x @ W` broadcasts
+    the same way. On a ViT that product had run as an unpacked batched GEMM over 8 copies of the
+    weight, folded into a constant 8x its size."""
+    import tvm
+    from tvm import relax
+
+    if lookup is None or not isinstance(w, relax.Var):
+        return w
+    bound = lookup(w)
+    if not isinstance(bound, relax.Call) or bound.op != tvm.ir.Op.get("relax.broadcast_to"):
+        return w
+    src = bound.args[0]
+    shape = _static_shape(src)
+    while len(shape) > 2 and shape[0] == 1:
+        shape = shape[1:]
+    return src if len(shape) == 2 else w
 
 
 PAD_COLUMNS = 16  # one AVX-512 register of float32
@@ -636,10 +661,12 @@ def _int8_pair(x: Any, w: np.ndarray, call: Any) -> bool:
 def _vnni_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     from optkit.backends import vnni
 
-    x, w = call.args
-    w_np = _constant(w, lookup)
+    x = call.args[0]
+    if str(x.ty.dtype) != "int8":
+        return None  # before reading the weight: a float matmul's may not be a constant
+    w_np = _matmul_weight(call, lookup)
     x_shape = _static_shape(x)
-    if not _int8_pair(x, w_np, call) or w_np.ndim != 2 or len(x_shape) < 2 or x_shape[-1] != w_np.shape[0]:
+    if w_np is None or not _int8_pair(x, w_np, call) or len(x_shape) < 2 or x_shape[-1] != w_np.shape[0]:
         return None
     k, n = w_np.shape
     if not vnni.applies(k):

@@ -127,3 +127,23 @@ def test_int8_panel_kernels_without_vnni(mlp, conv_program, monkeypatch):
         assert artifact.info["packed_matmuls"] + artifact.info["packed_convs"] >= 2
         (got,) = artifact.run(*quantized.example_inputs)
         np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_linear_after_attention_packs_its_weight_once():
+    # The export spells this projection as bmm(x, expand(W.T)): a batch of copies of the weight.
+    class Attention(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(32, 32)
+
+        def forward(self, q: torch.Tensor) -> torch.Tensor:
+            b, h, t, d = q.shape
+            att = nn.functional.scaled_dot_product_attention(q, q, q)
+            return self.proj(att.transpose(1, 2).reshape(b, t, h * d))
+
+    torch.manual_seed(0)
+    program = capture(Attention().eval(), (torch.randn(3, 2, 8, 16),), name="attention_proj")
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["packed_matmuls"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)

@@ -176,8 +176,8 @@ def test_profile_of_a_tiny_mlp(mlp):
     assert sum(profile.share(k) for k in kernels) == pytest.approx(1.0)
     gemms = [k for k in kernels if k.family == "gemm"]
     matmul_ops = 2 * 4 * 32 * 64 + 2 * 4 * 64 * 16
-    assert sum(k.ops * k.calls for k in gemms) >= matmul_ops
-    assert sum(k.ops * k.calls for k in gemms) <= matmul_ops + 4 * (64 + 16) * 2  # at most a fused bias
+    # the GELU and bias fused into the first GEMM's write-back are not counted as GEMM work
+    assert sum(k.ops * k.calls for k in gemms) == matmul_ops
     assert all(k.precision == "fp32" for k in kernels)
     fake = _fake_peaks()
     for k in gemms:

@@ -1,0 +1,252 @@
+"""Fused attention on the CPU: `softmax(Q K^T) V` in one kernel, tile of query rows by tile.
+
+The export spells `scaled_dot_product_attention` as two batched matmuls around a softmax, and the
+lowering ran them as three kernels: the scores `Q K^T` written out whole, the softmax reading
+and writing them again, the second matmul reading them a third time. For a diffusers UNet's
+self-attention at 32 x 32 latents (4 heads x 1,024 x 1,024 scores, 16 MiB, eight times one
+core's L2 here) those passes were bound by memory: the softmax alone took 17.7 ms of the
+model's 149 ms, the two matmuls 19 ms at 45-56% of the fp32 peak.
+
+`fuse_attention` replaces `matmul(softmax(matmul(Q, Kt)), V)` (through the reshapes between
+them) with one kernel that, for every tile of `ROWS` query rows, computes the tile's scores,
+their row maxima, exponentials and sums, and the weighted sum of V, then divides: the tile's
+`ROWS x N` scores stay in L1 / L2 and are never written to memory. The scale the export
+multiplies into Q and K stays where it is (elementwise kernels over Q and K, not the scores).
+
+Applies when the shapes are static, float32, the softmax is over the keys, the keys number a
+multiple of 16 (one AVX-512 register), and the queries a multiple of 4; other attentions keep
+the three kernels. The kernel is scheduled here (`schedule_attention`) and marked scheduled,
+so the build's schedule rules leave it alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optkit.backends.relax_exprs import relax_op, static_shape
+
+ROWS = 8  # query rows per tile: 8 x 32 accumulators of the weighted sum, like the GEMM tile
+LANES = 16  # one AVX-512 register of float32
+OPAQUE = 8  # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone
+
+
+def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0) -> Any:
+    """TE compute of `softmax(scale * q @ kt, axis=-1) @ v` for q [B, M, D], kt [B, D, N],
+    v [B, N, Dv], scale > 0."""
+    from tvm import te, topi
+
+    b, m, d = (int(x) for x in q.shape)
+    n, dv = int(kt.shape[2]), int(v.shape[2])
+    rd = te.reduce_axis((0, d), name="d")
+    scores = te.compute((b, m, n), lambda z, i, j: te.sum(q[z, i, rd] * kt[z, rd, j], axis=rd), name="scores")
+    rm = te.reduce_axis((0, n), name="jm")
+    row_max = te.compute((b, m), lambda z, i: te.max(scores[z, i, rm], axis=rm), name="row_max")
+    shifted = te.compute((b, m, n), lambda z, i, j: (scores[z, i, j] - row_max[z, i]) * scale, name="shifted")
+    exp = topi.fast_exp(shifted)
+    rs = te.reduce_axis((0, n), name="js")
+    row_sum = te.compute((b, m), lambda z, i: te.sum(exp[z, i, rs], axis=rs), name="row_sum")
+    rw = te.reduce_axis((0, n), name="jw")
+    weighted = te.compute(
+        (b, m, dv), lambda z, i, c: te.sum(exp[z, i, rw] * v[z, rw, c], axis=rw), name="weighted"
+    )
+    return te.compute((b, m, dv), lambda z, i, c: weighted[z, i, c] / row_sum[z, i], name="attention")
+
+
+def applies(m: int, n: int) -> bool:
+    """Whether the fused kernel takes `m` queries over `n` keys."""
+    return m % 4 == 0 and n % LANES == 0
+
+
+def attention_func(b: int, m: int, n: int, d: int, dv: int, scale: float = 1.0) -> Any:
+    """The scheduled PrimFunc for one shape and scale."""
+    from tvm import te
+
+    q = te.placeholder((b, m, d), "float32", name="q")
+    kt = te.placeholder((b, d, n), "float32", name="kt")
+    v = te.placeholder((b, n, dv), "float32", name="v")
+    func = te.create_prim_func([q, kt, v, attention_te(q, kt, v, scale)]).without_attr("global_symbol")
+    sch = schedule_attention(func, m, n, dv)
+    return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})
+
+
+def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
+    """Parallel over (batch, query tiles); every stage computed per tile, vectorized."""
+    from tvm import s_tir
+
+    sch = s_tir.Schedule(func)
+    rows = ROWS if m % ROWS == 0 else 4
+    cols = next((w for w in (32, 16, 8) if dv % w == 0), dv)
+    sch.compute_inline(sch.get_sblock("shifted"))
+    partials = []
+    for name in ("row_max", "row_sum"):  # per row: LANES partial results in one register
+        j_r = sch.get_loops(sch.get_sblock(name))[-1]
+        partials.append(sch.rfactor(sch.split(j_r, factors=[None, LANES])[1], factor_axis=2))
+
+    out = sch.get_sblock("attention")
+    z, i, c = sch.get_loops(out)
+    i_out, _ = sch.split(i, factors=[None, rows])
+    tile = sch.fuse(z, i_out)
+    sch.parallel(tile)
+    sch.vectorize(sch.get_loops(out)[-1])
+    for block in [sch.get_sblock("weighted"), sch.get_sblock("row_sum"), partials[1]] + [
+        sch.get_sblock("T_fast_exp"),
+        sch.get_sblock("row_max"),
+        partials[0],
+        sch.get_sblock("scores"),
+    ]:
+        sch.compute_at(block, tile, preserve_unit_loops=True)
+
+    # The weighted sum: rows x cols accumulators over the keys, like the GEMM tile.
+    weighted = sch.get_sblock("weighted")
+    i_w, c_w, j_w = sch.get_loops(weighted)[-3:]
+    c_out, c_in = sch.split(c_w, factors=[None, cols])
+    sch.reorder(c_out, j_w, i_w, c_in)
+    sch.unroll(i_w)
+    sch.vectorize(c_in)
+
+    # Scores: rows x 16-key vectors accumulated over d, like the GEMM tile.
+    scores = sch.get_sblock("scores")
+    i_s, j_s, d_s = sch.get_loops(scores)[-3:]
+    j_out, j_in = sch.split(j_s, factors=[None, 2 * LANES if n % (2 * LANES) == 0 else LANES])
+    sch.reorder(j_out, d_s, i_s, j_in)
+    sch.unroll(i_s)
+    sch.vectorize(j_in)
+    sch.decompose_reduction(scores, d_s)
+
+    exp = sch.get_sblock("T_fast_exp")
+    j_e = sch.get_loops(exp)[-1]
+    sch.vectorize(sch.split(j_e, factors=[None, LANES])[1])
+
+    for block in partials:  # rfactor put the lanes outermost: move them inside, vectorized
+        lanes, z_r, i_r, j_r = sch.get_loops(block)[-4:]
+        sch.reorder(z_r, i_r, j_r, lanes)
+        sch.vectorize(lanes)
+
+    sch.decompose_reduction(weighted, j_w)
+    return sch
+
+
+def fuse_attention(mod: Any) -> tuple[Any, int]:
+    """`mod` with every `matmul(softmax(matmul(Q, Kt)), V)` the kernel takes (module docstring)
+    replaced by a call to it; returns (mod, number replaced)."""
+    from tvm import relax
+
+    matmul, softmax = relax_op("relax.matmul"), relax_op("relax.nn.softmax")
+    count = 0
+
+    @relax.expr_functor.mutator
+    class _Fuse(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            nonlocal count
+            call = self.visit_expr_post_order(call)
+            if call.op != matmul:
+                return call
+            new = self._fused(call)
+            if new is None:
+                return call
+            count += 1
+            return new
+
+        def _through_views(self, expr: Any, tail: list[int]) -> Any:
+            """The expression behind reshapes and same-shape broadcasts that all keep the last
+            two dims equal to `tail`."""
+            while isinstance(expr, relax.Var):
+                bound = self.lookup_binding(expr)
+                if not isinstance(bound, relax.Call) or bound.op not in (
+                    relax_op("relax.reshape"),
+                    relax_op("relax.broadcast_to"),
+                ):
+                    break
+                src = bound.args[0]
+                src_shape, shape = static_shape(src), static_shape(expr)
+                if src_shape is None or shape is None or src_shape[-2:] != tail or shape[-2:] != tail:
+                    break
+                if bound.op == relax_op("relax.broadcast_to") and src_shape != shape:
+                    break
+                expr = src
+            return expr
+
+        def _bound(self, expr: Any, op: Any) -> Any | None:
+            if not isinstance(expr, relax.Var):
+                return None
+            bound = self.lookup_binding(expr)
+            return bound if isinstance(bound, relax.Call) and bound.op == op else None
+
+        def _fused(self, call: Any) -> Any | None:
+            p, v = call.args
+            p_shape, v_shape, out_shape = static_shape(p), static_shape(v), static_shape(call)
+            if p_shape is None or v_shape is None or out_shape is None or len(p_shape) < 3:
+                return None
+            if not all(str(e.ty.dtype) == "float32" for e in (p, v, call)):
+                return None
+            m, n = p_shape[-2:]
+            soft = self._bound(self._through_views(p, [m, n]), softmax)
+            if soft is None or int(soft.attrs.axis) not in (-1, len(static_shape(soft) or []) - 1):
+                return None
+            logits = self._through_views(soft.args[0], [m, n])
+            scale, logits = self._scaled(logits)
+            scores = self._bound(self._through_views(logits, [m, n]), matmul)
+            if scores is None or scale <= 0:
+                return None
+            q, kt = scores.args
+            q_shape, kt_shape, s_shape = static_shape(q), static_shape(kt), static_shape(scores)
+            if q_shape is None or kt_shape is None or s_shape is None or len(s_shape) < 3:
+                return None
+            batch = _prod(s_shape[:-2])
+            if (
+                q_shape[:-2] != s_shape[:-2]
+                or kt_shape[:-2] != s_shape[:-2]
+                or v_shape[:-2] != p_shape[:-2]
+                or _prod(p_shape[:-2]) != batch
+                or v_shape[-2] != n
+                or not applies(m, n)
+                or not all(str(e.ty.dtype) == "float32" for e in (q, kt))
+            ):
+                return None
+            d, dv = q_shape[-1], v_shape[-1]
+            func = attention_func(batch, m, n, d, dv, scale)
+            gvar = self.builder_.add_func(func, "attention")
+            args = [self._as_3d(x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v)]
+            out = self.builder_.emit(relax.call_tir(gvar, args, relax.TensorType([batch, m, dv], "float32")))
+            return relax.op.reshape(out, out_shape)
+
+        def _scaled(self, logits: Any) -> tuple[float, Any]:
+            """(c, s) for `logits` bound to `s * c`, `c * s` or `s / c` (then 1 / c) with c a
+            scalar constant, as a hand-written attention scales its scores; else (1, logits)."""
+            bound = self._bound(logits, relax_op("relax.multiply"))
+            if bound is not None:
+                a, b = bound.args
+                if (c := _scalar(b)) is not None:
+                    return c, a
+                if (c := _scalar(a)) is not None:
+                    return c, b
+            bound = self._bound(logits, relax_op("relax.divide"))
+            if bound is not None and (c := _scalar(bound.args[1])) not in (None, 0.0):
+                return 1.0 / c, bound.args[0]
+            return 1.0, logits
+
+        def _as_3d(self, x: Any, shape: list[int]) -> Any:
+            return x if static_shape(x) == shape else self.builder_.emit(relax.op.reshape(x, shape))
+
+    mutator = _Fuse(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), count
+
+
+def _scalar(expr: Any) -> float | None:
+    """The value of a constant with one element, else None."""
+    import tvm
+
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        return None
+    value = expr.value.numpy()
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _prod(dims: list[int]) -> int:
+    out = 1
+    for d in dims:
+        out *= d
+    return out

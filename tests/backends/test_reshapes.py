@@ -1,0 +1,66 @@
+"""Reshapes sunk below elementwise ops: the same numbers, and epilogues fused into the GEMMs."""
+
+import numpy as np
+import pytest
+import torch
+from optkit.backends import lower
+from optkit.backends.kernel_profile import lower_with_kernels
+from torch import nn
+
+from optkit.ir.capture import capture
+from tests.backends.conftest import outputs_of
+
+
+class TokenBlock(nn.Module):
+    """A transformer-style block on (batch, tokens, dim): every Linear is view -> addmm -> view."""
+
+    def __init__(self, dim: int = 32, hidden: int = 64, tokens: int = 6) -> None:
+        super().__init__()
+        self.up = nn.Linear(dim, hidden)
+        self.gate = nn.Linear(dim, hidden)
+        self.down = nn.Linear(hidden, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.per_token = nn.Parameter(torch.linspace(0.5, 1.5, tokens).reshape(tokens, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.mlp(x)  # unary GELU, bias and residual adds
+        x = x + self.down(nn.functional.silu(self.gate(x)) * self.up(x))  # two reshaped operands
+        return self.down(torch.sigmoid(self.up(x)) * self.per_token)  # broadcast over tokens: kept
+
+
+@pytest.fixture(scope="module")
+def block_program():
+    torch.manual_seed(0)
+    return capture(TokenBlock().eval(), (torch.randn(2, 6, 32),), name="token_block")
+
+
+def test_sunk_reshapes_keep_the_numbers(block_program):
+    artifact = lower(block_program, "cpu", num_cores=1)
+    assert artifact.info["sunk_reshapes"] > 0
+    (got,) = artifact.run(*block_program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(block_program)[0], rtol=1e-4, atol=1e-5)
+
+
+def test_gelu_and_bias_fuse_into_the_gemm(block_program):
+    _, kernels = lower_with_kernels(block_program, num_cores=1)
+    names = list(kernels)
+    assert any("packed_matmul" in n and "gelu" in n for n in names), names
+    assert not any(n.startswith(("gelu", "fused_gelu", "add", "fused_add")) for n in names), names
+
+
+def test_a_broadcast_over_reshaped_dims_stays_after_the_reshape():
+    # The scale varies along the tokens, a dim the reshape to (batch * tokens, dim) merges: the
+    # multiply cannot run on the 2-D GEMM output and must still be right.
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(16, 16)
+            self.scale = nn.Parameter(torch.arange(1.0, 5.0).reshape(4, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.proj(x) * self.scale
+
+    torch.manual_seed(0)
+    program = capture(Scaled().eval(), (torch.randn(3, 4, 16),), name="scaled")
+    (got,) = lower(program, "cpu", num_cores=1).run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
