@@ -13,9 +13,10 @@ their row maxima, exponentials and sums, and the weighted sum of V, then divides
 `ROWS x N` scores stay in L1 / L2 and are never written to memory. The scale the export
 multiplies into Q and K stays where it is (elementwise kernels over Q and K, not the scores).
 
-Applies when the shapes are static, float32, the softmax is over the keys, the keys number a
-multiple of 16 (one AVX-512 register), and the queries a multiple of 4; other attentions keep
-the three kernels. The kernel is scheduled here (`schedule_attention`) and marked scheduled,
+Applies when the shapes are static, float32 and the softmax is over the keys, unmasked (a masked
+softmax keeps the three kernels). Keys are padded to a multiple of 16 (one AVX-512 register) and
+get no weight; queries to a multiple of 8 unless they are one of 4, and the extra rows are sliced
+off. The kernel is scheduled here (`schedule_attention`) and marked scheduled,
 so the build's schedule rules leave it alone.
 """
 
@@ -30,19 +31,33 @@ LANES = 16  # one AVX-512 register of float32
 OPAQUE = 8  # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone
 
 
-def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0) -> Any:
+def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None = None) -> Any:
     """TE compute of `softmax(scale * q @ kt, axis=-1) @ v` for q [B, M, D], kt [B, D, N],
-    v [B, N, Dv], scale > 0."""
-    from tvm import te, topi
+    v [B, N, Dv], scale > 0, over the first `keys` keys (all N by default; the rest are padding
+    that gets no weight)."""
+    from tvm import te, tirx, topi
 
     b, m, d = (int(x) for x in q.shape)
     n, dv = int(kt.shape[2]), int(v.shape[2])
+    keys = n if keys is None else keys
+    lowest = tirx.min_value("float32")
     rd = te.reduce_axis((0, d), name="d")
     scores = te.compute((b, m, n), lambda z, i, j: te.sum(q[z, i, rd] * kt[z, rd, j], axis=rd), name="scores")
     rm = te.reduce_axis((0, n), name="jm")
-    row_max = te.compute((b, m), lambda z, i: te.max(scores[z, i, rm], axis=rm), name="row_max")
+    row_max = te.compute(
+        (b, m),
+        lambda z, i: te.max(
+            scores[z, i, rm] if keys == n else te.if_then_else(rm < keys, scores[z, i, rm], lowest), axis=rm
+        ),
+        name="row_max",
+    )
     shifted = te.compute((b, m, n), lambda z, i, j: (scores[z, i, j] - row_max[z, i]) * scale, name="shifted")
-    exp = topi.fast_exp(shifted)
+    unmasked = topi.fast_exp(shifted)
+    exp = te.compute(
+        (b, m, n),
+        lambda z, i, j: unmasked[z, i, j] if keys == n else te.if_then_else(j < keys, unmasked[z, i, j], 0.0),
+        name="exp",
+    )
     rs = te.reduce_axis((0, n), name="js")
     row_sum = te.compute((b, m), lambda z, i: te.sum(exp[z, i, rs], axis=rs), name="row_sum")
     rw = te.reduce_axis((0, n), name="jw")
@@ -52,19 +67,24 @@ def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0) -> Any:
     return te.compute((b, m, dv), lambda z, i, c: weighted[z, i, c] / row_sum[z, i], name="attention")
 
 
-def applies(m: int, n: int) -> bool:
-    """Whether the fused kernel takes `m` queries over `n` keys."""
-    return m % 4 == 0 and n % LANES == 0
+def padded(m: int, n: int) -> tuple[int, int]:
+    """Queries and keys as the kernel takes them: queries a multiple of 4 (else of `ROWS`), keys
+    a multiple of `LANES`."""
+    return (m if m % 4 == 0 else _round_up(m, ROWS)), _round_up(n, LANES)
 
 
-def attention_func(b: int, m: int, n: int, d: int, dv: int, scale: float = 1.0) -> Any:
-    """The scheduled PrimFunc for one shape and scale."""
+def attention_func(
+    b: int, m: int, n: int, d: int, dv: int, scale: float = 1.0, keys: int | None = None
+) -> Any:
+    """The scheduled PrimFunc for one shape and scale (`m`, `n` as `padded` gives them; `keys`:
+    how many of the `n` are real)."""
     from tvm import te
 
     q = te.placeholder((b, m, d), "float32", name="q")
     kt = te.placeholder((b, d, n), "float32", name="kt")
     v = te.placeholder((b, n, dv), "float32", name="v")
-    func = te.create_prim_func([q, kt, v, attention_te(q, kt, v, scale)]).without_attr("global_symbol")
+    out = attention_te(q, kt, v, scale, keys)
+    func = te.create_prim_func([q, kt, v, out]).without_attr("global_symbol")
     sch = schedule_attention(func, m, n, dv)
     return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})
 
@@ -77,6 +97,7 @@ def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
     rows = ROWS if m % ROWS == 0 else 4
     cols = next((w for w in (32, 16, 8) if dv % w == 0), dv)
     sch.compute_inline(sch.get_sblock("shifted"))
+    sch.compute_inline(sch.get_sblock("T_fast_exp"))
     partials = []
     for name in ("row_max", "row_sum"):  # per row: LANES partial results in one register
         j_r = sch.get_loops(sch.get_sblock(name))[-1]
@@ -89,7 +110,7 @@ def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
     sch.parallel(tile)
     sch.vectorize(sch.get_loops(out)[-1])
     for block in [sch.get_sblock("weighted"), sch.get_sblock("row_sum"), partials[1]] + [
-        sch.get_sblock("T_fast_exp"),
+        sch.get_sblock("exp"),
         sch.get_sblock("row_max"),
         partials[0],
         sch.get_sblock("scores"),
@@ -113,7 +134,7 @@ def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
     sch.vectorize(j_in)
     sch.decompose_reduction(scores, d_s)
 
-    exp = sch.get_sblock("T_fast_exp")
+    exp = sch.get_sblock("exp")
     j_e = sch.get_loops(exp)[-1]
     sch.vectorize(sch.split(j_e, factors=[None, LANES])[1])
 
@@ -199,16 +220,31 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 or v_shape[:-2] != p_shape[:-2]
                 or _prod(p_shape[:-2]) != batch
                 or v_shape[-2] != n
-                or not applies(m, n)
                 or not all(str(e.ty.dtype) == "float32" for e in (q, kt))
             ):
                 return None
             d, dv = q_shape[-1], v_shape[-1]
-            func = attention_func(batch, m, n, d, dv, scale)
+            mp, np_ = padded(m, n)
+            func = attention_func(batch, mp, np_, d, dv, scale, keys=n)
             gvar = self.builder_.add_func(func, "attention")
-            args = [self._as_3d(x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v)]
-            out = self.builder_.emit(relax.call_tir(gvar, args, relax.TensorType([batch, m, dv], "float32")))
+            q3, kt3, v3 = (self._as_3d(x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
+            # Zero rows of queries, zero columns of keys and rows of values: the kernel gives the
+            # padded keys no weight, and the padded queries' rows are sliced off.
+            q3 = self._pad(q3, 1, mp - m)
+            kt3, v3 = self._pad(kt3, 2, np_ - n), self._pad(v3, 1, np_ - n)
+            out = self.builder_.emit(
+                relax.call_tir(gvar, [q3, kt3, v3], relax.TensorType([batch, mp, dv], "float32"))
+            )
+            if mp > m:
+                out = self.builder_.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[m]))
             return relax.op.reshape(out, out_shape)
+
+        def _pad(self, x: Any, axis: int, extra: int) -> Any:
+            if extra == 0:
+                return x
+            width = [0] * 6
+            width[2 * axis + 1] = extra
+            return self.builder_.emit(relax.op.nn.pad(x, width))
 
         def _scaled(self, logits: Any) -> tuple[float, Any]:
             """(c, s) for `logits` bound to `s * c`, `c * s` or `s / c` (then 1 / c) with c a
@@ -243,6 +279,10 @@ def _scalar(expr: Any) -> float | None:
         return None
     value = expr.value.numpy()
     return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return -(-x // multiple) * multiple
 
 
 def _prod(dims: list[int]) -> int:

@@ -45,11 +45,12 @@ def _lowered(model, *shapes):
     [
         (SDPA(), [(2, 3, 32, 16)] * 3, 1),
         (SDPA(), [(1, 2, 24, 8), (1, 2, 48, 8), (1, 2, 48, 12)], 1),  # cross-attention, Dv != D
+        (SDPA(), [(2, 2, 30, 8), (2, 2, 77, 8), (2, 2, 77, 8)], 1),  # a text condition's 77 tokens
         (HandWritten(), [(2, 2, 16, 8)] * 3, 1),
-        (SDPA(), [(2, 3, 50, 16)] * 3, 0),  # 50 keys: no whole vector of keys
+        (SDPA(), [(2, 3, 50, 16)] * 3, 1),  # 50 queries and keys: padded to 56 and 64
         (SDPA(causal=True), [(1, 2, 32, 16)] * 3, 0),  # a masked softmax keeps the three kernels
     ],
-    ids=["self", "cross", "hand-written-scale", "odd-keys", "causal"],
+    ids=["self", "cross", "text-tokens", "hand-written-scale", "padded", "causal"],
 )
 def test_attention_matches_torch(model, shapes, fused):
     artifact, got, want = _lowered(model, *shapes)
@@ -57,22 +58,43 @@ def test_attention_matches_torch(model, shapes, fused):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def test_the_kernel_subtracts_the_row_maximum():
-    # Scores near 100 overflow exp() unless each row's maximum comes off first.
+def _kernel_output(q, kt, v, scale, keys):
     import tvm
 
-    b, m, n, d = 2, 8, 32, 4
-    rng = np.random.default_rng(0)
-    q = (10 * rng.standard_normal((b, m, d))).astype(np.float32)
-    kt = (10 * rng.standard_normal((b, d, n))).astype(np.float32)
-    v = rng.standard_normal((b, n, d)).astype(np.float32)
-    func = attention_func(b, m, n, d, d, scale=0.5).with_attr("global_symbol", "main")
+    (b, m, d), n = q.shape, kt.shape[2]
+    func = attention_func(b, m, n, d, v.shape[2], scale=scale, keys=keys).with_attr("global_symbol", "main")
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=resolve_target("cpu").tvm_target())
-    dev = tvm.cpu()
-    args = [tvm.runtime.tensor(x, dev) for x in (q, kt, v, np.zeros((b, m, d), np.float32))]
+    args = [tvm.runtime.tensor(x, tvm.cpu()) for x in (q, kt, v, np.zeros((b, m, v.shape[2]), np.float32))]
     lib["main"](*args)
-    s = 0.5 * q @ kt
+    return args[3].numpy()
+
+
+def _softmax_attention(q, kt, v, scale):
+    s = scale * q @ kt
     p = np.exp(s - s.max(-1, keepdims=True))
-    want = p / p.sum(-1, keepdims=True) @ v
-    assert np.isfinite(args[3].numpy()).all()
-    np.testing.assert_allclose(args[3].numpy(), want, rtol=1e-4, atol=1e-5)
+    return p / p.sum(-1, keepdims=True) @ v
+
+
+def test_the_kernel_subtracts_the_row_maximum():
+    # Scores near 100 overflow exp() unless each row's maximum comes off first.
+    rng = np.random.default_rng(0)
+    q, kt = ((10 * rng.standard_normal(s)).astype(np.float32) for s in ((2, 8, 4), (2, 4, 32)))
+    v = rng.standard_normal((2, 32, 4)).astype(np.float32)
+    got = _kernel_output(q, kt, v, 0.5, keys=None)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, _softmax_attention(q, kt, v, 0.5), rtol=1e-4, atol=1e-5)
+
+
+def test_padded_keys_get_no_weight():
+    # Every real score is far below 0, the score of a zero-padded key: were the padding in the
+    # row maximum, every real exp() would hit fast_exp's floor and all keys weigh the same.
+    rng = np.random.default_rng(1)
+    q = np.abs(10 * rng.standard_normal((1, 4, 8))).astype(np.float32)
+    kt = -np.abs(10 * rng.standard_normal((1, 8, 32))).astype(np.float32)
+    kt[:, :, 27:] = 0.0  # the padding the lowering appends
+    v = rng.standard_normal((1, 32, 8)).astype(np.float32)
+    v[:, 27:] = 0.0
+    got = _kernel_output(q, kt, v, 1.0, keys=27)
+    want = _softmax_attention(q, kt[:, :, :27], v[:, :27], 1.0)
+    assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
