@@ -5,7 +5,7 @@
 
 | op | Relax |
 |---|---|
-| `linear_w8a8` | quantize x to int8 -> `matmul(int8, int8, out_dtype=int32)` -> zero-point correction, rescale and bias as the matmul's epilogue (FuseOps fuses them into one kernel) |
+| `linear_w8a8` | quantize x to int8 -> `matmul(int8, int8, out_dtype=int32)` -> zero-point correction, rescale and bias as the matmul's epilogue (one fused elementwise kernel after the VNNI GEMM; in the packed int8 kernel's write-back without VNNI) |
 | `linear_wq` | one TE kernel: the reduction reads packed int4 (or int8) weights, unpacks the nibble, subtracts the zero point and multiplies by the group scale inside the K loop; no float weight is materialized |
 | `conv2d_w8a8` | int8 grid for x; grouped (depthwise) convs and convs over fewer than 4 input channels (an RGB stem): `conv2d` in float32 on the centered activations and the int8 weights, exact while the sums stay below 2^24; other groups-1 convs: `conv2d(int8, int8, out_dtype=int32)` with zero-point padding and a constant zero x sum(w) correction; the remaining grouped convs in int32; per-channel rescale and bias |
 | `act_qdq` | elementwise round onto the int8 grid and back |

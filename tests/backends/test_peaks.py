@@ -166,6 +166,23 @@ def _fake_peaks(fp32=100.0, int8=400.0):
     return peaks.CpuPeaks(peaks.CpuInfo("test", "test", frozenset()), peak("fp32", fp32), peak("int8", int8))
 
 
+def test_conv_ops_count_the_reduction_not_the_epilogue():
+    import torch
+    from torch import nn
+
+    from optkit.ir.capture import capture
+
+    model = nn.Sequential(
+        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1, groups=32)
+    )
+    _, funcs = kp.lower_with_kernels(capture(model.eval(), (torch.randn(2, 16, 14, 14),)), num_cores=1)
+    volumes = {name: kp.reduction_volume(f.script()) for name, f in funcs.items()}
+    dense = next(v for n, v in volumes.items() if "packed_conv2d" in n)
+    depthwise = next(v for n, v in volumes.items() if "depthwise" in n)
+    assert dense == 2 * 14 * 14 * 32 * 16 * 9  # the bias and ReLU in its write-back add nothing
+    assert depthwise == 2 * 14 * 14 * 32 * 9
+
+
 def test_profile_of_a_tiny_mlp(mlp):
     # mlp: Linear(32, 64) -> GELU -> Linear(64, 16) on a (4, 32) batch
     profile = kp.profile_kernels(mlp, warmup=0, repeats=2, model_repeats=1)
