@@ -223,23 +223,26 @@ def main() -> None:
             *(f"- {n}" for n in notes),
             "",
             "What TVM still loses, from per-kernel timing of the rows at this setting "
-            "(`optkit.backends.kernel_profile`, 1 thread, same CPU, 2026-11-30): the depthwise "
-            "convs ran at 5-12% of the fp32 peak, about 8 of MobileNetV2's ~28 ms, because each "
-            "4-pixel x 16-channel register tile was a TVM workspace allocated and freed per tile "
-            "(`local` scope in a parallel loop); accumulators in `global` scope sit on the stack "
-            "below TVM's 1 KiB limit (MobileNetV2 27.3 -> 22.1 ms in an A/B run), while the "
-            "8 x 32 float tiles of the GEMMs are exactly 1 KiB and still allocate per tile. "
-            "MobileNetV2's 1 x 1 convs over 16 or 24 input channels reduce over too "
-            "few products to amortize the tile's write-back (14-18% of peak); ResNet-18's 7 x 7 "
-            "stem reads the 3-channel NCHW image with bounds checks (about 35% of peak, 8 ms); in "
-            "W8A8, each VNNI GEMM's requantizing epilogue is a separate int32 elementwise kernel "
-            "(`quantized._linear_w8a8` and `_conv2d_w8a8` emit it after the GEMM). What this "
-            "session's changes bought (same profiles, batch 8): ResNet-18 float 188 -> 86 ms "
-            "(the 7 x 7 and 4 x 4 convs tile flattened pixels, 11% -> 42-55% of peak), ViT float "
-            "55 -> 28 ms (score matmuls padded from 50 to 64 columns: 14.9 -> 1.4 ms), W8A8 "
-            "MobileNetV2 92 -> 13 ms (int8 depthwise convs in exact float32 on the NHWC kernel "
-            "instead of TVM's generic int32 grouped conv, int8 convs NHWC), W8A8 ResNet-18 "
-            "128 -> 29 ms (the same, and im2col at 64-byte copies).",
+            "(`optkit.backends.kernel_profile`, 1 thread, same CPU, 2026-11-30): the GEMM tiles "
+            "whose K is short (ViT's 192, the UNet's 64-channel 1 x 1 convs) spend a larger share "
+            "on the tile's set-up and write-back (the 8 x 32 float accumulator is exactly TVM's "
+            "1 KiB stack limit, so it is a workspace allocated, zeroed and freed per tile): "
+            "50-75% of the fp32 peak where the long-K GEMMs reach 75-95%; MobileNetV2's depthwise "
+            "convs run at 5-15% of peak and its 1 x 1 convs over 16 or 24 channels at 14-18%; "
+            "ResNet-18's 7 x 7 stem reads the 3-channel image with bounds checks (~35%); a masked "
+            "softmax (the causal decoders) still runs as three kernels; in W8A8 every VNNI GEMM "
+            "is followed by its requantization as a separate elementwise pass (the VNNI body has "
+            "no blocks for the epilogue to join its tile write-back). What changed on "
+            "2026-11-30 (compiled artifacts before against after, one process): unmasked "
+            "attention runs as one kernel whose score tiles never leave the cache "
+            "(`backends/attention.py`: the UNet 158.8 -> 131.7 ms in float, 114.9 -> 86.2 ms in "
+            "W8A8), and a GEMM's bias, activation, residual add and requantization fuse into it "
+            "through the export's reshapes (`backends/reshapes.py`; with packing through "
+            "`broadcast_to`, ViT-Tiny 32.6 -> 27.8 ms in float). Earlier: ResNet-18 float "
+            "188 -> 86 ms (the 7 x 7 and 4 x 4 convs tile flattened pixels), ViT float 55 -> 28 "
+            "ms (score matmuls padded from 50 to 64 columns), W8A8 MobileNetV2 92 -> 13 ms and "
+            "ResNet-18 128 -> 29 ms (int8 depthwise convs in exact float32 on the NHWC kernel, "
+            "int8 convs NHWC, im2col at 64-byte copies).",
         ]
     )
     print(markdown)
