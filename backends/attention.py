@@ -22,9 +22,10 @@ so the build's schedule rules leave it alone.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, static_shape
+from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
 
 ROWS = 8  # query rows per tile: 8 x 32 accumulators of the weighted sum, like the GEMM tile
 LANES = 16  # one AVX-512 register of float32
@@ -109,13 +110,12 @@ def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
     tile = sch.fuse(z, i_out)
     sch.parallel(tile)
     sch.vectorize(sch.get_loops(out)[-1])
-    for block in [sch.get_sblock("weighted"), sch.get_sblock("row_sum"), partials[1]] + [
-        sch.get_sblock("exp"),
-        sch.get_sblock("row_max"),
-        partials[0],
-        sch.get_sblock("scores"),
-    ]:
-        sch.compute_at(block, tile, preserve_unit_loops=True)
+    row_max_rf, row_sum_rf = partials
+    consumers_first = ["weighted", "row_sum", row_sum_rf, "exp", "row_max", row_max_rf, "scores"]
+    for block in consumers_first:  # each block's consumers are under the tile loop before it
+        sch.compute_at(
+            sch.get_sblock(block) if isinstance(block, str) else block, tile, preserve_unit_loops=True
+        )
 
     # The weighted sum: rows x cols accumulators over the keys, like the GEMM tile.
     weighted = sch.get_sblock("weighted")
@@ -125,7 +125,7 @@ def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
     sch.unroll(i_w)
     sch.vectorize(c_in)
 
-    # Scores: rows x 16-key vectors accumulated over d, like the GEMM tile.
+    # Scores: rows x 32 (or 16) keys accumulated over the head dim, like the GEMM tile.
     scores = sch.get_sblock("scores")
     i_s, j_s, d_s = sch.get_loops(scores)[-3:]
     j_out, j_in = sch.split(j_s, factors=[None, 2 * LANES if n % (2 * LANES) == 0 else LANES])
@@ -213,12 +213,12 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
             q_shape, kt_shape, s_shape = static_shape(q), static_shape(kt), static_shape(scores)
             if q_shape is None or kt_shape is None or s_shape is None or len(s_shape) < 3:
                 return None
-            batch = _prod(s_shape[:-2])
+            batch = math.prod(s_shape[:-2])
             if (
                 q_shape[:-2] != s_shape[:-2]
                 or kt_shape[:-2] != s_shape[:-2]
                 or v_shape[:-2] != p_shape[:-2]
-                or _prod(p_shape[:-2]) != batch
+                or math.prod(p_shape[:-2]) != batch
                 or v_shape[-2] != n
                 or not all(str(e.ty.dtype) == "float32" for e in (q, kt))
             ):
@@ -264,11 +264,8 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
         def _as_3d(self, x: Any, shape: list[int]) -> Any:
             return x if static_shape(x) == shape else self.builder_.emit(relax.op.reshape(x, shape))
 
-    mutator = _Fuse(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), count
+    rewritten = rewrite_functions(_Fuse(mod), mod)
+    return relax.transform.DeadCodeElimination()(rewritten), count
 
 
 def _scalar(expr: Any) -> float | None:
@@ -283,10 +280,3 @@ def _scalar(expr: Any) -> float | None:
 
 def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
-
-
-def _prod(dims: list[int]) -> int:
-    out = 1
-    for d in dims:
-        out *= d
-    return out

@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from optkit.backends.relax_exprs import rewrite_functions
+
 
 def fast_math(mod: Any) -> tuple[Any, int]:
     """Replace float32 softmax, exp, erf, tanh, sigmoid, silu, gelu and gelu_tanh in every Relax
@@ -72,11 +74,7 @@ def fast_math(mod: Any) -> tuple[Any, int]:
                 )
             return call
 
-    mutator = _Fast(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return mutator.builder_.get(), count
+    return rewrite_functions(_Fast(mod), mod), count
 
 
 def _float32(call: Any) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 from optkit.backends.relax_exprs import relax_op as _op
-from optkit.backends.relax_exprs import static_shape
+from optkit.backends.relax_exprs import rewrite_functions, static_shape
 
 log = logging.getLogger(__name__)
 
@@ -177,11 +177,8 @@ def pack_weights(
                 pass
             return call
 
-    mutator = _Pack(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), counts
+    rewritten = rewrite_functions(_Pack(mod), mod)
+    return relax.transform.DeadCodeElimination()(rewritten), counts
 
 
 class _NotPackable(Exception):

@@ -23,3 +23,14 @@ def static_shape(expr: Any) -> list[int] | None:
     if not all(isinstance(d, tirx.IntImm) for d in dims):
         return None
     return [int(d) for d in dims]
+
+
+def rewrite_functions(mutator: Any, mod: Any) -> Any:
+    """`mod` with every Relax function visited by `mutator` (a `relax.PyExprMutator` built on
+    `mod`), as its builder holds them afterwards."""
+    from tvm import relax
+
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return mutator.builder_.get()

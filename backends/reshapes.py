@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, static_shape
+from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
 
 UNARY = frozenset(
     {
@@ -150,11 +150,8 @@ def sink_reshapes(mod: Any) -> tuple[Any, int]:
                 return x
             return relax.op.reshape(x, call.ty.shape)
 
-    mutator = _Sink(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    mod = relax.transform.CanonicalizeBindings()(mutator.builder_.get())  # drops `lv = x` aliases
+    rewritten = rewrite_functions(_Sink(mod), mod)
+    mod = relax.transform.CanonicalizeBindings()(rewritten)  # drops `lv = x` aliases
     return relax.transform.DeadCodeElimination()(mod), count
 
 
