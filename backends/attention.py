@@ -14,7 +14,8 @@ their row maxima, exponentials and sums, and the weighted sum of V, then divides
 multiplies into Q and K stays where it is (elementwise kernels over Q and K, not the scores).
 
 Applies when the shapes are static, float32 and the softmax is over the keys, unmasked (a masked
-softmax keeps the three kernels). Keys are padded to a multiple of 16 (one AVX-512 register) and
+softmax keeps the three kernels), with at least 16 queries and 16 keys and a value width a
+multiple of 8 (`worth_fusing`). Keys are padded to a multiple of 16 (one AVX-512 register) and
 get no weight; queries to a multiple of 8 unless they are one of 4, and the extra rows are sliced
 off. The kernel is scheduled here (`schedule_attention`) and marked scheduled,
 so the build's schedule rules leave it alone.
@@ -66,6 +67,15 @@ def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None =
         (b, m, dv), lambda z, i, c: te.sum(exp[z, i, rw] * v[z, rw, c], axis=rw), name="weighted"
     )
     return te.compute((b, m, dv), lambda z, i, c: weighted[z, i, c] / row_sum[z, i], name="attention")
+
+
+def worth_fusing(queries: int, keys: int, dv: int) -> bool:
+    """Whether the fused kernel beats the three kernels, as measured (1 thread, this Xeon): not
+    for a value width that no 8 divides (`zoo:efficientsam:tiny`'s heads of 20: a 20-lane tile,
+    579 against 238 us), nor for fewer keys than one vector (5 mask tokens padded to 16: 93
+    against 84 us), nor for fewer than 16 queries (its 8 queries over 64 keys: the model was
+    1.14x slower with them fused, the reshapes around the kernel costing more than it saved)."""
+    return dv % 8 == 0 and keys >= LANES and queries >= 2 * ROWS
 
 
 def padded(m: int, n: int) -> tuple[int, int]:
@@ -220,6 +230,7 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 or v_shape[:-2] != p_shape[:-2]
                 or math.prod(p_shape[:-2]) != batch
                 or v_shape[-2] != n
+                or not worth_fusing(m, n, v_shape[-1])
                 or not all(str(e.ty.dtype) == "float32" for e in (q, kt))
             ):
                 return None

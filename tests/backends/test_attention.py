@@ -44,13 +44,24 @@ def _lowered(model, *shapes):
     ("model", "shapes", "fused"),
     [
         (SDPA(), [(2, 3, 32, 16)] * 3, 1),
-        (SDPA(), [(1, 2, 24, 8), (1, 2, 48, 8), (1, 2, 48, 12)], 1),  # cross-attention, Dv != D
+        (SDPA(), [(1, 2, 24, 8), (1, 2, 48, 8), (1, 2, 48, 16)], 1),  # cross-attention, Dv != D
         (SDPA(), [(2, 2, 30, 8), (2, 2, 77, 8), (2, 2, 77, 8)], 1),  # a text condition's 77 tokens
         (HandWritten(), [(2, 2, 16, 8)] * 3, 1),
         (SDPA(), [(2, 3, 50, 16)] * 3, 1),  # 50 queries and keys: padded to 56 and 64
         (SDPA(causal=True), [(1, 2, 32, 16)] * 3, 0),  # a masked softmax keeps the three kernels
+        (SDPA(), [(2, 2, 16, 20)] * 3, 0),  # heads of 20: the three kernels are faster
+        (SDPA(), [(2, 2, 16, 8), (2, 2, 5, 8), (2, 2, 5, 8)], 0),  # 5 keys: less than one vector
     ],
-    ids=["self", "cross", "text-tokens", "hand-written-scale", "padded", "causal"],
+    ids=[
+        "self",
+        "cross",
+        "text-tokens",
+        "hand-written-scale",
+        "padded",
+        "causal",
+        "heads-of-20",
+        "five-keys",
+    ],
 )
 def test_attention_matches_torch(model, shapes, fused):
     artifact, got, want = _lowered(model, *shapes)
