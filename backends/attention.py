@@ -13,12 +13,14 @@ their row maxima, exponentials and sums, and the weighted sum of V, then divides
 `ROWS x N` scores stay in L1 / L2 and are never written to memory. The scale the export
 multiplies into Q and K stays where it is (elementwise kernels over Q and K, not the scores).
 
-Applies when the shapes are static, float32 and the softmax is over the keys, unmasked (a masked
-softmax keeps the three kernels), with at least 16 queries and 16 keys and a value width a
-multiple of 8 (`worth_fusing`). Keys are padded to a multiple of 16 (one AVX-512 register) and
-get no weight; queries to a multiple of 8 unless they are one of 4, and the extra rows are sliced
-off. The kernel is scheduled here (`schedule_attention`) and marked scheduled,
-so the build's schedule rules leave it alone.
+An additive mask on the scores (`scores + mask`, a causal decoder's `where(causal, 0, -inf)`, a
+boolean `attn_mask` as PyTorch's SDPA spells it, with its "safe softmax" that gives a row masked
+whole zeros) becomes a fourth input, [1, M, N] when every head shares it. Applies when the shapes
+are static, float32 and the softmax is over the keys, with at least 16 queries and 16 keys and a
+value width a multiple of 8 (`worth_fusing`). Keys are padded to a multiple of 16 (one AVX-512
+register) and get no weight; queries to a multiple of 8 unless they are one of 4, and the extra
+rows are sliced off. The kernel is scheduled here (`schedule_attention`) and marked scheduled, so
+the build's schedule rules leave it alone.
 """
 
 from __future__ import annotations
@@ -33,10 +35,13 @@ LANES = 16  # one AVX-512 register of float32
 OPAQUE = 8  # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone
 
 
-def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None = None) -> Any:
-    """TE compute of `softmax(scale * q @ kt, axis=-1) @ v` for q [B, M, D], kt [B, D, N],
-    v [B, N, Dv], scale > 0, over the first `keys` keys (all N by default; the rest are padding
-    that gets no weight)."""
+def attention_te(
+    q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None = None, mask: Any = None
+) -> Any:
+    """TE compute of `softmax(scale * q @ kt [+ mask], axis=-1) @ v` for q [B, M, D],
+    kt [B, D, N], v [B, N, Dv], scale > 0, over the first `keys` keys (all N by default; the rest
+    are padding that gets no weight). `mask` [B or 1, M, N] is added to the scaled scores; a row
+    it masks whole (every logit -inf) gives zeros, as PyTorch's SDPA does."""
     from tvm import te, tirx, topi
 
     b, m, d = (int(x) for x in q.shape)
@@ -45,6 +50,13 @@ def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None =
     lowest = tirx.min_value("float32")
     rd = te.reduce_axis((0, d), name="d")
     scores = te.compute((b, m, n), lambda z, i, j: te.sum(q[z, i, rd] * kt[z, rd, j], axis=rd), name="scores")
+    if mask is not None:
+        shared = int(mask.shape[0]) == 1
+        scores = te.compute(
+            (b, m, n),
+            lambda z, i, j: scores[z, i, j] * scale + mask[0 if shared else z, i, j],
+            name="logits",
+        )
     rm = te.reduce_axis((0, n), name="jm")
     row_max = te.compute(
         (b, m),
@@ -53,8 +65,11 @@ def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None =
         ),
         name="row_max",
     )
-    shifted = te.compute((b, m, n), lambda z, i, j: (scores[z, i, j] - row_max[z, i]) * scale, name="shifted")
-    unmasked = topi.fast_exp(shifted)
+    factor = 1.0 if mask is not None else scale  # a mask's logits are scaled already
+    shifted = te.compute(
+        (b, m, n), lambda z, i, j: (scores[z, i, j] - row_max[z, i]) * factor, name="shifted"
+    )
+    unmasked = topi.fast_exp(shifted)  # 0 for a masked logit (fast_exp(x) = 0 for x < -88)
     exp = te.compute(
         (b, m, n),
         lambda z, i, j: unmasked[z, i, j] if keys == n else te.if_then_else(j < keys, unmasked[z, i, j], 0.0),
@@ -66,7 +81,13 @@ def attention_te(q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None =
     weighted = te.compute(
         (b, m, dv), lambda z, i, c: te.sum(exp[z, i, rw] * v[z, rw, c], axis=rw), name="weighted"
     )
-    return te.compute((b, m, dv), lambda z, i, c: weighted[z, i, c] / row_sum[z, i], name="attention")
+    if mask is None:
+        return te.compute((b, m, dv), lambda z, i, c: weighted[z, i, c] / row_sum[z, i], name="attention")
+    return te.compute(
+        (b, m, dv),
+        lambda z, i, c: te.if_then_else(row_sum[z, i] > 0.0, weighted[z, i, c] / row_sum[z, i], 0.0),
+        name="attention",
+    )
 
 
 def worth_fusing(queries: int, keys: int, dv: int) -> bool:
@@ -85,28 +106,42 @@ def padded(m: int, n: int) -> tuple[int, int]:
 
 
 def attention_func(
-    b: int, m: int, n: int, d: int, dv: int, scale: float = 1.0, keys: int | None = None
+    b: int,
+    m: int,
+    n: int,
+    d: int,
+    dv: int,
+    scale: float = 1.0,
+    keys: int | None = None,
+    mask_batch: int | None = None,
 ) -> Any:
     """The scheduled PrimFunc for one shape and scale (`m`, `n` as `padded` gives them; `keys`:
-    how many of the `n` are real)."""
+    how many of the `n` are real). With `mask_batch` (1 or `b`) it takes a fourth input, the
+    additive mask [mask_batch, m, n]."""
     from tvm import te
 
     q = te.placeholder((b, m, d), "float32", name="q")
     kt = te.placeholder((b, d, n), "float32", name="kt")
     v = te.placeholder((b, n, dv), "float32", name="v")
-    out = attention_te(q, kt, v, scale, keys)
-    func = te.create_prim_func([q, kt, v, out]).without_attr("global_symbol")
-    sch = schedule_attention(func, m, n, dv)
+    inputs = [q, kt, v]
+    if mask_batch is not None:
+        inputs.append(te.placeholder((mask_batch, m, n), "float32", name="mask"))
+    out = attention_te(q, kt, v, scale, keys, mask=inputs[3] if mask_batch is not None else None)
+    func = te.create_prim_func([*inputs, out]).without_attr("global_symbol")
+    sch = schedule_attention(func, m, n, dv, masked=mask_batch is not None)
     return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})
 
 
-def schedule_attention(func: Any, m: int, n: int, dv: int) -> Any:
-    """Parallel over (batch, query tiles); every stage computed per tile, vectorized."""
+def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False) -> Any:
+    """Parallel over (batch, query tiles); every stage computed per tile, vectorized (`masked`:
+    `func` adds a mask to the scores, `attention_te`)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     rows = ROWS if m % ROWS == 0 else 4
     cols = next((w for w in (32, 16, 8) if dv % w == 0), dv)
+    if masked:
+        sch.compute_inline(sch.get_sblock("logits"))
     sch.compute_inline(sch.get_sblock("shifted"))
     sch.compute_inline(sch.get_sblock("T_fast_exp"))
     partials = []
@@ -211,10 +246,13 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
             if not all(str(e.ty.dtype) == "float32" for e in (p, v, call)):
                 return None
             m, n = p_shape[-2:]
-            soft = self._bound(self._through_views(p, [m, n]), softmax)
+            soft = self._softmax(self._through_views(p, [m, n]))
             if soft is None or int(soft.attrs.axis) not in (-1, len(static_shape(soft) or []) - 1):
                 return None
             logits = self._through_views(soft.args[0], [m, n])
+            mask, logits_shape = None, static_shape(logits)
+            if logits_shape is not None and (masked := self._masked(logits)) is not None:
+                mask, logits = masked
             scale, logits = self._scaled(logits)
             scores = self._bound(self._through_views(logits, [m, n]), matmul)
             if scores is None or scale <= 0:
@@ -234,21 +272,78 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 or not all(str(e.ty.dtype) == "float32" for e in (q, kt))
             ):
                 return None
+            mask_shape = None if mask is None else _mask_batch(static_shape(mask), logits_shape, batch)
+            if mask is not None and mask_shape is None:
+                return None
             d, dv = q_shape[-1], v_shape[-1]
             mp, np_ = padded(m, n)
-            func = attention_func(batch, mp, np_, d, dv, scale, keys=n)
+            func = attention_func(
+                batch, mp, np_, d, dv, scale, keys=n, mask_batch=None if mask_shape is None else mask_shape[0]
+            )
             gvar = self.builder_.add_func(func, "attention")
             q3, kt3, v3 = (self._as_3d(x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
             # Zero rows of queries, zero columns of keys and rows of values: the kernel gives the
             # padded keys no weight, and the padded queries' rows are sliced off.
             q3 = self._pad(q3, 1, mp - m)
             kt3, v3 = self._pad(kt3, 2, np_ - n), self._pad(v3, 1, np_ - n)
+            inputs = [q3, kt3, v3]
+            if mask is not None and mask_shape is not None:
+                inputs.append(
+                    self._pad(self._pad(self._mask_3d(mask, mask_shape, logits_shape), 1, mp - m), 2, np_ - n)
+                )
             out = self.builder_.emit(
-                relax.call_tir(gvar, [q3, kt3, v3], relax.TensorType([batch, mp, dv], "float32"))
+                relax.call_tir(gvar, inputs, relax.TensorType([batch, mp, dv], "float32"))
             )
             if mp > m:
                 out = self.builder_.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[m]))
             return relax.op.reshape(out, out_shape)
+
+        def _softmax(self, expr: Any) -> Any | None:
+            """The softmax `expr` is bound to, directly or as a safe softmax: PyTorch's SDPA with
+            a mask spells `where(row all -inf, 0, softmax(L))`, the row test being
+            `not(max(astype(not(L == -inf), int8)))` over the keys (the kernel gives such a row
+            zeros)."""
+            soft = self._bound(expr, softmax)
+            if soft is not None:
+                return soft
+            where = self._bound(expr, relax_op("relax.where"))
+            if where is None or _scalar_value(where.args[1], self) != 0.0:
+                return None
+            soft = self._bound(where.args[2], softmax)
+            if soft is None:
+                return None
+            test = where.args[0]
+            for op in ("logical_not", "astype", "max", "astype", "logical_not", "equal"):
+                bound = self._bound(test, relax_op(f"relax.{op}"))
+                if bound is None:
+                    return None
+                test = bound
+                if op != "equal":
+                    test = bound.args[0]
+            logits, floor = test.args
+            if not logits.same_as(soft.args[0]) or _scalar(floor) != -math.inf:
+                return None
+            return soft
+
+        def _masked(self, logits: Any) -> tuple[Any, Any] | None:
+            """(mask, scores) for `logits` bound to `scores + mask` (either order) with `scores`
+            (scaled) from a matmul and `mask` a float32 tensor of static shape; else None."""
+            bound = self._bound(logits, relax_op("relax.add"))
+            if bound is None:
+                return None
+            for scores, mask in (bound.args, bound.args[::-1]):
+                tail = static_shape(logits)[-2:]
+                found = self._bound(self._through_views(self._scaled(scores)[1], tail), matmul)
+                if found is not None and static_shape(mask) is not None and str(mask.ty.dtype) == "float32":
+                    return mask, scores
+            return None
+
+        def _mask_3d(self, mask: Any, shape: list[int], logits_shape: list[int]) -> Any:
+            """`mask` broadcast to the logits and flattened to `shape` ([1 or batch, M, N])."""
+            full = logits_shape if shape[0] > 1 else [1] * (len(logits_shape) - 2) + logits_shape[-2:]
+            if static_shape(mask) != full:
+                mask = self.builder_.emit(relax.op.broadcast_to(mask, full))
+            return self._as_3d(mask, shape)
 
         def _pad(self, x: Any, axis: int, extra: int) -> Any:
             if extra == 0:
@@ -277,6 +372,30 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
     return relax.transform.DeadCodeElimination()(rewritten), count
+
+
+def _mask_batch(mask_shape: list[int] | None, logits_shape: list[int], batch: int) -> list[int] | None:
+    """The mask as the kernel takes it, [1, M, N] if it is the same for every batch entry and
+    head, else [batch, M, N]; None if it does not broadcast to the logits."""
+    if mask_shape is None or len(mask_shape) > len(logits_shape) or math.prod(logits_shape[:-2]) != batch:
+        return None
+    aligned = [1] * (len(logits_shape) - len(mask_shape)) + list(mask_shape)
+    if any(a not in (1, f) for a, f in zip(aligned, logits_shape, strict=True)):
+        return None
+    shared = math.prod(aligned[:-2]) == 1
+    return [1 if shared else batch, *logits_shape[-2:]]
+
+
+def _scalar_value(expr: Any, mutator: Any) -> float | None:
+    """`_scalar` of `expr`, or of the fill value of the `full_like` it is bound to."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, relax.Var):
+        bound = mutator.lookup_binding(expr)
+        if isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.full_like"):
+            return _scalar(bound.args[1])
+    return _scalar(expr)
 
 
 def _scalar(expr: Any) -> float | None:

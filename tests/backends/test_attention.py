@@ -15,20 +15,34 @@ from tests.backends.conftest import outputs_of
 
 
 class SDPA(nn.Module):
-    def __init__(self, causal: bool = False) -> None:
+    def __init__(self, causal: bool = False, mask: torch.Tensor | None = None) -> None:
         super().__init__()
         self.causal = causal
+        self.register_buffer("mask", mask)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+        return nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask, is_causal=self.causal)
 
 
 class HandWritten(nn.Module):
-    """softmax(q k^T / sqrt(d)) v spelled out, as older attention code does."""
+    """softmax(q k^T / sqrt(d) [+ mask]) v spelled out, as older attention code does."""
+
+    def __init__(self, mask: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("mask", mask)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if self.mask is not None:
+            scores = scores + self.mask
         return scores.softmax(dim=-1) @ v
+
+
+def _keep_mask() -> torch.Tensor:
+    """A boolean mask (True: attend) over 32 queries x 48 keys; query 5 attends to nothing."""
+    keep = torch.rand(32, 48, generator=torch.Generator().manual_seed(3)) > 0.3
+    keep[5] = False
+    return keep
 
 
 def _lowered(model, *shapes):
@@ -48,7 +62,11 @@ def _lowered(model, *shapes):
         (SDPA(), [(2, 2, 30, 8), (2, 2, 77, 8), (2, 2, 77, 8)], 1),  # a text condition's 77 tokens
         (HandWritten(), [(2, 2, 16, 8)] * 3, 1),
         (SDPA(), [(2, 3, 50, 16)] * 3, 1),  # 50 queries and keys: padded to 56 and 64
-        (SDPA(causal=True), [(1, 2, 32, 16)] * 3, 0),  # a masked softmax keeps the three kernels
+        (SDPA(causal=True), [(1, 2, 32, 16)] * 3, 1),
+        (SDPA(causal=True), [(2, 2, 50, 16)] * 3, 1),  # causal, padded
+        (SDPA(mask=_keep_mask()), [(2, 3, 32, 16), (2, 3, 48, 16), (2, 3, 48, 8)], 1),  # a row all masked
+        (SDPA(mask=torch.randn(2, 1, 32, 48)), [(2, 3, 32, 16), (2, 3, 48, 16), (2, 3, 48, 8)], 1),
+        (HandWritten(torch.randn(1, 1, 1, 40)), [(2, 2, 24, 16), (2, 2, 40, 16), (2, 2, 40, 16)], 1),
         (SDPA(), [(2, 2, 16, 20)] * 3, 0),  # heads of 20: the three kernels are faster
         (SDPA(), [(2, 2, 16, 8), (2, 2, 5, 8), (2, 2, 5, 8)], 0),  # 5 keys: less than one vector
     ],
@@ -59,6 +77,10 @@ def _lowered(model, *shapes):
         "hand-written-scale",
         "padded",
         "causal",
+        "causal-padded",
+        "boolean-mask",
+        "mask-per-batch",
+        "hand-written-mask",
         "heads-of-20",
         "five-keys",
     ],
@@ -69,15 +91,18 @@ def test_attention_matches_torch(model, shapes, fused):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def _kernel_output(q, kt, v, scale, keys):
+def _kernel_output(q, kt, v, scale, keys, mask=None):
     import tvm
 
     (b, m, d), n = q.shape, kt.shape[2]
-    func = attention_func(b, m, n, d, v.shape[2], scale=scale, keys=keys).with_attr("global_symbol", "main")
+    func = attention_func(
+        b, m, n, d, v.shape[2], scale=scale, keys=keys, mask_batch=None if mask is None else mask.shape[0]
+    ).with_attr("global_symbol", "main")
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=resolve_target("cpu").tvm_target())
-    args = [tvm.runtime.tensor(x, tvm.cpu()) for x in (q, kt, v, np.zeros((b, m, v.shape[2]), np.float32))]
+    inputs = (q, kt, v) if mask is None else (q, kt, v, mask)
+    args = [tvm.runtime.tensor(x, tvm.cpu()) for x in (*inputs, np.zeros((b, m, v.shape[2]), np.float32))]
     lib["main"](*args)
-    return args[3].numpy()
+    return args[-1].numpy()
 
 
 def _softmax_attention(q, kt, v, scale):
@@ -108,4 +133,18 @@ def test_padded_keys_get_no_weight():
     got = _kernel_output(q, kt, v, 1.0, keys=27)
     want = _softmax_attention(q, kt[:, :, :27], v[:, :27], 1.0)
     assert np.isfinite(got).all()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_masked_keys_get_exactly_no_weight():
+    # A masked key's weight must be exactly 0 (TOPI's fast_exp gives 0 below -88, but 1e-38
+    # just above): times a value of 1e38, any weight left shows in the output.
+    rng = np.random.default_rng(2)
+    q, kt = (rng.standard_normal(s).astype(np.float32) for s in ((1, 8, 8), (1, 8, 32)))
+    v = rng.standard_normal((1, 32, 8)).astype(np.float32)
+    mask = np.zeros((1, 8, 32), np.float32)
+    mask[:, :, 20:] = -np.inf
+    v[:, 20:] = 1e38
+    got = _kernel_output(q, kt, v, 0.5, keys=None, mask=mask)
+    want = _softmax_attention(q, kt[:, :, :20], v[:, :20], 0.5)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
