@@ -87,6 +87,17 @@ def test_nhwc_convs_on_narrow_images_match_torch():
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-4)
 
 
+def test_big_weight_with_more_rows_than_columns_matches_torch():
+    # A Llama MLP's down projection: 2.75 MiB of weight, above the cache, so the GEMM sweeps it
+    # panel by panel although its 1,024 rows outnumber its 512 columns.
+    torch.manual_seed(0)
+    program = capture(nn.Linear(1408, 512).eval(), (torch.randn(1024, 1408),))
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["packed_matmuls"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-4)
+
+
 class _Scores(nn.Module):
     # Not a softmax: a softmax attention takes the fused kernel (`attention.py`) instead.
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
