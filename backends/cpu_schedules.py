@@ -10,7 +10,7 @@ replaces DLight's GEMV schedule:
 - `CPUMatmul`: other kernels with one reduction block (GEMM, batched GEMM, packed GEMM and conv,
   the NHWC depthwise conv, the int8 and group-wise quantized kernels). The innermost spatial
   loop moves inside the reduction and is vectorized, the next one is tiled into a register block
-  (8 x 32 by default) that accumulates in a local buffer, and the remaining outer spatial loops
+  (7 or 8 x 32 by default, `_row_heights`) that accumulates in a local buffer, and the remaining outer spatial loops
   run in parallel: `parallel(outer) / reduction / unroll(rows) / vectorize(cols)`. For optkit's NHWC conv kernels
   (dense or depthwise, `packing.py`) the columns are channels and the rows output pixels of one
   image row, so rows of 7 or 14 pixels get 1- or 2-row tiles. Fusing the pixel loops first
@@ -268,7 +268,7 @@ def _schedule_reduction(
     # limit on the task's stack, where LLVM keeps it in registers. Depthwise tiles (4 pixels x
     # 16 channels, 9 taps) had spent more time allocating than computing: MobileNetV2 at batch
     # 8, 1 thread, 27.3 -> 22.1 ms; the zoo's transformers and ResNet-18 0.99-1.01x (their
-    # 8 x 32 float tiles are exactly 1 KiB, still a workspace).
+    # 8 x 32 float tiles are exactly 1 KiB, a workspace: hence `_row_heights`).
     acc = sch.cache_write(block, 0, "global")
     sch.reverse_compute_at(acc, parallel[-1], preserve_unit_loops=True)
     # Vectorize while the block still has its init (a reduction block); decompose afterwards.
