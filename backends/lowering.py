@@ -277,10 +277,12 @@ def _specialize(
         "blas_matmuls": 0,
         "sunk_reshapes": 0,
         "fused_attentions": 0,
+        "vnni_epilogues": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
     from optkit.backends.attention import fuse_attention
+    from optkit.backends.epilogues import fuse_vnni_epilogues
     from optkit.backends.fast_math import fast_math as use_fast_math
     from optkit.backends.layout import cancel_transposes, channels_last
     from optkit.backends.packing import pack_weights
@@ -313,6 +315,8 @@ def _specialize(
     mod, figures["sunk_reshapes"] = sink_reshapes(mod)
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
+    if vnni:
+        mod, figures["vnni_epilogues"] = fuse_vnni_epilogues(mod)
     if schedule == "blas":
         mod, figures["blas_matmuls"] = offload_matmuls(mod)
     return mod, figures

@@ -54,6 +54,7 @@ LANES, GROUP = 16, 4  # int32 lanes per register, bytes per lane
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 VECTOR_REGISTERS = 31  # of AVX-512's 32 zmm registers, one left to LLVM
 MAX_PANELS = 8  # 16-column panels per tile
+KERNEL_ATTR, GEMM_KERNEL = "optkit_kernel", "vnni_gemm"  # marks the GEMM for `epilogues.py`
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
 
 
@@ -118,10 +119,34 @@ def pack(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(k // GROUP, GROUP, n // LANES, LANES).transpose(2, 0, 3, 1))
 
 
-def gemm_func(m: int, n: int, k: int, tile: Tile | None = None, *, offset: bool = False) -> Any:
+@dataclass(frozen=True)
+class Epilogue:
+    """Elementwise steps applied to each int32 result in the tile write-back (`epilogues.py`).
+
+    `steps`: `("astype", dtype)`, `("round",)`, `(op, operand, swapped)` for a binary `op` (add,
+    subtract, multiply, divide, maximum, minimum) with parameter `operand` (an int: its index)
+    or an immediate (a float), `swapped` when it is the left operand. `params`: (rows, cols) of each parameter, rows 1 or M, cols
+    1 or N (a scalar, a per-column vector, a per-row column, a full matrix), and its dtype."""
+
+    steps: tuple[tuple[Any, ...], ...]
+    params: tuple[tuple[int, int, str], ...]
+    dtype: str
+
+
+def gemm_func(
+    m: int,
+    n: int,
+    k: int,
+    tile: Tile | None = None,
+    *,
+    offset: bool = False,
+    epilogue: Epilogue | None = None,
+) -> Any:
     """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`; with `offset`,
     `y = offset[N16] + xu @ Wv` (int32 `offset` a third input, before `y`). `Wv` and `offset`
-    have N rounded up to a multiple of 16 (N16); the columns past N are not stored.
+    have N rounded up to a multiple of 16 (N16); the columns past N are not stored. With
+    `epilogue`, its parameters are the next inputs and `y` (of its dtype) holds the epilogue's
+    result: the requantization runs on the accumulators before the store, not as a pass over y.
 
     One parallel loop over `tile`s (default `choose_tile`); each keeps its `rows x panels`
     accumulators in registers over all of K (starting from `offset`), then stores them. Built with TVM's IR builder, as
@@ -151,8 +176,14 @@ def gemm_func(m: int, n: int, k: int, tile: Tile | None = None, *, offset: bool 
         x = T.arg("x", T.buffer((_i64(m), _i64(k)), "uint8"))
         w = T.arg("w", T.buffer((_i64(nb), _i64(kb), LANES, GROUP), "int8"))
         c = T.arg("offset", T.buffer((_i64(nb * LANES),), "int32")) if offset else None
-        y = T.arg("y", T.buffer((_i64(m), _i64(n)), "int32"))
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        params = [
+            T.arg(f"p{i}", T.buffer((_i64(r), _i64(cols)), dtype))
+            for i, (r, cols, dtype) in enumerate(epilogue.params if epilogue else ())
+        ]
+        y = T.arg("y", T.buffer((_i64(m), _i64(n)), epilogue.dtype if epilogue else "int32"))
+        T.func_attr(
+            {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, KERNEL_ATTR: GEMM_KERNEL}
+        )
         with T.sblock("root"):
             x4 = T.decl_buffer((_i64(m), _i64(kb)), "int32", data=x.data)  # 4 bytes of a row as one word
             with T.parallel(_i64(0), _i64(tiles_m * tiles_n)) as t:
@@ -163,8 +194,61 @@ def gemm_func(m: int, n: int, k: int, tile: Tile | None = None, *, offset: bool 
                 # the last tile of a column or row overlaps the one before instead of running off
                 row = T.min(tm * _i64(rows), _i64(m - rows))
                 panel = T.min(tn * _i64(panels), _i64(nb - panels))
-                _tile_body(x4, w, c, y, row, panel, rows, panels)
+                _tile_body(x4, w, c, y, row, panel, rows, panels, _finisher(epilogue, params))
     return ib.get()
+
+
+def _finisher(epilogue: Epilogue | None, params: list[Any]) -> Any:
+    """`finish(value, row, col, lanes)`: the epilogue applied to an int32 value (a vector of
+    `lanes` from column `col` on, or a scalar), reading its parameters at (row, col)."""
+    from tvm import tirx
+
+    def finish(value: Any, row: Any, col: Any, lanes: int) -> Any:
+        if epilogue is None:
+            return value
+        dtype = "int32"
+        for step in epilogue.steps:
+            if step[0] == "astype":
+                dtype = step[1]
+                value = tirx.Cast(dtype if lanes == 1 else f"{dtype}x{lanes}", value)
+                continue
+            if step[0] == "round":
+                value = tirx.round(value)
+                continue
+            op, i, swapped = step
+            if isinstance(i, float):  # an immediate, of the value's type
+                other = tirx.const(i if dtype.startswith("float") else int(i), dtype)
+                other = tirx.Broadcast(other, lanes) if lanes > 1 else other
+            else:
+                rows, cols, _ = epilogue.params[i]
+                r = row if rows > 1 else _i64(0)
+                if cols > 1:
+                    vector = f"{dtype}x{lanes}"
+                    other = params[i].vload([r, col], dtype=vector) if lanes > 1 else params[i][r, col]
+                else:
+                    other = params[i][r, _i64(0)]
+                    other = tirx.Broadcast(other, lanes) if lanes > 1 else other
+            a, b = (other, value) if swapped else (value, other)
+            value = BINARY[op](a, b)
+        return value
+
+    return finish
+
+
+BINARY = {
+    "add": lambda a, b: a + b,
+    "subtract": lambda a, b: a - b,
+    "multiply": lambda a, b: a * b,
+    "divide": lambda a, b: a / b,
+    "maximum": lambda a, b: _tir().max(a, b),
+    "minimum": lambda a, b: _tir().min(a, b),
+}
+
+
+def _tir() -> Any:
+    from tvm import tirx
+
+    return tirx
 
 
 def _i64(value: int) -> Any:
@@ -173,8 +257,11 @@ def _i64(value: int) -> Any:
     return tirx.IntImm("int64", value)
 
 
-def _tile_body(x4: Any, w: Any, c: Any, y: Any, row: Any, panel: Any, rows: int, panels: int) -> None:
-    """Emit one tile: set the accumulators to 0 or the offset `c`, one `vpdpbusd` per row and panel per 4 k, store."""
+def _tile_body(
+    x4: Any, w: Any, c: Any, y: Any, row: Any, panel: Any, rows: int, panels: int, finish: Any
+) -> None:
+    """Emit one tile: set the accumulators to 0 or the offset `c`, one `vpdpbusd` per row and
+    panel per 4 k, store `finish(accumulators)`."""
     from tvm import tirx
     from tvm.tirx.script.builder import ir as T
 
@@ -199,15 +286,19 @@ def _tile_body(x4: Any, w: Any, c: Any, y: Any, row: Any, panel: Any, rows: int,
     for r, p in itertools.product(range(rows), range(panels)):
         start = (panel + _i64(p)) * _i64(LANES)
         cols = tirx.Ramp(start, _i64(1), LANES)
+        whole = finish(acc[p].vload([_i64(r), _i64(0)], dtype=vec), row + _i64(r), start, LANES)
         if n % LANES == 0:
-            T.buffer_store(y, acc[p].vload([_i64(r), _i64(0)], dtype=vec), [row + _i64(r), cols])
+            T.buffer_store(y, whole, [row + _i64(r), cols])
             continue
         with T.If(start + _i64(LANES) <= _i64(n)):  # a whole panel; the last one stores lane by lane
             with T.Then():
-                T.buffer_store(y, acc[p].vload([_i64(r), _i64(0)], dtype=vec), [row + _i64(r), cols])
+                T.buffer_store(y, whole, [row + _i64(r), cols])
             with T.Else():
                 for lane in range(n % LANES):
-                    T.buffer_store(y, acc[p][_i64(r), _i64(lane)], [row + _i64(r), start + _i64(lane)])
+                    col = start + _i64(lane)
+                    T.buffer_store(
+                        y, finish(acc[p][_i64(r), _i64(lane)], row + _i64(r), col, 1), [row + _i64(r), col]
+                    )
 
 
 def to_unsigned(bb: Any, x: Any) -> Any:

@@ -89,6 +89,41 @@ def test_offset_starts_the_accumulators():
     np.testing.assert_array_equal(out.numpy(), want[:, :n])
 
 
+def test_epilogue_runs_in_the_write_back():
+    import tvm
+
+    # N = 40: two whole panels and one stored lane by lane; parameters per column, per row and
+    # scalar, a left operand (subtract from), rounding and casts down to int8.
+    m, n, k = 49, 40, 64
+    epilogue = vnni.Epilogue(
+        steps=(
+            ("astype", "float32"),
+            ("multiply", 0, False),
+            ("add", 1, False),
+            ("subtract", 2, True),
+            ("maximum", 2, False),
+            ("round",),
+            ("astype", "int8"),
+        ),
+        params=((1, n, "float32"), (m, 1, "float32"), (1, 1, "float32")),
+        dtype="int8",
+    )
+    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue)})
+    rng = np.random.default_rng(2)
+    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
+    offset = rng.integers(-(2**12), 2**12, 48).astype(np.int32)
+    scale = rng.uniform(1e-4, 2e-4, (1, n)).astype(np.float32)
+    row = rng.uniform(-5, 5, (m, 1)).astype(np.float32)
+    floor = np.full((1, 1), -100.0, np.float32)
+    out = tvm.runtime.tensor(np.zeros((m, n), np.int8))
+    args = (tvm.runtime.tensor(a) for a in (x, vnni.pack(w), offset, scale, row, floor))
+    lib["main"](*args, out)
+    acc = (offset + x.astype(np.int64) @ w.astype(np.int64))[:, :n].astype(np.float32)
+    want = np.round(np.maximum(floor - (acc * scale + row), floor)).astype(np.int8)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
 def test_tiles_follow_the_weight_panels_size():
     assert vnni.choose_tile(128, 768, 192) == vnni.Tile(4, 6, rows_inner=True)  # 6 panels x 192 k: 18 KiB
     assert vnni.choose_tile(49, 96, 576) == vnni.Tile(7, 3, rows_inner=True)  # 49 = 7 x 7, 6 panels = 2 x 3

@@ -1,0 +1,71 @@
+"""The VNNI GEMM's requantization joins its write-back: which chains fuse, and that the W8A8
+models still match their Programs."""
+
+import numpy as np
+import pytest
+import torch
+from optkit.backends import lower, vnni
+from optkit.backends.targets import resolve_target
+from torch import nn
+
+from optkit.ir.capture import capture
+from optkit.pipeline import PassManager, build_passes
+from tests.backends.conftest import outputs_of
+
+pytestmark = pytest.mark.skipif(
+    not vnni.target_has_vnni(resolve_target("cpu").tvm_target()), reason="the host CPU has no AVX-512 VNNI"
+)
+
+
+class _Residual(nn.Module):
+    """The last GEMM's epilogue adds a full [M, N] matrix (the residual)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(64, 96), nn.Linear(96, 40), nn.Linear(40, 40)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.b(torch.relu(self.a(x)))
+        return self.c(y) + y
+
+
+class _TwoUses(nn.Module):
+    """The GEMM's output feeds two branches: no epilogue past the fork."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.a(x)
+        return torch.relu(y) * torch.sigmoid(y)
+
+
+def _inverted_residual() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(16, 32, 1),
+        nn.ReLU6(),
+        nn.Conv2d(32, 32, 3, padding=1, groups=32),
+        nn.ReLU6(),
+        nn.Conv2d(32, 24, 1),
+    )
+
+
+@pytest.mark.parametrize(
+    ("model", "shape", "fused"),
+    [
+        (lambda: nn.Sequential(nn.Linear(64, 96), nn.ReLU6(), nn.Linear(96, 40)), (50, 64), 2),  # N = 40
+        (_Residual, (2, 24, 64), 3),
+        (_inverted_residual, (2, 16, 14, 14), 2),  # the depthwise conv runs in float32, not VNNI
+        (_TwoUses, (8, 64), 1),
+    ],
+    ids=["mlp", "residual", "inverted-residual", "two-uses"],
+)
+def test_w8a8_models_match_with_fused_epilogues(model, shape, fused):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    program = PassManager(build_passes(["ptq"])).run(capture(model().eval(), (x,))).program
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["vnni_epilogues"] == fused
+    (got,) = artifact.run(x)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
