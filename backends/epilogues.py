@@ -71,10 +71,9 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
     users: dict[Any, list[Any]] = {}
     blocks = func.body.blocks if isinstance(func.body, relax.SeqExpr) else []
     for block in blocks:
-        for binding in block.bindings:
-            if not isinstance(binding, relax.VarBinding):
-                continue
-            bound[binding.var] = binding.value
+        for binding in block.bindings:  # match_casts count as users too
+            if isinstance(binding, relax.VarBinding):
+                bound[binding.var] = binding.value
             for used in relax.analysis.free_vars(binding.value):
                 users.setdefault(used, []).append(binding.var)
     for used in relax.analysis.free_vars(func.body.body):  # the function's outputs
@@ -134,7 +133,7 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
     op = call.op
     if op == relax_op("relax.astype") and same(call.args[0]):
         to = str(call.attrs.dtype)
-        return [("astype", to)], [], [], to
+        return None if to == "bool" else ([("astype", to)], [], [], to)
     if op == relax_op("relax.round") and same(call.args[0]):
         return [("round",)], [], [], dtype
     if op == relax_op("relax.clip") and same(call.args[0]):
