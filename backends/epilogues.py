@@ -20,8 +20,6 @@ from typing import Any
 
 from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
 
-BINARY_OPS = ("add", "subtract", "multiply", "divide", "maximum", "minimum")
-
 
 def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
     """`mod` with each VNNI GEMM and the elementwise chain after it as one kernel (module
@@ -142,7 +140,9 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
             return None
         low, high = (float(a.value.value) for a in bounds)
         return [("maximum", low, False), ("minimum", high, False)], [], [], dtype
-    name = next((b for b in BINARY_OPS if op == relax_op(f"relax.{b}")), None)
+    from optkit.backends.vnni import EPILOGUE_OPS
+
+    name = next((b for b in EPILOGUE_OPS if op == relax_op(f"relax.{b}")), None)
     if name is None or len(call.args) != 2:
         return None
     a, b = call.args
@@ -150,7 +150,7 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
         return None
     other, swapped = (b, False) if same(a) else (a, True)
     grid = _broadcast_2d(static_shape(other), shape)
-    if grid is None or str(other.ty.dtype) != dtype:
+    if grid is None or str(other.ty.dtype) != dtype or (name == "divide" and not dtype.startswith("float")):
         return None
     if grid == (1, 1) and (value := _scalar_constant(other, bound)) is not None:
         return [(name, value, swapped)], [], [], dtype

@@ -229,26 +229,21 @@ def _finisher(epilogue: Epilogue | None, params: list[Any]) -> Any:
                     other = params[i][r, _i64(0)]
                     other = tirx.Broadcast(other, lanes) if lanes > 1 else other
             a, b = (other, value) if swapped else (value, other)
-            value = BINARY[op](a, b)
+            value = binary[op](a, b)
         return value
 
+    binary = {
+        "add": lambda a, b: a + b,
+        "subtract": lambda a, b: a - b,
+        "multiply": lambda a, b: a * b,
+        "divide": lambda a, b: a / b,
+        "maximum": tirx.max,
+        "minimum": tirx.min,
+    }
     return finish
 
 
-BINARY = {
-    "add": lambda a, b: a + b,
-    "subtract": lambda a, b: a - b,
-    "multiply": lambda a, b: a * b,
-    "divide": lambda a, b: a / b,
-    "maximum": lambda a, b: _tir().max(a, b),
-    "minimum": lambda a, b: _tir().min(a, b),
-}
-
-
-def _tir() -> Any:
-    from tvm import tirx
-
-    return tirx
+EPILOGUE_OPS = ("add", "subtract", "multiply", "divide", "maximum", "minimum")  # `Epilogue`'s binary ops
 
 
 def _i64(value: int) -> Any:
