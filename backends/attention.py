@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
+from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, scalar_constant, static_shape
 
 ROWS = 8  # query rows per tile: 8 x 32 accumulators of the weighted sum, like the GEMM tile
 LANES = 16  # one AVX-512 register of float32
@@ -281,7 +281,7 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 batch, mp, np_, d, dv, scale, keys=n, mask_batch=None if mask_shape is None else mask_shape[0]
             )
             gvar = self.builder_.add_func(func, "attention")
-            q3, kt3, v3 = (self._as_3d(x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
+            q3, kt3, v3 = (reshaped(self.builder_, x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
             # Zero rows of queries, zero columns of keys and rows of values: the kernel gives the
             # padded keys no weight, and the padded queries' rows are sliced off.
             q3 = self._pad(q3, 1, mp - m)
@@ -321,7 +321,7 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 if op != "equal":
                     test = bound.args[0]
             logits, floor = test.args
-            if not logits.same_as(soft.args[0]) or _scalar(floor) != -math.inf:
+            if not logits.same_as(soft.args[0]) or scalar_constant(floor) != -math.inf:
                 return None
             return soft
 
@@ -343,7 +343,7 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
             full = logits_shape if shape[0] > 1 else [1] * (len(logits_shape) - 2) + logits_shape[-2:]
             if static_shape(mask) != full:
                 mask = self.builder_.emit(relax.op.broadcast_to(mask, full))
-            return self._as_3d(mask, shape)
+            return reshaped(self.builder_, mask, shape)
 
         def _pad(self, x: Any, axis: int, extra: int) -> Any:
             if extra == 0:
@@ -358,17 +358,14 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
             bound = self._bound(logits, relax_op("relax.multiply"))
             if bound is not None:
                 a, b = bound.args
-                if (c := _scalar(b)) is not None:
+                if (c := scalar_constant(b)) is not None:
                     return c, a
-                if (c := _scalar(a)) is not None:
+                if (c := scalar_constant(a)) is not None:
                     return c, b
             bound = self._bound(logits, relax_op("relax.divide"))
-            if bound is not None and (c := _scalar(bound.args[1])) not in (None, 0.0):
+            if bound is not None and (c := scalar_constant(bound.args[1])) not in (None, 0.0):
                 return 1.0 / c, bound.args[0]
             return 1.0, logits
-
-        def _as_3d(self, x: Any, shape: list[int]) -> Any:
-            return x if static_shape(x) == shape else self.builder_.emit(relax.op.reshape(x, shape))
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
     return relax.transform.DeadCodeElimination()(rewritten), count
@@ -387,25 +384,15 @@ def _mask_batch(mask_shape: list[int] | None, logits_shape: list[int], batch: in
 
 
 def _scalar_value(expr: Any, mutator: Any) -> float | None:
-    """`_scalar` of `expr`, or of the fill value of the `full_like` it is bound to."""
+    """`scalar_constant` of `expr`, or of the fill value of the `full_like` it is bound to."""
     import tvm
     from tvm import relax
 
     if isinstance(expr, relax.Var):
         bound = mutator.lookup_binding(expr)
         if isinstance(bound, relax.Call) and bound.op == tvm.ir.Op.get("relax.full_like"):
-            return _scalar(bound.args[1])
-    return _scalar(expr)
-
-
-def _scalar(expr: Any) -> float | None:
-    """The value of a constant with one element, else None."""
-    import tvm
-
-    if not isinstance(expr, tvm.ir.expr.Constant):
-        return None
-    value = expr.value.numpy()
-    return float(value.reshape(-1)[0]) if value.size == 1 else None
+            return scalar_constant(bound.args[1])
+    return scalar_constant(expr)
 
 
 def _round_up(x: int, multiple: int) -> int:

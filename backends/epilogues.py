@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
+from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, scalar_constant, static_shape
 
 
 def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
@@ -44,16 +44,13 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
             xu, w, offset = (self.visit_expr(a) for a in gemm.args[1].fields)
             (m, k), n = static_shape(xu) or [0, 0], int(gemm.ty.shape[1])
             params = [
-                self._as_2d(self.visit_expr(o), [rows, cols])
+                reshaped(self.builder_, self.visit_expr(o), [rows, cols])
                 for o, (rows, cols, _) in zip(others, epilogue.params, strict=True)
             ]
             gvar = self.builder_.add_func(
                 vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue), "vnni_gemm"
             )
             return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType([m, n], epilogue.dtype))
-
-        def _as_2d(self, x: Any, shape: list[int]) -> Any:
-            return x if static_shape(x) == shape else self.builder_.emit(relax.op.reshape(x, shape))
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
     return relax.transform.DeadCodeElimination()(rewritten), len(chains)
@@ -79,7 +76,7 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
 
     found = {}
     for var, value in bound.items():
-        if not _is_vnni_gemm(mod, value, vnni.KERNEL_ATTR, vnni.GEMM_KERNEL):
+        if not _is_vnni_gemm(mod, value):
             continue
         shape = static_shape(var)
         if shape is None or len(value.args[1].fields) != 3:  # the GEMM with its offset
@@ -105,7 +102,9 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
     return found
 
 
-def _is_vnni_gemm(mod: Any, value: Any, attr: str, kernel: str) -> bool:
+def _is_vnni_gemm(mod: Any, value: Any) -> bool:
+    """Whether `value` calls a `vnni.gemm_func` kernel of `mod`."""
+    from optkit.backends.vnni import GEMM_KERNEL, KERNEL_ATTR
     from tvm import relax
 
     if not isinstance(value, relax.Call) or value.op != relax_op("relax.call_tir"):
@@ -114,7 +113,7 @@ def _is_vnni_gemm(mod: Any, value: Any, attr: str, kernel: str) -> bool:
     if not isinstance(callee, relax.GlobalVar) or callee not in mod:
         return False
     attrs = mod[callee].attrs
-    return attrs is not None and attr in attrs and str(attrs[attr]) == kernel
+    return attrs is not None and KERNEL_ATTR in attrs and str(attrs[KERNEL_ATTR]) == GEMM_KERNEL
 
 
 def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: dict[Any, Any]) -> Any:
@@ -160,7 +159,6 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
 def _scalar_constant(expr: Any, bound: dict[Any, Any]) -> float | None:
     """The value of a one-element constant, directly or through `astype` bindings; else None."""
     import numpy as np
-    import tvm
     from tvm import relax
 
     if isinstance(expr, relax.Var) and isinstance(call := bound.get(expr), relax.Call):
@@ -170,9 +168,7 @@ def _scalar_constant(expr: Any, bound: dict[Any, Any]) -> float | None:
         ):
             return float(np.asarray(inner).astype(str(call.attrs.dtype)))
         return None
-    if isinstance(expr, tvm.ir.expr.Constant) and expr.value.numpy().size == 1:
-        return float(expr.value.numpy().reshape(-1)[0])
-    return None
+    return scalar_constant(expr)
 
 
 def _broadcast_2d(other: list[int] | None, shape: list[int]) -> tuple[int, int] | None:

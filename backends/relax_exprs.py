@@ -1,4 +1,5 @@
-"""Small readers of Relax expressions shared by the CPU rewrites (packing, reshapes, attention)."""
+"""Small readers of Relax expressions shared by the CPU rewrites (packing, reshapes, attention,
+epilogues)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,23 @@ def static_shape(expr: Any) -> list[int] | None:
     if not all(isinstance(d, tirx.IntImm) for d in dims):
         return None
     return [int(d) for d in dims]
+
+
+def scalar_constant(expr: Any) -> float | None:
+    """The value of a constant with one element, else None."""
+    import tvm
+
+    if not isinstance(expr, tvm.ir.expr.Constant):
+        return None
+    value = expr.value.numpy()
+    return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:
+    """`x`, or a reshape of it to `shape` emitted into `builder` when its shape differs."""
+    from tvm import relax
+
+    return x if static_shape(x) == shape else builder.emit(relax.op.reshape(x, shape))
 
 
 def rewrite_functions(mutator: Any, mod: Any) -> Any:
