@@ -28,7 +28,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, scalar_constant, static_shape
+import numpy as np
+from optkit.backends.relax_exprs import (
+    constant_value,
+    relax_op,
+    reshaped,
+    rewrite_functions,
+    scalar_constant,
+    static_shape,
+)
 
 ROWS = 8  # query rows per tile: 8 x 32 accumulators of the weighted sum, like the GEMM tile
 LANES = 16  # one AVX-512 register of float32
@@ -36,25 +44,37 @@ OPAQUE = 8  # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone
 
 
 def attention_te(
-    q: Any, kt: Any, v: Any, scale: float = 1.0, keys: int | None = None, mask: Any = None
+    q: Any,
+    kt: Any,
+    v: Any,
+    scale: float = 1.0,
+    keys: int | None = None,
+    mask: Any = None,
+    rows: tuple[int, int] | None = None,
+    width: int | None = None,
 ) -> Any:
     """TE compute of `softmax(scale * q @ kt [+ mask], axis=-1) @ v` for q [B, M, D],
     kt [B, D, N], v [B, N, Dv], scale > 0, over the first `keys` keys (all N by default; the rest
     are padding that gets no weight). `mask` [B or 1, M, N] is added to the scaled scores; a row
-    it masks whole (every logit -inf) gives zeros, as PyTorch's SDPA does."""
+    it masks whole (every logit -inf) gives zeros, as PyTorch's SDPA does. `rows` (first, count)
+    computes those query rows only, and `width` reads only the first `width` keys (the rest
+    masked for every one of these rows: `causal_blocks`)."""
     from tvm import te, tirx, topi
 
-    b, m, d = (int(x) for x in q.shape)
-    n, dv = int(kt.shape[2]), int(v.shape[2])
-    keys = n if keys is None else keys
+    b, _, d = (int(x) for x in q.shape)
+    first, m = rows if rows is not None else (0, int(q.shape[1]))
+    n, dv = int(kt.shape[2]) if width is None else width, int(v.shape[2])
+    keys = n if keys is None else min(keys, n)
     lowest = tirx.min_value("float32")
     rd = te.reduce_axis((0, d), name="d")
-    scores = te.compute((b, m, n), lambda z, i, j: te.sum(q[z, i, rd] * kt[z, rd, j], axis=rd), name="scores")
+    scores = te.compute(
+        (b, m, n), lambda z, i, j: te.sum(q[z, first + i, rd] * kt[z, rd, j], axis=rd), name="scores"
+    )
     if mask is not None:
         shared = int(mask.shape[0]) == 1
         scores = te.compute(
             (b, m, n),
-            lambda z, i, j: scores[z, i, j] * scale + mask[0 if shared else z, i, j],
+            lambda z, i, j: scores[z, i, j] * scale + mask[0 if shared else z, first + i, j],
             name="logits",
         )
     rm = te.reduce_axis((0, n), name="jm")
@@ -114,10 +134,12 @@ def attention_func(
     scale: float = 1.0,
     keys: int | None = None,
     mask_batch: int | None = None,
+    block: tuple[int, int, int] | None = None,
 ) -> Any:
     """The scheduled PrimFunc for one shape and scale (`m`, `n` as `padded` gives them; `keys`:
     how many of the `n` are real). With `mask_batch` (1 or `b`) it takes a fourth input, the
-    additive mask [mask_batch, m, n]."""
+    additive mask [mask_batch, m, n]. With `block` (first row, rows, keys) it computes those
+    query rows over the first keys only, reading the same inputs (`causal_blocks`)."""
     from tvm import te
 
     q = te.placeholder((b, m, d), "float32", name="q")
@@ -126,9 +148,19 @@ def attention_func(
     inputs = [q, kt, v]
     if mask_batch is not None:
         inputs.append(te.placeholder((mask_batch, m, n), "float32", name="mask"))
-    out = attention_te(q, kt, v, scale, keys, mask=inputs[3] if mask_batch is not None else None)
+    first, rows, width = block if block is not None else (0, m, n)
+    out = attention_te(
+        q,
+        kt,
+        v,
+        scale,
+        keys,
+        mask=inputs[3] if mask_batch is not None else None,
+        rows=(first, rows),
+        width=width,
+    )
     func = te.create_prim_func([*inputs, out]).without_attr("global_symbol")
-    sch = schedule_attention(func, m, n, dv, masked=mask_batch is not None)
+    sch = schedule_attention(func, rows, width, dv, masked=mask_batch is not None)
     return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})
 
 
@@ -199,6 +231,7 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
 
     matmul, softmax = relax_op("relax.matmul"), relax_op("relax.nn.softmax")
     count = 0
+    masks: dict[int, Any] = {}  # constant masks by expression, evaluated once (`causal_blocks`)
 
     @relax.expr_functor.mutator
     class _Fuse(relax.PyExprMutator):  # type: ignore[misc]
@@ -277,10 +310,9 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 return None
             d, dv = q_shape[-1], v_shape[-1]
             mp, np_ = padded(m, n)
-            func = attention_func(
-                batch, mp, np_, d, dv, scale, keys=n, mask_batch=None if mask_shape is None else mask_shape[0]
-            )
-            gvar = self.builder_.add_func(func, "attention")
+            value = None if mask is None else constant_value(mask, self.lookup_binding, cache=masks)
+            blocks = None if value is None else causal_blocks(value, logits_shape, mp, np_)
+            mask_batch = None if mask_shape is None else mask_shape[0]
             q3, kt3, v3 = (reshaped(self.builder_, x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
             # Zero rows of queries, zero columns of keys and rows of values: the kernel gives the
             # padded keys no weight, and the padded queries' rows are sliced off.
@@ -291,9 +323,18 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 inputs.append(
                     self._pad(self._pad(self._mask_3d(mask, mask_shape, logits_shape), 1, mp - m), 2, np_ - n)
                 )
-            out = self.builder_.emit(
-                relax.call_tir(gvar, inputs, relax.TensorType([batch, mp, dv], "float32"))
-            )
+            outs = []
+            for block in blocks or [(0, mp, np_)]:
+                func = attention_func(
+                    batch, mp, np_, d, dv, scale, keys=n, mask_batch=mask_batch, block=block
+                )
+                out_type = relax.TensorType([batch, block[1], dv], "float32")
+                outs.append(
+                    self.builder_.emit(
+                        relax.call_tir(self.builder_.add_func(func, "attention"), inputs, out_type)
+                    )
+                )
+            out = outs[0] if len(outs) == 1 else self.builder_.emit(relax.op.concat(outs, axis=1))
             if mp > m:
                 out = self.builder_.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[m]))
             return relax.op.reshape(out, out_shape)
@@ -369,6 +410,44 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
     return relax.transform.DeadCodeElimination()(rewritten), count
+
+
+CAUSAL_BLOCKS = (8, 4, 2)  # query blocks to try, each over the keys any of its rows can see
+BLOCK_COST = 0.01  # a block's fixed cost, as a share of the whole attention's work
+MIN_SAVING = 0.2  # split only when the blocks skip at least this share of the work
+MIN_BLOCK_ROWS = 64  # fewer rows a block: its call and the concatenation cost more than it skips
+
+
+def causal_blocks(
+    mask: np.ndarray, logits_shape: list[int], mp: int, np_: int
+) -> list[tuple[int, int, int]] | None:
+    """Query blocks (first row, rows, keys) for a constant additive `mask` (broadcast to the
+    logits [..., M, N]; the kernel's M, N padded to `mp`, `np_`) whose rows see no key past
+    their block's `keys`: a causal mask's upper triangle, `-inf`, gets no weight, and a block
+    need not compute it. Each block reads the same inputs; the result is the same bit for bit
+    (the skipped keys only ever added exact zeros). None when no split skips `MIN_SAVING` of the
+    work, or the mask does not broadcast."""
+    m, n = logits_shape[-2:]
+    try:
+        seen = np.broadcast_to(mask, logits_shape).reshape(-1, m, n) != -np.inf
+    except ValueError:
+        return None
+    seen = seen.any(axis=0)
+    last = np.where(seen.any(axis=1), n - np.argmax(seen[:, ::-1], axis=1), 0)  # keys each row sees
+    best, best_cost = None, 1.0 - MIN_SAVING
+    for count in CAUSAL_BLOCKS:
+        rows = mp // count
+        if mp % count or rows % ROWS or rows < MIN_BLOCK_ROWS:
+            continue
+        blocks = []
+        for first in range(0, mp, rows):
+            real = last[first : min(first + rows, m)]
+            width = _round_up(max(int(real.max()) if real.size else 0, 1), LANES)
+            blocks.append((first, rows, min(width, np_)))
+        cost = sum(r * w for _, r, w in blocks) / (mp * np_) + BLOCK_COST * count
+        if cost < best_cost:
+            best, best_cost = blocks, cost
+    return best
 
 
 def _mask_batch(mask_shape: list[int] | None, logits_shape: list[int], batch: int) -> list[int] | None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 
 def relax_op(name: str) -> Any:
     """The registered Relax operator `name` (`relax.matmul`, ...)."""
@@ -34,6 +36,61 @@ def scalar_constant(expr: Any) -> float | None:
         return None
     value = expr.value.numpy()
     return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+def constant_value(
+    expr: Any, lookup: Any, max_ops: int = 64, cache: dict[int, tuple[Any, np.ndarray]] | None = None
+) -> np.ndarray | None:
+    """The value of `expr` when it is computed from constants alone (a causal mask built from
+    `arange`, `full` and `where`), by folding a copy of the at most `max_ops` calls it is bound
+    through, else None; `cache` keeps values by expression across calls (every layer of a decoder
+    builds the same mask). The module itself is not folded: that would copy every transposed
+    weight."""
+    import tvm
+    import tvm_ffi
+    from tvm import relax
+
+    calls = 0
+
+    def rebuild(e: Any, bb: Any) -> Any:
+        nonlocal calls
+        if isinstance(e, relax.Var):
+            bound = lookup(e)
+            if bound is None:
+                raise LookupError(e)  # a parameter: not a constant
+            return rebuild(bound, bb)
+        if isinstance(e, relax.Tuple):
+            return relax.Tuple([rebuild(f, bb) for f in e.fields])
+        if not isinstance(e, relax.Call):
+            return e  # a constant, a shape, an integer or a dtype argument
+        if not isinstance(e.op, tvm.ir.Op) or calls >= max_ops:
+            raise LookupError(e)
+        calls += 1
+        args = [rebuild(a, bb) for a in e.args]
+        return bb.emit(relax.Call(e.op, args, e.attrs, list(e.ty_args)))
+
+    bb = relax.BlockBuilder()
+    try:
+        with bb.function("value", []):
+            with bb.dataflow():
+                value = bb.emit_output(rebuild(expr, bb))
+            bb.emit_func_output(value)
+    except LookupError:
+        return None
+    mod = bb.get()
+    key = tvm_ffi.structural_hash(mod)
+    if cache is not None and key in cache and tvm_ffi.structural_equal(cache[key][0], mod):
+        return cache[key][1]
+    folded = relax.transform.FoldConstant()(relax.transform.LegalizeOps()(mod))
+    body = folded["value"].body
+    if isinstance(body.body, tvm.ir.expr.Constant):
+        value = body.body.value.numpy()
+    else:  # what FoldConstant leaves (a `full` with no tensor input): compile the copy and run it
+        executable = tvm.compile(folded, target="llvm")
+        value = relax.VirtualMachine(executable, tvm.cpu())["value"]().numpy()
+    if cache is not None:
+        cache[key] = (mod, value)
+    return value
 
 
 def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 from optkit.backends import lower
-from optkit.backends.attention import attention_func
+from optkit.backends.attention import attention_func, causal_blocks
 from optkit.backends.targets import resolve_target
 from torch import nn
 
@@ -148,3 +148,84 @@ def test_masked_keys_get_exactly_no_weight():
     got = _kernel_output(q, kt, v, 0.5, keys=None, mask=mask)
     want = _softmax_attention(q, kt[:, :, :20], v[:, :20], 0.5)
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def _causal(tokens: int) -> np.ndarray:
+    return np.triu(np.full((tokens, tokens), -np.inf, np.float32), k=1)
+
+
+def test_a_causal_mask_splits_into_query_blocks_over_the_keys_they_see():
+    blocks = causal_blocks(_causal(512), [1, 8, 512, 512], 512, 512)
+    assert blocks == [(r, 64, r + 64) for r in range(0, 512, 64)]
+    # Padded: 250 tokens are 256 rows and 256 keys in the kernel; each block sees its last
+    # real row's keys, rounded up to a vector, the last block all of them.
+    blocks = causal_blocks(_causal(250)[None], [2, 250, 250], 256, 256)
+    assert blocks is not None and len(blocks) == 4 and blocks[-1] == (192, 64, 256)
+    seen = (_causal(250) != -np.inf).sum(axis=1)
+    for first, rows, width in blocks:
+        assert width % 16 == 0 and width >= seen[first : first + rows].max()
+
+
+@pytest.mark.parametrize(
+    ("mask", "why"),
+    [
+        (_causal(64), "blocks of fewer than 64 rows cost more than they skip"),
+        (np.zeros((512, 512), np.float32), "every key is seen"),
+        (
+            np.where(_causal(512) == 0, 0.0, -1e9).astype(np.float32),
+            "-1e9 is not -inf: a row of it weighs all keys",
+        ),
+    ],
+)
+def test_no_split_where_it_would_not_pay_or_not_be_exact(mask, why):
+    n = mask.shape[-1]
+    assert causal_blocks(mask, [1, n, n], n, n) is None, why
+
+
+def test_query_blocks_give_the_whole_kernels_result_bit_for_bit():
+    import tvm
+
+    rng = np.random.default_rng(4)
+    b, m, d = 2, 128, 16
+    q, kt = (
+        rng.standard_normal((b, m, d)).astype(np.float32),
+        rng.standard_normal((b, d, m)).astype(np.float32),
+    )
+    v = rng.standard_normal((b, m, d)).astype(np.float32)
+    mask = _causal(m)[None]
+    whole = _kernel_output(q, kt, v, 0.25, keys=None, mask=mask)
+    target = resolve_target("cpu").tvm_target()
+    parts = []
+    for first, rows, width in causal_blocks(mask, [b, m, m], m, m):
+        func = attention_func(b, m, m, d, d, 0.25, mask_batch=1, block=(first, rows, width))
+        lib = tvm.tirx.build(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
+        args = [
+            tvm.runtime.tensor(x, tvm.cpu()) for x in (q, kt, v, mask, np.zeros((b, rows, d), np.float32))
+        ]
+        lib["main"](*args)
+        parts.append(args[-1].numpy())
+    assert len(parts) == 2
+    np.testing.assert_array_equal(np.concatenate(parts, axis=1), whole)
+
+
+def test_a_causal_decoder_attention_runs_in_blocks_and_matches_torch():
+    from optkit.backends.attention import fuse_attention
+    from optkit.backends.tvm_import import import_program
+    from tvm import relax
+
+    artifact, got, want = _lowered(SDPA(causal=True), *[(1, 2, 256, 16)] * 3)
+    assert artifact.info["fused_attentions"] == 1
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+    program = capture(SDPA(causal=True).eval(), tuple(torch.randn(1, 2, 256, 16) for _ in range(3)), name="a")
+    mod, fused = fuse_attention(import_program(program).mod)
+    calls = []
+    relax.analysis.post_order_visit(
+        mod["main"],
+        lambda e: (
+            calls.append(e.args[0].name_hint)
+            if isinstance(e, relax.Call) and e.op.name == "relax.call_tir"
+            else None
+        ),
+    )
+    assert fused == 1 and sum(name.startswith("attention") for name in calls) == 4  # 4 blocks of 64 rows
