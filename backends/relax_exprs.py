@@ -3,9 +3,12 @@ epilogues)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 def relax_op(name: str) -> Any:
@@ -69,28 +72,36 @@ def constant_value(
         args = [rebuild(a, bb) for a in e.args]
         return bb.emit(relax.Call(e.op, args, e.attrs, list(e.ty_args)))
 
+    while isinstance(expr, relax.Var) and lookup(expr) is not None:
+        expr = lookup(expr)
+    if isinstance(expr, tvm.ir.expr.Constant):
+        return expr.value.numpy()
     bb = relax.BlockBuilder()
     try:
         with bb.function("value", []):
             with bb.dataflow():
                 value = bb.emit_output(rebuild(expr, bb))
             bb.emit_func_output(value)
-    except LookupError:
+    except Exception:  # a parameter (LookupError), too many calls, or a call that will not rebuild
         return None
     mod = bb.get()
     key = tvm_ffi.structural_hash(mod)
     if cache is not None and key in cache and tvm_ffi.structural_equal(cache[key][0], mod):
         return cache[key][1]
-    folded = relax.transform.FoldConstant()(relax.transform.LegalizeOps()(mod))
-    body = folded["value"].body
-    if isinstance(body.body, tvm.ir.expr.Constant):
-        value = body.body.value.numpy()
-    else:  # what FoldConstant leaves (a `full` with no tensor input): compile the copy and run it
-        executable = tvm.compile(folded, target="llvm")
-        value = relax.VirtualMachine(executable, tvm.cpu())["value"]().numpy()
+    try:
+        folded = relax.transform.FoldConstant()(relax.transform.LegalizeOps()(mod))
+        body = folded["value"].body
+        if isinstance(body.body, tvm.ir.expr.Constant):
+            result = body.body.value.numpy()
+        else:  # what FoldConstant leaves (a `full` with no tensor input): compile the copy, run it
+            executable = tvm.compile(folded, target="llvm")
+            result = relax.VirtualMachine(executable, tvm.cpu())["value"]().numpy()
+    except Exception as err:  # an op the copy cannot legalize or compile: no value, no harm
+        log.debug("constant_value: %s", err)
+        return None
     if cache is not None:
-        cache[key] = (mod, value)
-    return value
+        cache[key] = (mod, result)
+    return result
 
 
 def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:

@@ -63,3 +63,13 @@ def test_a_mask_built_from_constants_has_a_value():
 def test_an_expression_of_a_parameter_or_too_long_has_none(build):
     expr, lookup = _bound_values(build)
     assert constant_value(expr, lookup, max_ops=3) is None
+
+
+def test_a_bound_constant_and_a_sum_of_constants_have_values():
+    mask = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+    expr, lookup = _bound_values(lambda bb, _x: bb.emit(_relax().const(mask)))
+    np.testing.assert_array_equal(constant_value(expr, lookup), mask)
+    expr, lookup = _bound_values(
+        lambda bb, _x: bb.emit(_relax().op.add(_relax().const(mask), _relax().const(mask)))
+    )
+    np.testing.assert_array_equal(constant_value(expr, lookup), 2 * mask)
