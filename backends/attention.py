@@ -21,6 +21,10 @@ value width a multiple of 8 (`worth_fusing`). Keys are padded to a multiple of 1
 register) and get no weight; queries to a multiple of 8 unless they are one of 4, and the extra
 rows are sliced off. The kernel is scheduled here (`schedule_attention`) and marked scheduled, so
 the build's schedule rules leave it alone.
+
+A constant mask that hides the keys past each query (a causal decoder's) splits the attention
+into blocks of query rows, each a kernel call over the keys its rows see (`causal_blocks`): at
+512 tokens 8 blocks do 56% of the work, and the result is the same bit for bit.
 """
 
 from __future__ import annotations
