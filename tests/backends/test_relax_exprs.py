@@ -23,12 +23,6 @@ def _bound_values(build):
     return out, bindings.get
 
 
-def _relax():
-    from tvm import relax
-
-    return relax
-
-
 def _causal_mask(bb, _x):
     from tvm import relax
 
@@ -52,12 +46,30 @@ def test_a_mask_built_from_constants_has_a_value():
     assert len(cache) == 1 and constant_value(expr, lookup, cache=cache) is value  # evaluated once
 
 
+def _parameter_doubled(bb, x):
+    from tvm import relax
+
+    return bb.emit(relax.op.add(x, x))
+
+
+MASK = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
+
+
+def _bound_constant(bb, _x):
+    from tvm import relax
+
+    return bb.emit(relax.const(MASK))
+
+
+def _sum_of_constants(bb, _x):
+    from tvm import relax
+
+    return bb.emit(relax.op.add(relax.const(MASK), relax.const(MASK)))
+
+
 @pytest.mark.parametrize(
     "build",
-    [
-        lambda bb, x: bb.emit(_relax().op.add(x, x)),  # reads the parameter
-        _causal_mask,  # more calls than allowed below
-    ],
+    [_parameter_doubled, _causal_mask],  # reads the parameter; more calls than allowed below
     ids=["parameter", "too-many-calls"],
 )
 def test_an_expression_of_a_parameter_or_too_long_has_none(build):
@@ -65,11 +77,7 @@ def test_an_expression_of_a_parameter_or_too_long_has_none(build):
     assert constant_value(expr, lookup, max_ops=3) is None
 
 
-def test_a_bound_constant_and_a_sum_of_constants_have_values():
-    mask = np.random.default_rng(0).standard_normal((4, 4)).astype(np.float32)
-    expr, lookup = _bound_values(lambda bb, _x: bb.emit(_relax().const(mask)))
-    np.testing.assert_array_equal(constant_value(expr, lookup), mask)
-    expr, lookup = _bound_values(
-        lambda bb, _x: bb.emit(_relax().op.add(_relax().const(mask), _relax().const(mask)))
-    )
-    np.testing.assert_array_equal(constant_value(expr, lookup), 2 * mask)
+@pytest.mark.parametrize(("build", "want"), [(_bound_constant, MASK), (_sum_of_constants, 2 * MASK)])
+def test_a_bound_constant_and_a_sum_of_constants_have_values(build, want):
+    expr, lookup = _bound_values(build)
+    np.testing.assert_array_equal(constant_value(expr, lookup), want)
