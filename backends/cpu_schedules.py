@@ -48,6 +48,25 @@ WEIGHT_CACHE_BYTES = 2 << 20  # a weight above this (a core's L2 on the Xeons he
 ELEMENTWISE_LANES = 16  # one AVX-512 register of float32
 
 
+def vectorizable_rounding() -> None:
+    """Let TVM's loop vectorizer keep `nearbyint` (round half to even: Relax's `round`, so every
+    quantize) in vector form.
+
+    TVM 0.27 marks `round`, `floor`, `exp` and the like `TVectorizable` but not `nearbyint`. A
+    vectorized loop that contains one is scalarized by `VectorizeLoop`, and LLVM's own loop
+    vectorizer then rebuilds it from the scalar index arithmetic as per-lane gathers and byte
+    scatters: a 2 x 192 x 32 x 32 quantize to uint8 took 0.36 ms on one thread against 0.09 ms
+    with `nearbyint` kept whole (LLVM lowers the vector `llvm.nearbyint` to one `vrndscaleps`).
+    The attribute is process-wide; it is set once, before any CPU kernel is built."""
+    import tvm
+
+    if tvm.ir.Op.get("tirx.nearbyint").get_attr("TVectorizable") is None:
+        tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
+
+
+vectorizable_rounding()
+
+
 def _extent(sch: s_tir.Schedule, loop: Any) -> int | None:
     ext = sch.get(loop).extent
     return int(ext) if isinstance(ext, tirx.IntImm) else None

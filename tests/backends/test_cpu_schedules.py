@@ -1,8 +1,9 @@
-"""The default GEMM schedule's register tile: its height, and that the kernel it makes is right."""
+"""The default GEMM schedule's register tile: its height, and that the kernel it makes is right;
+elementwise kernels that round stay vectorized."""
 
 import numpy as np
 import pytest
-from optkit.backends.cpu_schedules import CPUMatmul
+from optkit.backends.cpu_schedules import CPUElementwise, CPUMatmul
 from optkit.backends.targets import resolve_target
 
 
@@ -45,3 +46,33 @@ def test_seven_row_tiles_compute_the_product():
     args = [tvm.runtime.tensor(x, tvm.cpu()) for x in (a, packed, np.zeros((m, n), np.float32))]
     lib(*args)
     np.testing.assert_allclose(args[2].numpy(), a @ w, rtol=1e-5, atol=1e-5)
+
+
+def test_a_quantize_keeps_its_vector_rounding():
+    """`nearbyint` (Relax's `round`) no longer scalarizes the loop: the LLVM IR rounds whole vectors
+    and reads the input without per-lane gathers; ties still round to even."""
+    import tvm
+    from tvm import te, tirx
+
+    x = te.placeholder((4, 64), name="x")
+    q = te.compute(
+        x.shape,
+        lambda i, j: tirx.Cast("int8", tirx.min(tirx.max(tirx.nearbyint(x[i, j] / 0.5), -128.0), 127.0)),
+        name="q",
+    )
+    target = resolve_target("cpu", num_cores=1).tvm_target()
+    lib = tvm.tirx.build(
+        CPUElementwise().apply(te.create_prim_func([x, q]), target, False).mod, target=target
+    )
+    ir = lib.inspect_source("ll")
+    assert "@llvm.nearbyint.v" in ir
+    assert "masked.gather" not in ir
+    values = (np.arange(256, dtype=np.float32) - 128.0) * 0.25  # x / 0.5 hits every .5 tie in range
+    args = [
+        tvm.runtime.tensor(values.reshape(4, 64), tvm.cpu()),
+        tvm.runtime.tensor(np.zeros((4, 64), np.int8)),
+    ]
+    lib(*args)
+    np.testing.assert_array_equal(
+        args[1].numpy().ravel(), np.clip(np.round(values / 0.5), -128, 127).astype(np.int8)
+    )
