@@ -52,7 +52,7 @@ def channels_last(mod: Any, fold_weights: bool = True, int8: bool = False) -> tu
         return {"relax.nn.conv2d": ["NCHW", "OIHW"]}
 
     mod = _clip_as_min_max(mod)
-    if not _has_float_conv(mod):
+    if not _has_conv(mod, ("float32", "int8") if int8 else ("float32",)):
         return mod, 0
     mod = relax.transform.ConvertLayout({}, desired)(mod)
     if fold_weights:
@@ -61,12 +61,14 @@ def channels_last(mod: Any, fold_weights: bool = True, int8: bool = False) -> tu
 
 
 def cancel_transposes(mod: Any) -> tuple[Any, int]:
-    """Drop `permute_dims(permute_dims(x, p), q)` pairs whose composition is the identity."""
+    """Drop `permute_dims(permute_dims(x, p), q)` pairs whose composition is the identity, also
+    where layout-free ops stand between them (`_cancel_across_ops`), and identity transposes."""
     import tvm
     from tvm import relax
 
+    mod, across = _cancel_across_ops(mod)
     permute = tvm.ir.Op.get("relax.permute_dims")
-    cancelled = [0]
+    cancelled = [across]
 
     @relax.expr_functor.mutator
     class _Cancel(relax.PyExprMutator):  # type: ignore[misc]
@@ -74,6 +76,9 @@ def cancel_transposes(mod: Any) -> tuple[Any, int]:
             call = self.visit_expr_post_order(call)
             if call.op != permute or call.attrs.axes is None:
                 return call
+            if [int(a) for a in call.attrs.axes] == list(range(len(call.attrs.axes))):
+                cancelled[0] += 1  # the identity (ConvertLayout leaves some)
+                return call.args[0]
             inner = call.args[0]
             bound = self.lookup_binding(inner) if isinstance(inner, relax.Var) else inner
             if not isinstance(bound, relax.Call) or bound.op != permute or bound.attrs.axes is None:
@@ -92,7 +97,126 @@ def cancel_transposes(mod: Any) -> tuple[Any, int]:
     return relax.transform.DeadCodeElimination()(mutator.builder_.get()), cancelled[0]
 
 
-def _has_float_conv(mod: Any) -> bool:
+# Ops that compute each element from the same element of one tensor (and scalars): a transpose
+# commutes with them. `nn.pad` commutes too, with its widths permuted.
+_LAYOUT_FREE = frozenset(
+    f"relax.{name}"
+    for name in (
+        "add", "subtract", "multiply", "divide", "maximum", "minimum", "round", "floor", "clip",
+        "astype", "negative", "sigmoid", "nn.pad",
+    )
+)  # fmt: skip
+
+
+def _cancel_across_ops(mod: Any) -> tuple[Any, int]:
+    """`permute_dims(f(permute_dims(x, p)), q)` -> `f(x)` where q undoes p and `f` is a chain of
+    layout-free ops (`_LAYOUT_FREE`), each read by the next only; how many pairs went.
+
+    Where ConvertLayout has no rule for an op it puts it back in the old layout between two
+    transposes. TVM 0.27 has none for `nn.pad`, and a W8A8 conv's input is padded in the integer
+    domain (quantize, pad, re-add the zero point, cast), so every int8 conv of a channels-last
+    UNet read its input through NHWC -> NCHW (float) and NCHW -> NHWC (int8) transposes."""
+    import tvm
+    from tvm import relax
+
+    permute = tvm.ir.Op.get("relax.permute_dims")
+    plans: dict[Any, tuple[Any, list[tuple[Any, int]], list[int]]] = {}
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            plans.update(_sink_plans(func, permute))
+    if not plans:
+        return mod, 0
+
+    @relax.expr_functor.mutator
+    class _Sink(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            plan = plans.get(call)
+            if plan is None:
+                return self.visit_expr_post_order(call)
+            root, chain, axes = plan
+            value = self.visit_expr(root)
+            for i, (op_call, slot) in enumerate(chain):
+                if i:
+                    value = self.builder_.emit(value)
+                value = _rebuilt(op_call, slot, value, [self.visit_expr(a) for a in op_call.args], axes)
+            return value
+
+    mutator = _Sink(mod)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
+    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), len(plans)
+
+
+def _sink_plans(func: Any, permute: Any) -> dict[Any, tuple[Any, list[tuple[Any, int]], list[int]]]:
+    """Per outer `permute_dims` call of `func` that `_cancel_across_ops` removes: (x, the chain's
+    calls innermost first with the argument slot the chain runs through, p)."""
+    from tvm import relax
+
+    values: dict[Any, Any] = {}
+    uses: dict[Any, int] = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            if isinstance(binding, relax.VarBinding):
+                values[binding.var] = binding.value
+            for var in relax.analysis.free_vars(binding.value) if hasattr(binding, "value") else []:
+                uses[var] = uses.get(var, 0) + 1
+    for var in relax.analysis.free_vars(func.body.body):
+        uses[var] = uses.get(var, 0) + 1
+
+    plans = {}
+    for value in values.values():
+        if not isinstance(value, relax.Call) or value.op != permute or value.attrs.axes is None:
+            continue
+        chain: list[tuple[Any, int]] = []
+        current = value.args[0]
+        while isinstance(current, relax.Var) and uses.get(current) == 1:
+            inner = values.get(current)
+            if not isinstance(inner, relax.Call):
+                break
+            if inner.op == permute:
+                if chain and inner.attrs.axes is not None:
+                    first = [int(a) for a in inner.attrs.axes]
+                    second = [int(a) for a in value.attrs.axes]
+                    if [first[a] for a in second] == list(range(len(first))):
+                        plans[value] = (inner.args[0], chain[::-1], first)
+                break
+            slot = _chain_slot(inner)
+            if slot is None:
+                break
+            chain.append((inner, slot))
+            current = inner.args[slot]
+    return plans
+
+
+def _chain_slot(call: Any) -> int | None:
+    """The argument of a layout-free `call` that carries the tensor (the others are scalars),
+    or None if `call` is not layout-free."""
+    from tvm import relax
+
+    if str(getattr(call.op, "name", "")) not in _LAYOUT_FREE:
+        return None
+    tensors = [
+        i for i, arg in enumerate(call.args) if isinstance(arg.ty, relax.TensorType) and arg.ty.ndim != 0
+    ]
+    return tensors[0] if len(tensors) == 1 else None
+
+
+def _rebuilt(call: Any, slot: int, value: Any, args: list[Any], axes: list[int]) -> Any:
+    """`call` with `value` (in the layout before the transpose `axes`) in argument `slot`."""
+    from tvm import relax
+
+    if str(call.op.name) == "relax.nn.pad":
+        width = [int(w) for w in call.attrs.pad_width]
+        before = {axes[i]: width[2 * i : 2 * i + 2] for i in range(len(axes))}
+        widths = [w for axis in range(len(axes)) for w in before[axis]]
+        return relax.op.nn.pad(value, widths, str(call.attrs.pad_mode), float(call.attrs.pad_value))
+    args[slot] = value
+    return relax.Call(call.op, args, call.attrs, list(call.ty_args))
+
+
+def _has_conv(mod: Any, dtypes: tuple[str, ...]) -> bool:
+    """Whether `mod` has a conv2d whose data is one of `dtypes`."""
     from tvm import relax
 
     found = []
@@ -101,7 +225,7 @@ def _has_float_conv(mod: Any) -> bool:
         if (
             isinstance(expr, relax.Call)
             and str(getattr(expr.op, "name", "")) == "relax.nn.conv2d"
-            and str(expr.args[0].ty.dtype) == "float32"
+            and str(expr.args[0].ty.dtype) in dtypes
         ):
             found.append(expr)
 

@@ -113,3 +113,29 @@ def test_w8a8_depthwise_block_matches_its_program():
         assert artifact.info["vnni_kernels"] == 2
     (got,) = artifact.run(*quantized.example_inputs)
     np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)
+
+
+def test_cancel_transposes_across_a_padded_quantize():
+    """NHWC -> NCHW, pad, re-add a zero point, cast, NCHW -> NHWC (a W8A8 conv's input around
+    `nn.pad`, which ConvertLayout leaves in NCHW) becomes the pad in NHWC: no transpose left."""
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 4, 5, 3), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.permute_dims(x, (0, 3, 1, 2)))
+            b = bb.emit(relax.op.nn.pad(a, [0, 0, 0, 0, 1, 1, 2, 0]))
+            c = bb.emit(relax.op.add(b, relax.const(3.0, "float32")))
+            d = bb.emit(relax.op.astype(c, "int8"))
+            out = bb.emit_output(relax.op.permute_dims(d, (0, 2, 3, 1)))
+        bb.emit_func_output(out)
+    mod, cancelled = cancel_transposes(bb.get())
+    assert cancelled == 1
+    assert "relax.permute_dims" not in _ops(mod)
+    data = np.random.default_rng(0).standard_normal((1, 4, 5, 3)).astype("float32")
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    nchw = np.pad(data.transpose(0, 3, 1, 2), [(0, 0), (0, 0), (1, 1), (2, 0)])
+    expected = (nchw + 3.0).astype(np.int8).transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(vm["main"](tvm.runtime.tensor(data)).numpy(), expected)
