@@ -83,9 +83,7 @@ def cancel_transposes(mod: Any) -> tuple[Any, int]:
             bound = self.lookup_binding(inner) if isinstance(inner, relax.Var) else inner
             if not isinstance(bound, relax.Call) or bound.op != permute or bound.attrs.axes is None:
                 return call
-            first = [int(a) for a in bound.attrs.axes]
-            second = [int(a) for a in call.attrs.axes]
-            if [first[a] for a in second] != list(range(len(first))):
+            if not _undoes(call.attrs.axes, bound.attrs.axes):
                 return call
             cancelled[0] += 1
             return bound.args[0]
@@ -95,6 +93,12 @@ def cancel_transposes(mod: Any) -> tuple[Any, int]:
         if isinstance(func, relax.Function):
             mutator.builder_.update_func(gvar, mutator.visit_expr(func))
     return relax.transform.DeadCodeElimination()(mutator.builder_.get()), cancelled[0]
+
+
+def _undoes(second: Any, first: Any) -> bool:
+    """Whether transposing by axes `second` after axes `first` gives back the original order."""
+    before = [int(a) for a in first]
+    return [before[int(a)] for a in second] == list(range(len(before)))
 
 
 # Ops that compute each element from the same element of one tensor (and scalars): a transpose
@@ -159,7 +163,7 @@ def _sink_plans(func: Any, permute: Any) -> dict[Any, tuple[Any, list[tuple[Any,
         for binding in block.bindings:
             if isinstance(binding, relax.VarBinding):
                 values[binding.var] = binding.value
-            for var in relax.analysis.free_vars(binding.value) if hasattr(binding, "value") else []:
+            for var in relax.analysis.free_vars(binding.value):
                 uses[var] = uses.get(var, 0) + 1
     for var in relax.analysis.free_vars(func.body.body):
         uses[var] = uses.get(var, 0) + 1
@@ -175,11 +179,8 @@ def _sink_plans(func: Any, permute: Any) -> dict[Any, tuple[Any, list[tuple[Any,
             if not isinstance(inner, relax.Call):
                 break
             if inner.op == permute:
-                if chain and inner.attrs.axes is not None:
-                    first = [int(a) for a in inner.attrs.axes]
-                    second = [int(a) for a in value.attrs.axes]
-                    if [first[a] for a in second] == list(range(len(first))):
-                        plans[value] = (inner.args[0], chain[::-1], first)
+                if chain and inner.attrs.axes is not None and _undoes(value.attrs.axes, inner.attrs.axes):
+                    plans[value] = (inner.args[0], chain[::-1], [int(a) for a in inner.attrs.axes])
                 break
             slot = _chain_slot(inner)
             if slot is None:
