@@ -278,6 +278,7 @@ def _specialize(
         "sunk_reshapes": 0,
         "fused_attentions": 0,
         "vnni_epilogues": 0,
+        "split_group_norms": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
@@ -285,6 +286,7 @@ def _specialize(
     from optkit.backends.epilogues import fuse_vnni_epilogues
     from optkit.backends.fast_math import fast_math as use_fast_math
     from optkit.backends.layout import cancel_transposes, channels_last
+    from optkit.backends.norms import split_group_norms
     from optkit.backends.packing import pack_weights
     from optkit.backends.reshapes import sink_reshapes
     from optkit.backends.vnni import target_has_vnni
@@ -312,6 +314,7 @@ def _specialize(
         vnni_kernels=packed["vnni"],
     )
     mod, _ = cancel_transposes(mod)
+    mod, figures["split_group_norms"] = split_group_norms(mod)
     mod, figures["sunk_reshapes"] = sink_reshapes(mod)
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
