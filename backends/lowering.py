@@ -279,6 +279,7 @@ def _specialize(
         "fused_attentions": 0,
         "vnni_epilogues": 0,
         "split_group_norms": 0,
+        "sliced_takes": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
@@ -289,6 +290,7 @@ def _specialize(
     from optkit.backends.norms import split_group_norms
     from optkit.backends.packing import pack_weights
     from optkit.backends.reshapes import sink_reshapes
+    from optkit.backends.slices import constant_takes_as_slices
     from optkit.backends.vnni import target_has_vnni
     from tvm import relax
 
@@ -315,6 +317,7 @@ def _specialize(
     )
     mod, _ = cancel_transposes(mod)
     mod, figures["split_group_norms"] = split_group_norms(mod)
+    mod, figures["sliced_takes"] = constant_takes_as_slices(mod)
     mod, figures["sunk_reshapes"] = sink_reshapes(mod)
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)

@@ -1,0 +1,61 @@
+"""Constant-index selections as slices, so that they fuse into the kernel that reads them.
+
+PyTorch's `x[..., i]` (`aten.select`) imports as `take(x, i, axis)` with `i` a 0-d constant.
+TOPI's `take` reads its index from memory at run time, so `FuseOps` treats it as opaque: every
+selection is a kernel of its own that gathers its elements and writes a copy for the next kernel
+to read. Interleaved rotary embeddings select each channel pair's two halves this way
+(`x.reshape(..., -1, 2)[..., 0]`, as Movie Gen, Flux and HunyuanVideo spell them): 32 `take`
+kernels in `zoo:moviegen` at small size (0.63 of 14.4 ms in W8A8, Intel Xeon with AVX-512,
+1 thread).
+
+`constant_takes_as_slices` rewrites such a `take` as `strided_slice` + `reshape`, both injective,
+which fuse into the elementwise kernel after them. `zoo:moviegen` at small size, compiled before
+and after, timed in one process: 13.73 -> 13.16 ms in W8A8, 22.50 -> 21.80 ms in float,
+bit-identical. The rotation kernel itself still reads each pair through `k // 2` per vector lane
+(1.4 ms of the 13: a per-lane load, not a vector one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optkit.backends.relax_exprs import relax_op, rewrite_functions, scalar_constant, static_shape
+
+
+def constant_takes_as_slices(mod: Any) -> tuple[Any, int]:
+    """`mod` with every `take` of one constant index along an axis replaced by a slice of that
+    index, the axis dropped; returns (mod, number replaced)."""
+    import tvm
+    from tvm import relax
+
+    take = relax_op("relax.take")
+    count = 0
+
+    @relax.expr_functor.mutator
+    class _Slices(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            nonlocal count
+            call = self.visit_expr_post_order(call)
+            if call.op != take:
+                return call
+            data, index = call.args
+            shape, out_shape = static_shape(data), static_shape(call)
+            value = scalar_constant(index)
+            if (
+                shape is None
+                or out_shape is None
+                or value is None
+                or not isinstance(index, tvm.ir.expr.Constant)
+                or len(index.value.shape) != 0
+                or call.attrs.axis is None
+            ):
+                return call
+            axis = int(call.attrs.axis) % len(shape)
+            i = int(value)
+            if not 0 <= i < shape[axis]:  # out of range: `take`'s mode decides, left to it
+                return call
+            piece = self.builder_.emit(relax.op.strided_slice(data, axes=[axis], begin=[i], end=[i + 1]))
+            count += 1
+            return relax.op.reshape(piece, out_shape)
+
+    return rewrite_functions(_Slices(mod), mod), count
