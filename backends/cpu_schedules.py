@@ -17,7 +17,12 @@ replaces DLight's GEMV schedule:
   (to fill the 8-row tile) gave wrong results with TVM 0.27's primitives once the loops were
   fused (convs and max pools at 7, 14, 28 pixels wide); it is not done.
 - `CPUElementwise`: spatial-only blocks: vectorize a long innermost axis alone, or fuse and
-  vectorize the inner chunk; parallelize the rest.
+  vectorize the inner chunk; parallelize the rest. A block that reads an input with its last two
+  axes swapped (attention's K^T, with a rotary embedding fused in) runs in 16 x 16 tiles
+  (`_tile_transpose`): compiled before and after, one process, 1 thread, bit-identical, a
+  Llama-style decoder at 512 tokens 109.7 -> 106.2 ms float and 42.6 -> 39.4 ms W8A8,
+  `zoo:moviegen` small 22.6 -> 22.1 and 13.9 -> 13.4 ms, the UNet 85.1 -> 83.8 and 47.1 ->
+  46.4 ms; ViT-Tiny (50 tokens: no whole tiles), DiT and the CNNs even.
 - `CPUGEMV`: DLight's GEMV rule (a layer of width 1) without its 128-row vector of strided
   gathers, which made LLVM's codegen run for minutes: parallel tiles of 16 unrolled rows.
 
@@ -104,6 +109,9 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     loops = sch.get_loops(block)
     if not loops:
         return
+    if _transposing(sch, block, loops):
+        _tile_transpose(sch, loops)
+        return
     inner = _extent(sch, loops[-1])
     if len(loops) > 1 and inner is not None and inner >= ELEMENTWISE_LANES:
         # A long innermost axis: vectorize it alone. Fusing it with the outer axes first would
@@ -124,6 +132,46 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     outer, inner_loop = split
     sch.parallel(outer)
     sch.vectorize(inner_loop)
+
+
+def _transposing(sch: s_tir.Schedule, block: Any, loops: list[Any]) -> bool:
+    """Whether the block reads some input across its last two loops: the input's contiguous
+    (last) index follows the second-to-last loop and the last loop indexes another dimension
+    (`permute_dims` swapping the last two axes, attention's K^T). Both loops must split into
+    `ELEMENTWISE_LANES` tiles, and the block's variables must be its loops' (no fused index)."""
+    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+
+    if len(loops) < 2 or any((_extent(sch, loop) or 1) % ELEMENTWISE_LANES for loop in loops[-2:]):
+        return False
+    stmt = sch.get(block)
+    if len(stmt.iter_vars) != len(loops):
+        return False
+    last, second = stmt.iter_vars[-1].var, stmt.iter_vars[-2].var
+
+    def uses(expr: Any, var: Any) -> bool:
+        return any(v.same_as(var) for v in collect_vars_used_in_prim_expr(expr))
+
+    for region in stmt.reads:
+        dims = [r.min for r in region.region]
+        if len(dims) < 2:
+            continue
+        if uses(dims[-1], second) and not uses(dims[-1], last) and any(uses(d, last) for d in dims[:-1]):
+            return True
+    return False
+
+
+def _tile_transpose(sch: s_tir.Schedule, loops: list[Any]) -> None:
+    """16 x 16 tiles of the last two loops, in parallel; per tile, 16 unrolled rows of one
+    vector each. The vector still gathers its input across 16 rows, but the tile's 16 cache
+    lines of each input stay in L1 while all of its 16 rows are computed: a rotary embedding
+    written transposed (attention's K^T, [8, 32, 256]) took 97.6 us with its rows computed one
+    whole row after another, 42.0 us in tiles (Intel Xeon with AVX-512, 1 thread)."""
+    rows_outer, rows = sch.split(loops[-2], factors=[None, ELEMENTWISE_LANES])
+    cols_outer, cols = sch.split(loops[-1], factors=[None, ELEMENTWISE_LANES])
+    sch.reorder(rows_outer, cols_outer, rows, cols)
+    sch.parallel(sch.fuse(*loops[:-2], rows_outer, cols_outer))
+    sch.unroll(rows)
+    sch.vectorize(cols)
 
 
 GEMV_ROWS = 16  # output rows per tile in `CPUGEMV`: independent accumulators, unrolled

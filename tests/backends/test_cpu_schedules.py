@@ -76,3 +76,32 @@ def test_a_quantize_keeps_its_vector_rounding():
     np.testing.assert_array_equal(
         args[1].numpy().ravel(), np.clip(np.round(values / 0.5), -128, 127).astype(np.int8)
     )
+
+
+@pytest.mark.parametrize(
+    ("out_shape", "transposed", "tiled"),
+    [((4, 32, 48), True, True), ((4, 48, 32), False, False), ((4, 24, 48), True, False)],
+    ids=["transposed", "same-order", "ragged"],
+)
+def test_a_transposing_kernel_runs_in_tiles(out_shape, transposed, tiled):
+    """An elementwise kernel that reads its input with the last two axes swapped (K^T) runs in
+    16 x 16 tiles; one that reads in its own order, or whose axes do not split into 16, does not."""
+    import tvm
+    from tvm import te
+
+    b, rows, cols = out_shape
+    x = te.placeholder((b, cols, rows) if transposed else out_shape, name="x")
+    y = te.compute(
+        out_shape,
+        lambda i, r, c: (x[i, c, r] if transposed else x[i, r, c]) * 2.0 + 1.0,
+        name="y",
+    )
+    target = resolve_target("cpu", num_cores=1).tvm_target()
+    sch = CPUElementwise().apply(te.create_prim_func([x, y]), target, False)
+    assert ("T.unroll(16)" in sch.mod.script()) == tiled
+    lib = tvm.tirx.build(sch.mod, target=target)
+    data = np.random.default_rng(0).standard_normal([int(d) for d in x.shape]).astype(np.float32)
+    args = [tvm.runtime.tensor(data, tvm.cpu()), tvm.runtime.tensor(np.zeros(out_shape, np.float32))]
+    lib(*args)
+    expected = (data.transpose(0, 2, 1) if transposed else data) * 2.0 + 1.0
+    np.testing.assert_allclose(args[1].numpy(), expected, rtol=1e-6)
