@@ -7,8 +7,8 @@ and round onto the next layer's int8 grid. On MobileNetV2's 16 -> 96 expansion a
 (batch 8) that pass took 1.6 ms against the GEMM's 1.2 ms.
 
 `fuse_vnni_epilogues` follows each VNNI GEMM's result through the elementwise ops that use it
-alone (`astype`, `round`, `clip`, and add / subtract / multiply / divide / maximum / minimum with
-a scalar, a per-column vector, a per-row column or a full matrix such as a residual) while the
+alone (`astype`, `round`, `clip`, ReLU, and add / subtract / multiply / divide / maximum / minimum
+with a scalar, a per-column vector, a per-row column or a full matrix such as a residual) while the
 shape stays [M, N], and replaces the chain with one GEMM whose write-back applies it to the
 accumulators (`vnni.Epilogue`); the other operands become inputs of the kernel. The reshapes that
 `reshapes.py` sank below such ops stay after it, as views.
@@ -133,6 +133,8 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
         return None if to == "bool" else ([("astype", to)], [], [], to)
     if op == relax_op("relax.round") and same(call.args[0]):
         return [("round",)], [], [], dtype
+    if op == relax_op("relax.nn.relu") and same(call.args[0]):
+        return [("maximum", 0.0, False)], [], [], dtype
     if op == relax_op("relax.clip") and same(call.args[0]):
         bounds = call.args[1:3]
         if len(bounds) != 2 or not all(isinstance(a, relax.PrimValue) for a in bounds):

@@ -69,3 +69,28 @@ def test_w8a8_models_match_with_fused_epilogues(model, shape, fused):
     assert artifact.info["vnni_epilogues"] == fused
     (got,) = artifact.run(x)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+class _ResidualRelu(nn.Module):
+    """ResNet's block ending: `relu(linear(x) + x)`, the ReLU after the residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(64, 64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.a(x) + x)
+
+
+def test_relu_after_the_residual_joins_the_write_back():
+    from optkit.backends.kernel_profile import lower_with_kernels
+
+    torch.manual_seed(0)
+    x = torch.randn(48, 64)
+    program = PassManager(build_passes(["ptq"])).run(capture(_ResidualRelu().eval(), (x,))).program
+    artifact, kernels = lower_with_kernels(program, num_cores=1)
+    assert artifact.info["vnni_epilogues"] == 1
+    assert not [name for name in kernels if "relu" in name]
+    (got,) = artifact.run(x)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+    assert got.min() == 0.0
