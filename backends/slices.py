@@ -4,15 +4,15 @@ PyTorch's `x[..., i]` (`aten.select`) imports as `take(x, i, axis)` with `i` a 0
 TOPI's `take` reads its index from memory at run time, so `FuseOps` treats it as opaque: every
 selection is a kernel of its own that gathers its elements and writes a copy for the next kernel
 to read. Interleaved rotary embeddings select each channel pair's two halves this way
-(`x.reshape(..., -1, 2)[..., 0]`, as Movie Gen, Flux and HunyuanVideo spell them): 32 `take`
+(`x.reshape(..., -1, 2)[..., 0]`, as `zoo:moviegen` spells them): 32 `take`
 kernels in `zoo:moviegen` at small size (0.63 of 14.4 ms in W8A8, Intel Xeon with AVX-512,
 1 thread).
 
 `constant_takes_as_slices` rewrites such a `take` as `strided_slice` + `reshape`, both injective,
 which fuse into the elementwise kernel after them. `zoo:moviegen` at small size, compiled before
 and after, timed in one process: 13.73 -> 13.16 ms in W8A8, 22.50 -> 21.80 ms in float,
-bit-identical. The rotation kernel itself still reads each pair through `k // 2` per vector lane
-(1.4 ms of the 13: a per-lane load, not a vector one).
+bit-identical. The rotation kernel itself still reads each pair through `k // 2`, a per-lane
+load in every vector lane (1.4 ms of the 13 before `cpu_schedules` tiled its transposed form).
 """
 
 from __future__ import annotations
