@@ -39,7 +39,8 @@ def test_metaschedule_lowering_records_choices_and_reuses_database(mlp, tmp_path
     assert manifest["tuner"] == "metaschedule"
     tuning = manifest["tuning"]
     assert tuning["kernels"] == 2 and tuning["trials_run"] == 2 and tuning["reused"] == 0
-    assert set(tuning["choices"]) == {"packed_matmul", "packed_matmul1"}  # packing stays on
+    # Packing stays on (each GEMM carries its fused bias / GELU epilogue in its kernel's name).
+    assert len(tuning["choices"]) == 2 and all("packed_matmul" in name for name in tuning["choices"])
     for choice in tuning["choices"].values():
         assert choice["winner"] in ("optkit", "metaschedule")
         assert choice["optkit_us"] > 0 and choice["metaschedule_us"] > 0
