@@ -18,6 +18,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from optkit.backends.relax_exprs import rewrite_calls
 
 log = logging.getLogger(__name__)
 
@@ -38,34 +39,18 @@ def register() -> None:
 
 def offload_matmuls(mod: Any) -> tuple[Any, int]:
     """Rewrite float32 static-shape `relax.matmul` calls in `mod` into BLAS calls; return the count."""
-    from tvm import relax
-
-    matmul = _matmul_op()
-    count = 0
-
-    @relax.expr_functor.mutator
-    class _Offload(relax.PyExprMutator):  # type: ignore[misc]
-        def visit_call_(self, call: Any) -> Any:
-            nonlocal count
-            call = self.visit_expr_post_order(call)
-            if call.op == matmul and _offloadable(call):
-                count += 1
-                return relax.call_dps_packed(BLAS_MATMUL, [call.args[0], call.args[1]], call.ty)
-            return call
-
-    mutator = _Offload(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mod[gvar] = mutator.visit_expr(func)
+    mod, count = rewrite_calls(mod, "relax.matmul", _offloaded)
     if count:
         register()
     return mod, count
 
 
-def _matmul_op() -> Any:
-    import tvm
+def _offloaded(call: Any, _builder: Any) -> Any:
+    from tvm import relax
 
-    return tvm.ir.Op.get("relax.matmul")
+    if not _offloadable(call):
+        return None
+    return relax.call_dps_packed(BLAS_MATMUL, [call.args[0], call.args[1]], call.ty)
 
 
 def _offloadable(call: Any) -> bool:

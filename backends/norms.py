@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from optkit.backends.attention import OPAQUE
-from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
+from optkit.backends.relax_exprs import rewrite_calls, static_shape
 
 LANES = 16  # float32 channels per vector in the statistics pass (one AVX-512 register, two AVX2)
 
@@ -36,48 +36,37 @@ LANES = 16  # float32 channels per vector in the statistics pass (one AVX-512 re
 def split_group_norms(mod: Any) -> tuple[Any, int]:
     """`mod` with every float32 group norm over a channels-last tensor rewritten as above;
     returns (mod, number rewritten)."""
+    return rewrite_calls(mod, "relax.nn.group_norm", _split)
+
+
+def _split(call: Any, builder: Any) -> Any:
+    """`call`'s group norm as the statistics kernel and a multiply-add; None if not channels-last."""
     from tvm import relax
 
-    group_norm = relax_op("relax.nn.group_norm")
-    count = 0
+    if not _channels_last(call):
+        return None
+    x, gamma, beta = call.args
+    n, h, w, c = static_shape(x)  # type: ignore[misc]
+    attrs = call.attrs
+    func = stats_func(n, h, w, c, int(attrs.num_groups), float(attrs.epsilon))
+    if not bool(attrs.scale):
+        gamma = relax.const(np.ones(c, np.float32))
+    if not bool(attrs.center):
+        beta = relax.const(np.zeros(c, np.float32))
+    stats = builder.emit(
+        relax.call_tir(
+            builder.add_func(func, "group_norm_stats"),
+            [x, gamma, beta],
+            relax.TensorType([n, 2, c], "float32"),
+        )
+    )
 
-    @relax.expr_functor.mutator
-    class _Split(relax.PyExprMutator):  # type: ignore[misc]
-        def visit_call_(self, call: Any) -> Any:
-            nonlocal count
-            call = self.visit_expr_post_order(call)
-            if call.op != group_norm or not _channels_last(call):
-                return call
-            count += 1
-            return self._split(call)
+    def operand(index: int) -> Any:  # stats[:, index] as [N, 1, 1, C]
+        row = builder.emit(relax.op.strided_slice(stats, axes=[1], begin=[index], end=[index + 1]))
+        return builder.emit(relax.op.reshape(row, [n, 1, 1, c]))
 
-        def _split(self, call: Any) -> Any:
-            x, gamma, beta = call.args
-            n, h, w, c = static_shape(x)  # type: ignore[misc]
-            attrs = call.attrs
-            func = stats_func(n, h, w, c, int(attrs.num_groups), float(attrs.epsilon))
-            if not bool(attrs.scale):
-                gamma = relax.const(np.ones(c, np.float32))
-            if not bool(attrs.center):
-                beta = relax.const(np.zeros(c, np.float32))
-            stats = self.builder_.emit(
-                relax.call_tir(
-                    self.builder_.add_func(func, "group_norm_stats"),
-                    [x, gamma, beta],
-                    relax.TensorType([n, 2, c], "float32"),
-                )
-            )
-
-            def operand(index: int) -> Any:  # stats[:, index] as [N, 1, 1, C]
-                row = self.builder_.emit(
-                    relax.op.strided_slice(stats, axes=[1], begin=[index], end=[index + 1])
-                )
-                return self.builder_.emit(relax.op.reshape(row, [n, 1, 1, c]))
-
-            scaled = self.builder_.emit(relax.op.multiply(x, operand(0)))
-            return relax.op.add(scaled, operand(1))
-
-    return rewrite_functions(_Split(mod), mod), count
+    scaled = builder.emit(relax.op.multiply(x, operand(0)))
+    return relax.op.add(scaled, operand(1))
 
 
 def stats_func(n: int, h: int, w: int, c: int, groups: int, eps: float) -> Any:

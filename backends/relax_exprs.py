@@ -1,9 +1,10 @@
 """Small readers of Relax expressions shared by the CPU rewrites (packing, reshapes, attention,
-epilogues)."""
+epilogues, norms, slices), and `rewrite_calls`, the mutator loop that replaces calls of one op."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,32 @@ def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:
     from tvm import relax
 
     return x if static_shape(x) == shape else builder.emit(relax.op.reshape(x, shape))
+
+
+def rewrite_calls(mod: Any, op_name: str, rewrite: Callable[[Any, Any], Any]) -> tuple[Any, int]:
+    """`mod` with every call of the operator `op_name` (its arguments rewritten first) replaced by
+    `rewrite(call, builder)`, where that returns an expression; None keeps the call. `builder`
+    is the mutator's block builder, for the bindings the replacement needs. Returns (mod, number
+    of calls replaced)."""
+    from tvm import relax
+
+    op = relax_op(op_name)
+    count = 0
+
+    @relax.expr_functor.mutator
+    class _Rewrite(relax.PyExprMutator):  # type: ignore[misc]
+        def visit_call_(self, call: Any) -> Any:
+            nonlocal count
+            call = self.visit_expr_post_order(call)
+            if call.op != op:
+                return call
+            new = rewrite(call, self.builder_)
+            if new is None:
+                return call
+            count += 1
+            return new
+
+    return rewrite_functions(_Rewrite(mod), mod), count
 
 
 def rewrite_functions(mutator: Any, mod: Any) -> Any:

@@ -19,43 +19,36 @@ from __future__ import annotations
 
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, rewrite_functions, scalar_constant, static_shape
+from optkit.backends.relax_exprs import rewrite_calls, scalar_constant, static_shape
 
 
 def constant_takes_as_slices(mod: Any) -> tuple[Any, int]:
     """`mod` with every `take` of one constant index along an axis replaced by a slice of that
     index, the axis dropped; returns (mod, number replaced)."""
+    return rewrite_calls(mod, "relax.take", _as_slice)
+
+
+def _as_slice(call: Any, builder: Any) -> Any:
+    """`call` (a `take`) as `strided_slice` + `reshape`; None unless its index is one in-range
+    constant along one axis (`take`'s mode decides the rest, left to it)."""
     import tvm
     from tvm import relax
 
-    take = relax_op("relax.take")
-    count = 0
-
-    @relax.expr_functor.mutator
-    class _Slices(relax.PyExprMutator):  # type: ignore[misc]
-        def visit_call_(self, call: Any) -> Any:
-            nonlocal count
-            call = self.visit_expr_post_order(call)
-            if call.op != take:
-                return call
-            data, index = call.args
-            shape, out_shape = static_shape(data), static_shape(call)
-            value = scalar_constant(index)
-            if (
-                shape is None
-                or out_shape is None
-                or value is None
-                or not isinstance(index, tvm.ir.expr.Constant)
-                or len(index.value.shape) != 0
-                or call.attrs.axis is None
-            ):
-                return call
-            axis = int(call.attrs.axis) % len(shape)
-            i = int(value)
-            if not 0 <= i < shape[axis]:  # out of range: `take`'s mode decides, left to it
-                return call
-            piece = self.builder_.emit(relax.op.strided_slice(data, axes=[axis], begin=[i], end=[i + 1]))
-            count += 1
-            return relax.op.reshape(piece, out_shape)
-
-    return rewrite_functions(_Slices(mod), mod), count
+    data, index = call.args
+    shape, out_shape = static_shape(data), static_shape(call)
+    value = scalar_constant(index)
+    if (
+        shape is None
+        or out_shape is None
+        or value is None
+        or not isinstance(index, tvm.ir.expr.Constant)
+        or len(index.value.shape) != 0
+        or call.attrs.axis is None
+    ):
+        return None
+    axis = int(call.attrs.axis) % len(shape)
+    i = int(value)
+    if not 0 <= i < shape[axis]:
+        return None
+    piece = builder.emit(relax.op.strided_slice(data, axes=[axis], begin=[i], end=[i + 1]))
+    return relax.op.reshape(piece, out_shape)
