@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 from optkit.backends.relax_exprs import (
+    OPAQUE,
     constant_value,
     relax_op,
     reshaped,
@@ -44,7 +45,6 @@ from optkit.backends.relax_exprs import (
 
 ROWS = 8  # query rows per tile: 8 x 32 accumulators of the weighted sum, like the GEMM tile
 LANES = 16  # one AVX-512 register of float32
-OPAQUE = 8  # TVM's OpPatternKind::kOpaque: FuseOps leaves the kernel alone
 
 
 def attention_te(

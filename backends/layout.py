@@ -23,6 +23,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from optkit.backends.relax_exprs import rewrite_functions
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +89,7 @@ def cancel_transposes(mod: Any) -> tuple[Any, int]:
             cancelled[0] += 1
             return bound.args[0]
 
-    mutator = _Cancel(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), cancelled[0]
+    return relax.transform.DeadCodeElimination()(rewrite_functions(_Cancel(mod), mod)), cancelled[0]
 
 
 def _undoes(second: Any, first: Any) -> bool:
@@ -145,11 +142,7 @@ def _cancel_across_ops(mod: Any) -> tuple[Any, int]:
                 value = _rebuilt(op_call, slot, value, [self.visit_expr(a) for a in op_call.args], axes)
             return value
 
-    mutator = _Sink(mod)
-    for gvar, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            mutator.builder_.update_func(gvar, mutator.visit_expr(func))
-    return relax.transform.DeadCodeElimination()(mutator.builder_.get()), len(plans)
+    return relax.transform.DeadCodeElimination()(rewrite_functions(_Sink(mod), mod)), len(plans)
 
 
 def _sink_plans(func: Any, permute: Any) -> dict[Any, tuple[Any, list[tuple[Any, int]], list[int]]]:

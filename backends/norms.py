@@ -11,7 +11,7 @@ against 5.0 ms for the same norms in NCHW.
 `split_group_norms` spells a group norm whose channel is the last axis as two kernels that
 vectorize along the contiguous channels:
 1. `stats_func`, scheduled here and opaque to `FuseOps`: the sum and the sum of squares of every
-   channel over the image (one pass, 16 channels per vector, accumulated in registers), their
+   channel over the image (one pass, 16 contiguous channels per vector), their
    group totals, and from them, per (sample, channel), `scale = gamma * rsqrt(var + eps)` and
    `shift = beta - mean * scale` (var = E[x^2] - mean^2, as TOPI computes it);
 2. `x * scale + shift` with `[N, 1, 1, C]` operands: an elementwise kernel that the activation
@@ -27,8 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from optkit.backends.attention import OPAQUE
-from optkit.backends.relax_exprs import rewrite_calls, static_shape
+from optkit.backends.relax_exprs import OPAQUE, rewrite_calls, static_shape
 
 LANES = 16  # float32 channels per vector in the statistics pass (one AVX-512 register, two AVX2)
 
@@ -111,12 +110,11 @@ def stats_func(n: int, h: int, w: int, c: int, groups: int, eps: float) -> Any:
         outer, lanes = sch.split(j, factors=[None, LANES])
         sch.reorder(i, outer, kh, kw, lanes)
         sch.parallel(sch.fuse(i, outer))
-        sch.vectorize(lanes)
-        sch.decompose_reduction(block, kh)
+        sch.vectorize(lanes)  # before the init splits off: a reduction block's loop only
     else:
         sch.reorder(i, kh, kw, j)
         sch.parallel(i)
-        sch.decompose_reduction(block, kh)
+    sch.decompose_reduction(block, kh)
     func = sch.mod["main"]
     return func.with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})
 

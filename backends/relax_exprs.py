@@ -11,6 +11,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+OPAQUE = 8  # TVM's OpPatternKind::kOpaque: FuseOps leaves a kernel with this `op_pattern` alone
+
 
 def relax_op(name: str) -> Any:
     """The registered Relax operator `name` (`relax.matmul`, ...)."""
