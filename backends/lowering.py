@@ -116,6 +116,9 @@ def lower_functions(
         raise ConfigError(f"lower_functions needs a Program named {MAIN!r}; got {', '.join(programs)}")
     say = progress or (lambda _msg: None)
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
+    from optkit.backends.vnni import target_has_vnni
+
+    row_im2col = spec.kind == "llvm" and schedule != "naive" and target_has_vnni(spec.tvm_target())
     start = time.perf_counter()
     imported = {}
     tensors: list[Any] = []  # the Programs' weights (and their BatchNorm-folded copies')
@@ -124,7 +127,7 @@ def lower_functions(
         folded = _fold_batchnorms(program)
         if release_weights:
             tensors += [*program.parameters().values(), *folded.parameters().values()]
-        imported[name] = import_program(folded)
+        imported[name] = import_program(folded, narrow_int8_convs=row_im2col)
         # The imported constants are the Program's own tensors (DLPack). Packing reads them, and
         # the transposes in front of them, in place (`packing._constant`); what it leaves is
         # folded after it (`_specialize`): no transposed copy of every weight is made first.
@@ -280,6 +283,7 @@ def _specialize(
         "vnni_epilogues": 0,
         "split_group_norms": 0,
         "sliced_takes": 0,
+        "sunk_pads": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
@@ -289,6 +293,7 @@ def _specialize(
     from optkit.backends.layout import cancel_transposes, channels_last
     from optkit.backends.norms import split_group_norms
     from optkit.backends.packing import pack_weights
+    from optkit.backends.pads import sink_pads
     from optkit.backends.reshapes import sink_reshapes
     from optkit.backends.slices import constant_takes_as_slices
     from optkit.backends.vnni import target_has_vnni
@@ -296,6 +301,7 @@ def _specialize(
 
     vnni = target_has_vnni(spec.tvm_target())
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
+    mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, which folds pads into im2col
     mod, figures["fused_attentions"] = fuse_attention(mod)  # before packing pads the scores
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(

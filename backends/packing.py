@@ -16,7 +16,7 @@ unpacked and 120 for numpy's OpenBLAS.
 | the same, output width not a multiple of the 8-row tile (7 x 7 images) | `rows[n*OH*OW + h*OW + w, co]` over flattened pixels (8-row tiles whatever the width), then the NHWC output, inlined into the tile write-back |
 | `nn.conv2d(x, W)`, NHWC, float32, depthwise (groups = channels) | `y[n, h, w, c] = sum x[n, h*s + kh*d - p, w*s + kw*d - p, c] * W[kh, kw, c]`, padding read in place: vectorized over the channels, whatever the image width |
 | `nn.conv2d_transpose(x, W)`, kernel == stride, no padding | `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]` (packed as above), patches put in place |
-| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py` (NHWC im2col for convs) |
+| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py` (NHWC im2col for convs, the zero-point padding written by the im2col (`pads.py` sinks the pad to it); an image of fewer than 4 channels copied by kernel rows) |
 | float32 `matmul(a, b)`, b not constant, output width not a multiple of 4 (attention scores) | `matmul(a, pad(b))` over a multiple of 16 columns, sliced back |
 
 All put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
@@ -680,11 +680,15 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
 
     nhwc = _nhwc_conv(call, lookup, "int8")
     conv = _plain_conv(call, lookup) if nhwc is None else None
+    fill = 0  # int8 0 (uint8 128 once shifted) is what a conv's own padding means
     if nhwc is not None:
         x, w_hwio, stride, dilation, pad, groups = nhwc
         if groups != 1 or not _int8_pair(x, w_hwio, call):
             return None
         w_np = np.ascontiguousarray(w_hwio.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+        padded = None if any(pad) else _image_pad(x, lookup)
+        if padded is not None:  # `quantized.py` pads with the zero point: im2col does it
+            x, pad, fill = padded
         xu = vnni.to_unsigned(bb, x)
     elif conv is not None and _int8_pair(conv[0], conv[1], call):
         x, w_np, stride, dilation, pad = conv
@@ -692,15 +696,46 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
         xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x), (0, 2, 3, 1)))
     else:
         return None
-    co, _, kh, kw = w_np.shape
-    if any(pad):  # int8 0 is uint8 128
-        xu = bb.emit(relax.op.nn.pad(xu, (0, 0, pad[0], pad[2], pad[1], pad[3], 0, 0), pad_value=128.0))
-    cols = vnni.im2col(bb, xu, kh, kw, stride, dilation)
-    y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight(w_np)))
+    co, ci, kh, kw = w_np.shape
+    top, left, bottom, right = pad
+    if ci % vnni.GROUP and dilation == [1, 1]:  # an RGB stem: a kernel row's bytes in one copy
+        source = _nchw_source(x, lookup) if nhwc is not None else None
+        if source is not None:  # the model's NCHW image: interleaved without a transpose kernel
+            rows = vnni.interleave_channels(bb, source)
+        else:
+            b, h, wd, _ = _static_shape(xu)
+            rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
+        cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), fill + 128)
+        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np)))
+    else:
+        cols = vnni.im2col(bb, xu, kh, kw, stride, dilation, (top, left, bottom, right), fill + 128)
+        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight(w_np)))
     if nhwc is not None:
         return relax.op.reshape(y, [int(d) for d in call.ty.shape])
     b, _, oh, ow = (int(d) for d in call.ty.shape)
     return relax.op.permute_dims(bb.emit(relax.op.reshape(y, (b, oh, ow, co))), (0, 3, 1, 2))
+
+
+def _image_pad(x: Any, lookup: Any) -> tuple[Any, list[int], int] | None:
+    """(the unpadded image, padding as (top, left, bottom, right), the int8 fill) when `x` is
+    bound to a constant `nn.pad` of an NHWC image's height and width only, else None."""
+    import tvm
+    from tvm import relax
+
+    bound = lookup(x) if lookup is not None and isinstance(x, relax.Var) else None
+    if not isinstance(bound, relax.Call) or bound.op != tvm.ir.Op.get("relax.nn.pad"):
+        return None
+    width = [int(w) for w in bound.attrs.pad_width]
+    fill = float(bound.attrs.pad_value)
+    if (
+        str(bound.attrs.pad_mode) != "constant"
+        or len(width) != 8
+        or any(width[i] for i in (0, 1, 6, 7))
+        or not fill.is_integer()
+        or not -128 <= fill <= 127
+    ):
+        return None
+    return bound.args[0], [width[2], width[4], width[3], width[5]], int(fill)
 
 
 def _patch_transpose(bb: Any, call: Any, lookup: Any = None) -> Any | None:

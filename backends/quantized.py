@@ -7,7 +7,7 @@
 |---|---|
 | `linear_w8a8` | quantize x to int8 -> `matmul(int8, int8, out_dtype=int32)` -> zero-point correction, rescale and bias as the matmul's epilogue (one fused elementwise kernel after the VNNI GEMM; in the packed int8 kernel's write-back without VNNI) |
 | `linear_wq` | one TE kernel: the reduction reads packed int4 (or int8) weights, unpacks the nibble, subtracts the zero point and multiplies by the group scale inside the K loop; no float weight is materialized |
-| `conv2d_w8a8` | int8 grid for x; grouped (depthwise) convs and convs over fewer than 4 input channels (an RGB stem): `conv2d` in float32 on the centered activations and the int8 weights, exact while the sums stay below 2^24; other groups-1 convs: `conv2d(int8, int8, out_dtype=int32)` with zero-point padding and a constant zero x sum(w) correction; the remaining grouped convs in int32; per-channel rescale and bias |
+| `conv2d_w8a8` | int8 grid for x; grouped (depthwise) convs, and convs over fewer than 4 input channels (an RGB stem) unless the target's VNNI kernels take them (`narrow_int8_convs`): `conv2d` in float32 on the centered activations and the int8 weights, exact while the sums stay below 2^24; other groups-1 convs: `conv2d(int8, int8, out_dtype=int32)` with zero-point padding and a constant zero x sum(w) correction; the remaining grouped convs in int32; per-channel rescale and bias |
 | `act_qdq` | elementwise round onto the int8 grid and back |
 | `aten.amax` | `max(x, axis, keepdims)`: per-token activation scales (`max|x_row| / 127`) reduce with it; TVM 0.27's importer has no converter, and PyTorch's decomposition needs `prims.broadcast_in_dim`, which it lacks too |
 
@@ -27,12 +27,19 @@ from typing import Any
 Converter = Callable[[Any, Any], Any]
 
 
-def custom_convert_map() -> dict[str, Converter]:
-    """Converter table for `from_exported_program(custom_convert_map=...)`."""
+def custom_convert_map(narrow_int8_convs: bool = False) -> dict[str, Converter]:
+    """Converter table for `from_exported_program(custom_convert_map=...)`. `narrow_int8_convs`:
+    convs over fewer than 4 input channels (an RGB stem) stay int8, for a target whose VNNI
+    kernels copy such an image by kernel rows (`vnni.im2col_rows`); otherwise they compute in
+    float32 (`_in_float32`)."""
+
+    def conv2d_w8a8(node: Any, importer: Any) -> Any:
+        return _conv2d_w8a8(node, importer, narrow_int8_convs)
+
     return {
         "linear_w8a8.default": _linear_w8a8,
         "linear_wq.default": _linear_wq,
-        "conv2d_w8a8.default": _conv2d_w8a8,
+        "conv2d_w8a8.default": conv2d_w8a8,
         "act_qdq.default": _act_qdq,
         "amax.default": _amax,
     }
@@ -91,14 +98,14 @@ def _act_qdq(node: Any, importer: Any) -> Any:
     return bb.emit(op.multiply(op.subtract(q, op.astype(zero, "float32")), scale))
 
 
-def _conv2d_w8a8(node: Any, importer: Any) -> Any:
+def _conv2d_w8a8(node: Any, importer: Any, narrow_int8: bool = False) -> Any:
     from tvm import relax
 
     op, bb = relax.op, importer.block_builder
     x, x_scale, x_zero, w_q, w_scale, _w_zero, bias, stride, padding, dilation, groups = _args(node, importer)
     xq = _quantize(bb, x, x_scale, x_zero)
     zf = bb.emit(op.astype(x_zero, "float32"))
-    if _in_float32(w_q, groups):
+    if _in_float32(w_q, groups, narrow_int8):
         # Centered values lie in [-255, 255]; padding with 0 then matches the float conv's zero
         # padding. Every partial sum is an integer below 2^24, so float32 computes it exactly, and
         # the conv gets the float kernels (`packing.py`): a depthwise conv the vectorized NHWC
@@ -145,14 +152,15 @@ def _conv2d_w8a8(node: Any, importer: Any) -> Any:
 DOT_DEPTH = 4  # channels per int8 dot product (vpdpbusd); fewer input channels compute in float32
 
 
-def _in_float32(w_q: Any, groups: int) -> bool:
-    """Whether an int8 conv computes in float32: it is grouped (depthwise) or has fewer input
-    channels than one int8 dot product takes (an RGB stem: its im2col pads 3 channels to 4, and
-    its 3-byte pixels copy one by one; 5.2 ms of a W8A8 MobileNetV2's 26 at batch 8), and its
-    sums fit float32 exactly ((Cin / groups) x Kh x Kw products of at most 255 x 128 each, below
-    2^24 in all)."""
+def _in_float32(w_q: Any, groups: int, narrow_int8: bool = False) -> bool:
+    """Whether an int8 conv computes in float32: it is grouped (depthwise) or, unless
+    `narrow_int8`, has fewer input channels than one int8 dot product takes (an RGB stem: a
+    per-tap im2col pads 3 channels to 4 and copies its 3-byte pixels one by one, 5.2 ms of a W8A8
+    MobileNetV2's 26 at batch 8), and its sums fit float32 exactly ((Cin / groups) x Kh x Kw
+    products of at most 255 x 128 each, below 2^24 in all)."""
     _co, ci_per_group, kh, kw = (int(d) for d in w_q.ty.shape)
-    return (groups > 1 or ci_per_group < DOT_DEPTH) and ci_per_group * kh * kw * 255 * 128 < 2**24
+    narrow = ci_per_group < DOT_DEPTH and not narrow_int8
+    return (groups > 1 or narrow) and ci_per_group * kh * kw * 255 * 128 < 2**24
 
 
 def _linear_wq(node: Any, importer: Any) -> Any:

@@ -79,12 +79,13 @@ class Imported:
     origins: dict[str, NodeOrigin] = field(default_factory=dict)
 
 
-def import_program(program: Program) -> Imported:
-    """Translate `program` to a Relax IRModule with one `main` function returning a tuple."""
+def import_program(program: Program, narrow_int8_convs: bool = False) -> Imported:
+    """Translate `program` to a Relax IRModule with one `main` function returning a tuple.
+    `narrow_int8_convs`: W8A8 convs over fewer than 4 channels stay int8 (`quantized.py`)."""
     from tvm.relax.frontend.torch.exported_program_translator import ExportedProgramImporter
 
     exported = export(program)
-    converters = custom_convert_map()
+    converters = custom_convert_map(narrow_int8_convs)
     exported, decomposed = _decompose_unsupported(exported, converters)
     rewritten = rewrite_aten(exported.graph_module)
     importer = ExportedProgramImporter()

@@ -322,24 +322,42 @@ def matmul(bb: Any, xu: Any, w: np.ndarray) -> Any:
     return relax.call_tir(gvar, args, relax.TensorType((m, n), "int32"))
 
 
-def im2col(bb: Any, x: Any, kh: int, kw: int, stride: list[int], dilation: list[int]) -> Any:
-    """Emit `cols[B * OH * OW, KH * KW * C4]` from a padded NHWC `x[B, H, W, C]` (C4: C rounded up
-    to a multiple of 4, the extra channels 0). Channels innermost, so each tap copies C
-    contiguous bytes (vectorized). A kernel of its own, marked opaque so that `FuseOps` does not
-    pull x's producers into it (each input element is read up to KH * KW times, and would be
-    recomputed as often)."""
+def im2col(
+    bb: Any,
+    x: Any,
+    kh: int,
+    kw: int,
+    stride: list[int],
+    dilation: list[int],
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    pad_value: int = 0,
+) -> Any:
+    """Emit `cols[B * OH * OW, KH * KW * C4]` from an NHWC `x[B, H, W, C]` (C4: C rounded up to a
+    multiple of 4, the extra channels 0). Channels innermost, so each tap copies C contiguous
+    bytes (vectorized). `pad` (top, left, bottom, right) pads the image with `pad_value` inside
+    the copy, so no padded copy of x is written first. A kernel of its own, marked opaque so that
+    `FuseOps` does not pull x's producers into it (each input element is read up to KH * KW
+    times, and would be recomputed as often)."""
     from tvm import relax, te, tirx
 
     b, h, w, c = (int(d) for d in x.ty.shape)
+    top, left, bottom, right = pad
     c4 = _round_up(c, GROUP)
-    oh = (h - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (w - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    oh = (h + top + bottom - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + left + right - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     src = te.placeholder((b, h, w, c), str(x.ty.dtype), name="x")
 
     def tap(n: Any, i: Any, j: Any, ky: Any, kx: Any, ch: Any) -> Any:
-        value = src[
-            n, i * stride[0] + ky * dilation[0], j * stride[1] + kx * dilation[1], tirx.min(ch, c - 1)
-        ]
+        row = i * stride[0] + ky * dilation[0] - top
+        col = j * stride[1] + kx * dilation[1] - left
+        if not any(pad):
+            value = src[n, row, col, tirx.min(ch, c - 1)]
+        else:  # clamped, so that the read stays inside x whichever branch the code runs
+            inside = tirx.all(row >= 0, row < h, col >= 0, col < w)
+            clamped = src[
+                n, tirx.max(tirx.min(row, h - 1), 0), tirx.max(tirx.min(col, w - 1), 0), tirx.min(ch, c - 1)
+            ]
+            value = tirx.if_then_else(inside, clamped, tirx.const(pad_value, src.dtype))
         return value if c4 == c else tirx.if_then_else(ch < c, value, tirx.const(0, src.dtype))
 
     cols = te.compute((b, oh, ow, kh, kw, c4), tap, name="im2col")
@@ -348,6 +366,78 @@ def im2col(bb: Any, x: Any, kh: int, kw: int, stride: list[int], dilation: list[
     gvar = bb.add_func(func, "im2col")
     out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, oh, ow, kh, kw, c4], str(x.ty.dtype))))
     return bb.emit(relax.op.reshape(out, (b * oh * ow, kh * kw * c4)))
+
+
+def im2col_rows(
+    bb: Any,
+    x: Any,
+    channels: int,
+    kh: int,
+    kw: int,
+    stride: list[int],
+    pad: tuple[int, int, int, int],
+    pad_value: int,
+) -> Any:
+    """`im2col` for images with a channel count that is not a multiple of 4 (an RGB stem), at
+    dilation 1: in NHWC, a kernel row's KW taps of C channels are KW * C contiguous bytes, so
+    each (pixel, kernel row) copies that run, padded to a multiple of 4, as one vector instead
+    of KW runs of C bytes each padded to 4. `x` is the image as `[B, H, W * C]` (`channels` = C:
+    a view of NHWC, or `interleave_channels` of NCHW). Returns `cols[B * OH * OW, KH * T]` (T = KW * C
+    rounded up to 4; `conv_weight_rows` lays the weight out to match). Measured on a 7 x 7,
+    stride-2 stem over 8 x 3 x 112 x 112 (Intel Xeon, AVX-512 VNNI, 1 thread): this copy 0.40 ms
+    and the VNNI GEMM over its 168 columns 0.81 ms, against 3.6 ms for the packed float32 conv
+    (exact on the centered int8 values) that ran the stem before."""
+    from tvm import relax, s_tir, te, tirx
+
+    b, h, row_bytes = (int(d) for d in x.ty.shape)
+    c, w = channels, row_bytes // channels
+    top, left, bottom, right = pad
+    span, t = kw * c, _round_up(kw * c, GROUP)
+    oh = (h + top + bottom - kh) // stride[0] + 1
+    ow = (w + left + right - kw) // stride[1] + 1
+    src = te.placeholder((b, h, w * c), str(x.ty.dtype), name="x")
+
+    def tap(n: Any, i: Any, j: Any, ky: Any, col: Any) -> Any:
+        row = i * stride[0] + ky - top
+        flat = (j * stride[1] - left) * c + col  # the byte in the image row: contiguous in col
+        inside = tirx.all(col < span, row >= 0, row < h, flat >= 0, flat < w * c)
+        clamped = src[n, tirx.max(tirx.min(row, h - 1), 0), tirx.max(tirx.min(flat, w * c - 1), 0)]
+        return tirx.if_then_else(inside, clamped, tirx.const(pad_value, src.dtype))
+
+    cols = te.compute((b, oh, ow, kh, t), tap, name="im2col")
+    sch = s_tir.Schedule(te.create_prim_func([src, cols]).without_attr("global_symbol"))
+    loops = sch.get_loops(sch.get_sblock("im2col"))
+    sch.parallel(sch.fuse(loops[0], loops[1]))
+    sch.vectorize(loops[4])
+    func = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # kOpaque
+    gvar = bb.add_func(func, "im2col_rows")
+    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, oh, ow, kh, t], str(x.ty.dtype))))
+    return bb.emit(relax.op.reshape(out, (b * oh * ow, kh * t)))
+
+
+def interleave_channels(bb: Any, x: Any) -> Any:
+    """int8 NCHW `x` -> uint8 `[B, H, W * C]` (NHWC rows, shifted by 128) for `im2col_rows`, in a
+    kernel that reads each channel's row as vectors and writes it at a stride of C. Fused into
+    the quantizing kernel before it, the same transpose gathered its inputs with a division
+    and remainder per byte: 0.48 ms for 8 x 3 x 112 x 112 (Intel Xeon, 1 thread)."""
+    from tvm import relax, s_tir, te, tirx
+
+    b, c, h, w = (int(d) for d in x.ty.shape)
+    src = te.placeholder((b, c, h, w), "int8", name="x")
+
+    def value(n: Any, i: Any, j: Any, ch: Any) -> Any:
+        return tirx.Cast("uint8", tirx.Cast("int32", src[n, ch, i, j]) + 128)
+
+    out = te.compute((b, h, w, c), value, name="interleave")
+    sch = s_tir.Schedule(te.create_prim_func([src, out]).without_attr("global_symbol"))
+    n, i, j, ch = sch.get_loops(sch.get_sblock("interleave"))
+    sch.reorder(ch, j)
+    sch.parallel(sch.fuse(n, i))
+    sch.vectorize(sch.split(j, factors=[None, LANES])[1] if w % LANES == 0 else j)
+    func = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # kOpaque
+    gvar = bb.add_func(func, "interleave_channels")
+    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, h, w, c], "uint8")))
+    return bb.emit(relax.op.reshape(out, (b, h, w * c)))
 
 
 def _schedule_im2col(func: Any, channels: int) -> Any:
@@ -374,3 +464,14 @@ def conv_weight(w: np.ndarray) -> np.ndarray:
     if ci4 > ci:
         w = np.concatenate([w, np.zeros((co, ci4 - ci, kh, kw), w.dtype)], axis=1)
     return np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(kh * kw * ci4, co))
+
+
+def conv_weight_rows(w: np.ndarray) -> np.ndarray:
+    """`W[Co, Ci, KH, KW]` -> the GEMM weight `[KH * T, Co]` matching `im2col_rows`' columns
+    (T = KW * Ci rounded up to 4; within a kernel row, tap-major, channel-minor)."""
+    co, ci, kh, kw = w.shape
+    rows = w.transpose(2, 3, 1, 0).reshape(kh, kw * ci, co)
+    t = _round_up(kw * ci, GROUP)
+    if t > kw * ci:
+        rows = np.concatenate([rows, np.zeros((kh, t - kw * ci, co), w.dtype)], axis=1)
+    return np.ascontiguousarray(rows.reshape(kh * t, co))

@@ -46,11 +46,27 @@ def test_int4_weights_stay_packed_in_the_kernel(mlp):
 
 
 def test_quantized_conv_matches_program(conv_program):
+    from optkit.backends import vnni
+    from optkit.backends.targets import resolve_target
+
     program = _quantized(conv_program, "ptq", {})
     assert "conv2d_w8a8" in program.op_counts()
     artifact = lower(program, "cpu", num_cores=1)
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-4)
+    if vnni.target_has_vnni(resolve_target("cpu").tvm_target()):
+        # Both convs (the 3-channel one by kernel rows) on the VNNI GEMM, with the linear head;
+        # their zero-point pads moved to the im2col.
+        assert artifact.info["vnni_kernels"] == 3
+        assert artifact.info["sunk_pads"] >= 2
+
+
+def test_narrow_int8_convs_stay_int8_when_asked(conv_program):
+    program = _quantized(conv_program, "ptq", {})
+    default = import_program(program).mod.script()
+    narrow = import_program(program, narrow_int8_convs=True).mod.script()
+    # conv_program's first conv reads 3 channels: float32 on the centered values by default.
+    assert default.count('out_dtype="int32"') == narrow.count('out_dtype="int32"') - 1
 
 
 def test_programs_lowered_into_one_library_keep_their_own_kernels(mlp):

@@ -149,3 +149,71 @@ def test_w8a8_linear_and_conv_use_vnni(mlp, conv_program):
         assert artifact.info["vnni_kernels"] >= 1
         (got,) = artifact.run(*quantized.example_inputs)
         np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)
+
+
+def _relax_call(build, *inputs):
+    """Run `build(bb, *vars)` (it emits Relax and returns the output) on numpy `inputs`."""
+    import tvm
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    params = [relax.Var(f"x{i}", relax.TensorType(a.shape, str(a.dtype))) for i, a in enumerate(inputs)]
+    with bb.function("main", params):
+        with bb.dataflow():
+            out = bb.emit_output(build(bb, *params))
+        bb.emit_func_output(out)
+    vm = relax.VirtualMachine(tvm.compile(bb.get(), target=HOST.tvm_target()), tvm.cpu())
+    return vm["main"](*(tvm.runtime.tensor(a) for a in inputs)).numpy()
+
+
+def _conv_reference(x_nhwc, w_oihw, stride, pad, fill):
+    """int64 conv of an NHWC image padded with `fill`: [B, OH, OW, Co]."""
+    top, left, bottom, right = pad
+    xp = np.pad(x_nhwc.astype(np.int64), ((0, 0), (top, bottom), (left, right), (0, 0)), constant_values=fill)
+    co, _, kh, kw = w_oihw.shape
+    oh = (xp.shape[1] - kh) // stride[0] + 1
+    ow = (xp.shape[2] - kw) // stride[1] + 1
+    out = np.zeros((x_nhwc.shape[0], oh, ow, co), np.int64)
+    for ky in range(kh):
+        for kx in range(kw):
+            patch = xp[:, ky : ky + stride[0] * oh : stride[0], kx : kx + stride[1] * ow : stride[1], :]
+            out += patch @ w_oihw[:, :, ky, kx].T.astype(np.int64)
+    return out
+
+
+def test_im2col_pads_inside_the_copy():
+    # 6 channels (padded to 8 columns per tap), stride 2 x 1, uneven padding filled with 7.
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (2, 5, 6, 6)).astype(np.uint8)
+    w = rng.integers(-128, 128, (5, 6, 3, 2)).astype(np.int8)
+    pad, stride = (1, 2, 0, 1), [2, 1]
+    cols = _relax_call(lambda bb, v: vnni.im2col(bb, v, 3, 2, stride, [1, 1], pad, 7), x)
+    got = cols.astype(np.int64) @ vnni.conv_weight(w).astype(np.int64)
+    want = _conv_reference(x, w, stride, pad, 7)
+    np.testing.assert_array_equal(got, want.reshape(-1, 5))
+
+
+def test_an_rgb_image_copies_by_kernel_rows():
+    # 3 channels, a 7 x 7 stride-2 stem: each kernel row is 21 bytes, padded to 24.
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (2, 11, 13, 3)).astype(np.uint8)
+    w = rng.integers(-128, 128, (16, 3, 7, 7)).astype(np.int8)
+    pad, stride = (3, 3, 3, 3), [2, 2]
+
+    def build(bb, v):
+        from tvm import relax
+
+        rows = bb.emit(relax.op.reshape(v, (2, 11, 13 * 3)))
+        return vnni.im2col_rows(bb, rows, 3, 7, 7, stride, pad, 128)
+
+    cols = _relax_call(build, x)
+    assert cols.shape[1] == 7 * 24
+    got = cols.astype(np.int64) @ vnni.conv_weight_rows(w).astype(np.int64)
+    np.testing.assert_array_equal(got, _conv_reference(x, w, stride, pad, 128).reshape(-1, 16))
+
+
+def test_nchw_int8_interleaves_into_shifted_rows():
+    x = np.random.default_rng(5).integers(-128, 128, (2, 3, 4, 32)).astype(np.int8)
+    got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v), x)
+    want = (x.astype(np.int32) + 128).astype(np.uint8).transpose(0, 2, 3, 1).reshape(2, 4, 96)
+    np.testing.assert_array_equal(got, want)
