@@ -129,6 +129,9 @@ def test_tiles_follow_the_weight_panels_size():
     assert vnni.choose_tile(49, 96, 576) == vnni.Tile(7, 3, rows_inner=True)  # 49 = 7 x 7, 6 panels = 2 x 3
     assert not vnni.choose_tile(196, 192, 1152).rows_inner  # 6 panels x 1152 k: 108 KiB, past L1
     assert vnni.choose_tile(1, 16, 64) == vnni.Tile(1, 1, rows_inner=True)
+    # 2.4 MB of weights past L2, 0.6 MB of activations within it: rows inner, weights read once
+    assert vnni.choose_tile(128, 512, 4608).rows_inner
+    assert not vnni.choose_tile(1024, 1280, 1280).rows_inner  # neither fits L2
 
 
 def test_accumulators_need_no_workspace():
