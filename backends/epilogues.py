@@ -42,13 +42,16 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
                 return self.visit_expr_post_order(call)
             gemm, epilogue, others = found
             xu, w, offset = (self.visit_expr(a) for a in gemm.args[1].fields)
-            (m, k), n = static_shape(xu) or [0, 0], int(gemm.ty.shape[1])
+            conv = vnni.Conv.of(mod[gemm.args[0]])
+            shape = static_shape(xu) or [0, 0]
+            (m, k), n = conv.gemm_shape(shape) if conv else shape, int(gemm.ty.shape[1])
             params = [
                 reshaped(self.builder_, self.visit_expr(o), [rows, cols])
                 for o, (rows, cols, _) in zip(others, epilogue.params, strict=True)
             ]
             gvar = self.builder_.add_func(
-                vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue), "vnni_gemm"
+                vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, conv=conv),
+                "vnni_conv" if conv else "vnni_gemm",
             )
             return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType([m, n], epilogue.dtype))
 

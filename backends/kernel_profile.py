@@ -145,16 +145,18 @@ def precision_of(first_dtype: str) -> str:
 
 
 def vnni_ops(shapes: list[tuple[tuple[int, ...], str]]) -> float:
-    """Operations of a `vnni.gemm_func` kernel (fused or not) from its arguments: the first 2-D
-    uint8 tensor is `xu[M, K]`, the first 4-D int8 one the packed `w[N / 16, K / 4, 16, 4]`."""
+    """Operations of a `vnni.gemm_func` kernel (fused or not) from its arguments: the first 4-D
+    int8 tensor is the packed `w[N / 16, K / 4, 16, 4]`; M is the row count of the first 2-D
+    uint8 tensor `xu[M, K]`, or, for a conv read in place (`vnni.Conv`, a 4-D image), of the
+    output `y[M, N]`, the last argument."""
     x = next((s for s, d in shapes if d == "uint8" and len(s) == 2), None)
     w = next((s for s, d in shapes if d == "int8" and len(s) == 4), None)
-    if x is None or w is None:
+    if w is None or (x is None and len(shapes[-1][0]) != 2):
         raise BackendError(
-            f"a VNNI kernel without xu[M, K] (uint8) and packed int8 weight arguments: {shapes}"
+            f"a VNNI kernel without xu[M, K] (uint8) or y[M, N], and packed int8 weight arguments: {shapes}"
         )
-    m, k = x
-    return float(2 * m * k * w[0] * w[2])
+    m = x[0] if x is not None else shapes[-1][0][0]
+    return float(2 * m * w[1] * w[3] * w[0] * w[2])
 
 
 _LOOP = re.compile(

@@ -16,7 +16,7 @@ unpacked and 120 for numpy's OpenBLAS.
 | the same, output width not a multiple of the 8-row tile (7 x 7 images) | `rows[n*OH*OW + h*OW + w, co]` over flattened pixels (8-row tiles whatever the width), then the NHWC output, inlined into the tile write-back |
 | `nn.conv2d(x, W)`, NHWC, float32, depthwise (groups = channels) | `y[n, h, w, c] = sum x[n, h*s + kh*d - p, w*s + kw*d - p, c] * W[kh, kw, c]`, padding read in place: vectorized over the channels, whatever the image width |
 | `nn.conv2d_transpose(x, W)`, kernel == stride, no padding | `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]` (packed as above), patches put in place |
-| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py` (NHWC im2col for convs, the zero-point padding written by the im2col (`pads.py` sinks the pad to it); an image of fewer than 4 channels copied by kernel rows) |
+| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py`: convs read the padded NHWC image in place (`vnni.Conv`; `pads.py` sinks the zero-point pad to the conv); an image of fewer than 4 channels copied by kernel rows (`im2col_rows`); dilated convs through an im2col that writes the padding |
 | float32 `matmul(a, b)`, b not constant, output width not a multiple of 4 (attention scores) | `matmul(a, pad(b))` over a multiple of 16 columns, sliced back |
 
 All put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
@@ -410,10 +410,12 @@ def _nchw_source(x: Any, lookup: Any) -> Any | None:
     return bound.args[0] if axes is not None and [int(a) for a in axes] == [0, 2, 3, 1] else None
 
 
-def _pad_nhwc(bb: Any, x: Any, pad: list[int]) -> Any:
+def _pad_nhwc(bb: Any, x: Any, pad: list[int], value: float = 0.0) -> Any:
     from tvm import relax
 
-    return bb.emit(relax.op.nn.pad(x, (0, 0, pad[0], pad[2], pad[1], pad[3], 0, 0))) if any(pad) else x
+    if not any(pad):
+        return x
+    return bb.emit(relax.op.nn.pad(x, (0, 0, pad[0], pad[2], pad[1], pad[3], 0, 0), pad_value=value))
 
 
 def _packed_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
@@ -707,6 +709,13 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
             rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
         cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), fill + 128)
         y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np)))
+    elif dilation == [1, 1] and (kh, kw, stride) != (1, 1, [1, 1]):
+        # read in place by the GEMM (implicit GEMM): only the padding is written first
+        image = _pad_nhwc(bb, xu, pad, fill + 128)
+        _, height, width, _ = _static_shape(image)
+        oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
+        conv = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
+        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), conv))
     else:
         cols = vnni.im2col(bb, xu, kh, kw, stride, dilation, (top, left, bottom, right), fill + 128)
         y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight(w_np)))

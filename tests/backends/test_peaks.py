@@ -139,6 +139,10 @@ def test_vnni_kernel_ops_come_from_its_shapes():
     shapes = [((m, k), "uint8"), ((n // 16, k // 4, 16, 4), "int8"), ((m, n), "int32")]
     assert kp.vnni_ops(shapes) == 2 * m * n * k
     assert kp.kernel_ops(vnni.gemm_func(m, n, k), shapes) == 2 * m * n * k
+    # a 3 x 3 conv read in place from a padded 2 x 4 x 6 x 16 image: 2 x 2 x 4 output pixels
+    conv = vnni.Conv(4, 6, 3, 3, (1, 1), 2, 4)
+    image = [((2, 4, 6, 16), "uint8"), ((n // 16, 9 * 16 // 4, 16, 4), "int8"), ((16, n), "int32")]
+    assert kp.kernel_ops(vnni.gemm_func(16, n, 144, conv=conv), image) == 2 * 16 * n * 144
 
 
 def test_kernel_classes():

@@ -220,3 +220,26 @@ def test_nchw_int8_interleaves_into_shifted_rows():
     got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v), x)
     want = (x.astype(np.int32) + 128).astype(np.uint8).transpose(0, 2, 3, 1).reshape(2, 4, 96)
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(("stride", "kernel"), [((1, 1), (3, 3)), ((2, 2), (3, 3)), ((2, 1), (1, 2))])
+def test_conv_read_in_place_matches_an_int64_conv(stride, kernel):
+    import tvm
+
+    # a padded 2 x 7 x 9 image of 8 channels; 40 output channels (a panel stored lane by lane)
+    rng = np.random.default_rng(6)
+    (kh, kw), (b, h, w, c, co) = kernel, (2, 7, 9, 8, 40)
+    image = rng.integers(0, 256, (b, h, w, c)).astype(np.uint8)
+    weight = rng.integers(-128, 128, (co, c, kh, kw)).astype(np.int8)
+    oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
+    conv = vnni.Conv(h, w, kh, kw, stride, oh, ow)
+    m, k = conv.gemm_shape([b, h, w, c])
+    lib = _compile({"main": vnni.gemm_func(m, co, k, vnni.Tile(5, 2), conv=conv)})  # 5 rows: tiles overlap
+    cols = vnni.conv_weight(weight)
+    wide = np.concatenate([cols, np.zeros((k, 48 - co), np.int8)], axis=1)
+    out = tvm.runtime.tensor(np.zeros((m, co), np.int32))
+    lib["main"](tvm.runtime.tensor(image), tvm.runtime.tensor(vnni.pack(wide)), out)
+    want = _conv_reference(image, weight, list(stride), (0, 0, 0, 0), 0)
+    np.testing.assert_array_equal(out.numpy(), want.reshape(m, co))
+    assert vnni.Conv.of(vnni.gemm_func(m, co, k, conv=conv)) == conv  # recorded for `epilogues.py`
+    assert vnni.Conv.of(vnni.gemm_func(m, co, k)) is None
