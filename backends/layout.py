@@ -23,7 +23,7 @@ import logging
 from typing import Any
 
 import numpy as np
-from optkit.backends.relax_exprs import rewrite_functions
+from optkit.backends.relax_exprs import rewrite_functions, use_counts
 
 log = logging.getLogger(__name__)
 
@@ -150,16 +150,13 @@ def _sink_plans(func: Any, permute: Any) -> dict[Any, tuple[Any, list[tuple[Any,
     calls innermost first with the argument slot the chain runs through, p)."""
     from tvm import relax
 
-    values: dict[Any, Any] = {}
-    uses: dict[Any, int] = {}
-    for block in func.body.blocks:
-        for binding in block.bindings:
-            if isinstance(binding, relax.VarBinding):
-                values[binding.var] = binding.value
-            for var in relax.analysis.free_vars(binding.value):
-                uses[var] = uses.get(var, 0) + 1
-    for var in relax.analysis.free_vars(func.body.body):
-        uses[var] = uses.get(var, 0) + 1
+    values = {
+        binding.var: binding.value
+        for block in func.body.blocks
+        for binding in block.bindings
+        if isinstance(binding, relax.VarBinding)
+    }
+    uses = use_counts(func)
 
     plans = {}
     for value in values.values():

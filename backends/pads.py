@@ -19,7 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape
+from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape, use_counts
 
 # Elementwise ops with one tensor operand and scalar others, and their value on scalars.
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
@@ -40,7 +40,10 @@ def sink_pads(mod: Any) -> tuple[Any, int]:
     from tvm import relax
 
     pad_op = relax_op("relax.nn.pad")
-    uses = _use_counts(mod)
+    uses: dict[Any, int] = {}
+    for _, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            uses.update(use_counts(func))
     moved = 0
 
     @relax.expr_functor.mutator
@@ -68,22 +71,6 @@ def sink_pads(mod: Any) -> tuple[Any, int]:
             return relax.op.nn.pad(self.builder_.emit(inner), widths, "constant", value)
 
     return relax.transform.DeadCodeElimination()(rewrite_functions(_Sink(mod), mod)), moved
-
-
-def _use_counts(mod: Any) -> dict[Any, int]:
-    from tvm import relax
-
-    uses: dict[Any, int] = {}
-    for _, func in mod.functions_items():
-        if not isinstance(func, relax.Function):
-            continue
-        for block in func.body.blocks:
-            for binding in block.bindings:
-                for var in relax.analysis.free_vars(binding.value):
-                    uses[var] = uses.get(var, 0) + 1
-        for var in relax.analysis.free_vars(func.body.body):
-            uses[var] = uses.get(var, 0) + 1
-    return uses
 
 
 def _tensor_slot(call: Any) -> int | None:

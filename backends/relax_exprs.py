@@ -1,5 +1,6 @@
 """Small readers of Relax expressions shared by the CPU rewrites (packing, reshapes, attention,
-epilogues, norms, slices), and `rewrite_calls`, the mutator loop that replaces calls of one op."""
+epilogues, norms, slices, pads, layout), and `rewrite_calls`, the mutator loop that replaces
+calls of one op."""
 
 from __future__ import annotations
 
@@ -105,6 +106,20 @@ def constant_value(
     if cache is not None:
         cache[key] = (mod, result)
     return result
+
+
+def use_counts(func: Any) -> dict[Any, int]:
+    """How many bindings (and the function's result) read each variable of Relax `func`."""
+    from tvm import relax
+
+    uses: dict[Any, int] = {}
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            for var in relax.analysis.free_vars(binding.value):
+                uses[var] = uses.get(var, 0) + 1
+    for var in relax.analysis.free_vars(func.body.body):
+        uses[var] = uses.get(var, 0) + 1
+    return uses
 
 
 def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:
