@@ -118,7 +118,8 @@ def lower_functions(
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
     from optkit.backends.vnni import target_has_vnni
 
-    row_im2col = spec.kind == "llvm" and schedule != "naive" and target_has_vnni(spec.tvm_target())
+    # RGB stems stay int8 where the VNNI kernels copy them by kernel rows (`quantized.py`)
+    narrow_int8 = spec.kind == "llvm" and schedule != "naive" and target_has_vnni(spec.tvm_target())
     start = time.perf_counter()
     imported = {}
     tensors: list[Any] = []  # the Programs' weights (and their BatchNorm-folded copies')
@@ -127,7 +128,7 @@ def lower_functions(
         folded = _fold_batchnorms(program)
         if release_weights:
             tensors += [*program.parameters().values(), *folded.parameters().values()]
-        imported[name] = import_program(folded, narrow_int8_convs=row_im2col)
+        imported[name] = import_program(folded, narrow_int8_convs=narrow_int8)
         # The imported constants are the Program's own tensors (DLPack). Packing reads them, and
         # the transposes in front of them, in place (`packing._constant`); what it leaves is
         # folded after it (`_specialize`): no transposed copy of every weight is made first.
@@ -301,7 +302,7 @@ def _specialize(
 
     vnni = target_has_vnni(spec.tvm_target())
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
-    mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, which folds pads into im2col
+    mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, whose VNNI convs take the pads in
     mod, figures["fused_attentions"] = fuse_attention(mod)  # before packing pads the scores
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(

@@ -689,7 +689,7 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
             return None
         w_np = np.ascontiguousarray(w_hwio.transpose(3, 2, 0, 1))  # HWIO -> OIHW
         padded = None if any(pad) else _image_pad(x, lookup)
-        if padded is not None:  # `quantized.py` pads with the zero point: im2col does it
+        if padded is not None:  # the zero-point pad (`pads.py`): written by the conv's own copy
             x, pad, fill = padded
         xu = vnni.to_unsigned(bb, x)
     elif conv is not None and _int8_pair(conv[0], conv[1], call):
@@ -714,8 +714,8 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
         image = _pad_nhwc(bb, xu, pad, fill + 128)
         _, height, width, _ = _static_shape(image)
         oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
-        conv = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
-        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), conv))
+        geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
+        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry))
     else:
         cols = vnni.im2col(bb, xu, kh, kw, stride, dilation, (top, left, bottom, right), fill + 128)
         y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight(w_np)))

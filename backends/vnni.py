@@ -59,9 +59,8 @@ MAX_PANELS = 8  # 16-column panels per tile
 KERNEL_ATTR, GEMM_KERNEL = "optkit_kernel", "vnni_gemm"  # marks the GEMM for `epilogues.py`
 CONV_ATTR = "optkit_conv"  # a GEMM that reads a padded image in place: its `Conv` geometry
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
-L2_BYTES = (
-    1024 * 1024
-)  # an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
+# an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
+L2_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -198,6 +197,7 @@ def gemm_func(
     have N rounded up to a multiple of 16 (N16); the columns past N are not stored. With
     `epilogue`, its parameters are the next inputs and `y` (of its dtype) holds the epilogue's
     result: the requantization runs on the accumulators before the store, not as a pass over y.
+    With `conv`, `xu` is the padded image that the GEMM reads in place (`Conv`).
 
     One parallel loop over `tile`s (default `choose_tile`); each keeps its `rows x panels`
     accumulators in registers over all of K (starting from `offset`), then stores them. Built with TVM's IR builder, as
@@ -224,11 +224,10 @@ def gemm_func(
 
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
         T.func_name("vnni_gemm")
-        if conv is None:
-            x = T.arg("x", T.buffer((_i64(m), _i64(k)), "uint8"))
-        else:
+        image: tuple[int, ...] = (m, k)
+        if conv is not None:
             image = (m // (conv.out_h * conv.out_w), conv.height, conv.width, k // (conv.kh * conv.kw))
-            x = T.arg("x", T.buffer(tuple(_i64(d) for d in image), "uint8"))
+        x = T.arg("x", T.buffer(tuple(_i64(d) for d in image), "uint8"))
         w = T.arg("w", T.buffer((_i64(nb), _i64(kb), LANES, GROUP), "int8"))
         c = T.arg("offset", T.buffer((_i64(nb * LANES),), "int32")) if offset else None
         params = [
@@ -240,7 +239,7 @@ def gemm_func(
         T.func_attr({**attrs, CONV_ATTR: conv.attr} if conv is not None else attrs)
         with T.sblock("root"):
             # 4 bytes of a row (of a pixel's channels) as one word
-            x4 = T.decl_buffer((_i64(m * kb),), "int32", data=x.data)
+            x4 = T.decl_buffer((_i64(int(np.prod(image)) // GROUP),), "int32", data=x.data)
             source = _Rows(x4, kb) if conv is None else _Image(x4, conv, kb // (conv.kh * conv.kw))
             with T.parallel(_i64(0), _i64(tiles_m * tiles_n)) as t:
                 if tile.rows_inner:
