@@ -285,6 +285,7 @@ def _specialize(
         "split_group_norms": 0,
         "sliced_takes": 0,
         "sunk_pads": 0,
+        "int8_max_pools": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
@@ -295,6 +296,7 @@ def _specialize(
     from optkit.backends.norms import split_group_norms
     from optkit.backends.packing import pack_weights
     from optkit.backends.pads import sink_pads
+    from optkit.backends.pools import int8_max_pools
     from optkit.backends.reshapes import sink_reshapes
     from optkit.backends.slices import constant_takes_as_slices
     from optkit.backends.vnni import target_has_vnni
@@ -303,6 +305,7 @@ def _specialize(
     vnni = target_has_vnni(spec.tvm_target())
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
     mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, whose VNNI convs take the pads in
+    mod, figures["int8_max_pools"] = int8_max_pools(mod)
     mod, figures["fused_attentions"] = fuse_attention(mod)  # before packing pads the scores
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(

@@ -19,7 +19,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from optkit.backends.relax_exprs import relax_op, rewrite_functions, static_shape, use_counts
+from optkit.backends.relax_exprs import (
+    exact_cast,
+    relax_op,
+    rewrite_functions,
+    scalar_value,
+    static_shape,
+    use_counts,
+)
 
 # Elementwise ops with one tensor operand and scalar others, and their value on scalars.
 _BINARY: dict[str, Callable[[Any, Any], Any]] = {
@@ -108,7 +115,7 @@ def _sunk(call: Any, slot: int, pad: Any, lookup: Any) -> tuple[Any, list[int], 
         widths = [w for axis in axes for w in widths[2 * axis : 2 * axis + 2]]
         return relax.op.permute_dims(source, axes), widths, float(value)
     if name == "relax.astype":
-        result = _cast(value, out_dtype)
+        result = exact_cast(value, out_dtype)
     elif name == "relax.round":
         result = np.round(value)
     else:
@@ -116,47 +123,15 @@ def _sunk(call: Any, slot: int, pad: Any, lookup: Any) -> tuple[Any, list[int], 
             return None  # a broadcast operand would widen the pad's input
         if name in _FLOAT_ONLY and not out_dtype.startswith("float"):
             return None
-        scalars = [_scalar(arg, lookup) for i, arg in enumerate(call.args) if i != slot]
+        scalars = [scalar_value(arg, lookup) for i, arg in enumerate(call.args) if i != slot]
         if any(s is None for s in scalars):
             return None
         operands: list[Any] = list(scalars)
         operands.insert(slot, value)
         result = {**_BINARY, **_FLOAT_ONLY}[name](*operands)
-        result = _cast(np.asarray(result), out_dtype)
+        result = exact_cast(np.asarray(result), out_dtype)
     if result is None:
         return None
     args = list(call.args)
     args[slot] = source
     return relax.Call(call.op, args, call.attrs, list(call.ty_args)), widths, float(result)
-
-
-def _cast(value: np.ndarray, dtype: str) -> np.ndarray | None:
-    """`value` cast to `dtype` as TVM casts it, or None where the cast is not exact (an integer
-    out of range, a fraction to an integer)."""
-    target = np.dtype(dtype)
-    if target.kind in "iu":
-        number = float(value)
-        info = np.iinfo(target)
-        if not number.is_integer() or not info.min <= number <= info.max:
-            return None
-    return value.astype(target)
-
-
-def _scalar(expr: Any, lookup: Any) -> np.ndarray | None:
-    """The value of a one-element constant, also through the casts of one (`astype(const)`, which
-    FoldConstant has not folded yet when the pads sink), as a 0-d array of its dtype."""
-    import tvm
-    from tvm import relax
-
-    if isinstance(expr, relax.Var):
-        bound = lookup(expr)
-        if bound is None:
-            return None
-        expr = bound
-    if isinstance(expr, tvm.ir.expr.Constant):
-        array = expr.value.numpy()
-        return array.reshape(()) if array.size == 1 else None
-    if isinstance(expr, relax.Call) and str(getattr(expr.op, "name", "")) == "relax.astype":
-        inner = _scalar(expr.args[0], lookup)
-        return None if inner is None else _cast(inner, str(expr.ty.dtype))
-    return None

@@ -122,6 +122,39 @@ def use_counts(func: Any) -> dict[Any, int]:
     return uses
 
 
+def exact_cast(value: np.ndarray, dtype: str) -> np.ndarray | None:
+    """`value` cast to `dtype` as TVM casts it, or None where the cast is not exact (an integer
+    out of range, a fraction to an integer)."""
+    target = np.dtype(dtype)
+    if target.kind in "iu":
+        number = float(value)
+        info = np.iinfo(target)
+        if not number.is_integer() or not info.min <= number <= info.max:
+            return None
+    return value.astype(target)
+
+
+def scalar_value(expr: Any, lookup: Any) -> np.ndarray | None:
+    """The value of a one-element constant, also through the casts of one (`astype(const)`, which
+    FoldConstant has not folded yet when the CPU rewrites run), as a 0-d array of its dtype;
+    None for anything else or a cast that is not exact (`exact_cast`)."""
+    import tvm
+    from tvm import relax
+
+    if isinstance(expr, relax.Var):
+        bound = lookup(expr)
+        if bound is None:
+            return None
+        expr = bound
+    if isinstance(expr, tvm.ir.expr.Constant):
+        array = expr.value.numpy()
+        return array.reshape(()) if array.size == 1 else None
+    if isinstance(expr, relax.Call) and str(getattr(expr.op, "name", "")) == "relax.astype":
+        inner = scalar_value(expr.args[0], lookup)
+        return None if inner is None else exact_cast(inner, str(expr.ty.dtype))
+    return None
+
+
 def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:
     """`x`, or a reshape of it to `shape` emitted into `builder` when its shape differs."""
     from tvm import relax
