@@ -22,7 +22,7 @@ import numpy as np
 from optkit.backends.relax_exprs import (
     exact_cast,
     relax_op,
-    rewrite_functions,
+    rewrite_calls,
     scalar_value,
     static_shape,
     use_counts,
@@ -51,33 +51,29 @@ def sink_pads(mod: Any) -> tuple[Any, int]:
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             uses.update(use_counts(func))
-    moved = 0
 
-    @relax.expr_functor.mutator
-    class _Sink(relax.PyExprMutator):  # type: ignore[misc]
-        def visit_call_(self, call: Any) -> Any:
-            nonlocal moved
-            call = self.visit_expr_post_order(call)
-            slot = _tensor_slot(call)
-            if slot is None:
-                return call
-            x = call.args[slot]
-            pad = self.lookup_binding(x) if isinstance(x, relax.Var) else None
-            if (
-                not isinstance(pad, relax.Call)
-                or pad.op != pad_op
-                or str(pad.attrs.pad_mode) != "constant"
-                or uses.get(x, 0) != 1
-            ):
-                return call
-            sunk = _sunk(call, slot, pad, self.lookup_binding)
-            if sunk is None:
-                return call
-            inner, widths, value = sunk
-            moved += 1
-            return relax.op.nn.pad(self.builder_.emit(inner), widths, "constant", value)
+    def sink(call: Any, builder: Any) -> Any:
+        slot = _tensor_slot(call)
+        if slot is None:
+            return None
+        x = call.args[slot]
+        pad = builder.lookup_binding(x) if isinstance(x, relax.Var) else None
+        if (
+            not isinstance(pad, relax.Call)
+            or pad.op != pad_op
+            or str(pad.attrs.pad_mode) != "constant"
+            or uses.get(x, 0) != 1
+        ):
+            return None
+        sunk = _sunk(call, slot, pad, builder.lookup_binding)
+        if sunk is None:
+            return None
+        inner, widths, value = sunk
+        return relax.op.nn.pad(builder.emit(inner), widths, "constant", value)
 
-    return relax.transform.DeadCodeElimination()(rewrite_functions(_Sink(mod), mod)), moved
+    ops = ("relax.astype", "relax.round", "relax.permute_dims", *_BINARY, *_FLOAT_ONLY)
+    mod, moved = rewrite_calls(mod, ops, sink)
+    return relax.transform.DeadCodeElimination()(mod), moved
 
 
 def _tensor_slot(call: Any) -> int | None:

@@ -162,14 +162,16 @@ def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:
     return x if static_shape(x) == shape else builder.emit(relax.op.reshape(x, shape))
 
 
-def rewrite_calls(mod: Any, op_name: str, rewrite: Callable[[Any, Any], Any]) -> tuple[Any, int]:
-    """`mod` with every call of the operator `op_name` (its arguments rewritten first) replaced by
-    `rewrite(call, builder)`, where that returns an expression; None keeps the call. `builder`
-    is the mutator's block builder, for the bindings the replacement needs. Returns (mod, number
-    of calls replaced)."""
+def rewrite_calls(
+    mod: Any, op_name: str | tuple[str, ...], rewrite: Callable[[Any, Any], Any]
+) -> tuple[Any, int]:
+    """`mod` with every call of the operator `op_name` (or of any of several; its arguments
+    rewritten first) replaced by `rewrite(call, builder)`, where that returns an expression; None
+    keeps the call. `builder` is the mutator's block builder, for the bindings the replacement
+    needs (`builder.lookup_binding(var)` reads one). Returns (mod, number of calls replaced)."""
     from tvm import relax
 
-    op = relax_op(op_name)
+    ops = [relax_op(name) for name in ((op_name,) if isinstance(op_name, str) else op_name)]
     count = 0
 
     @relax.expr_functor.mutator
@@ -177,7 +179,7 @@ def rewrite_calls(mod: Any, op_name: str, rewrite: Callable[[Any, Any], Any]) ->
         def visit_call_(self, call: Any) -> Any:
             nonlocal count
             call = self.visit_expr_post_order(call)
-            if call.op != op:
+            if not any(call.op == op for op in ops):
                 return call
             new = rewrite(call, self.builder_)
             if new is None:
