@@ -86,6 +86,7 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
             continue
         steps: list[tuple[Any, ...]] = []
         params: list[tuple[int, int, str]] = []
+        loads: list[tuple[float, float] | None] = []
         others: list[Any] = []
         cur, dtype, end = var, "int32", None
         while len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
@@ -95,13 +96,14 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
             step = _step(call, cur, shape, len(params), dtype, bound)
             if step is None:
                 break
-            new_steps, new_params, new_others, dtype = step
+            new_steps, new_params, new_loads, new_others, dtype = step
             steps += new_steps
             params += new_params
+            loads += new_loads
             others += new_others
             cur, end = nxt, call
         if end is not None:
-            found[end] = (value, vnni.Epilogue(tuple(steps), tuple(params), dtype), others)
+            found[end] = (value, vnni.Epilogue(tuple(steps), tuple(params), dtype, tuple(loads)), others)
     return found
 
 
@@ -121,7 +123,9 @@ def _is_vnni_gemm(mod: Any, value: Any) -> bool:
 
 def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: dict[Any, Any]) -> Any:
     """How `call` (a use of `cur`, of `dtype`) extends the epilogue whose parameters so far
-    number `first`: (steps, params, operands, new dtype); None if it does not. A scalar constant
+    number `first`: (steps, params, their loads, operands, new dtype); None if it does not. A
+    full-matrix operand that is an int8 tensor dequantized (`requant.py`) is read as int8 and
+    dequantized in the write-back (`vnni.Epilogue.loads`). A scalar constant
     operand is an immediate (`bound`: the function's bindings, to see through `astype`), not a
     parameter: a parameter loaded once per kernel would hold a register through the K loop,
     which the tile's accumulators fill."""
@@ -133,17 +137,17 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
     op = call.op
     if op == relax_op("relax.astype") and same(call.args[0]):
         to = str(call.attrs.dtype)
-        return None if to == "bool" else ([("astype", to)], [], [], to)
+        return None if to == "bool" else ([("astype", to)], [], [], [], to)
     if op == relax_op("relax.round") and same(call.args[0]):
-        return [("round",)], [], [], dtype
+        return [("round",)], [], [], [], dtype
     if op == relax_op("relax.nn.relu") and same(call.args[0]):
-        return [("maximum", 0.0, False)], [], [], dtype
+        return [("maximum", 0.0, False)], [], [], [], dtype
     if op == relax_op("relax.clip") and same(call.args[0]):
         bounds = call.args[1:3]
         if len(bounds) != 2 or not all(isinstance(a, relax.PrimValue) for a in bounds):
             return None
         low, high = (float(a.value.value) for a in bounds)
-        return [("maximum", low, False), ("minimum", high, False)], [], [], dtype
+        return [("maximum", low, False), ("minimum", high, False)], [], [], [], dtype
     from optkit.backends.vnni import EPILOGUE_OPS
 
     name = next((b for b in EPILOGUE_OPS if op == relax_op(f"relax.{b}")), None)
@@ -154,11 +158,38 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
         return None
     other, swapped = (b, False) if same(a) else (a, True)
     grid = _broadcast_2d(static_shape(other), shape)
-    if grid is None or str(other.ty.dtype) != dtype or (name == "divide" and not dtype.startswith("float")):
+    if grid is None or (name == "divide" and not dtype.startswith("float")):
+        return None
+    if list(grid) == shape and dtype == "float32" and (found := _dequantized(other, bound)) is not None:
+        q, load = found
+        return [(name, first, swapped)], [(*grid, str(q.ty.dtype))], [load], [q], dtype
+    if str(other.ty.dtype) != dtype:
         return None
     if grid == (1, 1) and (value := _scalar_constant(other, bound)) is not None:
-        return [(name, value, swapped)], [], [], dtype
-    return [(name, first, swapped)], [(*grid, dtype)], [other], dtype
+        return [(name, value, swapped)], [], [], [], dtype
+    return [(name, first, swapped)], [(*grid, dtype)], [None], [other], dtype
+
+
+def _dequantized(x: Any, bound: dict[Any, Any]) -> tuple[Any, tuple[float, float]] | None:
+    """(q, (zero, scale)) when `x` is, through reshapes, `(astype(q, float32) - zero) * scale`
+    of an int8 / uint8 `q` with scalar constants, else None."""
+    from tvm import relax
+
+    def call_of(expr: Any, name: str) -> Any | None:
+        value = bound.get(expr) if isinstance(expr, relax.Var) else None
+        return value if isinstance(value, relax.Call) and value.op == relax_op(name) else None
+
+    while (view := call_of(x, "relax.reshape")) is not None:
+        x = view.args[0]
+    mul = call_of(x, "relax.multiply")
+    sub = call_of(mul.args[0], "relax.subtract") if mul is not None else None
+    cast = call_of(sub.args[0], "relax.astype") if sub is not None else None
+    if mul is None or sub is None or cast is None or str(cast.args[0].ty.dtype) not in ("int8", "uint8"):
+        return None
+    zero, scale = _scalar_constant(sub.args[1], bound), _scalar_constant(mul.args[1], bound)
+    if zero is None or scale is None:
+        return None
+    return cast.args[0], (zero, scale)
 
 
 def _scalar_constant(expr: Any, bound: dict[Any, Any]) -> float | None:

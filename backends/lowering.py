@@ -286,6 +286,7 @@ def _specialize(
         "sliced_takes": 0,
         "sunk_pads": 0,
         "int8_max_pools": 0,
+        "shared_quantizes": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
@@ -297,6 +298,7 @@ def _specialize(
     from optkit.backends.packing import pack_weights
     from optkit.backends.pads import sink_pads
     from optkit.backends.pools import int8_max_pools
+    from optkit.backends.requant import share_quantized
     from optkit.backends.reshapes import sink_reshapes
     from optkit.backends.slices import constant_takes_as_slices
     from optkit.backends.vnni import target_has_vnni
@@ -332,6 +334,7 @@ def _specialize(
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if vnni:
+        mod, figures["shared_quantizes"] = share_quantized(mod)
         mod, figures["vnni_epilogues"] = fuse_vnni_epilogues(mod)
     if schedule == "blas":
         mod, figures["blas_matmuls"] = offload_matmuls(mod)

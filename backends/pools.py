@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from optkit.backends.relax_exprs import relax_op, rewrite_calls, scalar_value
+from optkit.backends.relax_exprs import bound_call, on_int8_grid, rewrite_calls, scalar_float
 
 
 def int8_max_pools(mod: Any) -> tuple[Any, int]:
@@ -48,45 +48,15 @@ def int8_max_pools(mod: Any) -> tuple[Any, int]:
 def _dequantized(x: Any, lookup: Any) -> tuple[Any, Any, Any] | None:
     """(q, zero, scale) when `x` is `(q - zero) * scale` with a positive scalar scale, a scalar
     zero and `q` on the int8 grid (a round, plus an integer, clipped to [-128, 127]), else None."""
-    mul = _bound(x, lookup, "relax.multiply")
+    mul = bound_call(x, lookup, "relax.multiply")
     if mul is None:
         return None
     sub, scale = mul.args
-    scale_value = _scalar(scale, lookup)
-    sub_call = _bound(sub, lookup, "relax.subtract")
+    scale_value = scalar_float(scale, lookup)
+    sub_call = bound_call(sub, lookup, "relax.subtract")
     if scale_value is None or scale_value <= 0 or sub_call is None:
         return None
     q, zero = sub_call.args
-    if _scalar(zero, lookup) is None or not _on_int8_grid(q, lookup):
+    if scalar_float(zero, lookup) is None or not on_int8_grid(q, lookup):
         return None
     return q, zero, scale
-
-
-def _on_int8_grid(q: Any, lookup: Any) -> bool:
-    """Whether `q` is `minimum(maximum(round(.) + integer, lo), hi)` with -128 <= lo, hi <= 127."""
-    low = _bound(q, lookup, "relax.minimum")
-    high = _bound(low.args[0], lookup, "relax.maximum") if low is not None else None
-    if low is None or high is None:
-        return False
-    lo, hi = _scalar(high.args[1], lookup), _scalar(low.args[1], lookup)
-    shifted = _bound(high.args[0], lookup, "relax.add")
-    if lo is None or hi is None or not -128 <= lo <= hi <= 127 or shifted is None:
-        return False
-    rounded, integer = shifted.args
-    value = _scalar(integer, lookup)
-    return (
-        value is not None and float(value).is_integer() and _bound(rounded, lookup, "relax.round") is not None
-    )
-
-
-def _bound(x: Any, lookup: Any, op_name: str) -> Any | None:
-    """The call of `op_name` that variable `x` is bound to, else None."""
-    from tvm import relax
-
-    value = lookup(x) if isinstance(x, relax.Var) else x
-    return value if isinstance(value, relax.Call) and value.op == relax_op(op_name) else None
-
-
-def _scalar(x: Any, lookup: Any) -> float | None:
-    value = scalar_value(x, lookup)
-    return None if value is None else float(value)

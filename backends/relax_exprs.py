@@ -155,6 +155,39 @@ def scalar_value(expr: Any, lookup: Any) -> np.ndarray | None:
     return None
 
 
+def on_int8_grid(q: Any, lookup: Any) -> bool:
+    """Whether `q` is `minimum(maximum(round(.) + integer, lo), hi)` with -128 <= lo, hi <= 127."""
+    low = bound_call(q, lookup, "relax.minimum")
+    high = bound_call(low.args[0], lookup, "relax.maximum") if low is not None else None
+    if low is None or high is None:
+        return False
+    lo, hi = scalar_float(high.args[1], lookup), scalar_float(low.args[1], lookup)
+    shifted = bound_call(high.args[0], lookup, "relax.add")
+    if lo is None or hi is None or not -128 <= lo <= hi <= 127 or shifted is None:
+        return False
+    rounded, integer = shifted.args
+    value = scalar_float(integer, lookup)
+    return (
+        value is not None
+        and float(value).is_integer()
+        and bound_call(rounded, lookup, "relax.round") is not None
+    )
+
+
+def bound_call(x: Any, lookup: Any, op_name: str) -> Any | None:
+    """The call of `op_name` that variable `x` is bound to, else None."""
+    from tvm import relax
+
+    value = lookup(x) if isinstance(x, relax.Var) else x
+    return value if isinstance(value, relax.Call) and value.op == relax_op(op_name) else None
+
+
+def scalar_float(x: Any, lookup: Any) -> float | None:
+    """`scalar_value` as a Python float."""
+    value = scalar_value(x, lookup)
+    return None if value is None else float(value)
+
+
 def reshaped(builder: Any, x: Any, shape: list[int]) -> Any:
     """`x`, or a reshape of it to `shape` emitted into `builder` when its shape differs."""
     from tvm import relax

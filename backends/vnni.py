@@ -138,11 +138,14 @@ class Epilogue:
     `steps`: `("astype", dtype)`, `("round",)`, `(op, operand, swapped)` for a binary `op` (add,
     subtract, multiply, divide, maximum, minimum) with parameter `operand` (an int: its index)
     or an immediate (a float), `swapped` when it is the left operand. `params`: (rows, cols) of each parameter, rows 1 or M, cols
-    1 or N (a scalar, a per-column vector, a per-row column, a full matrix), and its dtype."""
+    1 or N (a scalar, a per-column vector, a per-row column, a full matrix), and its dtype.
+    `loads`: per parameter, None, or (zero, scale) for an int8 / uint8 parameter that the steps
+    read dequantized, `(float32(p) - zero) * scale` (a residual kept as int8, `requant.py`)."""
 
     steps: tuple[tuple[Any, ...], ...]
     params: tuple[tuple[int, int, str], ...]
     dtype: str
+    loads: tuple[tuple[float, float] | None, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -275,14 +278,18 @@ def _finisher(epilogue: Epilogue | None, params: list[Any]) -> Any:
                 other = tirx.const(i if dtype.startswith("float") else int(i), dtype)
                 other = tirx.Broadcast(other, lanes) if lanes > 1 else other
             else:
-                rows, cols, _ = epilogue.params[i]
+                rows, cols, stored = epilogue.params[i]
                 r = row if rows > 1 else _i64(0)
                 if cols > 1:
-                    vector = f"{dtype}x{lanes}"
+                    vector = f"{stored}x{lanes}"
                     other = params[i].vload([r, col], dtype=vector) if lanes > 1 else params[i][r, col]
                 else:
                     other = params[i][r, _i64(0)]
                     other = tirx.Broadcast(other, lanes) if lanes > 1 else other
+                load = epilogue.loads[i] if i < len(epilogue.loads) else None
+                if load is not None:  # (float32(p) - zero) * scale, as Relax computed it
+                    zero, scale = load
+                    other = _dequantize(other, zero, scale, lanes)
             a, b = (other, value) if swapped else (value, other)
             value = binary[op](a, b)
         return value
@@ -296,6 +303,17 @@ def _finisher(epilogue: Epilogue | None, params: list[Any]) -> Any:
         "minimum": tirx.min,
     }
     return finish
+
+
+def _dequantize(value: Any, zero: float, scale: float, lanes: int) -> Any:
+    """`(float32(value) - zero) * scale` for an int8 / uint8 scalar or vector of `lanes`."""
+    from tvm import tirx
+
+    def const(v: float) -> Any:
+        c = tirx.const(v, "float32")
+        return tirx.Broadcast(c, lanes) if lanes > 1 else c
+
+    return (tirx.Cast("float32" if lanes == 1 else f"float32x{lanes}", value) - const(zero)) * const(scale)
 
 
 EPILOGUE_OPS = ("add", "subtract", "multiply", "divide", "maximum", "minimum")  # `Epilogue`'s binary ops

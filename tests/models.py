@@ -10,6 +10,26 @@ from optkit.sampling import SamplerSpec
 from optkit.workload import Diffusion, Workload
 
 
+class ResidualNet(nn.Module):
+    """A stem and two residual blocks (ResNet's basic block without BatchNorm) and a linear head:
+    each block's output feeds the next block's conv and its skip connection."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
+            for _ in range(2)
+        )
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = torch.relu(block(x) + x)
+        return self.head(x.mean(dim=(2, 3)))
+
+
 class ConvNet(nn.Module):
     """Two conv blocks and a linear head."""
 
@@ -100,6 +120,11 @@ class Gate(nn.Module):
 def conv_net() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     return ConvNet(), (torch.randn(2, 3, 8, 8),)
+
+
+def residual_net() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    torch.manual_seed(0)
+    return ResidualNet().eval(), (torch.randn(2, 3, 8, 8),)
 
 
 def transformer() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:

@@ -124,6 +124,31 @@ def test_epilogue_runs_in_the_write_back():
     np.testing.assert_array_equal(out.numpy(), want)
 
 
+def test_an_int8_residual_is_dequantized_in_the_write_back():
+    import tvm
+
+    m, n, k = 21, 32, 16
+    zero, scale = -5.0, 0.03
+    epilogue = vnni.Epilogue(
+        steps=(("astype", "float32"), ("multiply", 0, False), ("add", 1, False)),
+        params=((1, 1, "float32"), (m, n, "int8")),
+        dtype="float32",
+        loads=(None, (zero, scale)),
+    )
+    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue)})
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    offset = rng.integers(-100, 100, n).astype(np.int32)
+    skip = rng.integers(-128, 128, (m, n)).astype(np.int8)
+    unit = np.full((1, 1), 1e-3, np.float32)
+    out = tvm.runtime.tensor(np.zeros((m, n), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, vnni.pack(w), offset, unit, skip)), out)
+    acc = (offset + x.astype(np.int64) @ w.astype(np.int64)).astype(np.float32)
+    want = acc * unit + (skip.astype(np.float32) - np.float32(zero)) * np.float32(scale)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6)  # LLVM may fuse a * b + c
+
+
 def test_tiles_follow_the_weight_panels_size():
     assert vnni.choose_tile(128, 768, 192) == vnni.Tile(4, 6, rows_inner=True)  # 6 panels x 192 k: 18 KiB
     assert vnni.choose_tile(49, 96, 576) == vnni.Tile(7, 3, rows_inner=True)  # 49 = 7 x 7, 6 panels = 2 x 3
