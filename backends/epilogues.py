@@ -11,28 +11,34 @@ alone (`astype`, `round`, `clip`, ReLU, and add / subtract / multiply / divide /
 with a scalar, a per-column vector, a per-row column or a full matrix such as a residual) while the
 shape stays [M, N], and replaces the chain with one GEMM whose write-back applies it to the
 accumulators (`vnni.Epilogue`); the other operands become inputs of the kernel. The reshapes that
-`reshapes.py` sank below such ops stay after it, as views.
+`reshapes.py` sank below such ops stay after it, as views. When the chain's result is only
+reshaped to NHWC images and padded (the next conv's input, its zero point in the border), the
+GEMM writes the padded image (`vnni.OutPad`) and the pad kernel that copied it is gone: W8A8
+ResNet-18 (batch 8, 1 thread) 14.99 -> 14.71 ms, bit-identical.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, scalar_constant, static_shape
 
 
-def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
+def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
     """`mod` with each VNNI GEMM and the elementwise chain after it as one kernel (module
-    docstring); returns (mod, number of GEMMs that took an epilogue)."""
+    docstring); returns (mod, number of GEMMs that took an epilogue, number of those that write
+    the next conv's padded input)."""
     from optkit.backends import vnni
     from tvm import relax
 
-    chains: dict[Any, tuple[Any, vnni.Epilogue, list[Any]]] = {}  # chain end's call -> (GEMM call, ...)
+    # the call the fused kernel replaces (the chain's end, or the pad after it) -> (GEMM call, ...)
+    chains: dict[Any, tuple[Any, vnni.Epilogue, list[Any], vnni.OutPad | None]] = {}
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             chains.update(_chains(mod, func))
     if not chains:
-        return mod, 0
+        return mod, 0, 0
 
     @relax.expr_functor.mutator
     class _Fuse(relax.PyExprMutator):  # type: ignore[misc]
@@ -40,7 +46,7 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
             found = chains.get(call)
             if found is None:
                 return self.visit_expr_post_order(call)
-            gemm, epilogue, others = found
+            gemm, epilogue, others, out_pad = found
             xu, w, offset = (self.visit_expr(a) for a in gemm.args[1].fields)
             conv = vnni.Conv.of(mod[gemm.args[0]])
             shape = static_shape(xu) or [0, 0]
@@ -50,18 +56,21 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int]:
                 for o, (rows, cols, _) in zip(others, epilogue.params, strict=True)
             ]
             gvar = self.builder_.add_func(
-                vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, conv=conv),
+                vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, conv=conv, out_pad=out_pad),
                 "vnni_conv" if conv else "vnni_gemm",
             )
-            return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType([m, n], epilogue.dtype))
+            shape = list(out_pad.image(m, n)) if out_pad is not None else [m, n]
+            return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType(shape, epilogue.dtype))
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
-    return relax.transform.DeadCodeElimination()(rewritten), len(chains)
+    padded = sum(found[3] is not None for found in chains.values())
+    return relax.transform.DeadCodeElimination()(rewritten), len(chains), padded
 
 
-def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
-    """For each VNNI GEMM in `func` with an elementwise chain after it: the chain's last call ->
-    (the GEMM's call, the `vnni.Epilogue`, the chain's other operands in parameter order)."""
+def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any], Any]]:
+    """For each VNNI GEMM in `func` with an elementwise chain after it: the chain's last call, or
+    the pad that reads it (`_padded_image`) -> (the GEMM's call, the `vnni.Epilogue`, the
+    chain's other operands in parameter order, the `vnni.OutPad` or None)."""
     from optkit.backends import vnni
     from tvm import relax
 
@@ -102,9 +111,49 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any]]]:
             loads += new_loads
             others += new_others
             cur, end = nxt, call
-        if end is not None:
-            found[end] = (value, vnni.Epilogue(tuple(steps), tuple(params), dtype, tuple(loads)), others)
+        if end is None:
+            continue
+        epilogue = vnni.Epilogue(tuple(steps), tuple(params), dtype, tuple(loads))
+        padded = _padded_image(cur, shape, dtype, users, bound)
+        if padded is not None:
+            pad_call, out_pad = padded
+            found[pad_call] = (value, epilogue, others, out_pad)
+        else:
+            found[end] = (value, epilogue, others, None)
     return found
+
+
+def _padded_image(
+    var: Any, shape: list[int], dtype: str, users: dict[Any, list[Any]], bound: dict[Any, Any]
+) -> Any:
+    """(the pad's call, `vnni.OutPad`) when `var` ([M, N], the chain's result) is read only by a
+    reshape to NHWC images that is read only by a constant spatial pad (the next conv's input),
+    else None: the kernel then writes the padded image itself."""
+    from optkit.backends import vnni
+    from optkit.backends.relax_exprs import exact_cast
+    from tvm import relax
+
+    def only_user(v: Any, name: str) -> tuple[Any, Any] | None:
+        found = users.get(v, [])
+        if len(found) != 1 or found[0] is None:
+            return None
+        call = bound.get(found[0])
+        return (found[0], call) if isinstance(call, relax.Call) and call.op == relax_op(name) else None
+
+    view = only_user(var, "relax.reshape")
+    pad = only_user(view[0], "relax.nn.pad") if view is not None else None
+    image = static_shape(view[0]) if view is not None else None
+    if pad is None or image is None or len(image) != 4 or image[3] != shape[1]:
+        return None
+    call = pad[1]
+    widths = [int(w) for w in call.attrs.pad_width]
+    value = exact_cast(np.array(float(call.attrs.pad_value)), dtype)
+    if str(call.attrs.pad_mode) != "constant" or len(widths) != 8 or any(widths[i] for i in (0, 1, 6, 7)):
+        return None
+    if value is None:
+        return None
+    top, bottom, left, right = widths[2:6]
+    return call, vnni.OutPad(image[1], image[2], top, bottom, left, right, float(value))
 
 
 def _is_vnni_gemm(mod: Any, value: Any) -> bool:

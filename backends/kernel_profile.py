@@ -144,18 +144,24 @@ def precision_of(first_dtype: str) -> str:
     return {"float32": "fp32", "int32": "int32"}.get(first_dtype, "other")
 
 
-def vnni_ops(shapes: list[tuple[tuple[int, ...], str]]) -> float:
+def vnni_ops(shapes: list[tuple[tuple[int, ...], str]], out_pad: Any = None) -> float:
     """Operations of a `vnni.gemm_func` kernel (fused or not) from its arguments: the first 4-D
     int8 tensor is the packed `w[N / 16, K / 4, 16, 4]`; M is the row count of the first 2-D
     uint8 tensor `xu[M, K]`, or, for a conv read in place (`vnni.Conv`, a 4-D image), of the
-    output `y[M, N]`, the last argument."""
+    output `y[M, N]`, the last argument, or, when that is a padded image (`out_pad`, the
+    kernel's `vnni.OutPad`), its images' unpadded pixels."""
     x = next((s for s, d in shapes if d == "uint8" and len(s) == 2), None)
     w = next((s for s, d in shapes if d == "int8" and len(s) == 4), None)
-    if w is None or (x is None and len(shapes[-1][0]) != 2):
+    if w is None or (x is None and len(shapes[-1][0]) != 2 and out_pad is None):
         raise BackendError(
             f"a VNNI kernel without xu[M, K] (uint8) or y[M, N], and packed int8 weight arguments: {shapes}"
         )
-    m = x[0] if x is not None else shapes[-1][0][0]
+    if x is not None:
+        m = x[0]
+    elif out_pad is not None:
+        m = shapes[-1][0][0] * out_pad.height * out_pad.width
+    else:
+        m = shapes[-1][0][0]
     return float(2 * m * w[1] * w[3] * w[0] * w[2])
 
 
@@ -205,7 +211,9 @@ def kernel_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]], family: str
 
     script = func.script()
     if any(name in script for name in VNNI_INTRINSICS):
-        return vnni_ops(shapes)
+        from optkit.backends.vnni import OutPad
+
+        return vnni_ops(shapes, OutPad.of(func))
     if family in ("gemm", "conv", "depthwise") and (macs := reduction_volume(script)) > 0:
         return 2.0 * macs
     try:

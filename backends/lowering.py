@@ -287,6 +287,7 @@ def _specialize(
         "sunk_pads": 0,
         "int8_max_pools": 0,
         "shared_quantizes": 0,
+        "padded_outputs": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
@@ -335,7 +336,7 @@ def _specialize(
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if vnni:
         mod, figures["shared_quantizes"] = share_quantized(mod)
-        mod, figures["vnni_epilogues"] = fuse_vnni_epilogues(mod)
+        mod, figures["vnni_epilogues"], figures["padded_outputs"] = fuse_vnni_epilogues(mod)
     if schedule == "blas":
         mod, figures["blas_matmuls"] = offload_matmuls(mod)
     return mod, figures

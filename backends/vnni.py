@@ -58,6 +58,7 @@ VECTOR_REGISTERS = 31  # of AVX-512's 32 zmm registers, one left to LLVM
 MAX_PANELS = 8  # 16-column panels per tile
 KERNEL_ATTR, GEMM_KERNEL = "optkit_kernel", "vnni_gemm"  # marks the GEMM for `epilogues.py`
 CONV_ATTR = "optkit_conv"  # a GEMM that reads a padded image in place: its `Conv` geometry
+PAD_ATTR = "optkit_out_pad"  # a GEMM that writes a padded image: its `OutPad`
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
 # an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
 L2_BYTES = 1024 * 1024
@@ -185,6 +186,44 @@ class Conv:
         return image[0] * self.out_h * self.out_w, self.kh * self.kw * image[3]
 
 
+@dataclass(frozen=True)
+class OutPad:
+    """A GEMM whose rows are the pixels of `[B, height, width]` images and whose result is the
+    padded image `[B, top + height + bottom, left + width + right, N]`, `value` in the border:
+    the next conv's input, written in the tile write-back instead of by a pad kernel that copies
+    it (`epilogues.py`)."""
+
+    height: int
+    width: int
+    top: int
+    bottom: int
+    left: int
+    right: int
+    value: float
+
+    @property
+    def attr(self) -> list[float]:
+        return [self.height, self.width, self.top, self.bottom, self.left, self.right, self.value]
+
+    @classmethod
+    def of(cls, func: Any) -> OutPad | None:
+        """The padding a `gemm_func` kernel writes, None for a plain [M, N] result."""
+        attrs = func.attrs
+        if attrs is None or PAD_ATTR not in attrs:
+            return None
+        h, w, top, bottom, left, right, value = (float(v) for v in attrs[PAD_ATTR])
+        return cls(int(h), int(w), int(top), int(bottom), int(left), int(right), value)
+
+    def image(self, m: int, n: int) -> tuple[int, int, int, int]:
+        """The padded image's shape for M = B x height x width rows of N columns."""
+        return (
+            m // (self.height * self.width),
+            self.top + self.height + self.bottom,
+            self.left + self.width + self.right,
+            n,
+        )
+
+
 def gemm_func(
     m: int,
     n: int,
@@ -194,13 +233,15 @@ def gemm_func(
     offset: bool = False,
     conv: Conv | None = None,
     epilogue: Epilogue | None = None,
+    out_pad: OutPad | None = None,
 ) -> Any:
     """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`; with `offset`,
     `y = offset[N16] + xu @ Wv` (int32 `offset` a third input, before `y`). `Wv` and `offset`
     have N rounded up to a multiple of 16 (N16); the columns past N are not stored. With
     `epilogue`, its parameters are the next inputs and `y` (of its dtype) holds the epilogue's
     result: the requantization runs on the accumulators before the store, not as a pass over y.
-    With `conv`, `xu` is the padded image that the GEMM reads in place (`Conv`).
+    With `conv`, `xu` is the padded image that the GEMM reads in place (`Conv`); with `out_pad`,
+    `y` is the padded image `OutPad` describes, its border written first.
 
     One parallel loop over `tile`s (default `choose_tile`); each keeps its `rows x panels`
     accumulators in registers over all of K (starting from `offset`), then stores them. Built with TVM's IR builder, as
@@ -237,10 +278,23 @@ def gemm_func(
             T.arg(f"p{i}", T.buffer((_i64(r), _i64(cols)), dtype))
             for i, (r, cols, dtype) in enumerate(epilogue.params if epilogue else ())
         ]
-        y = T.arg("y", T.buffer((_i64(m), _i64(n)), epilogue.dtype if epilogue else "int32"))
-        attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, KERNEL_ATTR: GEMM_KERNEL}
-        T.func_attr({**attrs, CONV_ATTR: conv.attr} if conv is not None else attrs)
+        dtype = epilogue.dtype if epilogue else "int32"
+        y_shape = out_pad.image(m, n) if out_pad is not None else (m, n)
+        y = T.arg("y", T.buffer(tuple(_i64(d) for d in y_shape), dtype))
+        attrs: dict[str, Any] = {
+            "tirx.noalias": True,
+            "tirx.is_scheduled": True,
+            "op_pattern": 8,
+            KERNEL_ATTR: GEMM_KERNEL,
+        }
+        if conv is not None:
+            attrs[CONV_ATTR] = conv.attr
+        if out_pad is not None:
+            attrs[PAD_ATTR] = out_pad.attr
+        T.func_attr(attrs)
         with T.sblock("root"):
+            if out_pad is not None:
+                y = _padded_rows(y, out_pad, n)
             # 4 bytes of a row (of a pixel's channels) as one word
             x4 = T.decl_buffer((_i64(int(np.prod(image)) // GROUP),), "int32", data=x.data)
             source = _Rows(x4, kb) if conv is None else _Image(x4, conv, kb // (conv.kh * conv.kw))
@@ -252,7 +306,8 @@ def gemm_func(
                 # the last tile of a column or row overlaps the one before instead of running off
                 row = T.min(tm * _i64(rows), _i64(m - rows))
                 panel = T.min(tn * _i64(panels), _i64(nb - panels))
-                _tile_body(source, w, c, y, row, panel, rows, panels, _finisher(epilogue, params))
+                rows_of = y if out_pad is not None else _Rows2d(y)
+                _tile_body(source, w, c, rows_of, row, panel, rows, panels, _finisher(epilogue, params))
     return ib.get()
 
 
@@ -368,6 +423,57 @@ class _Image:
             yield (ky * _i64(g.kw) + kx) * cw + word, lambda r: self.x4[bases[r] + tap]
 
 
+@dataclass(frozen=True)
+class _Rows2d:
+    """Where the write-back stores GEMM row m: row m of `buffer` ([M, N])."""
+
+    buffer: Any
+
+    def row(self, m: Any) -> Any:
+        return m
+
+
+@dataclass(frozen=True)
+class _PaddedRows:
+    """Where the write-back stores GEMM row m: its pixel's row of `buffer`, the padded image
+    viewed as [B x height x width, N] (`OutPad`)."""
+
+    buffer: Any
+    pad: OutPad
+
+    def row(self, m: Any) -> Any:
+        pad = self.pad
+        plane, width = pad.height * pad.width, pad.left + pad.width + pad.right
+        b, rest = m // _i64(plane), m % _i64(plane)
+        i, j = rest // _i64(pad.width), rest % _i64(pad.width)
+        return (
+            (b * _i64(pad.top + pad.height + pad.bottom) + i + _i64(pad.top)) * _i64(width)
+            + j
+            + _i64(pad.left)
+        )
+
+
+def _padded_rows(y: Any, pad: OutPad, n: int) -> _PaddedRows:
+    """Fill the border of the padded image `y` with `pad.value` (a loop before the GEMM's) and
+    return its row view for the write-back."""
+    from tvm import tirx
+    from tvm.tirx.script.builder import ir as T
+
+    batch, height, width, _ = (int(d) for d in y.shape)
+    flat = T.decl_buffer((_i64(batch * height * width), _i64(n)), y.dtype, data=y.data)
+    value = tirx.const(pad.value, y.dtype)
+    with T.parallel(_i64(0), _i64(batch * height)) as t:
+        i = t % _i64(height)
+        with T.serial(_i64(0), _i64(width)) as j:
+            border = tirx.Or(
+                tirx.Or(i < _i64(pad.top), i >= _i64(pad.top + pad.height)),
+                tirx.Or(j < _i64(pad.left), j >= _i64(pad.left + pad.width)),
+            )
+            with T.If(border), T.Then(), T.serial(_i64(0), _i64(n)) as c:  # LLVM vectorizes the fill
+                T.buffer_store(flat, value, [t * _i64(width) + j, c])
+    return _PaddedRows(flat, pad)
+
+
 def _tile_body(
     source: Any, w: Any, c: Any, y: Any, row: Any, panel: Any, rows: int, panels: int, finish: Any
 ) -> None:
@@ -393,22 +499,23 @@ def _tile_body(
                     vec, VPDPBUSD, acc[p].vload([_i64(r), _i64(0)], dtype=vec), a, b
                 )
                 T.buffer_store(acc[p], dot, [_i64(r), lanes])
-    n = int(y.shape[1])
+    n = int(y.buffer.shape[1])
     for r, p in itertools.product(range(rows), range(panels)):
         start = (panel + _i64(p)) * _i64(LANES)
         cols = tirx.Ramp(start, _i64(1), LANES)
         whole = finish(acc[p].vload([_i64(r), _i64(0)], dtype=vec), row + _i64(r), start, LANES)
+        out = y.row(row + _i64(r))
         if n % LANES == 0:
-            T.buffer_store(y, whole, [row + _i64(r), cols])
+            T.buffer_store(y.buffer, whole, [out, cols])
             continue
         with T.If(start + _i64(LANES) <= _i64(n)):  # a whole panel; the last one stores lane by lane
             with T.Then():
-                T.buffer_store(y, whole, [row + _i64(r), cols])
+                T.buffer_store(y.buffer, whole, [out, cols])
             with T.Else():
                 for lane in range(n % LANES):
                     col = start + _i64(lane)
                     T.buffer_store(
-                        y, finish(acc[p][_i64(r), _i64(lane)], row + _i64(r), col, 1), [row + _i64(r), col]
+                        y.buffer, finish(acc[p][_i64(r), _i64(lane)], row + _i64(r), col, 1), [out, col]
                     )
 
 

@@ -59,6 +59,7 @@ def test_quantized_conv_matches_program(conv_program):
         # their zero-point pads moved to the im2col.
         assert artifact.info["vnni_kernels"] == 3
         assert artifact.info["sunk_pads"] >= 2
+        assert artifact.info["padded_outputs"] == 1  # the first conv writes the second's padded input
 
 
 def test_narrow_int8_convs_stay_int8_when_asked(conv_program):

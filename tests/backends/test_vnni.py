@@ -149,6 +149,24 @@ def test_an_int8_residual_is_dequantized_in_the_write_back():
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6)  # LLVM may fuse a * b + c
 
 
+def test_the_write_back_can_write_a_padded_image():
+    import tvm
+
+    b, h, w, n, k = 2, 5, 6, 40, 32  # a last panel stored lane by lane, unequal pads
+    pad = vnni.OutPad(h, w, top=1, bottom=2, left=1, right=1, value=3.0)
+    epilogue = vnni.Epilogue(steps=(("astype", "float32"),), params=(), dtype="float32")
+    lib = _compile({"main": vnni.gemm_func(b * h * w, n, k, offset=True, epilogue=epilogue, out_pad=pad)})
+    rng = np.random.default_rng(4)
+    x = rng.integers(0, 256, (b * h * w, k)).astype(np.uint8)
+    wt = rng.integers(-128, 128, (k, 48)).astype(np.int8)
+    offset = rng.integers(-100, 100, 48).astype(np.int32)
+    out = tvm.runtime.tensor(np.zeros(pad.image(b * h * w, n), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, vnni.pack(wt), offset)), out)
+    acc = (offset + x.astype(np.int64) @ wt.astype(np.int64))[:, :n].astype(np.float32)
+    want = np.pad(acc.reshape(b, h, w, n), [(0, 0), (1, 2), (1, 1), (0, 0)], constant_values=3.0)
+    np.testing.assert_array_equal(out.numpy(), want)
+
+
 def test_tiles_follow_the_weight_panels_size():
     assert vnni.choose_tile(128, 768, 192) == vnni.Tile(4, 6, rows_inner=True)  # 6 panels x 192 k: 18 KiB
     assert vnni.choose_tile(49, 96, 576) == vnni.Tile(7, 3, rows_inner=True)  # 49 = 7 x 7, 6 panels = 2 x 3
