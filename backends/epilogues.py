@@ -36,7 +36,13 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
     chains: dict[Any, tuple[Any, vnni.Epilogue, list[Any], vnni.OutPad | None]] = {}
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
-            chains.update(_chains(mod, func))
+            found = _chains(mod, func)
+            # an int8 tensor that another GEMM reads dequantized (a residual) is a result its
+            # GEMM writes: a chain that ran on through it would leave it to a second kernel
+            loaded = {
+                o for _, e, others, _ in found.values() for o, ld in zip(others, e.loads, strict=True) if ld
+            }
+            chains.update(_chains(mod, func, stops=loaded) if loaded else found)
     if not chains:
         return mod, 0, 0
 
@@ -67,10 +73,13 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
     return relax.transform.DeadCodeElimination()(rewritten), len(chains), padded
 
 
-def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any], Any]]:
+def _chains(
+    mod: Any, func: Any, stops: set[Any] | frozenset[Any] = frozenset()
+) -> dict[Any, tuple[Any, Any, list[Any], Any]]:
     """For each VNNI GEMM in `func` with an elementwise chain after it: the chain's last call, or
     the pad that reads it (`_padded_image`) -> (the GEMM's call, the `vnni.Epilogue`, the
-    chain's other operands in parameter order, the `vnni.OutPad` or None)."""
+    chain's other operands in parameter order, the `vnni.OutPad` or None). A chain ends at a
+    variable of `stops`."""
     from optkit.backends import vnni
     from tvm import relax
 
@@ -98,7 +107,7 @@ def _chains(mod: Any, func: Any) -> dict[Any, tuple[Any, Any, list[Any], Any]]:
         loads: list[tuple[float, float] | None] = []
         others: list[Any] = []
         cur, dtype, end = var, "int32", None
-        while len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
+        while cur not in stops and len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
             call = bound.get(nxt)
             if static_shape(nxt) != shape or not isinstance(call, relax.Call):
                 break

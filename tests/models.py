@@ -11,8 +11,9 @@ from optkit.workload import Diffusion, Workload
 
 
 class ResidualNet(nn.Module):
-    """A stem and two residual blocks (ResNet's basic block without BatchNorm) and a linear head:
-    each block's output feeds the next block's conv and its skip connection."""
+    """A stem, two residual blocks (ResNet's basic block without BatchNorm), a strided one whose
+    skip is a 1 x 1 conv, and a linear head: each block's output feeds the next block's conv and
+    its skip connection."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -21,12 +22,17 @@ class ResidualNet(nn.Module):
             nn.Sequential(nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1))
             for _ in range(2)
         )
-        self.head = nn.Linear(16, 4)
+        self.down = nn.Sequential(
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)
+        )
+        self.skip = nn.Conv2d(16, 32, 1, stride=2)
+        self.head = nn.Linear(32, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for block in self.blocks:
             x = torch.relu(block(x) + x)
+        x = torch.relu(self.down(x) + self.skip(x))
         return self.head(x.mean(dim=(2, 3)))
 
 

@@ -115,6 +115,11 @@ def test_residual_blocks_lower_to_the_same_outputs(residual_program, monkeypatch
     if not vnni.target_has_vnni(resolve_target("cpu").tvm_target()):
         return
     assert artifact.info["shared_quantizes"] > 0
+    # every GEMM takes its epilogue, the 1 x 1 skip conv's too (its int8 result is what the
+    # residual GEMM reads), and the convs after the stem and the strided block's first conv
+    # write their successors' padded inputs
+    assert artifact.info["vnni_epilogues"] == artifact.info["vnni_kernels"] == 9
+    assert artifact.info["padded_outputs"] >= 2
     monkeypatch.setattr(requant, "share_quantized", lambda mod: (mod, 0))
     (unshared,) = lower(residual_program, "cpu", num_cores=1).run(*residual_program.example_inputs)
     np.testing.assert_array_equal(got, unshared)  # the same float32 arithmetic, exactly
