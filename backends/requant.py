@@ -117,7 +117,9 @@ def share_quantized(mod: Any) -> tuple[Any, int]:
                 ):
                     return None
                 scale = self._scalar(mul.args[1])
-                return mul.args[0] if scale is not None and scale == self._scalar(div.args[1]) else None
+                if scale is None or scale == 0 or not math.isfinite(scale):
+                    return None
+                return mul.args[0] if scale == self._scalar(div.args[1]) else None
             if name == "relax.add" and other is not None:
                 sub = self._bound(x, "relax.subtract")  # (g - z) + z: g, for small integers g
                 if sub is not None and sub.args[0] in self.ints and self._scalar(sub.args[1]) == other:

@@ -436,7 +436,7 @@ class _Rows2d:
 @dataclass(frozen=True)
 class _PaddedRows:
     """Where the write-back stores GEMM row m: its pixel's row of `buffer`, the padded image
-    viewed as [B x height x width, N] (`OutPad`)."""
+    viewed as one row per padded pixel (`OutPad`)."""
 
     buffer: Any
     pad: OutPad
