@@ -157,9 +157,8 @@ def _padded_image(
     call = pad[1]
     widths = [int(w) for w in call.attrs.pad_width]
     value = exact_cast(np.array(float(call.attrs.pad_value)), dtype)
-    if str(call.attrs.pad_mode) != "constant" or len(widths) != 8 or any(widths[i] for i in (0, 1, 6, 7)):
-        return None
-    if value is None:
+    spatial = len(widths) == 8 and not any(widths[i] for i in (0, 1, 6, 7))
+    if str(call.attrs.pad_mode) != "constant" or not spatial or value is None:
         return None
     top, bottom, left, right = widths[2:6]
     return call, vnni.OutPad(image[1], image[2], top, bottom, left, right, float(value))

@@ -166,11 +166,10 @@ def share_quantized(mod: Any) -> tuple[Any, int]:
             if _int_cast(x, self.builder_.lookup_binding) is not None:
                 return  # astype(q, float32) - z already
             q = self._emit(relax.op.astype(x, "int8"))
-            dequantized = self._emit(
+            # `_emit` records the integer range of each new value, the dequantized one's too
+            self.dequantized[var] = self._emit(
                 relax.op.subtract(self._emit(relax.op.astype(q, "float32")), call.args[1])
             )
-            self.ints[dequantized] = self.ints[var]
-            self.dequantized[var] = dequantized
 
     rewritten = rewrite_functions(_Share(mod), mod)
     rewritten = relax.transform.CanonicalizeBindings()(rewritten)  # drops `lv = x` aliases
