@@ -33,6 +33,7 @@ import math
 from typing import Any
 
 import numpy as np
+from optkit.backends import attention_kernel
 from optkit.backends.relax_exprs import (
     OPAQUE,
     constant_value,
@@ -228,13 +229,15 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False)
     return sch
 
 
-def fuse_attention(mod: Any) -> tuple[Any, int]:
+def fuse_attention(mod: Any, kernels: tuple[attention_kernel.Precision, ...] = ()) -> tuple[Any, int, int]:
     """`mod` with every `matmul(softmax(matmul(Q, Kt)), V)` the kernel takes (module docstring)
-    replaced by a call to it; returns (mod, number replaced)."""
+    replaced by a call to it: the first of the hand-written `kernels` (`attention_kernel.py`,
+    as `attention_kernel.precisions` lists them for the target) whose registers the value width
+    fills, else the TE kernel above. Returns (mod, number replaced, how many in float16)."""
     from tvm import relax
 
     matmul, softmax = relax_op("relax.matmul"), relax_op("relax.nn.softmax")
-    count = 0
+    count = halves = 0
     masks: dict[int, Any] = {}  # constant masks by expression, evaluated once (`causal_blocks`)
 
     @relax.expr_functor.mutator
@@ -314,14 +317,20 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 return None
             d, dv = q_shape[-1], v_shape[-1]
             mp, np_ = padded(m, n)
+            precision = next((p for p in kernels if attention_kernel.fits(dv, p)), None)
+            np_ = np_ if precision is None else attention_kernel.padded_keys(n, precision)
+            in_half = precision is attention_kernel.HALF
             value = None if mask is None else constant_value(mask, self.lookup_binding, cache=masks)
-            blocks = None if value is None else causal_blocks(value, logits_shape, mp, np_)
+            multiple = LANES if precision is None else precision.lanes
+            blocks = None if value is None else causal_blocks(value, logits_shape, mp, np_, multiple)
             mask_batch = None if mask_shape is None else mask_shape[0]
             q3, kt3, v3 = (reshaped(self.builder_, x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
             # Zero rows of queries, zero columns of keys and rows of values: the kernel gives the
             # padded keys no weight, and the padded queries' rows are sliced off.
             q3 = self._pad(q3, 1, mp - m)
             kt3, v3 = self._pad(kt3, 2, np_ - n), self._pad(v3, 1, np_ - n)
+            if in_half:  # K and V in float16 (a cast that fuses into their producers); Q converts per tile
+                kt3, v3 = (self.builder_.emit(relax.op.astype(x, "float16")) for x in (kt3, v3))
             inputs = [q3, kt3, v3]
             if mask is not None and mask_shape is not None:
                 inputs.append(
@@ -329,15 +338,19 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
                 )
             outs = []
             for block in blocks or [(0, mp, np_)]:
-                func = attention_func(
-                    batch, mp, np_, d, dv, scale, keys=n, mask_batch=mask_batch, block=block
-                )
+                args = (batch, mp, np_, d, dv, scale)
+                options = {"keys": n, "mask_batch": mask_batch, "block": block}
+                if precision is None:
+                    func = attention_func(*args, **options)
+                else:
+                    func = attention_kernel.tiled_attention_func(*args, **options, precision=precision)
                 out_type = relax.TensorType([batch, block[1], dv], "float32")
+                name = "half_attention" if in_half else "attention"
                 outs.append(
-                    self.builder_.emit(
-                        relax.call_tir(self.builder_.add_func(func, "attention"), inputs, out_type)
-                    )
+                    self.builder_.emit(relax.call_tir(self.builder_.add_func(func, name), inputs, out_type))
                 )
+            nonlocal halves
+            halves += in_half
             out = outs[0] if len(outs) == 1 else self.builder_.emit(relax.op.concat(outs, axis=1))
             if mp > m:
                 out = self.builder_.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[m]))
@@ -413,7 +426,7 @@ def fuse_attention(mod: Any) -> tuple[Any, int]:
             return 1.0, logits
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
-    return relax.transform.DeadCodeElimination()(rewritten), count
+    return relax.transform.DeadCodeElimination()(rewritten), count, halves
 
 
 CAUSAL_BLOCKS = (8, 4, 2)  # query blocks to try, each over the keys any of its rows can see
@@ -423,7 +436,7 @@ MIN_BLOCK_ROWS = 64  # fewer rows a block: its call and the concatenation cost m
 
 
 def causal_blocks(
-    mask: np.ndarray, logits_shape: list[int], mp: int, np_: int
+    mask: np.ndarray, logits_shape: list[int], mp: int, np_: int, multiple: int = LANES
 ) -> list[tuple[int, int, int]] | None:
     """Query blocks (first row, rows, keys) for a constant additive `mask` (broadcast to the
     logits [..., M, N]; the kernel's M, N padded to `mp`, `np_`) whose rows see no key past
@@ -446,7 +459,7 @@ def causal_blocks(
         blocks = []
         for first in range(0, mp, rows):
             real = last[first : min(first + rows, m)]
-            width = _round_up(max(int(real.max()) if real.size else 0, 1), LANES)
+            width = _round_up(max(int(real.max()) if real.size else 0, 1), multiple)
             blocks.append((first, rows, min(width, np_)))
         cost = sum(r * w for _, r, w in blocks) / (mp * np_) + BLOCK_COST * count
         if cost < best_cost:

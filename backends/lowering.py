@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MAIN = "main"
 TUNERS = ("optkit", "metaschedule")
+ATTENTION_PRECISIONS = ("auto", "float32", "float16")
 
 
 def lower(
@@ -50,6 +51,7 @@ def lower(
     tuner: str = "optkit",
     progress: Progress | None = None,
     release_weights: bool = False,
+    attention_precision: str = "auto",
 ) -> Artifact:
     """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
 
@@ -69,6 +71,10 @@ def lower(
     lowering holds about one copy of the weights, not two (`optkit lower` does; the Program
     cannot run afterwards, and a build failure is reported without naming the failing op).
     The weights leave the library either way (`weights.py`).
+    `attention_precision`: fused attention in `float32`, in `float16` (`attention_kernel.py`, CPUs
+    with AVX512-FP16 only) or `auto`: float16 where the CPU has it and the Program is quantized
+    (its outputs already carry the quantization's error), float32 otherwise. `info["half_attentions"]`
+    counts the attentions that run in float16.
     """
     return lower_functions(
         {MAIN: program},
@@ -82,6 +88,7 @@ def lower(
         tuner=tuner,
         progress=progress,
         release_weights=release_weights,
+        attention_precision=attention_precision,
     )[MAIN]
 
 
@@ -98,6 +105,7 @@ def lower_functions(
     tuner: str = "optkit",
     progress: Progress | None = None,
     release_weights: bool = False,
+    attention_precision: str = "auto",
 ) -> dict[str, Artifact]:
     """Compile several Programs into ONE library, each a function named by its key (one of them
     `main`), and return an Artifact per function; the Artifacts share the library and its VM.
@@ -112,10 +120,13 @@ def lower_functions(
         raise UnknownNameError("tuner", tuner, TUNERS)
     if schedule not in SCHEDULES:
         raise UnknownNameError("schedule", schedule, SCHEDULES)
+    if attention_precision not in ATTENTION_PRECISIONS:
+        raise UnknownNameError("attention precision", attention_precision, ATTENTION_PRECISIONS)
     if MAIN not in programs:
         raise ConfigError(f"lower_functions needs a Program named {MAIN!r}; got {', '.join(programs)}")
     say = progress or (lambda _msg: None)
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
+    half = _half_attention(attention_precision, spec, schedule, programs.values())
     from optkit.backends.vnni import target_has_vnni
 
     # RGB stems stay int8 where the VNNI kernels copy them by kernel rows (`quantized.py`)
@@ -146,6 +157,7 @@ def lower_functions(
         fast_math,
         lambda done, total, left: say(f"pack weights {done}/{total} (about {left:.0f} s left)"),
         releaser,
+        half_attention=half,
     )
     tuned = None
     overrides = None
@@ -170,12 +182,13 @@ def lower_functions(
         say("find the op that fails to compile")
         main = imported[MAIN]
         main_mod = _merged_module({MAIN: main.mod})
-        raise _name_failing_op(err, main_mod, main.origins, spec, schedule, fast_math) from err
+        raise _name_failing_op(err, main_mod, main.origins, spec, schedule, fast_math, half) from err
     info: dict[str, Any] = {
         "model": programs[MAIN].name,
         "schedule": schedule,
         "tune_trials": tune_trials,
         **({"tuner": tuner} if tune_trials else {}),
+        "attention_precision": "float16" if half else "float32",
         **figures,
         "extern_funcs": [BLAS_MATMUL] if figures["blas_matmuls"] else [],
         "decomposed_ops": list(dict.fromkeys(op for imp in imported.values() for op in imp.decomposed)),
@@ -260,6 +273,24 @@ def _fold_batchnorms(program: Program) -> Program:
     return program
 
 
+def _half_attention(precision: str, spec: TargetSpec, schedule: str, programs: Any) -> bool:
+    """Whether fused attention runs in float16 (`lower`'s `attention_precision`)."""
+    if precision == "float32" or spec.kind != "llvm" or schedule == "naive":
+        return False
+    from optkit.backends.attention_kernel import target_has_fp16
+
+    if not target_has_fp16(spec.tvm_target()):
+        if precision == "float16":
+            raise ConfigError(
+                f"attention_precision='float16' needs a CPU with AVX512-FP16, and target {spec.name} "
+                "has none; use 'auto' or 'float32'"
+            )
+        return False
+    from optkit.quant.ops import is_quantized
+
+    return precision == "float16" or any(is_quantized(p) for p in programs)
+
+
 def _specialize(
     mod: Any,
     spec: TargetSpec,
@@ -267,9 +298,11 @@ def _specialize(
     fast_math: bool,
     progress: Callable[[int, int, float], None] | None = None,
     releaser: Callable[[Any], WeightReleaser] | None = None,
+    half_attention: bool = False,
 ) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report.
-    `releaser(mod)`, when given, frees the weights packing replaces (`WeightReleaser`)."""
+    `releaser(mod)`, when given, frees the weights packing replaces (`WeightReleaser`);
+    `half_attention`: fused attentions in float16 where their shapes allow."""
     figures = {
         "packed_matmuls": 0,
         "packed_convs": 0,
@@ -281,6 +314,7 @@ def _specialize(
         "blas_matmuls": 0,
         "sunk_reshapes": 0,
         "fused_attentions": 0,
+        "half_attentions": 0,
         "vnni_epilogues": 0,
         "split_group_norms": 0,
         "sliced_takes": 0,
@@ -292,6 +326,7 @@ def _specialize(
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
     from optkit.backends.attention import fuse_attention
+    from optkit.backends.attention_kernel import precisions
     from optkit.backends.epilogues import fuse_vnni_epilogues
     from optkit.backends.fast_math import fast_math as use_fast_math
     from optkit.backends.layout import cancel_transposes, channels_last
@@ -309,7 +344,8 @@ def _specialize(
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
     mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, whose VNNI convs take the pads in
     mod, figures["int8_max_pools"] = int8_max_pools(mod)
-    mod, figures["fused_attentions"] = fuse_attention(mod)  # before packing pads the scores
+    kernels = precisions(spec.tvm_target(), half_attention)  # before packing pads the scores
+    mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, kernels)
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(
         mod,
@@ -349,13 +385,18 @@ def _name_failing_op(
     spec: TargetSpec,
     schedule: str,
     fast_math: bool,
+    half_attention: bool = False,
 ) -> BackendError:
     """`err` restated with the ATen op and module path of the first binding that fails alone."""
     from optkit.backends.diagnose import locate_build_failure
 
     try:
         found = locate_build_failure(
-            mod, origins, lambda m: build(_specialize(m, spec, schedule, fast_math)[0], spec, schedule)
+            mod,
+            origins,
+            lambda m: build(
+                _specialize(m, spec, schedule, fast_math, half_attention=half_attention)[0], spec, schedule
+            ),
         )
     except Exception:  # the search is best effort; the build's own error still stands
         log.debug("could not search for the failing op", exc_info=True)

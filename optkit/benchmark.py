@@ -55,6 +55,7 @@ from optkit.fsutil import atomic_dir, atomic_file
 from optkit.ir.flops import total_flops
 from optkit.ir.onnx_io import export_onnx, flat_outputs, onnx_session
 from optkit.ir.program import Program
+from optkit.quant.ops import is_quantized
 from optkit.refs import load_program_ref
 from optkit.report import Report, Table
 from optkit.timing import latency_ms, quiesce, speedup, summarize
@@ -577,10 +578,6 @@ def _torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _is_quantized(program: Program) -> bool:
-    return any(str(n.target).startswith("optkit.") for n in program.compute_nodes())
-
-
 def benchmark(
     program: Program,
     config: BenchConfig | None = None,
@@ -596,7 +593,7 @@ def benchmark(
     config = config or BenchConfig()
     say = progress or (lambda _msg: None)
     threads = config.threads or torch.get_num_threads()
-    rtol = config.rtol if config.rtol is not None else QUANT_RTOL if _is_quantized(program) else FLOAT_RTOL
+    rtol = config.rtol if config.rtol is not None else QUANT_RTOL if is_quantized(program) else FLOAT_RTOL
     flops = total_flops(program)
     results: list[TargetResult] = []
     with contextlib.ExitStack() as stack:

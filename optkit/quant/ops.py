@@ -24,13 +24,24 @@ in float on the int8 grid's values.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from optkit.quant.packing import unpack_int4
 
+if TYPE_CHECKING:
+    from optkit.ir.program import Program
+
 INT4_DOMAIN = "optkit.onnx"
+
+
+def is_quantized(program: Program) -> bool:
+    """Whether `program` calls any of these ops: a quantization pass rewrote it, and its outputs
+    carry that pass's rounding."""
+    return any(str(n.target).startswith("optkit.") for n in program.compute_nodes())
 
 
 def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:

@@ -218,7 +218,7 @@ def test_a_causal_decoder_attention_runs_in_blocks_and_matches_torch():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
     program = capture(SDPA(causal=True).eval(), tuple(torch.randn(1, 2, 256, 16) for _ in range(3)), name="a")
-    mod, fused = fuse_attention(import_program(program).mod)
+    mod, fused, _ = fuse_attention(import_program(program).mod)
     calls = []
     relax.analysis.post_order_visit(
         mod["main"],

@@ -1,0 +1,188 @@
+"""Attention in float16 (AVX512-FP16): the kernel against float64, and which lowerings take it."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from optkit.backends import attention_kernel, lower
+from optkit.backends.attention import causal_blocks, fuse_attention
+from optkit.backends.attention_kernel import tiled_attention_func
+from optkit.backends.targets import host_cpu_config
+from optkit.backends.tvm_import import import_program
+from torch import nn
+
+from optkit.errors import ConfigError, UnknownNameError
+from optkit.ir.capture import capture
+from optkit.pipeline import PassManager, build_passes
+from tests.backends.conftest import outputs_of
+
+
+def _host_kernels() -> tuple:
+    import tvm
+
+    return attention_kernel.precisions(tvm.target.Target(host_cpu_config(num_cores=1)), half=True)
+
+
+needs_fp16 = pytest.mark.skipif(attention_kernel.HALF not in _host_kernels(), reason="no AVX512-FP16 here")
+
+
+def _sqnr(got: np.ndarray, want: np.ndarray) -> float:
+    return float(10 * np.log10((want**2).sum() / max(((got - want) ** 2).sum(), 1e-30)))
+
+
+def _reference(q, kt, v, scale, keys, mask):
+    scores = np.einsum("bmd,bdn->bmn", q.astype(np.float64), kt.astype(np.float64)) * scale
+    if mask is not None:
+        scores = scores + mask
+    scores[..., keys:] = -np.inf
+    top = scores.max(-1, keepdims=True)
+    weights = np.exp(scores - np.where(np.isfinite(top), top, 0.0))
+    sums = weights.sum(-1, keepdims=True)
+    return np.where(sums > 0, (weights / np.where(sums > 0, sums, 1.0)) @ v, 0.0)
+
+
+@pytest.mark.parametrize(
+    "precision", [attention_kernel.HALF, attention_kernel.SINGLE], ids=["half", "single"]
+)
+@pytest.mark.parametrize(
+    ("b", "m", "n", "d", "dv", "keys", "masked", "block"),
+    [
+        (4, 256, 256, 32, 32, 256, False, None),  # a UNet's heads of 32
+        (6, 72, 224, 64, 64, 197, False, None),  # ViT's 197 tokens: keys padded, a partial chunk
+        (2, 20, 32, 16, 32, 20, False, None),  # 4-row tiles, fewer keys than a chunk
+        (2, 64, 96, 32, 96, 96, False, None),  # three value registers: a pair and a single
+        (3, 128, 128, 64, 64, 128, True, None),  # causal mask, and a row masked whole
+        (3, 128, 128, 64, 64, 128, True, (64, 64, 128)),  # the second causal block
+    ],
+    ids=["unet", "vit-padded", "small", "dv96", "masked", "block"],
+)
+def test_the_kernel_matches_float64_attention(precision, b, m, n, d, dv, keys, masked, block):
+    import tvm
+
+    if precision not in _host_kernels():
+        pytest.skip(f"this CPU cannot run the {precision.dtype} kernel")
+    rng = np.random.default_rng(0)
+    q = rng.standard_normal((b, m, d)).astype(np.float32) * 1.5
+    kt = rng.standard_normal((b, d, n)).astype(np.float32) * 1.5
+    v = rng.standard_normal((b, n, dv)).astype(np.float32)
+    mask = None
+    if masked:
+        mask = np.where(np.tril(np.ones((m, n))) > 0, 0.0, -np.inf).astype(np.float32)[None]
+        mask[0, 3] = -np.inf  # query 3 sees no key: zeros, as PyTorch's SDPA gives
+    first, rows, _ = block or (0, m, n)
+    scale = 1 / math.sqrt(d)
+    mask_batch = 1 if masked else None
+    func = tiled_attention_func(
+        b, m, n, d, dv, scale, keys=keys, mask_batch=mask_batch, block=block, precision=precision
+    )
+    lib = tvm.compile(
+        tvm.IRModule({"main": func.with_attr("global_symbol", "main")}),
+        target=tvm.target.Target(host_cpu_config(num_cores=1)),
+    )
+    args = [q, kt.astype(precision.dtype), v.astype(precision.dtype), *([mask] if masked else [])]
+    out = tvm.runtime.tensor(np.zeros((b, rows, dv), np.float32))
+    lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
+    got = out.numpy()
+    want = _reference(q, kt, v, scale, keys, mask)[:, first : first + rows]
+    # float16: 47-57 dB measured (11 significant bits); float32 as exact as the TE kernel
+    assert _sqnr(got, want) > (44 if precision is attention_kernel.HALF else 110), _sqnr(got, want)
+    if masked and first == 0:
+        assert np.all(got[:, 3] == 0)
+
+
+class _AttentionBlock(nn.Module):
+    """Projections around SDPA: what `ptq` quantizes, the attention left between them."""
+
+    def __init__(self, dim: int = 64, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv, self.out, self.heads = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+def _program(quantized: bool):
+    torch.manual_seed(0)
+    program = capture(_AttentionBlock().eval(), (torch.randn(2, 160, 64),), name="block")
+    if quantized:
+        program = PassManager(build_passes(["ptq"], {"ptq": {}})).run(program).program
+    return program
+
+
+@needs_fp16
+def test_quantized_programs_take_float16_attention_and_float_ones_keep_float32():
+    for quantized in (False, True):
+        program = _program(quantized)
+        artifact = lower(program, "cpu", num_cores=1)
+        (got,) = artifact.run(*program.example_inputs)
+        want = np.asarray(outputs_of(program)[0])
+        assert artifact.info["fused_attentions"] == 1
+        assert artifact.info["half_attentions"] == int(quantized)
+        assert artifact.info["attention_precision"] == ("float16" if quantized else "float32")
+        assert _sqnr(np.asarray(got), want) > (40 if quantized else 80)
+
+    forced = lower(_program(False), "cpu", num_cores=1, attention_precision="float16")
+    assert forced.info["half_attentions"] == 1
+    kept = lower(_program(True), "cpu", num_cores=1, attention_precision="float32")
+    assert kept.info["half_attentions"] == 0
+
+
+def test_float16_attention_needs_the_cpu_feature_and_a_known_precision(monkeypatch):
+    program = _program(False)
+    with pytest.raises(UnknownNameError, match="attention precision"):
+        lower(program, "cpu", attention_precision="bfloat16")
+    monkeypatch.setattr(attention_kernel, "target_has_fp16", lambda _target: False)
+    with pytest.raises(ConfigError, match="AVX512-FP16"):
+        lower(program, "cpu", attention_precision="float16")
+
+
+def _attention_calls(mod) -> list[str]:
+    from tvm import relax
+
+    calls: list[str] = []
+    relax.analysis.post_order_visit(
+        mod["main"],
+        lambda e: (
+            calls.append(e.args[0].name_hint)
+            if isinstance(e, relax.Call) and e.op.name == "relax.call_tir"
+            else None
+        ),
+    )
+    return [c for c in calls if "attention" in c]
+
+
+class _SDPA(nn.Module):
+    def __init__(self, causal: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v):
+        return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+
+
+@pytest.mark.parametrize(
+    ("shape", "causal", "kernels"),
+    [
+        ((1, 2, 160, 32), False, ["half_attention"]),
+        ((1, 2, 20, 32), False, ["half_attention"]),  # 20 keys, padded to 32
+        ((1, 2, 160, 16), False, ["attention"]),  # heads of 16: half a float16 register
+        ((1, 2, 512, 32), True, ["half_attention"] * 8),  # causal blocks of 64 rows
+    ],
+    ids=["half", "few-keys", "narrow-heads", "causal-blocks"],
+)
+def test_which_attentions_take_the_float16_kernel(shape, causal, kernels):
+    inputs = tuple(torch.randn(*shape) for _ in range(3))
+    mod = import_program(capture(_SDPA(causal).eval(), inputs, name="a")).mod
+    mod, fused, halves = fuse_attention(mod, (attention_kernel.HALF, attention_kernel.SINGLE))
+    assert fused == 1 and halves == (kernels[0] == "half_attention")
+    assert [name.rstrip("0123456789") for name in _attention_calls(mod)] == kernels
+
+
+def test_causal_blocks_of_the_float16_kernel_read_whole_registers_of_keys():
+    mask = np.where(np.tril(np.ones((496, 496))) > 0, 0.0, -np.inf)  # keys padded to 512, not 496
+    blocks = causal_blocks(mask, [1, 496, 496], 496, 512, attention_kernel.KEYS)
+    assert blocks == [(0, 248, 256), (248, 248, 512)]
