@@ -229,11 +229,11 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False)
     return sch
 
 
-def fuse_attention(mod: Any, kernels: tuple[attention_kernel.Precision, ...] = ()) -> tuple[Any, int, int]:
+def fuse_attention(mod: Any, half: bool = False) -> tuple[Any, int, int]:
     """`mod` with every `matmul(softmax(matmul(Q, Kt)), V)` the kernel takes (module docstring)
-    replaced by a call to it: the first of the hand-written `kernels` (`attention_kernel.py`,
-    as `attention_kernel.precisions` lists them for the target) whose registers the value width
-    fills, else the TE kernel above. Returns (mod, number replaced, how many in float16)."""
+    replaced by a call to it; with `half`, those whose value width fills whole float16 registers
+    take the float16 kernel (`attention_kernel.py`). Returns (mod, number replaced, how many of
+    them in float16)."""
     from tvm import relax
 
     matmul, softmax = relax_op("relax.matmul"), relax_op("relax.nn.softmax")
@@ -317,11 +317,11 @@ def fuse_attention(mod: Any, kernels: tuple[attention_kernel.Precision, ...] = (
                 return None
             d, dv = q_shape[-1], v_shape[-1]
             mp, np_ = padded(m, n)
-            precision = next((p for p in kernels if attention_kernel.fits(dv, p)), None)
-            np_ = np_ if precision is None else attention_kernel.padded_keys(n, precision)
-            in_half = precision is attention_kernel.HALF
+            in_half = half and attention_kernel.fits(dv)
+            if in_half:
+                np_ = attention_kernel.padded_keys(n)
             value = None if mask is None else constant_value(mask, self.lookup_binding, cache=masks)
-            multiple = LANES if precision is None else precision.lanes
+            multiple = attention_kernel.KEYS if in_half else LANES
             blocks = None if value is None else causal_blocks(value, logits_shape, mp, np_, multiple)
             mask_batch = None if mask_shape is None else mask_shape[0]
             q3, kt3, v3 = (reshaped(self.builder_, x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
@@ -338,12 +338,8 @@ def fuse_attention(mod: Any, kernels: tuple[attention_kernel.Precision, ...] = (
                 )
             outs = []
             for block in blocks or [(0, mp, np_)]:
-                args = (batch, mp, np_, d, dv, scale)
-                options = {"keys": n, "mask_batch": mask_batch, "block": block}
-                if precision is None:
-                    func = attention_func(*args, **options)
-                else:
-                    func = attention_kernel.tiled_attention_func(*args, **options, precision=precision)
+                kernel = attention_kernel.half_attention_func if in_half else attention_func
+                func = kernel(batch, mp, np_, d, dv, scale, keys=n, mask_batch=mask_batch, block=block)
                 out_type = relax.TensorType([batch, block[1], dv], "float32")
                 name = "half_attention" if in_half else "attention"
                 outs.append(

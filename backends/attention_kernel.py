@@ -1,41 +1,40 @@
 """Attention in float16 on CPUs with AVX512-FP16: twice the multiply-adds per instruction.
 
-The fused float32 kernel (`attention.py`) runs its two matmuls at the fp32 FMA peak, and in a
-W8A8 model those matmuls are what is left in float: the diffusers UNet's W8A8 step spent 19 of
-its 54 ms of kernel time in attention. AVX512-FP16 (Sapphire Rapids and later) multiplies and
-adds 32 float16 lanes per instruction where float32 has 16, at the same rate (`vfmadd231ph`,
-measured here: 379 GFLOP/s against 176 for float32 on one core).
+The fused float32 kernel (`attention.py`) runs its two matmuls near the fp32 FMA peak, and in a
+W8A8 model they are what is left in float: the diffusers UNet's W8A8 step spent 19 of its 54 ms
+of kernel time in attention. AVX512-FP16 (Sapphire Rapids and later) multiplies and adds 32
+float16 lanes per `vfmadd231ph` where float32 has 16, at the same rate (measured here: 379
+GFLOP/s on one core against 176).
 
-`tiled_attention_func` computes what `attention.attention_te` does, per tile of `ROWS` query
-rows, with the matmuls in float16:
+`half_attention_func` computes what `attention.attention_te` does, per tile of `ROWS` query
+rows, written directly in TIR (as the VNNI GEMM is):
 
-1. the tile's queries, times the softmax scale, rounded to float16; each value stored twice in
-   a 32-bit word, so that one 32-bit broadcast (a load, no shuffle) fills a register with it
-   (a 16-bit broadcast costs a shuffle per multiply-add, on the port the multiply-adds need);
-2. the scores, `ROWS x 64` float16 accumulators over the head dim, stored as float32 logits
-   (plus the mask, in float32);
-3. per row the maximum, `exp(logit - max)` in float32 (a degree-5 polynomial), rounded to
-   float16; the row sum adds the rounded weights, so that the weights sum to exactly what
-   divides them; each weight again stored twice in a word, over its logit;
-4. the weighted sum of V: float16 accumulators over `CHUNK` keys at a time, each chunk's sum
-   added into float32, so that rounding does not grow with the number of keys;
+1. the tile's queries, times the softmax scale, rounded to float16, each stored twice in a
+   32-bit word: a 32-bit broadcast of the word (a load) fills a register with the value, where
+   a 16-bit broadcast costs a shuffle per multiply-add on the port the multiply-adds need;
+2. the logits: `ROWS x 64` float16 accumulators over the head dim, plus the mask;
+3. per row the maximum, folded across lanes with shuffles (not a scalar step per lane, which
+   cost the TE kernel most of its time at short sequences), the weights `exp(logit - max)` in
+   float16 (a degree-4 polynomial and one `vscalefph`; a masked or padded key weighs exactly 0),
+   stored as doubled words, and their sum in float32: the rounded weights sum to what divides
+   them;
+4. the weighted sum of V: float16 accumulators over `CHUNK` keys at a time (two keys in flight
+   when V is one register wide), each chunk's sum added into float32, so that rounding does not
+   grow with the number of keys;
 5. the float32 sums divided by the row sums (a row masked whole gives zeros, as PyTorch does).
 
-Rounding Q, K, V and the weights to float16 (11 significant bits) costs accuracy that a W8A8
-model has already given up: its activations carry 8. On the zoo and the model families the
-float16 kernel's output is within 47 dB SQNR of float64 attention, where the W8A8 models' own
-error against float is 23-33 dB (docs/backends.md has the figures). It is therefore the default
-only for quantized Programs (`lowering.attention_precision`); a float Program keeps float32.
-
-K and V arrive in float16 (a cast before the call, fused into whatever produced them); Q stays
-float32 and is converted per tile. Keys are padded to a multiple of 32, value widths must be
-multiples of 32 (one register of float16): other shapes keep the float32 kernel.
+Float16 keeps 11 significant bits of Q, K, V and the weights; against float64 attention the
+kernel's output is within 47-57 dB SQNR (`tests/backends/test_attention_kernel.py`). A W8A8
+model's activations carry 8 bits, and its outputs are 23-33 dB from float: `lowering` therefore
+runs this kernel only for quantized Programs by default (`attention_precision`), and a float
+Program keeps float32. K and V arrive in float16 (a cast before the call, fused into whatever
+produced them), Q in float32, converted per tile. Keys are padded to a multiple of 32; value
+widths must be multiples of 32 (whole registers), other attentions keep the float32 kernel.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 ROWS = 8  # query rows per tile, as the float32 kernel
@@ -43,70 +42,33 @@ SCORE_VECTORS = 2  # score columns per step: ROWS x 2 registers of accumulators
 _LOG2E = 1.4426950408889634
 _LN2 = 0.6931471805599453
 _LN2_HI = 0.6875  # 4 significant bits: n * _LN2_HI is exact in float16 for |n| < 128
-_EXP16_FLOOR = -18.0  # p * 2^-26 rounds to float16 zero: a masked or padded key's weight is 0
-_EXP32_FLOOR = -110.0  # p * 2^-159 rounds to float32 zero
-
-
-@dataclass(frozen=True)
-class Precision:
-    """How the kernel multiplies: `dtype` of Q, K, V, the weights and the partial sums, `lanes`
-    of it per register (keys are padded to a multiple, value widths must be one), `chunk` keys
-    summed in `dtype` before the sum joins float32, and whether a value to broadcast is stored
-    twice in a 32-bit word (`doubled`: a 16-bit broadcast costs a shuffle per multiply-add)."""
-
-    dtype: str
-    lanes: int
-    chunk: int
-    doubled: bool
-
-    @property
-    def vector(self) -> str:
-        return f"{self.dtype}x{self.lanes}"
-
-    @property
-    def word(self) -> str:
-        """The dtype a broadcast operand is stored in."""
-        return "uint32" if self.doubled else self.dtype
-
-
-HALF = Precision("float16", 32, 64, doubled=True)
-SINGLE = Precision("float32", 16, 1 << 30, doubled=False)  # float32 sums need no chunks
-LANES = HALF.lanes
-KEYS = HALF.lanes  # the float16 kernel's keys are a multiple of this
-
-
-def precisions(target: Any, half: bool) -> tuple[Precision, ...]:
-    """The kernels the llvm target runs, in order of preference: float16 when `half` and the CPU
-    has AVX512-FP16, float32 when it has AVX-512 (`vscalefps`); none on others, where fused
-    attention keeps the TE kernel (`attention.attention_func`)."""
-    kernels = (HALF,) if half and target_has_fp16(target) else ()
-    return (*kernels, SINGLE) if _has(target, "avx512f") else kernels
+_EXP_FLOOR = -18.0  # p * 2^-26 rounds to float16 zero: a masked or padded key's weight is 0
+LANES = 32  # float16 lanes in one AVX-512 register
+KEYS = LANES  # the kernel's keys are a multiple of this
+CHUNK = 64  # keys summed in float16 before the sum joins the float32 accumulator
+F16, F32 = f"float16x{LANES}", f"float32x{LANES}"
 
 
 def target_has_fp16(target: Any) -> bool:
     """Whether the llvm target's CPU has AVX512-FP16."""
-    return _has(target, "avx512fp16")
-
-
-def _has(target: Any, feature: str) -> bool:
     from tvm.target import codegen
 
     try:
-        return bool(codegen.target_has_features(feature, target))
-    except Exception:  # a non-x86 target or an LLVM that cannot answer: not there
+        return bool(codegen.target_has_features("avx512fp16", target))
+    except Exception:  # a non-x86 target or an LLVM that cannot answer: no float16 arithmetic
         return False
 
 
-def fits(dv: int, precision: Precision = HALF) -> bool:
-    """Whether a value width fits the kernel: whole registers."""
-    return dv % precision.lanes == 0
+def fits(dv: int) -> bool:
+    """Whether a value width fits the kernel: whole float16 registers."""
+    return dv % LANES == 0
 
 
-def padded_keys(n: int, precision: Precision = HALF) -> int:
-    return -(-n // precision.lanes) * precision.lanes
+def padded_keys(n: int) -> int:
+    return -(-n // KEYS) * KEYS
 
 
-def tiled_attention_func(
+def half_attention_func(
     b: int,
     m: int,
     n: int,
@@ -116,35 +78,34 @@ def tiled_attention_func(
     keys: int | None = None,
     mask_batch: int | None = None,
     block: tuple[int, int, int] | None = None,
-    precision: Precision = HALF,
 ) -> Any:
     """The PrimFunc `out = softmax(scale * q @ kt [+ mask]) @ v` over the first `keys` keys
-    (the rest get no weight): q float32 [b, m, d], kt and v of `precision.dtype` ([b, d, n],
-    [b, n, dv]), mask float32 [mask_batch, m, n] when `mask_batch` is given, out float32. `n`
-    and `dv` multiples of `precision.lanes`, `m` of 4. With `block` (first row, rows, keys) it
+    (the rest get no weight): q float32 [b, m, d], kt float16 [b, d, n], v float16 [b, n, dv],
+    mask float32 [mask_batch, m, n] when `mask_batch` is given, out float32. `n` and `dv`
+    multiples of `LANES`, `m` of 4. With `block` (first row, rows, keys) it
     computes those query rows over the first keys only, like `attention.attention_func`."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script.builder import ir as T
 
     first, rows, width = block if block is not None else (0, m, n)
-    if width % precision.lanes or not fits(dv, precision) or rows % 4 or m % 4:
+    if width % KEYS or not fits(dv) or rows % 4 or m % 4:
         raise ValueError(
-            f"the attention kernel needs keys and value widths in whole registers of {precision.lanes} "
+            f"the float16 attention kernel needs keys and value widths in whole registers of {LANES} "
             f"and rows in fours, got {width} keys, width {dv}, {rows} rows"
         )
     tile = ROWS if rows % ROWS == 0 else 4
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
-        T.func_name("half_attention" if precision is HALF else "tile_attention")
+        T.func_name("half_attention")
         q = T.arg("q", T.buffer((_i64(b), _i64(m), _i64(d)), "float32"))
-        kt = T.arg("kt", T.buffer((_i64(b), _i64(d), _i64(n)), precision.dtype))
-        v = T.arg("v", T.buffer((_i64(b), _i64(n), _i64(dv)), precision.dtype))
+        kt = T.arg("kt", T.buffer((_i64(b), _i64(d), _i64(n)), "float16"))
+        v = T.arg("v", T.buffer((_i64(b), _i64(n), _i64(dv)), "float16"))
         mask = None
         if mask_batch is not None:
             mask = T.arg("mask", T.buffer((_i64(mask_batch), _i64(m), _i64(n)), "float32"))
         out = T.arg("out", T.buffer((_i64(b), _i64(rows), _i64(dv)), "float32"))
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
         with T.sblock("root"), T.parallel(_i64(0), _i64(b * (rows // tile))) as t:
-            kernel = _Tile(precision, tile, width, min(n if keys is None else keys, width), scale)
+            kernel = _Tile(tile, width, min(n if keys is None else keys, width), scale)
             kernel.emit(t, first, rows // tile, q, kt, v, mask, mask_batch not in (None, 1), out)
     return ib.get()
 
@@ -153,16 +114,16 @@ class _Tile:
     """One tile of `rows` queries over `width` keys (the first `real` of them real), emitted
     stage by stage into the IRBuilder frame it is built in (module docstring)."""
 
-    def __init__(self, precision: Precision, rows: int, width: int, real: int, scale: float) -> None:
+    def __init__(self, rows: int, width: int, real: int, scale: float) -> None:
         from tvm.tirx.script.builder import ir as T
 
-        self.p, self.rows, self.width, self.real, self.scale = precision, rows, width, real, scale
-        self.logits = T.alloc_buffer((_i64(rows), _i64(width)), precision.dtype, scope="global")
-        self.words = T.alloc_buffer((_i64(rows), _i64(width)), precision.word, scope="global")  # weights
-        self.top = T.alloc_buffer((_i64(rows),), precision.dtype, scope="global")
+        self.rows, self.width, self.real, self.scale = rows, width, real, scale
+        self.logits = T.alloc_buffer((_i64(rows), _i64(width)), "float16", scope="global")
+        self.words = T.alloc_buffer((_i64(rows), _i64(width)), "uint32", scope="global")  # weights
+        self.top = T.alloc_buffer((_i64(rows),), "float16", scope="global")
         self.sums = T.alloc_buffer((_i64(rows),), "float32", scope="global")
-        self.lane = T.alloc_buffer((_i64(precision.lanes),), precision.dtype, scope="global")
-        self.pair = T.alloc_buffer((_i64(precision.lanes),), "float32", scope="global")
+        self.lane = T.alloc_buffer((_i64(LANES),), "float16", scope="global")
+        self.pair = T.alloc_buffer((_i64(LANES),), "float32", scope="global")
 
     def emit(
         self, t: Any, first: int, tiles: int, q: Any, kt: Any, v: Any, mask: Any, per_batch: bool, out: Any
@@ -171,16 +132,16 @@ class _Tile:
 
         z, row0 = t // _i64(tiles), (t % _i64(tiles)) * _i64(self.rows)  # row0: of this block
         queries = [
-            T.alloc_buffer((_i64(int(q.shape[2])),), self.p.word, scope="global") for _ in range(self.rows)
+            T.alloc_buffer((_i64(int(q.shape[2])),), "uint32", scope="global") for _ in range(self.rows)
         ]
         total = T.alloc_buffer((_i64(self.rows), _i64(int(v.shape[2]))), "float32", scope="global")
         self.queries(queries, q, z, _i64(first) + row0)
         masked = None if mask is None else (mask, z if per_batch else _i64(0), _i64(first) + row0)
-        step = SCORE_VECTORS * self.p.lanes
+        step = SCORE_VECTORS * LANES
         with T.serial(_i64(0), _i64(self.width // step)) as jb:
             self.scores(jb * _i64(step), SCORE_VECTORS, queries, kt, z, masked)
-        for c in range(self.width % step // self.p.lanes):
-            self.scores(_i64(self.width - self.width % step + c * self.p.lanes), 1, queries, kt, z, masked)
+        for c in range(self.width % step // LANES):
+            self.scores(_i64(self.width - self.width % step + c * LANES), 1, queries, kt, z, masked)
         for r in range(self.rows):
             self.weights(r)
         self.weighted_sum(total, v, z)
@@ -193,8 +154,8 @@ class _Tile:
 
         for r, buf in enumerate(queries):
             with T.vectorized(_i64(0), _i64(int(q.shape[2]))) as k:
-                value = tirx.Cast(self.p.dtype, q[z, row + _i64(r), k] * tirx.const(self.scale, "float32"))
-                T.buffer_store(buf, _doubled(value) if self.p.doubled else value, [k])
+                value = tirx.Cast("float16", q[z, row + _i64(r), k] * tirx.const(self.scale, "float32"))
+                T.buffer_store(buf, _doubled(value), [k])
 
     def scores(self, col: Any, vectors: int, queries: list[Any], kt: Any, z: Any, masked: Any) -> None:
         """2. `vectors` registers of logits from key `col`: rows x vectors accumulators over the
@@ -202,13 +163,12 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes, vec = self.p.lanes, self.p.vector
+        lanes, vec = LANES, F16
         acc = [
-            T.alloc_buffer((_i64(self.rows), _i64(lanes)), self.p.dtype, scope="global")
-            for _ in range(vectors)
+            T.alloc_buffer((_i64(self.rows), _i64(lanes)), "float16", scope="global") for _ in range(vectors)
         ]
         for c, r in _grid(vectors, self.rows):
-            T.buffer_store(acc[c], _splat(0.0, self.p.dtype, lanes), [_i64(r), _ramp(0, lanes)])
+            T.buffer_store(acc[c], _splat(0.0, "float16", lanes), [_i64(r), _ramp(0, lanes)])
         with T.serial(_i64(0), _i64(int(kt.shape[1]))) as k:
             keys = [kt.vload([z, k, col + _i64(c * lanes)], dtype=vec) for c in range(vectors)]
             for r in range(self.rows):
@@ -232,10 +192,10 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes, vec, f32 = self.p.lanes, self.p.vector, f"float32x{self.p.lanes}"
+        lanes, vec, f32 = LANES, F16, F32
         with T.serial(_i64(self.real), _i64(self.width)) as j:  # padded keys: no weight
-            T.buffer_store(self.logits, tirx.const(-math.inf, self.p.dtype), [_i64(r), j])
-        T.buffer_store(self.lane, _splat(-math.inf, self.p.dtype, lanes), [_ramp(0, lanes)])
+            T.buffer_store(self.logits, tirx.const(-math.inf, "float16"), [_i64(r), j])
+        T.buffer_store(self.lane, _splat(-math.inf, "float16", lanes), [_ramp(0, lanes)])
         with T.serial(_i64(0), _i64(self.width // lanes)) as j:
             now = self.logits.vload([_i64(r), j * _i64(lanes)], dtype=vec)
             T.buffer_store(self.lane, tirx.max(self.lane.vload([_i64(0)], dtype=vec), now), [_ramp(0, lanes)])
@@ -258,11 +218,10 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes = self.p.lanes
-        x = self.logits.vload([_i64(r), col], dtype=self.p.vector) - tirx.Broadcast(self.top[_i64(r)], lanes)
-        weight = _exp16(x, lanes) if self.p.dtype == "float16" else _exp32(x, lanes)
-        stored = _doubled(weight, lanes) if self.p.doubled else weight
-        T.buffer_store(self.words, stored, [_i64(r), tirx.Ramp(col, _i64(1), lanes)])
+        lanes = LANES
+        x = self.logits.vload([_i64(r), col], dtype=F16) - tirx.Broadcast(self.top[_i64(r)], lanes)
+        weight = _exp16(x, lanes)
+        T.buffer_store(self.words, _doubled(weight, lanes), [_i64(r), tirx.Ramp(col, _i64(1), lanes)])
         return weight
 
     def weighted_sum(self, total: Any, v: Any, z: Any) -> None:
@@ -270,16 +229,16 @@ class _Tile:
         `chunk` keys, each chunk's sum added into the float32 `total`."""
         from tvm.tirx.script.builder import ir as T
 
-        lanes, dv = self.p.lanes, int(v.shape[2])
+        lanes, dv = LANES, int(v.shape[2])
         for c, r in _grid(dv // lanes, self.rows):
             T.buffer_store(total, _splat(0.0, "float32", lanes), [_i64(r), _ramp(c * lanes, lanes)])
-        chunk = min(self.p.chunk, self.width)
+        chunk = min(CHUNK, self.width)
         for group in range(0, dv // lanes, 2):
             vectors = min(2, dv // lanes - group)
             streams = 2 // vectors  # one V register: two keys at once, for 16 accumulators
             acc = [
                 [
-                    T.alloc_buffer((_i64(self.rows), _i64(lanes)), self.p.dtype, scope="global")
+                    T.alloc_buffer((_i64(self.rows), _i64(lanes)), "float16", scope="global")
                     for _ in range(vectors)
                 ]
                 for _ in range(streams)
@@ -297,10 +256,10 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes, vec, f32 = self.p.lanes, self.p.vector, f"float32x{self.p.lanes}"
+        lanes, vec, f32 = LANES, F16, F32
         streams, vectors = len(acc), len(acc[0])
         for s, c, r in _grid3(streams, vectors, self.rows):
-            T.buffer_store(acc[s][c], _splat(0.0, self.p.dtype, lanes), [_i64(r), _ramp(0, lanes)])
+            T.buffer_store(acc[s][c], _splat(0.0, "float16", lanes), [_i64(r), _ramp(0, lanes)])
         with T.serial(_i64(0), _i64(count // streams)) as jj:
             for s in range(streams):
                 j = start + jj * _i64(streams) + _i64(s)
@@ -327,7 +286,7 @@ class _Tile:
             with T.vectorized(_i64(0), _i64(int(total.shape[1]))) as c:
                 value = total[_i64(r), c] / self.sums[_i64(r)]
                 if masked:
-                    seen = self.top[_i64(r)] > tirx.const(-math.inf, self.p.dtype)
+                    seen = self.top[_i64(r)] > tirx.const(-math.inf, "float16")
                     value = tirx.Select(seen, value, tirx.const(0.0, "float32"))
                 T.buffer_store(out, value, [z, row0 + _i64(r), c])
 
@@ -335,9 +294,7 @@ class _Tile:
         """A register filled with one stored value: a 32-bit broadcast (a load, no shuffle)."""
         from tvm import tirx
 
-        if self.p.doubled:
-            return tirx.reinterpret(self.p.vector, tirx.Broadcast(word, self.p.lanes // 2))
-        return tirx.Broadcast(word, self.p.lanes)
+        return tirx.reinterpret(F16, tirx.Broadcast(word, LANES // 2))
 
 
 def _doubled(value: Any, lanes: int = 1) -> Any:
@@ -354,48 +311,27 @@ def _doubled(value: Any, lanes: int = 1) -> Any:
 def _exp16(x: Any, lanes: int) -> Any:
     """exp(x) for x <= 0 in float16 lanes: 2^n * p(r), x = n ln2 + r, with ln2 split in two so
     that n * ln2 loses nothing, p the degree-4 Taylor polynomial (4e-5 at |r| <= ln2 / 2, under
-    float16's rounding); from `_EXP16_FLOOR` down (and for -inf) exactly zero, so that keys a
-    mask hides add nothing, as in float32."""
-    return _exp(
-        x,
-        lanes,
-        "float16",
-        _EXP16_FLOOR,
-        (_LN2_HI, _LN2 - _LN2_HI),
-        4,
-        "llvm.x86.avx512fp16.mask.scalef.ph.512",
-    )
-
-
-def _exp32(x: Any, lanes: int) -> Any:
-    """exp(x) for x <= 0 in float32 lanes: as `_exp16` with a degree-6 polynomial (relative
-    error 3e-8 at |r| <= ln2 / 2) and ln2 in two parts of float32."""
-    hi = 0.693359375  # 9 significant bits: n * hi is exact in float32 for |n| < 2**15
-    return _exp(x, lanes, "float32", _EXP32_FLOOR, (hi, _LN2 - hi), 6, "llvm.x86.avx512.mask.scalef.ps.512")
-
-
-def _exp(
-    x: Any, lanes: int, dtype: str, floor: float, ln2: tuple[float, float], degree: int, scalef: str
-) -> Any:
+    float16's rounding); from `_EXP_FLOOR` down (and for -inf) exactly zero, so that keys a mask
+    hides add nothing."""
     from tvm import tirx
 
     def c(value: float) -> Any:
-        return tirx.Broadcast(tirx.const(value, dtype), lanes)
+        return tirx.Broadcast(tirx.const(value, "float16"), lanes)
 
-    x = tirx.max(x, c(floor))
+    x = tirx.max(x, c(_EXP_FLOOR))
     n = tirx.floor(x * c(_LOG2E) + c(0.5))
-    r = x - n * c(ln2[0])
-    r = r - n * c(ln2[1])
-    p = c(1 / math.factorial(degree))
-    for k in range(degree - 1, -1, -1):
-        p = p * r + c(1 / math.factorial(k))
-    return tirx.call_llvm_pure_intrin(  # p * 2^n in one `vscalef`
-        f"{dtype}x{lanes}",
-        scalef,
+    r = x - n * c(_LN2_HI)
+    r = r - n * c(_LN2 - _LN2_HI)
+    p = c(1 / 24)
+    for coef in (1 / 6, 1 / 2, 1.0, 1.0):
+        p = p * r + c(coef)
+    return tirx.call_llvm_pure_intrin(  # p * 2^n in one `vscalefph`
+        f"float16x{lanes}",
+        "llvm.x86.avx512fp16.mask.scalef.ph.512",
         p,
         n,
         p,
-        tirx.const(-1, "int32" if lanes == 32 else "int16"),  # all lanes
+        tirx.const(-1, "int32"),  # all lanes
         tirx.const(4, "int32"),  # the current rounding mode
     )
 

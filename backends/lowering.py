@@ -326,7 +326,6 @@ def _specialize(
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
     from optkit.backends.attention import fuse_attention
-    from optkit.backends.attention_kernel import precisions
     from optkit.backends.epilogues import fuse_vnni_epilogues
     from optkit.backends.fast_math import fast_math as use_fast_math
     from optkit.backends.layout import cancel_transposes, channels_last
@@ -344,8 +343,8 @@ def _specialize(
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
     mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, whose VNNI convs take the pads in
     mod, figures["int8_max_pools"] = int8_max_pools(mod)
-    kernels = precisions(spec.tvm_target(), half_attention)  # before packing pads the scores
-    mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, kernels)
+    # before packing pads the scores
+    mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, half_attention)
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(
         mod,

@@ -44,6 +44,14 @@ from optkit.errors import ConfigError
     is_flag=True,
     help="Keep libm's exp/erf/tanh (scalar calls) instead of the vectorized polynomial versions.",
 )
+@click.option(
+    "--attention-precision",
+    type=click.Choice(["auto", "float32", "float16"]),
+    default="auto",
+    show_default=True,
+    help="Fused attention's arithmetic on the CPU. auto: float16 for a quantized model on a CPU with "
+    "AVX512-FP16, float32 otherwise; float16 needs AVX512-FP16.",
+)
 @options.output
 @options.overwrite
 @options.trust_pickle
@@ -58,6 +66,7 @@ def lower(
     work_dir: Path | None,
     schedule: str,
     exact_math: bool,
+    attention_precision: str,
     output: Path,
     overwrite: bool,
     trust_pickle: bool,
@@ -111,6 +120,7 @@ def lower(
                 fast_math=not exact_math,
                 tuner=tuner,
                 progress=step,
+                attention_precision=attention_precision,
                 release_weights=True,  # the Program is not needed after it: one copy of the weights
             )
         step("save")

@@ -68,5 +68,9 @@ def test_schedule_and_exact_math_options(tmp_path, monkeypatch):
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["schedule"] == "blas" and manifest["fast_math_ops"] == 0
     assert manifest["packed_matmuls"] == 1  # the 16-wide layer; the 4-wide one has no panel
+    assert manifest["attention_precision"] == "float32"  # a float model, whatever the CPU
+    args = ["-q", "lower", "tiny_lower_model:make", "--attention-precision", "bfloat16", "-o", "third"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 2 and "'auto', 'float32', 'float16'" in result.output
     result = runner.invoke(cli, ["lower", "tiny_lower_model:make", "--schedule", "tvm", "-o", "other"])
     assert result.exit_code == 2 and "'default', 'blas', 'naive'" in result.output
