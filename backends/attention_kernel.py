@@ -47,6 +47,7 @@ LANES = 32  # float16 lanes in one AVX-512 register
 KEYS = LANES  # the kernel's keys are a multiple of this
 CHUNK = 64  # keys summed in float16 before the sum joins the float32 accumulator
 F16, F32 = f"float16x{LANES}", f"float32x{LANES}"
+KEYS_ATTR = "optkit_attention_keys"  # PrimFunc attribute: the keys a call reads (`kernel_profile`)
 
 
 def target_has_fp16(target: Any) -> bool:
@@ -66,6 +67,16 @@ def fits(dv: int) -> bool:
 
 def padded_keys(n: int) -> int:
     return -(-n // KEYS) * KEYS
+
+
+def attention_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]]) -> float | None:
+    """Multiply-adds (x 2) per call of a `half_attention_func` kernel, from its arguments q [b,
+    m, d], ..., out [b, rows, dv] and the keys it reads; None for another kernel."""
+    keys = func.attrs.get(KEYS_ATTR) if func.attrs is not None else None
+    if keys is None:
+        return None
+    (b, _, d), (_, rows, dv) = shapes[0][0], shapes[-1][0]
+    return float(2 * b * rows * int(keys) * (d + dv))
 
 
 def half_attention_func(
@@ -103,7 +114,8 @@ def half_attention_func(
         if mask_batch is not None:
             mask = T.arg("mask", T.buffer((_i64(mask_batch), _i64(m), _i64(n)), "float32"))
         out = T.arg("out", T.buffer((_i64(b), _i64(rows), _i64(dv)), "float32"))
-        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, KEYS_ATTR: width}
+        T.func_attr(attrs)
         with T.sblock("root"), T.parallel(_i64(0), _i64(b * (rows // tile))) as t:
             kernel = _Tile(tile, width, min(n if keys is None else keys, width), scale)
             kernel.emit(t, first, rows // tile, q, kt, v, mask, mask_batch not in (None, 1), out)

@@ -16,10 +16,12 @@ Issue 17 asks, per model, for the five biggest kernels by time with their share 
 4. Count each kernel's operations per call with `estimate_tir_flops` (multiply and add count
    one each, so a multiply-add is 2, as in the peaks). It cannot read `vpdpbusd` (the VNNI
    kernel of `vnni.py` raises on its broadcasts); those kernels count `2 * M * K * N` from
-   their `xu[M, K]` (uint8) and packed `w[N / 16, K / 4, 16, 4]` (int8) arguments.
+   their `xu[M, K]` (uint8) and packed `w[N / 16, K / 4, 16, 4]` (int8) arguments, and the
+   float16 attention (`attention_kernel.py`) its two matmuls' multiply-adds.
 5. Class each kernel: its precision from the first tensor it reads (8-bit integers: `int8`,
    against the int8 dot-product peak; float32: `fp32`, against the FMA peak; int32, as W8A8's
-   grouped convs compute: `int32`, no peak measured) and its family, `gemm`, `conv`,
+   grouped convs compute: `int32`, no peak measured), `fp16` if it reads float16 (no peak
+   measured), and its family, `gemm`, `conv`,
    `depthwise` or `other`, from its symbol, which `FuseOps` builds from the ops it fused
    (optkit's own kernels: `packed_matmul`, `packed_conv2d`, `depthwise_conv2d_nhwc`,
    `vnni_gemm`), and for grouped convs from their weight's shape. Only the first three
@@ -136,12 +138,16 @@ def kernel_family(name: str, shapes: list[tuple[tuple[int, ...], str]] | None = 
     return family
 
 
-def precision_of(first_dtype: str) -> str:
-    """A kernel's precision from its first tensor argument (the activation it reads): `int8`
-    for 8-bit integers, `fp32`, `int32` (integer arithmetic without a measured peak) or `other`."""
-    if first_dtype in ("int8", "uint8"):
+def precision_of(dtypes: list[str]) -> str:
+    """A kernel's precision from its tensor arguments: `int8` when the first (the activation it
+    reads) holds 8-bit integers, `fp16` when any is float16 (the float16 attention reads Q in
+    float32), else `fp32`, `int32` (integer arithmetic without a measured peak) or `other`."""
+    first = dtypes[0] if dtypes else ""
+    if first in ("int8", "uint8"):
         return "int8"
-    return {"float32": "fp32", "int32": "int32"}.get(first_dtype, "other")
+    if "float16" in dtypes:
+        return "fp16"
+    return {"float32": "fp32", "int32": "int32"}.get(first, "other")
 
 
 def vnni_ops(shapes: list[tuple[tuple[int, ...], str]], out_pad: Any = None) -> float:
@@ -207,8 +213,11 @@ def kernel_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]], family: str
     the epilogue fused into its tile write-back (a GELU's polynomial, a requantization) would
     otherwise count as GEMM work and inflate its share of the peak."""
     import tvm
+    from optkit.backends.attention_kernel import attention_ops
     from tvm.s_tir.analysis import estimate_tir_flops
 
+    if (ops := attention_ops(func, shapes)) is not None:
+        return ops
     script = func.script()
     if any(name in script for name in VNNI_INTRINSICS):
         from optkit.backends.vnni import OutPad
@@ -328,7 +337,7 @@ def profile_kernels(
                 calls=call.count,
                 ms_per_call=timed[name]["median"],
                 ops=kernel_ops(funcs[name], shapes, kernel_family(name, shapes)),
-                precision=precision_of(shapes[0][1] if shapes else ""),
+                precision=precision_of([d for _, d in shapes]),
                 family=kernel_family(name, shapes),
                 shapes=tuple(f"{d}{list(s)}" for s, d in shapes),
             )

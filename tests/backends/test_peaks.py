@@ -145,19 +145,33 @@ def test_vnni_kernel_ops_come_from_its_shapes():
     assert kp.kernel_ops(vnni.gemm_func(16, n, 144, conv=conv), image) == 2 * 16 * n * 144
 
 
+def test_float16_attention_ops_count_its_two_matmuls_over_the_keys_it_reads():
+    from optkit.backends.attention_kernel import half_attention_func
+
+    shapes = [
+        ((2, 64, 32), "float32"),
+        ((2, 32, 96), "float16"),
+        ((2, 96, 64), "float16"),
+        ((2, 32, 64), "float32"),
+    ]
+    func = half_attention_func(2, 64, 96, 32, 64, block=(32, 32, 64))  # rows 32-63 over 64 keys
+    assert kp.kernel_ops(func, shapes) == 2 * 2 * 32 * 64 * (32 + 64)
+
+
 def test_kernel_classes():
     assert kp.kernel_family("fused_packed_conv2d_add_relu") == "conv"
     assert kp.kernel_family("fused_depthwise_conv2d_nhwc_add") == "depthwise"
     assert kp.kernel_family("fused_vnni_gemm1_subtract4") == "gemm"
     assert kp.kernel_family("packed_matmul3") == "gemm"
     assert kp.kernel_family("fast_softmax") == "other"
-    assert [kp.precision_of(d) for d in ("uint8", "int8", "float32", "int32", "int64")] == [
+    assert [kp.precision_of([d]) for d in ("uint8", "int8", "float32", "int32", "int64")] == [
         "int8",
         "int8",
         "fp32",
         "int32",
         "other",
     ]
+    assert kp.precision_of(["float32", "float16", "float16", "float32"]) == "fp16"  # float16 attention
 
 
 # -- the profile of a tiny model -----------------------------------------------------------------
