@@ -16,8 +16,8 @@ rows, written directly in TIR (as the VNNI GEMM is):
 3. per row the maximum, folded across lanes with shuffles (not a scalar step per lane, which
    cost the TE kernel most of its time at short sequences), the weights `exp(logit - max)` in
    float16 (a degree-4 polynomial and one `vscalefph`; a masked or padded key weighs exactly 0),
-   stored as doubled words, and their sum in float32: the rounded weights sum to what divides
-   them;
+   stored as doubled words, and their sum in float32 (of the weights as rounded, which are what
+   multiplies V);
 4. the weighted sum of V: float16 accumulators over `CHUNK` keys at a time (two keys in flight
    when V is one register wide), each chunk's sum added into float32, so that rounding does not
    grow with the number of keys;
@@ -36,6 +36,8 @@ from __future__ import annotations
 
 import math
 from typing import Any
+
+from optkit.errors import BackendError
 
 ROWS = 8  # query rows per tile, as the float32 kernel
 SCORE_VECTORS = 2  # score columns per step: ROWS x 2 registers of accumulators
@@ -93,14 +95,14 @@ def half_attention_func(
     """The PrimFunc `out = softmax(scale * q @ kt [+ mask]) @ v` over the first `keys` keys
     (the rest get no weight): q float32 [b, m, d], kt float16 [b, d, n], v float16 [b, n, dv],
     mask float32 [mask_batch, m, n] when `mask_batch` is given, out float32. `n` and `dv`
-    multiples of `LANES`, `m` of 4. With `block` (first row, rows, keys) it
-    computes those query rows over the first keys only, like `attention.attention_func`."""
+    multiples of `LANES`, `m` of 4. With `block` (first row, rows, keys) it computes those
+    query rows over the first keys only, like `attention.attention_func`."""
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script.builder import ir as T
 
     first, rows, width = block if block is not None else (0, m, n)
     if width % KEYS or not fits(dv) or rows % 4 or m % 4:
-        raise ValueError(
+        raise BackendError(
             f"the float16 attention kernel needs keys and value widths in whole registers of {LANES} "
             f"and rows in fours, got {width} keys, width {dv}, {rows} rows"
         )
@@ -160,7 +162,7 @@ class _Tile:
         self.finish(total, out, z, row0, masked is not None)
 
     def queries(self, queries: list[Any], q: Any, z: Any, row: Any) -> None:
-        """1. the tile's queries times the scale, in the kernel's dtype (words to broadcast)."""
+        """1. the tile's queries times the scale, in float16, as doubled words to broadcast."""
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
@@ -200,7 +202,8 @@ class _Tile:
 
     def weights(self, r: int) -> None:
         """3. row `r`'s maximum (padded keys excluded), its weights `exp(logit - max)` and their
-        sum: the weights' own rounding included, so that they sum to what divides them."""
+        sum, of the weights as rounded to float16 (two registers added in float16, then in
+        float32), not of the float32 exponentials."""
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
@@ -237,8 +240,8 @@ class _Tile:
         return weight
 
     def weighted_sum(self, total: Any, v: Any, z: Any) -> None:
-        """4. the weights times V, two registers of V at a time: `dtype` accumulators over
-        `chunk` keys, each chunk's sum added into the float32 `total`."""
+        """4. the weights times V, two registers of V at a time: float16 accumulators over
+        `CHUNK` keys, each chunk's sum added into the float32 `total`."""
         from tvm.tirx.script.builder import ir as T
 
         lanes, dv = LANES, int(v.shape[2])
