@@ -313,6 +313,7 @@ def _specialize(
         "fast_math_ops": 0,
         "blas_matmuls": 0,
         "sunk_reshapes": 0,
+        "copied_layouts": 0,
         "fused_attentions": 0,
         "half_attentions": 0,
         "vnni_epilogues": 0,
@@ -334,7 +335,7 @@ def _specialize(
     from optkit.backends.pads import sink_pads
     from optkit.backends.pools import int8_max_pools
     from optkit.backends.requant import share_quantized
-    from optkit.backends.reshapes import sink_reshapes
+    from optkit.backends.reshapes import copy_shared_layouts, sink_reshapes
     from optkit.backends.slices import constant_takes_as_slices
     from optkit.backends.vnni import target_has_vnni
     from tvm import relax
@@ -367,6 +368,7 @@ def _specialize(
     mod, figures["split_group_norms"] = split_group_norms(mod)
     mod, figures["sliced_takes"] = constant_takes_as_slices(mod)
     mod, figures["sunk_reshapes"] = sink_reshapes(mod)
+    mod, figures["copied_layouts"] = copy_shared_layouts(mod)
     if fast_math:
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if vnni:

@@ -64,3 +64,27 @@ def test_a_broadcast_over_reshaped_dims_stays_after_the_reshape():
     program = capture(Scaled().eval(), (torch.randn(3, 4, 16),), name="scaled")
     (got,) = lower(program, "cpu", num_cores=1).run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+class SplitHeads(nn.Module):
+    """A fused QKV projection split into heads: Q, K and V are slices of one permuted tensor."""
+
+    def __init__(self, dim: int = 64, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv, self.heads = nn.Linear(dim, 3 * dim), heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        return q * 2.0 + k - v
+
+
+def test_each_head_slice_reads_the_projection_without_a_shared_copy():
+    torch.manual_seed(0)
+    program = capture(SplitHeads().eval(), (torch.randn(2, 24, 64),), name="split_heads")
+    artifact, kernels = lower_with_kernels(program, num_cores=1)
+    assert artifact.info["copied_layouts"] == 3
+    # no kernel writes the permuted [3, batch, heads, tokens, dim] tensor any more
+    assert not any(n.endswith("transpose") for n in kernels), list(kernels)
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
