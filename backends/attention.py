@@ -337,11 +337,11 @@ def fuse_attention(mod: Any, half: bool = False) -> tuple[Any, int, int]:
                     self._pad(self._pad(self._mask_3d(mask, mask_shape, logits_shape), 1, mp - m), 2, np_ - n)
                 )
             outs = []
+            kernel = attention_kernel.half_attention_func if in_half else attention_func
+            name = "half_attention" if in_half else "attention"
             for block in blocks or [(0, mp, np_)]:
-                kernel = attention_kernel.half_attention_func if in_half else attention_func
                 func = kernel(batch, mp, np_, d, dv, scale, keys=n, mask_batch=mask_batch, block=block)
                 out_type = relax.TensorType([batch, block[1], dv], "float32")
-                name = "half_attention" if in_half else "attention"
                 outs.append(
                     self.builder_.emit(relax.call_tir(self.builder_.add_func(func, name), inputs, out_type))
                 )
