@@ -35,6 +35,7 @@ widths must be multiples of 32 (whole registers), other attentions keep the floa
 from __future__ import annotations
 
 import math
+from itertools import product
 from typing import Any
 
 from optkit.errors import BackendError
@@ -177,28 +178,27 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes, vec = LANES, F16
         acc = [
-            T.alloc_buffer((_i64(self.rows), _i64(lanes)), "float16", scope="global") for _ in range(vectors)
+            T.alloc_buffer((_i64(self.rows), _i64(LANES)), "float16", scope="global") for _ in range(vectors)
         ]
-        for c, r in _grid(vectors, self.rows):
-            T.buffer_store(acc[c], _splat(0.0, "float16", lanes), [_i64(r), _ramp(0, lanes)])
+        for c, r in product(range(vectors), range(self.rows)):
+            T.buffer_store(acc[c], _splat(0.0, "float16", LANES), [_i64(r), _ramp(0, LANES)])
         with T.serial(_i64(0), _i64(int(kt.shape[1]))) as k:
-            keys = [kt.vload([z, k, col + _i64(c * lanes)], dtype=vec) for c in range(vectors)]
+            keys = [kt.vload([z, k, col + _i64(c * LANES)], dtype=F16) for c in range(vectors)]
             for r in range(self.rows):
                 query = self._broadcast(queries[r][k])
                 for c in range(vectors):
-                    now = acc[c].vload([_i64(r), _i64(0)], dtype=vec)
-                    T.buffer_store(acc[c], now + query * keys[c], [_i64(r), _ramp(0, lanes)])
-        for c, r in _grid(vectors, self.rows):
-            start = col + _i64(c * lanes)
-            value = acc[c].vload([_i64(r), _i64(0)], dtype=vec)
+                    now = acc[c].vload([_i64(r), _i64(0)], dtype=F16)
+                    T.buffer_store(acc[c], now + query * keys[c], [_i64(r), _ramp(0, LANES)])
+        for c, r in product(range(vectors), range(self.rows)):
+            start = col + _i64(c * LANES)
+            value = acc[c].vload([_i64(r), _i64(0)], dtype=F16)
             if masked is not None:
                 mask, mz, row = masked
                 value = value + tirx.Cast(
-                    vec, mask.vload([mz, row + _i64(r), start], dtype=f"float32x{lanes}")
+                    F16, mask.vload([mz, row + _i64(r), start], dtype=f"float32x{LANES}")
                 )
-            T.buffer_store(self.logits, value, [_i64(r), tirx.Ramp(start, _i64(1), lanes)])
+            T.buffer_store(self.logits, value, [_i64(r), tirx.Ramp(start, _i64(1), LANES)])
 
     def weights(self, r: int) -> None:
         """3. row `r`'s maximum (padded keys excluded), its weights `exp(logit - max)` and their
@@ -207,36 +207,34 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes, vec, f32 = LANES, F16, F32
         with T.serial(_i64(self.real), _i64(self.width)) as j:  # padded keys: no weight
             T.buffer_store(self.logits, tirx.const(-math.inf, "float16"), [_i64(r), j])
-        T.buffer_store(self.lane, _splat(-math.inf, "float16", lanes), [_ramp(0, lanes)])
-        with T.serial(_i64(0), _i64(self.width // lanes)) as j:
-            now = self.logits.vload([_i64(r), j * _i64(lanes)], dtype=vec)
-            T.buffer_store(self.lane, tirx.max(self.lane.vload([_i64(0)], dtype=vec), now), [_ramp(0, lanes)])
-        T.buffer_store(self.top, _across(self.lane.vload([_i64(0)], dtype=vec), lanes, tirx.max), [_i64(r)])
-        T.buffer_store(self.pair, _splat(0.0, "float32", lanes), [_ramp(0, lanes)])
-        with T.serial(_i64(0), _i64(self.width // (2 * lanes))) as j:  # two registers a step
-            both = self._weight(r, j * _i64(2 * lanes)) + self._weight(r, j * _i64(2 * lanes) + _i64(lanes))
+        T.buffer_store(self.lane, _splat(-math.inf, "float16", LANES), [_ramp(0, LANES)])
+        with T.serial(_i64(0), _i64(self.width // LANES)) as j:
+            now = self.logits.vload([_i64(r), j * _i64(LANES)], dtype=F16)
+            T.buffer_store(self.lane, tirx.max(self.lane.vload([_i64(0)], dtype=F16), now), [_ramp(0, LANES)])
+        T.buffer_store(self.top, _across(self.lane.vload([_i64(0)], dtype=F16), LANES, tirx.max), [_i64(r)])
+        T.buffer_store(self.pair, _splat(0.0, "float32", LANES), [_ramp(0, LANES)])
+        with T.serial(_i64(0), _i64(self.width // (2 * LANES))) as j:  # two registers a step
+            both = self._weight(r, j * _i64(2 * LANES)) + self._weight(r, j * _i64(2 * LANES) + _i64(LANES))
             T.buffer_store(
-                self.pair, self.pair.vload([_i64(0)], dtype=f32) + tirx.Cast(f32, both), [_ramp(0, lanes)]
+                self.pair, self.pair.vload([_i64(0)], dtype=F32) + tirx.Cast(F32, both), [_ramp(0, LANES)]
             )
-        if self.width % (2 * lanes):
-            last = self._weight(r, _i64(self.width - lanes))
+        if self.width % (2 * LANES):
+            last = self._weight(r, _i64(self.width - LANES))
             T.buffer_store(
-                self.pair, self.pair.vload([_i64(0)], dtype=f32) + tirx.Cast(f32, last), [_ramp(0, lanes)]
+                self.pair, self.pair.vload([_i64(0)], dtype=F32) + tirx.Cast(F32, last), [_ramp(0, LANES)]
             )
         add = lambda a, b: a + b  # noqa: E731
-        T.buffer_store(self.sums, _across(self.pair.vload([_i64(0)], dtype=f32), lanes, add), [_i64(r)])
+        T.buffer_store(self.sums, _across(self.pair.vload([_i64(0)], dtype=F32), LANES, add), [_i64(r)])
 
     def _weight(self, r: int, col: Any) -> Any:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes = LANES
-        x = self.logits.vload([_i64(r), col], dtype=F16) - tirx.Broadcast(self.top[_i64(r)], lanes)
-        weight = _exp16(x, lanes)
-        T.buffer_store(self.words, _doubled(weight, lanes), [_i64(r), tirx.Ramp(col, _i64(1), lanes)])
+        x = self.logits.vload([_i64(r), col], dtype=F16) - tirx.Broadcast(self.top[_i64(r)], LANES)
+        weight = _exp16(x, LANES)
+        T.buffer_store(self.words, _doubled(weight, LANES), [_i64(r), tirx.Ramp(col, _i64(1), LANES)])
         return weight
 
     def weighted_sum(self, total: Any, v: Any, z: Any) -> None:
@@ -244,16 +242,16 @@ class _Tile:
         `CHUNK` keys, each chunk's sum added into the float32 `total`."""
         from tvm.tirx.script.builder import ir as T
 
-        lanes, dv = LANES, int(v.shape[2])
-        for c, r in _grid(dv // lanes, self.rows):
-            T.buffer_store(total, _splat(0.0, "float32", lanes), [_i64(r), _ramp(c * lanes, lanes)])
+        dv = int(v.shape[2])
+        for c, r in product(range(dv // LANES), range(self.rows)):
+            T.buffer_store(total, _splat(0.0, "float32", LANES), [_i64(r), _ramp(c * LANES, LANES)])
         chunk = min(CHUNK, self.width)
-        for group in range(0, dv // lanes, 2):
-            vectors = min(2, dv // lanes - group)
+        for group in range(0, dv // LANES, 2):
+            vectors = min(2, dv // LANES - group)
             streams = 2 // vectors  # one V register: two keys at once, for 16 accumulators
             acc = [
                 [
-                    T.alloc_buffer((_i64(self.rows), _i64(lanes)), "float16", scope="global")
+                    T.alloc_buffer((_i64(self.rows), _i64(LANES)), "float16", scope="global")
                     for _ in range(vectors)
                 ]
                 for _ in range(streams)
@@ -271,26 +269,25 @@ class _Tile:
         from tvm import tirx
         from tvm.tirx.script.builder import ir as T
 
-        lanes, vec, f32 = LANES, F16, F32
         streams, vectors = len(acc), len(acc[0])
-        for s, c, r in _grid3(streams, vectors, self.rows):
-            T.buffer_store(acc[s][c], _splat(0.0, "float16", lanes), [_i64(r), _ramp(0, lanes)])
+        for s, c, r in product(range(streams), range(vectors), range(self.rows)):
+            T.buffer_store(acc[s][c], _splat(0.0, "float16", LANES), [_i64(r), _ramp(0, LANES)])
         with T.serial(_i64(0), _i64(count // streams)) as jj:
             for s in range(streams):
                 j = start + jj * _i64(streams) + _i64(s)
-                values = [v.vload([z, j, _i64((group + c) * lanes)], dtype=vec) for c in range(vectors)]
+                values = [v.vload([z, j, _i64((group + c) * LANES)], dtype=F16) for c in range(vectors)]
                 for r in range(self.rows):
                     weight = self._broadcast(self.words[_i64(r), j])
                     for c in range(vectors):
-                        now = acc[s][c].vload([_i64(r), _i64(0)], dtype=vec)
-                        T.buffer_store(acc[s][c], now + weight * values[c], [_i64(r), _ramp(0, lanes)])
-        for c, r in _grid(vectors, self.rows):
-            part = acc[0][c].vload([_i64(r), _i64(0)], dtype=vec)
+                        now = acc[s][c].vload([_i64(r), _i64(0)], dtype=F16)
+                        T.buffer_store(acc[s][c], now + weight * values[c], [_i64(r), _ramp(0, LANES)])
+        for c, r in product(range(vectors), range(self.rows)):
+            part = acc[0][c].vload([_i64(r), _i64(0)], dtype=F16)
             for s in range(1, streams):
-                part = part + acc[s][c].vload([_i64(r), _i64(0)], dtype=vec)
-            col = (group + c) * lanes
-            now = total.vload([_i64(r), _i64(col)], dtype=f32)
-            T.buffer_store(total, now + tirx.Cast(f32, part), [_i64(r), _ramp(col, lanes)])
+                part = part + acc[s][c].vload([_i64(r), _i64(0)], dtype=F16)
+            col = (group + c) * LANES
+            now = total.vload([_i64(r), _i64(col)], dtype=F32)
+            T.buffer_store(total, now + tirx.Cast(F32, part), [_i64(r), _ramp(col, LANES)])
 
     def finish(self, total: Any, out: Any, z: Any, row0: Any, masked: bool) -> None:
         """5. the sums divided by the row sums; a row masked whole (maximum -inf) gives zeros."""
@@ -368,14 +365,6 @@ def _splat(value: float, dtype: str, lanes: int) -> Any:
     from tvm import tirx
 
     return tirx.Broadcast(tirx.const(value, dtype), lanes)
-
-
-def _grid(a: int, b: int) -> list[tuple[int, int]]:
-    return [(i, j) for i in range(a) for j in range(b)]
-
-
-def _grid3(a: int, b: int, c: int) -> list[tuple[int, int, int]]:
-    return [(i, j, k) for i in range(a) for j in range(b) for k in range(c)]
 
 
 def _ramp(start: int, lanes: int) -> Any:

@@ -21,6 +21,22 @@ def outputs_of(program):
     return [t.numpy() for t in (out if isinstance(out, (tuple, list)) else (out,))]
 
 
+def call_tir_names(mod, func="main"):
+    """The names of the PrimFuncs Relax function `func` of `mod` calls, in call order."""
+    from tvm import relax
+
+    names = []
+    relax.analysis.post_order_visit(
+        mod[func],
+        lambda e: (
+            names.append(e.args[0].name_hint)
+            if isinstance(e, relax.Call) and e.op.name == "relax.call_tir"
+            else None
+        ),
+    )
+    return names
+
+
 def scheduled_funcs(mod, spec):
     """The PrimFuncs of `mod` after legalization, fusion and optkit's schedule pass, by name."""
     import tvm

@@ -11,7 +11,7 @@ from optkit.backends.targets import resolve_target
 from torch import nn
 
 from optkit.ir.capture import capture
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import call_tir_names, outputs_of
 
 
 class SDPA(nn.Module):
@@ -211,7 +211,6 @@ def test_query_blocks_give_the_whole_kernels_result_bit_for_bit():
 def test_a_causal_decoder_attention_runs_in_blocks_and_matches_torch():
     from optkit.backends.attention import fuse_attention
     from optkit.backends.tvm_import import import_program
-    from tvm import relax
 
     artifact, got, want = _lowered(SDPA(causal=True), *[(1, 2, 256, 16)] * 3)
     assert artifact.info["fused_attentions"] == 1
@@ -219,13 +218,5 @@ def test_a_causal_decoder_attention_runs_in_blocks_and_matches_torch():
 
     program = capture(SDPA(causal=True).eval(), tuple(torch.randn(1, 2, 256, 16) for _ in range(3)), name="a")
     mod, fused, _ = fuse_attention(import_program(program).mod)
-    calls = []
-    relax.analysis.post_order_visit(
-        mod["main"],
-        lambda e: (
-            calls.append(e.args[0].name_hint)
-            if isinstance(e, relax.Call) and e.op.name == "relax.call_tir"
-            else None
-        ),
-    )
+    calls = call_tir_names(mod)
     assert fused == 1 and sum(name.startswith("attention") for name in calls) == 4  # 4 blocks of 64 rows

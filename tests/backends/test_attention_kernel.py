@@ -15,7 +15,7 @@ from torch import nn
 from optkit.errors import ConfigError, UnknownNameError
 from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import call_tir_names, outputs_of
 
 
 def _host_fp16() -> bool:
@@ -133,21 +133,6 @@ def test_float16_attention_needs_the_cpu_feature_and_a_known_precision(monkeypat
         lower(program, "cpu", attention_precision="float16")
 
 
-def _attention_calls(mod) -> list[str]:
-    from tvm import relax
-
-    calls: list[str] = []
-    relax.analysis.post_order_visit(
-        mod["main"],
-        lambda e: (
-            calls.append(e.args[0].name_hint)
-            if isinstance(e, relax.Call) and e.op.name == "relax.call_tir"
-            else None
-        ),
-    )
-    return [c for c in calls if "attention" in c]
-
-
 class _SDPA(nn.Module):
     def __init__(self, causal: bool = False) -> None:
         super().__init__()
@@ -172,7 +157,8 @@ def test_which_attentions_take_the_float16_kernel(shape, causal, kernels):
     mod = import_program(capture(_SDPA(causal).eval(), inputs, name="a")).mod
     mod, fused, halves = fuse_attention(mod, half=True)
     assert fused == 1 and halves == (kernels[0] == "half_attention")
-    assert [name.rstrip("0123456789") for name in _attention_calls(mod)] == kernels
+    names = [name.rstrip("0123456789") for name in call_tir_names(mod) if "attention" in name]
+    assert names == kernels
 
 
 def test_causal_blocks_of_the_float16_kernel_read_whole_registers_of_keys():
