@@ -11,6 +11,17 @@ and `tanh`, and this pass adds the composite ops it misses (`gelu`, `gelu_tanh`,
 The approximations are not bit-equal to libm: the tests compare a model made of all these ops
 with PyTorch at rtol = atol = 1e-5, and `optkit bench` checks every output against eager.
 `lower(..., fast_math=False)` (CLI `--exact-math`) keeps libm.
+
+`reciprocal_divisions` turns a float32 division by a scalar constant into a multiply by its
+float32 reciprocal. LLVM keeps `x / c` a `vdivps` (the two round differently unless `c` is a
+power of two), and every activation a W8A8 model quantizes is divided by its scale in the
+write-back of the kernel that computes it. The product is within one ulp of the quotient, so a
+quantized value moves by one step only where `x / c` lies within an ulp of a rounding boundary
+(about 3 in 10^5 values at 8 bits). Measured on a W8A8 MobileNetV2 (batch 8, 1 thread, Intel
+Xeon): 7.81 -> 6.92 ms. An exact alternative, `y = x * r` corrected by two FMAs (Markstein's
+remainder step, bit-identical to the division), was tried: 2x faster than `vdivps` alone on a
+vector of 8,192 values, but no faster inside the models, whose write-backs are short of
+registers (7.81 -> 7.92 ms).
 """
 
 from __future__ import annotations
@@ -18,7 +29,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from optkit.backends.relax_exprs import rewrite_functions
+from optkit.backends.relax_exprs import rewrite_calls, rewrite_functions, scalar_float
 
 
 def fast_math(mod: Any) -> tuple[Any, int]:
@@ -77,8 +88,28 @@ def fast_math(mod: Any) -> tuple[Any, int]:
     return rewrite_functions(_Fast(mod), mod), count
 
 
-def _float32(call: Any) -> bool:
+def _float32(expr: Any) -> bool:
     from tvm import relax
 
-    ty = call.ty
+    ty = expr.ty
     return isinstance(ty, relax.TensorType) and str(ty.dtype) == "float32"
+
+
+def reciprocal_divisions(mod: Any) -> tuple[Any, int]:
+    """`mod` with every float32 `divide(x, c)`, `c` a scalar constant whose float32 reciprocal
+    is a normal number, as `multiply(x, 1 / c)` (module docstring); returns (mod, count)."""
+    import numpy as np
+    from tvm import relax
+
+    def rewrite(call: Any, builder: Any) -> Any:
+        x, divisor = call.args
+        c = scalar_float(divisor, builder.lookup_binding) if _float32(call) and _float32(x) else None
+        if c is None:
+            return None
+        with np.errstate(divide="ignore", over="ignore"):
+            r = np.float32(1) / np.float32(c)
+        if not np.isfinite(r) or abs(r) < np.finfo(np.float32).tiny:
+            return None
+        return relax.op.multiply(x, relax.const(r, "float32"))
+
+    return rewrite_calls(mod, "relax.divide", rewrite)

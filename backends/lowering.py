@@ -307,6 +307,7 @@ def _specialize(
         "packed_matmuls": 0,
         "packed_convs": 0,
         "depthwise_convs": 0,
+        "int8_depthwise_inputs": 0,
         "padded_matmuls": 0,
         "channels_last_convs": 0,
         "vnni_kernels": 0,
@@ -323,12 +324,14 @@ def _specialize(
         "int8_max_pools": 0,
         "shared_quantizes": 0,
         "padded_outputs": 0,
+        "reciprocal_divisions": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
         return mod, figures
     from optkit.backends.attention import fuse_attention
     from optkit.backends.epilogues import fuse_vnni_epilogues
     from optkit.backends.fast_math import fast_math as use_fast_math
+    from optkit.backends.fast_math import reciprocal_divisions
     from optkit.backends.layout import cancel_transposes, channels_last
     from optkit.backends.norms import split_group_norms
     from optkit.backends.packing import pack_weights
@@ -361,6 +364,7 @@ def _specialize(
         packed_matmuls=packed["matmul"],
         packed_convs=packed["conv2d"],
         depthwise_convs=packed["depthwise"],
+        int8_depthwise_inputs=packed["int8_depthwise"],
         padded_matmuls=packed["padded"],
         vnni_kernels=packed["vnni"],
     )
@@ -373,6 +377,9 @@ def _specialize(
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if vnni:
         mod, figures["shared_quantizes"] = share_quantized(mod)
+    if fast_math:  # after `share_quantized`, which finds quantize steps by their division
+        mod, figures["reciprocal_divisions"] = reciprocal_divisions(mod)
+    if vnni:
         mod, figures["vnni_epilogues"], figures["padded_outputs"] = fuse_vnni_epilogues(mod)
     if schedule == "blas":
         mod, figures["blas_matmuls"] = offload_matmuls(mod)

@@ -46,3 +46,33 @@ def test_row_reductions_are_vectorized():
     assert reductions and all("_rf" in s and "T.vectorized" in s for s in reductions)
     (got,) = lower(program, "cpu", num_cores=1).run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-6)
+
+
+def test_divisions_by_a_constant_multiply_by_its_reciprocal():
+    # Only a scalar constant divisor with a normal float32 reciprocal: not a tensor, not one
+    # whose reciprocal overflows. The product is within one ulp of the quotient.
+    import tvm
+    from optkit.backends.fast_math import reciprocal_divisions
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1000,), "float32"))
+    y = relax.Var("y", relax.TensorType((1000,), "float32"))
+    with bb.function("main", [x, y]):
+        with bb.dataflow():
+            a = bb.emit(relax.op.divide(x, relax.const(0.3, "float32")))
+            b = bb.emit(relax.op.divide(a, y))
+            out = bb.emit_output(relax.op.divide(b, relax.const(1e-39, "float32")))
+        bb.emit_func_output(out)
+    mod, count = reciprocal_divisions(bb.get())
+    assert count == 1
+    rng = np.random.default_rng(0)
+    data = (rng.standard_normal(1000) * 100).astype(np.float32)
+    ones = np.ones(1000, np.float32)
+    vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+    got = vm["main"](tvm.runtime.tensor(data), tvm.runtime.tensor(ones)).numpy()
+    quotient = data / np.float32(0.3)
+    with np.errstate(over="ignore"):
+        want = data * (np.float32(1) / np.float32(0.3)) / np.float32(1e-39)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_max_ulp(data * (np.float32(1) / np.float32(0.3)), quotient, maxulp=1)

@@ -109,6 +109,7 @@ def test_w8a8_depthwise_block_matches_its_program():
     assert quantized.op_counts().get("conv2d_w8a8", 0) == 5
     artifact = lower(quantized, "cpu", num_cores=1)
     assert artifact.info["depthwise_convs"] == 3
+    assert artifact.info["int8_depthwise_inputs"] == 3  # each reads its int8 input
     if target_has_vnni(resolve_target("cpu").tvm_target()):
         assert artifact.info["vnni_kernels"] == 2
     (got,) = artifact.run(*quantized.example_inputs)

@@ -159,3 +159,39 @@ def test_a_linear_after_attention_packs_its_weight_once():
     assert artifact.info["packed_matmuls"] == 1
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_int8_depthwise_kernel_computes_the_float_kernels_sums(stride):
+    # The kernel on int8 values q with zero point z: the float kernel's sums over q - z, bit for
+    # bit (padding counts as q = z), scheduled as the build does.
+    import tvm
+    from optkit.backends.build import schedule_pass
+    from optkit.backends.packing import _depthwise_nhwc_te
+    from optkit.backends.targets import resolve_target
+    from tvm import te
+
+    spec = resolve_target("cpu", num_cores=1)
+    rng = np.random.default_rng(0)
+    q = rng.integers(-128, 128, (2, 9, 9, 48)).astype(np.int8)
+    w = rng.integers(-127, 128, (3, 3, 48)).astype(np.float32)
+    outs = []
+    for dtype, zero, data in (("int8", -7.0, q), ("float32", None, q.astype(np.float32) + 7)):
+        x = te.placeholder(q.shape, dtype, name="x")
+        wt = te.placeholder(w.shape, "float32", name="w")
+        y = _depthwise_nhwc_te([stride] * 2, [1, 1], [1, 1, 1, 1], zero)(x, wt)
+        mod = tvm.IRModule({"main": te.create_prim_func([x, wt, y]).with_attr("global_symbol", "main")})
+        with spec.tvm_target():
+            mod = schedule_pass(spec)(mod)
+        out = tvm.runtime.tensor(np.zeros([int(d) for d in y.shape], np.float32))
+        tvm.compile(mod, target=spec.tvm_target())["main"](tvm.runtime.tensor(data), tvm.runtime.tensor(w), out)
+        outs.append(out.numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+    reference = nn.functional.conv2d(
+        torch.from_numpy(q.astype(np.float32) + 7).permute(0, 3, 1, 2),
+        torch.from_numpy(w).permute(2, 0, 1)[:, None],
+        stride=stride,
+        padding=1,
+        groups=48,
+    )
+    np.testing.assert_array_equal(outs[0], reference.permute(0, 2, 3, 1).numpy())
