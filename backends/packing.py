@@ -38,8 +38,14 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+from optkit.backends.relax_exprs import (
+    bound_call,
+    on_int8_grid,
+    rewrite_functions,
+    scalar_float,
+    static_shape,
+)
 from optkit.backends.relax_exprs import relax_op as _op
-from optkit.backends.relax_exprs import bound_call, on_int8_grid, rewrite_functions, scalar_float, static_shape
 
 log = logging.getLogger(__name__)
 

@@ -184,7 +184,9 @@ def test_int8_depthwise_kernel_computes_the_float_kernels_sums(stride):
         with spec.tvm_target():
             mod = schedule_pass(spec)(mod)
         out = tvm.runtime.tensor(np.zeros([int(d) for d in y.shape], np.float32))
-        tvm.compile(mod, target=spec.tvm_target())["main"](tvm.runtime.tensor(data), tvm.runtime.tensor(w), out)
+        tvm.compile(mod, target=spec.tvm_target())["main"](
+            tvm.runtime.tensor(data), tvm.runtime.tensor(w), out
+        )
         outs.append(out.numpy())
     np.testing.assert_array_equal(outs[0], outs[1])
     reference = nn.functional.conv2d(
