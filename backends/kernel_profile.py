@@ -140,11 +140,13 @@ def kernel_family(name: str, shapes: list[tuple[tuple[int, ...], str]] | None = 
 
 def precision_of(dtypes: list[str]) -> str:
     """A kernel's precision from its tensor arguments: `int8` when the first (the activation it
-    reads) holds 8-bit integers, `fp16` when any is float16 (the float16 attention reads Q in
-    float32), else `fp32`, `int32` (integer arithmetic without a measured peak) or `other`."""
+    reads) holds 8-bit integers and the second (its weight) is no float32 (a W8A8 depthwise conv
+    reads int8 and computes in float32: `fp32`), `fp16` when any is float16 (the float16
+    attention reads Q in float32), else `fp32`, `int32` (integer arithmetic without a measured
+    peak) or `other`."""
     first = dtypes[0] if dtypes else ""
     if first in ("int8", "uint8"):
-        return "int8"
+        return "fp32" if dtypes[1:2] == ["float32"] else "int8"
     if "float16" in dtypes:
         return "fp16"
     return {"float32": "fp32", "int32": "int32"}.get(first, "other")

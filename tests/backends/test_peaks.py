@@ -172,6 +172,7 @@ def test_kernel_classes():
         "other",
     ]
     assert kp.precision_of(["float32", "float16", "float16", "float32"]) == "fp16"  # float16 attention
+    assert kp.precision_of(["int8", "float32", "float32"]) == "fp32"  # a W8A8 depthwise conv
 
 
 # -- the profile of a tiny model -----------------------------------------------------------------
