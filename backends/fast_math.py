@@ -18,11 +18,11 @@ power of two), and every activation a W8A8 model quantizes is divided by its sca
 write-back of the kernel that computes it. The product is within one ulp of the quotient, so a
 quantized value moves by one step only where `x / c` lies within an ulp of a rounding boundary
 (1.5 in 10^6 values spread over the int8 range, for 20 random scales). Measured on a W8A8
-MobileNetV2 (batch 8, 1 thread, Intel Xeon, compiled artifacts timed in one process): 7.81 ms
-dividing, 6.92 ms multiplying. An exact alternative, `y = x * r` corrected by two FMAs
+MobileNetV2 (batch 8, 1 thread, Intel Xeon, compiled artifacts timed in one process): 7.67 ms
+dividing, 6.83 ms multiplying. An exact alternative, `y = x * r` corrected by two FMAs
 (Markstein's remainder step, bit-identical to the division), ran 2x faster than `vdivps` on a
-vector of 8,192 values but gained little inside the model (7.59 ms in the same run), whose
-write-backs are short of registers; not kept.
+vector of 8,192 values but gained a quarter as much inside the model (7.81 -> 7.59 ms in another
+run), whose write-backs are short of registers; not kept.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def lower(
 
     On the CPU, constant weights of matmuls and convolutions are packed into panels
     (`packing.py`) and, with `fast_math` (default), softmax / exp / erf / tanh / sigmoid use
-    vectorizable polynomial versions (`fast_math.py`); int8 matmuls and convs use AVX-512 VNNI
+    vectorizable polynomial versions and divisions by a constant multiply by its reciprocal
+    (`fast_math.py`); int8 matmuls and convs use AVX-512 VNNI
     where the target has it (`vnni.py`).
     `schedule` is `default` (a self-contained library), `blas` (float32 matmuls that remain
     after packing, such as attention's, call numpy's BLAS) or `naive` (TVM's untuned loop nests,
@@ -377,7 +378,9 @@ def _specialize(
         mod, figures["fast_math_ops"] = use_fast_math(mod)
     if vnni:
         mod, figures["shared_quantizes"] = share_quantized(mod)
-    if fast_math:  # after `share_quantized`, which finds quantize steps by their division
+    # after `share_quantized`, which finds quantize steps by their division; before the VNNI
+    # epilogues, which take the multiply into the GEMMs' write-back
+    if fast_math:
         mod, figures["reciprocal_divisions"] = reciprocal_divisions(mod)
     if vnni:
         mod, figures["vnni_epilogues"], figures["padded_outputs"] = fuse_vnni_epilogues(mod)

@@ -42,7 +42,8 @@ from optkit.errors import ConfigError
 @click.option(
     "--exact-math",
     is_flag=True,
-    help="Keep libm's exp/erf/tanh (scalar calls) instead of the vectorized polynomial versions.",
+    help="Keep libm's exp/erf/tanh (scalar calls) instead of the vectorized polynomial versions, "
+    "and divide by constants instead of multiplying by their reciprocals.",
 )
 @click.option(
     "--attention-precision",
