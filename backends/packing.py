@@ -542,7 +542,8 @@ def _depthwise_nhwc_te(
     stride: list[int], dilation: list[int], pad: list[int], zero: float | None = None
 ) -> Any:
     """The depthwise conv over a float32 image, or, with `zero`, over an int8 one whose values
-    less `zero` are the image (`_centered_int8`): each tap converts its int8 vector in registers."""
+    less `zero` are the image (`_centered_int8`), converted in registers: once per input vector
+    that a filter row's taps share, as `cpu_schedules` unrolls the row."""
     from tvm import te, tirx
 
     def kernel(x: Any, w: Any) -> Any:
