@@ -54,7 +54,7 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
                 return self.visit_expr_post_order(call)
             gemm, epilogue, others, out_pad = found
             xu, w, offset = (self.visit_expr(a) for a in gemm.args[1].fields)
-            conv = vnni.Conv.of(mod[gemm.args[0]])
+            conv, arith = vnni.Conv.of(mod[gemm.args[0]]), vnni.Arith.of(mod[gemm.args[0]])
             shape = static_shape(xu) or [0, 0]
             (m, k), n = conv.gemm_shape(shape) if conv else shape, int(gemm.ty.shape[1])
             params = [
@@ -62,8 +62,10 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
                 for o, (rows, cols, _) in zip(others, epilogue.params, strict=True)
             ]
             gvar = self.builder_.add_func(
-                vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, conv=conv, out_pad=out_pad),
-                "vnni_conv" if conv else "vnni_gemm",
+                vnni.gemm_func(
+                    m, n, k, offset=True, epilogue=epilogue, conv=conv, out_pad=out_pad, arith=arith
+                ),
+                f"{'fma' if arith == vnni.F32 else 'vnni'}_{'conv' if conv else 'gemm'}",
             )
             shape = list(out_pad.image(m, n)) if out_pad is not None else [m, n]
             return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType(shape, epilogue.dtype))
@@ -106,7 +108,7 @@ def _chains(
         params: list[tuple[int, int, str]] = []
         loads: list[tuple[float, float] | None] = []
         others: list[Any] = []
-        cur, dtype, end = var, "int32", None
+        cur, dtype, end = var, vnni.Arith.of(mod[value.args[0]]).acc, None
         while cur not in stops and len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
             call = bound.get(nxt)
             if static_shape(nxt) != shape or not isinstance(call, relax.Call):

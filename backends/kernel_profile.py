@@ -14,17 +14,17 @@ Issue 17 asks, per model, for the five biggest kernels by time with their share 
    all of them alike; with TVM's runtime on the threads the caller set. A kernel's time in the
    model is calls x its median.
 4. Count each kernel's operations per call with `estimate_tir_flops` (multiply and add count
-   one each, so a multiply-add is 2, as in the peaks). It cannot read `vpdpbusd` (the VNNI
-   kernel of `vnni.py` raises on its broadcasts); those kernels count `2 * M * K * N` from
-   their `xu[M, K]` (uint8) and packed `w[N / 16, K / 4, 16, 4]` (int8) arguments, and the
-   float16 attention (`attention_kernel.py`) its two matmuls' multiply-adds.
+   one each, so a multiply-add is 2, as in the peaks). It cannot read the tile GEMM of
+   `vnni.py` (it raises on `vpdpbusd` and the broadcasts); those kernels, VNNI or FMA, count
+   `2 * M * K * N` from their `x[M, K]` and packed `w[N / 16, K / group, 16, group]`
+   arguments, and the float16 attention (`attention_kernel.py`) its two matmuls' multiply-adds.
 5. Class each kernel: its precision from the first tensor it reads (8-bit integers: `int8`,
    against the int8 dot-product peak; float32: `fp32`, against the FMA peak; int32, as W8A8's
    grouped convs compute: `int32`, no peak measured), `fp16` if it reads float16 (no peak
    measured), and its family, `gemm`, `conv`,
    `depthwise` or `other`, from its symbol, which `FuseOps` builds from the ops it fused
    (optkit's own kernels: `packed_matmul`, `packed_conv2d`, `depthwise_conv2d_nhwc`,
-   `vnni_gemm`), and for grouped convs from their weight's shape. Only the first three
+   `vnni_gemm`, `fma_gemm`), and for grouped convs from their weight's shape. Only the first three
    families get a % of peak: the op counts of the others include compares, selects and
    polynomial steps that are no multiply-adds, and can pass 100%.
 
@@ -44,6 +44,7 @@ from typing import Any
 from optkit.backends.artifact import Artifact
 from optkit.backends.lowering import lower
 from optkit.backends.peaks import CpuPeaks
+from optkit.backends.vnni import GEMM_KERNEL, KERNEL_ATTR
 
 from optkit.errors import BackendError, ConfigError
 from optkit.ir.program import Program
@@ -153,16 +154,17 @@ def precision_of(dtypes: list[str]) -> str:
 
 
 def vnni_ops(shapes: list[tuple[tuple[int, ...], str]], out_pad: Any = None) -> float:
-    """Operations of a `vnni.gemm_func` kernel (fused or not) from its arguments: the first 4-D
-    int8 tensor is the packed `w[N / 16, K / 4, 16, 4]`; M is the row count of the first 2-D
-    uint8 tensor `xu[M, K]`, or, for a conv read in place (`vnni.Conv`, a 4-D image), of the
+    """Operations of a `vnni.gemm_func` kernel (VNNI or FMA, with an epilogue or not) from its
+    arguments: the second is the packed `w[N / 16, K / group, 16, group]`; M is the row count
+    of the first, `x[M, K]`, or, for a conv read in place (`vnni.Conv`, a 4-D image), of the
     output `y[M, N]`, the last argument, or, when that is a padded image (`out_pad`, the
     kernel's `vnni.OutPad`), its images' unpadded pixels."""
-    x = next((s for s, d in shapes if d == "uint8" and len(s) == 2), None)
-    w = next((s for s, d in shapes if d == "int8" and len(s) == 4), None)
-    if w is None or (x is None and len(shapes[-1][0]) != 2 and out_pad is None):
+    first = shapes[0] if shapes else None
+    x = first[0] if first is not None and first[1] in ("uint8", "float32") and len(first[0]) == 2 else None
+    w = shapes[1][0] if len(shapes) > 1 and shapes[1][1] in ("int8", "float32") else None
+    if w is None or len(w) != 4 or (x is None and len(shapes[-1][0]) != 2 and out_pad is None):
         raise BackendError(
-            f"a VNNI kernel without xu[M, K] (uint8) or y[M, N], and packed int8 weight arguments: {shapes}"
+            f"a tile GEMM kernel without x[M, K] or y[M, N], and a packed weight argument: {shapes}"
         )
     if x is not None:
         m = x[0]
@@ -221,7 +223,9 @@ def kernel_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]], family: str
     if (ops := attention_ops(func, shapes)) is not None:
         return ops
     script = func.script()
-    if any(name in script for name in VNNI_INTRINSICS):
+    attrs = func.attrs
+    tile_gemm = attrs is not None and str(attrs.get(KERNEL_ATTR, "")) == GEMM_KERNEL
+    if tile_gemm or any(name in script for name in VNNI_INTRINSICS):
         from optkit.backends.vnni import OutPad
 
         return vnni_ops(shapes, OutPad.of(func))

@@ -312,6 +312,7 @@ def _specialize(
         "padded_matmuls": 0,
         "channels_last_convs": 0,
         "vnni_kernels": 0,
+        "fma_kernels": 0,
         "fast_math_ops": 0,
         "blas_matmuls": 0,
         "sunk_reshapes": 0,
@@ -341,10 +342,11 @@ def _specialize(
     from optkit.backends.requant import share_quantized
     from optkit.backends.reshapes import copy_shared_layouts, sink_reshapes
     from optkit.backends.slices import constant_takes_as_slices
-    from optkit.backends.vnni import target_has_vnni
+    from optkit.backends.vnni import target_has_avx512, target_has_vnni
     from tvm import relax
 
     vnni = target_has_vnni(spec.tvm_target())
+    fma = target_has_avx512(spec.tvm_target())
     mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
     mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, whose VNNI convs take the pads in
     mod, figures["int8_max_pools"] = int8_max_pools(mod)
@@ -354,6 +356,7 @@ def _specialize(
     mod, packed = pack_weights(
         mod,
         vnni=vnni,
+        fma=fma,
         progress=progress,
         consumed=release.consumed if release is not None else None,
     )
@@ -368,6 +371,7 @@ def _specialize(
         int8_depthwise_inputs=packed["int8_depthwise"],
         padded_matmuls=packed["padded"],
         vnni_kernels=packed["vnni"],
+        fma_kernels=packed["fma"],
     )
     mod, _ = cancel_transposes(mod)
     mod, figures["split_group_norms"] = split_group_norms(mod)
@@ -382,7 +386,7 @@ def _specialize(
     # epilogues, which take the multiply into the GEMMs' write-back
     if fast_math:
         mod, figures["reciprocal_divisions"] = reciprocal_divisions(mod)
-    if vnni:
+    if vnni or fma:
         mod, figures["vnni_epilogues"], figures["padded_outputs"] = fuse_vnni_epilogues(mod)
     if schedule == "blas":
         mod, figures["blas_matmuls"] = offload_matmuls(mod)

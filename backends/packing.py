@@ -80,13 +80,15 @@ def pack_conv_hwio(w: np.ndarray, panel: int) -> np.ndarray:
 def pack_weights(
     mod: Any,
     vnni: bool = False,
+    fma: bool = False,
     progress: Callable[[int, int, float], None] | None = None,
     consumed: Callable[[Any], None] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
     `vnni`: int8 matmuls and convs go to the AVX-512 VNNI kernel (`vnni.py`) where their shapes
-    fit it, instead of the panel kernels here. `progress(done, total, seconds_left)` is called
+    fit it, instead of the panel kernels here; `fma`: float32 matmuls go to the same tile kernel
+    with AVX-512 FMAs (`vnni.F32`). `progress(done, total, seconds_left)` is called
     at most once a second as matmuls and convs are visited (seconds left extrapolated from the
     time per op so far). `consumed(tensor)` is told each time a use of a constant weight is
     replaced by its packed panels (directly, or through a `permute_dims` no one else reads), so
@@ -98,7 +100,7 @@ def pack_weights(
     matmul = _op("relax.matmul")
     conv2d = _op("relax.nn.conv2d")
     conv2d_transpose = _op("relax.nn.conv2d_transpose")
-    counts = {"matmul": 0, "conv2d": 0, "depthwise": 0, "int8_depthwise": 0, "vnni": 0, "padded": 0}
+    counts = {"matmul": 0, "conv2d": 0, "depthwise": 0, "int8_depthwise": 0, "vnni": 0, "fma": 0, "padded": 0}
     kinds = (matmul, conv2d, conv2d_transpose)
     total = [0]
     for func in mod.functions.values():
@@ -155,6 +157,13 @@ def pack_weights(
                     and (new := _vnni_conv(self.builder_, call, self.lookup_binding)) is not None
                 ):
                     counts["vnni"] += 1
+                    return new
+                if (
+                    fma
+                    and call.op == matmul
+                    and (new := _fma_matmul(self.builder_, call, self.lookup_binding)) is not None
+                ):
+                    counts["fma"] += 1
                     return new
                 if (
                     call.op == matmul
@@ -714,6 +723,28 @@ def _vnni_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     x2 = _as_2d(bb, x, x_shape)
     y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2), w_np))
     return _from_2d(y, x_shape, n)
+
+
+def _fma_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
+    """A float32 matmul with a constant weight through the tile kernel with AVX-512 FMAs
+    (`vnni.gemm_func` with `vnni.F32`): up to 24 accumulators where the scheduled panel kernel
+    (`_packed_matmul`) keeps 16 under TVM's 1 KiB stack limit, and the next tile column's weights
+    prefetched while this column's row tiles run, so that a weight streamed from memory does not
+    stall the first of them. Its elementwise consumers join the write-back (`epilogues.py`)."""
+    from optkit.backends import vnni
+
+    x = call.args[0]
+    if str(x.ty.dtype) != "float32" or str(call.ty.dtype) != "float32":
+        return None  # before reading the weight: an activation's matmul has none
+    w_np = _matmul_weight(call, lookup)
+    x_shape = _static_shape(x)
+    if w_np is None or str(w_np.dtype) != "float32" or len(x_shape) < 2 or x_shape[-1] != w_np.shape[0]:
+        return None
+    if w_np.shape[1] < vnni.LANES:  # narrower than one register: the generic schedule's
+        return None
+    x2 = _as_2d(bb, x, x_shape)
+    y = bb.emit(vnni.matmul(bb, x2, w_np))
+    return _from_2d(y, x_shape, w_np.shape[1])
 
 
 def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:

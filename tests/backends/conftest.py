@@ -53,3 +53,25 @@ def scheduled_funcs(mod, spec):
         ]
         lowered = tvm.transform.Sequential(passes)(mod)
     return {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+
+
+def host_has_avx512():
+    from optkit.backends.targets import resolve_target
+    from optkit.backends.vnni import target_has_avx512
+
+    return target_has_avx512(resolve_target("cpu", num_cores=1).tvm_target())
+
+
+def float_matmul_kernels(info):
+    """How many constant-weight float32 matmuls a lowering's report says went to the kernel
+    this host uses for them: the FMA tile GEMM on AVX-512, else the scheduled panel kernel."""
+    return info["fma_kernels" if host_has_avx512() else "packed_matmuls"]
+
+
+@pytest.fixture
+def scheduled_float_matmuls(monkeypatch):
+    """Float32 matmuls on the scheduled panel kernel (`packing._packed_matmul`), as on a CPU
+    without AVX-512, whatever the host has: what tuning searches over."""
+    from optkit.backends import vnni
+
+    monkeypatch.setattr(vnni, "target_has_avx512", lambda _target: False)

@@ -28,7 +28,9 @@ MODEL = (
 
 
 @pytest.mark.slow
-def test_metaschedule_lowering_records_choices_and_reuses_database(mlp, tmp_path, monkeypatch):
+def test_metaschedule_lowering_records_choices_and_reuses_database(
+    mlp, tmp_path, monkeypatch, scheduled_float_matmuls
+):
     (tmp_path / "ms_mlp.py").write_text(MODEL)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -8,7 +8,7 @@ from optkit.backends.kernel_profile import lower_with_kernels
 from torch import nn
 
 from optkit.ir.capture import capture
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import host_has_avx512, outputs_of
 
 
 class TokenBlock(nn.Module):
@@ -41,11 +41,23 @@ def test_sunk_reshapes_keep_the_numbers(block_program):
     np.testing.assert_allclose(got, outputs_of(block_program)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_gelu_and_bias_fuse_into_the_gemm(block_program):
+def test_gelu_and_bias_fuse_into_the_gemm(block_program, scheduled_float_matmuls):
     _, kernels = lower_with_kernels(block_program, num_cores=1)
     names = list(kernels)
     assert any("packed_matmul" in n and "gelu" in n for n in names), names
     assert not any(n.startswith(("gelu", "fused_gelu", "add", "fused_add")) for n in names), names
+
+
+@pytest.mark.skipif(not host_has_avx512(), reason="the host CPU has no AVX-512")
+def test_bias_and_residual_adds_join_the_fma_gemms_write_back(block_program):
+    artifact, kernels = lower_with_kernels(block_program, num_cores=1)
+    names = list(kernels)
+    assert artifact.info["fma_kernels"] == 7 and not artifact.info["packed_matmuls"]
+    # every GEMM's bias add, and the two residual adds, in its write-back; the GELU (a fast-math
+    # polynomial, no epilogue step) a kernel of its own
+    assert artifact.info["vnni_epilogues"] == 7
+    assert not any(n.startswith(("add", "fused_add")) for n in names), names
+    assert "gelu" in names, names
 
 
 def test_a_broadcast_over_reshaped_dims_stays_after_the_reshape():

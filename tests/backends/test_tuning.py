@@ -12,7 +12,7 @@ from optkit.backends.tvm_import import import_program
 from tests.backends.conftest import outputs_of
 
 
-def test_tuning_writes_and_reuses_database(mlp, tmp_path):
+def test_tuning_writes_and_reuses_database(mlp, tmp_path, scheduled_float_matmuls):
     first = lower(mlp, "cpu", tune_trials=4, work_dir=tmp_path, num_cores=1)
     assert first.info["blas_matmuls"] == 0  # tuned runs keep matmuls in TVM
     assert first.info["tuning"]["kernels"] == 2 and first.info["tuning"]["trials_run"] == 4

@@ -1,0 +1,104 @@
+"""The tile GEMM in float32 (`vnni.F32`): against numpy, and used for float Linears on AVX-512."""
+
+import numpy as np
+import pytest
+import torch
+from optkit.backends import lower, vnni
+from optkit.backends.targets import resolve_target
+from torch import nn
+
+from optkit.ir.capture import capture
+from tests.backends.conftest import host_has_avx512, outputs_of
+
+HOST = resolve_target("cpu", num_cores=1)
+
+
+def _compile(funcs):
+    import tvm
+
+    mod = tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()})
+    return tvm.compile(mod, target=HOST.tvm_target())
+
+
+def _check(lib, name, m, n, k, seed=0, offset=False):
+    import tvm
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    n16 = -(-n // 16) * 16
+    w = rng.standard_normal((k, n16)).astype(np.float32)  # columns past N: computed, never stored
+    c = rng.standard_normal(n16).astype(np.float32)
+    out = tvm.runtime.tensor(np.full((m, n), np.nan, np.float32))
+    args = [x, vnni.pack(w, 1)] + ([c] if offset else [])
+    lib[name](*(tvm.runtime.tensor(a) for a in args), out)
+    want = x.astype(np.float64) @ w[:, :n].astype(np.float64) + (c[:n] if offset else 0)
+    np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4 * np.sqrt(k), err_msg=name)
+
+
+def test_float_packed_layout():
+    w = np.arange(3 * 32, dtype=np.float32).reshape(3, 32)
+    packed = vnni.pack(w, 1)
+    assert packed.shape == (2, 3, 16, 1)
+    assert packed[19 // 16, 2, 19 % 16, 0] == w[2, 19]
+
+
+# M and N / 16 that the tiles do not divide, N no multiple of 16, K of one step up to long
+SHAPES = [(m, n, k) for m in (1, 7, 64, 200) for n in (16, 40, 344) for k in (1, 3, 64, 517)]
+
+
+def test_float_gemm_matches_numpy_with_remainders():
+    names = {f"gemm_{m}x{n}x{k}": (m, n, k) for m, n, k in SHAPES}
+    lib = _compile({name: vnni.gemm_func(*shape, arith=vnni.F32) for name, shape in names.items()})
+    for name, shape in names.items():
+        _check(lib, name, *shape)
+
+
+@pytest.mark.parametrize("tile", [vnni.Tile(6, 4), vnni.Tile(4, 6, rows_inner=False), vnni.Tile(12, 2)])
+def test_each_float_tile_and_order_with_an_offset(tile):
+    shapes = [(64, 512, 64), (13, 96, 40), (50, 112, 20)]
+    funcs = {
+        f"g{i}": vnni.gemm_func(*s, tile=tile, offset=True, arith=vnni.F32) for i, s in enumerate(shapes)
+    }
+    lib = _compile(funcs)
+    for i, shape in enumerate(shapes):
+        _check(lib, f"g{i}", *shape, seed=i, offset=True)
+
+
+def test_rows_inner_prefetches_the_next_columns_weights_without_a_workspace():
+    # 24 float32 accumulators (6 rows x 4 panels): 1.5 KiB, in six buffers under TVM's 1 KiB
+    # stack limit; rows inner over 8 tile columns, each prefetching the next column's panels
+    tile = vnni.Tile(6, 4, rows_inner=True)
+    lib = _compile({"main": vnni.gemm_func(64, 512, 256, tile=tile, arith=vnni.F32)})
+    source = lib.mod.inspect_source("ll")
+    assert "llvm.prefetch" in source and "llvm.fmuladd.v16f32" in source
+    assert "TVMBackendAllocWorkspace" not in source
+    one_column = _compile({"main": vnni.gemm_func(64, 64, 256, tile=tile, arith=vnni.F32)})
+    assert "llvm.prefetch" not in one_column.mod.inspect_source("ll")  # no next column
+
+
+def test_tiles_keep_weights_past_l2_from_being_read_once_per_row_tile():
+    # a Llama down projection at 512 tokens in float32: 2.75 MiB of weights and of activations,
+    # neither within L2; rows inner read the weights once and the activations once per column
+    assert vnni.choose_tile(512, 512, 1408, 4).rows_inner
+    assert not vnni.choose_tile(512, 512, 512, 4).rows_inner  # 1 MiB of weights: from L2 per row tile
+
+
+@pytest.mark.skipif(not host_has_avx512(), reason="the host CPU has no AVX-512")
+def test_float_linears_use_the_fma_kernel_with_their_epilogues():
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.up, self.down, self.narrow = nn.Linear(32, 96), nn.Linear(96, 32), nn.Linear(32, 4)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = x + self.down(torch.relu(self.up(x)))
+            return self.narrow(x)
+
+    torch.manual_seed(0)
+    program = capture(Block().eval(), (torch.randn(3, 10, 32),), name="fma_block")
+    artifact = lower(program, "cpu", num_cores=1)
+    # up (bias, ReLU) and down (bias, residual) in the FMA kernel with their epilogues; the
+    # 4-wide layer, narrower than a register, on the generic schedule
+    assert artifact.info["fma_kernels"] == 2 and artifact.info["vnni_epilogues"] == 2
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
