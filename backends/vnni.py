@@ -49,7 +49,8 @@ streamed from memory (a model's weights are used once per call and seldom stay i
 while the current column computes, not when the next column's first row tile stalls on them.
 On eight chained 64-token Llama MLP GEMMs (64 x 512 x 1408 and back, 23 MB of float32 weights,
 1 thread, emeraldrapids): the scheduled kernel 1.17x ONNX Runtime's time, this kernel without
-the prefetch 1.01x, with it 0.87x; the W8A8 Llama decoder at 64 tokens 6% faster with it.
+the prefetch 1.01x, with it 0.87x; the W8A8 Llama decoder at 64 tokens 2-6% faster with it
+(two runs).
 """
 
 from __future__ import annotations
