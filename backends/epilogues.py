@@ -69,7 +69,7 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
                 vnni.gemm_func(
                     m, n, k, offset=True, epilogue=epilogue, conv=conv, out_pad=out_pad, arith=arith
                 ),
-                f"{'fma' if arith == vnni.F32 else 'vnni'}_{'conv' if conv else 'gemm'}",
+                arith.kernel_name(conv),
             )
             shape = list(out_pad.image(m, n)) if out_pad is not None else [m, n]
             return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType(shape, epilogue.dtype))

@@ -89,6 +89,11 @@ class Arith:
     w: str
     acc: str
     group: int
+    name: str  # the kernels' name prefix: `vnni_gemm`, `fma_conv`, ...
+
+    def kernel_name(self, conv: Any = None) -> str:
+        """The name of a `gemm_func` kernel of this arithmetic, a GEMM or a conv read in place."""
+        return f"{self.name}_{'conv' if conv is not None else 'gemm'}"
 
     @property
     def bytes(self) -> int:
@@ -101,8 +106,8 @@ class Arith:
         return F32 if str(func.params[0].dtype) == "float32" else U8S8
 
 
-U8S8 = Arith("uint8", "int8", "int32", GROUP)  # VNNI: u8 x s8 -> s32
-F32 = Arith("float32", "float32", "float32", 1)  # AVX-512F: `vfmadd231ps` with a broadcast row value
+U8S8 = Arith("uint8", "int8", "int32", GROUP, "vnni")  # VNNI: u8 x s8 -> s32
+F32 = Arith("float32", "float32", "float32", 1, "fma")  # AVX-512F: `vfmadd231ps` with a broadcast row value
 
 
 @dataclass(frozen=True)
@@ -331,7 +336,7 @@ def gemm_func(
     tiles_m, tiles_n = -(-m // rows), -(-nb // panels)
 
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
-        T.func_name("vnni_gemm" if arith == U8S8 else "fma_gemm")
+        T.func_name(arith.name + "_gemm")
         image: tuple[int, ...] = (m, k)
         if conv is not None:
             image = (m // (conv.out_h * conv.out_w), conv.height, conv.width, k // (conv.kh * conv.kw))
@@ -379,15 +384,8 @@ def gemm_func(
                     def ahead(ko: Any, tm: Any = tm, panel: Any = panel) -> tuple[Any, Any]:
                         return panel + _i64(panels), (tm * _i64(kb) + ko) // _i64(tiles_m)
 
-                _tile_body(
-                    source,
-                    w,
-                    c,
-                    rows_of,
-                    (row, panel, rows, panels),
-                    _finisher(epilogue, params, arith),
-                    ahead,
-                )
+                place = (row, panel, rows, panels)
+                _tile_body(source, w, c, rows_of, place, arith, _finisher(epilogue, params, arith), ahead)
     return ib.get()
 
 
@@ -555,7 +553,14 @@ def _padded_rows(y: Any, pad: OutPad, n: int) -> _PaddedRows:
 
 
 def _tile_body(
-    source: Any, w: Any, c: Any, y: Any, place: tuple[Any, Any, int, int], finish: Any, ahead: Any = None
+    source: Any,
+    w: Any,
+    c: Any,
+    y: Any,
+    place: tuple[Any, Any, int, int],
+    arith: Arith,
+    finish: Any,
+    ahead: Any = None,
 ) -> None:
     """Emit one tile at `place` (first row, first panel, rows, panels): set the accumulators to 0
     or the offset `c`, one multiply-add per row and panel per step of k (`vpdpbusd` over 4 k, or
@@ -565,7 +570,6 @@ def _tile_body(
     from tvm.tirx.script.builder import ir as T
 
     row, panel, rows, panels = place
-    arith = F32 if str(w.dtype) == "float32" else U8S8
     lanes, vec = tirx.Ramp(_i64(0), _i64(1), LANES), f"{arith.acc}x{LANES}"
     acc = [T.alloc_buffer((_i64(rows), LANES), arith.acc, scope="global") for _ in range(panels)]
     zero = tirx.const(0, arith.acc)
@@ -637,10 +641,9 @@ def matmul(bb: Any, xu: Any, w: np.ndarray, conv: Conv | None = None) -> Any:
     wide = np.concatenate([w, np.zeros((k, n16 - n), w.dtype)], axis=1) if n16 > n else w
     if arith == U8S8:  # the correction starts the accumulators: no elementwise pass over y for it
         offset = (-128 * wide.astype(np.int64).sum(axis=0)).astype(np.int32)
-    else:  # zeros, until an epilogue's bias (`epilogues.py`)
+    else:  # zeros: a bias is a step of the epilogue (`epilogues.py`)
         offset = np.zeros(n16, np.float32)
-    name = f"{'vnni' if arith == U8S8 else 'fma'}_{'conv' if conv else 'gemm'}"
-    gvar = bb.add_func(gemm_func(m, n, k, offset=True, conv=conv, arith=arith), name)
+    gvar = bb.add_func(gemm_func(m, n, k, offset=True, conv=conv, arith=arith), arith.kernel_name(conv))
     args = [xu, relax.const(pack(wide, arith.group)), relax.const(offset)]
     return relax.call_tir(gvar, args, relax.TensorType((m, n), arith.acc))
 
