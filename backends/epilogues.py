@@ -18,37 +18,52 @@ ResNet-18 (batch 8, 1 thread) 14.99 -> 14.71 ms, bit-identical.
 
 The float32 tile GEMMs (`vnni.F32`, float Linears on AVX-512) take their chains the same way,
 starting from float32 accumulators: a bias, a residual add, a ReLU. A GELU or SiLU is no step
-of `vnni.Epilogue` and stays a kernel of its own.
+of `vnni.Epilogue` and stays a kernel of its own, except in a GEGLU (diffusers' feed-forward:
+the projection's result split in two halves along its columns, one half times the GELU of the
+other): there the write-back computes the product (`vnni.Glu`, `fast_math.gelu_expr`) and the
+chain goes on from it, so the GEMM stores `[M, N / 2]` values (int8 when the next Linear is
+quantized) instead of writing `[M, N]` float32 values that a GELU kernel reads back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, scalar_constant, static_shape
 
 
-def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
+class _Chain(NamedTuple):
+    """A GEMM's call, its `vnni.Epilogue`, the chain's other operands in parameter order, the
+    `vnni.OutPad` or None, and the shape the chain's result had (a GLU's product may be N-D)."""
+
+    gemm: Any
+    epilogue: Any
+    others: list[Any]
+    out_pad: Any
+    shape: list[int]
+
+
+def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int, int]:
     """`mod` with each VNNI GEMM and the elementwise chain after it as one kernel (module
     docstring); returns (mod, number of GEMMs that took an epilogue, number of those that write
-    the next conv's padded input)."""
+    the next conv's padded input, number of those that compute a GEGLU)."""
     from optkit.backends import vnni
     from tvm import relax
 
-    # the call the fused kernel replaces (the chain's end, or the pad after it) -> (GEMM call, ...)
-    chains: dict[Any, tuple[Any, vnni.Epilogue, list[Any], vnni.OutPad | None]] = {}
+    # the call the fused kernel replaces (the chain's end, or the pad after it) -> its `_Chain`
+    chains: dict[Any, _Chain] = {}
     for _, func in mod.functions_items():
         if isinstance(func, relax.Function):
             found = _chains(mod, func)
             # an int8 tensor that another GEMM reads dequantized (a residual) is a result its
             # GEMM writes: a chain that ran on through it would leave it to a second kernel
             loaded = {
-                o for _, e, others, _ in found.values() for o, ld in zip(others, e.loads, strict=True) if ld
+                o for c in found.values() for o, ld in zip(c.others, c.epilogue.loads, strict=True) if ld
             }
             chains.update(_chains(mod, func, stops=loaded) if loaded else found)
     if not chains:
-        return mod, 0, 0
+        return mod, 0, 0, 0
 
     @relax.expr_functor.mutator
     class _Fuse(relax.PyExprMutator):  # type: ignore[misc]
@@ -56,8 +71,10 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
             found = chains.get(call)
             if found is None:
                 return self.visit_expr_post_order(call)
-            gemm, epilogue, others, out_pad = found
+            gemm, epilogue, others, out_pad, result = found
             xu, w, offset = (self.visit_expr(a) for a in gemm.args[1].fields)
+            if epilogue.glu is not None:  # both halves' panels in each tile
+                w, offset = (relax.const(vnni.interleave_panels(c.value.numpy())) for c in (w, offset))
             conv, arith = vnni.Conv.of(mod[gemm.args[0]]), vnni.Arith.of(mod[gemm.args[0]])
             shape = static_shape(xu) or [0, 0]
             (m, k), n = conv.gemm_shape(shape) if conv else shape, int(gemm.ty.shape[1])
@@ -71,21 +88,22 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int]:
                 ),
                 arith.kernel_name(conv),
             )
-            shape = list(out_pad.image(m, n)) if out_pad is not None else [m, n]
-            return relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType(shape, epilogue.dtype))
+            shape = list(out_pad.image(m, n)) if out_pad is not None else [m, n // (2 if epilogue.glu else 1)]
+            call = relax.call_tir(gvar, [xu, w, offset, *params], relax.TensorType(shape, epilogue.dtype))
+            if out_pad is not None or result == shape:
+                return call
+            return relax.op.reshape(self.builder_.emit(call), result)  # a GLU's N-D product
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
-    padded = sum(found[3] is not None for found in chains.values())
-    return relax.transform.DeadCodeElimination()(rewritten), len(chains), padded
+    padded = sum(found.out_pad is not None for found in chains.values())
+    geglus = sum(found.epilogue.glu is not None for found in chains.values())
+    return relax.transform.DeadCodeElimination()(rewritten), len(chains), padded, geglus
 
 
-def _chains(
-    mod: Any, func: Any, stops: set[Any] | frozenset[Any] = frozenset()
-) -> dict[Any, tuple[Any, Any, list[Any], Any]]:
+def _chains(mod: Any, func: Any, stops: set[Any] | frozenset[Any] = frozenset()) -> dict[Any, _Chain]:
     """For each VNNI GEMM in `func` with an elementwise chain after it: the chain's last call, or
-    the pad that reads it (`_padded_image`) -> (the GEMM's call, the `vnni.Epilogue`, the
-    chain's other operands in parameter order, the `vnni.OutPad` or None). A chain ends at a
-    variable of `stops`."""
+    the pad that reads it (`_padded_image`) -> its `_Chain`. A chain may pass one GEGLU
+    (`_geglu`) and ends at a variable of `stops`."""
     from optkit.backends import vnni
     from tvm import relax
 
@@ -112,30 +130,99 @@ def _chains(
         params: list[tuple[int, int, str]] = []
         loads: list[tuple[float, float] | None] = []
         others: list[Any] = []
-        cur, dtype, end = var, vnni.Arith.of(mod[value.args[0]]).acc, None
-        while cur not in stops and len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
-            call = bound.get(nxt)
-            if static_shape(nxt) != shape or not isinstance(call, relax.Call):
-                break
-            step = _step(call, cur, shape, len(params), dtype, bound)
-            if step is None:
-                break
-            new_steps, new_params, new_loads, new_others, dtype = step
-            steps += new_steps
-            params += new_params
-            loads += new_loads
-            others += new_others
-            cur, end = nxt, call
+
+        def follow(cur: Any, dtype: str, end: Any, result: list[int], matrix: list[int]) -> tuple[Any, str, Any]:
+            """Extend the chain from `cur` through calls of shape `result` ([M, N] or a GLU's
+            product), operands broadcast against `matrix`; returns (last var, dtype, last call)."""
+            while cur not in stops and len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
+                call = bound.get(nxt)
+                if static_shape(nxt) != result or not isinstance(call, relax.Call):
+                    break
+                step = _step(call, cur, matrix, len(params), dtype, bound)
+                if step is None:
+                    break
+                new_steps, new_params, new_loads, new_others, dtype = step
+                steps.extend(new_steps)
+                params.extend(new_params)
+                loads.extend(new_loads)
+                others.extend(new_others)
+                cur, end = nxt, call
+            return cur, dtype, end
+
+        cur, dtype, end = follow(var, vnni.Arith.of(mod[value.args[0]]).acc, None, shape, shape)
+        glu, result = None, shape
+        geglu = _geglu(cur, shape, dtype, users, bound) if cur not in stops and _constant_operands(value) else None
+        if geglu is not None:
+            product, end, gated, result = geglu
+            glu = vnni.Glu(len(steps), gated)
+            cur, dtype, end = follow(product, dtype, end, result, [shape[0], shape[1] // 2])
         if end is None:
             continue
-        epilogue = vnni.Epilogue(tuple(steps), tuple(params), dtype, tuple(loads))
-        padded = _padded_image(cur, shape, dtype, users, bound)
+        epilogue = vnni.Epilogue(tuple(steps), tuple(params), dtype, tuple(loads), glu)
+        padded = _padded_image(cur, shape, dtype, users, bound) if glu is None else None
         if padded is not None:
             pad_call, out_pad = padded
-            found[pad_call] = (value, epilogue, others, out_pad)
+            found[pad_call] = _Chain(value, epilogue, others, out_pad, shape)
         else:
-            found[end] = (value, epilogue, others, None)
+            found[end] = _Chain(value, epilogue, others, None, result)
     return found
+
+
+def _geglu(var: Any, shape: list[int], dtype: str, users: dict[Any, list[Any]], bound: dict[Any, Any]) -> Any:
+    """(the product's var, its call, the gated half: 0 or 1, the product's shape) when float32
+    `var` ([M, N], N a multiple of 32), through a reshape that keeps its last axis, is split
+    into two halves along that axis and one half multiplies the GELU of the other, each used
+    once; else None."""
+    from optkit.backends.vnni import LANES
+    from tvm import relax
+
+    def only_user(v: Any) -> tuple[Any, Any]:
+        found = users.get(v, [])
+        return (found[0], bound.get(found[0])) if len(found) == 1 and found[0] is not None else (None, None)
+
+    def is_call(call: Any, name: str) -> bool:
+        return isinstance(call, relax.Call) and call.op == relax_op(name)
+
+    if dtype != "float32" or shape[1] % (2 * LANES):
+        return None
+    nxt, call = only_user(var)
+    if is_call(call, "relax.reshape") and (view := static_shape(nxt)) and view[-1] == shape[1]:
+        nxt, call = only_user(nxt)
+    if not is_call(call, "relax.split") or not _halves_last_axis(call, shape[1]):
+        return None
+    halves = [(v, bound.get(v)) for v in users.get(nxt, [])]
+    if len(halves) != 2 or not all(isinstance(h, relax.TupleGetItem) for _, h in halves):
+        return None
+    by_index = {int(h.index): v for v, h in halves}
+    for gated in (0, 1):
+        gate_var, plain = by_index.get(gated), by_index.get(1 - gated)
+        act_var, act = only_user(gate_var)
+        if not is_call(act, "relax.nn.gelu"):
+            continue
+        product, mul = only_user(act_var)
+        plain_product, _ = only_user(plain)
+        if is_call(mul, "relax.multiply") and plain_product is not None and plain_product.same_as(product):
+            return product, mul, gated, static_shape(product)
+    return None
+
+
+def _halves_last_axis(split: Any, n: int) -> bool:
+    """Whether `split` cuts its input's last axis (of `n`) into two equal halves."""
+    ndim = len(static_shape(split.args[0]) or [])
+    axis = int(split.attrs.axis)
+    sections = split.attrs.indices_or_sections
+    if hasattr(sections, "value"):  # a number of sections
+        halves = int(sections.value) == 2
+    else:  # split indices
+        halves = [int(i) for i in sections] == [n // 2]
+    return halves and axis in (ndim - 1, -1)
+
+
+def _constant_operands(gemm: Any) -> bool:
+    """Whether the GEMM call's packed weight and offset are constants (a GLU reorders them)."""
+    import tvm
+
+    return all(isinstance(a, tvm.ir.expr.Constant) for a in gemm.args[1].fields[1:])
 
 
 def _padded_image(

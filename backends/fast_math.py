@@ -12,6 +12,9 @@ The approximations are not bit-equal to libm: the tests compare a model made of 
 with PyTorch at rtol = atol = 1e-5, and `optkit bench` checks every output against eager.
 `lower(..., fast_math=False)` (CLI `--exact-math`) keeps libm.
 
+`gelu_expr` is the GELU as a TIR expression, for kernels that apply it to values they hold in
+registers (the tile GEMMs' GEGLU write-back, `vnni.Glu`) rather than to a tensor.
+
 `reciprocal_divisions` turns a float32 division by a scalar constant into a multiply by its
 float32 reciprocal. LLVM keeps `x / c` a `vdivps` (the two round differently unless `c` is a
 power of two), and every activation a W8A8 model quantizes is divided by its scale in the
@@ -87,6 +90,50 @@ def fast_math(mod: Any) -> tuple[Any, int]:
             return call
 
     return rewrite_functions(_Fast(mod), mod), count
+
+
+# erf(u) ~ u P(u^2) / Q(u^2) for |u| <= 4 (beyond, |erf| rounds to 1 in float32): a rational
+# fit made for optkit (Lawson-reweighted linearized least squares on 20,001 points of [0, 4]
+# against scipy.special.erf, in float64). Evaluated in float32 its error is at most 4e-7 over
+# [-6, 6] (`tests/backends/test_fast_math.py`).
+ERF_P = (
+    1.1283789550872574,
+    0.19664581019687072,
+    0.0535244235886234,
+    0.004021891696208253,
+    0.00028866235211306686,
+    1.9745630666099804e-06,
+)
+ERF_Q = (
+    1.0,
+    0.5076038055923616,
+    0.11664456686128644,
+    0.015480760304176272,
+    0.0012211777397177015,
+    3.751047118781331e-05,
+)
+ERF_CLAMP = 4.0
+
+
+def gelu_expr(x: Any, lanes: int = 1) -> Any:
+    """`x * (1 + erf(x / sqrt(2))) / 2` as a float32 TIR expression of `x` (a scalar, or a vector
+    of `lanes`), erf by the rational fit above, Horner steps as FMAs, one division."""
+    from tvm import tirx
+
+    def const(v: float) -> Any:
+        c = tirx.const(v, "float32")
+        return tirx.Broadcast(c, lanes) if lanes > 1 else c
+
+    def horner(coefficients: tuple[float, ...], t: Any) -> Any:
+        value = const(coefficients[-1])
+        for c in reversed(coefficients[:-1]):
+            value = tirx.op.fma(value, t, const(c))
+        return value
+
+    u = tirx.min(tirx.max(x * const(1 / math.sqrt(2)), const(-ERF_CLAMP)), const(ERF_CLAMP))
+    t = u * u
+    half = x * const(0.5)
+    return tirx.op.fma(half, u * horner(ERF_P, t) / horner(ERF_Q, t), half)
 
 
 def _float32(expr: Any) -> bool:

@@ -326,6 +326,7 @@ def _specialize(
         "int8_max_pools": 0,
         "shared_quantizes": 0,
         "padded_outputs": 0,
+        "geglu_epilogues": 0,
         "reciprocal_divisions": 0,
     }
     if spec.kind != "llvm" or schedule == "naive":
@@ -378,8 +379,6 @@ def _specialize(
     mod, figures["sliced_takes"] = constant_takes_as_slices(mod)
     mod, figures["sunk_reshapes"] = sink_reshapes(mod)
     mod, figures["copied_layouts"] = copy_shared_layouts(mod)
-    if fast_math:
-        mod, figures["fast_math_ops"] = use_fast_math(mod)
     if vnni:
         mod, figures["shared_quantizes"] = share_quantized(mod)
     # after `share_quantized`, which finds quantize steps by their division; before the VNNI
@@ -387,7 +386,10 @@ def _specialize(
     if fast_math:
         mod, figures["reciprocal_divisions"] = reciprocal_divisions(mod)
     if vnni or fma:
-        mod, figures["vnni_epilogues"], figures["padded_outputs"] = fuse_vnni_epilogues(mod)
+        fused = fuse_vnni_epilogues(mod)
+        mod, figures["vnni_epilogues"], figures["padded_outputs"], figures["geglu_epilogues"] = fused
+    if fast_math:  # after the epilogues, which take a GEGLU's `gelu` into a GEMM's write-back
+        mod, figures["fast_math_ops"] = use_fast_math(mod)
     if schedule == "blas":
         mod, figures["blas_matmuls"] = offload_matmuls(mod)
     return mod, figures

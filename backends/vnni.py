@@ -126,7 +126,7 @@ class Tile:
         return self.rows * self.panels + self.rows + 1
 
 
-def choose_tile(m: int, n: int, k: int, value_bytes: int = 1) -> Tile:
+def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False) -> Tile:
     """The tile for `y[M, N] = xu[M, K] @ W`: the one of least modelled time that fits the
     registers.
 
@@ -147,11 +147,11 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1) -> Tile:
     once per row tile with panels inner, and the decoder ran slower than on the scheduled
     kernel (111 -> 122 ms, artifacts timed in one process); with rows inner, faster (107.5 ->
     102.9 ms, another run). `value_bytes`: bytes per x and w value (1 for int8, 4
-    for float32)."""
+    for float32); `even`: an even number of panels (a `Glu`'s pairs)."""
     nb = -(-n // LANES)
     _, panels, rows = min(
         (-(-m // rows) * -(-nb // panels) * (rows * panels + rows + panels), panels, rows)
-        for panels in range(1, min(MAX_PANELS, nb) + 1)
+        for panels in range(2 if even else 1, min(MAX_PANELS, nb) + 1, 2 if even else 1)
         for rows in range(1, min(m, (VECTOR_REGISTERS - 1) // (panels + 1)) + 1)
     )
     x_bytes, w_bytes = m * k * value_bytes, k * n * value_bytes
@@ -213,6 +213,30 @@ class Epilogue:
     params: tuple[tuple[int, int, str], ...]
     dtype: str
     loads: tuple[tuple[float, float] | None, ...] = ()
+    glu: Glu | None = None
+
+
+@dataclass(frozen=True)
+class Glu:
+    """A GELU-gated linear unit (GEGLU) in the write-back: the GEMM's N columns are two halves,
+    and the kernel stores `[M, N / 2]`, the ungated half times the GELU of the other (`gated`:
+    0 or 1, which half goes through the GELU). `Epilogue.steps[:step]` run on each half first,
+    reading per-column parameters at the half's own columns (0..N); the rest run on the product
+    (parameters of N / 2 columns). The packed weight and offset interleave the halves' panels
+    (first 0, second 0, first 1, ...: `interleave_panels`), so that one tile holds both halves
+    of its output columns; tiles take an even number of panels."""
+
+    step: int
+    gated: int
+
+
+def interleave_panels(packed: np.ndarray) -> np.ndarray:
+    """A packed weight `[N / 16, ...]` or an offset `[N]` with the two halves' 16-column panels
+    interleaved (`Glu`); N a multiple of 32."""
+    panels = packed.reshape(packed.shape[0] // LANES, LANES) if packed.ndim == 1 else packed
+    half = panels.shape[0] // 2
+    order = np.stack([np.arange(half), np.arange(half, 2 * half)], axis=1).ravel()
+    return np.ascontiguousarray(panels[order].reshape(packed.shape))
 
 
 @dataclass(frozen=True)
@@ -309,7 +333,8 @@ def gemm_func(
     `epilogue`, its parameters are the next inputs and `y` (of its dtype) holds the epilogue's
     result: the requantization runs on the accumulators before the store, not as a pass over y.
     With `conv`, `xu` is the padded image that the GEMM reads in place (`Conv`); with `out_pad`,
-    `y` is the padded image `OutPad` describes, its border written first.
+    `y` is the padded image `OutPad` describes, its border written first. With the epilogue's
+    `glu`, `y` is `[M, N / 2]` (`Glu`).
 
     One parallel loop over `tile`s (default `choose_tile`); each keeps its `rows x panels`
     accumulators in registers over all of K (starting from `offset`), then stores them. Built with TVM's IR builder, as
@@ -330,7 +355,10 @@ def gemm_func(
     group = arith.group
     if m < 1 or n < 1 or k < group or k % group:
         raise BackendError(f"the tile GEMM needs M, N >= 1 and K a multiple of {group}, got {m}x{n}x{k}")
-    tile = tile or choose_tile(m, n, k, arith.bytes)
+    glu = epilogue.glu if epilogue is not None else None
+    if glu is not None and (n % (2 * LANES) or out_pad is not None or (tile and tile.panels % 2)):
+        raise BackendError(f"a GLU write-back needs N a multiple of 32, an even tile, no padding; N = {n}")
+    tile = tile or choose_tile(m, n, k, arith.bytes, even=glu is not None)
     nb, kb = -(-n // LANES), k // group
     rows, panels = min(tile.rows, m), min(tile.panels, nb)
     tiles_m, tiles_n = -(-m // rows), -(-nb // panels)
@@ -348,7 +376,7 @@ def gemm_func(
             for i, (r, cols, dtype) in enumerate(epilogue.params if epilogue else ())
         ]
         dtype = epilogue.dtype if epilogue else arith.acc
-        y_shape = out_pad.image(m, n) if out_pad is not None else (m, n)
+        y_shape = out_pad.image(m, n) if out_pad is not None else (m, n // 2 if glu else n)
         y = T.arg("y", T.buffer(tuple(_i64(d) for d in y_shape), dtype))
         attrs: dict[str, Any] = {
             "tirx.noalias": True,
@@ -385,20 +413,43 @@ def gemm_func(
                         return panel + _i64(panels), (tm * _i64(kb) + ko) // _i64(tiles_m)
 
                 place = (row, panel, rows, panels)
-                _tile_body(source, w, c, rows_of, place, arith, _finisher(epilogue, params, arith), ahead)
+                finish = _Finisher(epilogue, params, arith, n // 2)
+                _tile_body(source, w, c, rows_of, place, arith, finish, ahead)
     return ib.get()
 
 
-def _finisher(epilogue: Epilogue | None, params: list[Any], arith: Arith = U8S8) -> Any:
-    """`finish(value, row, col, lanes)`: the epilogue applied to an accumulator (a vector of
-    `lanes` from column `col` on, or a scalar), reading its parameters at (row, col)."""
-    from tvm import tirx
+class _Finisher:
+    """`finish(values, row, col, lanes)`: the epilogue applied to accumulators (vectors of `lanes`
+    from output column `col` on, or scalars), reading its parameters at (row, col): one value,
+    or with a `Glu` the two halves' (`per` = 2), the first half's at `col`, the second's at
+    `half + col`."""
 
-    def finish(value: Any, row: Any, col: Any, lanes: int) -> Any:
-        if epilogue is None:
-            return value
-        dtype = arith.acc
-        for step in epilogue.steps:
+    def __init__(self, epilogue: Epilogue | None, params: list[Any], arith: Arith, half: int) -> None:
+        self.epilogue, self.params, self.arith, self.half = epilogue, params, arith, half
+        self.glu = epilogue.glu if epilogue is not None else None
+        self.per = 1 if self.glu is None else 2
+
+    def __call__(self, values: list[Any], row: Any, col: Any, lanes: int) -> Any:
+        if self.epilogue is None:
+            return values[0]
+        steps, acc = self.epilogue.steps, self.arith.acc
+        if self.glu is None:
+            return self._run(steps, values[0], row, col, lanes, acc)[0]
+        from optkit.backends.fast_math import gelu_expr
+
+        cut = self.glu.step
+        (a, dtype), (b, _) = (
+            self._run(steps[:cut], v, row, col + _i64(i * self.half), lanes, acc) for i, v in enumerate(values)
+        )
+        gate, plain = (b, a) if self.glu.gated else (a, b)
+        return self._run(steps[cut:], plain * gelu_expr(gate, lanes), row, col, lanes, dtype)[0]
+
+    def _run(self, steps: Any, value: Any, row: Any, col: Any, lanes: int, dtype: str) -> tuple[Any, str]:
+        from tvm import tirx
+
+        epilogue, params = self.epilogue, self.params
+        assert epilogue is not None
+        for step in steps:
             if step[0] == "astype":
                 dtype = step[1]
                 value = tirx.Cast(dtype if lanes == 1 else f"{dtype}x{lanes}", value)
@@ -424,18 +475,23 @@ def _finisher(epilogue: Epilogue | None, params: list[Any], arith: Arith = U8S8)
                     zero, scale = load
                     other = _dequantize(other, zero, scale, lanes)
             a, b = (other, value) if swapped else (value, other)
-            value = binary[op](a, b)
-        return value
+            value = _binary(op, a, b)
+        return value, dtype
 
-    binary = {
-        "add": lambda a, b: a + b,
-        "subtract": lambda a, b: a - b,
-        "multiply": lambda a, b: a * b,
-        "divide": lambda a, b: a / b,
-        "maximum": tirx.max,
-        "minimum": tirx.min,
-    }
-    return finish
+
+def _binary(op: str, a: Any, b: Any) -> Any:
+    """`a op b` for an `Epilogue` step's binary op (`EPILOGUE_OPS`)."""
+    from tvm import tirx
+
+    if op == "add":
+        return a + b
+    if op == "subtract":
+        return a - b
+    if op == "multiply":
+        return a * b
+    if op == "divide":
+        return a / b
+    return tirx.max(a, b) if op == "maximum" else tirx.min(a, b)
 
 
 def _dequantize(value: Any, zero: float, scale: float, lanes: int) -> Any:
@@ -596,11 +652,13 @@ def _tile_body(
                     line = tirx.address_of(w[T.min(nxt + _i64(p), _i64(nb - 1)), step, _i64(0), _i64(0)])
                     flags = (tirx.IntImm("int32", v) for v in (0, PREFETCH_LOCALITY, 1))  # read, data
                     T.evaluate(tirx.call_intrin("void", "tirx.prefetch", line, *flags))
-    n = int(y.buffer.shape[1])
-    for r, p in itertools.product(range(rows), range(panels)):
-        start = (panel + _i64(p)) * _i64(LANES)
+    n, per = int(y.buffer.shape[1]), finish.per
+    for r, p in itertools.product(range(rows), range(0, panels, per)):
+        # the output panel: a GLU's pair of accumulator panels stores one
+        start = ((panel + _i64(p)) // _i64(per) if per > 1 else panel + _i64(p)) * _i64(LANES)
         cols = tirx.Ramp(start, _i64(1), LANES)
-        whole = finish(acc[p].vload([_i64(r), _i64(0)], dtype=vec), row + _i64(r), start, LANES)
+        values = [acc[p + i].vload([_i64(r), _i64(0)], dtype=vec) for i in range(per)]
+        whole = finish(values, row + _i64(r), start, LANES)
         out = y.row(row + _i64(r))
         if n % LANES == 0:
             T.buffer_store(y.buffer, whole, [out, cols])
@@ -611,9 +669,8 @@ def _tile_body(
             with T.Else():
                 for lane in range(n % LANES):
                     col = start + _i64(lane)
-                    T.buffer_store(
-                        y.buffer, finish(acc[p][_i64(r), _i64(lane)], row + _i64(r), col, 1), [out, col]
-                    )
+                    lane_values = [acc[p + i][_i64(r), _i64(lane)] for i in range(per)]
+                    T.buffer_store(y.buffer, finish(lane_values, row + _i64(r), col, 1), [out, col])
 
 
 def to_unsigned(bb: Any, x: Any) -> Any:

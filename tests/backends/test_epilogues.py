@@ -10,7 +10,7 @@ from torch import nn
 
 from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import host_has_avx512, outputs_of
 
 pytestmark = pytest.mark.skipif(
     not vnni.target_has_vnni(resolve_target("cpu").tvm_target()), reason="the host CPU has no AVX-512 VNNI"
@@ -94,3 +94,49 @@ def test_relu_after_the_residual_joins_the_write_back():
     (got,) = artifact.run(x)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
     assert got.min() == 0.0
+
+
+class _GEGLU(nn.Module):
+    """diffusers' feed-forward: the projection's halves, one times the GELU of the other."""
+
+    def __init__(self, hidden: int = 48, gated_first: bool = False, gate_left: bool = False) -> None:
+        super().__init__()
+        self.proj, self.out = nn.Linear(64, 2 * hidden), nn.Linear(hidden, 64)
+        self.gated_first, self.gate_left = gated_first, gate_left
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a, b = self.proj(x).chunk(2, dim=-1)
+        plain, gate = (b, a) if self.gated_first else (a, b)
+        gate = nn.functional.gelu(gate)
+        return self.out(gate * plain if self.gate_left else plain * gate)
+
+
+@pytest.mark.parametrize("precision", ["float", "w8a8"])
+@pytest.mark.parametrize(
+    ("hidden", "gated_first", "gate_left", "geglus"),
+    [(48, False, False, 1), (32, True, True, 1), (40, False, False, 0)],  # 2 x 40: no 16-column halves
+    ids=["second-half-gated", "first-half-gated", "halves-not-panels"],
+)
+def test_geglu_joins_the_projections_write_back(precision, hidden, gated_first, gate_left, geglus):
+    from optkit.backends.kernel_profile import lower_with_kernels
+
+    if precision == "float" and not host_has_avx512():
+        pytest.skip("float32 GEMMs take epilogues on the FMA tile kernel (AVX-512)")
+    torch.manual_seed(0)
+    x = torch.randn(2, 25, 64)  # 50 rows: tiles overlap
+    program = capture(_GEGLU(hidden, gated_first, gate_left).eval(), (x,))
+    if precision == "w8a8":
+        program = PassManager(build_passes(["ptq"])).run(program).program
+    artifact, kernels = lower_with_kernels(program, num_cores=1)
+    assert artifact.info["geglu_epilogues"] == geglus
+    assert bool([name for name in kernels if "gelu" in name]) == (geglus == 0)
+    (got,) = artifact.run(x)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_interleaved_panels_pair_the_halves():
+    packed = np.arange(4 * 3 * 16 * 4).reshape(4, 3, 16, 4)
+    np.testing.assert_array_equal(vnni.interleave_panels(packed), packed[[0, 2, 1, 3]])
+    offset = np.arange(64)
+    halves = np.concatenate([offset[:16], offset[32:48], offset[16:32], offset[48:]])
+    np.testing.assert_array_equal(vnni.interleave_panels(offset), halves)

@@ -76,3 +76,24 @@ def test_divisions_by_a_constant_multiply_by_its_reciprocal():
         want = data * (np.float32(1) / np.float32(0.3)) / np.float32(1e-39)
     np.testing.assert_array_equal(got, want)
     np.testing.assert_array_max_ulp(data * (np.float32(1) / np.float32(0.3)), quotient, maxulp=1)
+
+
+def test_gelu_expression_follows_erf():
+    # The GEGLU write-back's GELU (`gelu_expr`, erf by a rational fit) against float64's erf,
+    # over the range where erf bends and past the clamp, where erf rounds to +-1.
+    import math
+
+    import tvm
+    from optkit.backends.fast_math import gelu_expr
+    from tvm import te
+
+    data = np.concatenate([np.linspace(-8, 8, 40001), [-1e4, -30.0, 0.0, 30.0, 1e4]]).astype(np.float32)
+    x = te.placeholder(data.shape, "float32", name="x")
+    y = te.compute(data.shape, lambda i: gelu_expr(x[i]), name="y")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, y]).with_attr("global_symbol", "main")})
+    got = tvm.runtime.tensor(np.zeros_like(data))
+    tvm.compile(mod, target="llvm")["main"](tvm.runtime.tensor(data), got)
+    want = np.array([v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in data.astype(np.float64)])
+    # erf's error of 4e-7 times |x| / 2, and the float32 rounding of the product
+    assert np.all(np.abs(got.numpy() - want) <= 4e-7 * np.maximum(np.abs(data), 1))
+    assert np.all(got.numpy()[data == 0.0] == 0.0)
