@@ -17,12 +17,19 @@ GEMM writes the padded image (`vnni.OutPad`) and the pad kernel that copied it i
 ResNet-18 (batch 8, 1 thread) 14.99 -> 14.71 ms, bit-identical.
 
 The float32 tile GEMMs (`vnni.F32`, float Linears on AVX-512) take their chains the same way,
-starting from float32 accumulators: a bias, a residual add, a ReLU. A GELU or SiLU is no step
-of `vnni.Epilogue` and stays a kernel of its own, except in a GEGLU (diffusers' feed-forward:
-the projection's result split in two halves along its columns, one half times the GELU of the
-other): there the write-back computes the product (`vnni.Glu`, `fast_math.gelu_expr`) and the
-chain goes on from it, so the GEMM stores `[M, N / 2]` values (int8 when the next Linear is
-quantized) instead of writing `[M, N]` float32 values that a GELU kernel reads back.
+starting from float32 accumulators: a bias, a residual add, a ReLU.
+
+With fast math (the default), activations join too: GELU (erf or tanh), SiLU (also as captured,
+`x * sigmoid(x)`) and sigmoid, computed in registers by `fast_math.unary_expr` (rational fits
+of erf and tanh), and so do two gated units common in users' models. A GEGLU (diffusers'
+feed-forward: the projection's result split in two halves along its columns, one half times the
+GELU of the other) becomes one write-back computing the product (`vnni.Glu`), and the GEMM stores
+`[M, N / 2]` values (int8 when the next Linear is quantized) instead of `[M, N]` float32 values
+that a GELU kernel read back. A SwiGLU (a Llama MLP, `silu(gate(x)) * up(x)`: two GEMMs whose
+chains meet in one multiply) is split where they meet: the earlier GEMM's chain stops before
+the multiply and writes `silu(gate(x))`, which the later one reads as a full-matrix operand and
+multiplies in its write-back. Measured (1 thread, Intel Xeon, artifacts with and without the
+activation steps timed in one process): see docs/backends.md.
 """
 
 from __future__ import annotations
@@ -35,33 +42,42 @@ from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, s
 
 class _Chain(NamedTuple):
     """A GEMM's call, its `vnni.Epilogue`, the chain's other operands in parameter order, the
-    `vnni.OutPad` or None, and the shape the chain's result had (a GLU's product may be N-D)."""
+    `vnni.OutPad` or None, the shape the chain's result had (a GLU's product may be N-D), and
+    the calls it took."""
 
     gemm: Any
     epilogue: Any
     others: list[Any]
     out_pad: Any
     shape: list[int]
+    path: list[tuple[Any, Any]]  # (the variable read, the call) of each call taken
 
 
-def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int, int]:
+def fuse_vnni_epilogues(mod: Any, fast: bool = True) -> tuple[Any, int, int, int]:
     """`mod` with each VNNI GEMM and the elementwise chain after it as one kernel (module
     docstring); returns (mod, number of GEMMs that took an epilogue, number of those that write
-    the next conv's padded input, number of those that compute a GEGLU)."""
+    the next conv's padded input, number of those that compute a GEGLU). `fast`: GELU, SiLU and
+    sigmoid steps and GEGLUs join too, computed by `fast_math`'s approximations."""
     from optkit.backends import vnni
     from tvm import relax
 
     # the call the fused kernel replaces (the chain's end, or the pad after it) -> its `_Chain`
     chains: dict[Any, _Chain] = {}
     for _, func in mod.functions_items():
-        if isinstance(func, relax.Function):
-            found = _chains(mod, func)
+        if not isinstance(func, relax.Function):
+            continue
+        stops: set[Any] = set()
+        while True:
+            found, clashes = _chains(mod, func, stops, fast)
             # an int8 tensor that another GEMM reads dequantized (a residual) is a result its
             # GEMM writes: a chain that ran on through it would leave it to a second kernel
             loaded = {
                 o for c in found.values() for o, ld in zip(c.others, c.epilogue.loads, strict=True) if ld
             }
-            chains.update(_chains(mod, func, stops=loaded) if loaded else found)
+            if (loaded | clashes) <= stops:
+                break
+            stops |= loaded | clashes
+        chains.update(found)
     if not chains:
         return mod, 0, 0, 0
 
@@ -71,7 +87,7 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int, int]:
             found = chains.get(call)
             if found is None:
                 return self.visit_expr_post_order(call)
-            gemm, epilogue, others, out_pad, result = found
+            gemm, epilogue, others, out_pad, result, _ = found
             xu, w, offset = (self.visit_expr(a) for a in gemm.args[1].fields)
             if epilogue.glu is not None:  # both halves' panels in each tile
                 w, offset = (relax.const(vnni.interleave_panels(c.value.numpy())) for c in (w, offset))
@@ -100,10 +116,14 @@ def fuse_vnni_epilogues(mod: Any) -> tuple[Any, int, int, int]:
     return relax.transform.DeadCodeElimination()(rewritten), len(chains), padded, geglus
 
 
-def _chains(mod: Any, func: Any, stops: set[Any] | frozenset[Any] = frozenset()) -> dict[Any, _Chain]:
+def _chains(
+    mod: Any, func: Any, stops: set[Any] | frozenset[Any] = frozenset(), fast: bool = True
+) -> tuple[dict[Any, _Chain], set[Any]]:
     """For each VNNI GEMM in `func` with an elementwise chain after it: the chain's last call, or
-    the pad that reads it (`_padded_image`) -> its `_Chain`. A chain may pass one GEGLU
-    (`_geglu`) and ends at a variable of `stops`."""
+    the pad that reads it (`_padded_image`) -> its `_Chain`; and the variables where chains
+    that lost their last call to a later GEMM's chain (both end in `a(x) * b(x)`) must stop. A
+    chain ends at a variable of `stops`; with `fast`, it may pass GELU, SiLU and sigmoid steps
+    and one GEGLU (`_geglu`)."""
     from optkit.backends import vnni
     from tvm import relax
 
@@ -119,53 +139,111 @@ def _chains(mod: Any, func: Any, stops: set[Any] | frozenset[Any] = frozenset())
     for used in relax.analysis.free_vars(func.body.body):  # the function's outputs
         users.setdefault(used, []).append(None)
 
-    found = {}
+    found: dict[Any, _Chain] = {}
+    clashes: set[Any] = set()
     for var, value in bound.items():
         if not _is_vnni_gemm(mod, value):
             continue
         shape = static_shape(var)
         if shape is None or len(value.args[1].fields) != 3:  # the GEMM with its offset
             continue
-        steps: list[tuple[Any, ...]] = []
-        params: list[tuple[int, int, str]] = []
-        loads: list[tuple[float, float] | None] = []
-        others: list[Any] = []
-
-        def follow(cur: Any, dtype: str, end: Any, result: list[int], matrix: list[int]) -> tuple[Any, str, Any]:
-            """Extend the chain from `cur` through calls of shape `result` ([M, N] or a GLU's
-            product), operands broadcast against `matrix`; returns (last var, dtype, last call)."""
-            while cur not in stops and len(users.get(cur, [])) == 1 and (nxt := users[cur][0]) is not None:
-                call = bound.get(nxt)
-                if static_shape(nxt) != result or not isinstance(call, relax.Call):
-                    break
-                step = _step(call, cur, matrix, len(params), dtype, bound)
-                if step is None:
-                    break
-                new_steps, new_params, new_loads, new_others, dtype = step
-                steps.extend(new_steps)
-                params.extend(new_params)
-                loads.extend(new_loads)
-                others.extend(new_others)
-                cur, end = nxt, call
-            return cur, dtype, end
-
-        cur, dtype, end = follow(var, vnni.Arith.of(mod[value.args[0]]).acc, None, shape, shape)
+        chain = _Collector(users, bound, stops, fast)
+        cur = chain.follow(var, vnni.Arith.of(mod[value.args[0]]).acc, shape, shape)
         glu, result = None, shape
-        geglu = _geglu(cur, shape, dtype, users, bound) if cur not in stops and _constant_operands(value) else None
-        if geglu is not None:
-            product, end, gated, result = geglu
-            glu = vnni.Glu(len(steps), gated)
-            cur, dtype, end = follow(product, dtype, end, result, [shape[0], shape[1] // 2])
-        if end is None:
+        geglu = _geglu(cur, shape, chain.dtype, users, bound) if fast and cur not in stops else None
+        if geglu is not None and _constant_operands(value):
+            product, chain.end, gated, result = geglu
+            glu = vnni.Glu(len(chain.steps), gated)
+            chain.path.append((cur, chain.end))
+            cur = chain.follow(product, chain.dtype, result, [shape[0], shape[1] // 2])
+        if chain.end is None:
             continue
-        epilogue = vnni.Epilogue(tuple(steps), tuple(params), dtype, tuple(loads), glu)
-        padded = _padded_image(cur, shape, dtype, users, bound) if glu is None else None
+        epilogue = vnni.Epilogue(
+            tuple(chain.steps), tuple(chain.params), chain.dtype, tuple(chain.loads), glu
+        )
+        padded = _padded_image(cur, shape, chain.dtype, users, bound) if glu is None else None
         if padded is not None:
             pad_call, out_pad = padded
-            found[pad_call] = _Chain(value, epilogue, others, out_pad, shape)
-        else:
-            found[end] = _Chain(value, epilogue, others, None, result)
-    return found
+            found[pad_call] = _Chain(value, epilogue, chain.others, out_pad, shape, chain.path)
+            continue
+        if chain.end in found:  # an earlier GEMM's chain joins this one: it stops where they meet
+            taken = {call for _, call in chain.path}
+            clashes.add(next(var for var, call in found[chain.end].path if call in taken))
+        found[chain.end] = _Chain(value, epilogue, chain.others, None, result, chain.path)
+    return found, clashes
+
+
+class _Collector:
+    """The epilogue of one GEMM as `_chains` follows it: steps, parameters and their loads and
+    operands, the value's dtype, the last call taken (`end`) and each call's input (`path`)."""
+
+    def __init__(self, users: dict[Any, list[Any]], bound: dict[Any, Any], stops: Any, fast: bool) -> None:
+        self.users, self.bound, self.stops, self.fast = users, bound, stops, fast
+        self.steps: list[tuple[Any, ...]] = []
+        self.params: list[tuple[int, int, str]] = []
+        self.loads: list[tuple[float, float] | None] = []
+        self.others: list[Any] = []
+        self.dtype, self.end = "", None
+        self.path: list[tuple[Any, Any]] = []
+
+    def follow(self, cur: Any, dtype: str, result: list[int], matrix: list[int]) -> Any:
+        """Extend the chain from `cur` (of `dtype`) through single-use calls of shape `result`
+        ([M, N], or a GLU's product), operands broadcast against `matrix` ([M, N] or
+        [M, N / 2]); returns the chain's last variable."""
+        from tvm import relax
+
+        self.dtype = dtype
+        users, bound = self.users, self.bound
+        while cur not in self.stops:
+            if self.fast and self.dtype == "float32" and (silu := _silu(cur, users, bound)) is not None:
+                self.steps.append(("silu",))
+                self.path.append((cur, silu[1]))
+                cur, self.end = silu
+                continue
+            if len(users.get(cur, [])) != 1 or (nxt := users[cur][0]) is None:
+                break
+            call = bound.get(nxt)
+            if static_shape(nxt) != result or not isinstance(call, relax.Call):
+                break
+            step = _step(call, cur, matrix, len(self.params), self.dtype, bound, self.fast)
+            if step is None:
+                break
+            steps, params, loads, others, self.dtype = step
+            self.steps += steps
+            self.params += params
+            self.loads += loads
+            self.others += others
+            self.path.append((cur, call))
+            self.end, cur = call, nxt
+        return cur
+
+
+def _silu(var: Any, users: dict[Any, list[Any]], bound: dict[Any, Any]) -> tuple[Any, Any] | None:
+    """(the product's var, its call) when `var`'s two uses are `sigmoid(var)` and `var *
+    sigmoid(var)` (a SiLU as captured: `x * sigmoid(x)`); else None."""
+    found = users.get(var, [])
+    if len(found) != 2 or None in found:
+        return None
+    for sig_var, mul_var in (found, found[::-1]):
+        sig: Any = bound.get(sig_var)
+        mul: Any = bound.get(mul_var)
+        if not (_is_op(sig, "relax.sigmoid") and _is_op(mul, "relax.multiply")):
+            continue
+        sig_users = users.get(sig_var, [])
+        once = len(sig_users) == 1 and sig_users[0] is not None and sig_users[0].same_as(mul_var)
+        if (
+            once
+            and {a.same_as(var) or a.same_as(sig_var) for a in mul.args} == {True}
+            and sig.args[0].same_as(var)
+        ):
+            return mul_var, mul
+    return None
+
+
+def _is_op(call: Any, name: str) -> bool:
+    from tvm import relax
+
+    return isinstance(call, relax.Call) and call.op == relax_op(name)
 
 
 def _geglu(var: Any, shape: list[int], dtype: str, users: dict[Any, list[Any]], bound: dict[Any, Any]) -> Any:
@@ -180,28 +258,25 @@ def _geglu(var: Any, shape: list[int], dtype: str, users: dict[Any, list[Any]], 
         found = users.get(v, [])
         return (found[0], bound.get(found[0])) if len(found) == 1 and found[0] is not None else (None, None)
 
-    def is_call(call: Any, name: str) -> bool:
-        return isinstance(call, relax.Call) and call.op == relax_op(name)
-
     if dtype != "float32" or shape[1] % (2 * LANES):
         return None
     nxt, call = only_user(var)
-    if is_call(call, "relax.reshape") and (view := static_shape(nxt)) and view[-1] == shape[1]:
+    if _is_op(call, "relax.reshape") and (view := static_shape(nxt)) and view[-1] == shape[1]:
         nxt, call = only_user(nxt)
-    if not is_call(call, "relax.split") or not _halves_last_axis(call, shape[1]):
+    if not _is_op(call, "relax.split") or not _halves_last_axis(call, shape[1]):
         return None
-    halves = [(v, bound.get(v)) for v in users.get(nxt, [])]
+    halves: list[tuple[Any, Any]] = [(v, bound.get(v)) for v in users.get(nxt, [])]
     if len(halves) != 2 or not all(isinstance(h, relax.TupleGetItem) for _, h in halves):
         return None
     by_index = {int(h.index): v for v, h in halves}
     for gated in (0, 1):
         gate_var, plain = by_index.get(gated), by_index.get(1 - gated)
         act_var, act = only_user(gate_var)
-        if not is_call(act, "relax.nn.gelu"):
+        if not _is_op(act, "relax.nn.gelu"):
             continue
         product, mul = only_user(act_var)
         plain_product, _ = only_user(plain)
-        if is_call(mul, "relax.multiply") and plain_product is not None and plain_product.same_as(product):
+        if _is_op(mul, "relax.multiply") and plain_product is not None and plain_product.same_as(product):
             return product, mul, gated, static_shape(product)
     return None
 
@@ -271,7 +346,9 @@ def _is_vnni_gemm(mod: Any, value: Any) -> bool:
     return attrs is not None and KERNEL_ATTR in attrs and str(attrs[KERNEL_ATTR]) == GEMM_KERNEL
 
 
-def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: dict[Any, Any]) -> Any:
+def _step(
+    call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: dict[Any, Any], fast: bool = True
+) -> Any:
     """How `call` (a use of `cur`, of `dtype`) extends the epilogue whose parameters so far
     number `first`: (steps, params, their loads, operands, new dtype); None if it does not. A
     full-matrix operand that is an int8 tensor dequantized (`requant.py`) is read as int8 and
@@ -292,6 +369,11 @@ def _step(call: Any, cur: Any, shape: list[int], first: int, dtype: str, bound: 
         return [("round",)], [], [], [], dtype
     if op == relax_op("relax.nn.relu") and same(call.args[0]):
         return [("maximum", 0.0, False)], [], [], [], dtype
+    from optkit.backends.fast_math import UNARY_EXPRS
+
+    unary = next((u for u in UNARY_EXPRS if op == relax_op(u)), None)
+    if unary is not None and fast and dtype == "float32" and same(call.args[0]):
+        return [(UNARY_EXPRS[unary],)], [], [], [], dtype
     if op == relax_op("relax.clip") and same(call.args[0]):
         bounds = call.args[1:3]
         if len(bounds) != 2 or not all(isinstance(a, relax.PrimValue) for a in bounds):

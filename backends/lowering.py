@@ -386,7 +386,7 @@ def _specialize(
     if fast_math:
         mod, figures["reciprocal_divisions"] = reciprocal_divisions(mod)
     if vnni or fma:
-        fused = fuse_vnni_epilogues(mod)
+        fused = fuse_vnni_epilogues(mod, fast=fast_math)
         mod, figures["vnni_epilogues"], figures["padded_outputs"], figures["geglu_epilogues"] = fused
     if fast_math:  # after the epilogues, which take a GEGLU's `gelu` into a GEMM's write-back
         mod, figures["fast_math_ops"] = use_fast_math(mod)

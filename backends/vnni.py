@@ -202,7 +202,8 @@ def pack(w: np.ndarray, group: int = GROUP) -> np.ndarray:
 class Epilogue:
     """Elementwise steps applied to each int32 result in the tile write-back (`epilogues.py`).
 
-    `steps`: `("astype", dtype)`, `("round",)`, `(op, operand, swapped)` for a binary `op` (add,
+    `steps`: `("astype", dtype)`, `("round",)`, `(name,)` for a float32 unary op of
+    `fast_math.UNARY_EXPRS` (GELU, SiLU, ...), `(op, operand, swapped)` for a binary `op` (add,
     subtract, multiply, divide, maximum, minimum) with parameter `operand` (an int: its index)
     or an immediate (a float), `swapped` when it is the left operand. `params`: (rows, cols) of each parameter, rows 1 or M, cols
     1 or N (a scalar, a per-column vector, a per-row column, a full matrix), and its dtype.
@@ -439,7 +440,8 @@ class _Finisher:
 
         cut = self.glu.step
         (a, dtype), (b, _) = (
-            self._run(steps[:cut], v, row, col + _i64(i * self.half), lanes, acc) for i, v in enumerate(values)
+            self._run(steps[:cut], v, row, col + _i64(i * self.half), lanes, acc)
+            for i, v in enumerate(values)
         )
         gate, plain = (b, a) if self.glu.gated else (a, b)
         return self._run(steps[cut:], plain * gelu_expr(gate, lanes), row, col, lanes, dtype)[0]
@@ -456,6 +458,11 @@ class _Finisher:
                 continue
             if step[0] == "round":
                 value = tirx.round(value)
+                continue
+            if len(step) == 1:  # a unary op of `fast_math.UNARY_EXPRS`
+                from optkit.backends.fast_math import unary_expr
+
+                value = unary_expr(step[0], value, lanes)
                 continue
             op, i, swapped = step
             if isinstance(i, float):  # an immediate, of the value's type

@@ -111,6 +111,35 @@ class _GEGLU(nn.Module):
         return self.out(gate * plain if self.gate_left else plain * gate)
 
 
+class _SwiGLU(nn.Module):
+    """A Llama MLP: `down(silu(gate(x)) * up(x))`, two GEMMs' chains meeting in one multiply."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate, self.up = nn.Linear(64, 96, bias=False), nn.Linear(64, 96, bias=False)
+        self.down = nn.Linear(96, 64, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
+
+
+def _activation_kernels(precision, model, fast_math=True):
+    """(the lowering's report, its kernels with an activation in their name, its output and the
+    Program's) for `model` on 50 rows (tiles overlap), in float32 or W8A8."""
+    from optkit.backends.kernel_profile import lower_with_kernels
+
+    if precision == "float" and not host_has_avx512():
+        pytest.skip("float32 GEMMs take epilogues on the FMA tile kernel (AVX-512)")
+    torch.manual_seed(0)
+    x = torch.randn(2, 25, 64)
+    program = capture(model.eval(), (x,))
+    if precision == "w8a8":
+        program = PassManager(build_passes(["ptq"])).run(program).program
+    artifact, kernels = lower_with_kernels(program, num_cores=1, fast_math=fast_math)
+    named = [k for k in kernels if any(a in k for a in ("gelu", "sigmoid", "silu", "tanh", "erf"))]
+    return artifact.info, named, artifact.run(x)[0], outputs_of(program)[0]
+
+
 @pytest.mark.parametrize("precision", ["float", "w8a8"])
 @pytest.mark.parametrize(
     ("hidden", "gated_first", "gate_left", "geglus"),
@@ -118,20 +147,31 @@ class _GEGLU(nn.Module):
     ids=["second-half-gated", "first-half-gated", "halves-not-panels"],
 )
 def test_geglu_joins_the_projections_write_back(precision, hidden, gated_first, gate_left, geglus):
-    from optkit.backends.kernel_profile import lower_with_kernels
+    info, named, got, want = _activation_kernels(precision, _GEGLU(hidden, gated_first, gate_left))
+    assert info["geglu_epilogues"] == geglus
+    assert bool(named) == (geglus == 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
-    if precision == "float" and not host_has_avx512():
-        pytest.skip("float32 GEMMs take epilogues on the FMA tile kernel (AVX-512)")
-    torch.manual_seed(0)
-    x = torch.randn(2, 25, 64)  # 50 rows: tiles overlap
-    program = capture(_GEGLU(hidden, gated_first, gate_left).eval(), (x,))
-    if precision == "w8a8":
-        program = PassManager(build_passes(["ptq"])).run(program).program
-    artifact, kernels = lower_with_kernels(program, num_cores=1)
-    assert artifact.info["geglu_epilogues"] == geglus
-    assert bool([name for name in kernels if "gelu" in name]) == (geglus == 0)
-    (got,) = artifact.run(x)
-    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+@pytest.mark.parametrize("precision", ["float", "w8a8"])
+@pytest.mark.parametrize(
+    "activation",
+    [nn.GELU(), nn.GELU(approximate="tanh"), nn.SiLU(), nn.Sigmoid(), None],
+    ids=["gelu", "gelu-tanh", "silu", "sigmoid", "swiglu"],
+)
+def test_activations_join_the_write_back(precision, activation):
+    model = (
+        _SwiGLU() if activation is None else nn.Sequential(nn.Linear(64, 96), activation, nn.Linear(96, 64))
+    )
+    info, named, got, want = _activation_kernels(precision, model)
+    assert not named and info["fast_math_ops"] == 0
+    # each GEMM with a chain after it: the SwiGLU's bias-free float down projection has none
+    assert info["vnni_epilogues"] == (3 if activation is None and precision == "w8a8" else 2)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # exact math keeps libm's functions, in kernels of their own
+    info, named, got, _ = _activation_kernels(precision, model, fast_math=False)
+    assert named
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 def test_interleaved_panels_pair_the_halves():

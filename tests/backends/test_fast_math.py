@@ -78,22 +78,30 @@ def test_divisions_by_a_constant_multiply_by_its_reciprocal():
     np.testing.assert_array_max_ulp(data * (np.float32(1) / np.float32(0.3)), quotient, maxulp=1)
 
 
-def test_gelu_expression_follows_erf():
-    # The GEGLU write-back's GELU (`gelu_expr`, erf by a rational fit) against float64's erf,
-    # over the range where erf bends and past the clamp, where erf rounds to +-1.
+@pytest.mark.parametrize("name", ["gelu", "gelu_tanh", "silu", "sigmoid"])
+def test_write_back_expressions_follow_their_functions(name):
+    # The tile GEMMs' write-back activations (`unary_expr`: erf and tanh by rational fits)
+    # against float64, over the range where they bend and past the clamps.
     import math
 
     import tvm
-    from optkit.backends.fast_math import gelu_expr
+    from optkit.backends.fast_math import unary_expr
     from tvm import te
 
-    data = np.concatenate([np.linspace(-8, 8, 40001), [-1e4, -30.0, 0.0, 30.0, 1e4]]).astype(np.float32)
+    data = np.concatenate([np.linspace(-20, 20, 40001), [-1e4, -30.0, 30.0, 1e4]]).astype(np.float32)
     x = te.placeholder(data.shape, "float32", name="x")
-    y = te.compute(data.shape, lambda i: gelu_expr(x[i]), name="y")
+    y = te.compute(data.shape, lambda i: unary_expr(name, x[i]), name="y")
     mod = tvm.IRModule({"main": te.create_prim_func([x, y]).with_attr("global_symbol", "main")})
     got = tvm.runtime.tensor(np.zeros_like(data))
     tvm.compile(mod, target="llvm")["main"](tvm.runtime.tensor(data), got)
-    want = np.array([v * (1 + math.erf(v / math.sqrt(2))) / 2 for v in data.astype(np.float64)])
-    # erf's error of 4e-7 times |x| / 2, and the float32 rounding of the product
+    v = data.astype(np.float64)
+    sigmoid = 1 / (1 + np.exp(-np.clip(v, -700, 700)))
+    want = {
+        "gelu": np.array([a * (1 + math.erf(a / math.sqrt(2))) / 2 for a in v]),
+        "gelu_tanh": v * (1 + np.tanh(math.sqrt(2 / math.pi) * (v + 0.044715 * v**3))) / 2,
+        "silu": v * sigmoid,
+        "sigmoid": sigmoid,
+    }[name]
+    # the fits' error (4e-7) scaled by |x| where x multiplies it, and float32 rounding
     assert np.all(np.abs(got.numpy() - want) <= 4e-7 * np.maximum(np.abs(data), 1))
-    assert np.all(got.numpy()[data == 0.0] == 0.0)
+    assert np.all(got.numpy()[data == 0.0] == want[data == 0.0])
