@@ -99,9 +99,11 @@ def test_relu_after_the_residual_joins_the_write_back():
 class _GEGLU(nn.Module):
     """diffusers' feed-forward: the projection's halves, one times the GELU of the other."""
 
-    def __init__(self, hidden: int = 48, gated_first: bool = False, gate_left: bool = False) -> None:
+    def __init__(
+        self, hidden: int = 48, gated_first: bool = False, gate_left: bool = False, bias: bool = True
+    ) -> None:
         super().__init__()
-        self.proj, self.out = nn.Linear(64, 2 * hidden), nn.Linear(hidden, 64)
+        self.proj, self.out = nn.Linear(64, 2 * hidden, bias=bias), nn.Linear(hidden, 64)
         self.gated_first, self.gate_left = gated_first, gate_left
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,15 +125,15 @@ class _SwiGLU(nn.Module):
         return self.down(nn.functional.silu(self.gate(x)) * self.up(x))
 
 
-def _activation_kernels(precision, model, fast_math=True):
+def _activation_kernels(precision, model, fast_math=True, rows=(2, 25)):
     """(the lowering's report, its kernels with an activation in their name, its output and the
-    Program's) for `model` on 50 rows (tiles overlap), in float32 or W8A8."""
+    Program's) for `model` on `rows` (50: tiles overlap), in float32 or W8A8."""
     from optkit.backends.kernel_profile import lower_with_kernels
 
     if precision == "float" and not host_has_avx512():
         pytest.skip("float32 GEMMs take epilogues on the FMA tile kernel (AVX-512)")
     torch.manual_seed(0)
-    x = torch.randn(2, 25, 64)
+    x = torch.randn(*rows, 64)
     program = capture(model.eval(), (x,))
     if precision == "w8a8":
         program = PassManager(build_passes(["ptq"])).run(program).program
@@ -150,6 +152,14 @@ def test_geglu_joins_the_projections_write_back(precision, hidden, gated_first, 
     info, named, got, want = _activation_kernels(precision, _GEGLU(hidden, gated_first, gate_left))
     assert info["geglu_epilogues"] == geglus
     assert bool(named) == (geglus == 0)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("precision", ["float", "w8a8"])
+def test_one_row_geglu_without_a_bias(precision):
+    # one pair of panels, no step before the product in float, a single row
+    info, named, got, want = _activation_kernels(precision, _GEGLU(16, bias=False), rows=(1, 1))
+    assert info["geglu_epilogues"] == 1 and not named
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
