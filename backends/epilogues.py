@@ -37,6 +37,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import numpy as np
+from optkit.backends.fast_math import UNARY_EXPRS
 from optkit.backends.relax_exprs import relax_op, reshaped, rewrite_functions, scalar_constant, static_shape
 
 
@@ -369,8 +370,6 @@ def _step(
         return [("round",)], [], [], [], dtype
     if op == relax_op("relax.nn.relu") and same(call.args[0]):
         return [("maximum", 0.0, False)], [], [], [], dtype
-    from optkit.backends.fast_math import UNARY_EXPRS
-
     unary = next((u for u in UNARY_EXPRS if op == relax_op(u)), None)
     if unary is not None and fast and dtype == "float32" and same(call.args[0]):
         return [(UNARY_EXPRS[unary],)], [], [], [], dtype
