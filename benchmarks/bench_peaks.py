@@ -243,8 +243,14 @@ def main() -> None:
             "precision, shown for GEMM/conv/depthwise kernels only (the op counts of elementwise, "
             "softmax and norm kernels include compares and polynomial steps). Depthwise convs (a few "
             "multiply-adds per value loaded) are shown but not held to the goal. W8A8's grouped "
-            "convs compute in int32 and get no peak. On this shared machine a kernel within about 5 "
-            "points of the goal can land on either side of it from one run to the next.",
+            "convs compute in int32 and get no peak. A tile GEMM whose write-back computes an "
+            "activation or a gated unit (GELU, SiLU, sigmoid, GEGLU: `epilogues.py`) counts only its "
+            "multiply-adds, so its rate falls by the time of the kernel it replaced (moviegen's "
+            "sigmoid-gated projection since session 23). On this shared machine a kernel within "
+            "about 5 points of the goal can land on either side of it from one run to the next, and "
+            "a batch-1 conv whose weights stream from memory (ResNet-18's 512-channel 3 x 3 convs, "
+            "9.4 MB each in float32) by far more (44% of peak in session 21, 30% in session 23, the "
+            "kernel unchanged).",
             "",
             peaks_table(peaks, again, load_start).to_markdown(),
             "",
