@@ -166,6 +166,13 @@ def pack_weights(
                     counts["fma"] += 1
                     return new
                 if (
+                    fma
+                    and call.op == conv2d
+                    and (new := _fma_pointwise_conv(self.builder_, call, self.lookup_binding)) is not None
+                ):
+                    counts["fma"] += 1
+                    return new
+                if (
                     call.op == matmul
                     and (new := _packed_matmul(self.builder_, call, self.lookup_binding)) is not None
                 ):
@@ -745,6 +752,28 @@ def _fma_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     x2 = _as_2d(bb, x, x_shape)
     y = bb.emit(vnni.matmul(bb, x2, w_np))
     return _from_2d(y, x_shape, w_np.shape[1])
+
+
+def _fma_pointwise_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
+    """A float32 NHWC 1 x 1 conv (stride 1, no padding, one group) is the GEMM `x[B*H*W, Ci] @
+    W[Ci, Co]` over a view of its input: run it on the FMA tile kernel as `_fma_matmul` does a
+    Linear, so its bias, ReLU6 and residual join the write-back (`epilogues.py`)."""
+    from optkit.backends import vnni
+    from tvm import relax
+
+    nhwc = _nhwc_conv(call, lookup)
+    if nhwc is None:
+        return None
+    x, w_hwio, stride, dilation, pad, groups = nhwc
+    kh, kw, ci, co = w_hwio.shape
+    if (kh, kw, groups) != (1, 1, 1) or stride != [1, 1] or dilation != [1, 1] or any(pad) or co < vnni.LANES:
+        return None
+    if _nchw_source(x, lookup) is not None:  # the model's NCHW image: `_packed_conv` reads it in place
+        return None
+    b, h, wd, _ = _static_shape(x)
+    rows = bb.emit(relax.op.reshape(x, (b * h * wd, ci)))
+    y = bb.emit(vnni.matmul(bb, rows, np.ascontiguousarray(w_hwio.reshape(ci, co))))
+    return relax.op.reshape(y, (b, h, wd, co))
 
 
 def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:

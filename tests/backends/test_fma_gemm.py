@@ -102,3 +102,32 @@ def test_float_linears_use_the_fma_kernel_with_their_epilogues():
     assert artifact.info["fma_kernels"] == 2 and artifact.info["vnni_epilogues"] == 2
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not host_has_avx512(), reason="the host CPU has no AVX-512")
+def test_pointwise_convs_run_as_fma_gemms_with_their_epilogues():
+    class InvertedResidual(nn.Module):
+        """MobileNetV2's block after a stem conv: NHWC activations, 1 x 1 convs around a
+        depthwise one, ReLU6, a residual."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 3, 2, 1)
+            self.expand, self.project = nn.Conv2d(16, 64, 1), nn.Conv2d(64, 16, 1)
+            self.depthwise = nn.Conv2d(64, 64, 3, 1, 1, groups=64)
+            self.strided = nn.Conv2d(16, 32, 1, 2)  # strided: stays a scheduled conv
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.stem(x)
+            y = nn.functional.relu6(self.depthwise(nn.functional.relu6(self.expand(x))))
+            return self.strided(x + self.project(y))
+
+    torch.manual_seed(0)
+    program = capture(InvertedResidual().eval(), (torch.randn(2, 3, 18, 14),), name="inverted_residual")
+    artifact = lower(program, "cpu", num_cores=1)
+    # expand (bias, ReLU6) and project (bias, residual) on the FMA kernel with their epilogues;
+    # the stem (reading the NCHW image in place) and the strided 1 x 1 conv stay scheduled
+    assert artifact.info["fma_kernels"] == 2 and artifact.info["vnni_epilogues"] == 2
+    assert artifact.info["packed_convs"] == 2 and artifact.info["depthwise_convs"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
