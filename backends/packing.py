@@ -102,6 +102,18 @@ def pack_weights(
     conv2d_transpose = _op("relax.nn.conv2d_transpose")
     counts = {"matmul": 0, "conv2d": 0, "depthwise": 0, "int8_depthwise": 0, "vnni": 0, "fma": 0, "padded": 0}
     kinds = (matmul, conv2d, conv2d_transpose)
+    # in order, the first that applies: (enabled, op, rewrite, the count it adds to)
+    rules = [
+        (True, matmul, _pad_columns, "padded"),
+        (vnni, matmul, _vnni_matmul, "vnni"),
+        (vnni, conv2d, _vnni_conv, "vnni"),
+        (fma, matmul, _fma_matmul, "fma"),
+        (fma, conv2d, _fma_pointwise_conv, "fma"),
+        (True, matmul, _packed_matmul, "matmul"),
+        (True, conv2d_transpose, _patch_transpose, "matmul"),
+        (True, conv2d, _packed_conv, "conv2d"),
+        (True, conv2d, _depthwise_conv, "depthwise"),
+    ]
     total = [0]
     for func in mod.functions.values():
         if isinstance(func, relax.Function):
@@ -138,65 +150,14 @@ def pack_weights(
 
         def _pack(self, call: Any) -> Any:
             try:
-                if (
-                    call.op == matmul
-                    and (new := _pad_columns(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["padded"] += 1
-                    return new
-                if (
-                    vnni
-                    and call.op == matmul
-                    and (new := _vnni_matmul(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["vnni"] += 1
-                    return new
-                if (
-                    vnni
-                    and call.op == conv2d
-                    and (new := _vnni_conv(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["vnni"] += 1
-                    return new
-                if (
-                    fma
-                    and call.op == matmul
-                    and (new := _fma_matmul(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["fma"] += 1
-                    return new
-                if (
-                    fma
-                    and call.op == conv2d
-                    and (new := _fma_pointwise_conv(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["fma"] += 1
-                    return new
-                if (
-                    call.op == matmul
-                    and (new := _packed_matmul(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["matmul"] += 1
-                    return new
-                if (
-                    call.op == conv2d_transpose
-                    and (new := _patch_transpose(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["matmul"] += 1
-                    return new
-                if (
-                    call.op == conv2d
-                    and (new := _packed_conv(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["conv2d"] += 1
-                    return new
-                if (
-                    call.op == conv2d
-                    and (new := _depthwise_conv(self.builder_, call, self.lookup_binding)) is not None
-                ):
-                    counts["depthwise"] += 1
-                    counts["int8_depthwise"] += _reads_int8(new)
-                    return new
+                for used, op, rewrite, kind in rules:
+                    if not used or call.op != op:
+                        continue
+                    if (new := rewrite(self.builder_, call, self.lookup_binding)) is not None:
+                        counts[kind] += 1
+                        if rewrite is _depthwise_conv:
+                            counts["int8_depthwise"] += _reads_int8(new)
+                        return new
             except _NotPackable:
                 pass
             return call
