@@ -230,13 +230,10 @@ def _silu(var: Any, users: dict[Any, list[Any]], bound: dict[Any, Any]) -> tuple
         mul: Any = bound.get(mul_var)
         if not (_is_op(sig, "relax.sigmoid") and _is_op(mul, "relax.multiply")):
             continue
-        sig_users = users.get(sig_var, [])
-        once = len(sig_users) == 1 and sig_users[0] is not None and sig_users[0].same_as(mul_var)
-        if (
-            once
-            and {a.same_as(var) or a.same_as(sig_var) for a in mul.args} == {True}
-            and sig.args[0].same_as(var)
-        ):
+        sig_user, _ = _only_user(sig_var, users, bound)
+        a, b = mul.args
+        operands = (a.same_as(var) and b.same_as(sig_var)) or (a.same_as(sig_var) and b.same_as(var))
+        if sig.args[0].same_as(var) and sig_user is not None and sig_user.same_as(mul_var) and operands:
             return mul_var, mul
     return None
 
@@ -245,6 +242,13 @@ def _is_op(call: Any, name: str) -> bool:
     from tvm import relax
 
     return isinstance(call, relax.Call) and call.op == relax_op(name)
+
+
+def _only_user(var: Any, users: dict[Any, list[Any]], bound: dict[Any, Any]) -> tuple[Any, Any]:
+    """(the variable, its bound value) of `var`'s one use in the function's bindings; (None,
+    None) when it has several, none, or is an output."""
+    found = users.get(var, [])
+    return (found[0], bound.get(found[0])) if len(found) == 1 and found[0] is not None else (None, None)
 
 
 def _geglu(var: Any, shape: list[int], dtype: str, users: dict[Any, list[Any]], bound: dict[Any, Any]) -> Any:
@@ -256,8 +260,7 @@ def _geglu(var: Any, shape: list[int], dtype: str, users: dict[Any, list[Any]], 
     from tvm import relax
 
     def only_user(v: Any) -> tuple[Any, Any]:
-        found = users.get(v, [])
-        return (found[0], bound.get(found[0])) if len(found) == 1 and found[0] is not None else (None, None)
+        return _only_user(v, users, bound)
 
     if dtype != "float32" or shape[1] % (2 * LANES):
         return None
@@ -309,14 +312,10 @@ def _padded_image(
     else None: the kernel then writes the padded image itself."""
     from optkit.backends import vnni
     from optkit.backends.relax_exprs import exact_cast
-    from tvm import relax
 
     def only_user(v: Any, name: str) -> tuple[Any, Any] | None:
-        found = users.get(v, [])
-        if len(found) != 1 or found[0] is None:
-            return None
-        call = bound.get(found[0])
-        return (found[0], call) if isinstance(call, relax.Call) and call.op == relax_op(name) else None
+        user, call = _only_user(v, users, bound)
+        return (user, call) if _is_op(call, name) else None
 
     view = only_user(var, "relax.reshape")
     pad = only_user(view[0], "relax.nn.pad") if view is not None else None
