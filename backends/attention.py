@@ -30,6 +30,7 @@ into blocks of query rows, each a kernel call over the keys its rows see (`causa
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -140,11 +141,13 @@ def attention_func(
     keys: int | None = None,
     mask_batch: int | None = None,
     block: tuple[int, int, int] | None = None,
+    lanes: int = LANES,
 ) -> Any:
     """The scheduled PrimFunc for one shape and scale (`m`, `n` as `padded` gives them; `keys`:
     how many of the `n` are real). With `mask_batch` (1 or `b`) it takes a fourth input, the
     additive mask [mask_batch, m, n]. With `block` (first row, rows, keys) it computes those
-    query rows over the first keys only, reading the same inputs (`causal_blocks`)."""
+    query rows over the first keys only, reading the same inputs (`causal_blocks`). `lanes`:
+    float32 lanes of the CPU's registers (`schedule_attention`)."""
     from tvm import te
 
     q = te.placeholder((b, m, d), "float32", name="q")
@@ -165,18 +168,21 @@ def attention_func(
         width=width,
     )
     func = te.create_prim_func([*inputs, out]).without_attr("global_symbol")
-    sch = schedule_attention(func, rows, width, dv, masked=mask_batch is not None)
+    sch = schedule_attention(func, rows, width, dv, masked=mask_batch is not None, lanes=lanes)
     return sch.mod["main"].with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})
 
 
-def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False) -> Any:
+def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False, lanes: int = LANES) -> Any:
     """Parallel over (batch, query tiles); every stage computed per tile, vectorized (`masked`:
-    `func` adds a mask to the scores, `attention_te`)."""
+    `func` adds a mask to the scores, `attention_te`). `lanes`: float32 lanes of one register of
+    the CPU (16: AVX-512; 8: AVX2, whose 16 registers take 8 rows of one register each, where
+    8 x 32 spilled: ViT-Tiny's 56 x 64 x 64 heads at 12 GFLOP/s on znver3)."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     rows = ROWS if m % ROWS == 0 else 4
-    cols = next((w for w in (32, 16, 8) if dv % w == 0), dv)
+    widths = (32, 16, 8) if lanes == LANES else (16, 8)
+    cols = next((w for w in widths if dv % w == 0), dv)
     if masked:
         sch.compute_inline(sch.get_sblock("logits"))
     sch.compute_inline(sch.get_sblock("shifted"))
@@ -210,7 +216,8 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False)
     # Scores: rows x 32 (or 16) keys accumulated over the head dim, like the GEMM tile.
     scores = sch.get_sblock("scores")
     i_s, j_s, d_s = sch.get_loops(scores)[-3:]
-    j_out, j_in = sch.split(j_s, factors=[None, 2 * LANES if n % (2 * LANES) == 0 else LANES])
+    keys = 2 * LANES if n % (2 * LANES) == 0 and lanes == LANES else LANES  # 16 keys: two AVX2 registers
+    j_out, j_in = sch.split(j_s, factors=[None, keys])
     sch.reorder(j_out, d_s, i_s, j_in)
     sch.unroll(i_s)
     sch.vectorize(j_in)
@@ -229,11 +236,12 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False)
     return sch
 
 
-def fuse_attention(mod: Any, half: bool = False) -> tuple[Any, int, int]:
+def fuse_attention(mod: Any, half: bool = False, lanes: int = LANES) -> tuple[Any, int, int]:
     """`mod` with every `matmul(softmax(matmul(Q, Kt)), V)` the kernel takes (module docstring)
     replaced by a call to it; with `half`, those whose value width fills whole float16 registers
-    take the float16 kernel (`attention_kernel.py`). Returns (mod, number replaced, how many of
-    them in float16)."""
+    take the float16 kernel (`attention_kernel.py`); `lanes`, float32 lanes of the CPU's vector
+    registers (16: AVX-512, 8: AVX2). Returns (mod, number replaced, how many of them in
+    float16)."""
     from tvm import relax
 
     matmul, softmax = relax_op("relax.matmul"), relax_op("relax.nn.softmax")
@@ -337,7 +345,7 @@ def fuse_attention(mod: Any, half: bool = False) -> tuple[Any, int, int]:
                     self._pad(self._pad(self._mask_3d(mask, mask_shape, logits_shape), 1, mp - m), 2, np_ - n)
                 )
             outs = []
-            kernel = attention_kernel.half_attention_func if in_half else attention_func
+            kernel = attention_kernel.half_attention_func if in_half else partial(attention_func, lanes=lanes)
             name = "half_attention" if in_half else "attention"
             for block in blocks or [(0, mp, np_)]:
                 func = kernel(batch, mp, np_, d, dv, scale, keys=n, mask_batch=mask_batch, block=block)

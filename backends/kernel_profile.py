@@ -161,7 +161,7 @@ def vnni_ops(shapes: list[tuple[tuple[int, ...], str]], out_pad: Any = None) -> 
     kernel's `vnni.OutPad`), its images' unpadded pixels."""
     first = shapes[0] if shapes else None
     x = first[0] if first is not None and first[1] in ("uint8", "float32") and len(first[0]) == 2 else None
-    w = shapes[1][0] if len(shapes) > 1 and shapes[1][1] in ("int8", "float32") else None
+    w = shapes[1][0] if len(shapes) > 1 and shapes[1][1] in ("int8", "int16", "float32") else None
     if w is None or len(w) != 4 or (x is None and len(shapes[-1][0]) != 2 and out_pad is None):
         raise BackendError(
             f"a tile GEMM kernel without x[M, K] or y[M, N], and a packed weight argument: {shapes}"

@@ -128,10 +128,10 @@ def lower_functions(
     say = progress or (lambda _msg: None)
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
     half = _half_attention(attention_precision, spec, schedule, programs.values())
-    from optkit.backends.vnni import target_has_vnni
+    from optkit.backends.vnni import int8_arith
 
-    # RGB stems stay int8 where the VNNI kernels copy them by kernel rows (`quantized.py`)
-    narrow_int8 = spec.kind == "llvm" and schedule != "naive" and target_has_vnni(spec.tvm_target())
+    # RGB stems stay int8 where the int8 tile kernels copy them by kernel rows (`quantized.py`)
+    narrow_int8 = spec.kind == "llvm" and schedule != "naive" and int8_arith(spec.tvm_target()) is not None
     start = time.perf_counter()
     imported = {}
     tensors: list[Any] = []  # the Programs' weights (and their BatchNorm-folded copies')
@@ -343,16 +343,18 @@ def _specialize(
     from optkit.backends.requant import share_quantized
     from optkit.backends.reshapes import copy_shared_layouts, sink_reshapes
     from optkit.backends.slices import constant_takes_as_slices
-    from optkit.backends.vnni import target_has_avx512, target_has_vnni
+    from optkit.backends.vnni import LANES as vnni_lanes
+    from optkit.backends.vnni import float_arith, int8_arith
     from tvm import relax
 
-    vnni = target_has_vnni(spec.tvm_target())
-    fma = target_has_avx512(spec.tvm_target())
-    mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni)
+    vnni = int8_arith(spec.tvm_target())  # the tile kernels' arithmetic on this CPU, or None
+    fma = float_arith(spec.tvm_target())
+    mod, figures["channels_last_convs"] = channels_last(mod, fold_weights=False, int8=vnni is not None)
     mod, figures["sunk_pads"] = sink_pads(mod)  # before packing, whose VNNI convs take the pads in
     mod, figures["int8_max_pools"] = int8_max_pools(mod)
     # before packing pads the scores
-    mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, half_attention)
+    lanes = fma.width if fma is not None else vnni_lanes  # float32 lanes of the CPU's registers
+    mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, half_attention, lanes)
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(
         mod,
@@ -379,13 +381,13 @@ def _specialize(
     mod, figures["sliced_takes"] = constant_takes_as_slices(mod)
     mod, figures["sunk_reshapes"] = sink_reshapes(mod)
     mod, figures["copied_layouts"] = copy_shared_layouts(mod)
-    if vnni:
+    if vnni is not None:
         mod, figures["shared_quantizes"] = share_quantized(mod)
     # after `share_quantized`, which finds quantize steps by their division; before the VNNI
     # epilogues, which take the multiply into the GEMMs' write-back
     if fast_math:
         mod, figures["reciprocal_divisions"] = reciprocal_divisions(mod)
-    if vnni or fma:
+    if vnni is not None or fma is not None:
         fused = fuse_vnni_epilogues(mod, fast=fast_math)
         mod, figures["vnni_epilogues"], figures["padded_outputs"], figures["geglu_epilogues"] = fused
     if fast_math:  # after the epilogues, which take a GEGLU's `gelu` into a GEMM's write-back

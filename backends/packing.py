@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,7 @@ from optkit.backends.relax_exprs import (
     static_shape,
 )
 from optkit.backends.relax_exprs import relax_op as _op
+from optkit.backends.vnni import Arith
 
 log = logging.getLogger(__name__)
 
@@ -79,16 +81,17 @@ def pack_conv_hwio(w: np.ndarray, panel: int) -> np.ndarray:
 
 def pack_weights(
     mod: Any,
-    vnni: bool = False,
-    fma: bool = False,
+    vnni: Arith | None = None,
+    fma: Arith | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     consumed: Callable[[Any], None] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
-    `vnni`: int8 matmuls and convs go to the AVX-512 VNNI kernel (`vnni.py`) where their shapes
-    fit it, instead of the panel kernels here; `fma`: float32 matmuls go to the same tile kernel
-    with AVX-512 FMAs (`vnni.F32`). `progress(done, total, seconds_left)` is called
+    `vnni`: int8 matmuls and convs go to the int8 tile kernel of that arithmetic (`vnni.py`:
+    AVX-512 VNNI, `vnni.U8S8`, or AVX2's `vpmaddwd`, `vnni.U8S16`) where their shapes fit it,
+    instead of the panel kernels here; `fma`: float32 matmuls and 1 x 1 convs go to the same tile
+    kernel with FMAs (`vnni.F32` on AVX-512, `vnni.F32_AVX2`). `progress(done, total, seconds_left)` is called
     at most once a second as matmuls and convs are visited (seconds left extrapolated from the
     time per op so far). `consumed(tensor)` is told each time a use of a constant weight is
     replaced by its packed panels (directly, or through a `permute_dims` no one else reads), so
@@ -105,10 +108,10 @@ def pack_weights(
     # in order, the first that applies: (enabled, op, rewrite, the count it adds to)
     rules = [
         (True, matmul, _pad_columns, "padded"),
-        (vnni, matmul, _vnni_matmul, "vnni"),
-        (vnni, conv2d, _vnni_conv, "vnni"),
-        (fma, matmul, _fma_matmul, "fma"),
-        (fma, conv2d, _fma_pointwise_conv, "fma"),
+        (vnni, matmul, partial(_vnni_matmul, arith=vnni), "vnni"),
+        (vnni, conv2d, partial(_vnni_conv, arith=vnni), "vnni"),
+        (fma, matmul, partial(_fma_matmul, arith=fma), "fma"),
+        (fma, conv2d, partial(_fma_conv, arith=fma), "fma"),
         (True, matmul, _packed_matmul, "matmul"),
         (True, conv2d_transpose, _patch_transpose, "matmul"),
         (True, conv2d, _packed_conv, "conv2d"),
@@ -675,7 +678,7 @@ def _int8_pair(x: Any, w: np.ndarray, call: Any) -> bool:
     return str(x.ty.dtype) == "int8" and str(w.dtype) == "int8" and str(call.ty.dtype) == "int32"
 
 
-def _vnni_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
+def _vnni_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
     from optkit.backends import vnni
 
     x = call.args[0]
@@ -689,11 +692,11 @@ def _vnni_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     if not vnni.applies(k):
         return None
     x2 = _as_2d(bb, x, x_shape)
-    y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2), w_np))
+    y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2), w_np, arith=arith))
     return _from_2d(y, x_shape, n)
 
 
-def _fma_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
+def _fma_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
     """A float32 matmul with a constant weight through the tile kernel with AVX-512 FMAs
     (`vnni.gemm_func` with `vnni.F32`): up to 24 accumulators where the scheduled panel kernel
     (`_packed_matmul`) keeps 16 under TVM's 1 KiB stack limit, and the next tile column's weights
@@ -711,33 +714,56 @@ def _fma_matmul(bb: Any, call: Any, lookup: Any = None) -> Any | None:
     if w_np.shape[1] < vnni.LANES:  # narrower than one register: the generic schedule's
         return None
     x2 = _as_2d(bb, x, x_shape)
-    y = bb.emit(vnni.matmul(bb, x2, w_np))
+    y = bb.emit(vnni.matmul(bb, x2, w_np, arith=arith))
     return _from_2d(y, x_shape, w_np.shape[1])
 
 
-def _fma_pointwise_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
-    """A float32 NHWC 1 x 1 conv (stride 1, no padding, one group) is the GEMM `x[B*H*W, Ci] @
-    W[Ci, Co]` over a view of its input: run it on the FMA tile kernel as `_fma_matmul` does a
-    Linear, so its bias, ReLU6 and residual join the write-back (`epilogues.py`)."""
+def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
+    """A float32 NHWC conv (one group, dilation 1) on the FMA tile kernel, its bias, ReLU and
+    residual in the write-back (`epilogues.py`). A 1 x 1 conv at stride 1 without padding is the
+    GEMM `x[B*H*W, Ci] @ W[Ci, Co]` over a view of its input, as `_fma_matmul` runs a Linear;
+    on AVX2 (`arith.width` 8) other convs are read in place from their padded image
+    (`vnni.Conv`), where the scheduled conv kernel (`_packed_conv`, fitted on AVX-512) keeps its
+    accumulators below a third of the FMA peak. On AVX-512 the scheduled kernel keeps them
+    (session 22: ResNet-18's 3 x 3 convs were slower on the tile kernel there)."""
     from optkit.backends import vnni
     from tvm import relax
 
     nhwc = _nhwc_conv(call, lookup)
-    if nhwc is None:
+    if nhwc is None or arith is None:
         return None
     x, w_hwio, stride, dilation, pad, groups = nhwc
     kh, kw, ci, co = w_hwio.shape
-    if (kh, kw, groups) != (1, 1, 1) or stride != [1, 1] or dilation != [1, 1] or any(pad) or co < vnni.LANES:
+    if groups != 1 or dilation != [1, 1] or co < vnni.LANES:
         return None
-    if _nchw_source(x, lookup) is not None:  # the model's NCHW image: `_packed_conv` reads it in place
-        return None
+    source = _nchw_source(x, lookup)
     b, h, wd, _ = _static_shape(x)
-    rows = bb.emit(relax.op.reshape(x, (b * h * wd, ci)))
-    y = bb.emit(vnni.matmul(bb, rows, np.ascontiguousarray(w_hwio.reshape(ci, co))))
-    return relax.op.reshape(y, (b, h, wd, co))
+    pointwise = (kh, kw) == (1, 1) and stride == [1, 1] and not any(pad)
+    if pointwise and source is None:  # (the model's NCHW image: `_packed_conv` reads it in place)
+        rows = bb.emit(relax.op.reshape(x, (b * h * wd, ci)))
+        y = bb.emit(vnni.matmul(bb, rows, np.ascontiguousarray(w_hwio.reshape(ci, co)), arith=arith))
+        return relax.op.reshape(y, (b, h, wd, co))
+    if arith.width == vnni.LANES or pointwise:
+        return None
+    w_np = np.ascontiguousarray(w_hwio.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+    if ci % vnni.GROUP:  # an RGB stem: each kernel row's taps copied as one run (`im2col_rows`)
+        rows = vnni.interleave_channels(bb, source) if source is not None else x
+        rows = bb.emit(relax.op.reshape(rows, (b, h, wd * ci)))
+        top, left, bottom, right = pad
+        cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), 0.0)
+        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np), arith=arith))
+    elif source is not None:
+        return None
+    else:
+        image = _pad_nhwc(bb, x, pad)
+        _, height, width, _ = _static_shape(image)
+        oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
+        geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
+        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry, arith))
+    return relax.op.reshape(y, [int(d) for d in call.ty.shape])
 
 
-def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
+def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
     """int8 conv as NHWC im2col + the VNNI GEMM: `cols[B*OH*OW, KH*KW*C] @ W`, back to NCHW."""
     from optkit.backends import vnni
     from tvm import relax
@@ -770,17 +796,17 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None) -> Any | None:
             b, h, wd, _ = _static_shape(xu)
             rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
         cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), fill + 128)
-        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np)))
+        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np), arith=arith))
     elif dilation == [1, 1] and (kh, kw, stride) != (1, 1, [1, 1]):
         # read in place by the GEMM (implicit GEMM): only the padding is written first
         image = _pad_nhwc(bb, xu, pad, fill + 128)
         _, height, width, _ = _static_shape(image)
         oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
         geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
-        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry))
+        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry, arith))
     else:
         cols = vnni.im2col(bb, xu, kh, kw, stride, dilation, (top, left, bottom, right), fill + 128)
-        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight(w_np)))
+        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight(w_np), arith=arith))
     if nhwc is not None:
         return relax.op.reshape(y, [int(d) for d in call.ty.shape])
     b, _, oh, ow = (int(d) for d in call.ty.shape)

@@ -68,10 +68,13 @@ from optkit.errors import BackendError
 LANES, GROUP = 16, 4  # int32 lanes per register, bytes per lane
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
 VECTOR_REGISTERS = 31  # of AVX-512's 32 zmm registers, one left to LLVM
+AVX2_REGISTERS = 16  # ymm registers
 MAX_PANELS = 8  # 16-column panels per tile
 KERNEL_ATTR, GEMM_KERNEL = "optkit_kernel", "tile_gemm"  # marks the GEMM for `epilogues.py`
 CONV_ATTR = "optkit_conv"  # a GEMM that reads a padded image in place: its `Conv` geometry
 PAD_ATTR = "optkit_out_pad"  # a GEMM that writes a padded image: its `OutPad`
+ARITH_ATTR = "optkit_arith"  # a GEMM's `Arith.key`
+PMADDWD, PSHUFB = "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pshuf.b"
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
 # an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
 L2_BYTES = 1024 * 1024
@@ -81,33 +84,74 @@ PREFETCH_LOCALITY = 3  # `llvm.prefetch` locality of the next tile column's weig
 @dataclass(frozen=True)
 class Arith:
     """What the tile kernel multiplies: `x` (activation) and `w` (weight) dtypes, the
-    accumulators' dtype, and `group`, the k values one accumulator lane takes per instruction
-    (4 bytes for `vpdpbusd`, 1 float for an FMA). The packed weight is `[N / 16, K / group, 16,
-    group]` either way."""
+    accumulators' dtype, `group`, the k values of x one step of the kernel reads per row (4
+    bytes as one word for int8, 1 float), and `width`, the lanes of one hardware vector register
+    (16: AVX-512, 8: AVX2; a 16-column panel is `LANES // width` registers). The packed weight is
+    `[N / 16, K / group, 16, group]` (`pack`)."""
 
     x: str
     w: str
     acc: str
     group: int
     name: str  # the kernels' name prefix: `vnni_gemm`, `fma_conv`, ...
+    width: int = LANES
 
     def kernel_name(self, conv: Any = None) -> str:
         """The name of a `gemm_func` kernel of this arithmetic, a GEMM or a conv read in place."""
         return f"{self.name}_{'conv' if conv is not None else 'gemm'}"
 
     @property
+    def key(self) -> str:
+        """How a kernel records its arithmetic (`ARITH_ATTR`): name and register bits."""
+        return f"{self.name}{self.width * 32}"
+
+    @property
     def bytes(self) -> int:
-        """Bytes of one x or w value."""
-        return 1 if self.x == "uint8" else 4
+        """Bytes of one packed weight value."""
+        return {"int8": 1, "int16": 2}.get(self.w, 4)
+
+    @property
+    def vectors(self) -> int:
+        """Hardware registers per 16-column panel of accumulators."""
+        return LANES // self.width
+
+    def pack(self, w: np.ndarray) -> np.ndarray:
+        """`W[K, N]` (N a multiple of 16) as this kernel reads it (`pack`; for `pmaddwd`,
+        `madd_pack`)."""
+        return madd_pack(w) if self.w == "int16" else pack(w, self.group)
 
     @classmethod
     def of(cls, func: Any) -> Arith:
-        """The arithmetic a `gemm_func` kernel was built with (from its first argument's dtype)."""
+        """The arithmetic a `gemm_func` kernel was built with."""
+        attrs = func.attrs
+        if attrs is not None and ARITH_ATTR in attrs:
+            return ARITHS[str(attrs[ARITH_ATTR])]
         return F32 if str(func.params[0].dtype) == "float32" else U8S8
 
 
 U8S8 = Arith("uint8", "int8", "int32", GROUP, "vnni")  # VNNI: u8 x s8 -> s32
 F32 = Arith("float32", "float32", "float32", 1, "fma")  # AVX-512F: `vfmadd231ps` with a broadcast row value
+# AVX2 without VNNI: u8 and s8 widened to s16, `vpmaddwd` (pairs of s16 products summed into s32,
+# exact: |255 * 127 * 2| fits) and `vpaddd`; weights stored as int16
+U8S16 = Arith("uint8", "int16", "int32", GROUP, "madd", 8)
+F32_AVX2 = Arith("float32", "float32", "float32", 1, "fma", 8)  # AVX2 + FMA3: two `vfmadd231ps` per panel
+ARITHS = {a.key: a for a in (U8S8, F32, U8S16, F32_AVX2)}
+
+
+def int8_arith(target: Any) -> Arith | None:
+    """The int8 tile arithmetic the llvm target's CPU runs: VNNI, else `pmaddwd` on AVX2, else
+    None (the scheduled kernels)."""
+    if target_has_vnni(target):
+        return U8S8
+    return U8S16 if _has_feature("avx2", target) else None
+
+
+def float_arith(target: Any) -> Arith | None:
+    """The float32 tile arithmetic the llvm target's CPU runs: AVX-512 FMAs, else AVX2 + FMA3,
+    else None."""
+    if target_has_avx512(target):
+        return F32
+    return F32_AVX2 if _has_feature("avx2", target) and _has_feature("fma", target) else None
 
 
 @dataclass(frozen=True)
@@ -126,7 +170,7 @@ class Tile:
         return self.rows * self.panels + self.rows + 1
 
 
-def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False) -> Tile:
+def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False, width: int = LANES) -> Tile:
     """The tile for `y[M, N] = xu[M, K] @ W`: the one of least modelled time that fits the
     registers.
 
@@ -146,21 +190,39 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False
     512 tokens (512 x 1408 x 512, 2.75 MiB each of weights and activations) read its weights
     once per row tile with panels inner, and the decoder ran slower than on the scheduled
     kernel (111 -> 122 ms, artifacts timed in one process); with rows inner, faster (107.5 ->
-    102.9 ms, another run). `value_bytes`: bytes per x and w value (1 for int8, 4
-    for float32); `even`: an even number of panels (a `Glu`'s pairs)."""
+    102.9 ms, another run). `value_bytes`: bytes per weight value (1 for int8, 2 for AVX2's int16,
+    4 for float32); `even`: an even number of panels (a `Glu`'s pairs).
+
+    `width` 8 (AVX2: 16 ymm registers, a panel two of them): the same count with each panel's
+    accumulators and weight load doubled, `2 * rows * panels + rows + 2 * panels`, and tiles whose
+    accumulators, weights and one broadcast fit 16 registers. Float32 on one core of an AMD EPYC
+    (znver3, 95 GFLOP/s peak), GFLOP/s of rows x panels: 512 x 512 x 512 83 (6 x 1), 79 (4 x 1),
+    57 (2 x 2), 62 (3 x 1), 31 (1 x 2); 49 x 576 x 96 59, 59, 59, 57, 43; the model's order."""
     nb = -(-n // LANES)
+    vectors, registers = (1, VECTOR_REGISTERS) if width == LANES else (LANES // width, AVX2_REGISTERS)
+
+    def fits(rows: int, panels: int) -> bool:
+        if vectors == 1:  # accumulators, one broadcast per row, one weight
+            return rows * panels + rows + 1 <= registers
+        return vectors * panels * (rows + 1) + 1 <= registers  # accumulators, weights, one broadcast
+
     _, panels, rows = min(
-        (-(-m // rows) * -(-nb // panels) * (rows * panels + rows + panels), panels, rows)
+        (-(-m // rows) * -(-nb // panels) * (vectors * (rows * panels + panels) + rows), panels, rows)
         for panels in range(2 if even else 1, min(MAX_PANELS, nb) + 1, 2 if even else 1)
-        for rows in range(1, min(m, (VECTOR_REGISTERS - 1) // (panels + 1)) + 1)
+        for rows in range(1, min(m, registers) + 1)
+        if fits(rows, panels)
     )
     x_bytes, w_bytes = m * k * value_bytes, k * n * value_bytes
+    tiles_m, tiles_n = -(-m // rows), -(-nb // panels)
     in_l1 = panels * k * LANES * value_bytes <= L1_WEIGHT_BYTES
+    if in_l1 and vectors > 1 and tiles_n > 1 and x_bytes > L2_BYTES:
+        # AVX2's narrow tiles: rows inner would stream activations past L2 once per tile column
+        # (an RGB stem's 25088 x 168 x 64 in float32: 22.7 ms rows inner, 1-panel tiles)
+        return Tile(rows, panels, rows_inner=False)
     if in_l1 or w_bytes <= L2_BYTES:
         return Tile(rows, panels, rows_inner=in_l1)
     # weights past L2: rows inner read them once, and the activations once per tile column;
     # panels inner, the activations once and the weights once per row tile
-    tiles_m, tiles_n = -(-m // rows), -(-nb // panels)
     return Tile(rows, panels, rows_inner=x_bytes * tiles_n <= w_bytes * tiles_m)
 
 
@@ -196,6 +258,19 @@ def pack(w: np.ndarray, group: int = GROUP) -> np.ndarray:
     """`W[K, N]` -> `Wv[N / 16, K / group, 16, group]` (int8, group 4; float32, group 1)."""
     k, n = w.shape
     return np.ascontiguousarray(w.reshape(k // group, group, n // LANES, LANES).transpose(2, 0, 3, 1))
+
+
+def madd_pack(w: np.ndarray) -> np.ndarray:
+    """int8 `W[K, N]` -> int16 `[N / 16, K / 4, 16, 4]` as `U8S16` reads it: for each 4 k of a
+    panel, four 32-byte registers, one per pair of k (k0 k1, then k2 k3) and half of the panel
+    (columns 0-7, then 8-15), each holding its 8 columns' two values side by side, which
+    `vpmaddwd` multiplies by a row's pair of activations and sums."""
+    k, n = w.shape
+    half = LANES // 2
+    pairs = w.astype(np.int16).reshape(k // GROUP, 2, 2, n // LANES, 2, half)  # k: (word, pair, e)
+    return np.ascontiguousarray(
+        pairs.transpose(3, 0, 1, 4, 5, 2).reshape(n // LANES, k // GROUP, LANES, GROUP)
+    )
 
 
 @dataclass(frozen=True)
@@ -359,7 +434,7 @@ def gemm_func(
     glu = epilogue.glu if epilogue is not None else None
     if glu is not None and (n % (2 * LANES) or out_pad is not None or (tile and tile.panels % 2)):
         raise BackendError(f"a GLU write-back needs N a multiple of 32, an even tile, no padding; N = {n}")
-    tile = tile or choose_tile(m, n, k, arith.bytes, even=glu is not None)
+    tile = tile or choose_tile(m, n, k, arith.bytes, even=glu is not None, width=arith.width)
     nb, kb = -(-n // LANES), k // group
     rows, panels = min(tile.rows, m), min(tile.panels, nb)
     tiles_m, tiles_n = -(-m // rows), -(-nb // panels)
@@ -384,6 +459,7 @@ def gemm_func(
             "tirx.is_scheduled": True,
             "op_pattern": 8,
             KERNEL_ATTR: GEMM_KERNEL,
+            ARITH_ATTR: arith.key,
         }
         if conv is not None:
             attrs[CONV_ATTR] = conv.attr
@@ -407,9 +483,11 @@ def gemm_func(
                 panel = T.min(tn * _i64(panels), _i64(nb - panels))
                 rows_of = y if out_pad is not None else _Rows2d(y)
                 ahead = None
-                if tile.rows_inner and tiles_n > 1:
+                if tile.rows_inner and tiles_n > 1 and arith.vectors == 1:
                     # the next tile column's weights, spread over this column's row tiles: row
-                    # tile tm fetches lines tm * K' / tiles_m ... of each of its panels
+                    # tile tm fetches lines tm * K' / tiles_m ... of each of its panels. Not on
+                    # AVX2, where a step's 12 FMAs leave no room for its index arithmetic (float
+                    # 400 x 192 x 576 on znver3: 43 GFLOP/s with, 72 without; int8 alike)
                     def ahead(ko: Any, tm: Any = tm, panel: Any = panel) -> tuple[Any, Any]:
                         return panel + _i64(panels), (tm * _i64(kb) + ko) // _i64(tiles_m)
 
@@ -642,16 +720,10 @@ def _tile_body(
         T.buffer_store(acc[p], start, [_i64(r), lanes])
     nb = int(w.shape[0])
     with source.k_loop(row, rows) as (ko, word):
-        for p in range(panels):  # one weight register per panel, reused by all rows
-            b = w.vload([panel + _i64(p), ko, _i64(0), _i64(0)], dtype=f"{arith.w}x{LANES * arith.group}")
-            for r in range(rows):
-                old = acc[p].vload([_i64(r), _i64(0)], dtype=vec)
-                if arith == U8S8:
-                    a = tirx.reinterpret(f"uint8x{LANES * GROUP}", tirx.Broadcast(word(r), LANES))
-                    new = tirx.call_llvm_pure_intrin(vec, VPDPBUSD, old, a, b)
-                else:
-                    new = tirx.op.fma(tirx.Broadcast(word(r), LANES), b, old)
-                T.buffer_store(acc[p], new, [_i64(r), lanes])
+        if arith.w == "int16":
+            _madd_step(w, acc, panel, ko, word, rows)
+        else:
+            _step(w, acc, panel, ko, word, rows, arith)
         if ahead is not None:
             nxt, step = ahead(ko)
             with T.If(nxt < _i64(nb)), T.Then():
@@ -680,6 +752,56 @@ def _tile_body(
                     T.buffer_store(y.buffer, finish(lane_values, row + _i64(r), col, 1), [out, col])
 
 
+def _step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int, arith: Arith) -> None:
+    """One step of k of a `U8S8` tile (4 k, `vpdpbusd`) or an `F32` one (1 k, an FMA): one weight
+    register per panel, used by all rows."""
+    from tvm import tirx
+    from tvm.tirx.script.builder import ir as T
+
+    lanes, vec = tirx.Ramp(_i64(0), _i64(1), LANES), f"{arith.acc}x{LANES}"
+    for p in range(len(acc)):
+        b = w.vload([panel + _i64(p), ko, _i64(0), _i64(0)], dtype=f"{arith.w}x{LANES * arith.group}")
+        for r in range(rows):
+            old = acc[p].vload([_i64(r), _i64(0)], dtype=vec)
+            if arith == U8S8:
+                a = tirx.reinterpret(f"uint8x{LANES * GROUP}", tirx.Broadcast(word(r), LANES))
+                new = tirx.call_llvm_pure_intrin(vec, VPDPBUSD, old, a, b)
+            else:
+                new = tirx.op.fma(tirx.Broadcast(word(r), LANES), b, old)
+            T.buffer_store(acc[p], new, [_i64(r), lanes])
+
+
+def _madd_step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int) -> None:
+    """One step of 4 k of a `U8S16` tile: each row's 4 activation bytes, broadcast and split by
+    `vpshufb` into two registers of (k0, k1) and (k2, k3) as int16 pairs; per panel, pair and
+    half panel, one `vpmaddwd` with the weights (`madd_pack`) and one `vpaddd` into the
+    accumulators."""
+    from tvm import tirx
+    from tvm.tirx.script.builder import ir as T
+
+    half = LANES // 2
+    quads = T.decl_buffer(
+        (w.shape[0], w.shape[1], _i64(GROUP), _i64(LANES)), "int16", data=w.data
+    )  # (pair, half) -> 8 columns x 2 values
+    # vpshufb: bytes (0, 1) or (2, 3) of each 4-byte lane into the low bytes of two int16s
+    masks = [tirx.reinterpret("int8x32", tirx.Broadcast(tirx.const(m, "int32"), half)) for m in MADD_MASKS]
+    for r in range(rows):
+        bytes_ = tirx.reinterpret("int8x32", tirx.Broadcast(word(r), half))
+        pairs = [
+            tirx.reinterpret("int16x16", tirx.call_llvm_pure_intrin("int8x32", PSHUFB, bytes_, m))
+            for m in masks
+        ]
+        for p, (pair, q) in itertools.product(range(len(acc)), itertools.product(range(2), range(2))):
+            b = quads.vload([panel + _i64(p), ko, _i64(pair * 2 + q), _i64(0)], dtype="int16x16")
+            old = acc[p].vload([_i64(r), _i64(q * half)], dtype=f"int32x{half}")
+            product = tirx.call_llvm_pure_intrin(f"int32x{half}", PMADDWD, pairs[pair], b)
+            T.buffer_store(acc[p], old + product, [_i64(r), tirx.Ramp(_i64(q * half), _i64(1), half)])
+
+
+# `vpshufb` controls: bytes 0, 1 (then 2, 3) of each dword to its two words' low bytes, 0x80 zeroing
+MADD_MASKS = tuple(int.from_bytes(bytes([lo, 0x80, lo + 1, 0x80]), "little", signed=True) for lo in (0, 2))
+
+
 def to_unsigned(bb: Any, x: Any) -> Any:
     """int8 -> uint8 by adding 128 (elementwise; fuses into the kernel that produced x)."""
     from tvm import relax
@@ -690,25 +812,26 @@ def to_unsigned(bb: Any, x: Any) -> Any:
     )
 
 
-def matmul(bb: Any, xu: Any, w: np.ndarray, conv: Conv | None = None) -> Any:
+def matmul(bb: Any, xu: Any, w: np.ndarray, conv: Conv | None = None, arith: Arith | None = None) -> Any:
     """Emit `xu[M, K] (uint8, int8 + 128) @ w[K, N] (int8) - 128 * colsum(w)` (int32) through
-    the VNNI kernel, or for a float32 `w`, `xu (float32) @ w` (float32) through the FMA kernel;
-    with `conv`, `xu` is a padded image that the kernel reads in place (`Conv`, `w` laid out by
-    `conv_weight`). Returns the Relax expression."""
+    the int8 tile kernel, or for a float32 `w`, `xu (float32) @ w` (float32) through the FMA
+    kernel, of `arith` (default: AVX-512's, `U8S8` or `F32`); with `conv`, `xu` is a padded image
+    that the kernel reads in place (`Conv`, `w` laid out by `conv_weight`). Returns the Relax
+    expression."""
     from tvm import relax
 
-    arith = F32 if w.dtype == np.float32 else U8S8
+    arith = arith or (F32 if w.dtype == np.float32 else U8S8)
     shape = [int(d) for d in xu.ty.shape]
     m, k = conv.gemm_shape(shape) if conv is not None else shape
     n = w.shape[1]
     n16 = _round_up(n, LANES)
     wide = np.concatenate([w, np.zeros((k, n16 - n), w.dtype)], axis=1) if n16 > n else w
-    if arith == U8S8:  # the correction starts the accumulators: no elementwise pass over y for it
+    if arith.acc == "int32":  # the correction starts the accumulators: no elementwise pass over y for it
         offset = (-128 * wide.astype(np.int64).sum(axis=0)).astype(np.int32)
     else:  # zeros: a bias is a step of the epilogue (`epilogues.py`)
         offset = np.zeros(n16, np.float32)
     gvar = bb.add_func(gemm_func(m, n, k, offset=True, conv=conv, arith=arith), arith.kernel_name(conv))
-    args = [xu, relax.const(pack(wide, arith.group)), relax.const(offset)]
+    args = [xu, relax.const(arith.pack(wide)), relax.const(offset)]
     return relax.call_tir(gvar, args, relax.TensorType((m, n), arith.acc))
 
 
@@ -806,16 +929,21 @@ def im2col_rows(
 
 
 def interleave_channels(bb: Any, x: Any) -> Any:
-    """int8 NCHW `x` -> uint8 `[B, H, W * C]` (NHWC rows, shifted by 128) for `im2col_rows`, in a
-    kernel that reads each channel's row as vectors and writes it at a stride of C. Fused into
-    the quantizing kernel before it, the same transpose gathered its inputs with a division
-    and remainder per byte: 0.48 ms for 8 x 3 x 112 x 112 (Intel Xeon, 1 thread)."""
+    """int8 NCHW `x` -> uint8 `[B, H, W * C]` (NHWC rows, shifted by 128; a float32 `x` keeps its
+    values and dtype) for `im2col_rows`, in a kernel that reads each channel's row as vectors and
+    writes it at a stride of C. Fused into the quantizing kernel before it, the same transpose
+    gathered its inputs with a division and remainder per byte: 0.48 ms for 8 x 3 x 112 x 112
+    (Intel Xeon, 1 thread)."""
     from tvm import relax, s_tir, te, tirx
 
     b, c, h, w = (int(d) for d in x.ty.shape)
-    src = te.placeholder((b, c, h, w), "int8", name="x")
+    dtype = str(x.ty.dtype)
+    src = te.placeholder((b, c, h, w), dtype, name="x")
+    out_dtype = "float32" if dtype == "float32" else "uint8"
 
     def value(n: Any, i: Any, j: Any, ch: Any) -> Any:
+        if dtype == "float32":
+            return src[n, ch, i, j]
         return tirx.Cast("uint8", tirx.Cast("int32", src[n, ch, i, j]) + 128)
 
     out = te.compute((b, h, w, c), value, name="interleave")
@@ -826,7 +954,7 @@ def interleave_channels(bb: Any, x: Any) -> Any:
     sch.vectorize(sch.split(j, factors=[None, LANES])[1] if w % LANES == 0 else j)
     func = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # kOpaque
     gvar = bb.add_func(func, "interleave_channels")
-    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, h, w, c], "uint8")))
+    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, h, w, c], out_dtype)))
     return bb.emit(relax.op.reshape(out, (b, h, w * c)))
 
 

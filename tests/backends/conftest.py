@@ -55,23 +55,45 @@ def scheduled_funcs(mod, spec):
     return {g.name_hint: f for g, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
 
 
-def host_has_avx512():
+def _host_target():
     from optkit.backends.targets import resolve_target
+
+    return resolve_target("cpu", num_cores=1).tvm_target()
+
+
+def host_has_avx512():
     from optkit.backends.vnni import target_has_avx512
 
-    return target_has_avx512(resolve_target("cpu", num_cores=1).tvm_target())
+    return target_has_avx512(_host_target())
+
+
+def host_float_tiles():
+    """The float32 tile arithmetic lowering uses on this host (`vnni.float_arith`), or None."""
+    from optkit.backends.vnni import float_arith
+
+    return float_arith(_host_target())
+
+
+def host_int8_ariths():
+    """The int8 tile arithmetics this host runs: AVX2's `vpmaddwd` (every AVX2 CPU, AVX-512 ones
+    too) and, with AVX-512 VNNI, `vpdpbusd`."""
+    from optkit.backends import vnni
+
+    target = _host_target()
+    ariths = [vnni.U8S8] if vnni.target_has_vnni(target) else []
+    return ariths + ([vnni.U8S16] if vnni.int8_arith(target) is not None else [])
 
 
 def float_matmul_kernels(info):
     """How many constant-weight float32 matmuls a lowering's report says went to the kernel
-    this host uses for them: the FMA tile GEMM on AVX-512, else the scheduled panel kernel."""
-    return info["fma_kernels" if host_has_avx512() else "packed_matmuls"]
+    this host uses for them: the FMA tile GEMM on AVX-512 or AVX2, else the scheduled panel kernel."""
+    return info["fma_kernels" if host_float_tiles() is not None else "packed_matmuls"]
 
 
 @pytest.fixture
 def scheduled_float_matmuls(monkeypatch):
-    """Float32 matmuls on the scheduled panel kernel (`packing._packed_matmul`), as on a CPU
-    without AVX-512, whatever the host has: what tuning searches over."""
+    """Float32 matmuls and convs on the scheduled panel kernels (`packing._packed_matmul`,
+    `_packed_conv`), as on a CPU without AVX2, whatever the host has: what tuning searches over."""
     from optkit.backends import vnni
 
-    monkeypatch.setattr(vnni, "target_has_avx512", lambda _target: False)
+    monkeypatch.setattr(vnni, "float_arith", lambda _target: None)

@@ -10,10 +10,10 @@ from torch import nn
 
 from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import host_has_avx512, outputs_of
+from tests.backends.conftest import host_float_tiles, outputs_of
 
 pytestmark = pytest.mark.skipif(
-    not vnni.target_has_vnni(resolve_target("cpu").tvm_target()), reason="the host CPU has no AVX-512 VNNI"
+    vnni.int8_arith(resolve_target("cpu").tvm_target()) is None, reason="the host CPU has no int8 tile kernel"
 )
 
 
@@ -130,7 +130,7 @@ def _activation_kernels(precision, model, fast_math=True, rows=(2, 25)):
     Program's) for `model` on `rows` (50: tiles overlap), in float32 or W8A8."""
     from optkit.backends.kernel_profile import lower_with_kernels
 
-    if precision == "float" and not host_has_avx512():
+    if precision == "float" and host_float_tiles() is None:
         pytest.skip("float32 GEMMs take epilogues on the FMA tile kernel (AVX-512)")
     torch.manual_seed(0)
     x = torch.randn(*rows, 64)

@@ -8,7 +8,7 @@ from optkit.backends.targets import resolve_target
 from torch import nn
 
 from optkit.ir.capture import capture
-from tests.backends.conftest import host_has_avx512, outputs_of
+from tests.backends.conftest import host_float_tiles, outputs_of
 
 HOST = resolve_target("cpu", num_cores=1)
 
@@ -83,7 +83,7 @@ def test_tiles_keep_weights_past_l2_from_being_read_once_per_row_tile():
     assert not vnni.choose_tile(512, 512, 512, 4).rows_inner  # 1 MiB of weights: from L2 per row tile
 
 
-@pytest.mark.skipif(not host_has_avx512(), reason="the host CPU has no AVX-512")
+@pytest.mark.skipif(host_float_tiles() is None, reason="the host CPU has no AVX-512 or AVX2 FMA")
 def test_float_linears_use_the_fma_kernel_with_their_epilogues():
     class Block(nn.Module):
         def __init__(self) -> None:
@@ -104,7 +104,7 @@ def test_float_linears_use_the_fma_kernel_with_their_epilogues():
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not host_has_avx512(), reason="the host CPU has no AVX-512")
+@pytest.mark.skipif(host_float_tiles() is None, reason="the host CPU has no AVX-512 or AVX2 FMA")
 def test_pointwise_convs_run_as_fma_gemms_with_their_epilogues():
     class InvertedResidual(nn.Module):
         """MobileNetV2's block after a stem conv: NHWC activations, 1 x 1 convs around a
@@ -126,8 +126,35 @@ def test_pointwise_convs_run_as_fma_gemms_with_their_epilogues():
     program = capture(InvertedResidual().eval(), (torch.randn(2, 3, 18, 14),), name="inverted_residual")
     artifact = lower(program, "cpu", num_cores=1)
     # expand (bias, ReLU6) and project (bias, residual) on the FMA kernel with their epilogues;
-    # the stem (reading the NCHW image in place) and the strided 1 x 1 conv stay scheduled
-    assert artifact.info["fma_kernels"] == 2 and artifact.info["vnni_epilogues"] == 2
-    assert artifact.info["packed_convs"] == 2 and artifact.info["depthwise_convs"] == 1
+    # on AVX-512 the stem (reading the NCHW image in place) and the strided 1 x 1 conv stay
+    # scheduled, on AVX2 they take the tile kernel too (the stem by kernel rows)
+    tiles = 2 if host_float_tiles().width == vnni.LANES else 4
+    assert artifact.info["fma_kernels"] == tiles and artifact.info["vnni_epilogues"] == tiles
+    assert artifact.info["packed_convs"] == 4 - tiles and artifact.info["depthwise_convs"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(
+    vnni.float_arith(HOST.tvm_target()) != vnni.F32_AVX2, reason="the host CPU is no AVX2-only one"
+)
+def test_avx2_runs_every_float_conv_on_the_tile_kernel():
+    class Stem(nn.Module):
+        """A ResNet's stem and first block: a 7 x 7 stride-2 RGB conv, 3 x 3 convs padded and
+        strided, a residual."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = nn.Conv2d(3, 16, 7, 2, 3)
+            self.a, self.b = nn.Conv2d(16, 16, 3, 1, 1), nn.Conv2d(16, 32, 3, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = torch.relu(self.stem(x))
+            return self.b(torch.relu(x + self.a(x)))
+
+    torch.manual_seed(0)
+    program = capture(Stem().eval(), (torch.randn(2, 3, 23, 20),), name="stem")
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["fma_kernels"] == 3 and artifact.info["packed_convs"] == 0
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)

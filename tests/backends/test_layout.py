@@ -99,7 +99,7 @@ def test_w8a8_depthwise_block_matches_its_program():
     # The int8 depthwise convs compute in float32 (exact: their sums stay below 2^24) on the
     # NHWC depthwise kernel; the 1x1 int8 convs stay int8 and take the NHWC layout with them.
     from optkit.backends.targets import resolve_target
-    from optkit.backends.vnni import target_has_vnni
+    from optkit.backends.vnni import int8_arith
 
     from optkit.pipeline import PassManager, build_passes
 
@@ -110,7 +110,7 @@ def test_w8a8_depthwise_block_matches_its_program():
     artifact = lower(quantized, "cpu", num_cores=1)
     assert artifact.info["depthwise_convs"] == 3
     assert artifact.info["int8_depthwise_inputs"] == 3  # each reads its int8 input
-    if target_has_vnni(resolve_target("cpu").tvm_target()):
+    if int8_arith(resolve_target("cpu").tvm_target()) is not None:
         assert artifact.info["vnni_kernels"] == 2
     (got,) = artifact.run(*quantized.example_inputs)
     np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)

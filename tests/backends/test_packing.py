@@ -66,7 +66,7 @@ def test_transposed_conv_matches_torch(layer, packed):
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-5)
 
 
-def test_nhwc_convs_on_narrow_images_match_torch():
+def test_nhwc_convs_on_narrow_images_match_torch(scheduled_float_matmuls):
     # After the first conv the activations are NHWC. A 7-pixel image row splits by no register
     # tile height, so the 3 x 3 convs tile their flattened pixels (`packed_conv2d_rows`; 49
     # pixels, computed as 56 rows of which the last 7 are not stored); their
@@ -127,11 +127,11 @@ def test_unpackable_layers_keep_the_generic_kernels():
 
 
 @pytest.mark.slow
-def test_int8_panel_kernels_without_vnni(mlp, conv_program, monkeypatch):
-    # On a CPU without AVX-512 VNNI the int8 matmul and conv use the int32-accumulating panel kernels.
+def test_int8_panel_kernels_without_int8_tiles(mlp, conv_program, monkeypatch):
+    # On a CPU without AVX2 the int8 matmul and conv use the int32-accumulating panel kernels.
     from optkit.backends import vnni
 
-    monkeypatch.setattr(vnni, "target_has_vnni", lambda _target: False)
+    monkeypatch.setattr(vnni, "int8_arith", lambda _target: None)
     for program in (mlp, conv_program):
         quantized = PassManager(build_passes(["ptq"])).run(program).program
         artifact = lower(quantized, "cpu", num_cores=1)

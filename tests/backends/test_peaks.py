@@ -222,7 +222,7 @@ def test_profile_of_a_tiny_mlp(mlp):
     assert set(profile.family_rate(fake)) == {"fp32"}
 
 
-@pytest.mark.skipif(not vnni.target_has_vnni(resolve_target("cpu").tvm_target()), reason="no AVX-512 VNNI")
+@pytest.mark.skipif(vnni.int8_arith(resolve_target("cpu").tvm_target()) is None, reason="no int8 tile kernel")
 def test_profile_of_a_w8a8_mlp_counts_its_vnni_gemms_as_int8(mlp):
     quantized = PassManager(build_passes(["ptq", "dce"])).run(mlp).program
     profile = kp.profile_kernels(quantized, warmup=0, repeats=1, model_repeats=1)

@@ -54,7 +54,7 @@ def test_quantized_conv_matches_program(conv_program):
     artifact = lower(program, "cpu", num_cores=1)
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-4, atol=1e-4)
-    if vnni.target_has_vnni(resolve_target("cpu").tvm_target()):
+    if vnni.int8_arith(resolve_target("cpu").tvm_target()) is not None:
         # Both convs (the 3-channel one by kernel rows) on the VNNI GEMM, with the linear head;
         # their zero-point pads moved to the im2col.
         assert artifact.info["vnni_kernels"] == 3

@@ -8,7 +8,7 @@ from optkit.backends.kernel_profile import lower_with_kernels
 from torch import nn
 
 from optkit.ir.capture import capture
-from tests.backends.conftest import host_has_avx512, outputs_of
+from tests.backends.conftest import host_float_tiles, outputs_of
 
 
 class TokenBlock(nn.Module):
@@ -48,7 +48,7 @@ def test_gelu_and_bias_fuse_into_the_gemm(block_program, scheduled_float_matmuls
     assert not any(n.startswith(("gelu", "fused_gelu", "add", "fused_add")) for n in names), names
 
 
-@pytest.mark.skipif(not host_has_avx512(), reason="the host CPU has no AVX-512")
+@pytest.mark.skipif(host_float_tiles() is None, reason="the host CPU has no AVX-512 or AVX2 FMA")
 def test_bias_and_residual_adds_join_the_fma_gemms_write_back(block_program):
     artifact, kernels = lower_with_kernels(block_program, num_cores=1)
     names = list(kernels)

@@ -1,4 +1,5 @@
-"""The AVX-512 VNNI int8 GEMM: exact against numpy, and used for W8A8 linears and convs."""
+"""The int8 tile GEMM (AVX-512 VNNI, and AVX2's `vpmaddwd`): exact against numpy, and used for
+W8A8 linears and convs. Kernel tests run each arithmetic the host CPU runs (`arith`)."""
 
 import numpy as np
 import pytest
@@ -6,12 +7,14 @@ from optkit.backends import lower, vnni
 from optkit.backends.targets import resolve_target
 
 from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import outputs_of
+from tests.backends.conftest import host_int8_ariths, outputs_of
 
 HOST = resolve_target("cpu", num_cores=1)
-pytestmark = pytest.mark.skipif(
-    not vnni.target_has_vnni(HOST.tvm_target()), reason="the host CPU has no AVX-512 VNNI"
-)
+
+
+@pytest.fixture(params=host_int8_ariths(), ids=lambda a: a.key)
+def arith(request):
+    return request.param
 
 
 def test_packed_layout():
@@ -22,6 +25,16 @@ def test_packed_layout():
     assert packed[n // 16, k // 4, n % 16, k % 4] == w[k, n]
 
 
+def test_madd_layout_holds_pairs_of_k_per_half_panel():
+    w = np.random.default_rng(0).integers(-128, 128, (8, 32)).astype(np.int8)
+    packed = vnni.U8S16.pack(w)
+    assert packed.shape == (2, 2, 16, 4) and packed.dtype == np.int16
+    quads = packed.reshape(2, 2, 4, 16)  # (panel, 4 k) -> (pair, half) x (8 columns x 2 k)
+    k, n = 6, 27  # word 1, pair 1 (k 6 and 7), panel 1, half 1 (columns 24-31), column 3 of it
+    assert quads[n // 16, k // 4, (k % 4 // 2) * 2 + n % 16 // 8, (n % 8) * 2 + k % 2] == w[k, n]
+    assert quads[1, 1, 3, 7] == w[7, 27]
+
+
 def _compile(funcs):
     import tvm
 
@@ -29,7 +42,7 @@ def _compile(funcs):
     return tvm.compile(mod, target=HOST.tvm_target())
 
 
-def _check_exact(lib, name, m, n, k, seed=0):
+def _check_exact(lib, name, m, n, k, arith, seed=0):
     import tvm
 
     rng = np.random.default_rng(seed)
@@ -38,7 +51,7 @@ def _check_exact(lib, name, m, n, k, seed=0):
     n16 = -(-n // 16) * 16
     wide = np.concatenate([w, rng.integers(-128, 128, (k, n16 - n)).astype(np.int8)], axis=1)
     out = tvm.runtime.tensor(np.full((m, n), -1, np.int32))
-    lib[name](tvm.runtime.tensor(x), tvm.runtime.tensor(vnni.pack(wide)), out)
+    lib[name](tvm.runtime.tensor(x), tvm.runtime.tensor(arith.pack(wide)), out)
     np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64), err_msg=name)
 
 
@@ -48,22 +61,24 @@ REMAINDER_SHAPES = [(m, n, k) for m in (1, 7, 49, 128, 200) for n in (16, 48, 80
 REMAINDER_SHAPES += [(m, n, k) for m in (1, 49) for n in (3, 24, 344) for k in (4, 72)]
 
 
-def test_gemm_is_exact_with_remainders():
+def test_gemm_is_exact_with_remainders(arith):
     names = {f"gemm_{m}x{n}x{k}": (m, n, k) for m, n, k in REMAINDER_SHAPES}
-    lib = _compile({name: vnni.gemm_func(*shape) for name, shape in names.items()})
+    lib = _compile({name: vnni.gemm_func(*shape, arith=arith) for name, shape in names.items()})
     for name, shape in names.items():
-        _check_exact(lib, name, *shape)
+        _check_exact(lib, name, *shape, arith)
 
 
 @pytest.mark.parametrize(
     "tile",
     [vnni.Tile(6, 4), vnni.Tile(4, 6, rows_inner=False), vnni.Tile(7, 3), vnni.Tile(1, 1), vnni.Tile(15, 1)],
 )
-def test_each_tile_and_order_is_exact(tile):
+def test_each_tile_and_order_is_exact(tile, arith):
     shapes = [(16, 32, 64), (6, 16, 8), (3, 48, 12), (49, 96, 576), (50, 112, 20), (9, 40, 8)]
-    lib = _compile({f"gemm{i}": vnni.gemm_func(*shape, tile=tile) for i, shape in enumerate(shapes)})
+    lib = _compile(
+        {f"gemm{i}": vnni.gemm_func(*shape, tile=tile, arith=arith) for i, shape in enumerate(shapes)}
+    )
     for i, shape in enumerate(shapes):
-        _check_exact(lib, f"gemm{i}", *shape, seed=i)
+        _check_exact(lib, f"gemm{i}", *shape, arith, seed=i)
 
 
 @pytest.mark.parametrize(("m", "n", "k"), [(49, 96, 576), (196, 192, 1152), (200, 80, 64), (128, 768, 192)])
@@ -73,23 +88,23 @@ def test_tile_fills_the_registers_without_one_row_tiles(m, n, k):
     assert tile.rows >= 4 and tile.rows * tile.panels >= 20
 
 
-def test_offset_starts_the_accumulators():
+def test_offset_starts_the_accumulators(arith):
     import tvm
 
     m, n, k = 49, 40, 64  # N = 40: the offset and weight have 48 columns, y 40
-    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True)})
+    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, arith=arith)})
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
     offset = rng.integers(-(2**20), 2**20, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
-    args = (tvm.runtime.tensor(a) for a in (x, vnni.pack(w), offset))
+    args = (tvm.runtime.tensor(a) for a in (x, arith.pack(w), offset))
     lib["main"](*args, out)
     want = offset + x.astype(np.int64) @ w.astype(np.int64)
     np.testing.assert_array_equal(out.numpy(), want[:, :n])
 
 
-def test_epilogue_runs_in_the_write_back():
+def test_epilogue_runs_in_the_write_back(arith):
     import tvm
 
     # N = 40: two whole panels and one stored lane by lane; parameters per column, per row and
@@ -108,7 +123,7 @@ def test_epilogue_runs_in_the_write_back():
         params=((1, n, "float32"), (m, 1, "float32"), (1, 1, "float32")),
         dtype="int8",
     )
-    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue)})
+    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, arith=arith)})
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
@@ -117,14 +132,14 @@ def test_epilogue_runs_in_the_write_back():
     row = rng.uniform(-5, 5, (m, 1)).astype(np.float32)
     floor = np.full((1, 1), -100.0, np.float32)
     out = tvm.runtime.tensor(np.zeros((m, n), np.int8))
-    args = (tvm.runtime.tensor(a) for a in (x, vnni.pack(w), offset, scale, row, floor))
+    args = (tvm.runtime.tensor(a) for a in (x, arith.pack(w), offset, scale, row, floor))
     lib["main"](*args, out)
     acc = (offset + x.astype(np.int64) @ w.astype(np.int64))[:, :n].astype(np.float32)
     want = np.round(np.maximum(floor - (acc * scale + row), floor)).astype(np.int8)
     np.testing.assert_array_equal(out.numpy(), want)
 
 
-def test_an_int8_residual_is_dequantized_in_the_write_back():
+def test_an_int8_residual_is_dequantized_in_the_write_back(arith):
     import tvm
 
     m, n, k = 21, 32, 16
@@ -135,7 +150,7 @@ def test_an_int8_residual_is_dequantized_in_the_write_back():
         dtype="float32",
         loads=(None, (zero, scale)),
     )
-    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue)})
+    lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, arith=arith)})
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (m, k)).astype(np.uint8)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
@@ -143,25 +158,27 @@ def test_an_int8_residual_is_dequantized_in_the_write_back():
     skip = rng.integers(-128, 128, (m, n)).astype(np.int8)
     unit = np.full((1, 1), 1e-3, np.float32)
     out = tvm.runtime.tensor(np.zeros((m, n), np.float32))
-    lib["main"](*(tvm.runtime.tensor(a) for a in (x, vnni.pack(w), offset, unit, skip)), out)
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, arith.pack(w), offset, unit, skip)), out)
     acc = (offset + x.astype(np.int64) @ w.astype(np.int64)).astype(np.float32)
     want = acc * unit + (skip.astype(np.float32) - np.float32(zero)) * np.float32(scale)
     np.testing.assert_allclose(out.numpy(), want, rtol=1e-6, atol=1e-6)  # LLVM may fuse a * b + c
 
 
-def test_the_write_back_can_write_a_padded_image():
+def test_the_write_back_can_write_a_padded_image(arith):
     import tvm
 
     b, h, w, n, k = 2, 5, 6, 40, 32  # a last panel stored lane by lane, unequal pads
     pad = vnni.OutPad(h, w, top=1, bottom=2, left=1, right=1, value=3.0)
     epilogue = vnni.Epilogue(steps=(("astype", "float32"),), params=(), dtype="float32")
-    lib = _compile({"main": vnni.gemm_func(b * h * w, n, k, offset=True, epilogue=epilogue, out_pad=pad)})
+    lib = _compile(
+        {"main": vnni.gemm_func(b * h * w, n, k, offset=True, epilogue=epilogue, out_pad=pad, arith=arith)}
+    )
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, (b * h * w, k)).astype(np.uint8)
     wt = rng.integers(-128, 128, (k, 48)).astype(np.int8)
     offset = rng.integers(-100, 100, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros(pad.image(b * h * w, n), np.float32))
-    lib["main"](*(tvm.runtime.tensor(a) for a in (x, vnni.pack(wt), offset)), out)
+    lib["main"](*(tvm.runtime.tensor(a) for a in (x, arith.pack(wt), offset)), out)
     acc = (offset + x.astype(np.int64) @ wt.astype(np.int64))[:, :n].astype(np.float32)
     want = np.pad(acc.reshape(b, h, w, n), [(0, 0), (1, 2), (1, 1), (0, 0)], constant_values=3.0)
     np.testing.assert_array_equal(out.numpy(), want)
@@ -178,13 +195,23 @@ def test_tiles_follow_the_weight_panels_size():
     assert vnni.choose_tile(1024, 1280, 1280).rows_inner
 
 
-def test_accumulators_need_no_workspace():
+def test_accumulators_need_no_workspace(arith):
     # a local buffer in TVM's parallel loop becomes a TVMBackendAllocWorkspace call per tile,
     # which cost more than the tile's own work for short K
-    lib = _compile({"main": vnni.gemm_func(128, 768, 192)})
+    lib = _compile({"main": vnni.gemm_func(128, 768, 192, arith=arith)})
     source = lib.mod.inspect_source("ll")
-    assert "vpdpbusd" in source
+    assert ("vpdpbusd" if arith == vnni.U8S8 else "pmadd.wd") in source
     assert "TVMBackendAllocWorkspace" not in source
+
+
+def test_avx2_tiles_fit_sixteen_registers():
+    for m, n, k in [(512, 512, 512), (49, 96, 576), (1, 1000, 1280), (25088, 96, 16)]:
+        tile = vnni.choose_tile(m, n, k, 4, width=8)
+        assert 2 * tile.panels * (tile.rows + 1) + 1 <= vnni.AVX2_REGISTERS
+    assert vnni.choose_tile(512, 512, 512, 4, width=8) == vnni.Tile(6, 1, rows_inner=True)
+    # an RGB stem's GEMM in float32: 16.9 MB of activations, 4 panels; each row tile's
+    # activations stay in L1 while the panels run, rather than streaming once per panel
+    assert not vnni.choose_tile(25088, 64, 168, 4, width=8).rows_inner
 
 
 @pytest.mark.slow
@@ -267,7 +294,7 @@ def test_nchw_int8_interleaves_into_shifted_rows():
 
 
 @pytest.mark.parametrize(("stride", "kernel"), [((1, 1), (3, 3)), ((2, 2), (3, 3)), ((2, 1), (1, 2))])
-def test_conv_read_in_place_matches_an_int64_conv(stride, kernel):
+def test_conv_read_in_place_matches_an_int64_conv(stride, kernel, arith):
     import tvm
 
     # a padded 2 x 7 x 9 image of 8 channels; 40 output channels (a panel stored lane by lane)
@@ -278,11 +305,13 @@ def test_conv_read_in_place_matches_an_int64_conv(stride, kernel):
     oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
     conv = vnni.Conv(h, w, kh, kw, stride, oh, ow)
     m, k = conv.gemm_shape([b, h, w, c])
-    lib = _compile({"main": vnni.gemm_func(m, co, k, vnni.Tile(5, 2), conv=conv)})  # 5 rows: tiles overlap
+    lib = _compile(
+        {"main": vnni.gemm_func(m, co, k, vnni.Tile(5, 2), conv=conv, arith=arith)}
+    )  # tiles overlap
     cols = vnni.conv_weight(weight)
     wide = np.concatenate([cols, np.zeros((k, 48 - co), np.int8)], axis=1)
     out = tvm.runtime.tensor(np.zeros((m, co), np.int32))
-    lib["main"](tvm.runtime.tensor(image), tvm.runtime.tensor(vnni.pack(wide)), out)
+    lib["main"](tvm.runtime.tensor(image), tvm.runtime.tensor(arith.pack(wide)), out)
     want = _conv_reference(image, weight, list(stride), (0, 0, 0, 0), 0)
     np.testing.assert_array_equal(out.numpy(), want.reshape(m, co))
     assert vnni.Conv.of(vnni.gemm_func(m, co, k, conv=conv)) == conv  # recorded for `epilogues.py`
