@@ -28,10 +28,23 @@ def _packed_gemm(m, k, n):
     ids=["seven-divides", "long-k", "short-k", "exact"],
 )
 def test_default_tile_height(m, k, params, height):
-    sch = CPUMatmul(params=params).apply(_packed_gemm(m, k, 64), resolve_target("cpu").tvm_target(), False)
+    import tvm
+
+    avx512 = tvm.target.Target({"kind": "llvm", "mcpu": "skylake-avx512"})
+    sch = CPUMatmul(params=params).apply(_packed_gemm(m, k, 64), avx512, False)
     script = sch.mod.script()
     assert f"T.unroll({height})" in script
     assert f"T.parallel({m // height * 2})" in script  # row tiles x two 32-column panels
+
+
+@pytest.mark.parametrize(("m", "height"), [(96, 6), (448, 4)])
+def test_avx2_tiles_fit_its_sixteen_registers(m, height):
+    import tvm
+
+    sch = CPUMatmul().apply(_packed_gemm(m, 64, 64), tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}), False)
+    script = sch.mod.script()
+    assert f"T.unroll({height})" in script  # 6 rows x 16 lanes where 6 divides M, else 4
+    assert f"T.parallel({m // height * 4})" in script  # row tiles x four 16-column panels
 
 
 def test_seven_row_tiles_compute_the_product():
