@@ -39,8 +39,22 @@ in the int32 depthwise convs; since those compute in exact float32 on the NHWC d
 (`quantized.py`) and the int8 convs run NHWC, it is 1.36x faster than float (batch 8,
 `bench_families`). Used when the llvm target reports `avx512vnni`.
 
+On AVX2 CPUs without VNNI (`U8S16`, `int8_arith`; an AMD EPYC `znver3` in session 24) the same
+kernel runs on `vpmaddwd`, which multiplies 16 pairs of int16 and adds each pair into one of 8
+int32 lanes: the weight is packed as int16 (`madd_pack`: per 4 k of a panel, four 32-byte
+registers, one per pair of k and half panel), each row's 4 activation bytes are broadcast and
+split by two `vpshufb` into (k0, k1) and (k2, k3) int16 pairs, and per panel and step 4
+`vpmaddwd` and 4 `vpaddd` accumulate. It is exact: a product pair is at most 2 * 255 * 128 in
+magnitude. (`vpmaddubsw`, the u8 x s8 instruction ONNX Runtime's AVX2 kernels use, saturates
+its int16 pair sums: on this CPU ONNX Runtime running optkit's own W8A8 ONNX of the model
+families loses 4.5-25 dB of output SQNR against float that the same graph keeps with VNNI, and
+that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Measured alone on one znver3 core (1 thread): 105-118
+GOP/s on 400 x 192 x 576 to 128 x 4608 x 512, against 72-75 GFLOP/s for the float32 tile kernel
+on the same shapes (95 GFLOP/s FMA peak). AVX2 has 16 ymm registers, and a 16-column panel
+takes two: `choose_tile(width=8)` counts both (6 x 1 tiles for large shapes).
+
 The same tile kernel runs float32 (`Arith` `F32`, used for float Linears when the target reports
-`avx512f`, `packing._fma_matmul`): the weight packed `[N / 16, K, 16, 1]`, one row value
+`avx512f`, `packing._fma_matmul`; `F32_AVX2` with AVX2 and FMA3, two `vfmadd231ps` per panel): the weight packed `[N / 16, K, 16, 1]`, one row value
 broadcast per row and k, one `vfmadd231ps` per row and panel. TVM's schedule of the packed
 float kernel keeps its accumulators in one buffer, which TVM's 1 KiB stack limit caps at 16
 registers (8 x 32); per-panel buffers hold 24. With rows inner, each row tile also prefetches
@@ -197,13 +211,18 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False
     accumulators and weight load doubled, `2 * rows * panels + rows + 2 * panels`, and tiles whose
     accumulators, weights and one broadcast fit 16 registers. Float32 on one core of an AMD EPYC
     (znver3, 95 GFLOP/s peak), GFLOP/s of rows x panels: 512 x 512 x 512 83 (6 x 1), 79 (4 x 1),
-    57 (2 x 2), 62 (3 x 1), 31 (1 x 2); 49 x 576 x 96 59, 59, 59, 57, 43; the model's order."""
+    57 (2 x 2), 62 (3 x 1), 31 (1 x 2); 49 x 576 x 96 59, 59, 59, 57, 43; the model's order. The
+    int8 `vpmaddwd` step holds 4 weight registers per panel and 4 more for the activation pairs
+    and their shuffle masks: 4 x 1 tiles, where 6 x 1 spilled (ResNet-18's 3 x 3 convs at batch 8,
+    GOP/s: 28 x 28 x 64 85 -> 97, 4 x 4 x 512 85 -> 123)."""
     nb = -(-n // LANES)
     vectors, registers = (1, VECTOR_REGISTERS) if width == LANES else (LANES // width, AVX2_REGISTERS)
 
     def fits(rows: int, panels: int) -> bool:
         if vectors == 1:  # accumulators, one broadcast per row, one weight
             return rows * panels + rows + 1 <= registers
+        if value_bytes == 2:  # `vpmaddwd`: a step's 4 weight registers per panel, 2 masks, 2 pairs
+            return vectors * panels * rows + 2 * vectors * panels + 4 <= registers
         return vectors * panels * (rows + 1) + 1 <= registers  # accumulators, weights, one broadcast
 
     _, panels, rows = min(

@@ -209,6 +209,8 @@ def test_avx2_tiles_fit_sixteen_registers():
         tile = vnni.choose_tile(m, n, k, 4, width=8)
         assert 2 * tile.panels * (tile.rows + 1) + 1 <= vnni.AVX2_REGISTERS
     assert vnni.choose_tile(512, 512, 512, 4, width=8) == vnni.Tile(6, 1, rows_inner=True)
+    # int8 on `vpmaddwd`: 4 weight registers per panel and 4 for the activation pairs: 4 rows
+    assert vnni.choose_tile(128, 512, 4608, 2, width=8) == vnni.Tile(4, 1, rows_inner=True)
     # an RGB stem's GEMM in float32: 16.9 MB of activations, 4 panels; each row tile's
     # activations stay in L1 while the panels run, rather than streaming once per panel
     assert not vnni.choose_tile(25088, 64, 168, 4, width=8).rows_inner
