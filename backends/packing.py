@@ -106,7 +106,7 @@ def pack_weights(
     counts = {"matmul": 0, "conv2d": 0, "depthwise": 0, "int8_depthwise": 0, "vnni": 0, "fma": 0, "padded": 0}
     kinds = (matmul, conv2d, conv2d_transpose)
     # in order, the first that applies: (enabled, op, rewrite, the count it adds to)
-    rules = [
+    rules: list[tuple[object, Any, Callable[..., Any], str]] = [
         (True, matmul, _pad_columns, "padded"),
         (vnni, matmul, partial(_vnni_matmul, arith=vnni), "vnni"),
         (vnni, conv2d, partial(_vnni_conv, arith=vnni), "vnni"),

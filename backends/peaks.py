@@ -12,15 +12,18 @@ runs in the hot loop:
   (8 lanes). One FMA is 2 FLOPs per lane.
 - int8 dot product (`dot_func`): the same shape around `vpdpbusd` (VNNI: 4 u8 x s8 products
   added into each int32 lane), through the LLVM intrinsic `vnni.py` uses: 512-bit with AVX-512
-  VNNI, 256-bit with AVX-VNNI. One instruction is 2 * 4 * lanes int8 ops. A CPU with neither
-  gets no int8 peak, and the reason says so (the `pmaddubsw` + `pmaddwd` path is not measured).
+  VNNI, 256-bit with AVX-VNNI. One instruction is 2 * 4 * lanes int8 ops. On AVX2 without VNNI
+  (`madd_func`), the pair optkit's AVX2 int8 GEMM issues (`vnni.U8S16`): `vpmaddwd` (2 int16
+  products summed into each of 8 int32 lanes) and `vpaddd`, 2 * 2 * 8 ops per pair. A CPU
+  with none of these gets no int8 peak, and the reason says so.
 
 The ISA is chosen from the /proc/cpuinfo flags, never assumed. Both kernels compute something
 checkable: with `mul = 1`, `add = 1` the FMA accumulators end at `init + n` (exact in float32
 while below 2**24); each dot accumulator ends at `init + n * sum_k(a_k * b_k)` per lane. Every
 measured call is checked that way, so a peak never comes from a kernel that skipped work.
-(A `pmaddubsw` + `pmaddwd` kernel would need a loop-carried input to keep LLVM from hoisting the
-products out of the loop, and then has no closed form to check: it is left out.)
+`vpmaddwd` has no accumulator operand, so LLVM would compute `madd(a, b)` once before the loop;
+`madd_func` adds a runtime vector of zeros to `a` each iteration (one `vpaddw` per 12 pairs), so
+the products stay in the loop and the closed form stays `init + n * madd(a, b)`.
 Figures: median over `repeats` timed calls of about `seconds` each, after one warm-up call.
 """
 
@@ -64,8 +67,10 @@ FMA_ISAS = {
 DOT_ISAS = {
     "avx512-vnni": VectorISA("avx512-vnni", 16, 24, ("avx512_vnni",), "llvm.x86.avx512.vpdpbusd.512"),
     "avx-vnni": VectorISA("avx-vnni", 8, 12, ("avx_vnni",), "llvm.x86.avx512.vpdpbusd.256"),
+    "avx2-madd": VectorISA("avx2-madd", 8, 12, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
 }
 DOT_GROUP = 4  # bytes multiplied and summed into each int32 lane per instruction
+MADD_GROUP = 2  # int16 pairs summed into each int32 lane by `vpmaddwd`
 
 
 @dataclass(frozen=True)
@@ -178,6 +183,46 @@ def dot_func(isa: VectorISA) -> Any:
     return dot_peak
 
 
+def madd_func(isa: VectorISA) -> Any:
+    """TIR kernel `out[ACC, L] = init` after `n` times `a += zero; acc += vpmaddwd(a, b)` (int32
+    lanes, `a` and `b` int16 of 2 * L values each, `zero` all zeros: it keeps the products in
+    the loop)."""
+    from tvm.script import tirx as T
+
+    lanes, accs, width = isa.lanes, isa.accumulators, isa.lanes * MADD_GROUP
+    vec, pairs = f"int32x{lanes}", f"int16x{width}"
+
+    @T.prim_func(s_tir=True)
+    def madd_peak(
+        init: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
+        a: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
+        b: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
+        zero: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
+        out: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
+        n: T.int32,
+    ) -> None:
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
+        with T.sblock("root"):
+            acc = T.alloc_local((accs, lanes), "int32")
+            av = T.alloc_local((width,), "int16")
+            av[T.ramp(0, 1, width)] = a.vload([0], dtype=pairs)
+            for j in T.unroll(accs):
+                acc[j, T.ramp(0, 1, lanes)] = init.vload([j, 0], dtype=vec)
+            for _ in T.serial(n):
+                av[T.ramp(0, 1, width)] = av.vload([0], dtype=pairs) + zero.vload([0], dtype=pairs)
+                for j in T.unroll(accs):
+                    acc[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec) + T.call_llvm_pure_intrin(
+                        T.llvm_lookup_intrinsic_id(isa.intrinsic),
+                        av.vload([0], dtype=pairs),
+                        b.vload([0], dtype=pairs),
+                        dtype=vec,
+                    )
+            for j in T.unroll(accs):
+                out[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec)
+
+    return madd_peak
+
+
 def compile_kernel(func: Any) -> Callable[..., None]:
     """Compile a micro-kernel for the host CPU (all its features); returns the callable."""
     import tvm
@@ -197,10 +242,13 @@ def fma_reference(init: np.ndarray, mul: np.ndarray, add: np.ndarray, n: int) ->
     return acc.astype(np.float32)
 
 
-def dot_reference(init: np.ndarray, a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
-    """What `dot_func`'s kernel returns: each lane adds `n` times its 4 u8 x s8 products."""
+def dot_reference(
+    init: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, group: int = DOT_GROUP
+) -> np.ndarray:
+    """What `dot_func`'s kernel returns: each lane adds `n` times its 4 u8 x s8 products (or, with
+    `group` 2, `madd_func`'s 2 int16 products)."""
     lanes = init.shape[1]
-    per_lane = (a.astype(np.int64) * b.astype(np.int64)).reshape(lanes, DOT_GROUP).sum(axis=1)
+    per_lane = (a.astype(np.int64) * b.astype(np.int64)).reshape(lanes, group).sum(axis=1)
     return (init.astype(np.int64) + n * per_lane).astype(np.int32)
 
 
@@ -232,7 +280,7 @@ class MicroKernel:
         self.kind, self.isa = kind, isa
         shape = (isa.accumulators, isa.lanes)
         self.init: np.ndarray
-        self.operands: tuple[np.ndarray, np.ndarray]
+        self.operands: tuple[np.ndarray, ...]
         if kind == "fp32":
             self.fn = compile_kernel(fma_func(isa))
             # mul = 1, add = 1: the accumulators count iterations, exactly (init + n < 2**24).
@@ -241,13 +289,15 @@ class MicroKernel:
             self.ops_per_iter = 2 * isa.lanes * isa.accumulators
             self.max_iterations = FMA_MAX_ITERATIONS
         elif kind == "int8":
-            self.fn = compile_kernel(dot_func(isa))
-            width = isa.lanes * DOT_GROUP
+            madd = isa.intrinsic == DOT_ISAS["avx2-madd"].intrinsic
+            self.group = MADD_GROUP if madd else DOT_GROUP
+            self.fn = compile_kernel(madd_func(isa) if madd else dot_func(isa))
+            width = isa.lanes * self.group
             self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
-            a = (np.arange(width) % 3).astype(np.uint8)  # lane sums in [0, 4]: no int32 overflow
-            b = ((np.arange(width) % 3) - 1).astype(np.int8)
-            self.operands = (a, b)
-            self.ops_per_iter = 2 * DOT_GROUP * isa.lanes * isa.accumulators
+            a = (np.arange(width) % 3).astype(np.int16 if madd else np.uint8)  # lane sums in [0, 4]
+            b = ((np.arange(width) % 3) - 1).astype(np.int16 if madd else np.int8)
+            self.operands = (a, b, np.zeros(width, np.int16)) if madd else (a, b)
+            self.ops_per_iter = 2 * self.group * isa.lanes * isa.accumulators
             self.max_iterations = DOT_MAX_ITERATIONS
         else:
             raise UnknownNameError("peak kind", kind, ("fp32", "int8"))
@@ -258,7 +308,7 @@ class MicroKernel:
         """The kernel's result after `n` iterations, from the closed form in numpy."""
         if self.kind == "fp32":
             return self.init + np.float32(n) * self.operands[1]  # mul = 1: the closed form is exact
-        return dot_reference(self.init, *self.operands, n)
+        return dot_reference(self.init, self.operands[0], self.operands[1], n, self.group)
 
     def result(self, n: int) -> np.ndarray:
         """Run `n` iterations and return the accumulators."""
@@ -308,7 +358,7 @@ def measure(kernel: MicroKernel, seconds: float = 0.2, repeats: int = 7) -> Peak
 @dataclass(frozen=True)
 class CpuPeaks:
     """This core's measured fp32 FMA and int8 dot-product peaks; `int8` is None with the reason
-    in `int8_unavailable` when the CPU has no dot-product instruction measured here."""
+    in `int8_unavailable` when the CPU has no int8 instruction measured here."""
 
     cpu: CpuInfo
     fp32: Peak
@@ -350,9 +400,6 @@ def measure_peaks(
     fp32 = measure(MicroKernel("fp32", fma), seconds, repeats)
     dot = _isa(DOT_ISAS, dot_isa) if dot_isa else best_isa(DOT_ISAS, cpu)
     if dot is None:
-        reason = (
-            f"{cpu.name} has no VNNI (neither avx512_vnni nor avx_vnni in /proc/cpuinfo); "
-            "the pmaddubsw + pmaddwd path is not measured"
-        )
+        reason = f"{cpu.name} has neither VNNI (avx512_vnni, avx_vnni) nor AVX2 in /proc/cpuinfo"
         return CpuPeaks(cpu, fp32, None, reason)
     return CpuPeaks(cpu, fp32, measure(MicroKernel("int8", dot), seconds, repeats))

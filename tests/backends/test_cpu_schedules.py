@@ -41,7 +41,9 @@ def test_default_tile_height(m, k, params, height):
 def test_avx2_tiles_fit_its_sixteen_registers(m, height):
     import tvm
 
-    sch = CPUMatmul().apply(_packed_gemm(m, 64, 64), tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}), False)
+    sch = CPUMatmul().apply(
+        _packed_gemm(m, 64, 64), tvm.target.Target({"kind": "llvm", "mcpu": "haswell"}), False
+    )
     script = sch.mod.script()
     assert f"T.unroll({height})" in script  # 6 rows x 16 lanes where 6 divides M, else 4
     assert f"T.parallel({m // height * 4})" in script  # row tiles x four 16-column panels

@@ -24,6 +24,7 @@ FMA = [
 DOT = [
     pytest.param(i, marks=pytest.mark.skipif(not _has(i), reason=f"no {i.name}"))
     for i in peaks.DOT_ISAS.values()
+    if i.name != "avx2-madd"  # `madd_func`, below
 ]
 
 
@@ -88,19 +89,40 @@ def test_measure_peaks_reports_the_widest_isa_the_flags_allow():
 def test_isa_choice_follows_the_cpu_flags():
     avx2_only = peaks.CpuInfo("test", "haswell", frozenset({"avx2", "fma"}))
     assert peaks.best_isa(peaks.FMA_ISAS, avx2_only).name == "avx2"
-    assert peaks.best_isa(peaks.DOT_ISAS, avx2_only) is None
+    assert peaks.best_isa(peaks.DOT_ISAS, avx2_only).name == "avx2-madd"  # vnni.U8S16's instruction
     assert peaks.best_isa(peaks.FMA_ISAS, peaks.CpuInfo("old", "nehalem", frozenset({"sse4_2"}))) is None
     vnni256 = peaks.CpuInfo("test", "alderlake", frozenset({"avx2", "fma", "avx_vnni"}))
     assert peaks.best_isa(peaks.DOT_ISAS, vnni256).name == "avx-vnni"
 
 
 @pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
-def test_int8_peak_is_unavailable_with_a_reason_without_vnni():
+def test_int8_peak_without_vnni_is_avx2s_madd():
     got = peaks.measure_peaks(
         seconds=0.002, repeats=1, cpu=peaks.CpuInfo("no-vnni", "haswell", frozenset({"avx2", "fma"}))
     )
-    assert got.fp32.isa == "avx2" and got.int8 is None
-    assert "VNNI" in got.int8_unavailable and got.peak_for("int8") is None
+    assert got.fp32.isa == "avx2" and got.int8.isa == "avx2-madd"
+    assert got.int8.ops_per_iter == 2 * 2 * 8 * 12  # 12 vpmaddwd of 8 lanes x 2 products
+
+
+@pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
+def test_int8_peak_is_unavailable_with_a_reason_without_avx2():
+    cpu = peaks.CpuInfo("old", "x86-64", frozenset({"fma", "avx512f"}))  # flags for the FMA kernel only
+    got = peaks.measure_peaks(seconds=0.002, repeats=1, fma_isa="avx2", cpu=cpu)
+    assert got.int8 is None and "AVX2" in got.int8_unavailable and got.peak_for("int8") is None
+
+
+@pytest.mark.skipif(not _has(peaks.DOT_ISAS["avx2-madd"]), reason="no AVX2")
+def test_madd_kernel_adds_n_times_the_pair_products():
+    isa = peaks.DOT_ISAS["avx2-madd"]
+    fn = peaks.compile_kernel(peaks.madd_func(isa))
+    shape = (isa.accumulators, isa.lanes)
+    rng = np.random.default_rng(1)
+    init = rng.integers(-1000, 1000, shape).astype(np.int32)
+    a, b = rng.integers(0, 256, 16).astype(np.int16), rng.integers(-128, 128, 16).astype(np.int16)
+    for n in (0, 1, 5):
+        args = _tensors(init, a, b, np.zeros(16, np.int16), np.zeros(shape, np.int32))
+        fn(*args, n)
+        np.testing.assert_array_equal(args[-1].numpy(), peaks.dot_reference(init, a, b, n, group=2))
 
 
 def test_unknown_isa_is_refused_with_the_known_names():
