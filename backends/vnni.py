@@ -48,13 +48,15 @@ split by two `vpshufb` into (k0, k1) and (k2, k3) int16 pairs, and per panel and
 magnitude. (`vpmaddubsw`, the u8 x s8 instruction ONNX Runtime's AVX2 kernels use, saturates
 its int16 pair sums: on this CPU ONNX Runtime running optkit's own W8A8 ONNX of the model
 families loses 4.5-25 dB of output SQNR against float that the same graph keeps with VNNI, and
-that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Measured alone on one znver3 core (1 thread): 105-118
-GOP/s on 400 x 192 x 576 to 128 x 4608 x 512, against 72-75 GFLOP/s for the float32 tile kernel
-on the same shapes (95 GFLOP/s FMA peak). AVX2 has 16 ymm registers, and a 16-column panel
-takes two: `choose_tile(width=8)` counts both (6 x 1 tiles for large shapes).
+that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Measured alone on one znver3 core
+(1 thread): 105-123 GOP/s on 400 x 192 x 576 to 128 x 4608 x 512, against 72-75 GFLOP/s for the
+float32 tile kernel on the same shapes (90-95 GFLOP/s FMA peak; `vpmaddwd` + `vpaddd` 236
+GOP/s). AVX2 has 16 ymm registers, and a 16-column panel takes two: `choose_tile(width=8)`
+counts them (6 x 1 float and 4 x 1 int8 tiles for large shapes).
 
 The same tile kernel runs float32 (`Arith` `F32`, used for float Linears when the target reports
-`avx512f`, `packing._fma_matmul`; `F32_AVX2` with AVX2 and FMA3, two `vfmadd231ps` per panel): the weight packed `[N / 16, K, 16, 1]`, one row value
+`avx512f`, `packing._fma_matmul`; `F32_AVX2` with AVX2 and FMA3, two `vfmadd231ps` per
+panel): the weight packed `[N / 16, K, 16, 1]`, one row value
 broadcast per row and k, one `vfmadd231ps` per row and panel. TVM's schedule of the packed
 float kernel keeps its accumulators in one buffer, which TVM's 1 KiB stack limit caps at 16
 registers (8 x 32); per-panel buffers hold 24. With rows inner, each row tile also prefetches
@@ -146,7 +148,7 @@ class Arith:
 U8S8 = Arith("uint8", "int8", "int32", GROUP, "vnni")  # VNNI: u8 x s8 -> s32
 F32 = Arith("float32", "float32", "float32", 1, "fma")  # AVX-512F: `vfmadd231ps` with a broadcast row value
 # AVX2 without VNNI: u8 and s8 widened to s16, `vpmaddwd` (pairs of s16 products summed into s32,
-# exact: |255 * 127 * 2| fits) and `vpaddd`; weights stored as int16
+# exact: |255 * -128 * 2| fits) and `vpaddd`; weights stored as int16
 U8S16 = Arith("uint8", "int16", "int32", GROUP, "madd", 8)
 F32_AVX2 = Arith("float32", "float32", "float32", 1, "fma", 8)  # AVX2 + FMA3: two `vfmadd231ps` per panel
 ARITHS = {a.key: a for a in (U8S8, F32, U8S16, F32_AVX2)}
