@@ -36,6 +36,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from optkit.backends.vnni import target_has_avx512
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir.dlight.analysis import normalize_prim_func
@@ -257,7 +258,7 @@ class CPUMatmul(CPUScheduleRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         params, exact = self.params, self.exact
-        if not exact and not _has_avx512(target):  # AVX2: 6 x 16 accumulators in 12 of 16 registers
+        if not exact and not target_has_avx512(target):  # AVX2: 6 x 16 accumulators in 12 of 16 registers
             params = {"rows": AVX2_ROW_TILE, "lanes": AVX2_LANES}
         if self.tuned and self.spec is not None:
             from optkit.backends.tuning import workload_key
@@ -285,12 +286,6 @@ class CPUMatmul(CPUScheduleRule):
             log.debug("CPUMatmul skipped a kernel: %s", err)
             return None
         return sch
-
-
-def _has_avx512(target: Target) -> bool:
-    from optkit.backends.vnni import target_has_avx512
-
-    return target_has_avx512(target)
 
 
 def _schedule_reduction(
