@@ -67,7 +67,8 @@ FMA_ISAS = {
 DOT_ISAS = {
     "avx512-vnni": VectorISA("avx512-vnni", 16, 24, ("avx512_vnni",), "llvm.x86.avx512.vpdpbusd.512"),
     "avx-vnni": VectorISA("avx-vnni", 8, 12, ("avx_vnni",), "llvm.x86.avx512.vpdpbusd.256"),
-    "avx2-madd": VectorISA("avx2-madd", 8, 12, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
+    # 6: a weight register per accumulator (12 spilled the accumulators)
+    "avx2-madd": VectorISA("avx2-madd", 8, 6, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
 }
 DOT_GROUP = 4  # bytes multiplied and summed into each int32 lane per instruction
 MADD_GROUP = 2  # int16 pairs summed into each int32 lane by `vpmaddwd`
@@ -184,9 +185,11 @@ def dot_func(isa: VectorISA) -> Any:
 
 
 def madd_func(isa: VectorISA) -> Any:
-    """TIR kernel `out[ACC, L] = init` after `n` times `a += zero; acc += vpmaddwd(a, b)` (int32
-    lanes, `a` and `b` int16 of 2 * L values each, `zero` all zeros: it keeps the products in
-    the loop)."""
+    """TIR kernel `out[ACC, L] = init` after `n` times `a += zero; acc[j] += vpmaddwd(a, b[j])`
+    (int32 lanes, `a` and each `b[j]` int16 of 2 * L values, `zero` all zeros: it keeps the
+    products in the loop). Each accumulator has its own `b[j]`: with one `b` shared, LLVM computed
+    the product once per iteration and added it to every accumulator (session 24's figure of
+    236 GOP/s on znver3 counted products that never ran)."""
     from tvm.script import tirx as T
 
     lanes, accs, width = isa.lanes, isa.accumulators, isa.lanes * MADD_GROUP
@@ -196,7 +199,7 @@ def madd_func(isa: VectorISA) -> Any:
     def madd_peak(
         init: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
         a: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
-        b: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
+        b: T.Buffer((accs, width), "int16"),  # type: ignore[valid-type]
         zero: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
         out: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
         n: T.int32,
@@ -214,7 +217,7 @@ def madd_func(isa: VectorISA) -> Any:
                     acc[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec) + T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(isa.intrinsic),
                         av.vload([0], dtype=pairs),
-                        b.vload([0], dtype=pairs),
+                        b.vload([j, 0], dtype=pairs),
                         dtype=vec,
                     )
             for j in T.unroll(accs):
@@ -246,9 +249,10 @@ def dot_reference(
     init: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, group: int = DOT_GROUP
 ) -> np.ndarray:
     """What `dot_func`'s kernel returns: each lane adds `n` times its 4 u8 x s8 products (or, with
-    `group` 2, `madd_func`'s 2 int16 products)."""
+    `group` 2, `madd_func`'s 2 int16 products, `b` one row per accumulator)."""
     lanes = init.shape[1]
-    per_lane = (a.astype(np.int64) * b.astype(np.int64)).reshape(lanes, group).sum(axis=1)
+    products = a.astype(np.int64) * b.astype(np.int64)
+    per_lane = products.reshape(*b.shape[:-1], lanes, group).sum(axis=-1)
     return (init.astype(np.int64) + n * per_lane).astype(np.int32)
 
 
@@ -295,7 +299,8 @@ class MicroKernel:
             width = isa.lanes * self.group
             self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
             a = (np.arange(width) % 3).astype(np.int16 if madd else np.uint8)  # lane sums in [0, 4]
-            b = ((np.arange(width) % 3) - 1).astype(np.int16 if madd else np.int8)
+            b = ((np.arange(width * (isa.accumulators if madd else 1)) % 3) - 1).astype(np.int16 if madd else np.int8)
+            b = b.reshape(isa.accumulators, width) if madd else b
             self.operands = (a, b, np.zeros(width, np.int16)) if madd else (a, b)
             self.ops_per_iter = 2 * self.group * isa.lanes * isa.accumulators
             self.max_iterations = DOT_MAX_ITERATIONS

@@ -23,6 +23,7 @@ from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.ir import flops
 from optkit.ir.memory import EXTRA_WEIGHTS, check_memory, peak_message
+from optkit.ir.onnx_int8 import int8_weights_note, resolve_int8_weights
 from optkit.ir.onnx_io import OnnxModel, export_onnx
 from optkit.ir.program import Program
 from optkit.ir.serialize import save_program
@@ -202,6 +203,7 @@ def optimize_file(
     budgets: Sequence[str | Budget] = (),
     target: str | None = None,
     threads: int | None = None,
+    onnx_int8_weights: str = "auto",
 ) -> Report:
     """Optimize the model at `ref` with `passes` and write model, ONNX, report and plots to `output`.
 
@@ -214,7 +216,9 @@ def optimize_file(
     variants of its cache schedule are lowered into `output/artifact/` (`optkit.backends.pipeline`)
     and the report adds the compiled pipeline's latency beside the eager rows (and, for a
     sampled model, torch.compile's). Every runtime is timed on `threads` threads (default:
-    PyTorch's current setting); see `optkit.endtoend`.
+    PyTorch's current setting); see `optkit.endtoend`. `onnx_int8_weights`: how model.onnx
+    stores int8 weights (`optkit.ir.onnx_int8`; `auto`: uint8 where ONNX Runtime's int8 kernels
+    saturate on this CPU).
     """
     if repeats < 1:
         raise ConfigError(f"repeats must be >= 1, got {repeats}")
@@ -231,6 +235,7 @@ def optimize_file(
         Calibration.from_path(calib)
     if target is not None:
         check_target(target)
+    resolve_int8_weights(onnx_int8_weights)
     output = Path(output)
     say("capture")
     start = time.perf_counter()
@@ -261,8 +266,10 @@ def optimize_file(
         report.add("model.pt2 size", (tmp / "model.pt2").stat().st_size, "bytes", "model_bytes")
         if onnx:
             say("ONNX export + check in ONNX Runtime")
-            figures = export_onnx(optimized, tmp / "model.onnx")
+            figures = export_onnx(optimized, tmp / "model.onnx", int8_weights=onnx_int8_weights)
             report.add("model.onnx size", figures["onnx_bytes"], "bytes", "onnx_bytes")
+            if figures["int8_weights_u8"]:
+                report.notes.append(int8_weights_note(int(figures["int8_weights_u8"]), onnx_int8_weights))
             report.add(
                 "ONNX Runtime max abs error vs optimized", figures["max_abs_error"], "", "onnx_max_abs_error"
             )

@@ -15,25 +15,6 @@ from tests import models
 torch.set_num_threads(1)
 
 
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            line = next(x for x in cpuinfo if x.startswith("flags"))
-    except (OSError, StopIteration):
-        return set()
-    return set(line.split(":", 1)[1].split())
-
-
-# ONNX Runtime's int8 GEMMs are exact on x86 CPUs with VNNI; on AVX2 without it, its U8S8
-# kernels sum byte products pairwise with `vpmaddubsw`, which saturates at int16 (ONNX Runtime's
-# quantization docs), so a W8A8 model's outputs drift from the Program's (on an AMD EPYC znver3:
-# 28 dB where VNNI gives 44). Tests that compare its int8 results tightly run where it is exact.
-ORT_INT8_EXACT = bool({"avx512_vnni", "avx_vnni"} & _cpu_flags()) or os.uname().machine != "x86_64"
-exact_ort_int8 = pytest.mark.skipif(
-    not ORT_INT8_EXACT, reason="ONNX Runtime's int8 kernels saturate (vpmaddubsw) on this CPU without VNNI"
-)
-
-
 @pytest.fixture(autouse=True)
 def _seed() -> None:
     torch.manual_seed(0)

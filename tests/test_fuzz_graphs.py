@@ -6,7 +6,6 @@ import pytest
 from hypothesis import HealthCheck, given, seed, settings
 
 from optkit.testing.fuzz import FuzzSpec, check_graph, fuzz_specs
-from tests.conftest import exact_ort_int8
 
 
 @seed(16)
@@ -32,7 +31,6 @@ def test_fuzzed_graph_agrees_or_fails_cleanly(spec):
     ],
     ids=lambda s: s.describe(),
 )
-@exact_ort_int8
 def test_fuzzed_graph_agrees_in_onnx_runtime(spec):
     outcome = check_graph(spec, onnx=True)
     assert outcome.status == "agreed", outcome.to_dict()

@@ -20,6 +20,7 @@ import click
 
 from optkit.cli import ci, options
 from optkit.errors import BudgetMissed, OptkitError
+from optkit.ir.onnx_int8 import INT8_WEIGHT_FORMS
 
 
 class _Group(click.Group):
@@ -105,6 +106,14 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
 @options.calib
 @click.option("--no-onnx", is_flag=True, help="Skip the ONNX export and its check in ONNX Runtime.")
 @click.option(
+    "--onnx-int8-weights",
+    type=click.Choice(INT8_WEIGHT_FORMS),
+    default="auto",
+    show_default=True,
+    help="How model.onnx stores int8 weights: s8 (ONNX Runtime's fast U8S8 kernels, exact with VNNI "
+    "or on ARM), u8 (U8U8, exact on every CPU, slower), auto (u8 where this CPU lacks VNNI).",
+)
+@click.option(
     "--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure."
 )
 @click.option(
@@ -129,6 +138,7 @@ def optimize(
     workload_path: Path | None,
     calib_path: Path | None,
     no_onnx: bool,
+    onnx_int8_weights: str,
     repeats: int,
     target: str | None,
     pass_options: tuple[str, ...],
@@ -162,6 +172,7 @@ def optimize(
             trust_pickle=trust_pickle,
             overwrite=overwrite,
             onnx=not no_onnx,
+            onnx_int8_weights=onnx_int8_weights,
             repeats=repeats,
             progress=step,
             workload=workload_path,

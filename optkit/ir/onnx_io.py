@@ -32,15 +32,24 @@ def flat_outputs(value: Any) -> list[torch.Tensor]:
 
 
 def export_onnx(
-    program: Program, path: str | Path, opset: int | None = None, check: bool = True
+    program: Program,
+    path: str | Path,
+    opset: int | None = None,
+    check: bool = True,
+    int8_weights: str = "auto",
 ) -> dict[str, float]:
     """Export `program` to `path` (ONNX, dynamo exporter), written atomically.
 
     With `check`, the file is run in ONNX Runtime on the example inputs and compared with the
-    Program; returns {"max_abs_error": ..., "onnx_bytes": ...}. Raises `OptkitError` naming the
-    first unsupported op when the exporter fails.
+    Program; returns {"max_abs_error": ..., "onnx_bytes": ..., "int8_weights_u8": how many int8
+    weights are stored as uint8}. `int8_weights` (`onnx_int8.INT8_WEIGHT_FORMS`): `s8`, `u8`, or
+    `auto`, `u8` where ONNX Runtime's int8 kernels would saturate on this CPU. Raises
+    `OptkitError` naming the first unsupported op when the exporter fails.
     """
+    from optkit.ir.onnx_int8 import resolve_int8_weights
+
     path = Path(path)
+    form = resolve_int8_weights(int8_weights)
     kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "external_data": False}
     quantized = any(str(n.target).startswith("optkit.") for n in program.compute_nodes())
     if quantized:
@@ -60,9 +69,8 @@ def export_onnx(
         except Exception as err:
             first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
             raise OptkitError(f"ONNX export of {program.name} failed: {first[:300]}") from err
-        if quantized:
-            _materialize_int4(tmp)
-        figures = {"onnx_bytes": float(tmp.stat().st_size)}
+        unsigned = _finish_quantized(tmp, form) if quantized else 0
+        figures = {"onnx_bytes": float(tmp.stat().st_size), "int8_weights_u8": float(unsigned)}
         if check:
             expected = flat_outputs(program.run())
             got = run_onnx(tmp, program.example_inputs)
@@ -106,8 +114,23 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {err}") from err
 
 
-def _materialize_int4(path: Path) -> None:
-    """Replace `optkit.onnx::AsInt4(bytes)` nodes by INT4/UINT4 initializers of the same bytes.
+def _finish_quantized(path: Path, int8_weights: str) -> int:
+    """Rewrite a quantized export in place: int4 weights materialized, int8 weights stored as
+    `int8_weights` (`s8` or `u8`, `onnx_int8`). Returns how many int8 weights are now uint8."""
+    import onnx
+
+    from optkit.ir.onnx_int8 import unsigned_int8_weights
+
+    model = onnx.load(str(path))
+    _materialize_int4(model)
+    unsigned = unsigned_int8_weights(model) if int8_weights == "u8" else 0
+    onnx.save(model, str(path))
+    return unsigned
+
+
+def _materialize_int4(model: Any) -> None:
+    """Replace `optkit.onnx::AsInt4(bytes)` nodes of `model` (a ModelProto, changed in place) by
+    INT4/UINT4 initializers of the same bytes.
 
     PyTorch has no 4-bit dtype, so packed weights leave the exporter as uint8 (K, N/2); ONNX's
     INT4 layout of a (K, N) tensor is exactly those bytes.
@@ -116,7 +139,6 @@ def _materialize_int4(path: Path) -> None:
 
     from optkit.quant.ops import INT4_DOMAIN
 
-    model = onnx.load(str(path))
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     keep = []
@@ -143,7 +165,6 @@ def _materialize_int4(path: Path) -> None:
         graph.initializer.remove(t)
     for entry in [o for o in model.opset_import if o.domain == INT4_DOMAIN]:
         model.opset_import.remove(entry)
-    onnx.save(model, str(path))
 
 
 def _quiet_exporter_logs() -> None:

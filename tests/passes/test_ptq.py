@@ -8,7 +8,6 @@ from optkit.ir.onnx_io import export_onnx
 from optkit.pipeline import PassManager, build_passes
 from optkit.quant.numerics import sqnr_db
 from tests import models
-from tests.conftest import exact_ort_int8
 from tests.passes.tiny_lm import lm_program
 
 
@@ -170,7 +169,6 @@ def test_time_embedding_modules_stay_float():
     assert "t_embedder: skipped by configuration" in result.records[0].figures["kept_float"].value
 
 
-@exact_ort_int8
 def test_onnx_runs_quantized_program(tmp_path, conv_program, transformer_program):
     for program in (conv_program, transformer_program):
         q = run(program).program

@@ -1,0 +1,138 @@
+"""The storage of int8 weights in an exported ONNX model, for ONNX Runtime's CPU kernels.
+
+optkit's W8A8 ONNX feeds uint8 activations and, by default, int8 weights (`s8`) to ONNX
+Runtime's quantized Conv / MatMul kernels: its U8S8 kernels, the fast ones everywhere. On x86
+CPUs without VNNI (AVX2 or AVX-512 without `avx512_vnni` / `avx_vnni`) those kernels sum each
+pair of byte products with `vpmaddubsw`, which saturates at int16 (ONNX Runtime's quantization
+docs name the problem and the U8U8 remedy), so the model's outputs drift from the Program's. On
+an AMD EPYC (znver3), 1 thread, batch 8, the model families of `benchmarks/families.py`: output
+SQNR against float 7.6 dB (ViT-Tiny) and 27.9 dB (MobileNetV2) in ONNX Runtime, against 32.7 and
+44.0 dB for the same graph with the weights stored as uint8 (`u8`: weight + 128, zero point +
+128, the same dequantized values; ONNX Runtime's U8U8 kernels widen to int16 and are exact) and
+32.8 / 44.0 dB for the Program in PyTorch. U8U8 is slower there: 39.2 against 34.8 ms
+(ViT-Tiny), 27.0 against 19.7 ms (MobileNetV2).
+
+`auto` picks `u8` where ONNX Runtime's U8S8 is inexact (`ort_u8s8_exact`), else `s8`: the
+exported file then follows the CPU that exports (and checks) it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from optkit.errors import UnknownNameError
+
+INT8_WEIGHT_FORMS = ("auto", "s8", "u8")
+_SHIFT = 128  # int8 -> uint8: the same grid, zero point moved with it
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first `flags` line of `cpuinfo`; empty where it cannot be read (not Linux, not x86)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def ort_u8s8_exact(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
+    """Whether ONNX Runtime's U8S8 int8 kernels are exact on this CPU: everywhere but on x86-64
+    without VNNI (`avx512_vnni` or `avx_vnni`), where they saturate (`vpmaddubsw`)."""
+    machine = machine if machine is not None else os.uname().machine
+    if machine not in ("x86_64", "AMD64"):
+        return True
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+def resolve_int8_weights(form: str) -> str:
+    """`s8` or `u8` for a form of `INT8_WEIGHT_FORMS` (`auto`: `u8` where U8S8 is inexact)."""
+    if form not in INT8_WEIGHT_FORMS:
+        raise UnknownNameError("ONNX int8 weight form", form, INT8_WEIGHT_FORMS)
+    if form == "auto":
+        return "s8" if ort_u8s8_exact() else "u8"
+    return form
+
+
+def unsigned_int8_weights(model: object) -> int:
+    """Store the int8 weight initializers of an ONNX `model` (a ModelProto, changed in place) as
+    uint8: each one read only as `DequantizeLinear`'s input (its zero point an int8 initializer)
+    or as `MatMulInteger`'s B is shifted by 128, and so is its zero point (one added for a
+    `MatMulInteger` without). Returns how many weights changed."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    assert isinstance(model, onnx.ModelProto)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+
+    def int8(name: str) -> bool:
+        return name in inits and inits[name].data_type == TensorProto.INT8
+
+    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            uses.setdefault(name, []).append((node, i))
+
+    def zero_of(node: onnx.NodeProto) -> str:
+        at = 2 if node.op_type == "DequantizeLinear" else 3
+        return node.input[at] if len(node.input) > at else ""
+
+    def weight_use(node: onnx.NodeProto, i: int) -> bool:
+        return (node.op_type, i) in (("DequantizeLinear", 0), ("MatMulInteger", 1))
+
+    def plain(name: str) -> bool:  # an int8 initializer read only as a weight
+        return int8(name) and name not in outputs and bool(uses.get(name)) and all(weight_use(*u) for u in uses[name])
+
+    def zero_ok(node: onnx.NodeProto) -> bool:  # no zero point (MatMulInteger), or one read only beside plain weights
+        zero = zero_of(node)
+        if not zero:
+            return node.op_type == "MatMulInteger"
+        return int8(zero) and all(
+            (n.op_type, i) in (("DequantizeLinear", 2), ("MatMulInteger", 3)) and plain(n.input[0 if i == 2 else 1])
+            for n, i in uses[zero]
+        )
+
+    outputs = {o.name for o in graph.output}
+    weights = [name for name in inits if plain(name) and all(zero_ok(n) for n, _ in uses[name])]
+    shifted: set[str] = set()
+
+    def shift(name: str) -> None:
+        if name in shifted:
+            return
+        values = numpy_helper.to_array(inits[name]).astype(np.int16) + _SHIFT
+        inits[name].CopyFrom(numpy_helper.from_array(values.astype(np.uint8), name))
+        shifted.add(name)
+
+    for name in weights:
+        shift(name)
+        for node, _ in uses[name]:
+            zero = zero_of(node)
+            if zero:
+                shift(zero)
+                continue
+            zero = f"{name}_zero_u8"  # MatMulInteger's B without a zero point: 0 -> 128
+            if zero not in inits:
+                inits[zero] = numpy_helper.from_array(np.array(_SHIFT, np.uint8), zero)
+                graph.initializer.append(inits[zero])
+            del node.input[3:]
+            node.input.extend([""] * (3 - len(node.input)) + [zero])
+    return len(weights)
+
+
+def int8_weights_note(count: int, form: str) -> str:
+    """A report's line on `count` int8 weights stored as uint8 under `form`."""
+    why = (
+        "ONNX Runtime's int8 kernels saturate on this CPU without VNNI (vpmaddubsw), its U8U8 ones are exact"
+        if form == "auto"
+        else "as asked (--onnx-int8-weights u8)"
+    )
+    return (
+        f"model.onnx stores its {count} int8 weights as uint8 (value + 128, zero point + 128): {why}; "
+        "--onnx-int8-weights s8 keeps int8 (ONNX Runtime's faster U8S8 kernels)."
+    )
