@@ -299,8 +299,8 @@ class MicroKernel:
             width = isa.lanes * self.group
             self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
             a = (np.arange(width) % 3).astype(np.int16 if madd else np.uint8)  # lane sums in [0, 4]
-            b = ((np.arange(width * (isa.accumulators if madd else 1)) % 3) - 1).astype(np.int16 if madd else np.int8)
-            b = b.reshape(isa.accumulators, width) if madd else b
+            rows = (isa.accumulators, width) if madd else (width,)  # madd: one operand per accumulator
+            b = ((np.arange(int(np.prod(rows))) % 3) - 1).reshape(rows).astype(np.int16 if madd else np.int8)
             self.operands = (a, b, np.zeros(width, np.int16)) if madd else (a, b)
             self.ops_per_iter = 2 * self.group * isa.lanes * isa.accumulators
             self.max_iterations = DOT_MAX_ITERATIONS

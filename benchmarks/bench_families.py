@@ -6,7 +6,8 @@
 For each family of `families.py`: capture, `cleanup` (constant folding, BatchNorm folding,
 dce), then `ptq` (W8A8, per-channel weights, calibrated on the example batch) and `dce`. Rows:
 eager (the cleaned float Program), ONNX Runtime on its float export, TVM float (default path,
-untuned), eager W8A8, optkit's W8A8 ONNX in ONNX Runtime, ONNX Runtime's own `quantize_static`
+untuned), eager W8A8, optkit's W8A8 ONNX in ONNX Runtime (int8 weights, then uint8 weights:
+`optkit.ir.onnx_int8`, exact where ONNX Runtime's int8 kernels saturate), ONNX Runtime's own `quantize_static`
 QDQ model of the float export (per-channel int8 weights, uint8 activations, calibrated on the
 same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it lowers. Every
 runtime gets `--threads` threads (TVM's runtime pool too) and all rows of a family are timed
@@ -47,6 +48,7 @@ ROWS = (
     "TVM",
     "eager W8A8",
     "optkit W8A8 ONNX (ORT)",
+    "optkit W8A8 ONNX, u8 weights (ORT)",
     "ORT quantize_static QDQ (ORT)",
     "TVM W8A8",
 )
@@ -93,13 +95,15 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
     model, x = family(name, args.batch, args.image)
     program = PassManager(build_passes(["cleanup"])).run(capture(model, x, name=name)).program
     int8 = PassManager(build_passes(["ptq", "dce"])).run(program).program
-    float_onnx, int8_onnx, qdq_onnx = (
+    float_onnx, int8_onnx, u8_onnx, qdq_onnx = (
         tmp / f"{name}.onnx",
         tmp / f"{name}-w8a8.onnx",
+        tmp / f"{name}-w8a8-u8.onnx",
         tmp / f"{name}-qdq.onnx",
     )
     export_onnx(program, float_onnx, check=False)
-    export_onnx(int8, int8_onnx, check=False)
+    export_onnx(int8, int8_onnx, check=False, int8_weights="s8")  # like ORT's own QDQ model
+    export_onnx(int8, u8_onnx, check=False, int8_weights="u8")
     peers.ort_quantize_static(float_onnx, [x], qdq_onnx)
     set_runtime_threads(args.threads)
     fns: dict[str, Callable[[], Any] | None] = {
@@ -108,6 +112,7 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
         "TVM": _tvm(program, args.threads, notes, name),
         "eager W8A8": lambda: int8.graph_module(*x),
         "optkit W8A8 ONNX (ORT)": _ort(int8_onnx, x, args.threads),
+        "optkit W8A8 ONNX, u8 weights (ORT)": _ort(u8_onnx, x, args.threads),
         "ORT quantize_static QDQ (ORT)": _ort(qdq_onnx, x, args.threads),
         "TVM W8A8": _tvm(int8, args.threads, notes, f"{name} W8A8"),
     }
@@ -236,15 +241,20 @@ def main() -> None:
             "and 75.4 -> 25.0 ms, ResNet-18 265.2 -> 128.9 and 224.4 -> 92.1 ms, ViT-Tiny 91.2 -> "
             "45.4 and 93.1 -> 39.1 ms, llama_64tok 57.7 -> 27.9 and 62.7 -> 23.6 ms, llama_512tok "
             "500.6 -> 209.4 and 453.9 -> 182.3 ms, the UNet 368.9 -> 194.1 and 342.1 -> 170.7 ms. "
-            "Why W8A8 gains little over float there: `vpmaddwd` does 16 multiply-adds per "
-            "instruction against an FMA's 8, but it has no accumulator operand (a `vpaddd` follows "
-            "each) and a row's activation bytes need two `vpshufb` to become int16 pairs, so the "
-            "int8 GEMMs run at 85-123 GOP/s against 72-90 GFLOP/s in float. ONNX Runtime's AVX2 "
-            "int8 kernels are faster but not exact: they sum u8 x s8 pairs with `vpmaddubsw`, which"
-            " saturates at int16, and on that CPU optkit's own W8A8 ONNX scores 27.9, 35.5, 7.6, "
-            "20.7, 20.0 and 10.6 dB of output SQNR against float in ONNX Runtime (rows in table "
-            "order), against 44.0, 43.0, 32.7, 25.2, 24.9 and 23.2 dB on the VNNI Xeon of session "
-            "23; TVM's W8A8 keeps them (44.0, 43.0, 32.7, 25.2, 24.9, 23.0 dB). "
+            "Why W8A8 gains little over float there: the int8 kernel's `vpmaddwd` (16 multiply-adds"
+            " per instruction) peaks at 119 GOP/s on one znver3 core against 90 GFLOP/s for the "
+            "FMAs (`peaks.py`, session 25; session 24 quoted 236 GOP/s from a peak kernel in which "
+            "LLVM had computed one product per iteration for all 12 accumulators), so exact int8 "
+            "can be at most ~1.3x faster than float32 in a compute-bound GEMM there; the int8 GEMMs"
+            " run at 85-123 GOP/s, about that peak (int16 activation pairs, which drop the kernel's"
+            " two `vpshufb` per row and step, measured no faster: session 25). ONNX Runtime's "
+            "AVX2 int8 kernels are faster but not exact: they sum u8 x s8 pairs with `vpmaddubsw`,"
+            " which saturates at int16, and on that CPU optkit's W8A8 ONNX with int8 weights scored"
+            " 27.9, 35.5, 7.6, 20.7, 20.0 and 10.6 dB of output SQNR against float in ONNX Runtime "
+            "(rows in table order), against 44.0, 43.0, 32.7, 25.2, 24.9 and 23.2 dB on the VNNI "
+            "Xeon of session 23; TVM's W8A8 keeps them (44.0, 43.0, 32.7, 25.2, 24.9, 23.0 dB), and "
+            "so does the export with uint8 weights (ONNX Runtime's exact U8U8 kernels; the `u8` "
+            "row, the default of `optimize` on CPUs without VNNI since session 25). "
             "\n\nWhat TVM still loses on the AVX-512 Xeon of sessions 13-23 (per-kernel timing with `optkit.backends.kernel_profile`, 1 "
             "thread, same CPU, 2026-11-30): the UNet's W8A8 step spent 14.5 ms of kernel time in "
             "its self-attention at 1,024 tokens in float32 (70% of the fp32 peak), which int8 "

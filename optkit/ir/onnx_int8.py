@@ -87,14 +87,21 @@ def unsigned_int8_weights(model: object) -> int:
         return (node.op_type, i) in (("DequantizeLinear", 0), ("MatMulInteger", 1))
 
     def plain(name: str) -> bool:  # an int8 initializer read only as a weight
-        return int8(name) and name not in outputs and bool(uses.get(name)) and all(weight_use(*u) for u in uses[name])
+        return (
+            int8(name)
+            and name not in outputs
+            and bool(uses.get(name))
+            and all(weight_use(*u) for u in uses[name])
+        )
 
-    def zero_ok(node: onnx.NodeProto) -> bool:  # no zero point (MatMulInteger), or one read only beside plain weights
+    def zero_ok(node: onnx.NodeProto) -> bool:
+        """No zero point (a MatMulInteger), or an int8 one read only beside plain weights."""
         zero = zero_of(node)
         if not zero:
             return node.op_type == "MatMulInteger"
         return int8(zero) and all(
-            (n.op_type, i) in (("DequantizeLinear", 2), ("MatMulInteger", 3)) and plain(n.input[0 if i == 2 else 1])
+            (n.op_type, i) in (("DequantizeLinear", 2), ("MatMulInteger", 3))
+            and plain(n.input[0 if i == 2 else 1])
             for n, i in uses[zero]
         )
 

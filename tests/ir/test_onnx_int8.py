@@ -67,7 +67,9 @@ def test_per_token_matmul_integer_gets_a_uint8_zero_point(tmp_path, transformer_
         assert inits[node.input[1]].dtype == np.uint8 and inits[node.input[3]] == 128
     assert figures["max_abs_error"] < 1e-4 * max(1.0, figures["output_abs_max"])
     (got,) = run_onnx(tmp_path / "u8.onnx", program.example_inputs)
-    np.testing.assert_allclose(got, program.run().detach().numpy(), atol=1e-4 * max(1.0, figures["output_abs_max"]))
+    np.testing.assert_allclose(
+        got, program.run().detach().numpy(), atol=1e-4 * max(1.0, figures["output_abs_max"])
+    )
 
 
 def test_an_int8_initializer_read_other_than_as_a_weight_is_left_alone():
