@@ -368,7 +368,9 @@ def _build_ort(ctx: _Context) -> _Runner:
 
     ctx.say("ort: ONNX export")
     path = ctx.work_dir / f"{ctx.program.name}.onnx"
-    export_onnx(ctx.program, path, check=False)
+    figures = export_onnx(ctx.program, path, check=False)
+    # on CPUs without VNNI the export stores int8 weights as uint8 (`optkit.ir.onnx_int8`)
+    weights = ", int8 weights as uint8 (exact U8U8 kernels)" if figures["int8_weights_u8"] else ""
     ctx.memory_start()
     session = onnx_session(path, ctx.threads)
     names = [i.name for i in session.get_inputs()]
@@ -378,7 +380,7 @@ def _build_ort(ctx: _Context) -> _Runner:
     return _Runner(
         lambda: session.run(None, feeds),
         lambda value: [np.asarray(v) for v in value],
-        f"ONNX Runtime {onnxruntime.__version__} CPU, {ctx.threads} intra-op threads",
+        f"ONNX Runtime {onnxruntime.__version__} CPU, {ctx.threads} intra-op threads{weights}",
         [session],
         {"threads": ctx.threads},
     )

@@ -13,6 +13,7 @@ from optkit.benchmark import BenchConfig, benchmark, compare_outputs, parse_targ
 from optkit.errors import BackendError, ConfigError, UnknownNameError
 from optkit.ir.capture import capture
 from optkit.ir.flops import total_flops
+from optkit.ir.onnx_int8 import ort_u8s8_exact
 from optkit.pipeline import PassManager, build_passes
 
 FAST = {"repeats": 3, "warmup": 1}
@@ -121,6 +122,8 @@ def test_quantized_program_gets_the_quantized_tolerance_and_runs_in_ort(transfor
     assert result.rtol == bench.QUANT_RTOL
     assert result.get("ort").status == "ok", result.get("ort").reason
     assert result.get("ort").rel_error < bench.QUANT_RTOL
+    # the export's int8 weights: uint8 where ONNX Runtime's int8 kernels would saturate
+    assert ("int8 weights as uint8" in result.get("ort").detail) is not ort_u8s8_exact()
 
 
 def test_original_module_runs_as_eager(mlp_program):
