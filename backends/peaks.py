@@ -29,7 +29,6 @@ Figures: median over `repeats` timed calls of about `seconds` each, after one wa
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
 from collections.abc import Callable
@@ -38,11 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from optkit.backends.targets import cpu_model_name, host_cpu_config, host_mcpu
+from optkit.backends.targets import cpu_flags, cpu_model_name, host_cpu_config, host_mcpu
 
 from optkit.errors import BackendError, ConfigError, UnknownNameError
-
-log = logging.getLogger(__name__)
 
 FMA_MAX_ITERATIONS = 2**23  # init (< 8) + n stays below 2**24, exact in float32: the check is exact
 DOT_MAX_ITERATIONS = 2**28  # |init + n * lane sum| (lane sums <= 4) stays inside int32
@@ -90,15 +87,7 @@ class CpuInfo:
 
 def cpu_info(cpuinfo: Path = Path("/proc/cpuinfo")) -> CpuInfo:
     """This machine's CPU: name, LLVM host cpu and the first `flags` line of `cpuinfo`."""
-    flags: frozenset[str] = frozenset()
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = frozenset(line.split(":", 1)[1].split())
-                break
-    except OSError as err:
-        log.warning("cannot read %s: %s", cpuinfo, err)
-    return CpuInfo(cpu_model_name() or "unknown CPU", host_mcpu(), flags)
+    return CpuInfo(cpu_model_name() or "unknown CPU", host_mcpu(), cpu_flags(cpuinfo))
 
 
 def best_isa(table: dict[str, VectorISA], cpu: CpuInfo) -> VectorISA | None:

@@ -87,16 +87,19 @@ def host_mcpu() -> str:
 
 
 def _mcpu_from_cpuinfo(path: Path) -> str:
-    try:
-        text = path.read_text()
-    except OSError:
-        return "generic"
-    flags: set[str] = set()
-    for line in text.splitlines():
-        if line.startswith("flags"):
-            flags = set(line.split(":", 1)[1].split())
-            break
+    flags = cpu_flags(path)
     return next((cpu for flag, cpu in _FLAG_CPUS if flag in flags), "generic")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first `flags` line of `cpuinfo`; empty where it cannot be read (not Linux, not x86)."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError as err:
+        log.debug("cannot read %s: %s", cpuinfo, err)
+    return frozenset()
 
 
 def cpu_model_name() -> str:

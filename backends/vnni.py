@@ -50,10 +50,11 @@ its int16 pair sums: on this CPU ONNX Runtime running optkit's own W8A8 ONNX of 
 families loses 4.5-25 dB of output SQNR against float that the same graph keeps with VNNI, and
 that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Measured alone on one znver3 core
 (1 thread): 105-123 GOP/s on 400 x 192 x 576 to 128 x 4608 x 512, against 72-75 GFLOP/s for the
-float32 tile kernel on the same shapes (90-95 GFLOP/s FMA peak; `vpmaddwd` 119 GOP/s, one per
-cycle: the kernel runs at about its instruction's peak, and int16 activation pairs read from
-memory instead of the two `vpshufb` measured no faster). AVX2 has 16 ymm registers, and a 16-column panel takes two: `choose_tile(width=8)`
-counts them (6 x 1 float and 4 x 1 int8 tiles for large shapes).
+float32 tile kernel on the same shapes (90-95 GFLOP/s FMA peak; `vpmaddwd` 119-126 GOP/s, one
+per cycle: the kernel runs at about its instruction's peak, and int16 activation pairs read from
+memory instead of the two `vpshufb` measured no faster). AVX2 has 16 ymm registers, and a
+16-column panel takes two: `choose_tile(width=8)` counts them (6 x 1 float and 4 x 1 int8 tiles
+for large shapes).
 
 The same tile kernel runs float32 (`Arith` `F32`, used for float Linears when the target reports
 `avx512f`, `packing._fma_matmul`; `F32_AVX2` with AVX2 and FMA3, two `vfmadd231ps` per

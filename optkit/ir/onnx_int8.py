@@ -19,25 +19,14 @@ exported file then follows the CPU that exports (and checks) it.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
+from optkit.backends.targets import cpu_flags
 from optkit.errors import UnknownNameError
 
 INT8_WEIGHT_FORMS = ("auto", "s8", "u8")
 _SHIFT = 128  # int8 -> uint8: the same grid, zero point moved with it
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first `flags` line of `cpuinfo`; empty where it cannot be read (not Linux, not x86)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
 
 
 def ort_u8s8_exact(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
