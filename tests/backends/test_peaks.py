@@ -95,6 +95,20 @@ def test_isa_choice_follows_the_cpu_flags():
     assert peaks.best_isa(peaks.DOT_ISAS, vnni256).name == "avx-vnni"
 
 
+def test_cpu_flags_come_from_the_first_flags_line(tmp_path):
+    from optkit.backends.targets import _mcpu_from_cpuinfo, cpu_flags
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
+    assert cpu_flags(cpuinfo) == {"fpu", "sse4_2", "avx2", "fma"}
+    assert peaks.cpu_info(cpuinfo).flags == cpu_flags(cpuinfo)
+    assert _mcpu_from_cpuinfo(cpuinfo) == "haswell"  # LLVM's fallback name when it cannot detect
+    assert (
+        cpu_flags(tmp_path / "missing") == frozenset()
+        and _mcpu_from_cpuinfo(tmp_path / "missing") == "generic"
+    )
+
+
 @pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
 def test_int8_peak_without_vnni_is_avx2s_madd():
     got = peaks.measure_peaks(
