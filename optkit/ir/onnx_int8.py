@@ -9,8 +9,8 @@ an AMD EPYC (znver3), 1 thread, batch 8, the model families of `benchmarks/famil
 SQNR against float 7.6 dB (ViT-Tiny) and 27.9 dB (MobileNetV2) in ONNX Runtime, against 32.7 and
 44.0 dB for the same graph with the weights stored as uint8 (`u8`: weight + 128, zero point +
 128, the same dequantized values; ONNX Runtime's U8U8 kernels widen to int16 and are exact) and
-32.8 / 44.0 dB for the Program in PyTorch. U8U8 is slower there: 39.2 against 34.8 ms
-(ViT-Tiny), 27.0 against 19.7 ms (MobileNetV2).
+32.8 / 44.0 dB for the Program in PyTorch. U8U8 is slower there: 39.3 against 34.5 ms
+(ViT-Tiny), 20.5 against 15.6 ms (MobileNetV2; `benchmarks/bench_families.py`).
 
 `auto` picks `u8` where ONNX Runtime's U8S8 is inexact (`ort_u8s8_exact`), else `s8`: the
 exported file then follows the CPU that exports (and checks) it.

@@ -171,6 +171,7 @@ def test_compare_finds_worse_quality_and_gates_on_it(workdir):
     assert "worse" in cases["no regression: quality_sqnr_db"].get("message")
 
 
+@pytest.mark.slow  # two optimize runs end to end (18 s on 2 AVX2 cores); verdicts: tests/test_compare.py
 def test_compare_finds_a_slower_model(workdir):
     assert optimize("fast").exit_code == 0
     assert optimize("slow", model="cimodels_slow:net").exit_code == 0
