@@ -37,9 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from optkit.backends.targets import cpu_flags, cpu_model_name, host_cpu_config, host_mcpu
+from optkit.backends.targets import cpu_model_name, host_cpu_config, host_mcpu
 
 from optkit.errors import BackendError, ConfigError, UnknownNameError
+from optkit.host import cpu_flags
 
 FMA_MAX_ITERATIONS = 2**23  # init (< 8) + n stays below 2**24, exact in float32: the check is exact
 DOT_MAX_ITERATIONS = 2**28  # |init + n * lane sum| (lane sums <= 4) stays inside int32

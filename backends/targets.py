@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from optkit.errors import BackendError, UnknownNameError
+from optkit.host import cpu_flags
 
 log = logging.getLogger(__name__)
 
@@ -89,17 +90,6 @@ def host_mcpu() -> str:
 def _mcpu_from_cpuinfo(path: Path) -> str:
     flags = cpu_flags(path)
     return next((cpu for flag, cpu in _FLAG_CPUS if flag in flags), "generic")
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
-    """The first `flags` line of `cpuinfo`; empty where it cannot be read (not Linux, not x86)."""
-    try:
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                return frozenset(line.split(":", 1)[1].split())
-    except OSError as err:
-        log.debug("cannot read %s: %s", cpuinfo, err)
-    return frozenset()
 
 
 def cpu_model_name() -> str:

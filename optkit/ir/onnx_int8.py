@@ -22,8 +22,8 @@ import os
 
 import numpy as np
 
-from optkit.backends.targets import cpu_flags
 from optkit.errors import UnknownNameError
+from optkit.host import cpu_flags
 
 INT8_WEIGHT_FORMS = ("auto", "s8", "u8")
 _SHIFT = 128  # int8 -> uint8: the same grid, zero point moved with it
@@ -63,6 +63,7 @@ def unsigned_int8_weights(model: object) -> int:
     def int8(name: str) -> bool:
         return name in inits and inits[name].data_type == TensorProto.INT8
 
+    outputs = {o.name for o in graph.output}
     uses: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in graph.node:
         for i, name in enumerate(node.input):
@@ -94,7 +95,6 @@ def unsigned_int8_weights(model: object) -> int:
             for n, i in uses[zero]
         )
 
-    outputs = {o.name for o in graph.output}
     weights = [name for name in inits if plain(name) and all(zero_ok(n) for n, _ in uses[name])]
     shifted: set[str] = set()
 

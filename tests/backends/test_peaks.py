@@ -96,7 +96,9 @@ def test_isa_choice_follows_the_cpu_flags():
 
 
 def test_cpu_flags_come_from_the_first_flags_line(tmp_path):
-    from optkit.backends.targets import _mcpu_from_cpuinfo, cpu_flags
+    from optkit.backends.targets import _mcpu_from_cpuinfo
+
+    from optkit.host import cpu_flags
 
     cpuinfo = tmp_path / "cpuinfo"
     cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu\n")
