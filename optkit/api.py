@@ -23,7 +23,7 @@ from optkit.errors import ConfigError
 from optkit.fsutil import atomic_dir
 from optkit.ir import flops
 from optkit.ir.memory import EXTRA_WEIGHTS, check_memory, peak_message
-from optkit.ir.onnx_int8 import int8_weights_note, resolve_int8_weights
+from optkit.ir.onnx_int8 import int8_kept_note, int8_weights_note, resolve_int8_weights
 from optkit.ir.onnx_io import OnnxModel, export_onnx
 from optkit.ir.program import Program
 from optkit.ir.serialize import save_program
@@ -270,6 +270,8 @@ def optimize_file(
             report.add("model.onnx size", figures["onnx_bytes"], "bytes", "onnx_bytes")
             if figures["int8_weights_u8"]:
                 report.notes.append(int8_weights_note(int(figures["int8_weights_u8"]), onnx_int8_weights))
+            if figures["int8_weights_s8"]:
+                report.notes.append(int8_kept_note(int(figures["int8_weights_s8"])))
             report.add(
                 "ONNX Runtime max abs error vs optimized", figures["max_abs_error"], "", "onnx_max_abs_error"
             )

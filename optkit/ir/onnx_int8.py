@@ -19,6 +19,7 @@ exported file then follows the CPU that exports (and checks) it.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import numpy as np
 
@@ -48,13 +49,22 @@ def resolve_int8_weights(form: str) -> str:
     return form
 
 
-def unsigned_int8_weights(model: object) -> int:
-    """Store the int8 weight initializers of an ONNX `model` (a ModelProto, changed in place) as
-    uint8: each one read only as `DequantizeLinear`'s input (its zero point an int8 initializer)
-    or as `MatMulInteger`'s B is shifted by 128, and so is its zero point (one added for a
-    `MatMulInteger` without). Returns how many weights changed."""
+def int8_weights(model: object) -> list[str]:
+    """The int8 weight initializers of an ONNX `model` (a ModelProto) that `unsigned_int8_weights`
+    stores as uint8: each one read only as `DequantizeLinear`'s input (its zero point an int8
+    initializer read only beside such weights) or as `MatMulInteger`'s B."""
+    return _weights_and_uses(model)[0]
+
+
+def _zero_of(node: Any) -> str:
+    """The zero-point input of a `DequantizeLinear` or `MatMulInteger` (B's) node, "" if none."""
+    at = 2 if node.op_type == "DequantizeLinear" else 3
+    return node.input[at] if len(node.input) > at else ""
+
+
+def _weights_and_uses(model: object) -> tuple[list[str], dict[str, list[tuple[Any, int]]]]:
     import onnx
-    from onnx import TensorProto, numpy_helper
+    from onnx import TensorProto
 
     assert isinstance(model, onnx.ModelProto)
     graph = model.graph
@@ -69,10 +79,6 @@ def unsigned_int8_weights(model: object) -> int:
         for i, name in enumerate(node.input):
             uses.setdefault(name, []).append((node, i))
 
-    def zero_of(node: onnx.NodeProto) -> str:
-        at = 2 if node.op_type == "DequantizeLinear" else 3
-        return node.input[at] if len(node.input) > at else ""
-
     def weight_use(node: onnx.NodeProto, i: int) -> bool:
         return (node.op_type, i) in (("DequantizeLinear", 0), ("MatMulInteger", 1))
 
@@ -86,7 +92,7 @@ def unsigned_int8_weights(model: object) -> int:
 
     def zero_ok(node: onnx.NodeProto) -> bool:
         """No zero point (a MatMulInteger), or an int8 one read only beside plain weights."""
-        zero = zero_of(node)
+        zero = _zero_of(node)
         if not zero:
             return node.op_type == "MatMulInteger"
         return int8(zero) and all(
@@ -95,7 +101,20 @@ def unsigned_int8_weights(model: object) -> int:
             for n, i in uses[zero]
         )
 
-    weights = [name for name in inits if plain(name) and all(zero_ok(n) for n, _ in uses[name])]
+    return [name for name in inits if plain(name) and all(zero_ok(n) for n, _ in uses[name])], uses
+
+
+def unsigned_int8_weights(model: object) -> int:
+    """Store the int8 weights of an ONNX `model` (a ModelProto, changed in place; `int8_weights`)
+    as uint8: each one is shifted by 128, and so is its zero point (one added for a
+    `MatMulInteger` without). Returns how many weights changed."""
+    import onnx
+    from onnx import numpy_helper
+
+    assert isinstance(model, onnx.ModelProto)
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    weights, uses = _weights_and_uses(model)
     shifted: set[str] = set()
 
     def shift(name: str) -> None:
@@ -108,7 +127,7 @@ def unsigned_int8_weights(model: object) -> int:
     for name in weights:
         shift(name)
         for node, _ in uses[name]:
-            zero = zero_of(node)
+            zero = _zero_of(node)
             if zero:
                 shift(zero)
                 continue
@@ -119,6 +138,21 @@ def unsigned_int8_weights(model: object) -> int:
             del node.input[3:]
             node.input.extend([""] * (3 - len(node.input)) + [zero])
     return len(weights)
+
+
+def int8_kept_note(count: int) -> str:
+    """A report's line on `count` int8 weights kept as int8 (`s8`, or `auto` on a CPU with VNNI):
+    whether ONNX Runtime runs them exactly on this CPU, and how to write a file that it runs
+    exactly on every CPU."""
+    where = (
+        "exact on this CPU (VNNI), but on x86-64 CPUs without VNNI they saturate (vpmaddubsw)"
+        if ort_u8s8_exact()
+        else "which saturate on this CPU without VNNI (vpmaddubsw): the error above shows by how much"
+    )
+    return (
+        f"model.onnx keeps its {count} int8 weights as int8 for ONNX Runtime's U8S8 kernels, {where}; "
+        "--onnx-int8-weights u8 writes a file that ONNX Runtime runs exactly on every CPU."
+    )
 
 
 def int8_weights_note(count: int, form: str) -> str:

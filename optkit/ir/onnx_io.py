@@ -41,8 +41,8 @@ def export_onnx(
     """Export `program` to `path` (ONNX, dynamo exporter), written atomically.
 
     With `check`, the file is run in ONNX Runtime on the example inputs and compared with the
-    Program; returns {"max_abs_error": ..., "onnx_bytes": ..., "int8_weights_u8": how many int8
-    weights are stored as uint8}. `int8_weights` (`onnx_int8.INT8_WEIGHT_FORMS`): `s8`, `u8`, or
+    Program; returns {"max_abs_error": ..., "onnx_bytes": ..., "int8_weights_u8" and
+    "int8_weights_s8": how many int8 weights are stored as uint8, and how many stay int8}. `int8_weights` (`onnx_int8.INT8_WEIGHT_FORMS`): `s8`, `u8`, or
     `auto`, `u8` where ONNX Runtime's int8 kernels would saturate on this CPU. Raises
     `OptkitError` naming the first unsupported op when the exporter fails.
     """
@@ -69,8 +69,12 @@ def export_onnx(
         except Exception as err:
             first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
             raise OptkitError(f"ONNX export of {program.name} failed: {first[:300]}") from err
-        unsigned = _finish_quantized(tmp, form) if quantized else 0
-        figures = {"onnx_bytes": float(tmp.stat().st_size), "int8_weights_u8": float(unsigned)}
+        unsigned, signed = _finish_quantized(tmp, form) if quantized else (0, 0)
+        figures = {
+            "onnx_bytes": float(tmp.stat().st_size),
+            "int8_weights_u8": float(unsigned),
+            "int8_weights_s8": float(signed),
+        }
         if check:
             expected = flat_outputs(program.run())
             got = run_onnx(tmp, program.example_inputs)
@@ -114,18 +118,22 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {err}") from err
 
 
-def _finish_quantized(path: Path, int8_weights: str) -> int:
+def _finish_quantized(path: Path, int8_weights: str) -> tuple[int, int]:
     """Rewrite a quantized export in place: int4 weights materialized, int8 weights stored as
-    `int8_weights` (`s8` or `u8`, `onnx_int8`). Returns how many int8 weights are now uint8."""
+    `int8_weights` (`s8` or `u8`, `onnx_int8`). Returns how many int8 weights are now uint8 and
+    how many stay int8."""
     import onnx
 
-    from optkit.ir.onnx_int8 import unsigned_int8_weights
+    from optkit.ir import onnx_int8
 
     model = onnx.load(str(path))
     _materialize_int4(model)
-    unsigned = unsigned_int8_weights(model) if int8_weights == "u8" else 0
+    if int8_weights == "u8":
+        unsigned, signed = onnx_int8.unsigned_int8_weights(model), 0
+    else:
+        unsigned, signed = 0, len(onnx_int8.int8_weights(model))
     onnx.save(model, str(path))
-    return unsigned
+    return unsigned, signed
 
 
 def _materialize_int4(model: Any) -> None:

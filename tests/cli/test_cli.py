@@ -232,18 +232,21 @@ def test_analyze_sensitivity_writes_ranking_and_heatmap(user_models):
 
 
 @pytest.mark.slow
-def test_optimize_with_ptq_reports_weight_bytes(user_models):
+@pytest.mark.parametrize("form", ["u8", "s8"])
+def test_optimize_with_ptq_reports_weight_bytes(user_models, form):
     result = run(
         "--json", "optimize", "usermodels:net", "--passes", "ptq,dce", "-o", "q", "--repeats", "2",
-        "--onnx-int8-weights", "u8",
+        "--onnx-int8-weights", form,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     passes = next(t for t in data["tables"] if t["title"] == "Passes")
     assert passes["rows"][0][0] == "ptq" and "weight_bytes_after" in passes["rows"][0][-1]
-    # uint8 weights: ONNX Runtime's U8U8 kernels are exact on every CPU
-    assert data["figures"]["onnx_max_abs_error"]["value"] < 1e-4
-    assert any("stores its 3 int8 weights as uint8" in note for note in data["notes"])
+    stored = any("stores its 3 int8 weights as uint8" in note for note in data["notes"])
+    kept = any("keeps its 3 int8 weights as int8" in note for note in data["notes"])
+    assert (stored, kept) == (form == "u8", form == "s8")
+    if form == "u8":  # ONNX Runtime's U8U8 kernels are exact on every CPU
+        assert data["figures"]["onnx_max_abs_error"]["value"] < 1e-4
 
 
 def test_an_unknown_onnx_int8_weight_form_is_refused_with_the_choices(user_models):

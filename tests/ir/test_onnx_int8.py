@@ -6,6 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from optkit.errors import UnknownNameError
+from optkit.ir import onnx_int8
 from optkit.ir.onnx_int8 import ort_u8s8_exact, resolve_int8_weights, unsigned_int8_weights
 from optkit.ir.onnx_io import export_onnx, run_onnx
 from optkit.pipeline import PassManager, build_passes
@@ -46,6 +47,7 @@ def test_u8_weights_dequantize_to_the_same_values_and_run_exactly(tmp_path, conv
     s8 = export_onnx(program, tmp_path / "s8.onnx", check=False, int8_weights="s8")
     u8 = export_onnx(program, tmp_path / "u8.onnx", int8_weights="u8")
     assert s8["int8_weights_u8"] == 0 and u8["int8_weights_u8"] == 3  # two convs and the head
+    assert s8["int8_weights_s8"] == 3 and u8["int8_weights_s8"] == 0
     # exact on every CPU: ONNX Runtime's U8U8 kernels widen to int16
     assert u8["max_abs_error"] < 1e-4 * max(1.0, u8["output_abs_max"])
     signed, unsigned = _initializers(tmp_path / "s8.onnx"), _initializers(tmp_path / "u8.onnx")
@@ -90,3 +92,14 @@ def test_an_int8_initializer_read_other_than_as_a_weight_is_left_alone():
     model = helper.make_model(graph)
     assert unsigned_int8_weights(model) == 0
     assert {t.name: t.data_type for t in model.graph.initializer}["w"] == TensorProto.INT8
+
+
+@pytest.mark.parametrize("vnni", [True, False])
+def test_the_note_on_kept_int8_weights_says_where_they_are_exact_and_how_to_be_exact_everywhere(
+    monkeypatch, vnni
+):
+    monkeypatch.setattr(onnx_int8, "ort_u8s8_exact", lambda: vnni)
+    note = onnx_int8.int8_kept_note(5)
+    assert "keeps its 5 int8 weights as int8" in note and "--onnx-int8-weights u8" in note
+    assert ("exact on this CPU (VNNI)" in note) is vnni
+    assert ("saturate on this CPU without VNNI" in note) is not vnni
