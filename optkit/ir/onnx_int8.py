@@ -63,6 +63,7 @@ def _zero_of(node: Any) -> str:
 
 
 def _weights_and_uses(model: object) -> tuple[list[str], dict[str, list[tuple[Any, int]]]]:
+    """`int8_weights(model)`, and each tensor name's uses in `model` as (node, input index)."""
     import onnx
     from onnx import TensorProto
 
@@ -147,7 +148,7 @@ def int8_kept_note(count: int) -> str:
     where = (
         "exact on this CPU (VNNI), but on x86-64 CPUs without VNNI they saturate (vpmaddubsw)"
         if ort_u8s8_exact()
-        else "which saturate on this CPU without VNNI (vpmaddubsw): the error above shows by how much"
+        else "which saturate on this CPU without VNNI (vpmaddubsw): see the ONNX Runtime error figure"
     )
     return (
         f"model.onnx keeps its {count} int8 weights as int8 for ONNX Runtime's U8S8 kernels, {where}; "

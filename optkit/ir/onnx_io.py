@@ -42,8 +42,9 @@ def export_onnx(
 
     With `check`, the file is run in ONNX Runtime on the example inputs and compared with the
     Program; returns {"max_abs_error": ..., "onnx_bytes": ..., "int8_weights_u8" and
-    "int8_weights_s8": how many int8 weights are stored as uint8, and how many stay int8}. `int8_weights` (`onnx_int8.INT8_WEIGHT_FORMS`): `s8`, `u8`, or
-    `auto`, `u8` where ONNX Runtime's int8 kernels would saturate on this CPU. Raises
+    "int8_weights_s8": how many int8 weights are stored as uint8, and how many stay int8}.
+    `int8_weights` (`onnx_int8.INT8_WEIGHT_FORMS`): `s8`, `u8`, or `auto`, `u8` where ONNX
+    Runtime's int8 kernels would saturate on this CPU. Raises
     `OptkitError` naming the first unsupported op when the exporter fails.
     """
     from optkit.ir.onnx_int8 import resolve_int8_weights
