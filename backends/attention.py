@@ -46,6 +46,7 @@ from optkit.backends.relax_exprs import (
 )
 
 ROWS = 8  # query rows per tile: 8 x 32 accumulators of the weighted sum, like the GEMM tile
+AVX2_SUB_ROWS = 4  # on AVX2, rows of each score / weighted-sum register tile within a tile
 LANES = 16  # one AVX-512 register of float32
 
 
@@ -176,13 +177,23 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False,
     """Parallel over (batch, query tiles); every stage computed per tile, vectorized (`masked`:
     `func` adds a mask to the scores, `attention_te`). `lanes`: float32 lanes of one register of
     the CPU (16: AVX-512; 8: AVX2, whose 16 registers take 8 rows of one register each, where
-    8 x 32 spilled: ViT-Tiny's 56 x 64 x 64 heads at 12 GFLOP/s on znver3)."""
+    8 x 32 spilled: ViT-Tiny's 56 x 64 x 64 heads at 12 GFLOP/s on znver3). On AVX2 the score
+    and weighted-sum tiles of 8 rows x 16 lanes (two ymm each) run as two sub-tiles of 4 rows:
+    kernels alone, interleaved in one process, znver3, 1 thread, batch x queries x keys x head
+    dim, 8 rows -> 4-row sub-tiles: 6 x 256 x 256 x 64 2.77 -> 2.13 ms, 8 x 256 x 256 x 32 1.90
+    -> 1.80, 4 x 1024 x 1024 x 32 14.76 -> 11.18, 12 x 64 x 64 x 32 0.19 -> 0.15, 24 x 56 x 64 x
+    64 0.54 -> 0.36 ms; 16-row tiles of 4-row sub-tiles ran within 6% of those, except 1.60 ms
+    at 8 x 256 x 256 x 32."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)
     rows = ROWS if m % ROWS == 0 else 4
     widths = (32, 16, 8) if lanes == LANES else (16, 8)
     cols = next((w for w in widths if dv % w == 0), dv)
+    # AVX2: 16 keys (scores) or 16 value columns (the weighted sum) of 8 rows are 16 ymm
+    # accumulators, which spill; sub-tiles of 4 rows hold 8
+    sub = AVX2_SUB_ROWS if lanes < LANES else rows
+    sub_weighted = sub if cols > lanes else rows
     if masked:
         sch.compute_inline(sch.get_sblock("logits"))
     sch.compute_inline(sch.get_sblock("shifted"))
@@ -209,7 +220,11 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False,
     weighted = sch.get_sblock("weighted")
     i_w, c_w, j_w = sch.get_loops(weighted)[-3:]
     c_out, c_in = sch.split(c_w, factors=[None, cols])
-    sch.reorder(c_out, j_w, i_w, c_in)
+    if sub_weighted < rows:
+        i_wo, i_w = sch.split(i_w, factors=[None, sub_weighted])
+        sch.reorder(i_wo, c_out, j_w, i_w, c_in)
+    else:
+        sch.reorder(c_out, j_w, i_w, c_in)
     sch.unroll(i_w)
     sch.vectorize(c_in)
 
@@ -218,7 +233,11 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False,
     i_s, j_s, d_s = sch.get_loops(scores)[-3:]
     keys = 2 * LANES if n % (2 * LANES) == 0 and lanes == LANES else LANES  # 16 keys: two AVX2 registers
     j_out, j_in = sch.split(j_s, factors=[None, keys])
-    sch.reorder(j_out, d_s, i_s, j_in)
+    if sub < rows:
+        i_so, i_s = sch.split(i_s, factors=[None, sub])
+        sch.reorder(i_so, j_out, d_s, i_s, j_in)
+    else:
+        sch.reorder(j_out, d_s, i_s, j_in)
     sch.unroll(i_s)
     sch.vectorize(j_in)
     sch.decompose_reduction(scores, d_s)

@@ -91,12 +91,13 @@ def test_attention_matches_torch(model, shapes, fused):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
-def _kernel_output(q, kt, v, scale, keys, mask=None):
+def _kernel_output(q, kt, v, scale, keys, mask=None, lanes=16):
     import tvm
 
     (b, m, d), n = q.shape, kt.shape[2]
+    mask_batch = None if mask is None else mask.shape[0]
     func = attention_func(
-        b, m, n, d, v.shape[2], scale=scale, keys=keys, mask_batch=None if mask is None else mask.shape[0]
+        b, m, n, d, v.shape[2], scale=scale, keys=keys, mask_batch=mask_batch, lanes=lanes
     ).with_attr("global_symbol", "main")
     lib = tvm.tirx.build(tvm.IRModule({"main": func}), target=resolve_target("cpu").tvm_target())
     inputs = (q, kt, v) if mask is None else (q, kt, v, mask)
@@ -119,6 +120,23 @@ def test_the_kernel_subtracts_the_row_maximum():
     got = _kernel_output(q, kt, v, 0.5, keys=None)
     assert np.isfinite(got).all()
     np.testing.assert_allclose(got, _softmax_attention(q, kt, v, 0.5), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("lanes", [8, 16])
+@pytest.mark.parametrize(("queries", "dv", "masked"), [(16, 32, False), (24, 8, True), (12, 16, False)])
+def test_each_register_tiling_matches_numpy(lanes, queries, dv, masked):
+    # lanes 8 (AVX2): 8-row tiles run as 4-row sub-tiles, the weighted sum too where its 16
+    # columns are two registers (dv 32); 12 queries: 4-row tiles, no sub-tiles
+    rng = np.random.default_rng(2)
+    q = rng.standard_normal((2, queries, 16)).astype(np.float32)
+    kt = rng.standard_normal((2, 16, 48)).astype(np.float32)
+    v = rng.standard_normal((2, 48, dv)).astype(np.float32)
+    mask = np.where(rng.random((1, queries, 48)) < 0.3, -np.inf, 0.0).astype(np.float32) if masked else None
+    mask_row = mask[0] if masked else 0.0
+    got = _kernel_output(q, kt, v, 0.25, keys=None, mask=mask, lanes=lanes)
+    s = 0.25 * q.astype(np.float64) @ kt + mask_row
+    p = np.exp(s - s.max(-1, keepdims=True))
+    np.testing.assert_allclose(got, p / p.sum(-1, keepdims=True) @ v, rtol=1e-4, atol=1e-5)
 
 
 def test_padded_keys_get_no_weight():
