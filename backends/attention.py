@@ -182,7 +182,7 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False,
     kernels alone, interleaved in one process, znver3, 1 thread, batch x queries x keys x head
     dim, 8 rows -> 4-row sub-tiles: 6 x 256 x 256 x 64 2.77 -> 2.13 ms, 8 x 256 x 256 x 32 1.90
     -> 1.80, 4 x 1024 x 1024 x 32 14.76 -> 11.18, 12 x 64 x 64 x 32 0.19 -> 0.15, 24 x 56 x 64 x
-    64 0.54 -> 0.36 ms; 16-row tiles of 4-row sub-tiles ran within 6% of those, except 1.60 ms
+    64 0.54 -> 0.36 ms; 16-row tiles of 4-row sub-tiles ran within 7% of those, except 1.60 ms
     at 8 x 256 x 256 x 32."""
     from tvm import s_tir
 
