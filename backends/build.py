@@ -31,6 +31,7 @@ SCHEDULES = ("default", "blas", "naive")
 def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = None) -> Any:
     """The DLight pass that schedules every not-yet-scheduled PrimFunc for `spec`."""
     from optkit.backends.cpu_schedules import CPUGEMV, CPUElementwise, CPUMatmul, CPURowReduction
+    from optkit.backends.expand_depthwise import CPUExpandDepthwise
     from tvm.s_tir import dlight as dl
 
     if spec.kind == "cuda":
@@ -38,7 +39,9 @@ def schedule_pass(spec: TargetSpec, tuned: dict[str, dict[str, int]] | None = No
             dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()
         )
     matmul = CPUMatmul(tuned=tuned, spec=spec)
-    return dl.ApplyDefaultSchedule(CPUGEMV(), CPURowReduction(), matmul, dl.cpu.Reduction(), CPUElementwise())
+    return dl.ApplyDefaultSchedule(
+        CPUExpandDepthwise(), CPUGEMV(), CPURowReduction(), matmul, dl.cpu.Reduction(), CPUElementwise()
+    )
 
 
 def _backend(spec: TargetSpec) -> Any:

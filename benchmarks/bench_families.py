@@ -11,7 +11,8 @@ untuned), eager W8A8, optkit's W8A8 ONNX in ONNX Runtime (int8 weights, then uin
 QDQ model of the float export (per-channel int8 weights, uint8 activations, calibrated on the
 same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it lowers. Every
 runtime gets `--threads` threads (TVM's runtime pool too) and all rows of a family are timed
-in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median). Writes
+in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median); above one thread each
+call starts once the previous runtime's pool has gone idle (`settle`). Writes
 docs/benchmarks.md (section bench_families) with the goals of issue 17 checked.
 """
 
@@ -120,7 +121,7 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
     with torch.no_grad():
         reference = _numpy(flat_outputs(program.run()))
         quality = {k: _sqnr_db(reference, _numpy(f())) for k, f in live.items()}
-        lat = interleaved_latency_ms(live, warmup=args.warmup, repeats=args.repeats)
+        lat = interleaved_latency_ms(live, warmup=args.warmup, repeats=args.repeats, settle=args.threads > 1)
     ms = {k: lat[k]["median"] if k in lat else float("nan") for k in ROWS}
     ort, qdq = ms["ORT"], ms["ORT quantize_static QDQ (ORT)"]
     print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), flush=True)
@@ -137,6 +138,111 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
         ms["optkit W8A8 ONNX (ORT)"] / qdq,
         ms["TVM W8A8"] / qdq,
     ]
+
+
+HISTORY = (
+    "On AVX2 without VNNI (session 24, 2026-12-01: an AMD EPYC, znver3, AVX2 and FMA3, no "
+    "AVX-512, no VNNI; none of the AVX-512 kernels below apply there). At the session's "
+    "start (commit c3ba555, the same command with `--repeats 7`) TVM took 1.79-2.09x ONNX "
+    "Runtime's time in float (geomean 1.94x) and 1.49-3.70x that of its QDQ model in W8A8 "
+    "(geomean 2.70x): int8 GEMMs and convs ran on the scheduled int32 panel kernels (33 "
+    "GOP/s), float convs on a schedule whose 8 x 32 tiles spill AVX2's 16 registers (34% of"
+    " the FMA peak), attention on 8 x 32 tiles (12-21 GFLOP/s). Since then the int8 tile "
+    "GEMM runs on `vpmaddwd` (exact), float convs of every shape on the FMA tile kernel, "
+    'and tiles are sized for 16 registers (docs/backends.md, "AVX2 CPUs without VNNI"); '
+    "start -> this table, float and W8A8 (two runs, not interleaved; the ORT columns of a "
+    "row moved by up to 12% between them, so compare the ratios): MobileNetV2 54.1 -> 26.8 "
+    "and 75.4 -> 25.0 ms, ResNet-18 265.2 -> 128.9 and 224.4 -> 92.1 ms, ViT-Tiny 91.2 -> "
+    "45.4 and 93.1 -> 39.1 ms, llama_64tok 57.7 -> 27.9 and 62.7 -> 23.6 ms, llama_512tok "
+    "500.6 -> 209.4 and 453.9 -> 182.3 ms, the UNet 368.9 -> 194.1 and 342.1 -> 170.7 ms. "
+    "Why W8A8 gains little over float there: the int8 kernel's `vpmaddwd` (16 multiply-adds"
+    " per instruction) peaks at 119 GOP/s on one znver3 core against 90 GFLOP/s for the "
+    "FMAs (`peaks.py`, session 25; session 24 quoted 236 GOP/s from a peak kernel in which "
+    "LLVM had computed one product per iteration for all 12 accumulators), so exact int8 "
+    "can be at most ~1.3x faster than float32 in a compute-bound GEMM there; the int8 GEMMs"
+    " run at 85-123 GOP/s, about that peak (int16 activation pairs, which drop the kernel's"
+    " two `vpshufb` per row and step, measured no faster: session 25). ONNX Runtime's "
+    "AVX2 int8 kernels are faster but not exact: they sum u8 x s8 pairs with `vpmaddubsw`,"
+    " which saturates at int16, and on that CPU optkit's W8A8 ONNX with int8 weights scored"
+    " 27.9, 35.5, 7.6, 20.7, 20.0 and 10.6 dB of output SQNR against float in ONNX Runtime "
+    "(rows in table order), against 44.0, 43.0, 32.7, 25.2, 24.9 and 23.2 dB on the VNNI "
+    "Xeon of session 23; TVM's W8A8 keeps them (44.0, 43.0, 32.7, 25.2, 24.9, 23.0 dB), and "
+    "so does the export with uint8 weights (ONNX Runtime's exact U8U8 kernels; the `u8` "
+    "row, the default of `optimize` on CPUs without VNNI since session 25). "
+    "\n\nWhat TVM still loses on the AVX-512 Xeon of sessions 13-23 (per-kernel timing with `optkit.backends.kernel_profile`, 1 "
+    "thread, same CPU, 2026-11-30): the UNet's W8A8 step spent 14.5 ms of kernel time in "
+    "its self-attention at 1,024 tokens in float32 (70% of the fp32 peak), which int8 "
+    "GEMMs cannot speed up, until attention ran in float16 (session 20); ResNet-18's W8A8 (2026-12-01, session 19, 15.2 ms of kernel time "
+    "at batch 8 once each activation was one int8 tensor) spends 1.2 ms in its int8 7 x 7 "
+    "stem's GEMM and 0.54 ms copying its kernel rows, 0.12 ms in its int8 max pool, 0.63 "
+    "ms in quantizing kernels (2.54 ms before `backends/requant.py`) and 0.56 ms in pad "
+    "copies (half of them since written by the GEMMs, `vnni.OutPad`); "
+    "MobileNetV2's W8A8 depthwise convs (exact float32 sums on the NHWC kernel) took 3.2 "
+    "of 8.4 ms at 10-15% of the fp32 peak in session 19; reading their input as int8 "
+    "first lost to converting each tap (8.7 -> 9.5 ms), and won once each filter row's "
+    "taps were unrolled (session 21); the 64-token decoder is 91% GEMM time, streaming 52 MB of "
+    "float32 weights from memory (a 64 x 512 x 512 GEMM takes 0.28 ms with the caches "
+    "flushed against 0.19 warm), which is where it trailed ONNX Runtime in float until "
+    "session 22 (float32 GEMMs on the FMA tile kernel, prefetching). optkit's "
+    "W8A8 ONNX and ONNX Runtime's `quantize_static` model are the same graph once ONNX "
+    "Runtime has optimized them (MobileNetV2: 52 QLinearConv and 10 QLinearAdd each; "
+    "ResNet-18: 20 and 8) and run alike (7.19 against 7.21 ms and 16.92 against 16.98 ms, "
+    "medians of 40 interleaved rounds, 2026-12-01): a ratio of 1.01-1.02x in the table is "
+    "run-to-run noise, not a slower graph. "
+    "What changed (compiled artifacts of the commit before against after, timed in one "
+    "process; docs/backends.md has the details): in session 23 (2026-12-01), GELU, "
+    "GELU-tanh, SiLU and sigmoid after a tile GEMM, a GEGLU and a SwiGLU join the GEMMs' "
+    "write-back (the UNet W8A8 42.0 -> 40.3 ms, float 88.7 -> 86.0 ms; llama_512tok "
+    "W8A8 34.1 -> 33.2 ms; llama_64tok W8A8 4.88 -> 4.81 ms; ViT-Tiny float 18.30 -> "
+    "18.14 ms, but W8A8 6.92 -> 7.04 ms, 1.8% slower), and float32 1 x 1 convs run on "
+    "the FMA tile GEMM (MobileNetV2 float 13.73 -> 12.50 ms, the UNet 82.1 -> 80.8 ms; "
+    "bit-identical); in session 22, float32 "
+    "Linears run on the tile GEMM with AVX-512 FMAs (24 accumulators, epilogues in the "
+    "write-back) and both tile GEMMs prefetch the next tile column's weights (float "
+    "llama_64tok 16.76 -> 13.50 ms, llama_512tok 107.5 -> 102.9 ms, ViT-Tiny 19.03 -> "
+    "18.35 ms, the UNet 86.9 -> 86.0 ms; W8A8 ResNet-18 14.49 -> 14.02 ms, ViT-Tiny 7.15 "
+    "-> 6.93 ms; bit-identical); in session 21, fast math "
+    "multiplies by a constant divisor's float32 reciprocal instead of dividing (each "
+    "quantize step's `vdivps`: MobileNetV2 W8A8 7.67 -> 6.83 ms, ResNet-18 14.82 -> 14.25 "
+    "ms, ViT-Tiny 7.40 -> 7.15 ms; a quantized value moves by one step where x / s lies "
+    "within an ulp of a rounding boundary, 1.5 in 10^6 values; `--exact-math` divides) "
+    "and W8A8 depthwise convs read their int8 input (MobileNetV2 6.83 -> 6.67 ms, "
+    "bit-identical); in session 20, W8A8 models' "
+    "attention runs in float16 on CPUs with AVX512-FP16 (`backends/attention_kernel.py`: "
+    "the UNet 44.4 -> 34.9 ms, ViT-Tiny 8.81 -> 7.79 ms, llama_512tok 38.1 -> 32.1 ms, "
+    "llama_64tok 3.84 -> 3.66 ms; output SQNR against float within 0.07 dB) and a fused QKV "
+    "projection's head slices read it in place, no kernel copying it whole (ViT-Tiny "
+    "7.68 -> 7.33 ms W8A8, 19.13 -> 18.65 ms float, bit-identical); in session "
+    "19, a quantized "
+    "activation became one int8 tensor that the next conv and the skip both read, a GEMM "
+    "writes the next conv's padded input, and strided blocks' 1 x 1 skip convs took their "
+    "epilogues (ResNet-18 W8A8 15.32 -> 14.93 ms, then 2% and 0.7% less; MobileNetV2 "
+    "7.30 -> 7.19 ms; all bit-identical); in session 18, W8A8 "
+    "convs lost their padded float copies (the zero-point pad sinks to the conv), RGB "
+    "stems went int8 (kernel rows copied as one vector), the VNNI GEMM reads a padded "
+    "image in place instead of an im2col and streams activations rather than weights "
+    "past L2, and max pools run on int8 (ResNet-18 W8A8 20.34 -> 18.01 -> 16.87 -> 15.94 "
+    "-> 15.14 ms, ViT-Tiny 9.51 -> "
+    "8.90 ms, the UNet 47.9 -> 45.7 ms); earlier on 2026-12-01, NHWC group norms became a "
+    "per-channel statistics kernel and a multiply-add (`backends/norms.py`; the UNet 87.6 "
+    "-> 85.6 ms float, 49.8 -> 46.3 ms W8A8), `x[..., i]` became a slice that fuses "
+    "(`backends/slices.py`), and elementwise kernels that read their input transposed "
+    "(K^T) run in 16 x 16 tiles (llama_512tok 42.6 -> 39.4 ms W8A8, 109.7 -> 106.2 ms "
+    "float; the UNet 85.1 -> 83.8 ms float), and a ReLU after an int8 GEMM joins its "
+    "write-back (ResNet-18 W8A8 21.58 -> 21.32 ms); on 2026-11-30 (session 16), quantize kernels "
+    "kept their rounding in vector form (TVM 0.27 left `nearbyint` scalar: MobileNetV2 "
+    "W8A8 8.86 -> 7.66 ms, the UNet W8A8 62.1 -> 56.6 ms) and all-int8 conv chains went "
+    "channels-last with transposes cancelled across the pads between them (the UNet W8A8 "
+    "56.8 -> 51.3 ms). Before that: attention as one kernel whose score tiles stay in "
+    "cache (the UNet 158.8 -> 131.7 ms float), with a mask input and causal query blocks "
+    "(llama_512tok 141.5 -> 109.0 ms float, 70.3 -> 43.0 ms W8A8); epilogues fused through "
+    "reshapes (ViT-Tiny 32.6 -> 27.8 ms float); weights above 2 MiB swept panel by panel; "
+    "GEMM register tiles under TVM's 1 KiB stack limit (ResNet-18 W8A8 25.7 -> 22.2 ms); "
+    "the VNNI GEMM's requantization in its write-back (MobileNetV2 W8A8 11.1 -> 9.3 ms); "
+    "convs over flattened pixels (ResNet-18 float 188 -> 86 ms); score matmuls padded to "
+    "64 columns (ViT float 55 -> 28 ms); int8 depthwise convs in exact float32 on the "
+    "NHWC kernel and im2col at 64-byte copies (MobileNetV2 W8A8 92 -> 13 ms)."
+)
 
 
 def _geomean(values: list[float]) -> float:
@@ -208,7 +314,7 @@ def main() -> None:
     import onnxruntime
     import tvm
 
-    command = "OMP_NUM_THREADS=1 python benchmarks/bench_families.py " + " ".join(sys.argv[1:])
+    command = f"OMP_NUM_THREADS={args.threads} python benchmarks/bench_families.py " + " ".join(sys.argv[1:])
     markdown = "\n".join(
         [
             f"`{command.strip()}` on {cpu_name()} ({len(os.sched_getaffinity(0))} CPU(s) for the process; "
@@ -222,117 +328,19 @@ def main() -> None:
             "",
             table.to_markdown(),
             "",
-            "Goals of issue 17 (1 thread):",
+            "Goals of issue 17 (1 thread):"
+            if args.threads == 1
+            else f"Goals of issue 17 (set for 1 thread; checked here at {args.threads}):",
             *goals,
             "",
             *(f"- {n}" for n in notes),
-            "",
-            "On AVX2 without VNNI (session 24, 2026-12-01: an AMD EPYC, znver3, AVX2 and FMA3, no "
-            "AVX-512, no VNNI; none of the AVX-512 kernels below apply there). At the session's "
-            "start (commit c3ba555, the same command with `--repeats 7`) TVM took 1.79-2.09x ONNX "
-            "Runtime's time in float (geomean 1.94x) and 1.49-3.70x that of its QDQ model in W8A8 "
-            "(geomean 2.70x): int8 GEMMs and convs ran on the scheduled int32 panel kernels (33 "
-            "GOP/s), float convs on a schedule whose 8 x 32 tiles spill AVX2's 16 registers (34% of"
-            " the FMA peak), attention on 8 x 32 tiles (12-21 GFLOP/s). Since then the int8 tile "
-            "GEMM runs on `vpmaddwd` (exact), float convs of every shape on the FMA tile kernel, "
-            'and tiles are sized for 16 registers (docs/backends.md, "AVX2 CPUs without VNNI"); '
-            "start -> this table, float and W8A8 (two runs, not interleaved; the ORT columns of a "
-            "row moved by up to 12% between them, so compare the ratios): MobileNetV2 54.1 -> 26.8 "
-            "and 75.4 -> 25.0 ms, ResNet-18 265.2 -> 128.9 and 224.4 -> 92.1 ms, ViT-Tiny 91.2 -> "
-            "45.4 and 93.1 -> 39.1 ms, llama_64tok 57.7 -> 27.9 and 62.7 -> 23.6 ms, llama_512tok "
-            "500.6 -> 209.4 and 453.9 -> 182.3 ms, the UNet 368.9 -> 194.1 and 342.1 -> 170.7 ms. "
-            "Why W8A8 gains little over float there: the int8 kernel's `vpmaddwd` (16 multiply-adds"
-            " per instruction) peaks at 119 GOP/s on one znver3 core against 90 GFLOP/s for the "
-            "FMAs (`peaks.py`, session 25; session 24 quoted 236 GOP/s from a peak kernel in which "
-            "LLVM had computed one product per iteration for all 12 accumulators), so exact int8 "
-            "can be at most ~1.3x faster than float32 in a compute-bound GEMM there; the int8 GEMMs"
-            " run at 85-123 GOP/s, about that peak (int16 activation pairs, which drop the kernel's"
-            " two `vpshufb` per row and step, measured no faster: session 25). ONNX Runtime's "
-            "AVX2 int8 kernels are faster but not exact: they sum u8 x s8 pairs with `vpmaddubsw`,"
-            " which saturates at int16, and on that CPU optkit's W8A8 ONNX with int8 weights scored"
-            " 27.9, 35.5, 7.6, 20.7, 20.0 and 10.6 dB of output SQNR against float in ONNX Runtime "
-            "(rows in table order), against 44.0, 43.0, 32.7, 25.2, 24.9 and 23.2 dB on the VNNI "
-            "Xeon of session 23; TVM's W8A8 keeps them (44.0, 43.0, 32.7, 25.2, 24.9, 23.0 dB), and "
-            "so does the export with uint8 weights (ONNX Runtime's exact U8U8 kernels; the `u8` "
-            "row, the default of `optimize` on CPUs without VNNI since session 25). "
-            "\n\nWhat TVM still loses on the AVX-512 Xeon of sessions 13-23 (per-kernel timing with `optkit.backends.kernel_profile`, 1 "
-            "thread, same CPU, 2026-11-30): the UNet's W8A8 step spent 14.5 ms of kernel time in "
-            "its self-attention at 1,024 tokens in float32 (70% of the fp32 peak), which int8 "
-            "GEMMs cannot speed up, until attention ran in float16 (session 20); ResNet-18's W8A8 (2026-12-01, session 19, 15.2 ms of kernel time "
-            "at batch 8 once each activation was one int8 tensor) spends 1.2 ms in its int8 7 x 7 "
-            "stem's GEMM and 0.54 ms copying its kernel rows, 0.12 ms in its int8 max pool, 0.63 "
-            "ms in quantizing kernels (2.54 ms before `backends/requant.py`) and 0.56 ms in pad "
-            "copies (half of them since written by the GEMMs, `vnni.OutPad`); "
-            "MobileNetV2's W8A8 depthwise convs (exact float32 sums on the NHWC kernel) took 3.2 "
-            "of 8.4 ms at 10-15% of the fp32 peak in session 19; reading their input as int8 "
-            "first lost to converting each tap (8.7 -> 9.5 ms), and won once each filter row's "
-            "taps were unrolled (session 21); the 64-token decoder is 91% GEMM time, streaming 52 MB of "
-            "float32 weights from memory (a 64 x 512 x 512 GEMM takes 0.28 ms with the caches "
-            "flushed against 0.19 warm), which is where it trailed ONNX Runtime in float until "
-            "session 22 (float32 GEMMs on the FMA tile kernel, prefetching). optkit's "
-            "W8A8 ONNX and ONNX Runtime's `quantize_static` model are the same graph once ONNX "
-            "Runtime has optimized them (MobileNetV2: 52 QLinearConv and 10 QLinearAdd each; "
-            "ResNet-18: 20 and 8) and run alike (7.19 against 7.21 ms and 16.92 against 16.98 ms, "
-            "medians of 40 interleaved rounds, 2026-12-01): a ratio of 1.01-1.02x in the table is "
-            "run-to-run noise, not a slower graph. "
-            "What changed (compiled artifacts of the commit before against after, timed in one "
-            "process; docs/backends.md has the details): in session 23 (2026-12-01), GELU, "
-            "GELU-tanh, SiLU and sigmoid after a tile GEMM, a GEGLU and a SwiGLU join the GEMMs' "
-            "write-back (the UNet W8A8 42.0 -> 40.3 ms, float 88.7 -> 86.0 ms; llama_512tok "
-            "W8A8 34.1 -> 33.2 ms; llama_64tok W8A8 4.88 -> 4.81 ms; ViT-Tiny float 18.30 -> "
-            "18.14 ms, but W8A8 6.92 -> 7.04 ms, 1.8% slower), and float32 1 x 1 convs run on "
-            "the FMA tile GEMM (MobileNetV2 float 13.73 -> 12.50 ms, the UNet 82.1 -> 80.8 ms; "
-            "bit-identical); in session 22, float32 "
-            "Linears run on the tile GEMM with AVX-512 FMAs (24 accumulators, epilogues in the "
-            "write-back) and both tile GEMMs prefetch the next tile column's weights (float "
-            "llama_64tok 16.76 -> 13.50 ms, llama_512tok 107.5 -> 102.9 ms, ViT-Tiny 19.03 -> "
-            "18.35 ms, the UNet 86.9 -> 86.0 ms; W8A8 ResNet-18 14.49 -> 14.02 ms, ViT-Tiny 7.15 "
-            "-> 6.93 ms; bit-identical); in session 21, fast math "
-            "multiplies by a constant divisor's float32 reciprocal instead of dividing (each "
-            "quantize step's `vdivps`: MobileNetV2 W8A8 7.67 -> 6.83 ms, ResNet-18 14.82 -> 14.25 "
-            "ms, ViT-Tiny 7.40 -> 7.15 ms; a quantized value moves by one step where x / s lies "
-            "within an ulp of a rounding boundary, 1.5 in 10^6 values; `--exact-math` divides) "
-            "and W8A8 depthwise convs read their int8 input (MobileNetV2 6.83 -> 6.67 ms, "
-            "bit-identical); in session 20, W8A8 models' "
-            "attention runs in float16 on CPUs with AVX512-FP16 (`backends/attention_kernel.py`: "
-            "the UNet 44.4 -> 34.9 ms, ViT-Tiny 8.81 -> 7.79 ms, llama_512tok 38.1 -> 32.1 ms, "
-            "llama_64tok 3.84 -> 3.66 ms; output SQNR against float within 0.07 dB) and a fused QKV "
-            "projection's head slices read it in place, no kernel copying it whole (ViT-Tiny "
-            "7.68 -> 7.33 ms W8A8, 19.13 -> 18.65 ms float, bit-identical); in session "
-            "19, a quantized "
-            "activation became one int8 tensor that the next conv and the skip both read, a GEMM "
-            "writes the next conv's padded input, and strided blocks' 1 x 1 skip convs took their "
-            "epilogues (ResNet-18 W8A8 15.32 -> 14.93 ms, then 2% and 0.7% less; MobileNetV2 "
-            "7.30 -> 7.19 ms; all bit-identical); in session 18, W8A8 "
-            "convs lost their padded float copies (the zero-point pad sinks to the conv), RGB "
-            "stems went int8 (kernel rows copied as one vector), the VNNI GEMM reads a padded "
-            "image in place instead of an im2col and streams activations rather than weights "
-            "past L2, and max pools run on int8 (ResNet-18 W8A8 20.34 -> 18.01 -> 16.87 -> 15.94 "
-            "-> 15.14 ms, ViT-Tiny 9.51 -> "
-            "8.90 ms, the UNet 47.9 -> 45.7 ms); earlier on 2026-12-01, NHWC group norms became a "
-            "per-channel statistics kernel and a multiply-add (`backends/norms.py`; the UNet 87.6 "
-            "-> 85.6 ms float, 49.8 -> 46.3 ms W8A8), `x[..., i]` became a slice that fuses "
-            "(`backends/slices.py`), and elementwise kernels that read their input transposed "
-            "(K^T) run in 16 x 16 tiles (llama_512tok 42.6 -> 39.4 ms W8A8, 109.7 -> 106.2 ms "
-            "float; the UNet 85.1 -> 83.8 ms float), and a ReLU after an int8 GEMM joins its "
-            "write-back (ResNet-18 W8A8 21.58 -> 21.32 ms); on 2026-11-30 (session 16), quantize kernels "
-            "kept their rounding in vector form (TVM 0.27 left `nearbyint` scalar: MobileNetV2 "
-            "W8A8 8.86 -> 7.66 ms, the UNet W8A8 62.1 -> 56.6 ms) and all-int8 conv chains went "
-            "channels-last with transposes cancelled across the pads between them (the UNet W8A8 "
-            "56.8 -> 51.3 ms). Before that: attention as one kernel whose score tiles stay in "
-            "cache (the UNet 158.8 -> 131.7 ms float), with a mask input and causal query blocks "
-            "(llama_512tok 141.5 -> 109.0 ms float, 70.3 -> 43.0 ms W8A8); epilogues fused through "
-            "reshapes (ViT-Tiny 32.6 -> 27.8 ms float); weights above 2 MiB swept panel by panel; "
-            "GEMM register tiles under TVM's 1 KiB stack limit (ResNet-18 W8A8 25.7 -> 22.2 ms); "
-            "the VNNI GEMM's requantization in its write-back (MobileNetV2 W8A8 11.1 -> 9.3 ms); "
-            "convs over flattened pixels (ResNet-18 float 188 -> 86 ms); score matmuls padded to "
-            "64 columns (ViT float 55 -> 28 ms); int8 depthwise convs in exact float32 on the "
-            "NHWC kernel and im2col at 64-byte copies (MobileNetV2 W8A8 92 -> 13 ms).",
         ]
     )
+    if args.threads == 1:  # the history of the 1-thread figures
+        markdown += "\n\n" + HISTORY
     print(markdown)
     if not args.no_docs:
-        write_section("bench_families", markdown)
+        write_section("bench_families" if args.threads == 1 else f"bench_families_{args.threads}t", markdown)
 
 
 if __name__ == "__main__":
