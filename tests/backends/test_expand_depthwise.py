@@ -18,7 +18,9 @@ class _Block(nn.Module):
     3 x 3, BatchNorm, ReLU6, project 1 x 1; `share` also adds the expanded activation's mean to
     the output, so that it has a second reader."""
 
-    def __init__(self, channels: int, expanded: int, stride: int, activation: str, share: bool = False) -> None:
+    def __init__(
+        self, channels: int, expanded: int, stride: int, activation: str, share: bool = False
+    ) -> None:
         super().__init__()
         self.stem = nn.Conv2d(channels, channels, 1)  # the block reads NHWC, as inside a network
         self.expand = nn.Sequential(
