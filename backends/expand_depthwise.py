@@ -38,6 +38,15 @@ EXPAND, ACTIVATION, DEPTHWISE = "expand_conv", "expand_act", "expand_depthwise"
 KERNEL_NAME = "expand_depthwise_conv2d_nhwc"
 CHANNEL_TILE = 16  # channels per register tile (two AVX2 registers, one AVX-512 register)
 PIXEL_TILES = (4, 2, 1)  # pixels per register tile, the first that divides the width
+WIDTHS = (8,)  # vector widths (float32 lanes) the fusion is measured to pay on: AVX2
+
+
+def applies(width: int) -> bool:
+    """Whether lowering fuses the pairs for a CPU whose float32 tile kernels use vectors of
+    `width` lanes (`vnni.Arith.width`): on AVX2, where it was measured. AVX-512 CPUs keep the two
+    kernels: there the 1 x 1 conv's tile GEMM holds 24 accumulators against the fused kernel's 4
+    (untuned for them, not measured)."""
+    return width in WIDTHS
 
 
 def fuse_expand_depthwise(mod: Any, min_bytes: int | None = None) -> tuple[Any, int]:

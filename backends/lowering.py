@@ -334,6 +334,7 @@ def _specialize(
         return mod, figures
     from optkit.backends.attention import fuse_attention
     from optkit.backends.epilogues import fuse_vnni_epilogues
+    from optkit.backends.expand_depthwise import applies as expand_depthwise_applies
     from optkit.backends.expand_depthwise import fuse_expand_depthwise
     from optkit.backends.fast_math import fast_math as use_fast_math
     from optkit.backends.fast_math import reciprocal_divisions
@@ -357,7 +358,7 @@ def _specialize(
     # before packing pads the scores
     lanes = fma.width if fma is not None else vnni_lanes  # float32 lanes of the CPU's registers
     mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, half_attention, lanes)
-    if fma is not None:  # float32 inverted-residual pairs, before packing takes their convs
+    if fma is not None and expand_depthwise_applies(fma.width):  # before packing takes the convs
         mod, figures["expand_depthwise_convs"] = fuse_expand_depthwise(mod)
     release = releaser(mod) if releaser is not None else None
     mod, packed = pack_weights(

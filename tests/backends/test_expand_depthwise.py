@@ -8,8 +8,16 @@ from optkit.ir.capture import capture
 from optkit.pipeline import PassManager, build_passes
 from tests.backends.conftest import host_float_tiles, outputs_of
 
-pytestmark = pytest.mark.skipif(host_float_tiles() is None, reason="the pair is fused on AVX2 / AVX-512 CPUs")
+pytestmark = pytest.mark.skipif(host_float_tiles() is None, reason="the pair is fused on CPUs with FMA tiles")
 
+
+@pytest.fixture(autouse=True)
+def _any_fma_width(monkeypatch):
+    # Lowering fuses on AVX2 only (`applies`); the kernel is checked on AVX-512 hosts too.
+    monkeypatch.setattr(expand_depthwise, "WIDTHS", (8, 16))
+
+
+DEFAULT_WIDTHS = expand_depthwise.WIDTHS
 ACTIVATIONS = {"relu6": nn.ReLU6, "relu": nn.ReLU, "none": nn.Identity}
 
 
@@ -78,6 +86,12 @@ def test_an_expansion_read_twice_stays_apart(monkeypatch):
     assert artifact.info["expand_depthwise_convs"] == 0
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_lowering_fuses_on_avx2_only(monkeypatch):
+    monkeypatch.setattr(expand_depthwise, "WIDTHS", DEFAULT_WIDTHS)
+    assert expand_depthwise.applies(8)  # AVX2: measured
+    assert not expand_depthwise.applies(16)  # AVX-512: not measured
 
 
 def test_small_expansions_stay_apart():
