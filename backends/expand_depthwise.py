@@ -6,31 +6,29 @@ activation and the depthwise conv reads it back, nine taps per value: the bigges
 network go through memory twice, at a handful of multiply-adds per byte. The fused kernel
 computes, per image and block of `rows` output rows, the expanded input rows those outputs need
 (`(rows - 1) * stride + kernel` rows: a buffer of a few hundred KiB that stays in L2) and filters
-them at once; the rows at a block's border are computed twice (6% at rows 8, stride 2).
+them at once; the rows at a block's border are computed twice (7% more at 7 rows, stride 2).
 
 | Relax (NHWC, `layout.channels_last`) | becomes |
 |---|---|
 | `e = act(conv2d(x, W1) + b1)`, W1 1 x 1, stride 1, no padding; `act` ReLU, ReLU6 (`minimum(maximum(., 0), 6)`) or none; `y = conv2d(e, Wd)` depthwise, constant weights, `e` read by the depthwise conv alone, at least `MIN_BYTES` of `e` | `y = expand_depthwise(x, W1, b1, Wd)`: `e` never written; the depthwise conv's own bias and activation join its write-back (the kernel is output-elementwise-fusable) |
 
 Below `MIN_BYTES` the expanded tensor stays in cache between the two kernels, and the tile GEMM
-of the 1 x 1 conv (`vnni.py`) beats the fused kernel's expand step. Measured on one core of an
-AMD EPYC (znver3, AVX2), batch 8, the two kernels chained as in the model against the fused one
-(medians of 15 interleaved calls; this VM's memory-bound kernels move 2x between runs): 56 x 56
-x 16 -> 96, stride 2 (9.6 MB expanded): 3.1-4.7 ms against 2.4-2.6 ms; 28 x 28 x 24 -> 144,
-stride 1 (3.6 MB): 1.4-2.7 against 1.5-3.1 ms; its stride-2 sibling 1.0 against 1.2 ms; 14 x 14 x
-32 -> 192 (1.2 MB) 0.56 against 0.89 ms.
+of the 1 x 1 conv (`vnni.py`, 12 accumulators) beats the fused kernel's expand step (8). Measured
+on one core of an AMD EPYC (znver3, AVX2), a stem 1 x 1 conv, the pair and a project conv, the
+two kernels against the fused one (ms, medians of 15 interleaved calls): 8 x 56 x 56 x 16 -> 96,
+stride 2 (9.6 MB expanded) 4.8 -> 2.9; 8 x 28 x 28 x 24 -> 144 (3.6 MB) 6.0 -> 4.8, stride 2 2.2
+-> 1.7; 2 x 56 x 56 x 16 -> 96 (2.4 MB) 0.71 either way; 8 x 14 x 14 x 32 -> 192 (1.2 MB) 1.16
+-> 1.33. MobileNetV2 in float at batch 8 (three pairs fused): 0.88-0.93x the time, bit-identical.
+AVX-512 CPUs keep the two kernels (`applies`).
 """
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
 from optkit.backends.relax_exprs import bound_call, constant_value, rewrite_calls, scalar_float, static_shape
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
-
-log = logging.getLogger(__name__)
 
 MIN_BYTES = 3 << 20  # the expanded activation's size from which the fused kernel wins (above)
 BLOCK_BYTES = 384 << 10  # the expanded rows one block computes: within a 512 KiB L2
@@ -89,7 +87,7 @@ def _fuse(call: Any, bb: Any, readers: dict[Any, int], min_bytes: int) -> Any:
     expand_call = bound_call(conv_out, lookup, "relax.nn.conv2d") if _single(conv_out, readers) else None
     if expand_call is None:
         raise _NotFusable
-    x, w1, e_stride, e_dilation, e_pad, e_groups = _nhwc(expand_call, lookup)
+    x, w1, e_stride, _, e_pad, e_groups = _nhwc(expand_call, lookup)
     if w1.shape[:2] != (1, 1) or e_stride != [1, 1] or any(e_pad) or e_groups != 1:
         raise _NotFusable
     b1 = np.zeros(channels, np.float32) if bias is None else _channel_vector(bias, lookup, channels)
