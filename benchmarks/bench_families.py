@@ -13,7 +13,8 @@ same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it l
 runtime gets `--threads` threads (TVM's runtime pool too) and all rows of a family are timed
 in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median); above one thread each
 call starts once the previous runtime's pool has gone idle (`settle`). Writes
-docs/benchmarks.md (section bench_families) with the goals of issue 17 checked.
+docs/benchmarks.md (section bench_families; `bench_families_Nt` for N > 1 threads) with the
+goals of issue 17 checked.
 """
 
 from __future__ import annotations
