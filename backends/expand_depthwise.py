@@ -24,11 +24,14 @@ AVX-512 CPUs keep the two kernels (`applies`).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 from optkit.backends.relax_exprs import bound_call, constant_value, rewrite_calls, scalar_float, static_shape
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+
+log = logging.getLogger(__name__)
 
 MIN_BYTES = 3 << 20  # the expanded activation's size from which the fused kernel wins (above)
 BLOCK_BYTES = 384 << 10  # the expanded rows one block computes: within a 512 KiB L2
@@ -249,7 +252,11 @@ class CPUExpandDepthwise(CPUScheduleRule):
             return None
         if (found := _depthwise_block(func)) is None:
             return None
-        return schedule_expand_depthwise(func, *found)
+        try:
+            return schedule_expand_depthwise(func, *found)
+        except Exception as err:  # an epilogue the write-back cannot take: the generic rules'
+            log.warning("the fused expand + depthwise kernel keeps a generic schedule: %s", err)
+            return None
 
 
 def schedule_expand_depthwise(func: Any, depthwise_name: str, stride: int) -> Any:
@@ -257,7 +264,7 @@ def schedule_expand_depthwise(func: Any, depthwise_name: str, stride: int) -> An
     rows in register tiles of `PIXEL_TILES` pixels x `CHANNEL_TILE` channels (the 1 x 1 conv's
     reduction innermost, its bias and activation in the tile's write-back), then the depthwise
     conv in tiles of 4 pixels x 16 channels with its taps unrolled, its epilogue (bias,
-    activation, from `FuseOps`) in the write-back. Returns the `tirx` schedule."""
+    activation, from `FuseOps`) in the write-back. Returns the schedule."""
     from tvm import s_tir
 
     sch = s_tir.Schedule(func)

@@ -110,3 +110,17 @@ def test_row_blocks_divide_the_rows_and_fit_the_budget():
         block = expand_depthwise.block_rows(rows, width, channels, stride, 3)
         assert rows % block == 0
         assert ((block - 1) * stride + 3) * width * channels * 4 <= expand_depthwise.BLOCK_BYTES
+
+
+def test_a_kernel_the_rule_cannot_schedule_still_lowers(monkeypatch):
+    # Whatever an epilogue holds, the fused kernel builds: on the generic rules if need be.
+    def refuse(*_args):
+        raise ValueError("refused")
+
+    program = _program(2)
+    monkeypatch.setattr(expand_depthwise, "MIN_BYTES", 0)
+    monkeypatch.setattr(expand_depthwise, "schedule_expand_depthwise", refuse)
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["expand_depthwise_convs"] == 1
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
