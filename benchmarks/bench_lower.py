@@ -289,7 +289,7 @@ def main() -> None:
     plot_path = ROOT / "docs" / "bench_lower.png"
     if plot_rows and not args.no_docs:
         plot(plot_rows, plot_path, bool(args.tune_trials))
-    command = "OMP_NUM_THREADS=1 python benchmarks/bench_lower.py " + " ".join(sys.argv[1:])
+    command = f"OMP_NUM_THREADS={args.threads} python benchmarks/bench_lower.py " + " ".join(sys.argv[1:])
     import onnxruntime
     import tvm
 
