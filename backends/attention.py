@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 from optkit.backends import attention_kernel
+from optkit.backends.parallel_loops import parallel
 from optkit.backends.relax_exprs import (
     OPAQUE,
     constant_value,
@@ -207,7 +208,7 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False,
     z, i, c = sch.get_loops(out)
     i_out, _ = sch.split(i, factors=[None, rows])
     tile = sch.fuse(z, i_out)
-    sch.parallel(tile)
+    parallel(sch, tile)
     sch.vectorize(sch.get_loops(out)[-1])
     row_max_rf, row_sum_rf = partials
     consumers_first = ["weighted", "row_sum", row_sum_rf, "exp", "row_max", row_max_rf, "scores"]

@@ -38,6 +38,8 @@ import math
 from itertools import product
 from typing import Any
 
+from optkit.backends.parallel_loops import loop_kind
+
 from optkit.errors import BackendError
 
 ROWS = 8  # query rows per tile, as the float32 kernel
@@ -119,7 +121,10 @@ def half_attention_func(
         out = T.arg("out", T.buffer((_i64(b), _i64(rows), _i64(dv)), "float32"))
         attrs = {"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8, KEYS_ATTR: width}
         T.func_attr(attrs)
-        with T.sblock("root"), T.parallel(_i64(0), _i64(b * (rows // tile))) as t:
+        loop = loop_kind(
+            2.0 * b * rows * width * (d + dv), 4.0 * b * (m * d + rows * dv) + 2.0 * b * n * (d + dv)
+        )
+        with T.sblock("root"), loop(_i64(0), _i64(b * (rows // tile))) as t:
             kernel = _Tile(tile, width, min(n if keys is None else keys, width), scale)
             kernel.emit(t, first, rows // tile, q, kt, v, mask, mask_batch not in (None, 1), out)
     return ib.get()

@@ -36,6 +36,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from optkit.backends.parallel_loops import parallel
 from optkit.backends.vnni import target_has_avx512
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
@@ -126,16 +127,16 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
         split = _split_inner(sch, loops[-1], ELEMENTWISE_LANES) or _split_inner(sch, loops[-1], 8)
         if split is not None or inner <= 4 * ELEMENTWISE_LANES:
             outer, vec = ([*loops[:-1], split[0]], split[1]) if split else (loops[:-1], loops[-1])
-            sch.parallel(sch.fuse(*outer) if len(outer) > 1 else outer[0])
+            parallel(sch, sch.fuse(*outer) if len(outer) > 1 else outer[0])
             sch.vectorize(vec)
             return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     split = _split_inner(sch, fused, ELEMENTWISE_LANES)
     if split is None:
-        sch.parallel(fused)
+        parallel(sch, fused)
         return
     outer, inner_loop = split
-    sch.parallel(outer)
+    parallel(sch, outer)
     sch.vectorize(inner_loop)
 
 
@@ -174,7 +175,7 @@ def _tile_transpose(sch: s_tir.Schedule, loops: list[Any]) -> None:
     rows_outer, rows = sch.split(loops[-2], factors=[None, ELEMENTWISE_LANES])
     cols_outer, cols = sch.split(loops[-1], factors=[None, ELEMENTWISE_LANES])
     sch.reorder(rows_outer, cols_outer, rows, cols)
-    sch.parallel(sch.fuse(*loops[:-2], rows_outer, cols_outer))
+    parallel(sch, sch.fuse(*loops[:-2], rows_outer, cols_outer))
     sch.unroll(rows)
     sch.vectorize(cols)
 
@@ -218,7 +219,7 @@ class CPUGEMV(dl.cpu.GEMV):  # type: ignore[misc]
         tile = GEMV_ROWS if extent is None else max(t for t in range(1, GEMV_ROWS + 1) if extent % t == 0)
         row_outer, row_inner = sch.split(rows, factors=[None, tile])
         sch.reorder(row_outer, reduce, row_inner)
-        sch.parallel(row_outer)
+        parallel(sch, row_outer)
         sch.unroll(row_inner)
         sch.decompose_reduction(block, reduce)
         return sch
@@ -310,7 +311,7 @@ def _schedule_reduction(
             break
     if cols is None:  # odd widths (a 7x7 conv): parallel spatial loops around the reduction
         sch.reorder(*s_loops, *r_loops)
-        sch.parallel(sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0])
+        parallel(sch, sch.fuse(*s_loops) if len(s_loops) > 1 else s_loops[0])
         sch.decompose_reduction(block, r_loops[0])
         return
     col_outer, col_inner = cols
@@ -334,8 +335,8 @@ def _schedule_reduction(
     # projection (512 x 1408 -> 512, 2.75 MiB, rows first while the rule also asked for more
     # columns than rows): 7.6 -> 4.8 ms.
     weight_first = k_extent * n_extent * 4 > WEIGHT_CACHE_BYTES
-    parallel = [col_outer, *outer] if weight_first and rows is not None else [*outer, col_outer]
-    sch.reorder(*parallel, *r_loops, *row_inner, col_inner)
+    spatial = [col_outer, *outer] if weight_first and rows is not None else [*outer, col_outer]
+    sch.reorder(*spatial, *r_loops, *row_inner, col_inner)
     if len(r_loops) > 1 and (_extent(sch, r_loops[-1]) or SHORT_TAPS + 1) <= SHORT_TAPS:
         # A filter row's taps unrolled (a depthwise conv: no channel reduction inside them): the
         # tile's neighbouring taps read the same input vectors, and LLVM loads and converts each
@@ -351,13 +352,13 @@ def _schedule_reduction(
     # 8, 1 thread, 27.3 -> 22.1 ms; the zoo's transformers and ResNet-18 0.99-1.01x (their
     # 8 x 32 float tiles are exactly 1 KiB, a workspace: hence `_row_heights`).
     acc = sch.cache_write(block, 0, "global")
-    sch.reverse_compute_at(acc, parallel[-1], preserve_unit_loops=True)
+    sch.reverse_compute_at(acc, spatial[-1], preserve_unit_loops=True)
     # Vectorize while the block still has its init (a reduction block); decompose afterwards.
     if row_inner:
         sch.unroll(row_inner[0])
     sch.vectorize(col_inner)
-    fused = sch.fuse(*parallel) if len(parallel) > 1 else parallel[0]
-    sch.parallel(fused)
+    fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
+    parallel(sch, fused)
     init = sch.decompose_reduction(block, r_loops[0])
     for blk in (init, acc):
         inner = sch.get_loops(blk)[-1]
@@ -447,7 +448,7 @@ def _schedule_rows(sch: s_tir.Schedule, infos: list[Any], lead: int) -> s_tir.Sc
     last = infos[-1].block_rv
     loops = sch.get_loops(last)
     rows = sch.fuse(*loops[:lead]) if lead > 1 else loops[0]
-    sch.parallel(rows)
+    parallel(sch, rows)
     ordered = [b for b in _all_blocks(sch) if not _same(sch, b, last)]
     for block in reversed(ordered):
         sch.compute_at(block, rows, preserve_unit_loops=True)

@@ -28,6 +28,7 @@ import logging
 from typing import Any
 
 import numpy as np
+from optkit.backends.parallel_loops import parallel
 from optkit.backends.relax_exprs import bound_call, constant_value, rewrite_calls, scalar_float, static_shape
 from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 
@@ -299,7 +300,7 @@ def schedule_expand_depthwise(func: Any, depthwise_name: str, stride: int) -> An
     sch.unroll(cw)
     sch.vectorize(cc)
     sch.vectorize(ec_inner)
-    sch.parallel(sch.fuse(n, i_outer))
+    parallel(sch, sch.fuse(n, i_outer))
     inits = [sch.decompose_reduction(conv, ck), sch.decompose_reduction(depthwise, ry)]
     for block in (*inits, acc):
         sch.vectorize(sch.get_loops(block)[-1])

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from optkit.backends.parallel_loops import parallel
 from optkit.backends.relax_exprs import OPAQUE, rewrite_calls, static_shape
 
 LANES = 16  # float32 channels per vector in the statistics pass (one AVX-512 register, two AVX2)
@@ -109,11 +110,11 @@ def stats_func(n: int, h: int, w: int, c: int, groups: int, eps: float) -> Any:
     if c % LANES == 0:
         outer, lanes = sch.split(j, factors=[None, LANES])
         sch.reorder(i, outer, kh, kw, lanes)
-        sch.parallel(sch.fuse(i, outer))
+        parallel(sch, sch.fuse(i, outer))
         sch.vectorize(lanes)  # before the init splits off: a reduction block's loop only
     else:
         sch.reorder(i, kh, kw, j)
-        sch.parallel(i)
+        parallel(sch, i)
     sch.decompose_reduction(block, kh)
     func = sch.mod["main"]
     return func.with_attr({"tirx.is_scheduled": True, "op_pattern": OPAQUE, "tirx.noalias": True})

@@ -80,6 +80,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from optkit.backends.parallel_loops import loop_kind, parallel
 
 from optkit.errors import BackendError
 
@@ -489,14 +490,17 @@ def gemm_func(
         if out_pad is not None:
             attrs[PAD_ATTR] = out_pad.attr
         T.func_attr(attrs)
+        # a small GEMM runs on the calling thread (`parallel_loops`)
+        nbytes = np.prod(image) * np.dtype(arith.x).itemsize + nb * LANES * k * arith.bytes
+        loop = loop_kind(2.0 * m * n * k, nbytes + m * n * np.dtype(dtype).itemsize)
         with T.sblock("root"):
             if out_pad is not None:
-                y = _padded_rows(y, out_pad, n)
+                y = _padded_rows(y, out_pad, n, loop)
             # a row's (a pixel's channels') k values by accumulator step: 4 bytes as one word
             words = (_i64(int(np.prod(image)) // group),)
             x4 = T.decl_buffer(words, "int32" if group > 1 else arith.x, data=x.data)
             source = _Rows(x4, kb) if conv is None else _Image(x4, conv, kb // (conv.kh * conv.kw))
-            with T.parallel(_i64(0), _i64(tiles_m * tiles_n)) as t:
+            with loop(_i64(0), _i64(tiles_m * tiles_n)) as t:
                 if tile.rows_inner:
                     tm, tn = t % _i64(tiles_m), t // _i64(tiles_m)
                 else:
@@ -695,16 +699,16 @@ class _PaddedRows:
         )
 
 
-def _padded_rows(y: Any, pad: OutPad, n: int) -> _PaddedRows:
-    """Fill the border of the padded image `y` with `pad.value` (a loop before the GEMM's) and
-    return its row view for the write-back."""
+def _padded_rows(y: Any, pad: OutPad, n: int, loop: Any) -> _PaddedRows:
+    """Fill the border of the padded image `y` with `pad.value` (a `loop`, `T.parallel` or
+    `T.serial` as the GEMM's, before it) and return its row view for the write-back."""
     from tvm import tirx
     from tvm.tirx.script.builder import ir as T
 
     batch, height, width, _ = (int(d) for d in y.shape)
     flat = T.decl_buffer((_i64(batch * height * width), _i64(n)), y.dtype, data=y.data)
     value = tirx.const(pad.value, y.dtype)
-    with T.parallel(_i64(0), _i64(batch * height)) as t:
+    with loop(_i64(0), _i64(batch * height)) as t:
         i = t % _i64(height)
         with T.serial(_i64(0), _i64(width)) as j:
             border = tirx.Or(
@@ -943,7 +947,7 @@ def im2col_rows(
     cols = te.compute((b, oh, ow, kh, t), tap, name="im2col")
     sch = s_tir.Schedule(te.create_prim_func([src, cols]).without_attr("global_symbol"))
     loops = sch.get_loops(sch.get_sblock("im2col"))
-    sch.parallel(sch.fuse(loops[0], loops[1]))
+    parallel(sch, sch.fuse(loops[0], loops[1]))
     sch.vectorize(loops[4])
     func = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # kOpaque
     gvar = bb.add_func(func, "im2col_rows")
@@ -973,7 +977,7 @@ def interleave_channels(bb: Any, x: Any) -> Any:
     sch = s_tir.Schedule(te.create_prim_func([src, out]).without_attr("global_symbol"))
     n, i, j, ch = sch.get_loops(sch.get_sblock("interleave"))
     sch.reorder(ch, j)
-    sch.parallel(sch.fuse(n, i))
+    parallel(sch, sch.fuse(n, i))
     sch.vectorize(sch.split(j, factors=[None, LANES])[1] if w % LANES == 0 else j)
     func = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # kOpaque
     gvar = bb.add_func(func, "interleave_channels")
@@ -989,7 +993,7 @@ def _schedule_im2col(func: Any, channels: int) -> Any:
 
     sch = s_tir.Schedule(func)
     loops = sch.get_loops(sch.get_sblock("im2col"))
-    sch.parallel(sch.fuse(loops[0], loops[1]))
+    parallel(sch, sch.fuse(loops[0], loops[1]))
     width = next((v for v in (64, 32, 16) if channels % v == 0), None)
     if width is not None:
         sch.vectorize(sch.split(loops[5], factors=[None, width])[1])
