@@ -58,7 +58,7 @@ from optkit.ir.program import Program
 from optkit.quant.ops import is_quantized
 from optkit.refs import load_program_ref
 from optkit.report import Report, Table
-from optkit.timing import latency_ms, quiesce, speedup, summarize
+from optkit.timing import latency_ms, settle_before, speedup, summarize
 
 log = logging.getLogger(__name__)
 
@@ -275,9 +275,10 @@ class BenchResult:
             "Threads: what each runtime reports it ran on (PyTorch set_num_threads, ONNX Runtime "
             "intra-op threads, TVM's runtime pool via runtime.config_threadpool); "
             + (
-                "with more than one thread, each timed call starts after this process's CPU use fell "
-                "below 10% over 5 ms (optkit.timing.quiesce), so that a runtime's spinning pool does "
-                "not take the cores of the next."
+                "with more than one thread, each timed call follows one untimed call of the same "
+                "runtime made after this process's CPU use fell below 10% over 5 ms "
+                "(optkit.timing.settle_before), so that a runtime's spinning pool does not take the "
+                "cores of the next and the timed call is warm."
                 if self.threads > 1
                 else "one thread: no pools to settle between runtimes."
             ),
@@ -675,15 +676,16 @@ def _time_interleaved(
 ) -> None:
     """Time every runner `repeats` times in rounds (one call of each per round), so that load
     from other processes that comes and goes falls on all targets alike. With `settle` (more
-    than one thread), each call starts once the previous runtime's pool has gone idle (`quiesce`)."""
+    than one thread), each call starts once the previous runtime's pool has gone idle and after
+    one untimed call of its own (`settle_before`)."""
     times: dict[str, list[float]] = {r.target: [] for r, _ in prepared}
     live = list(prepared)
     for i in range(repeats):
         say(f"timed round {i + 1}/{repeats}: {', '.join(r.target for r, _ in live)}")
         for result, runner in list(live):
-            if settle:
-                quiesce()
             try:
+                if settle:
+                    settle_before(runner.call)
                 times[result.target].append(latency_ms(runner.call, warmup=0, repeats=1)["median"])
             except Exception as err:
                 result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"

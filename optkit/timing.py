@@ -34,7 +34,7 @@ def interleaved_latency_ms(
     """Time several callables against each other: `warmup` untimed rounds, then `repeats`
     rounds in which each is called once, in turn, so that a slow spell of the machine falls
     on all of them alike. With `settle` (runtimes on more than one thread), each timed call
-    starts once the previous one's thread pool has gone idle (`quiesce`). Returns
+    starts once the previous one's thread pool has gone idle (`settle_before`). Returns
     `latency_ms`'s figures per name."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -45,11 +45,24 @@ def interleaved_latency_ms(
     for _ in range(repeats):
         for name, fn in fns.items():
             if settle:
-                quiesce()
+                settle_before(fn)
             start = time.perf_counter()
             fn()
             times[name].append((time.perf_counter() - start) * 1e3)
     return {name: summarize(t) for name, t in times.items()}
+
+
+def settle_before(fn: Callable[[], Any]) -> None:
+    """Prepare a timed call of `fn` among other runtimes: wait until this process's thread
+    pools are idle (`quiesce`), then call `fn` once, untimed, so that the timed call finds its
+    own pool awake and its data in cache, as in a run of calls, and no other pool spinning.
+
+    Timed straight after the wait, a call paid for waking from it, in TVM as in ONNX Runtime, on
+    one thread as on two, which hid the runtimes' difference under a cost common to both: on 2
+    threads of a shared AMD EPYC VM, TVM's `zoo:recsys:small` took 0.95 ms right after the wait,
+    0.38 ms after one untimed call, 0.30 ms after two, 0.25 ms after eight (medians of 40)."""
+    quiesce()
+    fn()
 
 
 QUIESCE_WINDOW_S = 0.005
