@@ -12,7 +12,8 @@ QDQ model of the float export (per-channel int8 weights, uint8 activations, cali
 same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it lowers. Every
 runtime gets `--threads` threads (TVM's runtime pool too) and all rows of a family are timed
 in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median); above one thread each
-call starts once the previous runtime's pool has gone idle (`settle`). Writes
+call starts once the previous runtime's pool has gone idle and after one untimed call of its
+own (`settle`, `optkit.timing.settle_before`). Writes
 docs/benchmarks.md (section bench_families; `bench_families_Nt` for N > 1 threads) with the
 goals of issue 17 checked.
 """

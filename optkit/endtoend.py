@@ -4,7 +4,8 @@ Every runtime runs on the same number of threads (`threads`: PyTorch's intra-op 
 Runtime's intra-op threads and TVM's runtime pool), all are built and warmed up before timing
 (torch.compile compiles, the cached sampler builds its step variants), and they are timed in
 interleaved rounds (`optkit.timing.interleaved_latency_ms`), each call starting after the
-previous runtime's spinning pool went idle when there is more than one thread. The machine's
+previous runtime's spinning pool went idle and one untimed call of its own when there is more
+than one thread (`optkit.timing.settle_before`). The machine's
 load average is recorded beside the figures: on a busy machine absolute times inflate (PyTorch's
 OpenMP pool most of all), and the ratios of interleaved runs are the figures that hold.
 
