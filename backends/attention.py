@@ -73,7 +73,13 @@ def attention_te(
     first, m = rows if rows is not None else (0, int(q.shape[1]))
     n, dv = int(kt.shape[2]) if width is None else width, int(v.shape[2])
     keys = n if keys is None else min(keys, n)
-    lowest = tirx.min_value("float32")
+    # Padded keys are masked with `Select`, which computes both sides: the scores buffer has all
+    # n columns, so that is safe, and it vectorizes as a blend. `if_then_else` (lazy) with a
+    # condition that varies across the vector's lanes made TVM compute the 16 lanes one by one,
+    # the exponential's polynomial included: ViT-Tiny's heads (50 keys padded to 64, 24 x 56 x
+    # 64 x 64) 1127 -> 642 us alone, the UNet's cross-attention (77 keys of 80) 1760 -> 1136 us,
+    # bit-identical (AMD EPYC znver3, 1 thread); ViT-Tiny 0.96-0.98x in float, 0.93x in W8A8.
+    lowest, zero = tirx.min_value("float32"), tirx.const(0.0, "float32")
     rd = te.reduce_axis((0, d), name="d")
     scores = te.compute(
         (b, m, n), lambda z, i, j: te.sum(q[z, first + i, rd] * kt[z, rd, j], axis=rd), name="scores"
@@ -89,7 +95,7 @@ def attention_te(
     row_max = te.compute(
         (b, m),
         lambda z, i: te.max(
-            scores[z, i, rm] if keys == n else te.if_then_else(rm < keys, scores[z, i, rm], lowest), axis=rm
+            scores[z, i, rm] if keys == n else tirx.Select(rm < keys, scores[z, i, rm], lowest), axis=rm
         ),
         name="row_max",
     )
@@ -100,7 +106,7 @@ def attention_te(
     unmasked = topi.fast_exp(shifted)  # 0 for a masked logit (fast_exp(x) = 0 for x < -88)
     exp = te.compute(
         (b, m, n),
-        lambda z, i, j: unmasked[z, i, j] if keys == n else te.if_then_else(j < keys, unmasked[z, i, j], 0.0),
+        lambda z, i, j: unmasked[z, i, j] if keys == n else tirx.Select(j < keys, unmasked[z, i, j], zero),
         name="exp",
     )
     rs = te.reduce_axis((0, n), name="js")

@@ -154,6 +154,14 @@ def test_padded_keys_get_no_weight():
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("lanes", [8, 16])
+def test_padded_keys_are_masked_by_a_vector_select(lanes):
+    # a lazy if_then_else on the key index would be computed lane by lane (the module's note)
+    script = attention_func(2, 16, 32, 8, 8, keys=27, lanes=lanes).script()
+    assert "T.if_then_else" not in script and script.count("T.Select(") == 2  # row maximum, exp
+    assert "T.vectorized" in script
+
+
 def test_masked_keys_get_exactly_no_weight():
     # A masked key's weight must be exactly 0 (TOPI's fast_exp gives 0 below -88, but 1e-38
     # just above): times a value of 1e38, any weight left shows in the output.
