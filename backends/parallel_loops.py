@@ -6,7 +6,7 @@ workers still spinning from the previous kernel, a launch costs ~2.8 us (an elem
 over 1,024 floats: 3.26 us parallel, 0.50 us serial); on one thread ~0.2 us. A kernel whose work
 takes less than about twice that on one thread runs slower in parallel: the same kernel over
 16,384 floats took 3.89 us parallel against 2.25 serial, over 65,536 7.03 against 9.03.
-A recommender such as `zoo:recsys:small` (2.6 MFLOPs, ~20 kernels) is nothing but such kernels:
+A recommender such as `zoo:recsys:small` (2.6 MFLOPs in 44 kernel calls) is nothing but such kernels:
 at 2 threads it ran in 0.330 ms with every kernel parallel against 0.257 ms with every kernel
 serial (0.233 / 0.221 ms at 1 thread).
 
