@@ -15,6 +15,9 @@ serial (0.233 / 0.221 ms at 1 thread).
 and `MIN_BYTES`: about 5 us of one core at 50-60 GFLOP/s or 50 GB/s from L2. The schedule rules
 call `parallel(sch, loop)` instead of `sch.parallel(loop)`, and the hand-written kernels pick
 `T.parallel` or `T.serial` with `loop_kind`. A kernel whose size is not static stays parallel.
+The choice is made where a loop is made parallel rather than by a pass over the scheduled module:
+TVM 0.27's Python API has no TIR statement mutator to turn a parallel loop back into a serial
+one. DLight's own `cpu.Reduction` rule, the last fallback, still parallelizes what it schedules.
 """
 
 from __future__ import annotations
