@@ -34,8 +34,8 @@ def interleaved_latency_ms(
     """Time several callables against each other: `warmup` untimed rounds, then `repeats`
     rounds in which each is called once, in turn, so that a slow spell of the machine falls
     on all of them alike. With `settle` (runtimes on more than one thread), each timed call
-    starts once the previous one's thread pool has gone idle (`settle_before`). Returns
-    `latency_ms`'s figures per name."""
+    starts once the previous one's thread pool has gone idle and after one untimed call of its
+    own (`settle_before`). Returns `latency_ms`'s figures per name."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     for _ in range(warmup):
