@@ -142,12 +142,15 @@ def kernel_family(name: str, shapes: list[tuple[tuple[int, ...], str]] | None = 
 def precision_of(dtypes: list[str]) -> str:
     """A kernel's precision from its tensor arguments: `int8` when the first (the activation it
     reads) holds 8-bit integers and the second (its weight) is no float32 (a W8A8 depthwise conv
-    reads int8 and computes in float32: `fp32`), `fp16` when any is float16 (the float16
+    reads int8 and computes in float32: `fp32`), or both are int16 (AVX2's int8 GEMM, `vnni.U8S16`,
+    holds its 8-bit values in int16), `fp16` when any is float16 (the float16
     attention reads Q in float32), else `fp32`, `int32` (integer arithmetic without a measured
     peak) or `other`."""
     first = dtypes[0] if dtypes else ""
     if first in ("int8", "uint8"):
         return "fp32" if dtypes[1:2] == ["float32"] else "int8"
+    if dtypes[:2] == ["int16", "int16"]:
+        return "int8"
     if "float16" in dtypes:
         return "fp16"
     return {"float32": "fp32", "int32": "int32"}.get(first, "other")
@@ -160,7 +163,11 @@ def vnni_ops(shapes: list[tuple[tuple[int, ...], str]], out_pad: Any = None) -> 
     output `y[M, N]`, the last argument, or, when that is a padded image (`out_pad`, the
     kernel's `vnni.OutPad`), its images' unpadded pixels."""
     first = shapes[0] if shapes else None
-    x = first[0] if first is not None and first[1] in ("uint8", "float32") and len(first[0]) == 2 else None
+    x = (
+        first[0]
+        if first is not None and first[1] in ("uint8", "int16", "float32") and len(first[0]) == 2
+        else None
+    )
     w = shapes[1][0] if len(shapes) > 1 and shapes[1][1] in ("int8", "int16", "float32") else None
     if w is None or len(w) != 4 or (x is None and len(shapes[-1][0]) != 2 and out_pad is None):
         raise BackendError(

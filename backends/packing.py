@@ -692,7 +692,7 @@ def _vnni_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = N
     if not vnni.applies(k):
         return None
     x2 = _as_2d(bb, x, x_shape)
-    y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2), w_np, arith=arith))
+    y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2, arith), w_np, arith=arith))
     return _from_2d(y, x_shape, n)
 
 
@@ -779,11 +779,11 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
         padded = None if any(pad) else _image_pad(x, lookup)
         if padded is not None:  # the zero-point pad (`pads.py`): written by the conv's own copy
             x, pad, fill = padded
-        xu = vnni.to_unsigned(bb, x)
+        xu = vnni.to_unsigned(bb, x, arith)
     elif conv is not None and _int8_pair(conv[0], conv[1], call):
         x, w_np, stride, dilation, pad = conv
         # to NHWC, in the kernel that shifts to uint8
-        xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x), (0, 2, 3, 1)))
+        xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x, arith), (0, 2, 3, 1)))
     else:
         return None
     co, ci, kh, kw = w_np.shape
@@ -791,7 +791,7 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
     if ci % vnni.GROUP and dilation == [1, 1]:  # an RGB stem: a kernel row's bytes in one copy
         source = _nchw_source(x, lookup) if nhwc is not None else None
         if source is not None:  # the model's NCHW image: interleaved without a transpose kernel
-            rows = vnni.interleave_channels(bb, source)
+            rows = vnni.interleave_channels(bb, source, arith)
         else:
             b, h, wd, _ = _static_shape(xu)
             rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))

@@ -22,8 +22,9 @@ checkable: with `mul = 1`, `add = 1` the FMA accumulators end at `init + n` (exa
 while below 2**24); each dot accumulator ends at `init + n * sum_k(a_k * b_k)` per lane. Every
 measured call is checked that way, so a peak never comes from a kernel that skipped work.
 `vpmaddwd` has no accumulator operand, so LLVM would compute `madd(a, b)` once before the loop;
-`madd_func` adds a runtime vector of zeros to `a` each iteration (one `vpaddw` per 12 pairs), so
-the products stay in the loop and the closed form stays `init + n * madd(a, b)`.
+`madd_func` adds a runtime vector of zeros to each of its two `a` registers each iteration (two
+`vpaddw` per 8 pairs), so the products stay in the loop and the closed form stays
+`init + n * madd(a, b)`.
 Figures: median over `repeats` timed calls of about `seconds` each, after one warm-up call.
 """
 
@@ -65,11 +66,13 @@ FMA_ISAS = {
 DOT_ISAS = {
     "avx512-vnni": VectorISA("avx512-vnni", 16, 24, ("avx512_vnni",), "llvm.x86.avx512.vpdpbusd.512"),
     "avx-vnni": VectorISA("avx-vnni", 8, 12, ("avx_vnni",), "llvm.x86.avx512.vpdpbusd.256"),
-    # 6: a weight register per accumulator (12 spilled the accumulators)
-    "avx2-madd": VectorISA("avx2-madd", 8, 6, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
+    # 8: two activation registers times 4 weight ones, each pair its own product (znver3, GOP/s:
+    # 6 accumulators of one activation 142, 8 of two 155, 10 or 12 spilled: 73-88)
+    "avx2-madd": VectorISA("avx2-madd", 8, 8, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
 }
 DOT_GROUP = 4  # bytes multiplied and summed into each int32 lane per instruction
 MADD_GROUP = 2  # int16 pairs summed into each int32 lane by `vpmaddwd`
+MADD_ROWS = 2  # `madd_func`'s activation registers: accumulator j multiplies a[j % 2] by b[j // 2]
 
 
 @dataclass(frozen=True)
@@ -175,21 +178,23 @@ def dot_func(isa: VectorISA) -> Any:
 
 
 def madd_func(isa: VectorISA) -> Any:
-    """TIR kernel `out[ACC, L] = init` after `n` times `a += zero; acc[j] += vpmaddwd(a, b[j])`
-    (int32 lanes, `a` and each `b[j]` int16 of 2 * L values, `zero` all zeros: it keeps the
-    products in the loop). Each accumulator has its own `b[j]`: with one `b` shared, LLVM computed
+    """TIR kernel `out[ACC, L] = init` after `n` times `a[i] += zero` (i < 2), then
+    `acc[j] += vpmaddwd(a[j % 2], b[j // 2])` (int32 lanes, each `a[i]` and `b[j]` int16 of 2 * L
+    values, `zero` all zeros: it keeps the products in the loop). Each accumulator multiplies its
+    own pair of registers: with one `b` shared by several accumulators of one `a`, LLVM computed
     the product once per iteration and added it to every accumulator (session 24's figure of
     236 GOP/s on znver3 counted products that never ran)."""
     from tvm.script import tirx as T
 
     lanes, accs, width = isa.lanes, isa.accumulators, isa.lanes * MADD_GROUP
+    rows, weights = MADD_ROWS, isa.accumulators // MADD_ROWS
     vec, pairs = f"int32x{lanes}", f"int16x{width}"
 
     @T.prim_func(s_tir=True)
     def madd_peak(
         init: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
-        a: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
-        b: T.Buffer((accs, width), "int16"),  # type: ignore[valid-type]
+        a: T.Buffer((rows, width), "int16"),  # type: ignore[valid-type]
+        b: T.Buffer((weights, width), "int16"),  # type: ignore[valid-type]
         zero: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
         out: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
         n: T.int32,
@@ -197,17 +202,19 @@ def madd_func(isa: VectorISA) -> Any:
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         with T.sblock("root"):
             acc = T.alloc_local((accs, lanes), "int32")
-            av = T.alloc_local((width,), "int16")
-            av[T.ramp(0, 1, width)] = a.vload([0], dtype=pairs)
+            av = T.alloc_local((rows, width), "int16")
+            for i in T.unroll(rows):
+                av[i, T.ramp(0, 1, width)] = a.vload([i, 0], dtype=pairs)
             for j in T.unroll(accs):
                 acc[j, T.ramp(0, 1, lanes)] = init.vload([j, 0], dtype=vec)
             for _ in T.serial(n):
-                av[T.ramp(0, 1, width)] = av.vload([0], dtype=pairs) + zero.vload([0], dtype=pairs)
+                for i in T.unroll(rows):
+                    av[i, T.ramp(0, 1, width)] = av.vload([i, 0], dtype=pairs) + zero.vload([0], dtype=pairs)
                 for j in T.unroll(accs):
                     acc[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec) + T.call_llvm_pure_intrin(
                         T.llvm_lookup_intrinsic_id(isa.intrinsic),
-                        av.vload([0], dtype=pairs),
-                        b.vload([j, 0], dtype=pairs),
+                        av.vload([j % rows, 0], dtype=pairs),
+                        b.vload([j // rows, 0], dtype=pairs),
                         dtype=vec,
                     )
             for j in T.unroll(accs):
@@ -239,8 +246,11 @@ def dot_reference(
     init: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, group: int = DOT_GROUP
 ) -> np.ndarray:
     """What `dot_func`'s kernel returns: each lane adds `n` times its 4 u8 x s8 products (or, with
-    `group` 2, `madd_func`'s 2 int16 products, `b` one row per accumulator)."""
-    lanes = init.shape[1]
+    `group` 2, `madd_func`'s 2 int16 products: `a` and `b` of `MADD_ROWS` and ACC / `MADD_ROWS`
+    rows, accumulator j multiplying a[j % rows] by b[j // rows])."""
+    accs, lanes = init.shape
+    if group == MADD_GROUP:
+        a, b = a[np.arange(accs) % len(a)], b[np.arange(accs) // len(a)]
     products = a.astype(np.int64) * b.astype(np.int64)
     per_lane = products.reshape(*b.shape[:-1], lanes, group).sum(axis=-1)
     return (init.astype(np.int64) + n * per_lane).astype(np.int32)
@@ -288,9 +298,15 @@ class MicroKernel:
             self.fn = compile_kernel(madd_func(isa) if madd else dot_func(isa))
             width = isa.lanes * self.group
             self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
-            a = (np.arange(width) % 3).astype(np.int16 if madd else np.uint8)  # lane sums in [0, 4]
-            rows = (isa.accumulators, width) if madd else (width,)  # madd: one operand per accumulator
-            b = ((np.arange(int(np.prod(rows))) % 3) - 1).reshape(rows).astype(np.int16 if madd else np.int8)
+            # lane sums in [-4, 4]; madd: `MADD_ROWS` activation rows and a weight row per pair of accumulators
+            rows_a = (MADD_ROWS, width) if madd else (width,)
+            rows_b = (isa.accumulators // MADD_ROWS, width) if madd else (width,)
+            a = (np.arange(int(np.prod(rows_a))) % 3).reshape(rows_a).astype(np.int16 if madd else np.uint8)
+            b = (
+                ((np.arange(int(np.prod(rows_b))) % 3) - 1)
+                .reshape(rows_b)
+                .astype(np.int16 if madd else np.int8)
+            )
             self.operands = (a, b, np.zeros(width, np.int16)) if madd else (a, b)
             self.ops_per_iter = 2 * self.group * isa.lanes * isa.accumulators
             self.max_iterations = DOT_MAX_ITERATIONS

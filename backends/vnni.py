@@ -42,19 +42,25 @@ in the int32 depthwise convs; since those compute in exact float32 on the NHWC d
 On AVX2 CPUs without VNNI (`U8S16`, `int8_arith`; an AMD EPYC `znver3` in session 24) the same
 kernel runs on `vpmaddwd`, which multiplies 16 pairs of int16 and adds each pair into one of 8
 int32 lanes: the weight is packed as int16 (`madd_pack`: per 4 k of a panel, four 32-byte
-registers, one per pair of k and half panel), each row's 4 activation bytes are broadcast and
-split by two `vpshufb` into (k0, k1) and (k2, k3) int16 pairs, and per panel and step 4
-`vpmaddwd` and 4 `vpaddd` accumulate. It is exact: a product pair is at most 2 * 255 * 128 in
-magnitude. (`vpmaddubsw`, the u8 x s8 instruction ONNX Runtime's AVX2 kernels use, saturates
+registers, one per pair of k and half panel), the activations are held as int16 too (their
+shifted values 0-255: `to_unsigned` writes them so, in the kernel that produces them), so that
+each row's (k0, k1) and (k2, k3) pairs are one 4-byte word broadcast each, and per panel and
+step 4 `vpmaddwd` and 4 `vpaddd` accumulate. It is exact: a product pair is at most
+2 * 255 * 128 in magnitude. (`vpmaddubsw`, the u8 x s8 instruction ONNX Runtime's AVX2 kernels use, saturates
 its int16 pair sums: on this CPU ONNX Runtime running optkit's own W8A8 ONNX of the model
 families loses 4.5-25 dB of output SQNR against float that the same graph keeps with VNNI, and
-that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Measured alone on one znver3 core
-(1 thread): 105-123 GOP/s on 400 x 192 x 576 to 128 x 4608 x 512, against 72-75 GFLOP/s for the
-float32 tile kernel on the same shapes (90-95 GFLOP/s FMA peak; `vpmaddwd` 119-126 GOP/s, one
-per cycle: the kernel runs at about its instruction's peak, and int16 activation pairs read from
-memory instead of the two `vpshufb` measured no faster). AVX2 has 16 ymm registers, and a
-16-column panel takes two: `choose_tile(width=8)` counts them (6 x 1 float and 4 x 1 int8 tiles
-for large shapes).
+that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Until session 29 the activations were
+uint8 and each row's 4 bytes were split into the two pairs by two `vpshufb` per row and step:
+with 4 `vpmaddwd` and 4 `vpaddd` per row and step, 10 vector instructions where 8 now, on a
+core that issues about 3.2 of them per cycle (`vpmaddwd` + `vpaddd` in registers: 1.62 pairs a
+cycle, 166 GOP/s on one znver3 core at 3.2 GHz). Measured alone on that core (1 thread), GOP/s,
+uint8 -> int16 activations: 392 x 576 x 96 125 -> 146, 128 x 320 x 1280 127 -> 153,
+128 x 960 x 320 126 -> 151, 1568 x 32 x 192 118 -> 140 (`peaks.py`'s `vpmaddwd` kernel: 153);
+W8A8 models, artifacts of the two timed in one process, bit-identical: ResNet-18 0.81x,
+MobileNetV2 0.90x, ViT-Tiny 0.86x, the 64-token Llama decoder 0.83x the time (the activations'
+bytes double, and a depthwise conv that writes them is slower: MobileNetV2's 3.6 -> 4.2 ms of
+its 16 ms). AVX2 has 16 ymm registers, and a 16-column panel takes two: `choose_tile(width=8)`
+counts them (6 x 1 float and 4 x 1 int8 tiles for large shapes).
 
 The same tile kernel runs float32 (`Arith` `F32`, used for float Linears when the target reports
 `avx512f`, `packing._fma_matmul`; `F32_AVX2` with AVX2 and FMA3, two `vfmadd231ps` per
@@ -93,7 +99,7 @@ KERNEL_ATTR, GEMM_KERNEL = "optkit_kernel", "tile_gemm"  # marks the GEMM for `e
 CONV_ATTR = "optkit_conv"  # a GEMM that reads a padded image in place: its `Conv` geometry
 PAD_ATTR = "optkit_out_pad"  # a GEMM that writes a padded image: its `OutPad`
 ARITH_ATTR = "optkit_arith"  # a GEMM's `Arith.key`
-PMADDWD, PSHUFB = "llvm.x86.avx2.pmadd.wd", "llvm.x86.avx2.pshuf.b"
+PMADDWD = "llvm.x86.avx2.pmadd.wd"
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
 # an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
 L2_BYTES = 1024 * 1024
@@ -130,6 +136,11 @@ class Arith:
         return {"int8": 1, "int16": 2}.get(self.w, 4)
 
     @property
+    def words_per_step(self) -> int:
+        """4-byte words of one row's `group` activation values (2 for int16, else 1)."""
+        return max(1, self.group * np.dtype(self.x).itemsize // 4)
+
+    @property
     def vectors(self) -> int:
         """Hardware registers per 16-column panel of accumulators."""
         return LANES // self.width
@@ -151,8 +162,8 @@ class Arith:
 U8S8 = Arith("uint8", "int8", "int32", GROUP, "vnni")  # VNNI: u8 x s8 -> s32
 F32 = Arith("float32", "float32", "float32", 1, "fma")  # AVX-512F: `vfmadd231ps` with a broadcast row value
 # AVX2 without VNNI: u8 and s8 widened to s16, `vpmaddwd` (pairs of s16 products summed into s32,
-# exact: |255 * -128 * 2| fits) and `vpaddd`; weights stored as int16
-U8S16 = Arith("uint8", "int16", "int32", GROUP, "madd", 8)
+# exact: |255 * -128 * 2| fits) and `vpaddd`; activations (0-255) and weights stored as int16
+U8S16 = Arith("int16", "int16", "int32", GROUP, "madd", 8)
 F32_AVX2 = Arith("float32", "float32", "float32", 1, "fma", 8)  # AVX2 + FMA3: two `vfmadd231ps` per panel
 ARITHS = {a.key: a for a in (U8S8, F32, U8S16, F32_AVX2)}
 
@@ -218,15 +229,17 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False
     (znver3, 95 GFLOP/s peak), GFLOP/s of rows x panels: 512 x 512 x 512 83 (6 x 1), 79 (4 x 1),
     57 (2 x 2), 62 (3 x 1), 31 (1 x 2); 49 x 576 x 96 59, 59, 59, 57, 43; the model's order. The
     int8 `vpmaddwd` step holds 4 weight registers per panel and 4 more for the activation pairs
-    and their shuffle masks: 4 x 1 tiles, where 6 x 1 spilled (ResNet-18's 3 x 3 convs at batch 8,
-    GOP/s: 28 x 28 x 64 85 -> 97, 4 x 4 x 512 85 -> 123)."""
+    and products: 4 x 1 tiles. With uint8 activations and their shuffle masks, 6 x 1 spilled
+    (ResNet-18's 3 x 3 convs at batch 8, GOP/s: 28 x 28 x 64 85 -> 97, 4 x 4 x 512 85 -> 123);
+    with int16 ones 6 x 1 no longer spills, but W8A8 ResNet-18 ran 0.93x the time on 4 x 1 (its
+    convs read in place keep a pixel offset per row) and MobileNetV2 within 1% (session 29)."""
     nb = -(-n // LANES)
     vectors, registers = (1, VECTOR_REGISTERS) if width == LANES else (LANES // width, AVX2_REGISTERS)
 
     def fits(rows: int, panels: int) -> bool:
         if vectors == 1:  # accumulators, one broadcast per row, one weight
             return rows * panels + rows + 1 <= registers
-        if value_bytes == 2:  # `vpmaddwd`: a step's 4 weight registers per panel, 2 masks, 2 pairs
+        if value_bytes == 2:  # `vpmaddwd`: a step's 4 weight registers per panel, 4 for pairs and products
             return vectors * panels * rows + 2 * vectors * panels + 4 <= registers
         return vectors * panels * (rows + 1) + 1 <= registers  # accumulators, weights, one broadcast
 
@@ -497,9 +510,11 @@ def gemm_func(
             if out_pad is not None:
                 y = _padded_rows(y, out_pad, n, loop)
             # a row's (a pixel's channels') k values by accumulator step: 4 bytes as one word
-            words = (_i64(int(np.prod(image)) // group),)
+            # (int8), or 2 words of 2 int16 (`U8S16`)
+            per = arith.words_per_step
+            words = (_i64(int(np.prod(image)) * per // group),)
             x4 = T.decl_buffer(words, "int32" if group > 1 else arith.x, data=x.data)
-            source = _Rows(x4, kb) if conv is None else _Image(x4, conv, kb // (conv.kh * conv.kw))
+            source = _Rows(x4, kb, per) if conv is None else _Image(x4, conv, kb // (conv.kh * conv.kw), per)
             with loop(_i64(0), _i64(tiles_m * tiles_n)) as t:
                 if tile.rows_inner:
                     tm, tn = t % _i64(tiles_m), t // _i64(tiles_m)
@@ -627,32 +642,40 @@ def _i64(value: int) -> Any:
 
 
 class _Rows:
-    """GEMM operand `xu[M, K]`: row `m`'s k-th word at `m * K / 4 + k`."""
+    """GEMM operand `xu[M, K]`: row `m`'s step `k` in its `per` words from `(m * steps + k) * per`
+    (`steps`: K / 4 for int8 and int16, K for float32). `k_loop` yields (k, word), `word(r, part)`
+    the word `part` of row r of the tile at step k."""
 
-    def __init__(self, x4: Any, words: int) -> None:
-        self.x4, self.words = x4, words
+    def __init__(self, x4: Any, steps: int, per: int = 1) -> None:
+        self.x4, self.steps, self.per = x4, steps, per
 
     @contextmanager
     def k_loop(self, row: Any, _rows: int) -> Iterator[tuple[Any, Any]]:
         from tvm.tirx.script.builder import ir as T
 
-        with T.serial(_i64(0), _i64(self.words)) as ko:
-            yield ko, lambda r: self.x4[(row + _i64(r)) * _i64(self.words) + ko]
+        with T.serial(_i64(0), _i64(self.steps)) as ko:
+
+            def word(r: int, part: int = 0) -> Any:
+                at = (row + _i64(r)) * _i64(self.steps) + ko
+                return self.x4[at if self.per == 1 else at * _i64(self.per) + _i64(part)]
+
+            yield ko, word
 
 
 class _Image:
     """A padded NHWC image read in place (`Conv`): each tile row's pixel offset is computed
-    once per tile; the K loop runs over kernel rows, kernel columns and channel words, so the
-    word of tap (ky, kx) is that offset + (ky * width + kx) * words per pixel + the channel word."""
+    once per tile; the K loop runs over kernel rows, kernel columns and channel steps, so the
+    words of tap (ky, kx) start at that offset + (ky * width + kx) * words per pixel + the
+    channel step's first word (`per` words a step, as `_Rows`)."""
 
-    def __init__(self, x4: Any, conv: Conv, words: int) -> None:
-        self.x4, self.conv, self.words = x4, conv, words
+    def __init__(self, x4: Any, conv: Conv, steps: int, per: int = 1) -> None:
+        self.x4, self.conv, self.steps, self.per = x4, conv, steps, per
 
     @contextmanager
     def k_loop(self, row: Any, rows: int) -> Iterator[tuple[Any, Any]]:
         from tvm.tirx.script.builder import ir as T
 
-        g, cw = self.conv, _i64(self.words)
+        g, cw, per = self.conv, _i64(self.steps * self.per), _i64(self.per)
         bases = []
         for r in range(rows):
             m = row + _i64(r)
@@ -663,10 +686,13 @@ class _Image:
         with (
             T.serial(_i64(0), _i64(g.kh)) as ky,
             T.serial(_i64(0), _i64(g.kw)) as kx,
-            T.serial(_i64(0), cw) as word,
+            T.serial(_i64(0), _i64(self.steps)) as step,
         ):
-            tap = (ky * _i64(g.width) + kx) * cw + word
-            yield (ky * _i64(g.kw) + kx) * cw + word, lambda r: self.x4[bases[r] + tap]
+            tap = (ky * _i64(g.width) + kx) * cw + (step if self.per == 1 else step * per)
+            yield (
+                (ky * _i64(g.kw) + kx) * _i64(self.steps) + step,
+                lambda r, part=0: self.x4[bases[r] + tap + _i64(part) if part else bases[r] + tap],
+            )
 
 
 @dataclass(frozen=True)
@@ -799,10 +825,9 @@ def _step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int, ari
 
 
 def _madd_step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int) -> None:
-    """One step of 4 k of a `U8S16` tile: each row's 4 activation bytes, broadcast and split by
-    `vpshufb` into two registers of (k0, k1) and (k2, k3) as int16 pairs; per panel, pair and
-    half panel, one `vpmaddwd` with the weights (`madd_pack`) and one `vpaddd` into the
-    accumulators."""
+    """One step of 4 k of a `U8S16` tile: per pair of k (k0 k1, then k2 k3), each row's pair of
+    int16 activations, one word broadcast; per panel and half panel, one `vpmaddwd` with the
+    weights (`madd_pack`) and one `vpaddd` into the accumulators."""
     from tvm import tirx
     from tvm.tirx.script.builder import ir as T
 
@@ -810,32 +835,24 @@ def _madd_step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int
     quads = T.decl_buffer(
         (w.shape[0], w.shape[1], _i64(GROUP), _i64(LANES)), "int16", data=w.data
     )  # (pair, half) -> 8 columns x 2 values
-    # vpshufb: bytes (0, 1) or (2, 3) of each 4-byte lane into the low bytes of two int16s
-    masks = [tirx.reinterpret("int8x32", tirx.Broadcast(tirx.const(m, "int32"), half)) for m in MADD_MASKS]
-    for r in range(rows):
-        bytes_ = tirx.reinterpret("int8x32", tirx.Broadcast(word(r), half))
-        pairs = [
-            tirx.reinterpret("int16x16", tirx.call_llvm_pure_intrin("int8x32", PSHUFB, bytes_, m))
-            for m in masks
-        ]
-        for p, (pair, q) in itertools.product(range(len(acc)), itertools.product(range(2), range(2))):
+    for pair, r in itertools.product(range(2), range(rows)):
+        a = tirx.reinterpret("int16x16", tirx.Broadcast(word(r, pair), half))
+        for p, q in itertools.product(range(len(acc)), range(2)):
             b = quads.vload([panel + _i64(p), ko, _i64(pair * 2 + q), _i64(0)], dtype="int16x16")
             old = acc[p].vload([_i64(r), _i64(q * half)], dtype=f"int32x{half}")
-            product = tirx.call_llvm_pure_intrin(f"int32x{half}", PMADDWD, pairs[pair], b)
+            product = tirx.call_llvm_pure_intrin(f"int32x{half}", PMADDWD, a, b)
             T.buffer_store(acc[p], old + product, [_i64(r), tirx.Ramp(_i64(q * half), _i64(1), half)])
 
 
-# `vpshufb` controls: bytes 0, 1 (then 2, 3) of each dword to its two words' low bytes, 0x80 zeroing
-MADD_MASKS = tuple(int.from_bytes(bytes([lo, 0x80, lo + 1, 0x80]), "little", signed=True) for lo in (0, 2))
-
-
-def to_unsigned(bb: Any, x: Any) -> Any:
-    """int8 -> uint8 by adding 128 (elementwise; fuses into the kernel that produced x)."""
+def to_unsigned(bb: Any, x: Any, arith: Arith | None = None) -> Any:
+    """int8 -> uint8 by adding 128 (elementwise; fuses into the kernel that produced x), held in
+    the activation dtype of `arith` (default uint8; `U8S16`: int16)."""
     from tvm import relax
 
     op = relax.op
+    dtype = arith.x if arith is not None and arith.acc == "int32" else "uint8"
     return bb.emit(
-        op.astype(bb.emit(op.add(bb.emit(op.astype(x, "int32")), relax.const(128, "int32"))), "uint8")
+        op.astype(bb.emit(op.add(bb.emit(op.astype(x, "int32")), relax.const(128, "int32"))), dtype)
     )
 
 
@@ -955,9 +972,9 @@ def im2col_rows(
     return bb.emit(relax.op.reshape(out, (b * oh * ow, kh * t)))
 
 
-def interleave_channels(bb: Any, x: Any) -> Any:
-    """int8 NCHW `x` -> uint8 `[B, H, W * C]` (NHWC rows, shifted by 128; a float32 `x` keeps its
-    values and dtype) for `im2col_rows`, in a kernel that reads each channel's row as vectors and
+def interleave_channels(bb: Any, x: Any, arith: Arith | None = None) -> Any:
+    """int8 NCHW `x` -> uint8 `[B, H, W * C]` (NHWC rows, shifted by 128, in the activation dtype
+    of `arith` as `to_unsigned`; a float32 `x` keeps its values and dtype) for `im2col_rows`, in a kernel that reads each channel's row as vectors and
     writes it at a stride of C. Fused into the quantizing kernel before it, the same transpose
     gathered its inputs with a division and remainder per byte: 0.48 ms for 8 x 3 x 112 x 112
     (Intel Xeon, 1 thread)."""
@@ -966,12 +983,13 @@ def interleave_channels(bb: Any, x: Any) -> Any:
     b, c, h, w = (int(d) for d in x.ty.shape)
     dtype = str(x.ty.dtype)
     src = te.placeholder((b, c, h, w), dtype, name="x")
-    out_dtype = "float32" if dtype == "float32" else "uint8"
+    unsigned = arith.x if arith is not None and arith.acc == "int32" else "uint8"
+    out_dtype = "float32" if dtype == "float32" else unsigned
 
     def value(n: Any, i: Any, j: Any, ch: Any) -> Any:
         if dtype == "float32":
             return src[n, ch, i, j]
-        return tirx.Cast("uint8", tirx.Cast("int32", src[n, ch, i, j]) + 128)
+        return tirx.Cast(unsigned, tirx.Cast("int32", src[n, ch, i, j]) + 128)
 
     out = te.compute((b, h, w, c), value, name="interleave")
     sch = s_tir.Schedule(te.create_prim_func([src, out]).without_attr("global_symbol"))

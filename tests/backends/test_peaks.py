@@ -117,7 +117,7 @@ def test_int8_peak_without_vnni_is_avx2s_madd():
         seconds=0.002, repeats=1, cpu=peaks.CpuInfo("no-vnni", "haswell", frozenset({"avx2", "fma"}))
     )
     assert got.fp32.isa == "avx2" and got.int8.isa == "avx2-madd"
-    assert got.int8.ops_per_iter == 2 * 2 * 8 * 6  # 6 vpmaddwd of 8 lanes x 2 products
+    assert got.int8.ops_per_iter == 2 * 2 * 8 * 8  # 8 vpmaddwd of 8 lanes x 2 products
 
 
 @pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
@@ -134,11 +134,15 @@ def test_madd_kernel_adds_n_times_the_pair_products():
     shape = (isa.accumulators, isa.lanes)
     rng = np.random.default_rng(1)
     init = rng.integers(-1000, 1000, shape).astype(np.int32)
-    a = rng.integers(0, 256, 16).astype(np.int16)
-    b = rng.integers(-128, 128, (isa.accumulators, 16)).astype(np.int16)  # one row per accumulator
+    a = rng.integers(0, 256, (peaks.MADD_ROWS, 16)).astype(np.int16)
+    b = rng.integers(-128, 128, (isa.accumulators // peaks.MADD_ROWS, 16)).astype(np.int16)
     for n in (0, 1, 5):
         args = _tensors(init, a, b, np.zeros(16, np.int16), np.zeros(shape, np.int32))
         fn(*args, n)
+        # accumulator j: a[j % 2] times b[j // 2], 8 lanes of 2 products each
+        acc = np.arange(isa.accumulators)
+        pairs = (a[acc % 2].astype(np.int64) * b[acc // 2]).reshape(*shape, 2).sum(axis=2)
+        np.testing.assert_array_equal(args[-1].numpy(), init + n * pairs)
         np.testing.assert_array_equal(args[-1].numpy(), peaks.dot_reference(init, a, b, n, group=2))
 
 
@@ -178,6 +182,8 @@ def test_vnni_kernel_ops_come_from_its_shapes():
     shapes = [((m, k), "uint8"), ((n // 16, k // 4, 16, 4), "int8"), ((m, n), "int32")]
     assert kp.vnni_ops(shapes) == 2 * m * n * k
     assert kp.kernel_ops(vnni.gemm_func(m, n, k), shapes) == 2 * m * n * k
+    madd = [((m, k), "int16"), ((n // 16, k // 4, 16, 4), "int16"), ((m, n), "int32")]  # AVX2's
+    assert kp.kernel_ops(vnni.gemm_func(m, n, k, arith=vnni.U8S16), madd) == 2 * m * n * k
     # a 3 x 3 conv read in place from a padded 2 x 4 x 6 x 16 image: 2 x 2 x 4 output pixels
     conv = vnni.Conv(4, 6, 3, 3, (1, 1), 2, 4)
     image = [((2, 4, 6, 16), "uint8"), ((n // 16, 9 * 16 // 4, 16, 4), "int8"), ((16, n), "int32")]
@@ -212,6 +218,7 @@ def test_kernel_classes():
     ]
     assert kp.precision_of(["float32", "float16", "float16", "float32"]) == "fp16"  # float16 attention
     assert kp.precision_of(["int8", "float32", "float32"]) == "fp32"  # a W8A8 depthwise conv
+    assert kp.precision_of(["int16", "int16", "int32"]) == "int8"  # AVX2's int8 GEMM, 8-bit values in int16
 
 
 # -- the profile of a tiny model -----------------------------------------------------------------

@@ -46,7 +46,7 @@ def _check_exact(lib, name, m, n, k, arith, seed=0):
     import tvm
 
     rng = np.random.default_rng(seed)
-    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    x = rng.integers(0, 256, (m, k)).astype(arith.x)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
     n16 = -(-n // 16) * 16
     wide = np.concatenate([w, rng.integers(-128, 128, (k, n16 - n)).astype(np.int8)], axis=1)
@@ -94,7 +94,7 @@ def test_offset_starts_the_accumulators(arith):
     m, n, k = 49, 40, 64  # N = 40: the offset and weight have 48 columns, y 40
     lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, arith=arith)})
     rng = np.random.default_rng(1)
-    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    x = rng.integers(0, 256, (m, k)).astype(arith.x)
     w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
     offset = rng.integers(-(2**20), 2**20, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
@@ -125,7 +125,7 @@ def test_epilogue_runs_in_the_write_back(arith):
     )
     lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, arith=arith)})
     rng = np.random.default_rng(2)
-    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    x = rng.integers(0, 256, (m, k)).astype(arith.x)
     w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
     offset = rng.integers(-(2**12), 2**12, 48).astype(np.int32)
     scale = rng.uniform(1e-4, 2e-4, (1, n)).astype(np.float32)
@@ -152,7 +152,7 @@ def test_an_int8_residual_is_dequantized_in_the_write_back(arith):
     )
     lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, arith=arith)})
     rng = np.random.default_rng(3)
-    x = rng.integers(0, 256, (m, k)).astype(np.uint8)
+    x = rng.integers(0, 256, (m, k)).astype(arith.x)
     w = rng.integers(-128, 128, (k, n)).astype(np.int8)
     offset = rng.integers(-100, 100, n).astype(np.int32)
     skip = rng.integers(-128, 128, (m, n)).astype(np.int8)
@@ -174,7 +174,7 @@ def test_the_write_back_can_write_a_padded_image(arith):
         {"main": vnni.gemm_func(b * h * w, n, k, offset=True, epilogue=epilogue, out_pad=pad, arith=arith)}
     )
     rng = np.random.default_rng(4)
-    x = rng.integers(0, 256, (b * h * w, k)).astype(np.uint8)
+    x = rng.integers(0, 256, (b * h * w, k)).astype(arith.x)
     wt = rng.integers(-128, 128, (k, 48)).astype(np.int8)
     offset = rng.integers(-100, 100, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros(pad.image(b * h * w, n), np.float32))
@@ -209,7 +209,7 @@ def test_avx2_tiles_fit_sixteen_registers():
         tile = vnni.choose_tile(m, n, k, 4, width=8)
         assert 2 * tile.panels * (tile.rows + 1) + 1 <= vnni.AVX2_REGISTERS
     assert vnni.choose_tile(512, 512, 512, 4, width=8) == vnni.Tile(6, 1, rows_inner=True)
-    # int8 on `vpmaddwd`: 4 weight registers per panel and 4 for the activation pairs: 4 rows
+    # int8 on `vpmaddwd`: 4 weight registers per panel, 4 for pairs and products: 4 rows
     assert vnni.choose_tile(128, 512, 4608, 2, width=8) == vnni.Tile(4, 1, rows_inner=True)
     # an RGB stem's GEMM in float32: 16.9 MB of activations, 4 panels; each row tile's
     # activations stay in L1 while the panels run, rather than streaming once per panel
@@ -288,11 +288,21 @@ def test_an_rgb_image_copies_by_kernel_rows():
     np.testing.assert_array_equal(got, _conv_reference(x, w, stride, pad, 128).reshape(-1, 16))
 
 
-def test_nchw_int8_interleaves_into_shifted_rows():
+@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16], ids=["uint8", "int16"])
+def test_nchw_int8_interleaves_into_shifted_rows(arith):
     x = np.random.default_rng(5).integers(-128, 128, (2, 3, 4, 32)).astype(np.int8)
-    got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v), x)
-    want = (x.astype(np.int32) + 128).astype(np.uint8).transpose(0, 2, 3, 1).reshape(2, 4, 96)
+    got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v, arith), x)
+    want = (x.astype(np.int32) + 128).transpose(0, 2, 3, 1).reshape(2, 4, 96)
+    assert got.dtype == np.dtype(arith.x)  # AVX2's GEMM reads its 8-bit values as int16
     np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16], ids=["uint8", "int16"])
+def test_shifted_activations_take_the_kernels_dtype(arith):
+    x = np.array([[-128, -1, 0, 127]], np.int8)
+    got = _relax_call(lambda bb, v: vnni.to_unsigned(bb, v, arith), x)
+    assert got.dtype == np.dtype(arith.x)
+    np.testing.assert_array_equal(got, [[0, 127, 128, 255]])
 
 
 @pytest.mark.parametrize(("stride", "kernel"), [((1, 1), (3, 3)), ((2, 2), (3, 3)), ((2, 1), (1, 2))])
@@ -302,7 +312,7 @@ def test_conv_read_in_place_matches_an_int64_conv(stride, kernel, arith):
     # a padded 2 x 7 x 9 image of 8 channels; 40 output channels (a panel stored lane by lane)
     rng = np.random.default_rng(6)
     (kh, kw), (b, h, w, c, co) = kernel, (2, 7, 9, 8, 40)
-    image = rng.integers(0, 256, (b, h, w, c)).astype(np.uint8)
+    image = rng.integers(0, 256, (b, h, w, c)).astype(arith.x)
     weight = rng.integers(-128, 128, (co, c, kh, kw)).astype(np.int8)
     oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
     conv = vnni.Conv(h, w, kh, kw, stride, oh, ow)
