@@ -298,7 +298,8 @@ class MicroKernel:
             self.fn = compile_kernel(madd_func(isa) if madd else dot_func(isa))
             width = isa.lanes * self.group
             self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
-            # lane sums in [-4, 4]; madd: `MADD_ROWS` activation rows and a weight row per pair of accumulators
+            # a in 0-2, b in -1-1: small lane sums; madd: `MADD_ROWS` activation rows and a
+            # weight row for each `MADD_ROWS` accumulators
             rows_a = (MADD_ROWS, width) if madd else (width,)
             rows_b = (isa.accumulators // MADD_ROWS, width) if madd else (width,)
             a = (np.arange(int(np.prod(rows_a))) % 3).reshape(rows_a).astype(np.int16 if madd else np.uint8)

@@ -46,8 +46,8 @@ registers, one per pair of k and half panel), the activations are held as int16 
 shifted values 0-255: `to_unsigned` writes them so, in the kernel that produces them), so that
 each row's (k0, k1) and (k2, k3) pairs are one 4-byte word broadcast each, and per panel and
 step 4 `vpmaddwd` and 4 `vpaddd` accumulate. It is exact: a product pair is at most
-2 * 255 * 128 in magnitude. (`vpmaddubsw`, the u8 x s8 instruction ONNX Runtime's AVX2 kernels use, saturates
-its int16 pair sums: on this CPU ONNX Runtime running optkit's own W8A8 ONNX of the model
+2 * 255 * 128 in magnitude. (`vpmaddubsw`, the u8 x s8 instruction ONNX Runtime's AVX2 kernels
+use, saturates its int16 pair sums: on this CPU ONNX Runtime running optkit's own W8A8 ONNX of the model
 families loses 4.5-25 dB of output SQNR against float that the same graph keeps with VNNI, and
 that TVM's exact kernel keeps here; `docs/benchmarks.md`.) Until session 29 the activations were
 uint8 and each row's 4 bytes were split into the two pairs by two `vpshufb` per row and step:
