@@ -782,7 +782,7 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
         xu = vnni.to_unsigned(bb, x, arith)
     elif conv is not None and _int8_pair(conv[0], conv[1], call):
         x, w_np, stride, dilation, pad = conv
-        # to NHWC, in the kernel that shifts to uint8
+        # to NHWC, in the kernel that shifts to uint8 (int16 values on AVX2)
         xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x, arith), (0, 2, 3, 1)))
     else:
         return None

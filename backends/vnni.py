@@ -4,7 +4,8 @@
 16 int32 lanes. optkit's int8 matmuls (`linear_w8a8`) and int8 convolutions (`conv2d_w8a8`,
 through im2col) use it as follows:
 
-- activations shifted to unsigned, `xu = x + 128` (uint8), in the kernel that quantizes them;
+- activations shifted to unsigned, `xu = x + 128` (uint8; int16 on AVX2, below), in the kernel
+  that quantizes them;
 - the constant weight packed once at compile time as `Wv[N / 16, K / 4, 16, 4]`, so that for
   4 consecutive k the 16 output columns' bytes are one 64-byte register;
 - `y = xu @ w - 128 * colsum(w)`: the correction is the accumulators' starting value (`offset`),
@@ -439,8 +440,8 @@ def gemm_func(
     out_pad: OutPad | None = None,
     arith: Arith = U8S8,
 ) -> Any:
-    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)`, or with `arith`
-    `F32` `y (float32) = x (float32) @ Wv (packed float32)`; with `offset`,
+    """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)` (`U8S16`: xu and
+    Wv int16), or with `arith` `F32` `y (float32) = x (float32) @ Wv (packed float32)`; with `offset`,
     `y = offset[N16] + xu @ Wv` (int32 `offset` a third input, before `y`). `Wv` and `offset`
     have N rounded up to a multiple of 16 (N16); the columns past N are not stored. With
     `epilogue`, its parameters are the next inputs and `y` (of its dtype) holds the epilogue's
@@ -846,7 +847,7 @@ def _madd_step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int
 
 def to_unsigned(bb: Any, x: Any, arith: Arith | None = None) -> Any:
     """int8 -> uint8 by adding 128 (elementwise; fuses into the kernel that produced x), held in
-    the activation dtype of `arith` (default uint8; `U8S16`: int16)."""
+    the activation dtype of the int8 `arith` (default uint8; `U8S16`: int16)."""
     from tvm import relax
 
     op = relax.op
