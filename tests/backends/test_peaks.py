@@ -139,9 +139,9 @@ def test_madd_kernel_adds_n_times_the_pair_products():
     for n in (0, 1, 5):
         args = _tensors(init, a, b, np.zeros(16, np.int16), np.zeros(shape, np.int32))
         fn(*args, n)
-        # accumulator j: a[j % 2] times b[j // 2], 8 lanes of 2 products each
-        acc = np.arange(isa.accumulators)
-        pairs = (a[acc % 2].astype(np.int64) * b[acc // 2]).reshape(*shape, 2).sum(axis=2)
+        # accumulator j: a[j % rows] times b[j // rows], 8 lanes of 2 products each
+        acc, rows = np.arange(isa.accumulators), peaks.MADD_ROWS
+        pairs = (a[acc % rows].astype(np.int64) * b[acc // rows]).reshape(*shape, 2).sum(axis=2)
         np.testing.assert_array_equal(args[-1].numpy(), init + n * pairs)
         np.testing.assert_array_equal(args[-1].numpy(), peaks.dot_reference(init, a, b, n, group=2))
 
