@@ -851,10 +851,16 @@ def to_unsigned(bb: Any, x: Any, arith: Arith | None = None) -> Any:
     from tvm import relax
 
     op = relax.op
-    dtype = arith.x if arith is not None and arith.acc == "int32" else "uint8"
     return bb.emit(
-        op.astype(bb.emit(op.add(bb.emit(op.astype(x, "int32")), relax.const(128, "int32"))), dtype)
+        op.astype(
+            bb.emit(op.add(bb.emit(op.astype(x, "int32")), relax.const(128, "int32"))), _unsigned_dtype(arith)
+        )
     )
+
+
+def _unsigned_dtype(arith: Arith | None) -> str:
+    """The dtype of the shifted int8 activations an int8 `arith` reads (uint8 by default)."""
+    return arith.x if arith is not None and arith.acc == "int32" else "uint8"
 
 
 def matmul(bb: Any, xu: Any, w: np.ndarray, conv: Conv | None = None, arith: Arith | None = None) -> Any:
@@ -984,7 +990,7 @@ def interleave_channels(bb: Any, x: Any, arith: Arith | None = None) -> Any:
     b, c, h, w = (int(d) for d in x.ty.shape)
     dtype = str(x.ty.dtype)
     src = te.placeholder((b, c, h, w), dtype, name="x")
-    unsigned = arith.x if arith is not None and arith.acc == "int32" else "uint8"
+    unsigned = _unsigned_dtype(arith)
     out_dtype = "float32" if dtype == "float32" else unsigned
 
     def value(n: Any, i: Any, j: Any, ch: Any) -> Any:
