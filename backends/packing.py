@@ -692,6 +692,7 @@ def _vnni_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = N
     if not vnni.applies(k):
         return None
     x2 = _as_2d(bb, x, x_shape)
+    arith = vnni.for_weight(arith, w_np)
     y = bb.emit(vnni.matmul(bb, vnni.to_unsigned(bb, x2, arith), w_np, arith=arith))
     return _from_2d(y, x_shape, n)
 
@@ -776,12 +777,14 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
         if groups != 1 or not _int8_pair(x, w_hwio, call):
             return None
         w_np = np.ascontiguousarray(w_hwio.transpose(3, 2, 0, 1))  # HWIO -> OIHW
+        arith = vnni.for_weight(arith, w_np)
         padded = None if any(pad) else _image_pad(x, lookup)
         if padded is not None:  # the zero-point pad (`pads.py`): written by the conv's own copy
             x, pad, fill = padded
         xu = vnni.to_unsigned(bb, x, arith)
     elif conv is not None and _int8_pair(conv[0], conv[1], call):
         x, w_np, stride, dilation, pad = conv
+        arith = vnni.for_weight(arith, w_np)
         # to NHWC, in the kernel that shifts to uint8 (int16 values on AVX2)
         xu = bb.emit(relax.op.permute_dims(vnni.to_unsigned(bb, x, arith), (0, 2, 3, 1)))
     else:

@@ -13,18 +13,22 @@ runs in the hot loop:
 - int8 dot product (`dot_func`): the same shape around `vpdpbusd` (VNNI: 4 u8 x s8 products
   added into each int32 lane), through the LLVM intrinsic `vnni.py` uses: 512-bit with AVX-512
   VNNI, 256-bit with AVX-VNNI. One instruction is 2 * 4 * lanes int8 ops. On AVX2 without VNNI
-  (`madd_func`), the pair optkit's AVX2 int8 GEMM issues (`vnni.U8S16`): `vpmaddwd` (2 int16
-  products summed into each of 8 int32 lanes) and `vpaddd`, 2 * 2 * 8 ops per pair. A CPU
-  with none of these gets no int8 peak, and the reason says so.
+  (`madd_func`), the sequence optkit's AVX2 int8 GEMM issues for 7-bit weights (`vnni.U8S7`):
+  `vpmaddubsw` (u8 x s8 pairs summed into 16 int16 lanes), `vpmaddwd` by ones (the pairs into
+  8 int32 lanes) and `vpaddd`, 2 * 4 * 8 ops per triple: the fastest int8 arithmetic there, the
+  peak AVX2's int8 kernels are compared against. The pair it issues for 8-bit weights
+  (`vnni.U8S16`: `vpmaddwd` of int16 activations and weights, `vpaddd`, 2 * 2 * 8 ops) is
+  `avx2-madd`, measured on request. A CPU with none of these gets no int8 peak, and the reason
+  says so.
 
 The ISA is chosen from the /proc/cpuinfo flags, never assumed. Both kernels compute something
 checkable: with `mul = 1`, `add = 1` the FMA accumulators end at `init + n` (exact in float32
 while below 2**24); each dot accumulator ends at `init + n * sum_k(a_k * b_k)` per lane. Every
 measured call is checked that way, so a peak never comes from a kernel that skipped work.
-`vpmaddwd` has no accumulator operand, so LLVM would compute `madd(a, b)` once before the loop;
-`madd_func` adds a runtime vector of zeros to each of its two `a` registers each iteration (two
-`vpaddw` per 8 pairs), so the products stay in the loop and the closed form stays
-`init + n * madd(a, b)`.
+Neither `vpmaddwd` nor `vpmaddubsw` has an accumulator operand, so LLVM would compute the
+products once before the loop; `madd_func` adds a runtime vector of zeros to each of its two `a`
+registers each iteration (two `vpaddw` or `vpaddb` per 8 products), so the products stay in
+the loop and the closed form stays `init + n * products(a, b)`.
 Figures: median over `repeats` timed calls of about `seconds` each, after one warm-up call.
 """
 
@@ -68,8 +72,11 @@ DOT_ISAS = {
     "avx-vnni": VectorISA("avx-vnni", 8, 12, ("avx_vnni",), "llvm.x86.avx512.vpdpbusd.256"),
     # 8: two activation registers times 4 weight ones, each pair its own product (znver3, GOP/s:
     # 6 accumulators of one activation 142, 8 of two 155, 10 or 12 spilled: 73-88)
+    # 6 (znver3, GOP/s: 4 accumulators 188, 6 190, 8 177, 10 or 12 spilled: 146-156)
+    "avx2-maddubs": VectorISA("avx2-maddubs", 8, 6, ("avx2",), "llvm.x86.avx2.pmadd.ub.sw"),
     "avx2-madd": VectorISA("avx2-madd", 8, 8, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
 }
+MADD_ISAS = ("avx2-maddubs", "avx2-madd")  # `madd_func`'s: two activation registers, no accumulator operand
 DOT_GROUP = 4  # bytes multiplied and summed into each int32 lane per instruction
 MADD_GROUP = 2  # int16 pairs summed into each int32 lane by `vpmaddwd`
 MADD_ROWS = 2  # `madd_func`'s activation registers: accumulator j multiplies a[j % 2] by b[j // 2]
@@ -177,45 +184,68 @@ def dot_func(isa: VectorISA) -> Any:
     return dot_peak
 
 
+def madd_group(isa: VectorISA) -> int:
+    """Products summed into each int32 lane per step of `isa`: 2 for `vpmaddwd`, else 4."""
+    return MADD_GROUP if isa.intrinsic == DOT_ISAS["avx2-madd"].intrinsic else DOT_GROUP
+
+
+def madd_dtypes(isa: VectorISA) -> tuple[str, str]:
+    """The activation and weight dtypes of `madd_func(isa)`: int16 pairs, or u8 x s8 quads."""
+    return ("int16", "int16") if madd_group(isa) == MADD_GROUP else ("uint8", "int8")
+
+
 def madd_func(isa: VectorISA) -> Any:
     """TIR kernel `out[ACC, L] = init` after `n` times `a[i] += zero` (i < 2), then
-    `acc[j] += vpmaddwd(a[j % 2], b[j // 2])` (int32 lanes, each `a[i]` and `b[j]` int16 of 2 * L
-    values, `zero` all zeros: it keeps the products in the loop). Each accumulator multiplies its
-    own pair of registers: with one `b` shared by several accumulators of one `a`, LLVM computed
-    the product once per iteration and added it to every accumulator (session 24's figure of
-    236 GOP/s on znver3 counted products that never ran)."""
+    `acc[j] += products(a[j % 2], b[j // 2])` (int32 lanes): for `avx2-madd`, `vpmaddwd` of
+    `a[i]` and `b[j]` int16 of 2 * L values; for `avx2-maddubs`, `vpmaddwd(vpmaddubsw(a, b), 1)`
+    of uint8 `a[i]` and int8 `b[j]` of 4 * L values (operands small enough that the int16 pair
+    sums cannot saturate). `zero`, all zeros, keeps the products in the loop. Each accumulator
+    multiplies its own pair of registers: with one `b` shared by several accumulators of one `a`,
+    LLVM computed the product once per iteration and added it to every accumulator (session 24's
+    figure of 236 GOP/s on znver3 counted products that never ran)."""
     from tvm.script import tirx as T
 
-    lanes, accs, width = isa.lanes, isa.accumulators, isa.lanes * MADD_GROUP
+    group = madd_group(isa)
+    lanes, accs, width = isa.lanes, isa.accumulators, isa.lanes * group
     rows, weights = MADD_ROWS, isa.accumulators // MADD_ROWS
-    vec, pairs = f"int32x{lanes}", f"int16x{width}"
+    a_dtype, b_dtype = madd_dtypes(isa)
+    vec, a_vec, b_vec, pairs = (
+        f"int32x{lanes}",
+        f"{a_dtype}x{width}",
+        f"{b_dtype}x{width}",
+        f"int16x{2 * lanes}",
+    )
+    madd = T.llvm_lookup_intrinsic_id(DOT_ISAS["avx2-madd"].intrinsic)
+
+    def products(av: Any, bv: Any) -> Any:
+        if group == MADD_GROUP:
+            return T.call_llvm_pure_intrin(madd, av, bv, dtype=vec)
+        quads = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id(isa.intrinsic), av, bv, dtype=pairs)
+        return T.call_llvm_pure_intrin(madd, quads, T.Broadcast(T.int16(1), 2 * lanes), dtype=vec)
 
     @T.prim_func(s_tir=True)
     def madd_peak(
         init: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
-        a: T.Buffer((rows, width), "int16"),  # type: ignore[valid-type]
-        b: T.Buffer((weights, width), "int16"),  # type: ignore[valid-type]
-        zero: T.Buffer((width,), "int16"),  # type: ignore[valid-type]
+        a: T.Buffer((rows, width), a_dtype),  # type: ignore[valid-type]
+        b: T.Buffer((weights, width), b_dtype),  # type: ignore[valid-type]
+        zero: T.Buffer((width,), a_dtype),  # type: ignore[valid-type]
         out: T.Buffer((accs, lanes), "int32"),  # type: ignore[valid-type]
         n: T.int32,
     ) -> None:
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True})
         with T.sblock("root"):
             acc = T.alloc_local((accs, lanes), "int32")
-            av = T.alloc_local((rows, width), "int16")
+            av = T.alloc_local((rows, width), a_dtype)
             for i in T.unroll(rows):
-                av[i, T.ramp(0, 1, width)] = a.vload([i, 0], dtype=pairs)
+                av[i, T.ramp(0, 1, width)] = a.vload([i, 0], dtype=a_vec)
             for j in T.unroll(accs):
                 acc[j, T.ramp(0, 1, lanes)] = init.vload([j, 0], dtype=vec)
             for _ in T.serial(n):
                 for i in T.unroll(rows):
-                    av[i, T.ramp(0, 1, width)] = av.vload([i, 0], dtype=pairs) + zero.vload([0], dtype=pairs)
+                    av[i, T.ramp(0, 1, width)] = av.vload([i, 0], dtype=a_vec) + zero.vload([0], dtype=a_vec)
                 for j in T.unroll(accs):
-                    acc[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec) + T.call_llvm_pure_intrin(
-                        T.llvm_lookup_intrinsic_id(isa.intrinsic),
-                        av.vload([j % rows, 0], dtype=pairs),
-                        b.vload([j // rows, 0], dtype=pairs),
-                        dtype=vec,
+                    acc[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec) + products(
+                        av.vload([j % rows, 0], dtype=a_vec), b.vload([j // rows, 0], dtype=b_vec)
                     )
             for j in T.unroll(accs):
                 out[j, T.ramp(0, 1, lanes)] = acc.vload([j, 0], dtype=vec)
@@ -245,11 +275,11 @@ def fma_reference(init: np.ndarray, mul: np.ndarray, add: np.ndarray, n: int) ->
 def dot_reference(
     init: np.ndarray, a: np.ndarray, b: np.ndarray, n: int, group: int = DOT_GROUP
 ) -> np.ndarray:
-    """What `dot_func`'s kernel returns: each lane adds `n` times its 4 u8 x s8 products (or, with
-    `group` 2, `madd_func`'s 2 int16 products: `a` and `b` of `MADD_ROWS` and ACC / `MADD_ROWS`
-    rows, accumulator j multiplying a[j % rows] by b[j // rows])."""
+    """What `dot_func`'s kernel returns: each lane adds `n` times its `group` products (4 u8 x s8,
+    or 2 int16). `madd_func`'s operands are 2-D, `a` and `b` of `MADD_ROWS` and ACC / `MADD_ROWS`
+    rows, accumulator j multiplying a[j % rows] by b[j // rows]."""
     accs, lanes = init.shape
-    if group == MADD_GROUP:
+    if a.ndim == 2:
         a, b = a[np.arange(accs) % len(a)], b[np.arange(accs) // len(a)]
     products = a.astype(np.int64) * b.astype(np.int64)
     per_lane = products.reshape(*b.shape[:-1], lanes, group).sum(axis=-1)
@@ -293,22 +323,19 @@ class MicroKernel:
             self.ops_per_iter = 2 * isa.lanes * isa.accumulators
             self.max_iterations = FMA_MAX_ITERATIONS
         elif kind == "int8":
-            madd = isa.intrinsic == DOT_ISAS["avx2-madd"].intrinsic
-            self.group = MADD_GROUP if madd else DOT_GROUP
+            madd = isa.name in MADD_ISAS
+            self.group = madd_group(isa) if madd else DOT_GROUP
             self.fn = compile_kernel(madd_func(isa) if madd else dot_func(isa))
             width = isa.lanes * self.group
+            a_dtype, b_dtype = madd_dtypes(isa) if madd else ("uint8", "int8")
             self.init = (np.arange(np.prod(shape), dtype=np.int32).reshape(shape) % 5) - 2
             # a in 0-2, b in -1-1: small lane sums; madd: `MADD_ROWS` activation rows and a
             # weight row for each `MADD_ROWS` accumulators
             rows_a = (MADD_ROWS, width) if madd else (width,)
             rows_b = (isa.accumulators // MADD_ROWS, width) if madd else (width,)
-            a = (np.arange(int(np.prod(rows_a))) % 3).reshape(rows_a).astype(np.int16 if madd else np.uint8)
-            b = (
-                ((np.arange(int(np.prod(rows_b))) % 3) - 1)
-                .reshape(rows_b)
-                .astype(np.int16 if madd else np.int8)
-            )
-            self.operands = (a, b, np.zeros(width, np.int16)) if madd else (a, b)
+            a = (np.arange(int(np.prod(rows_a))) % 3).reshape(rows_a).astype(a_dtype)
+            b = ((np.arange(int(np.prod(rows_b))) % 3) - 1).reshape(rows_b).astype(b_dtype)
+            self.operands = (a, b, np.zeros(width, a_dtype)) if madd else (a, b)
             self.ops_per_iter = 2 * self.group * isa.lanes * isa.accumulators
             self.max_iterations = DOT_MAX_ITERATIONS
         else:

@@ -101,6 +101,8 @@ CONV_ATTR = "optkit_conv"  # a GEMM that reads a padded image in place: its `Con
 PAD_ATTR = "optkit_out_pad"  # a GEMM that writes a padded image: its `OutPad`
 ARITH_ATTR = "optkit_arith"  # a GEMM's `Arith.key`
 PMADDWD = "llvm.x86.avx2.pmadd.wd"
+PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
+SEVEN_BITS = 64  # |w| <= 64: `vpmaddubsw`'s pair sums, at most 2 * 255 * 64, fit int16
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
 # an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
 L2_BYTES = 1024 * 1024
@@ -142,6 +144,12 @@ class Arith:
         return max(1, self.group * np.dtype(self.x).itemsize // 4)
 
     @property
+    def weight_bound(self) -> int:
+        """The largest |w| this kernel multiplies exactly: `SEVEN_BITS` for `U8S7`, else 128 (all
+        of int8)."""
+        return SEVEN_BITS if self.name == "maddubs" else 128
+
+    @property
     def vectors(self) -> int:
         """Hardware registers per 16-column panel of accumulators."""
         return LANES // self.width
@@ -165,8 +173,11 @@ F32 = Arith("float32", "float32", "float32", 1, "fma")  # AVX-512F: `vfmadd231ps
 # AVX2 without VNNI: u8 and s8 widened to s16, `vpmaddwd` (pairs of s16 products summed into s32,
 # exact: |255 * -128 * 2| fits) and `vpaddd`; activations (0-255) and weights stored as int16
 U8S16 = Arith("int16", "int16", "int32", GROUP, "madd", 8)
+# AVX2 with weights of at most 7 bits (|w| <= 64): u8 x s8 `vpmaddubsw` (pair sums in int16, which
+# cannot saturate), `vpmaddwd` by ones (the 4 products of a lane in int32), `vpaddd`
+U8S7 = Arith("uint8", "int8", "int32", GROUP, "maddubs", 8)
 F32_AVX2 = Arith("float32", "float32", "float32", 1, "fma", 8)  # AVX2 + FMA3: two `vfmadd231ps` per panel
-ARITHS = {a.key: a for a in (U8S8, F32, U8S16, F32_AVX2)}
+ARITHS = {a.key: a for a in (U8S8, F32, U8S16, U8S7, F32_AVX2)}
 
 
 def int8_arith(target: Any) -> Arith | None:
@@ -175,6 +186,15 @@ def int8_arith(target: Any) -> Arith | None:
     if target_has_vnni(target):
         return U8S8
     return U8S16 if _has_feature("avx2", target) else None
+
+
+def for_weight(arith: Arith | None, w: np.ndarray) -> Arith | None:
+    """`arith`, or for AVX2's `U8S16` and an int8 weight whose values all lie in [-64, 64] (7-bit
+    weights: `ptq`'s `wbits=7`), `U8S7`, which is exact on such weights and issues fewer
+    instructions per product."""
+    if arith != U8S16 or w.dtype != np.int8 or not w.size:
+        return arith
+    return U8S7 if int(np.abs(w.astype(np.int16)).max()) <= U8S7.weight_bound else arith
 
 
 def float_arith(target: Any) -> Arith | None:
@@ -240,7 +260,7 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False
     def fits(rows: int, panels: int) -> bool:
         if vectors == 1:  # accumulators, one broadcast per row, one weight
             return rows * panels + rows + 1 <= registers
-        if value_bytes == 2:  # `vpmaddwd`: a step's 4 weight registers per panel, 4 for pairs and products
+        if value_bytes <= 2:  # int8 (`U8S16`, `U8S7`): as `vpmaddwd`'s 4 weight registers per panel, 4 more
             return vectors * panels * rows + 2 * vectors * panels + 4 <= registers
         return vectors * panels * (rows + 1) + 1 <= registers  # accumulators, weights, one broadcast
 
@@ -776,6 +796,8 @@ def _tile_body(
     with source.k_loop(row, rows) as (ko, word):
         if arith.w == "int16":
             _madd_step(w, acc, panel, ko, word, rows)
+        elif arith == U8S7:
+            _maddubs_step(w, acc, panel, ko, word, rows)
         else:
             _step(w, acc, panel, ko, word, rows, arith)
         if ahead is not None:
@@ -842,6 +864,26 @@ def _madd_step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int
             b = quads.vload([panel + _i64(p), ko, _i64(pair * 2 + q), _i64(0)], dtype="int16x16")
             old = acc[p].vload([_i64(r), _i64(q * half)], dtype=f"int32x{half}")
             product = tirx.call_llvm_pure_intrin(f"int32x{half}", PMADDWD, a, b)
+            T.buffer_store(acc[p], old + product, [_i64(r), tirx.Ramp(_i64(q * half), _i64(1), half)])
+
+
+def _maddubs_step(w: Any, acc: list[Any], panel: Any, ko: Any, word: Any, rows: int) -> None:
+    """One step of 4 k of a `U8S7` tile: per panel and half panel, one 32-byte weight register
+    (8 columns x 4 k, `pack`); per row, its 4 activation bytes broadcast, one `vpmaddubsw` (pairs
+    of products summed into int16: exact for |w| <= 64), one `vpmaddwd` by ones (the pairs
+    summed into int32) and one `vpaddd` into the accumulators."""
+    from tvm import tirx
+    from tvm.tirx.script.builder import ir as T
+
+    half = LANES // 2
+    ones = tirx.Broadcast(tirx.const(1, "int16"), LANES)
+    for p, q in itertools.product(range(len(acc)), range(2)):
+        b = w.vload([panel + _i64(p), ko, _i64(q * half), _i64(0)], dtype=f"int8x{half * GROUP}")
+        for r in range(rows):
+            a = tirx.reinterpret(f"uint8x{half * GROUP}", tirx.Broadcast(word(r), half))
+            pairs = tirx.call_llvm_pure_intrin(f"int16x{LANES}", PMADDUBSW, a, b)
+            old = acc[p].vload([_i64(r), _i64(q * half)], dtype=f"int32x{half}")
+            product = tirx.call_llvm_pure_intrin(f"int32x{half}", PMADDWD, pairs, ones)
             T.buffer_store(acc[p], old + product, [_i64(r), tirx.Ramp(_i64(q * half), _i64(1), half)])
 
 

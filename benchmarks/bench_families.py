@@ -9,7 +9,11 @@ eager (the cleaned float Program), ONNX Runtime on its float export, TVM float (
 untuned), eager W8A8, optkit's W8A8 ONNX in ONNX Runtime (int8 weights, then uint8 weights:
 `optkit.ir.onnx_int8`, exact where ONNX Runtime's int8 kernels saturate), ONNX Runtime's own `quantize_static`
 QDQ model of the float export (per-channel int8 weights, uint8 activations, calibrated on the
-same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it lowers. Every
+same batch; `peers.ort_quantize_static`), and TVM on the W8A8 Program where it lowers. W7A8
+rows: `ptq` with `wbits=7` (7-bit weights in int8 storage, the one change), on TVM (on AVX2
+without VNNI the exact `vpmaddubsw` GEMM, `backends/vnni.py`) and as optkit's ONNX in ONNX
+Runtime (int8 weights, whose U8S8 kernels are exact on them), beside ONNX Runtime's own QDQ
+model with `reduce_range` (its 7-bit weights). Every
 runtime gets `--threads` threads (TVM's runtime pool too) and all rows of a family are timed
 in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median); above one thread each
 call starts once the previous runtime's pool has gone idle and after one untimed call of its
@@ -54,7 +58,23 @@ ROWS = (
     "optkit W8A8 ONNX, u8 weights (ORT)",
     "ORT quantize_static QDQ (ORT)",
     "TVM W8A8",
+    "optkit W7A8 ONNX (ORT)",
+    "ORT QDQ, reduce_range (ORT)",
+    "TVM W7A8",
 )
+RATIOS = (
+    "TVM / ORT",
+    "TVM W8A8 speed-up over TVM",
+    "optkit W8A8 / ORT QDQ",
+    "TVM W8A8 / ORT QDQ",
+    "TVM W7A8 speed-up over TVM",
+    "TVM W7A8 / ORT QDQ",
+)
+
+
+def ratio(row: list[Any], name: str) -> float:
+    """A row's ratio column `name` (of `RATIOS`)."""
+    return float(row[1 + len(ROWS) + RATIOS.index(name)])
 
 
 def _numpy(value: Any) -> np.ndarray:
@@ -98,16 +118,21 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
     model, x = family(name, args.batch, args.image)
     program = PassManager(build_passes(["cleanup"])).run(capture(model, x, name=name)).program
     int8 = PassManager(build_passes(["ptq", "dce"])).run(program).program
-    float_onnx, int8_onnx, u8_onnx, qdq_onnx = (
+    int7 = PassManager(build_passes(["ptq", "dce"], {"ptq": {"wbits": 7}})).run(program).program
+    float_onnx, int8_onnx, u8_onnx, qdq_onnx, int7_onnx, reduced_onnx = (
         tmp / f"{name}.onnx",
         tmp / f"{name}-w8a8.onnx",
         tmp / f"{name}-w8a8-u8.onnx",
         tmp / f"{name}-qdq.onnx",
+        tmp / f"{name}-w7a8.onnx",
+        tmp / f"{name}-qdq-reduced.onnx",
     )
     export_onnx(program, float_onnx, check=False)
     export_onnx(int8, int8_onnx, check=False, int8_weights="s8")  # like ORT's own QDQ model
     export_onnx(int8, u8_onnx, check=False, int8_weights="u8")
+    export_onnx(int7, int7_onnx, check=False, int8_weights="s8")
     peers.ort_quantize_static(float_onnx, [x], qdq_onnx)
+    peers.ort_quantize_static(float_onnx, [x], reduced_onnx, reduce_range=True)
     set_runtime_threads(args.threads)
     fns: dict[str, Callable[[], Any] | None] = {
         "eager": lambda: program.graph_module(*x),
@@ -118,6 +143,9 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
         "optkit W8A8 ONNX, u8 weights (ORT)": _ort(u8_onnx, x, args.threads),
         "ORT quantize_static QDQ (ORT)": _ort(qdq_onnx, x, args.threads),
         "TVM W8A8": _tvm(int8, args.threads, notes, f"{name} W8A8"),
+        "optkit W7A8 ONNX (ORT)": _ort(int7_onnx, x, args.threads),
+        "ORT QDQ, reduce_range (ORT)": _ort(reduced_onnx, x, args.threads),
+        "TVM W7A8": _tvm(int7, args.threads, notes, f"{name} W7A8"),
     }
     live = {k: f for k, f in fns.items() if f is not None}
     with torch.no_grad():
@@ -139,6 +167,8 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
         ms["TVM"] / ms["TVM W8A8"],
         ms["optkit W8A8 ONNX (ORT)"] / qdq,
         ms["TVM W8A8"] / qdq,
+        ms["TVM"] / ms["TVM W7A8"],
+        ms["TVM W7A8"] / qdq,
     ]
 
 
@@ -258,11 +288,12 @@ def goal_lines(rows: list[list[Any]]) -> list[str]:
     """Issue 17's goals, checked row by row and over all rows (geometric means)."""
     lines = []
     for row in rows:
-        tvm_ort, int8_gain, w8_qdq = row[-4], row[-3], row[-2]
+        tvm_ort, int8_gain, w8_qdq = (ratio(row, c) for c in RATIOS[:3])
+        w7_gain = ratio(row, "TVM W7A8 speed-up over TVM")
         line = (
             f"- {row[0]}: TVM float {'meets' if tvm_ort <= 1 else 'misses'} TVM <= ORT ({tvm_ort:.2f}x); "
             f"TVM W8A8 {'meets' if int8_gain >= 1.5 else 'misses'} >= 1.5x faster than TVM float "
-            f"({int8_gain:.2f}x)"
+            f"({int8_gain:.2f}x; W7A8 {w7_gain:.2f}x)"
         )
         if row[0] in CNN_FAMILIES:
             line += (
@@ -270,13 +301,15 @@ def goal_lines(rows: list[list[Any]]) -> list[str]:
                 f"QDQ ({w8_qdq:.2f}x)"
             )
         lines.append(line + ".")
-    float_mean = _geomean([r[-4] for r in rows])
-    int8_mean = _geomean([r[-1] for r in rows])
+    float_mean = _geomean([ratio(r, "TVM / ORT") for r in rows])
+    int8_mean = _geomean([ratio(r, "TVM W8A8 / ORT QDQ") for r in rows])
+    int7_mean = _geomean([ratio(r, "TVM W7A8 / ORT QDQ") for r in rows])
     lines += [
         f"- Geometric mean over the rows, TVM / ORT in float: {float_mean:.2f}x (goal <= 0.8x: "
         f"{'met' if float_mean <= 0.8 else 'missed'}).",
         f"- Geometric mean over the rows, TVM W8A8 / ORT's quantize_static QDQ model (int8 against "
-        f"int8): {int8_mean:.2f}x (goal <= 0.5x: {'met' if int8_mean <= 0.5 else 'missed'}).",
+        f"int8): {int8_mean:.2f}x (goal <= 0.5x: {'met' if int8_mean <= 0.5 else 'missed'}); TVM W7A8 "
+        f"/ the same QDQ model: {int7_mean:.2f}x ({'met' if int7_mean <= 0.5 else 'missed'}).",
     ]
     return lines
 
@@ -297,15 +330,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="optkit-families-") as tmp:
         for name in args.families:
             rows.append(measure(name, args, Path(tmp), notes))
-    columns = [
-        "family",
-        *ROWS,
-        "TVM / ORT",
-        "TVM W8A8 speed-up over TVM",
-        "optkit W8A8 / ORT QDQ",
-        "TVM W8A8 / ORT QDQ",
-    ]
-    units = {c: "ms" for c in ROWS} | {c: "x" for c in columns[-4:]}
+    columns = ["family", *ROWS, *RATIOS]
+    units = {c: "ms" for c in ROWS} | {c: "x" for c in RATIOS}
     table = Table(
         f"Latency per call (median of {args.repeats} interleaved rounds after {args.warmup} warm-up, "
         f"{args.threads} thread(s); images: batch {args.batch}, {args.image} x {args.image}; "
@@ -328,7 +354,8 @@ def main() -> None:
             "random weights and BatchNorm statistics (latency does not depend on them). Float rows "
             "run the `cleanup` Program (BatchNorms folded into the convs); W8A8 rows the `ptq` "
             "Program (BatchNorms folded first, per-channel int8 weights, activations calibrated on "
-            "the example batch). Ratios: latency / latency (> 1: the first is slower).",
+            "the example batch), W7A8 rows the same with `wbits=7` (7-bit weights). Ratios: latency / "
+            "latency (> 1: the first is slower).",
             "",
             table.to_markdown(),
             "",

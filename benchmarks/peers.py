@@ -69,13 +69,19 @@ class OrtDenoiser:
 
 
 def ort_quantize_static(
-    float_onnx: Path, batches: Sequence[tuple[torch.Tensor, ...]], out: Path, weight_layers_only: bool = False
+    float_onnx: Path,
+    batches: Sequence[tuple[torch.Tensor, ...]],
+    out: Path,
+    weight_layers_only: bool = False,
+    reduce_range: bool = False,
 ) -> Path:
     """ONNX Runtime's static QDQ quantization of `float_onnx`, calibrated on `batches`.
 
     By default ONNX Runtime chooses what to quantize (every op type it has QDQ rules for:
     also activation x activation MatMuls, Add, Softmax, ...); `weight_layers_only` restricts it
     to the MatMul/Gemm/Conv nodes that read a weight initializer, the layers optkit quantizes.
+    `reduce_range`: 7-bit weights, ONNX Runtime's remedy for `vpmaddubsw`'s saturation on CPUs
+    without VNNI (as `ptq`'s `wbits=7`).
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -107,6 +113,7 @@ def ort_quantize_static(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             nodes_to_quantize=nodes,
+            reduce_range=reduce_range,
         )
     return out
 

@@ -271,7 +271,8 @@ def optimize_file(
             if figures["int8_weights_u8"]:
                 report.notes.append(int8_weights_note(int(figures["int8_weights_u8"]), onnx_int8_weights))
             if figures["int8_weights_s8"]:
-                report.notes.append(int8_kept_note(int(figures["int8_weights_s8"])))
+                kept, seven_bit = int(figures["int8_weights_s8"]), bool(figures["int8_weights_7bit"])
+                report.notes.append(int8_kept_note(kept, seven_bit))
             report.add(
                 "ONNX Runtime max abs error vs optimized", figures["max_abs_error"], "", "onnx_max_abs_error"
             )

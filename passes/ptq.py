@@ -142,7 +142,7 @@ def _spread(batches: list, n: int) -> list:  # type: ignore[type-arg]
 class PTQConfig(PassConfig):
     """Post-training quantization settings (see the module docstring)."""
 
-    wbits: Literal[4, 8] = 8
+    wbits: Literal[4, 7, 8] = 8  # 7: int8 storage of values in [-64, 63] (module docstring)
     abits: Literal[4, 8, 16] = 8  # 16: float activations (weight-only)
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int = 64

@@ -13,7 +13,10 @@ SQNR against float 7.6 dB (ViT-Tiny) and 27.9 dB (MobileNetV2) in ONNX Runtime, 
 (ViT-Tiny), 20.5 against 15.6 ms (MobileNetV2; `benchmarks/bench_families.py`).
 
 `auto` picks `u8` where ONNX Runtime's U8S8 is inexact (`ort_u8s8_exact`), else `s8`: the
-exported file then follows the CPU that exports (and checks) it.
+exported file then follows the CPU that exports (and checks) it. Weights of 7 bits (`ptq`'s
+`wbits=7`: every value in [-64, 64]) keep `s8` everywhere: a `vpmaddubsw` pair sum is then at
+most 2 * 255 * 64 = 32640, inside int16, so U8S8 is exact on every CPU (ONNX Runtime's
+`reduce_range` quantization rests on the same bound).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from optkit.host import cpu_flags
 
 INT8_WEIGHT_FORMS = ("auto", "s8", "u8")
 _SHIFT = 128  # int8 -> uint8: the same grid, zero point moved with it
+SEVEN_BITS = 64  # |w| <= 64: U8S8's `vpmaddubsw` pair sums cannot saturate
 
 
 def ort_u8s8_exact(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
@@ -47,6 +51,26 @@ def resolve_int8_weights(form: str) -> str:
     if form == "auto":
         return "s8" if ort_u8s8_exact() else "u8"
     return form
+
+
+def choose_int8_weights(form: str, model: object) -> str:
+    """`s8` or `u8` for ONNX `model` (a ModelProto) under `form`: as `resolve_int8_weights`, but
+    `auto` keeps `s8` when every int8 weight fits 7 bits (`seven_bit_weights`)."""
+    resolved = resolve_int8_weights(form)
+    return "s8" if form == "auto" and resolved == "u8" and seven_bit_weights(model) else resolved
+
+
+def seven_bit_weights(model: object) -> bool:
+    """Whether `model` has int8 weights (`int8_weights`) and all their values lie in [-64, 64],
+    where ONNX Runtime's U8S8 kernels are exact on every CPU."""
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}  # type: ignore[attr-defined]
+    names = int8_weights(model)
+    return bool(names) and all(
+        int(np.abs(numpy_helper.to_array(inits[n]).astype(np.int16)).max(initial=0)) <= SEVEN_BITS
+        for n in names
+    )
 
 
 def int8_weights(model: object) -> list[str]:
@@ -141,10 +165,15 @@ def unsigned_int8_weights(model: object) -> int:
     return len(weights)
 
 
-def int8_kept_note(count: int) -> str:
-    """A report's line on `count` int8 weights kept as int8 (`s8`, or `auto` on a CPU with VNNI):
-    whether ONNX Runtime runs them exactly on this CPU, and how to write a file that it runs
-    exactly on every CPU."""
+def int8_kept_note(count: int, seven_bit: bool = False) -> str:
+    """A report's line on `count` int8 weights kept as int8 (`s8`, or `auto` on a CPU with VNNI
+    or for 7-bit weights): whether ONNX Runtime runs them exactly on this CPU, and how to write a
+    file that it runs exactly on every CPU."""
+    if seven_bit:
+        return (
+            f"model.onnx keeps its {count} int8 weights as int8 for ONNX Runtime's U8S8 kernels; their "
+            "values fit 7 bits (ptq wbits=7), which those kernels sum exactly on every CPU."
+        )
     where = (
         "exact on this CPU (VNNI), but on x86-64 CPUs without VNNI they saturate (vpmaddubsw)"
         if ort_u8s8_exact()

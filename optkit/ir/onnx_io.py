@@ -50,7 +50,7 @@ def export_onnx(
     from optkit.ir.onnx_int8 import resolve_int8_weights
 
     path = Path(path)
-    form = resolve_int8_weights(int8_weights)
+    resolve_int8_weights(int8_weights)  # an unknown form fails before the export
     kwargs: dict[str, Any] = {"dynamo": True, "verbose": False, "external_data": False}
     quantized = any(str(n.target).startswith("optkit.") for n in program.compute_nodes())
     if quantized:
@@ -70,11 +70,12 @@ def export_onnx(
         except Exception as err:
             first = next((ln for ln in str(err).splitlines() if ln.strip()), type(err).__name__)
             raise OptkitError(f"ONNX export of {program.name} failed: {first[:300]}") from err
-        unsigned, signed = _finish_quantized(tmp, form) if quantized else (0, 0)
+        unsigned, signed, seven_bit = _finish_quantized(tmp, int8_weights) if quantized else (0, 0, False)
         figures = {
             "onnx_bytes": float(tmp.stat().st_size),
             "int8_weights_u8": float(unsigned),
             "int8_weights_s8": float(signed),
+            "int8_weights_7bit": float(seven_bit),
         }
         if check:
             expected = flat_outputs(program.run())
@@ -119,22 +120,24 @@ def onnx_session(path: str | Path, threads: int | None = None) -> Any:
         raise ArtifactError(f"ONNX Runtime cannot load {path}: {err}") from err
 
 
-def _finish_quantized(path: Path, int8_weights: str) -> tuple[int, int]:
+def _finish_quantized(path: Path, int8_weights: str) -> tuple[int, int, bool]:
     """Rewrite a quantized export in place: int4 weights materialized, int8 weights stored as
-    `int8_weights` (`s8` or `u8`, `onnx_int8`). Returns how many int8 weights are now uint8 and
-    how many stay int8."""
+    `int8_weights` (a form of `onnx_int8.INT8_WEIGHT_FORMS`, `onnx_int8.choose_int8_weights`).
+    Returns how many int8 weights are now uint8, how many stay int8, and whether they all fit
+    7 bits."""
     import onnx
 
     from optkit.ir import onnx_int8
 
     model = onnx.load(str(path))
     _materialize_int4(model)
-    if int8_weights == "u8":
+    seven_bit = onnx_int8.seven_bit_weights(model)
+    if onnx_int8.choose_int8_weights(int8_weights, model) == "u8":
         unsigned, signed = onnx_int8.unsigned_int8_weights(model), 0
     else:
         unsigned, signed = 0, len(onnx_int8.int8_weights(model))
     onnx.save(model, str(path))
-    return unsigned, signed
+    return unsigned, signed, seven_bit
 
 
 def _materialize_int4(model: Any) -> None:

@@ -35,8 +35,8 @@ class QuantSpec:
     group_size: int = 128
 
     def __post_init__(self) -> None:
-        if self.bits not in (4, 8):
-            raise ConfigError(f"bits must be 4 or 8, got {self.bits}")
+        if self.bits not in (4, 7, 8):
+            raise ConfigError(f"bits must be 4, 7 or 8, got {self.bits}")
         if self.granularity not in ("tensor", "channel", "group"):
             raise ConfigError(f"granularity must be tensor, channel or group, got {self.granularity!r}")
         if self.granularity == "group" and (self.group_size <= 0 or self.group_size % 8):

@@ -162,9 +162,10 @@ def gptq_hessians(
 def effective_plan(site: QuantSite, plan: LayerPlan) -> LayerPlan:
     """`plan` as it applies to `site`: int4 packing holds two output channels per byte, so a
     Linear with an odd number of outputs (an IoU or score head) is stored as int8 per-channel;
-    a conv's kernel (`conv2d_w8a8`) takes int8 weights per channel and int8 activations."""
+    a conv's kernel (`conv2d_w8a8`) takes int8 weights per channel (7-bit values under `wbits=7`,
+    else 8: no int4 conv kernel) and int8 activations."""
     if site.kind == "conv":
-        return LayerPlan(QuantSpec(8, True, "channel"), 8)
+        return LayerPlan(QuantSpec(7 if plan.weight.bits == 7 else 8, True, "channel"), 8)
     if site.kind == "linear" and plan.weight.bits == 4 and site.weight.shape[0] % 2:
         return LayerPlan(QuantSpec(8, True, "channel"), plan.abits)
     return plan
@@ -210,14 +211,14 @@ def quantize_site(
     )
     bias = site.bias if site.bias is not None else torch.zeros(site.weight.shape[0])
     if site.kind == "conv":
-        return _quantize_conv(program, site, stats, bias, grouped)
+        return _quantize_conv(program, site, stats, bias, grouped, effective_plan(site, plan).weight.bits)
     assert w_kn is not None
     plan = effective_plan(site, plan)
     spec = plan.weight  # a group size that does not divide K leaves a short last group
     dynamic = act_mode != "static" and plan.abits in ACT_BITS
     use_int_gemm = (
         plan.abits == 8
-        and spec.bits == 8
+        and spec.bits in (7, 8)  # 7: int8 values in [-64, 63]
         and spec.symmetric
         and spec.granularity != "group"
         and act_mode != "per-group"  # its scale changes along K: no single int GEMM
@@ -320,12 +321,13 @@ def _quantize_conv(
     stats: ActStats | None,
     bias: torch.Tensor,
     grouped: GroupedActScales | None = None,
+    bits: int = 8,
 ) -> int:
     w = site.weight.float()  # (Cout, Cin/g, kh, kw)
     amax = w.abs().reshape(w.shape[0], -1).amax(1)
-    spec = QuantSpec(8, True, "channel")
+    spec = QuantSpec(bits, True, "channel")
     w_scale, _ = scale_zero(-amax, amax, spec)
-    w_q = torch.clamp(torch.round(w / w_scale.reshape(-1, 1, 1, 1)), -128, 127).to(torch.int8)
+    w_q = torch.clamp(torch.round(w / w_scale.reshape(-1, 1, 1, 1)), spec.qmin, spec.qmax).to(torch.int8)
     x_scale, x_zero = act_qparams(stats)
     conv = site.conv_args or {}
     tensors = {

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -75,13 +76,20 @@ def host_float_tiles():
 
 
 def host_int8_ariths():
-    """The int8 tile arithmetics this host runs: AVX2's `vpmaddwd` (every AVX2 CPU, AVX-512 ones
-    too) and, with AVX-512 VNNI, `vpdpbusd`."""
+    """The int8 tile arithmetics this host runs: AVX2's `vpmaddwd` and, for 7-bit weights,
+    `vpmaddubsw` (every AVX2 CPU, AVX-512 ones too) and, with AVX-512 VNNI, `vpdpbusd`."""
     from optkit.backends import vnni
 
     target = _host_target()
     ariths = [vnni.U8S8] if vnni.target_has_vnni(target) else []
-    return ariths + ([vnni.U8S16] if vnni.int8_arith(target) is not None else [])
+    return ariths + ([vnni.U8S16, vnni.U8S7] if vnni.int8_arith(target) is not None else [])
+
+
+def int8_weights(rng, shape, arith=None):
+    """Random int8 weights over all that `arith` multiplies exactly (`Arith.weight_bound`; all of
+    int8 by default), the extremes included."""
+    bound = arith.weight_bound if arith is not None else 128
+    return rng.integers(-bound, min(bound + 1, 128), shape).astype(np.int8)
 
 
 def float_matmul_kernels(info):

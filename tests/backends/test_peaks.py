@@ -24,7 +24,7 @@ FMA = [
 DOT = [
     pytest.param(i, marks=pytest.mark.skipif(not _has(i), reason=f"no {i.name}"))
     for i in peaks.DOT_ISAS.values()
-    if i.name != "avx2-madd"  # `madd_func`, below
+    if i.name not in peaks.MADD_ISAS  # `madd_func`, below
 ]
 
 
@@ -89,7 +89,7 @@ def test_measure_peaks_reports_the_widest_isa_the_flags_allow():
 def test_isa_choice_follows_the_cpu_flags():
     avx2_only = peaks.CpuInfo("test", "haswell", frozenset({"avx2", "fma"}))
     assert peaks.best_isa(peaks.FMA_ISAS, avx2_only).name == "avx2"
-    assert peaks.best_isa(peaks.DOT_ISAS, avx2_only).name == "avx2-madd"  # vnni.U8S16's instruction
+    assert peaks.best_isa(peaks.DOT_ISAS, avx2_only).name == "avx2-maddubs"  # vnni.U8S7's instructions
     assert peaks.best_isa(peaks.FMA_ISAS, peaks.CpuInfo("old", "nehalem", frozenset({"sse4_2"}))) is None
     vnni256 = peaks.CpuInfo("test", "alderlake", frozenset({"avx2", "fma", "avx_vnni"}))
     assert peaks.best_isa(peaks.DOT_ISAS, vnni256).name == "avx-vnni"
@@ -112,12 +112,14 @@ def test_cpu_flags_come_from_the_first_flags_line(tmp_path):
 
 
 @pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
-def test_int8_peak_without_vnni_is_avx2s_madd():
+def test_int8_peak_without_vnni_is_avx2s_maddubs():
     got = peaks.measure_peaks(
         seconds=0.002, repeats=1, cpu=peaks.CpuInfo("no-vnni", "haswell", frozenset({"avx2", "fma"}))
     )
-    assert got.fp32.isa == "avx2" and got.int8.isa == "avx2-madd"
-    assert got.int8.ops_per_iter == 2 * 2 * 8 * 8  # 8 vpmaddwd of 8 lanes x 2 products
+    assert got.fp32.isa == "avx2" and got.int8.isa == "avx2-maddubs"
+    assert got.int8.ops_per_iter == 2 * 4 * 8 * 6  # 6 vpmaddubsw of 8 lanes x 4 products
+    pair = peaks.measure_peaks(seconds=0.002, repeats=1, dot_isa="avx2-madd", cpu=HOST)
+    assert pair.int8.isa == "avx2-madd" and pair.int8.ops_per_iter == 2 * 2 * 8 * 8  # 8 vpmaddwd x 2
 
 
 @pytest.mark.skipif(not _has(peaks.FMA_ISAS["avx2"]), reason="no AVX2")
@@ -128,22 +130,26 @@ def test_int8_peak_is_unavailable_with_a_reason_without_avx2():
 
 
 @pytest.mark.skipif(not _has(peaks.DOT_ISAS["avx2-madd"]), reason="no AVX2")
-def test_madd_kernel_adds_n_times_the_pair_products():
-    isa = peaks.DOT_ISAS["avx2-madd"]
+@pytest.mark.parametrize("name", peaks.MADD_ISAS)
+def test_madd_kernels_add_n_times_their_lane_products(name):
+    isa = peaks.DOT_ISAS[name]
+    group, (a_dtype, b_dtype) = peaks.madd_group(isa), peaks.madd_dtypes(isa)
+    assert (group, a_dtype) == ((2, "int16") if name == "avx2-madd" else (4, "uint8"))
     fn = peaks.compile_kernel(peaks.madd_func(isa))
-    shape = (isa.accumulators, isa.lanes)
+    shape, width = (isa.accumulators, isa.lanes), isa.lanes * group
     rng = np.random.default_rng(1)
     init = rng.integers(-1000, 1000, shape).astype(np.int32)
-    a = rng.integers(0, 256, (peaks.MADD_ROWS, 16)).astype(np.int16)
-    b = rng.integers(-128, 128, (isa.accumulators // peaks.MADD_ROWS, 16)).astype(np.int16)
+    # full-range activations; weights of 7 bits, whose u8 x s8 pair sums fit int16
+    a = rng.integers(0, 256, (peaks.MADD_ROWS, width)).astype(a_dtype)
+    b = rng.integers(-64, 65, (isa.accumulators // peaks.MADD_ROWS, width)).astype(b_dtype)
     for n in (0, 1, 5):
-        args = _tensors(init, a, b, np.zeros(16, np.int16), np.zeros(shape, np.int32))
+        args = _tensors(init, a, b, np.zeros(width, a_dtype), np.zeros(shape, np.int32))
         fn(*args, n)
-        # accumulator j: a[j % rows] times b[j // rows], 8 lanes of 2 products each
+        # accumulator j: a[j % rows] times b[j // rows], 8 lanes of `group` products each
         acc, rows = np.arange(isa.accumulators), peaks.MADD_ROWS
-        pairs = (a[acc % rows].astype(np.int64) * b[acc // rows]).reshape(*shape, 2).sum(axis=2)
-        np.testing.assert_array_equal(args[-1].numpy(), init + n * pairs)
-        np.testing.assert_array_equal(args[-1].numpy(), peaks.dot_reference(init, a, b, n, group=2))
+        sums = (a[acc % rows].astype(np.int64) * b[acc // rows]).reshape(*shape, group).sum(axis=2)
+        np.testing.assert_array_equal(args[-1].numpy(), init + n * sums)
+        np.testing.assert_array_equal(args[-1].numpy(), peaks.dot_reference(init, a, b, n, group=group))
 
 
 def test_unknown_isa_is_refused_with_the_known_names():

@@ -1,5 +1,6 @@
-"""The int8 tile GEMM (AVX-512 VNNI, and AVX2's `vpmaddwd`): exact against numpy, and used for
-W8A8 linears and convs. Kernel tests run each arithmetic the host CPU runs (`arith`)."""
+"""The int8 tile GEMM (AVX-512 VNNI, and AVX2's `vpmaddwd`, or `vpmaddubsw` for 7-bit weights):
+exact against numpy, and used for W8A8 linears and convs. Kernel tests run each arithmetic the
+host CPU runs (`arith`), on weights over all that it multiplies exactly."""
 
 import numpy as np
 import pytest
@@ -7,7 +8,7 @@ from optkit.backends import lower, vnni
 from optkit.backends.targets import resolve_target
 
 from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import host_int8_ariths, outputs_of
+from tests.backends.conftest import host_int8_ariths, int8_weights, outputs_of
 
 HOST = resolve_target("cpu", num_cores=1)
 
@@ -47,9 +48,9 @@ def _check_exact(lib, name, m, n, k, arith, seed=0):
 
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (m, k)).astype(arith.x)
-    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    w = int8_weights(rng, (k, n), arith)
     n16 = -(-n // 16) * 16
-    wide = np.concatenate([w, rng.integers(-128, 128, (k, n16 - n)).astype(np.int8)], axis=1)
+    wide = np.concatenate([w, int8_weights(rng, (k, n16 - n), arith)], axis=1)
     out = tvm.runtime.tensor(np.full((m, n), -1, np.int32))
     lib[name](tvm.runtime.tensor(x), tvm.runtime.tensor(arith.pack(wide)), out)
     np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64), err_msg=name)
@@ -95,7 +96,7 @@ def test_offset_starts_the_accumulators(arith):
     lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, arith=arith)})
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, (m, k)).astype(arith.x)
-    w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
+    w = int8_weights(rng, (k, 48), arith)
     offset = rng.integers(-(2**20), 2**20, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
     args = (tvm.runtime.tensor(a) for a in (x, arith.pack(w), offset))
@@ -126,7 +127,7 @@ def test_epilogue_runs_in_the_write_back(arith):
     lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, arith=arith)})
     rng = np.random.default_rng(2)
     x = rng.integers(0, 256, (m, k)).astype(arith.x)
-    w = rng.integers(-128, 128, (k, 48)).astype(np.int8)
+    w = int8_weights(rng, (k, 48), arith)
     offset = rng.integers(-(2**12), 2**12, 48).astype(np.int32)
     scale = rng.uniform(1e-4, 2e-4, (1, n)).astype(np.float32)
     row = rng.uniform(-5, 5, (m, 1)).astype(np.float32)
@@ -153,7 +154,7 @@ def test_an_int8_residual_is_dequantized_in_the_write_back(arith):
     lib = _compile({"main": vnni.gemm_func(m, n, k, offset=True, epilogue=epilogue, arith=arith)})
     rng = np.random.default_rng(3)
     x = rng.integers(0, 256, (m, k)).astype(arith.x)
-    w = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    w = int8_weights(rng, (k, n), arith)
     offset = rng.integers(-100, 100, n).astype(np.int32)
     skip = rng.integers(-128, 128, (m, n)).astype(np.int8)
     unit = np.full((1, 1), 1e-3, np.float32)
@@ -175,7 +176,7 @@ def test_the_write_back_can_write_a_padded_image(arith):
     )
     rng = np.random.default_rng(4)
     x = rng.integers(0, 256, (b * h * w, k)).astype(arith.x)
-    wt = rng.integers(-128, 128, (k, 48)).astype(np.int8)
+    wt = int8_weights(rng, (k, 48), arith)
     offset = rng.integers(-100, 100, 48).astype(np.int32)
     out = tvm.runtime.tensor(np.zeros(pad.image(b * h * w, n), np.float32))
     lib["main"](*(tvm.runtime.tensor(a) for a in (x, arith.pack(wt), offset)), out)
@@ -200,7 +201,7 @@ def test_accumulators_need_no_workspace(arith):
     # which cost more than the tile's own work for short K
     lib = _compile({"main": vnni.gemm_func(128, 768, 192, arith=arith)})
     source = lib.mod.inspect_source("ll")
-    assert ("vpdpbusd" if arith == vnni.U8S8 else "pmadd.wd") in source
+    assert {"vnni": "vpdpbusd", "madd": "pmadd.wd", "maddubs": "pmadd.ub.sw"}[arith.name] in source
     assert "TVMBackendAllocWorkspace" not in source
 
 
@@ -209,11 +210,50 @@ def test_avx2_tiles_fit_sixteen_registers():
         tile = vnni.choose_tile(m, n, k, 4, width=8)
         assert 2 * tile.panels * (tile.rows + 1) + 1 <= vnni.AVX2_REGISTERS
     assert vnni.choose_tile(512, 512, 512, 4, width=8) == vnni.Tile(6, 1, rows_inner=True)
-    # int8 on `vpmaddwd`: 4 weight registers per panel, 4 for pairs and products: 4 rows
+    # int8 on `vpmaddwd`: 4 weight registers per panel, 4 for pairs and products: 4 rows; on
+    # `vpmaddubsw` (7-bit weights, 1 byte each) the same
     assert vnni.choose_tile(128, 512, 4608, 2, width=8) == vnni.Tile(4, 1, rows_inner=True)
+    assert vnni.choose_tile(128, 512, 4608, 1, width=8) == vnni.Tile(4, 1, rows_inner=True)
     # an RGB stem's GEMM in float32: 16.9 MB of activations, 4 panels; each row tile's
     # activations stay in L1 while the panels run, rather than streaming once per panel
     assert not vnni.choose_tile(25088, 64, 168, 4, width=8).rows_inner
+
+
+def test_seven_bit_weights_take_maddubs_and_stay_exact_at_the_extremes():
+    import tvm
+
+    seven, eight = np.array([[-64, 64, 3]], np.int8), np.array([[-65, 64, 3]], np.int8)
+    assert vnni.for_weight(vnni.U8S16, seven) == vnni.U8S7
+    assert vnni.for_weight(vnni.U8S16, eight) == vnni.U8S16
+    assert vnni.for_weight(vnni.U8S8, seven) == vnni.U8S8  # VNNI multiplies any int8 exactly
+    assert vnni.for_weight(None, seven) is None
+    if vnni.U8S7 not in host_int8_ariths():
+        return
+    # every pair sum at its largest magnitude, 2 * 255 * 64 = 32640 (int16 holds 32767): one
+    # column of +64, one of -64, the rest mixed
+    m, n, k = 8, 32, 64
+    x = np.full((m, k), 255, np.uint8)
+    w = np.where(np.arange(n) % 2 == 0, 64, -64) * np.ones((k, 1), np.int64)
+    w[:, 2:] *= np.where(np.arange(k)[:, None] % 3 == 0, -1, 1)
+    w = w.astype(np.int8)
+    out = tvm.runtime.tensor(np.zeros((m, n), np.int32))
+    lib = _compile({"main": vnni.gemm_func(m, n, k, arith=vnni.U8S7)})
+    lib["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(vnni.U8S7.pack(w)), out)
+    np.testing.assert_array_equal(out.numpy(), x.astype(np.int64) @ w.astype(np.int64))
+    assert out.numpy()[0, 0] == 255 * 64 * k
+
+
+@pytest.mark.skipif(vnni.U8S7 not in host_int8_ariths(), reason="AVX2's vpmaddubsw GEMM is not used here")
+def test_seven_bit_weights_lower_to_the_maddubs_kernels(conv_program):
+    from optkit.backends.kernel_profile import lower_with_kernels
+
+    # without VNNI, ptq's wbits=7 convs and Linear run on `vpmaddubsw` (8-bit ones on `vpmaddwd`)
+    quantized = PassManager(build_passes(["ptq"], {"ptq": {"wbits": 7}})).run(conv_program).program
+    artifact, kernels = lower_with_kernels(quantized, num_cores=1)
+    ariths = {str(f.attrs[vnni.ARITH_ATTR]) for f in kernels.values() if vnni.ARITH_ATTR in f.attrs}
+    assert ariths == {vnni.U8S7.key}
+    (got,) = artifact.run(*quantized.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(quantized)[0], rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -288,7 +328,7 @@ def test_an_rgb_image_copies_by_kernel_rows():
     np.testing.assert_array_equal(got, _conv_reference(x, w, stride, pad, 128).reshape(-1, 16))
 
 
-@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16], ids=["uint8", "int16"])
+@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16, vnni.U8S7], ids=lambda a: a.key)
 def test_nchw_int8_interleaves_into_shifted_rows(arith):
     x = np.random.default_rng(5).integers(-128, 128, (2, 3, 4, 32)).astype(np.int8)
     got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v, arith), x)
@@ -297,7 +337,7 @@ def test_nchw_int8_interleaves_into_shifted_rows(arith):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16], ids=["uint8", "int16"])
+@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16, vnni.U8S7], ids=lambda a: a.key)
 def test_shifted_activations_take_the_kernels_dtype(arith):
     x = np.array([[-128, -1, 0, 127]], np.int8)
     got = _relax_call(lambda bb, v: vnni.to_unsigned(bb, v, arith), x)
@@ -313,7 +353,7 @@ def test_conv_read_in_place_matches_an_int64_conv(stride, kernel, arith):
     rng = np.random.default_rng(6)
     (kh, kw), (b, h, w, c, co) = kernel, (2, 7, 9, 8, 40)
     image = rng.integers(0, 256, (b, h, w, c)).astype(arith.x)
-    weight = rng.integers(-128, 128, (co, c, kh, kw)).astype(np.int8)
+    weight = int8_weights(rng, (co, c, kh, kw), arith)
     oh, ow = (h - kh) // stride[0] + 1, (w - kw) // stride[1] + 1
     conv = vnni.Conv(h, w, kh, kw, stride, oh, ow)
     m, k = conv.gemm_shape([b, h, w, c])

@@ -103,3 +103,17 @@ def test_the_note_on_kept_int8_weights_says_where_they_are_exact_and_how_to_be_e
     assert "keeps its 5 int8 weights as int8" in note and "--onnx-int8-weights u8" in note
     assert ("exact on this CPU (VNNI)" in note) is vnni
     assert ("saturate on this CPU without VNNI" in note) is not vnni
+
+
+def test_seven_bit_weights_stay_int8_under_auto_and_run_exactly(tmp_path, monkeypatch, conv_program):
+    # on a CPU without VNNI `auto` writes uint8, except for 7-bit weights: U8S8 cannot saturate
+    monkeypatch.setattr(onnx_int8, "ort_u8s8_exact", lambda *_: False)
+    seven = export_onnx(_w8a8(conv_program, wbits=7), tmp_path / "w7.onnx", int8_weights="auto")
+    eight = export_onnx(_w8a8(conv_program), tmp_path / "w8.onnx", check=False, int8_weights="auto")
+    assert (seven["int8_weights_s8"], seven["int8_weights_u8"], seven["int8_weights_7bit"]) == (3, 0, 1.0)
+    assert (eight["int8_weights_s8"], eight["int8_weights_u8"], eight["int8_weights_7bit"]) == (0, 3, 0.0)
+    weights = [v for v in _initializers(tmp_path / "w7.onnx").values() if v.dtype == np.int8 and v.size > 8]
+    assert weights and max(int(np.abs(v.astype(np.int16)).max()) for v in weights) <= 64
+    assert seven["max_abs_error"] < 1e-4 * max(1.0, seven["output_abs_max"])  # exact on this CPU too
+    note = onnx_int8.int8_kept_note(3, seven_bit=True)
+    assert "fit 7 bits" in note and "exactly on every CPU" in note

@@ -25,6 +25,21 @@ def test_w8a8_uses_int8_gemm_and_conv_kernels(transformer_program, conv_program)
     assert len(int8) == 5 and all(b.dtype == torch.int8 for b in int8)
 
 
+def test_seven_bit_weights_run_the_int8_kernels_on_half_the_grid(transformer_program, conv_program):
+    # wbits=7: int8 storage of values in [-64, 63], convs too, on the same int8 kernels
+    reference = transformer_program.run()
+    for program, ops in ((transformer_program, {"linear_w8a8": 5}), (conv_program, {"conv2d_w8a8": 2})):
+        seven = run(program, wbits=7).program
+        assert all(seven.op_counts()[op] == count for op, count in ops.items())
+        weights = [b for n, b in seven.graph_module.named_buffers() if n.endswith("w_q")]
+        assert weights and all(b.dtype == torch.int8 for b in weights)
+        assert max(int(b.abs().max()) for b in weights) == 63  # each channel's largest |w| maps to 63
+        assert set(seven.annotations.precision.values()) == {"w7ca8"}
+    w8a8 = sqnr_db(reference, run(transformer_program).program.run())
+    w7a8 = sqnr_db(reference, run(transformer_program, wbits=7).program.run())
+    assert 25.0 < w7a8 < w8a8  # half the weight grid costs some dB, not the model
+
+
 def test_precisions_order_by_sqnr(transformer_program):
     reference = transformer_program.run()
     w8a8 = sqnr_db(reference, run(transformer_program).program.run())
@@ -202,7 +217,7 @@ def test_nan_in_calibration_is_an_error(transformer_program):
 @pytest.mark.parametrize(
     "opts, match",
     [
-        ({"wbits": 2}, "wbits must be one of 4, 8"),
+        ({"wbits": 2}, "wbits must be one of 4, 7, 8"),
         ({"average_bits": 9.0}, "average_bits must be 0"),
         ({"smoothquant": 1.5}, "smoothquant"),
         (

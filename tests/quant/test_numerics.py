@@ -43,8 +43,9 @@ def test_quantize_error_bounded_by_half_step(bits, symmetric):
 
 
 def test_spec_validation():
-    with pytest.raises(ConfigError, match="bits must be 4 or 8"):
+    with pytest.raises(ConfigError, match="bits must be 4, 7 or 8"):
         QuantSpec(bits=3)
+    assert (QuantSpec(bits=7).qmin, QuantSpec(bits=7).qmax) == (-64, 63)  # int8 storage, half the grid
     with pytest.raises(ConfigError, match="multiple of 8"):
         QuantSpec(granularity="group", group_size=12)
 
