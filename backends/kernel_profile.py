@@ -19,7 +19,9 @@ Issue 17 asks, per model, for the five biggest kernels by time with their share 
    `2 * M * K * N` from their `x[M, K]` and packed `w[N / 16, K / group, 16, group]`
    arguments, and the float16 attention (`attention_kernel.py`) its two matmuls' multiply-adds.
 5. Class each kernel: its precision from the first tensor it reads (8-bit integers, or the
-   int16 pairs of AVX2's int8 GEMM: `int8`, against the int8 dot-product peak; float32: `fp32`, against the FMA peak; int32, as W8A8's
+   int16 pairs of AVX2's int8 GEMM: `int8`, against the int8 dot-product peak, on AVX2 the
+   `vpmaddubsw` triple's, so that a GEMM of 8-bit weights on `vpmaddwd` shows what 7-bit ones
+   would gain; float32: `fp32`, against the FMA peak; int32, as W8A8's
    grouped convs compute: `int32`, no peak measured), `fp16` if it reads float16 (no peak
    measured), and its family, `gemm`, `conv`,
    `depthwise` or `other`, from its symbol, which `FuseOps` builds from the ops it fused

@@ -89,7 +89,8 @@ def pack_weights(
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
     `vnni`: int8 matmuls and convs go to the int8 tile kernel of that arithmetic (`vnni.py`:
-    AVX-512 VNNI, `vnni.U8S8`, or AVX2's `vpmaddwd`, `vnni.U8S16`) where their shapes fit it,
+    AVX-512 VNNI, `vnni.U8S8`, or AVX2's `vpmaddwd`, `vnni.U8S16`, and for a weight of 7 bits
+    `vpmaddubsw`, `vnni.U8S7`: `vnni.for_weight`) where their shapes fit it,
     instead of the panel kernels here; `fma`: float32 matmuls and 1 x 1 convs go to the same tile
     kernel with FMAs (`vnni.F32` on AVX-512, `vnni.F32_AVX2`). `progress(done, total, seconds_left)` is called
     at most once a second as matmuls and convs are visited (seconds left extrapolated from the

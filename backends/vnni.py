@@ -63,6 +63,19 @@ bytes double, and a depthwise conv that writes them is slower: MobileNetV2's 3.6
 its 16 ms). AVX2 has 16 ymm registers, and a 16-column panel takes two: `choose_tile(width=8)`
 counts them (6 x 1 float and 4 x 1 int8 tiles for large shapes).
 
+Weights of 7 bits (`ptq`'s `wbits=7`: every value in [-64, 64]) run on AVX2 as `U8S7`
+(`for_weight` chooses it per weight, where `U8S16` would run): uint8 activations and the int8
+weight packed as for VNNI, per panel and step two 32-byte weight registers, per row one 4-byte
+broadcast, and per half panel `vpmaddubsw` (u8 x s8 products summed in pairs into int16 lanes),
+`vpmaddwd` by ones (the pairs into int32) and `vpaddd`: 6 vector instructions per row and
+panel for 64 products where `U8S16` issues 8 and 2 broadcasts. `vpmaddubsw` saturates its pair
+sums at int16, which is why ONNX Runtime's AVX2 kernels lose accuracy on 8-bit weights; with
+|w| <= 64 a pair sum is at most 2 * 255 * 64 = 32640, so `U8S7` is exact (the same bound as
+ONNX Runtime's `reduce_range`). Alone on one znver3 core, GOP/s, `U8S16` -> `U8S7` (4 x 1 tiles
+both; 5 x 1 and 6 x 1 ran 2-17% slower): 392 x 576 x 96 151 -> 194, 128 x 320 x 1280 155 ->
+192, 128 x 960 x 320 151 -> 192, 1568 x 32 x 192 142 -> 185, where `peaks.py` measures the
+triple at 190 (`avx2-maddubs`) and the pair at 155 (`avx2-madd`).
+
 The same tile kernel runs float32 (`Arith` `F32`, used for float Linears when the target reports
 `avx512f`, `packing._fma_matmul`; `F32_AVX2` with AVX2 and FMA3, two `vfmadd231ps` per
 panel): the weight packed `[N / 16, K, 16, 1]`, one row value
@@ -182,7 +195,7 @@ ARITHS = {a.key: a for a in (U8S8, F32, U8S16, U8S7, F32_AVX2)}
 
 def int8_arith(target: Any) -> Arith | None:
     """The int8 tile arithmetic the llvm target's CPU runs: VNNI, else `pmaddwd` on AVX2, else
-    None (the scheduled kernels)."""
+    None (the scheduled kernels). On AVX2, `for_weight` moves a 7-bit weight to `U8S7`."""
     if target_has_vnni(target):
         return U8S8
     return U8S16 if _has_feature("avx2", target) else None
@@ -253,7 +266,9 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False
     and products: 4 x 1 tiles. With uint8 activations and their shuffle masks, 6 x 1 spilled
     (ResNet-18's 3 x 3 convs at batch 8, GOP/s: 28 x 28 x 64 85 -> 97, 4 x 4 x 512 85 -> 123);
     with int16 ones 6 x 1 no longer spills, but W8A8 ResNet-18 ran 0.93x the time on 4 x 1 (its
-    convs read in place keep a pixel offset per row) and MobileNetV2 within 1% (session 29)."""
+    convs read in place keep a pixel offset per row) and MobileNetV2 within 1% (session 29).
+    `U8S7` (1-byte weights, two registers per panel, a broadcast, the ones and two products)
+    takes the same rule: 4 x 1, the fastest of 4, 5 and 6 rows measured alone."""
     nb = -(-n // LANES)
     vectors, registers = (1, VECTOR_REGISTERS) if width == LANES else (LANES // width, AVX2_REGISTERS)
 
@@ -461,7 +476,8 @@ def gemm_func(
     arith: Arith = U8S8,
 ) -> Any:
     """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)` (`U8S16`: xu and
-    Wv int16), or with `arith` `F32` `y (float32) = x (float32) @ Wv (packed float32)`; with `offset`,
+    Wv int16; `U8S7`: Wv's values within [-64, 64]), or with `arith` `F32`
+    `y (float32) = x (float32) @ Wv (packed float32)`; with `offset`,
     `y = offset[N16] + xu @ Wv` (int32 `offset` a third input, before `y`). `Wv` and `offset`
     have N rounded up to a multiple of 16 (N16); the columns past N are not stored. With
     `epilogue`, its parameters are the next inputs and `y` (of its dtype) holds the epilogue's

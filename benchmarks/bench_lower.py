@@ -1,12 +1,14 @@
 """Lowering through TVM against PyTorch eager and ONNX Runtime, on the zoo's models.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_lower.py [--models dit ldm moviegen efficientsam recsys] \
-        [--sizes tiny small] [--precisions float int8] [--tune-trials 64] [--tuner optkit|metaschedule] \
+        [--sizes tiny small] [--precisions float int8 int7] [--tune-trials 64] [--tuner optkit|metaschedule] \
         [--repeats 10] [--threads 1]
 
 For each zoo model present at run time (of `--models`), each size and each precision: capture
 (`zoo:NAME:SIZE`, batch `--batch`), and for `int8` run the `ptq` pass (W8A8, per-channel
-weights, calibration on the example inputs) and `dce`; then `optkit.benchmark.benchmark` times
+weights, calibration on the example inputs) and `dce` (`int7`: the same with `wbits=7`, 7-bit
+weights, which AVX2 CPUs without VNNI run on `vpmaddubsw`, and ONNX Runtime's U8S8 kernels
+exactly); then `optkit.benchmark.benchmark` times
 eager, ONNX Runtime and TVM on the CPU along the default path (untuned schedules), and, with
 `--tune-trials N > 0`, TVM again tuned with N trials of optkit's tile search (`--tuner optkit`)
 or of MetaSchedule, kept per kernel where it beats optkit's schedule (`--tuner metaschedule`), in
@@ -128,9 +130,13 @@ def _say(msg: str) -> None:
     print(f"    {msg}", flush=True)
 
 
-def int8_program(program):
-    """The `ptq` W8A8 Program (per-channel int8 weights, calibrated on the example inputs)."""
-    return PassManager(build_passes(["ptq", "dce"])).run(program).program
+WBITS = {"int8": 8, "int7": 7}  # the quantized `--precisions`: `ptq`'s weight bits
+
+
+def int8_program(program, wbits: int = 8):
+    """The `ptq` W8A8 Program (per-channel int8 weights, calibrated on the example inputs), or
+    with `wbits` 7 its 7-bit-weight variant."""
+    return PassManager(build_passes(["ptq", "dce"], {"ptq": {"wbits": wbits}})).run(program).program
 
 
 def plot(rows: list[list], path: Path, tuned: bool) -> None:
@@ -166,7 +172,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--sizes", nargs="*", default=["tiny", "small"])
-    parser.add_argument("--precisions", nargs="*", default=["float", "int8"], choices=["float", "int8"])
+    parser.add_argument("--precisions", nargs="*", default=["float", "int8"], choices=["float", *WBITS])
     parser.add_argument("--tune-trials", type=int, default=64, help="0: skip the tuned TVM run")
     parser.add_argument(
         "--tuner",
@@ -208,9 +214,9 @@ def main() -> None:
             for precision in args.precisions:
                 print(f"{name}:{size}:{precision}", flush=True)
                 try:
-                    prog = int8_program(program) if precision == "int8" else program
+                    prog = int8_program(program, WBITS[precision]) if precision in WBITS else program
                 except OptkitError as err:
-                    notes.append(f"- `{name}:{size}` int8: the ptq pass failed: {err}")
+                    notes.append(f"- `{name}:{size}` {precision}: the ptq pass failed: {err}")
                     continue
                 r = run_one(prog, precision, args)
                 rows.append(
@@ -305,8 +311,10 @@ def main() -> None:
             "TVM: the default path (weights packed, fast math, optkit's schedules, no BLAS callback). "
             "TVM rel error: max abs error against eager over max |eager output|. Tuned build: lowering "
             "with tuning in a fresh database, search included. `int8` is the `ptq` "
-            "W8A8 Program (per-channel weights, calibrated on the example inputs); eager and ORT run "
-            "the same quantized graph. Weights: the zoo's shipped checkpoint where there is one, "
+            "W8A8 Program (per-channel weights, calibrated on the example inputs), `int7` the same with "
+            "7-bit weights (`wbits=7`); eager and ORT run the same quantized graph (ORT: the ONNX export, "
+            "int8 weights as uint8 on CPUs without VNNI unless they fit 7 bits). Weights: the zoo's "
+            "shipped checkpoint where there is one, "
             "otherwise random (latency does not depend on them).",
             "",
             table.to_markdown(),

@@ -2,14 +2,15 @@
 kernels with their share of those peaks (issue 17).
 
     OMP_NUM_THREADS=1 TVM_NUM_THREADS=1 python benchmarks/bench_peaks.py \
-        [--models dit:small moviegen:small family:mobilenet_v2] [--precisions float int8] \
+        [--models dit:small moviegen:small family:mobilenet_v2] [--precisions float int8 int7] \
         [--peak-seconds 0.2] [--peak-repeats 9] [--repeats 20] [--batch 2] [--image 112] [--cpu N]
 
 Peaks: `optkit.backends.peaks` (TIR micro-kernels, 1 thread, the widest ISA the /proc/cpuinfo
 flags allow, every call checked against its closed form), median of `--peak-repeats` calls; they
 are measured before the models and again after them, and the drift between the two is printed.
 Models: `NAME:SIZE` from the zoo (batch `--batch`) or `family:NAME` from `families.py` (random
-weights, BatchNorms folded by `cleanup`, batch 1 at `--image`); `int8` is the `ptq` W8A8 Program.
+weights, BatchNorms folded by `cleanup`, batch 1 at `--image`); `int8` is the `ptq` W8A8 Program,
+`int7` the same with 7-bit weights (`wbits=7`: AVX2's `vpmaddubsw` GEMM, `backends/vnni.py`).
 Each is lowered along the default path (untuned) and profiled by
 `optkit.backends.kernel_profile` (each kernel timed alone on the arguments of its first call,
 all kernels in `--repeats` interleaved rounds, medians). The goal of issue 17, the big
@@ -47,6 +48,7 @@ GOAL = 60.0  # % of the measured peak, issue 17
 TOP = 5
 NAME_WIDTH = 48
 UNITS = {"fp32": "GFLOP/s", "int8": "GOP/s"}
+PTQ_OPTIONS: dict[str, dict[str, int] | None] = {"float": None, "int8": {}, "int7": {"wbits": 7}}  # `--precisions`
 
 
 def load_model(spec: str, batch: int, image: int) -> Program:
@@ -165,7 +167,7 @@ def _say(msg: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="*", default=["dit:small", "moviegen:small", "family:mobilenet_v2"])
-    parser.add_argument("--precisions", nargs="*", default=["float", "int8"], choices=["float", "int8"])
+    parser.add_argument("--precisions", nargs="*", default=["float", "int8"], choices=list(PTQ_OPTIONS))
     parser.add_argument("--peak-seconds", type=float, default=0.2, help="length of one timed peak call")
     parser.add_argument("--peak-repeats", type=int, default=9)
     parser.add_argument("--repeats", type=int, default=20, help="timed rounds over the kernels; model runs")
@@ -203,9 +205,10 @@ def main() -> None:
             label = f"{spec} {precision}"
             print(label, flush=True)
             try:
+                options = PTQ_OPTIONS[precision]
                 prog = (
-                    PassManager(build_passes(["ptq", "dce"])).run(program).program
-                    if precision == "int8"
+                    PassManager(build_passes(["ptq", "dce"], {"ptq": options})).run(program).program
+                    if options is not None
                     else program
                 )
                 profile = profile_kernels(
@@ -232,8 +235,10 @@ def main() -> None:
             f"{time.strftime('%Y-%m-%d', time.gmtime())}, {time.time() - started:.0f} s. "
             "Peaks: TIR micro-kernels on one thread, register-resident accumulators, each call's "
             "result checked against its closed form (`optkit.backends.peaks`); fp32 counts an FMA as "
-            "2 FLOPs, int8 a `vpdpbusd` as 2 x 4 x lanes ops (on AVX2 without VNNI, a `vpmaddwd` "
-            "and its `vpaddd` as 2 x 2 x lanes). Kernels: the default lowering (untuned, packed "
+            "2 FLOPs, int8 a `vpdpbusd` as 2 x 4 x lanes ops (on AVX2 without VNNI, a `vpmaddubsw` "
+            "with the `vpmaddwd` and `vpaddd` that widen and add its pair sums as 2 x 4 x lanes: the "
+            "instructions of 7-bit weights, `ptq` `wbits=7`; the W8A8 models here have 8-bit weights, "
+            "on `vpmaddwd` + `vpaddd`, which peaks lower). Kernels: the default lowering (untuned, packed "
             "weights, fast math, the int8 tile GEMM for W8A8), each kernel timed alone on the "
             "arguments of its first call on 1 thread, all kernels in interleaved rounds, median of "
             f"{args.repeats} rounds (`optkit.backends.kernel_profile`); time = calls x median; share = of "

@@ -370,7 +370,7 @@ def _build_ort(ctx: _Context) -> _Runner:
     ctx.say("ort: ONNX export")
     path = ctx.work_dir / f"{ctx.program.name}.onnx"
     figures = export_onnx(ctx.program, path, check=False)
-    # on CPUs without VNNI the export stores int8 weights as uint8 (`optkit.ir.onnx_int8`)
+    # on CPUs without VNNI the export stores 8-bit int8 weights as uint8 (`optkit.ir.onnx_int8`)
     weights = ", int8 weights as uint8 (exact U8U8 kernels)" if figures["int8_weights_u8"] else ""
     ctx.memory_start()
     session = onnx_session(path, ctx.threads)

@@ -5,6 +5,10 @@ From the SQNR-based PTQ of latent diffusion models and PTQ for diffusion transfo
 - precisions W8A8 (int8 GEMM), W4A8 (group-wise int4 weights, int8 activations), W4A4 (4-bit
   activations too: SVDQuant's per-group scales by default, see below), W4A16 / W8A16
   (weight-only), per-tensor, per-channel or per-group weight scales, RTN or GPTQ rounding;
+  `wbits=7` keeps W8A8's int8 storage and kernels with weights on half the grid ([-64, 63], convs
+  too): on x86 CPUs without VNNI the int8 GEMM then runs on `vpmaddubsw`, which is exact only
+  for such weights and faster than the 8-bit weights' `vpmaddwd` (`backends/vnni.py`, `U8S7`),
+  and ONNX Runtime's U8S8 kernels run the export exactly (docs/passes.md has the trade measured);
 - calibration read from the model's Workload: the example inputs, the workload's calibration
   data (`--calib`: batches, images or tokens; the default when given), or — for models the
   workload samples — single-step calibration at the noisiest step, or all sampler steps;

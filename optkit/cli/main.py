@@ -111,7 +111,8 @@ def _emit(ctx: click.Context, report: Any, output: Path | None = None) -> None:
     default="auto",
     show_default=True,
     help="How model.onnx stores int8 weights: s8 (ONNX Runtime's fast U8S8 kernels, exact with VNNI "
-    "or on ARM), u8 (U8U8, exact on every CPU, slower), auto (u8 where this CPU lacks VNNI).",
+    "or on ARM, and everywhere for ptq.wbits=7), u8 (U8U8, exact on every CPU, slower), auto (u8 where "
+    "this CPU lacks VNNI, unless the weights fit 7 bits).",
 )
 @click.option(
     "--repeats", default=20, show_default=True, type=int, help="Timed runs for each latency figure."
