@@ -7,7 +7,7 @@ TVM untuned (`schedule="naive"`: LegalizeOps loop nests), the default path (weig
 panels, fast-math GELU, optkit's schedules), the default path with libm's erf
 (`fast_math=False`), and tuned (`tune_trials=N` variants of the matmul template measured, in a
 fresh database). `--threads` sets OMP/OpenBLAS/TVM/torch/ORT threads before anything is
-imported. Last, the MLP after the `ptq` pass (W8A8): its eager Program (`torch._int_mm`; error
+imported. Last, the MLP after the `ptq` pass (W8A8): its eager Program (`ops.int8_matmul`; error
 against float eager), ONNX Runtime on its export, and TVM's int8 kernels (AVX-512 VNNI where the
 CPU has it; error against the W8A8 Program). Prints one line per path: median ms (of
 `--repeats`; 3 for the untuned path), ratio to float eager, max abs error.

@@ -48,7 +48,11 @@ GOAL = 60.0  # % of the measured peak, issue 17
 TOP = 5
 NAME_WIDTH = 48
 UNITS = {"fp32": "GFLOP/s", "int8": "GOP/s"}
-PTQ_OPTIONS: dict[str, dict[str, int] | None] = {"float": None, "int8": {}, "int7": {"wbits": 7}}  # `--precisions`
+PTQ_OPTIONS: dict[str, dict[str, int] | None] = {
+    "float": None,
+    "int8": {},
+    "int7": {"wbits": 7},
+}  # `--precisions`
 
 
 def load_model(spec: str, batch: int, image: int) -> Program:

@@ -16,7 +16,7 @@ denoiser (same seeds, same sampler, classifier-free guidance as the zoo samples)
 the digits classifier's accuracy on the samples (per frame for video). For segmentation the
 SQNR of the mask logits and mIoU on held-out shapes (box prompts). Size: bytes of the stored
 tensors (4-bit values at half a byte). Latency: one call at the captured batch, median of
-`--repeats`, one thread, in PyTorch (optkit's Program with its int8 `_int_mm` kernels) and in
+`--repeats`, one thread, in PyTorch (optkit's Program with its exact int8 GEMM, `ops.int8_matmul`) and in
 ONNX Runtime (optkit's QDQ export, ORT's own QDQ model, the float export). Calibration: single
 noisiest-step against all sampler steps, time and SQNR.
 

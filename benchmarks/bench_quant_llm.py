@@ -11,7 +11,7 @@ of 128 bytes, scoring each window's next bytes), the same windows for all. Calib
 zoo Workload's: windows of training text.
 
 optkit's variants run `ptq` (+ `dce`) on the captured Program and are scored in eager, with the
-int8 kernels they hold (`torch._int_mm`):
+int8 kernels they hold (`optkit.quant.ops.int8_matmul`):
 - W8A8 static (the defaults: one calibrated scale per layer input), with SmoothQuant 0.5 on
   every layer, per-token dynamic scales, and `recipe="auto"` (the choice by output SQNR);
 - W8A16 (int8 weights, float activations);

@@ -1,7 +1,7 @@
 """Quantization numerics shared by the passes: integer grids, scales and zero points, rounding.
 
 Conventions: a weight of a Linear layer is quantized in the (K, N) layout (input channels
-first), because that is what both the int8 GEMM (`torch._int_mm(x_q (M, K), w_q (K, N))`) and
+first), because that is what both the int8 GEMM (`ops.int8_matmul(x_q (M, K), w_q (K, N))`) and
 ONNX Runtime's int4 kernel (`MatMulNBits`, blocks along K) read. Groups run along K; a
 "channel" is an output column N. Symmetric grids are signed (int8: -128..127, int4: -8..7)
 with zero point 0; asymmetric grids are unsigned (0..255, 0..15) with a zero point.

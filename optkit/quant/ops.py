@@ -5,7 +5,7 @@ the Program really holds int8 / packed int4 tensors, and `torch.export` keeps th
 
 | op | eager kernel | ONNX (opset 21) -> what ONNX Runtime runs |
 |---|---|---|
-| `linear_w8a8` | int8 x int8 -> int32 GEMM (`torch._int_mm`), fused rescale + bias | Q/DQ -> `MatMulIntegerToFloat` (int8) |
+| `linear_w8a8` | int8 x int8 -> int32 GEMM (exact, on float32 GEMMs: `int8_matmul`), fused rescale + bias | Q/DQ -> `MatMulIntegerToFloat` (int8) |
 | `linear_wq` | unpack int4/int8 groups, dequantize the weight, float GEMM | blocked DQ (int4/uint4/int8) -> MatMul; int4 -> `MatMulNBits` |
 | `conv2d_w8a8` | activations and weights rounded to int8 grids, float conv | Q/DQ -> `QLinearConv` (int8) |
 | `act_qdq` | activation rounded to the int8 grid (quantize + dequantize) | QuantizeLinear + DequantizeLinear |
@@ -20,6 +20,14 @@ int8 GEMM then quantizes each row with its sample's scale and rescales the int32
 same; the ONNX translation of a per-sample layer rounds in plain arithmetic (QuantizeLinear
 takes only a scalar or per-axis 1-D scale) with a float bias, so ONNX Runtime runs those layers
 in float on the int8 grid's values.
+
+The int8 GEMM runs as float32 GEMMs over chunks of K (`int8_matmul`): a sum of up to 1024
+products of int8 values is an integer of magnitude at most 2^24, which float32 holds exactly, so
+the int32 result is the integer one, bit for bit. PyTorch's own `torch._int_mm` is a reference
+loop on CPUs where oneDNN does not take it: on an AMD EPYC (znver3, AVX2, 1 thread) 0.9-2.5
+GOP/s against 76-92 GFLOP/s for the float32 GEMM of the same shapes (64 x 512 x 1408 49.6 against
+1.2 ms, 512 x 512 x 1408 394 against 8.2 ms, casts included), which made a W8A8 Llama decoder
+of 512 tokens take 9.7 s in eager against 0.19 s in float.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ if TYPE_CHECKING:
     from optkit.ir.program import Program
 
 INT4_DOMAIN = "optkit.onnx"
+EXACT_K = 1024  # int8 x int8 products per float32 sum: |sum| <= 1024 * 128 * 128 = 2^24, exact
 
 
 def is_quantized(program: Program) -> bool:
@@ -46,6 +55,17 @@ def is_quantized(program: Program) -> bool:
 
 def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return torch.clamp(torch.round(x / scale) + zero.float(), -128, 127)
+
+
+def int8_matmul(a: Tensor, b: Tensor) -> Tensor:
+    """`a (M, K) @ b (K, N)` of int8 tensors in int32, exactly, through float32 GEMMs over
+    `EXACT_K` values of K at a time (see the module docstring)."""
+    k = a.shape[-1]
+    acc = None
+    for start in range(0, k, EXACT_K):
+        part = (a[:, start : start + EXACT_K].float() @ b[start : start + EXACT_K].float()).to(torch.int32)
+        acc = part if acc is None else acc + part
+    return acc if acc is not None else torch.zeros(a.shape[0], b.shape[1], dtype=torch.int32)
 
 
 def _per_row(v: Tensor, lead: torch.Size) -> Tensor:
@@ -70,7 +90,7 @@ def linear_w8a8(
     lead = x.shape[:-1]
     x_scale, x_zero = _per_row(x_scale, lead), _per_row(x_zero, lead)  # scalars or (M, 1)
     xq = _quantize_act(x.reshape(-1, x.shape[-1]).float(), x_scale, x_zero).to(torch.int8)  # (M, K)
-    acc = torch._int_mm(xq, w_q) - x_zero.to(torch.int32) * w_colsum  # (M, N) int32
+    acc = int8_matmul(xq, w_q) - x_zero.to(torch.int32) * w_colsum  # (M, N) int32
     y = acc.float() * (x_scale * w_scale) + bias.float()
     return y.reshape(*lead, w_q.shape[1]).to(x.dtype)  # a half-precision model stays in half
 

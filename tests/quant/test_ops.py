@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from optkit.ir.capture import capture
 from optkit.ir.onnx_io import export_onnx, onnx_session
-from optkit.quant import ops  # noqa: F401
+from optkit.quant import ops
 from optkit.quant.numerics import QuantSpec
 from optkit.quant.weights import pack_weight, quantize_rtn
 
@@ -31,6 +31,20 @@ def test_linear_w8a8_int_gemm_equals_reference():
     xq = torch.clamp(torch.round(x / x_scale) - 5, -128, 127)
     ref = ((xq + 5) * x_scale) @ (w_q.float() * w_scale) + bias
     assert torch.allclose(y, ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [1, 1024, 1025, 3000])
+def test_int8_matmul_is_the_exact_integer_product(k):
+    # every product at its largest, (-128) * (-128), in some columns: K = 1024 sums to 2^24 exactly;
+    # past 1024 the sum runs in chunks
+    rng = np.random.default_rng(k)
+    a = torch.from_numpy(rng.integers(-128, 128, (9, k)).astype(np.int8))
+    b = torch.from_numpy(rng.integers(-128, 128, (k, 5)).astype(np.int8))
+    a[0], b[:, 0] = -128, -128
+    got = ops.int8_matmul(a, b)
+    want = a.numpy().astype(np.int64) @ b.numpy().astype(np.int64)
+    assert got.dtype == torch.int32 and np.array_equal(got.numpy(), want)
+    assert int(got[0, 0]) == k * 128 * 128
 
 
 @pytest.mark.parametrize("k", [64, 40])  # 40: a short last group of 8
