@@ -5,7 +5,7 @@ the Program really holds int8 / packed int4 tensors, and `torch.export` keeps th
 
 | op | eager kernel | ONNX (opset 21) -> what ONNX Runtime runs |
 |---|---|---|
-| `linear_w8a8` | int8 x int8 -> int32 GEMM (exact, on float32 GEMMs: `int8_matmul`), fused rescale + bias | Q/DQ -> `MatMulIntegerToFloat` (int8) |
+| `linear_w8a8` | int8 x int8 -> int32 GEMM (`int8_matmul`: `torch._int_mm`, or float32 GEMMs where those are faster), fused rescale + bias | Q/DQ -> `MatMulIntegerToFloat` (int8) |
 | `linear_wq` | unpack int4/int8 groups, dequantize the weight, float GEMM | blocked DQ (int4/uint4/int8) -> MatMul; int4 -> `MatMulNBits` |
 | `conv2d_w8a8` | activations and weights rounded to int8 grids, float conv | Q/DQ -> `QLinearConv` (int8) |
 | `act_qdq` | activation rounded to the int8 grid (quantize + dequantize) | QuantizeLinear + DequantizeLinear |
@@ -21,13 +21,16 @@ same; the ONNX translation of a per-sample layer rounds in plain arithmetic (Qua
 takes only a scalar or per-axis 1-D scale) with a float bias, so ONNX Runtime runs those layers
 in float on the int8 grid's values.
 
-The int8 GEMM runs as float32 GEMMs over chunks of K (`int8_matmul`): a sum of up to 1024
-products of int8 values is an integer of magnitude at most 2^24, which float32 holds exactly, so
-the int32 result is the integer one, bit for bit. PyTorch's own `torch._int_mm` is a reference
-loop on CPUs where oneDNN does not take it: on an AMD EPYC (znver3, AVX2, 1 thread) 0.9-2.5
-GOP/s against 76-92 GFLOP/s for the float32 GEMM of the same shapes (64 x 512 x 1408 49.6 against
-1.2 ms, 512 x 512 x 1408 394 against 8.2 ms, casts included), which made a W8A8 Llama decoder
-of 512 tokens take 9.7 s in eager against 0.19 s in float.
+The int8 GEMM (`int8_matmul`) is PyTorch's `torch._int_mm` where that is the faster, else
+float32 GEMMs over chunks of K: a sum of up to 1024 products of int8 values is an integer of
+magnitude at most 2^24, which float32 holds exactly, so both give the integer result bit for
+bit. Which is faster depends on the CPU, so it is measured once per process on a 64 x 512 x 256
+product (`int_mm_is_fast`). With VNNI oneDNN runs `_int_mm` fast (an Intel Xeon, 1 thread: the
+W8A8 MLP of docs/backends.md 2.42 ms in eager against 10.03 ms in float); elsewhere it can be a
+reference loop: on an AMD EPYC (znver3, AVX2, 1 thread) 0.9-2.5 GOP/s against 76-92 GFLOP/s for
+the float32 GEMM of the same shapes (64 x 512 x 1408 49.6 against 1.2 ms, 512 x 512 x 1408 394
+against 8.2 ms, casts included), which made a W8A8 Llama decoder of 512 tokens take 9.7 s in
+eager against 0.21 s in float (0.26 s on float32 GEMMs).
 """
 
 from __future__ import annotations
@@ -57,9 +60,36 @@ def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return torch.clamp(torch.round(x / scale) + zero.float(), -128, 127)
 
 
+def int_mm_is_fast() -> bool:
+    """Whether `torch._int_mm` beats the float32 GEMMs of `int8_matmul` on this CPU: measured once
+    per process (3 interleaved rounds on a 64 x 512 x 256 product, medians; about 30 ms where
+    `_int_mm` is the slow one)."""
+    global _INT_MM_FAST
+    if _INT_MM_FAST is None:
+        from optkit.timing import interleaved_latency_ms
+
+        a, b = torch.ones(64, 512, dtype=torch.int8), torch.ones(512, 256, dtype=torch.int8)
+        try:
+            ms = interleaved_latency_ms(
+                {"int_mm": lambda: torch._int_mm(a, b), "float": lambda: _float_matmul(a, b)}, repeats=3
+            )
+            _INT_MM_FAST = ms["int_mm"]["median"] < ms["float"]["median"]
+        except RuntimeError:  # no `_int_mm` kernel in this build
+            _INT_MM_FAST = False
+    return _INT_MM_FAST
+
+
+_INT_MM_FAST: bool | None = None
+
+
 def int8_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """`a (M, K) @ b (K, N)` of int8 tensors in int32, exactly, through float32 GEMMs over
-    `EXACT_K` values of K at a time (see the module docstring)."""
+    """`a (M, K) @ b (K, N)` of int8 tensors in int32, exactly: `torch._int_mm` where it is the
+    faster (`int_mm_is_fast`), else float32 GEMMs over `EXACT_K` values of K at a time (the
+    module docstring)."""
+    return torch._int_mm(a, b) if int_mm_is_fast() else _float_matmul(a, b)
+
+
+def _float_matmul(a: Tensor, b: Tensor) -> Tensor:
     k = a.shape[-1]
     acc = None
     for start in range(0, k, EXACT_K):

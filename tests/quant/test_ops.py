@@ -33,10 +33,13 @@ def test_linear_w8a8_int_gemm_equals_reference():
     assert torch.allclose(y, ref, atol=1e-4)
 
 
-@pytest.mark.parametrize("k", [1, 1024, 1025, 3000])
-def test_int8_matmul_is_the_exact_integer_product(k):
-    # every product at its largest, (-128) * (-128), in some columns: K = 1024 sums to 2^24 exactly;
-    # past 1024 the sum runs in chunks
+@pytest.mark.parametrize("int_mm", [False, True], ids=["float32-gemms", "torch-int-mm"])
+@pytest.mark.parametrize("k", [8, 1024, 1032, 3000])
+def test_int8_matmul_is_the_exact_integer_product(monkeypatch, k, int_mm):
+    # both ways `int8_matmul` may take (`int_mm_is_fast` picks per CPU); every product at its
+    # largest, (-128) * (-128), in some columns: K = 1024 sums to 2^24 exactly in float32, past
+    # 1024 the sum runs in chunks
+    monkeypatch.setattr(ops, "_INT_MM_FAST", int_mm)
     rng = np.random.default_rng(k)
     a = torch.from_numpy(rng.integers(-128, 128, (9, k)).astype(np.int8))
     b = torch.from_numpy(rng.integers(-128, 128, (k, 5)).astype(np.int8))
