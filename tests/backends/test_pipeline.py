@@ -1,5 +1,6 @@
 """The compiled sampling pipeline: lowered step variants, cached sampling in TVM code against the
-eager cached sampler, one saved directory, and the errors a broken directory gives."""
+eager cached sampler, one saved directory, the errors a broken directory gives, and the report's
+note on the int8 kernels a lowering for this CPU takes."""
 
 import json
 import shutil
@@ -8,12 +9,14 @@ import optkit.backends.pipeline as pipeline_mod
 import optkit.backends.targets as targets
 import pytest
 import torch
+from optkit.backends import vnni
 from optkit.backends.pipeline import NO_CACHE, Pipeline, check_target, load_pipeline, lower_pipeline
 
-from optkit.api import optimize
+from optkit.api import optimize, seven_bit_note
 from optkit.caching.runner import cached_runner, cached_sample, uncached_sample, variant_key
 from optkit.errors import ArtifactError, BackendError, ConfigError, UnknownNameError
 from optkit.metrics import psnr_db
+from optkit.pipeline import PassManager, build_passes
 from optkit.sampling import SamplerSpec
 from optkit.workload import Diffusion, Workload
 from tests.caching.conftest import capture_tiny_denoiser
@@ -181,3 +184,20 @@ def test_targets_and_seeds_are_checked_before_any_work(monkeypatch, lowered):
     for seed in (-1, 2**63, 1.5):
         with pytest.raises(ConfigError, match="seed must be an integer"):
             lowered[0].sample(seed)
+
+
+@pytest.mark.parametrize("arith", ["U8S16", "U8S8"])
+def test_the_report_suggests_seven_bit_weights_only_where_vpmaddwd_runs_eight_bit_ones(
+    monkeypatch, conv_program, arith
+):
+    monkeypatch.setattr(vnni, "int8_arith", lambda _target: getattr(vnni, arith))  # AVX2, or VNNI
+    eight, seven = (
+        PassManager(build_passes(["ptq"], {"ptq": {"wbits": bits}})).run(conv_program).program
+        for bits in (8, 7)
+    )
+    note = seven_bit_note(eight, "cpu")
+    if arith == "U8S16":
+        assert "3 int8 layer(s) with 8-bit weights run on vpmaddwd" in note and "ptq.wbits=7" in note
+    else:
+        assert note is None  # VNNI multiplies 8-bit weights as fast
+    assert seven_bit_note(seven, "cpu") is None and seven_bit_note(eight, "cuda") is None
