@@ -205,7 +205,7 @@ def seven_bit_note(program: Program, target: str) -> str | None:
     return (
         f"This CPU has AVX2 but no VNNI: {wide} int8 layer(s) with 8-bit weights run on vpmaddwd. "
         "-O ptq.wbits=7 quantizes weights to 7 bits, which the int8 kernels multiply exactly on the "
-        "faster vpmaddubsw (docs/passes.md, \"7-bit weights\": on an AMD EPYC, 1.1-1.3x less "
+        'faster vpmaddubsw (docs/passes.md, "7-bit weights": on an AMD EPYC, 1.1-1.3x less '
         "time and 0.4-3.6 dB lower output SQNR on the model families)."
     )
 

@@ -57,7 +57,14 @@ def is_quantized(program: Program) -> bool:
 
 
 def _quantize_act(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
-    return torch.clamp(torch.round(x / scale) + zero.float(), -128, 127)
+    # clamp(round(x / scale) + zero, -128, 127), each step after the division in place: the same
+    # values, without a fresh activation-sized buffer per step
+    return (x / scale).round_().add_(zero.float()).clamp_(-128, 127)
+
+
+def _dequantize_act(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    """`(q - zero) * scale`, in place on `q` (a float tensor of `_quantize_act`)."""
+    return q.sub_(zero.float()).mul_(scale)
 
 
 def int_mm_is_fast() -> bool:
@@ -180,7 +187,7 @@ def conv2d_w8a8(
 ) -> Tensor:
     """Conv2d on int8 activations and per-output-channel int8 weights (Cout, Cin/g, kh, kw);
     x_scale, x_zero scalars or per sample (B, 1, 1, 1)."""
-    xd = (_quantize_act(x.float(), x_scale, x_zero) - x_zero.float()) * x_scale
+    xd = _dequantize_act(_quantize_act(x.float(), x_scale, x_zero), x_scale, x_zero)
     wd = w_q.float() * w_scale.reshape(-1, 1, 1, 1)
     y = F.conv2d(xd, wd, None if bias is None else bias.float(), stride, padding, dilation, groups)
     return y.to(x.dtype)
@@ -202,7 +209,7 @@ def _conv_out_shape(xs, ws, stride, padding, dilation):  # type: ignore[no-untyp
 @torch.library.custom_op("optkit::act_qdq", mutates_args=())
 def act_qdq(x: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     """Round an activation onto the int8 grid of (scale, zero) and back."""
-    return ((_quantize_act(x.float(), scale, zero) - zero.float()) * scale).to(x.dtype)
+    return _dequantize_act(_quantize_act(x.float(), scale, zero), scale, zero).to(x.dtype)
 
 
 @act_qdq.register_fake
