@@ -32,7 +32,7 @@ from optkit.report import Figure
 class SensitivityConfig(PassConfig):
     """Which precision to probe, on which calibration data, at which level."""
 
-    wbits: Literal[4, 8] = 8
+    wbits: Literal[4, 7, 8] = 8  # 7: `ptq`'s 7-bit weights
     abits: Literal[8, 16] = 8
     granularity: Literal["tensor", "channel", "group"] = "channel"
     group_size: int = 64

@@ -203,7 +203,7 @@ def optimize(
     "--sensitivity", is_flag=True, help="Add SQNR sensitivity per layer and block (and per sampler step)."
 )
 @click.option(
-    "--wbits", type=click.Choice(["4", "8"]), default="8", show_default=True, help="Weight bits probed."
+    "--wbits", type=click.Choice(["4", "7", "8"]), default="8", show_default=True, help="Weight bits probed."
 )
 @click.option(
     "--abits", type=click.Choice(["8", "16"]), default="8", show_default=True, help="Activation bits probed."

@@ -28,17 +28,18 @@ def test_analysis_leaves_graph_and_ranks_layers_and_blocks(transformer_program):
     assert figures["speedup_vs_naive"].unit == "x" and figures["speedup_vs_naive"].value > 0
 
 
-def test_sensitivity_equals_sqnr_of_really_quantized_layer(transformer_program):
+@pytest.mark.parametrize("wbits", [8, 7])
+def test_sensitivity_equals_sqnr_of_really_quantized_layer(transformer_program, wbits):
     """The cached fake-quant evaluation gives the same number as rewriting the layer with the int kernels."""
-    data = analyze(transformer_program, level="layer").program.annotations.figures["sensitivity"]
+    data = analyze(transformer_program, level="layer", wbits=wbits).program.annotations.figures["sensitivity"]
     probed = dict(data["layers"])["blocks.1.attn.proj"]
     skip_others = ["blocks.0", "out", "blocks.1.attn.qkv"]
     real = (
-        PassManager(build_passes(["ptq"], {"ptq": {"skip": skip_others, "keep_float": []}}))
+        PassManager(build_passes(["ptq"], {"ptq": {"skip": skip_others, "keep_float": [], "wbits": wbits}}))
         .run(transformer_program)
         .program
     )
-    assert real.annotations.precision == {"blocks.1.attn.proj": "w8ca8"}
+    assert real.annotations.precision == {"blocks.1.attn.proj": f"w{wbits}ca8"}
     assert probed == pytest.approx(sqnr_db(transformer_program.run(), real.run()), abs=0.05)
 
 
