@@ -70,10 +70,11 @@ FMA_ISAS = {
 DOT_ISAS = {
     "avx512-vnni": VectorISA("avx512-vnni", 16, 24, ("avx512_vnni",), "llvm.x86.avx512.vpdpbusd.512"),
     "avx-vnni": VectorISA("avx-vnni", 8, 12, ("avx_vnni",), "llvm.x86.avx512.vpdpbusd.256"),
+    # 6: two activation registers times 3 weight ones (znver3, GOP/s: 4 accumulators 188, 6 190,
+    # 8 177, 10 or 12 spilled: 146-156)
+    "avx2-maddubs": VectorISA("avx2-maddubs", 8, 6, ("avx2",), "llvm.x86.avx2.pmadd.ub.sw"),
     # 8: two activation registers times 4 weight ones, each pair its own product (znver3, GOP/s:
     # 6 accumulators of one activation 142, 8 of two 155, 10 or 12 spilled: 73-88)
-    # 6 (znver3, GOP/s: 4 accumulators 188, 6 190, 8 177, 10 or 12 spilled: 146-156)
-    "avx2-maddubs": VectorISA("avx2-maddubs", 8, 6, ("avx2",), "llvm.x86.avx2.pmadd.ub.sw"),
     "avx2-madd": VectorISA("avx2-madd", 8, 8, ("avx2",), "llvm.x86.avx2.pmadd.wd"),
 }
 MADD_ISAS = ("avx2-maddubs", "avx2-madd")  # `madd_func`'s: two activation registers, no accumulator operand

@@ -103,6 +103,7 @@ import numpy as np
 from optkit.backends.parallel_loops import loop_kind, parallel
 
 from optkit.errors import BackendError
+from optkit.quant.numerics import SEVEN_BIT_BOUND
 
 LANES, GROUP = 16, 4  # int32 lanes per register, bytes per lane
 VPDPBUSD = "llvm.x86.avx512.vpdpbusd.512"
@@ -115,7 +116,6 @@ PAD_ATTR = "optkit_out_pad"  # a GEMM that writes a padded image: its `OutPad`
 ARITH_ATTR = "optkit_arith"  # a GEMM's `Arith.key`
 PMADDWD = "llvm.x86.avx2.pmadd.wd"
 PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
-SEVEN_BITS = 64  # |w| <= 64: `vpmaddubsw`'s pair sums, at most 2 * 255 * 64, fit int16
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
 # an operand up to this is re-read from L2 (1 MiB on Zen 4, 2 MiB on Xeons since Sapphire Rapids)
 L2_BYTES = 1024 * 1024
@@ -158,9 +158,9 @@ class Arith:
 
     @property
     def weight_bound(self) -> int:
-        """The largest |w| this kernel multiplies exactly: `SEVEN_BITS` for `U8S7`, else 128 (all
-        of int8)."""
-        return SEVEN_BITS if self.name == "maddubs" else 128
+        """The largest |w| this kernel multiplies exactly: `SEVEN_BIT_BOUND` (64) for `U8S7`, else
+        128 (all of int8)."""
+        return SEVEN_BIT_BOUND if self.name == "maddubs" else 128
 
     @property
     def vectors(self) -> int:

@@ -199,7 +199,7 @@ def seven_bit_note(program: Program, target: str) -> str | None:
     if vnni.int8_arith(resolve_target("cpu").tvm_target()) != vnni.U8S16:
         return None
     weights = [b for name, b in program.graph_module.named_buffers() if name.endswith("w_q") and b.numel()]
-    wide = sum(int(b.abs().max()) > vnni.SEVEN_BITS for b in weights)
+    wide = sum(int(b.abs().max()) > vnni.U8S7.weight_bound for b in weights)
     if not wide:
         return None
     return (

@@ -257,6 +257,11 @@ class PTQConfig(PassConfig):
             raise ConfigError(f"smoothquant (alpha) must be in [0, 1] (0 = off), got {self.smoothquant}")
         if self.average_bits and not 4.0 <= self.average_bits <= 8.0:
             raise ConfigError(f"average_bits must be 0 (off) or in [4, 8], got {self.average_bits}")
+        if self.average_bits and self.wbits == 7:
+            raise ConfigError(
+                "average_bits mixes 8-bit and 4-bit weights and ignores wbits; wbits=7 (7-bit weights "
+                "everywhere) cannot be combined with it"
+            )
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.calibration_batches < 1 or self.calibration_steps < 0:

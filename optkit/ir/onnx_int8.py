@@ -28,10 +28,10 @@ import numpy as np
 
 from optkit.errors import UnknownNameError
 from optkit.host import cpu_flags
+from optkit.quant.numerics import SEVEN_BIT_BOUND
 
 INT8_WEIGHT_FORMS = ("auto", "s8", "u8")
 _SHIFT = 128  # int8 -> uint8: the same grid, zero point moved with it
-SEVEN_BITS = 64  # |w| <= 64: U8S8's `vpmaddubsw` pair sums cannot saturate
 
 
 def ort_u8s8_exact(flags: frozenset[str] | None = None, machine: str | None = None) -> bool:
@@ -68,7 +68,7 @@ def seven_bit_weights(model: object) -> bool:
     inits = {t.name: t for t in model.graph.initializer}  # type: ignore[attr-defined]
     names = int8_weights(model)
     return bool(names) and all(
-        int(np.abs(numpy_helper.to_array(inits[n]).astype(np.int16)).max(initial=0)) <= SEVEN_BITS
+        int(np.abs(numpy_helper.to_array(inits[n]).astype(np.int16)).max(initial=0)) <= SEVEN_BIT_BOUND
         for n in names
     )
 

@@ -25,6 +25,12 @@ from optkit.errors import ConfigError
 Granularity = Literal["tensor", "channel", "group"]
 
 
+# The largest |w| of 7-bit weights (`wbits=7`, stored as int8 on [-64, 63]) that int8 kernels
+# rely on: a u8 x s8 pair sum (`vpmaddubsw`, ONNX Runtime's U8S8 on x86 without VNNI) is then at
+# most 2 * 255 * 64 = 32640, inside int16
+SEVEN_BIT_BOUND = 64
+
+
 @dataclass(frozen=True)
 class QuantSpec:
     """How one tensor is quantized: bit width, symmetry and granularity (group size along K)."""

@@ -67,6 +67,9 @@ def _dequantize_act(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
     return q.sub_(zero.float()).mul_(scale)
 
 
+_INT_MM_FAST: bool | None = None  # `int_mm_is_fast`'s measurement, once per process
+
+
 def int_mm_is_fast() -> bool:
     """Whether `torch._int_mm` beats the float32 GEMMs of `int8_matmul` on this CPU: measured once
     per process (3 interleaved rounds on a 64 x 512 x 256 product, medians; about 30 ms where
@@ -84,9 +87,6 @@ def int_mm_is_fast() -> bool:
         except RuntimeError:  # no `_int_mm` kernel in this build
             _INT_MM_FAST = False
     return _INT_MM_FAST
-
-
-_INT_MM_FAST: bool | None = None
 
 
 def int8_matmul(a: Tensor, b: Tensor) -> Tensor:

@@ -219,6 +219,7 @@ def test_nan_in_calibration_is_an_error(transformer_program):
     [
         ({"wbits": 2}, "wbits must be one of 4, 7, 8"),
         ({"average_bits": 9.0}, "average_bits must be 0"),
+        ({"average_bits": 6.0, "wbits": 7}, "wbits=7 .* cannot be combined"),
         ({"smoothquant": 1.5}, "smoothquant"),
         (
             {"smoothquant_search": [0.5, 1.5]},
