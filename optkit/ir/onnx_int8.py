@@ -53,11 +53,11 @@ def resolve_int8_weights(form: str) -> str:
     return form
 
 
-def choose_int8_weights(form: str, model: object) -> str:
-    """`s8` or `u8` for ONNX `model` (a ModelProto) under `form`: as `resolve_int8_weights`, but
-    `auto` keeps `s8` when every int8 weight fits 7 bits (`seven_bit_weights`)."""
+def choose_int8_weights(form: str, seven_bit: bool) -> str:
+    """`s8` or `u8` under `form` for a model whose int8 weights do (`seven_bit`) or do not all fit
+    7 bits (`seven_bit_weights`): as `resolve_int8_weights`, but `auto` keeps `s8` for 7-bit ones."""
     resolved = resolve_int8_weights(form)
-    return "s8" if form == "auto" and resolved == "u8" and seven_bit_weights(model) else resolved
+    return "s8" if form == "auto" and seven_bit else resolved
 
 
 def seven_bit_weights(model: object) -> bool:

@@ -132,7 +132,7 @@ def _finish_quantized(path: Path, int8_weights: str) -> tuple[int, int, bool]:
     model = onnx.load(str(path))
     _materialize_int4(model)
     seven_bit = onnx_int8.seven_bit_weights(model)
-    if onnx_int8.choose_int8_weights(int8_weights, model) == "u8":
+    if onnx_int8.choose_int8_weights(int8_weights, seven_bit) == "u8":
         unsigned, signed = onnx_int8.unsigned_int8_weights(model), 0
     else:
         unsigned, signed = 0, len(onnx_int8.int8_weights(model))

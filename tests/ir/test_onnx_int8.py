@@ -40,6 +40,13 @@ def test_forms_resolve_and_an_unknown_one_is_refused_with_the_known_ones():
     assert resolve_int8_weights("auto") == ("s8" if ort_u8s8_exact() else "u8")
     with pytest.raises(UnknownNameError, match="auto, s8, u8"):
         resolve_int8_weights("int4")
+    # 7-bit weights keep int8 under auto on every CPU; an explicit form is kept as given
+    assert onnx_int8.choose_int8_weights("auto", True) == "s8"
+    assert onnx_int8.choose_int8_weights("auto", False) == resolve_int8_weights("auto")
+    assert (
+        onnx_int8.choose_int8_weights("u8", True) == "u8"
+        and onnx_int8.choose_int8_weights("s8", False) == "s8"
+    )
 
 
 def test_u8_weights_dequantize_to_the_same_values_and_run_exactly(tmp_path, conv_program):
