@@ -726,7 +726,8 @@ def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None
     GEMM `x[B*H*W, Ci] @ W[Ci, Co]` over a view of its input, as `_fma_matmul` runs a Linear;
     on AVX2 (`arith.width` 8) other convs are read in place from their padded image
     (`vnni.Conv`), where the scheduled conv kernel (`_packed_conv`, fitted on AVX-512) keeps its
-    accumulators below a third of the FMA peak. On AVX-512 the scheduled kernel keeps them
+    accumulators below a third of the FMA peak; an RGB image by kernel-row runs (`Conv.runs`),
+    padded while it is interleaved to NHWC. On AVX-512 the scheduled kernel keeps them
     (session 22: ResNet-18's 3 x 3 convs were slower on the tile kernel there)."""
     from optkit.backends import vnni
     from tvm import relax
@@ -747,21 +748,23 @@ def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None
         return relax.op.reshape(y, (b, h, wd, co))
     if arith.width == vnni.LANES or pointwise:
         return None
-    w_np = np.ascontiguousarray(w_hwio.transpose(3, 2, 0, 1))  # HWIO -> OIHW
-    if ci % vnni.GROUP:  # an RGB stem: each kernel row's taps copied as one run (`im2col_rows`)
-        rows = vnni.interleave_channels(bb, source) if source is not None else x
-        rows = bb.emit(relax.op.reshape(rows, (b, h, wd * ci)))
+    runs = ci % vnni.GROUP != 0  # an RGB stem: each kernel row's taps read as one run
+    if runs and source is not None:  # the model's NCHW image: padded, then interleaved to NHWC
         top, left, bottom, right = pad
-        cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), 0.0)
-        y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np), arith=arith))
+        rows = vnni.interleave_channels(bb, source, pad=(top, left, bottom, right))
+        image = bb.emit(relax.op.reshape(rows, (b, h + top + bottom, wd + left + right, ci)))
     elif source is not None:
         return None
     else:
         image = _pad_nhwc(bb, x, pad)
-        _, height, width, _ = _static_shape(image)
-        oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
-        geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
-        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry, arith))
+    _, height, width, _ = _static_shape(image)
+    oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
+    geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow, runs)
+    # HWIO rows are (ky, kx, ci): `Conv.runs`' K order; `conv_weight` pads the channels to 4
+    weight = np.ascontiguousarray(w_hwio.reshape(kh * kw * ci, co))
+    if not runs:
+        weight = vnni.conv_weight(np.ascontiguousarray(w_hwio.transpose(3, 2, 0, 1)))
+    y = bb.emit(vnni.matmul(bb, image, weight, geometry, arith))
     return relax.op.reshape(y, [int(d) for d in call.ty.shape])
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 from optkit.backends import lower, vnni
+from optkit.backends.kernel_profile import lower_with_kernels
 from optkit.backends.targets import resolve_target
 from torch import nn
 
@@ -154,7 +155,41 @@ def test_avx2_runs_every_float_conv_on_the_tile_kernel():
 
     torch.manual_seed(0)
     program = capture(Stem().eval(), (torch.randn(2, 3, 23, 20),), name="stem")
-    artifact = lower(program, "cpu", num_cores=1)
+    artifact, kernels = lower_with_kernels(program, num_cores=1)
     assert artifact.info["fma_kernels"] == 3 and artifact.info["packed_convs"] == 0
+    # the stem reads its padded NHWC image by kernel rows: no im2col copy
+    assert not any(name.startswith("im2col") for name in kernels)
+    assert sum(bool((g := vnni.Conv.of(f)) and g.runs) for f in kernels.values()) == 1
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "kernel, stride, pad",
+    [((7, 7), (2, 2), (3, 3, 3, 3)), ((3, 5), (2, 1), (1, 0, 2, 3))],
+    ids=["7x7", "3x5"],
+)
+def test_a_conv_read_by_kernel_row_runs_matches_torch(kernel, stride, pad):
+    """`Conv.runs`: each kernel row's KW taps of 3 channels are one run of the NHWC row, K in
+    HWIO order, on both tile arithmetics."""
+    import tvm
+
+    (kh, kw), (top, left, bottom, right) = kernel, pad
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 3, 11, 13)).astype(np.float32)
+    w = rng.standard_normal((20, 3, kh, kw)).astype(np.float32)
+    image = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right))).transpose(0, 2, 3, 1).copy()
+    height, width = image.shape[1:3]
+    oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
+    geometry = vnni.Conv(height, width, kh, kw, stride, oh, ow, runs=True)
+    want = nn.functional.conv2d(
+        nn.functional.pad(torch.from_numpy(x), (left, right, top, bottom)), torch.from_numpy(w), stride=stride
+    )
+    want = want.permute(0, 2, 3, 1).reshape(-1, 20).numpy()
+    packed = vnni.pack(np.pad(w.transpose(2, 3, 1, 0).reshape(kh * kw * 3, 20), ((0, 0), (0, 12))), 1)
+    for arith in (vnni.F32, vnni.F32_AVX2):
+        funcs = {"g": vnni.gemm_func(2 * oh * ow, 20, kh * kw * 3, conv=geometry, arith=arith)}
+        assert vnni.Conv.of(funcs["g"]) == geometry  # recorded for `epilogues.py`'s rebuild
+        out = tvm.runtime.tensor(np.full((2 * oh * ow, 20), np.nan, np.float32))
+        _compile(funcs)["g"](tvm.runtime.tensor(image), tvm.runtime.tensor(packed), out)
+        np.testing.assert_allclose(out.numpy(), want, rtol=1e-4, atol=1e-4, err_msg=arith.key)

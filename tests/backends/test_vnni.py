@@ -337,6 +337,13 @@ def test_nchw_int8_interleaves_into_shifted_rows(arith):
     np.testing.assert_array_equal(got, want)
 
 
+def test_a_float_image_interleaves_into_padded_rows():
+    x = np.random.default_rng(6).standard_normal((2, 3, 5, 9)).astype(np.float32)
+    got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v, pad=(1, 3, 2, 0)), x)
+    want = np.pad(x, ((0, 0), (0, 0), (1, 2), (3, 0))).transpose(0, 2, 3, 1).reshape(2, 8, 12 * 3)
+    np.testing.assert_array_equal(got, want)
+
+
 @pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16, vnni.U8S7], ids=lambda a: a.key)
 def test_shifted_activations_take_the_kernels_dtype(arith):
     x = np.array([[-128, -1, 0, 127]], np.int8)
