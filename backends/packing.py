@@ -17,7 +17,7 @@ unpacked and 120 for numpy's OpenBLAS.
 | `nn.conv2d(x, W)`, NHWC, float32, depthwise (groups = channels) | `y[n, h, w, c] = sum x[n, h*s + kh*d - p, w*s + kw*d - p, c] * W[kh, kw, c]`, padding read in place: vectorized over the channels, whatever the image width |
 | the same on a W8A8 model's centered int8 values (`x = g - z`, `g` on the int8 grid) | the kernel reads `q = int8(g)` and computes `float32(q) - z` per tap: the same float32 sums, and the kernel before it writes int8 instead of float32 (W8A8 MobileNetV2, batch 8, 1 thread, Intel Xeon: 6.83 -> 6.67 ms) |
 | `nn.conv2d_transpose(x, W)`, kernel == stride, no padding | `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]` (packed as above), patches put in place |
-| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py`: convs read the padded NHWC image in place (`vnni.Conv`; `pads.py` sinks the zero-point pad to the conv); an image of fewer than 4 channels copied by kernel rows (`im2col_rows`); dilated convs through an im2col that writes the padding |
+| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py`: convs read the padded NHWC image in place (`vnni.Conv`; `pads.py` sinks the zero-point pad to the conv); the model's NCHW image of fewer than 4 channels interleaved to NHWC, padded to 4 channels and by the conv's padding in one copy and read in place (ResNet-18's 7 x 7 stem, W7A8, batch 8, AVX2: 3.2 ms of GEMM over 168 columns, 2.1 ms of `im2col_rows` and 0.1 ms of interleave -> 3.7 + 0.26 ms; the model 46.8 -> 45.2 ms, bit-identical), another such image copied by kernel rows (`im2col_rows`); dilated convs through an im2col that writes the padding |
 | float32 `matmul(a, b)`, b not constant, output width not a multiple of 4 (attention scores) | `matmul(a, pad(b))` over a multiple of 16 columns, sliced back |
 
 All put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
@@ -795,13 +795,21 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
         return None
     co, ci, kh, kw = w_np.shape
     top, left, bottom, right = pad
-    if ci % vnni.GROUP and dilation == [1, 1]:  # an RGB stem: a kernel row's bytes in one copy
-        source = _nchw_source(x, lookup) if nhwc is not None else None
-        if source is not None:  # the model's NCHW image: interleaved without a transpose kernel
-            rows = vnni.interleave_channels(bb, source, arith)
-        else:
-            b, h, wd, _ = _static_shape(xu)
-            rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
+    source = _nchw_source(x, lookup) if nhwc is not None and ci % vnni.GROUP else None
+    if source is not None and dilation == [1, 1]:
+        # the model's NCHW RGB image: interleaved to NHWC, padded to 4 channels and by the
+        # conv's padding, in one copy that the GEMM reads in place
+        c4 = -(-ci // vnni.GROUP) * vnni.GROUP
+        rows = vnni.interleave_channels(bb, source, arith, (top, left, bottom, right), fill, c4)
+        b, _, h, wd = _static_shape(source)
+        height, width = h + top + bottom, wd + left + right
+        image = bb.emit(relax.op.reshape(rows, (b, height, width, c4)))
+        oh, ow = (height - kh) // stride[0] + 1, (width - kw) // stride[1] + 1
+        geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
+        y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry, arith))
+    elif ci % vnni.GROUP and dilation == [1, 1]:  # an RGB image: a kernel row's bytes in one copy
+        b, h, wd, _ = _static_shape(xu)
+        rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
         cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), fill + 128)
         y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np), arith=arith))
     elif dilation == [1, 1] and (kh, kw, stride) != (1, 1, [1, 1]):

@@ -30,7 +30,7 @@ Converter = Callable[[Any, Any], Any]
 def custom_convert_map(narrow_int8_convs: bool = False) -> dict[str, Converter]:
     """Converter table for `from_exported_program(custom_convert_map=...)`. `narrow_int8_convs`:
     convs over fewer than 4 input channels (an RGB stem) stay int8, for a target whose VNNI
-    kernels copy such an image by kernel rows (`vnni.im2col_rows`); otherwise they compute in
+    kernels read such an image in place or copy it by kernel rows (`vnni.im2col_rows`); otherwise they compute in
     float32 (`_in_float32`)."""
 
     def conv2d_w8a8(node: Any, importer: Any) -> Any:

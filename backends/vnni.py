@@ -1061,15 +1061,24 @@ def im2col_rows(
 
 
 def interleave_channels(
-    bb: Any, x: Any, arith: Arith | None = None, pad: tuple[int, int, int, int] = (0, 0, 0, 0)
+    bb: Any,
+    x: Any,
+    arith: Arith | None = None,
+    pad: tuple[int, int, int, int] = (0, 0, 0, 0),
+    fill: float = 0,
+    channels: int | None = None,
 ) -> Any:
     """int8 NCHW `x` -> uint8 `[B, H, W * C]` (NHWC rows, shifted by 128, in the activation dtype
-    of `arith` as `to_unsigned`; a float32 `x` keeps its values and dtype) for `im2col_rows`, in a kernel that reads each channel's row as vectors and
-    writes it at a stride of C. Fused into the quantizing kernel before it, the same transpose
-    gathered its inputs with a division and remainder per byte: 0.48 ms for 8 x 3 x 112 x 112
-    (Intel Xeon, 1 thread). A float32 image can be padded with zeros on the way (`pad`: top,
-    left, bottom, right; `Conv.runs` reads it in place): TVM's own pad of the NCHW image took
-    2.1 ms for 8 x 3 x 112 x 112, this copy 0.26 ms with the padding (AMD EPYC znver3, 1 thread)."""
+    of `arith` as `to_unsigned`; a float32 `x` keeps its values and dtype) for `im2col_rows`, in
+    a kernel that reads each channel's row as vectors and writes it at a stride of C. Fused into
+    the quantizing kernel before it, the same transpose gathered its inputs with a division and
+    remainder per byte: 0.48 ms for 8 x 3 x 112 x 112 (Intel Xeon, 1 thread).
+
+    On the way it can pad the image (`pad`: top, left, bottom, right) and its channels (to
+    `channels`) with `fill` (an int8 value, shifted as x; the extra channels meet zero weights),
+    so that a conv's tile GEMM reads the result in place (`Conv`): TVM's own pad of the float32
+    NCHW image took 2.1 ms for 8 x 3 x 112 x 112, this copy 0.26 ms with the padding (AMD EPYC
+    znver3, 1 thread). Returns `[B, H', W' * C']`."""
     from tvm import relax, s_tir, te, tirx
 
     b, c, h, w = (int(d) for d in x.ty.shape)
@@ -1078,22 +1087,23 @@ def interleave_channels(
     unsigned = _unsigned_dtype(arith)
     out_dtype = "float32" if dtype == "float32" else unsigned
     top, left, bottom, right = pad
-    if any(pad) and dtype != "float32":
-        raise BackendError("interleave_channels pads float32 images only")
-    oh, ow = h + top + bottom, w + left + right
+    oh, ow, oc = h + top + bottom, w + left + right, channels or c
 
     def value(n: Any, i: Any, j: Any, ch: Any) -> Any:
-        if any(pad):  # clamped, so that the read stays inside x whichever branch the code runs
-            inside = tirx.all(i >= top, i < top + h, j >= left, j < left + w)
-            clamped = src[
-                n, ch, tirx.max(tirx.min(i - top, h - 1), 0), tirx.max(tirx.min(j - left, w - 1), 0)
-            ]
-            return tirx.if_then_else(inside, clamped, tirx.const(0, dtype))
-        if dtype == "float32":
-            return src[n, ch, i, j]
-        return tirx.Cast(unsigned, tirx.Cast("int32", src[n, ch, i, j]) + 128)
+        # clamped, so that the read stays inside x whichever branch the code runs
+        row = tirx.max(tirx.min(i - top, h - 1), 0) if top or bottom else i
+        col = tirx.max(tirx.min(j - left, w - 1), 0) if left or right else j
+        read = src[n, tirx.min(ch, c - 1) if oc > c else ch, row, col]
+        shifted = read if dtype == "float32" else tirx.Cast(unsigned, tirx.Cast("int32", read) + 128)
+        inside = [ch < c] if oc > c else []
+        inside += [i >= top, i < top + h] if top or bottom else []
+        inside += [j >= left, j < left + w] if left or right else []
+        if not inside:
+            return shifted
+        border = tirx.const(fill if dtype == "float32" else int(fill) + 128, out_dtype)
+        return tirx.if_then_else(tirx.all(*inside), shifted, border)
 
-    out = te.compute((b, oh, ow, c), value, name="interleave")
+    out = te.compute((b, oh, ow, oc), value, name="interleave")
     sch = s_tir.Schedule(te.create_prim_func([src, out]).without_attr("global_symbol"))
     n, i, j, ch = sch.get_loops(sch.get_sblock("interleave"))
     sch.reorder(ch, j)
@@ -1101,8 +1111,8 @@ def interleave_channels(
     sch.vectorize(sch.split(j, factors=[None, LANES])[1] if ow % LANES == 0 else j)
     func = sch.mod["main"].with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8)  # kOpaque
     gvar = bb.add_func(func, "interleave_channels")
-    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, oh, ow, c], out_dtype)))
-    return bb.emit(relax.op.reshape(out, (b, oh, ow * c)))
+    out = bb.emit(relax.call_tir(gvar, [x], relax.TensorType([b, oh, ow, oc], out_dtype)))
+    return bb.emit(relax.op.reshape(out, (b, oh, ow * oc)))
 
 
 def _schedule_im2col(func: Any, channels: int) -> Any:

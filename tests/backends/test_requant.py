@@ -106,10 +106,11 @@ def residual_program():
 
 
 def test_residual_blocks_lower_to_the_same_outputs(residual_program):
-    from optkit.backends import lower, vnni
+    from optkit.backends import vnni
+    from optkit.backends.kernel_profile import lower_with_kernels
     from optkit.backends.targets import resolve_target
 
-    artifact = lower(residual_program, "cpu", num_cores=1)
+    artifact, kernels = lower_with_kernels(residual_program, num_cores=1)
     (got,) = artifact.run(*residual_program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(residual_program)[0], rtol=1e-4, atol=1e-4)
     if vnni.int8_arith(resolve_target("cpu").tvm_target()) is None:
@@ -120,6 +121,10 @@ def test_residual_blocks_lower_to_the_same_outputs(residual_program):
     # write their successors' padded inputs
     assert artifact.info["vnni_epilogues"] == artifact.info["vnni_kernels"] == 9
     assert artifact.info["padded_outputs"] >= 2
+    # the RGB stem's GEMM reads the image in place, interleaved to 4 channels and padded in one
+    # copy: no im2col
+    assert not any(name.startswith("im2col") for name in kernels)
+    assert any(name.startswith("interleave_channels") for name in kernels)
 
 
 @pytest.mark.slow  # lowers the network twice (27 s on a 2-core AVX2 machine)

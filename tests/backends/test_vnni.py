@@ -337,6 +337,15 @@ def test_nchw_int8_interleaves_into_shifted_rows(arith):
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("arith", [vnni.U8S8, vnni.U8S16, vnni.U8S7], ids=lambda a: a.key)
+def test_an_int8_image_interleaves_padded_to_four_channels(arith):
+    x = np.random.default_rng(7).integers(-128, 128, (2, 3, 4, 5)).astype(np.int8)
+    got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v, arith, (1, 2, 0, 1), -3, 4), x)
+    padded = np.pad(x.astype(np.int32), ((0, 0), (0, 1), (1, 0), (2, 1)), constant_values=-3)
+    assert got.dtype == np.dtype(arith.x)
+    np.testing.assert_array_equal(got, (padded + 128).transpose(0, 2, 3, 1).reshape(2, 5, 8 * 4))
+
+
 def test_a_float_image_interleaves_into_padded_rows():
     x = np.random.default_rng(6).standard_normal((2, 3, 5, 9)).astype(np.float32)
     got = _relax_call(lambda bb, v: vnni.interleave_channels(bb, v, pad=(1, 3, 2, 0)), x)
