@@ -149,7 +149,8 @@ def _chains(
         if shape is None or len(value.args[1].fields) != 3:  # the GEMM with its offset
             continue
         chain = _Collector(users, bound, stops, fast)
-        cur = chain.follow(var, vnni.Arith.of(mod[value.args[0]]).acc, shape, shape)
+        acc = vnni.Arith.of(mod[value.args[0]]).acc
+        cur = chain.follow(var, acc, shape, shape)
         glu, result = None, shape
         geglu = _geglu(cur, shape, chain.dtype, users, bound) if fast and cur not in stops else None
         if geglu is not None and _constant_operands(value):
@@ -159,9 +160,8 @@ def _chains(
             cur = chain.follow(product, chain.dtype, result, [shape[0], shape[1] // 2])
         if chain.end is None:
             continue
-        epilogue = vnni.Epilogue(
-            tuple(chain.steps), tuple(chain.params), chain.dtype, tuple(chain.loads), glu
-        )
+        steps = merge_clamps(chain.steps, acc) if glu is None else chain.steps
+        epilogue = vnni.Epilogue(tuple(steps), tuple(chain.params), chain.dtype, tuple(chain.loads), glu)
         padded = _padded_image(cur, shape, chain.dtype, users, bound) if glu is None else None
         if padded is not None:
             pad_call, out_pad = padded
@@ -446,3 +446,94 @@ def _broadcast_2d(other: list[int] | None, shape: list[int]) -> tuple[int, int] 
     if any(d != 1 for d in lead) or tail[0] not in (1, shape[0]) or tail[1] not in (1, shape[1]):
         return None
     return tail[0], tail[1]
+
+
+Step = tuple[Any, ...]
+
+
+def merge_clamps(steps: list[Step] | tuple[Step, ...], dtype: str) -> list[Step]:
+    """`steps` (an `Epilogue`'s, its accumulators of `dtype`) with each float32 clamp that
+    precedes a quantize step moved past it and merged into the quantize step's own clamp: an
+    activation's ReLU or ReLU6 (`maximum 0`, `minimum 6`), then `multiply 1/s` (or `divide s`),
+    `round`, `add z`, `maximum -128`, `minimum 127` become the quantize step with one clamp.
+
+    Exact: with g the monotone map between the clamps (a multiply or divide by a positive
+    immediate, then optionally `round` and additions of immediates, each rounded in float32),
+    g(clamp(x, a, b)) = clamp(g(x), g(a), g(b)) for every x, and two clamps in a row are one
+    clamp to the intersection of their ranges when it is not empty (else nothing is merged). A
+    multiply followed by an add is left alone: LLVM may contract the two into an FMA for x but
+    not for the bounds computed here. The write-back of MobileNetV2's int8 1 x 1 convs spends
+    more time in these steps than in the GEMM (K = 16: 0.44 ms of GEMM, 1.04 ms with the
+    write-back, AMD EPYC znver3, 1 thread)."""
+    out, i, current = list(steps), 0, dtype
+    while i < len(out):
+        if out[i][0] == "astype":
+            current = out[i][1]
+        first = _clamp_run(out, i)
+        if current != "float32" or first is None:
+            i += 1
+            continue
+        (low, high), j = first
+        g_end = _monotone_run(out, j)
+        second = _clamp_run(out, g_end) if g_end > j else None
+        if second is None:
+            i += 1
+            continue
+        (low2, high2), end = second
+        low, high = max(_apply(out[j:g_end], low), low2), min(_apply(out[j:g_end], high), high2)
+        if not low <= high:
+            i += 1
+            continue
+        merged = [("maximum", low, False)] if low > -np.inf else []
+        merged += [("minimum", high, False)] if high < np.inf else []
+        out[i:end] = out[j:g_end] + merged
+        i += g_end - j + len(merged)
+    return out
+
+
+def _clamp_run(steps: list[Step], i: int) -> tuple[tuple[float, float], int] | None:
+    """((low, high), the index after it) for the `maximum` / `minimum` steps with immediates
+    from `steps[i]` on, when there are any and they form one clamp (low <= high); else None."""
+    low, high, j = -np.inf, np.inf, i
+    while j < len(steps) and steps[j][0] in ("maximum", "minimum") and isinstance(steps[j][1], float):
+        bound = steps[j][1]
+        if steps[j][0] == "maximum":  # max(min(max(x, low), high), bound)
+            if bound > high:
+                return None
+            low = max(low, bound)
+        else:
+            if bound < low:
+                return None
+            high = min(high, bound)
+        j += 1
+    return ((low, high), j) if j > i else None
+
+
+def _monotone_run(steps: list[Step], i: int) -> int:
+    """The index after the quantize steps from `steps[i]` on that `merge_clamps` moves clamps
+    past (i itself when there are none): a multiply or divide by a positive immediate, then
+    optionally `round` and immediate additions or subtractions."""
+    step = steps[i] if i < len(steps) else ("",)
+    scale = step[0] in ("multiply", "divide") and isinstance(step[1], float) and step[1] > 0
+    if not scale or (step[0] == "divide" and step[2]):  # c / x decreases
+        return i
+    j = i + 1
+    if j >= len(steps) or steps[j] != ("round",):
+        return j  # (a multiply then an add: LLVM's FMA; the add is not taken)
+    j += 1
+    while j < len(steps) and steps[j][0] in ("add", "subtract") and isinstance(steps[j][1], float):
+        if steps[j][0] == "subtract" and steps[j][2]:  # c - x decreases
+            break
+        j += 1
+    return j
+
+
+def _apply(steps: list[Step], bound: float) -> float:
+    """`bound` through `_monotone_run`'s steps in float32, as the kernel computes them."""
+    if not np.isfinite(bound):
+        return bound
+    binary = {"multiply": np.multiply, "divide": np.divide, "add": np.add, "subtract": np.subtract}
+    x = np.float32(bound)
+    for op, *rest in steps:
+        x = np.rint(x) if op == "round" else binary[op](x, np.float32(rest[0]))
+    return float(x)

@@ -208,3 +208,64 @@ def test_interleaved_panels_pair_the_halves():
     offset = np.arange(64)
     halves = np.concatenate([offset[:16], offset[32:48], offset[16:32], offset[48:]])
     np.testing.assert_array_equal(vnni.interleave_panels(offset), halves)
+
+
+def _run_steps(steps, x):
+    """An `Epilogue`'s immediate steps on float32 `x`, in float32 as the kernel computes them."""
+    ops = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide}
+    ops |= {"maximum": np.maximum, "minimum": np.minimum}
+    for op, *rest in steps:
+        x = np.rint(x) if op == "round" else ops[op](x, np.float32(rest[0])).astype(np.float32)
+    return x
+
+
+RELU6_QUANT = [("maximum", 0.0, False), ("minimum", 6.0, False), ("multiply", 679.6624, False), ("round",)]
+INT8 = [("add", -128.0, False), ("maximum", -128.0, False), ("minimum", 127.0, False)]
+
+
+@pytest.mark.parametrize(
+    ("steps", "merged"),
+    [
+        (RELU6_QUANT + INT8, 5),  # ReLU6's clamp falls inside the int8 range: only that is left
+        ([("maximum", 0.0, False), ("multiply", 0.37, False), ("round",), ("add", 3.0, False)] + INT8[1:], 5),
+        ([("minimum", 6.0, False), ("maximum", 0.0, False), ("divide", 0.05, False), ("round",)] + INT8, 5),
+        (RELU6_QUANT[:2] + [("multiply", 10.0, False), ("round",), ("maximum", 100.0, False)], 5),  # disjoint
+        (RELU6_QUANT[:2] + [("multiply", 3.0, False), ("add", 1.0, False)] + INT8[1:], 6),  # an FMA
+        (RELU6_QUANT[:2] + [("divide", 3.0, True), ("round",)] + INT8[1:], 6),  # 3 / x decreases
+    ],
+    ids=["relu6", "relu", "divide", "disjoint", "fma", "decreasing"],
+)
+def test_clamps_merge_into_the_quantize_step_exactly(steps, merged):
+    from optkit.backends.epilogues import merge_clamps
+
+    rng = np.random.default_rng(0)
+    edges = [-0.0, 0.0, 6.0, np.nextafter(np.float32(6), np.float32(7)), 1e30, -1e30]
+    x = np.concatenate(
+        [rng.normal(0, 4, 100_000), rng.uniform(-1e4, 1e4, 1000), edges, np.arange(-2, 8, 0.001)]
+    )
+    x = x.astype(np.float32)
+    got = merge_clamps(steps, "float32")
+    assert len(got) == merged and all(isinstance(s[1], float) for s in got if len(s) > 1)
+    np.testing.assert_array_equal(_run_steps(got, x), _run_steps(steps, x))
+    assert merge_clamps(steps, "int32") == steps  # clamps on integers are not moved
+
+
+def test_merged_clamps_keep_the_lowered_model_exact(monkeypatch):
+    from optkit.backends import epilogues
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 16, 14, 14)
+    program = PassManager(build_passes(["ptq"])).run(capture(_inverted_residual().eval(), (x,))).program
+    merge, shortened = epilogues.merge_clamps, []
+
+    def recorded(steps, dtype):
+        merged = merge(steps, dtype)
+        shortened.append(len(merged) < len(steps))
+        return merged
+
+    monkeypatch.setattr(epilogues, "merge_clamps", recorded)
+    (got,) = lower(program, "cpu", num_cores=1).run(x)
+    assert any(shortened)  # the expansion's ReLU6 before the depthwise conv's int8 input
+    monkeypatch.setattr(epilogues, "merge_clamps", lambda steps, dtype: list(steps))
+    (unmerged,) = lower(program, "cpu", num_cores=1).run(x)
+    np.testing.assert_array_equal(got, unmerged)
