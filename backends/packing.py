@@ -795,11 +795,14 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
         return None
     co, ci, kh, kw = w_np.shape
     top, left, bottom, right = pad
+    c4, run = -(-ci // vnni.GROUP) * vnni.GROUP, -(-kw * ci // vnni.GROUP) * vnni.GROUP
+    # read in place where that costs no columns over `im2col_rows` (a kernel row of KW x C
+    # values padded to 4) or where the copy would write each pixel over twice (overlapping taps)
+    in_place = kw * c4 == run or kh * kw > 2 * stride[0] * stride[1]
     source = _nchw_source(x, lookup) if nhwc is not None and ci % vnni.GROUP else None
-    if source is not None and dilation == [1, 1]:
+    if source is not None and dilation == [1, 1] and in_place:
         # the model's NCHW RGB image: interleaved to NHWC, padded to 4 channels and by the
         # conv's padding, in one copy that the GEMM reads in place
-        c4 = -(-ci // vnni.GROUP) * vnni.GROUP
         rows = vnni.interleave_channels(bb, source, arith, (top, left, bottom, right), fill, c4)
         b, _, h, wd = _static_shape(source)
         height, width = h + top + bottom, wd + left + right
@@ -808,8 +811,11 @@ def _vnni_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = Non
         geometry = vnni.Conv(height, width, kh, kw, (stride[0], stride[1]), oh, ow)
         y = bb.emit(vnni.matmul(bb, image, vnni.conv_weight(w_np), geometry, arith))
     elif ci % vnni.GROUP and dilation == [1, 1]:  # an RGB image: a kernel row's bytes in one copy
-        b, h, wd, _ = _static_shape(xu)
-        rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
+        if source is not None:  # the model's NCHW image: interleaved without a transpose kernel
+            rows = vnni.interleave_channels(bb, source, arith)
+        else:
+            b, h, wd, _ = _static_shape(xu)
+            rows = bb.emit(relax.op.reshape(xu, (b, h, wd * ci)))
         cols = vnni.im2col_rows(bb, rows, ci, kh, kw, stride, (top, left, bottom, right), fill + 128)
         y = bb.emit(vnni.matmul(bb, cols, vnni.conv_weight_rows(w_np), arith=arith))
     elif dilation == [1, 1] and (kh, kw, stride) != (1, 1, [1, 1]):

@@ -384,3 +384,28 @@ def test_conv_read_in_place_matches_an_int64_conv(stride, kernel, arith):
     np.testing.assert_array_equal(out.numpy(), want.reshape(m, co))
     assert vnni.Conv.of(vnni.gemm_func(m, co, k, conv=conv)) == conv  # recorded for `epilogues.py`
     assert vnni.Conv.of(vnni.gemm_func(m, co, k)) is None
+
+
+@pytest.mark.skipif(vnni.int8_arith(HOST.tvm_target()) is None, reason="the host CPU has no int8 tile kernel")
+@pytest.mark.parametrize(
+    ("kernel", "stride", "copied"), [(7, 2, False), (4, 4, True)], ids=["overlapping", "patches"]
+)
+def test_an_int8_rgb_stem_is_read_in_place_unless_that_widens_k(kernel, stride, copied):
+    """A 7 x 7 stride-2 stem (each pixel in ~12 of im2col's rows) reads the 4-channel image in
+    place; 4 x 4 patches (each pixel in one row; 12 columns a kernel row copied, 16 in place)
+    keep `im2col_rows`."""
+    import torch
+    from optkit.backends.kernel_profile import lower_with_kernels
+
+    from optkit.ir.capture import capture
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 16, kernel, stride, kernel // 2 if stride == 2 else 0)
+    ).eval()
+    x = torch.randn(2, 3, 20, 20)
+    program = PassManager(build_passes(["ptq"])).run(capture(model, (x,), name="stem")).program
+    artifact, kernels = lower_with_kernels(program, num_cores=1)
+    assert any(name.startswith("im2col_rows") for name in kernels) == copied
+    (got,) = artifact.run(x)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
