@@ -17,7 +17,7 @@ unpacked and 120 for numpy's OpenBLAS.
 | `nn.conv2d(x, W)`, NHWC, float32, depthwise (groups = channels) | `y[n, h, w, c] = sum x[n, h*s + kh*d - p, w*s + kw*d - p, c] * W[kh, kw, c]`, padding read in place: vectorized over the channels, whatever the image width |
 | the same on a W8A8 model's centered int8 values (`x = g - z`, `g` on the int8 grid) | the kernel reads `q = int8(g)` and computes `float32(q) - z` per tap: the same float32 sums, and the kernel before it writes int8 instead of float32 (W8A8 MobileNetV2, batch 8, 1 thread, Intel Xeon: 6.83 -> 6.67 ms) |
 | `nn.conv2d_transpose(x, W)`, kernel == stride, no padding | `x[N*H*W, Ci] @ W[Ci, Co*Kh*Kw]` (packed as above), patches put in place |
-| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py`: convs read the padded NHWC image in place (`vnni.Conv`; `pads.py` sinks the zero-point pad to the conv); the model's NCHW image of fewer than 4 channels interleaved to NHWC, padded to 4 channels and by the conv's padding in one copy and read in place (ResNet-18's 7 x 7 stem, W7A8, batch 8, AVX2: 3.2 ms of GEMM over 168 columns, 2.1 ms of `im2col_rows` and 0.1 ms of interleave -> 3.7 + 0.26 ms; the model 46.8 -> 45.2 ms, bit-identical), another such image copied by kernel rows (`im2col_rows`); dilated convs through an im2col that writes the padding |
+| int8 `matmul` / `conv2d` (NCHW or NHWC) on a CPU with AVX-512 VNNI | `vnni.py`: convs read the padded NHWC image in place (`vnni.Conv`; `pads.py` sinks the zero-point pad to the conv); the model's NCHW image of fewer than 4 channels interleaved to NHWC, padded to 4 channels and by the conv's padding in one copy and read in place where that widens no kernel row or the taps overlap (ResNet-18's 7 x 7 stem, W7A8, batch 8, AVX2: 3.2 ms of GEMM over 168 columns, 2.1 ms of `im2col_rows` and 0.1 ms of interleave -> 3.7 + 0.26 ms; the model 46.8 -> 45.2 ms, bit-identical), other such images (a ViT's patch embedding) copied by kernel rows (`im2col_rows`); dilated convs through an im2col that writes the padding |
 | float32 `matmul(a, b)`, b not constant, output width not a multiple of 4 (attention scores) | `matmul(a, pad(b))` over a multiple of 16 columns, sliced back |
 
 All put the output channel innermost, so `CPUMatmul` vectorizes over it and tiles the next
@@ -749,7 +749,7 @@ def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None
     if arith.width == vnni.LANES or pointwise:
         return None
     runs = ci % vnni.GROUP != 0  # an RGB stem: each kernel row's taps read as one run
-    if runs and source is not None:  # the model's NCHW image: padded, then interleaved to NHWC
+    if runs and source is not None:  # the model's NCHW image: to NHWC and padded in one copy
         top, left, bottom, right = pad
         rows = vnni.interleave_channels(bb, source, pad=(top, left, bottom, right))
         image = bb.emit(relax.op.reshape(rows, (b, h + top + bottom, wd + left + right, ci)))
