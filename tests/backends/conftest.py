@@ -85,6 +85,14 @@ def host_int8_ariths():
     return ariths + ([vnni.U8S16, vnni.U8S7] if vnni.int8_arith(target) is not None else [])
 
 
+def host_lowers_seven_bit_to_maddubs():
+    """Whether `lower` puts 7-bit weights on AVX2's `vpmaddubsw` here: AVX2 without VNNI (with
+    VNNI every int8 weight runs on `vpdpbusd`)."""
+    from optkit.backends import vnni
+
+    return vnni.int8_arith(_host_target()) == vnni.U8S16
+
+
 def int8_weights(rng, shape, arith=None):
     """Random int8 weights over all that `arith` multiplies exactly (`Arith.weight_bound`; all of
     int8 by default), the extremes included."""

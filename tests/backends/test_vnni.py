@@ -8,7 +8,12 @@ from optkit.backends import lower, vnni
 from optkit.backends.targets import resolve_target
 
 from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import host_int8_ariths, int8_weights, outputs_of
+from tests.backends.conftest import (
+    host_int8_ariths,
+    host_lowers_seven_bit_to_maddubs,
+    int8_weights,
+    outputs_of,
+)
 
 HOST = resolve_target("cpu", num_cores=1)
 
@@ -243,7 +248,9 @@ def test_seven_bit_weights_take_maddubs_and_stay_exact_at_the_extremes():
     assert out.numpy()[0, 0] == 255 * 64 * k
 
 
-@pytest.mark.skipif(vnni.U8S7 not in host_int8_ariths(), reason="AVX2's vpmaddubsw GEMM is not used here")
+@pytest.mark.skipif(
+    not host_lowers_seven_bit_to_maddubs(), reason="7-bit weights run on vpmaddubsw only without VNNI"
+)
 def test_seven_bit_weights_lower_to_the_maddubs_kernels(conv_program):
     from optkit.backends.kernel_profile import lower_with_kernels
 
