@@ -30,11 +30,13 @@ into blocks of query rows, each a kernel call over the keys its rows see (`causa
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import numpy as np
-from optkit.backends import attention_kernel
+from optkit.backends import attention_int16, attention_kernel
 from optkit.backends.parallel_loops import parallel
 from optkit.backends.relax_exprs import (
     OPAQUE,
@@ -262,16 +264,16 @@ def schedule_attention(func: Any, m: int, n: int, dv: int, masked: bool = False,
     return sch
 
 
-def fuse_attention(mod: Any, half: bool = False, lanes: int = LANES) -> tuple[Any, int, int]:
+def fuse_attention(mod: Any, precision: str = "float32", lanes: int = LANES) -> tuple[Any, int, int]:
     """`mod` with every `matmul(softmax(matmul(Q, Kt)), V)` the kernel takes (module docstring)
-    replaced by a call to it; with `half`, those whose value width fills whole float16 registers
-    take the float16 kernel (`attention_kernel.py`); `lanes`, float32 lanes of the CPU's vector
-    registers (16: AVX-512, 8: AVX2). Returns (mod, number replaced, how many of them in
-    float16)."""
+    replaced by a call to it; with `precision` `float16` or `int16`, those whose heads that kernel
+    takes run on it (`attention_kernel.py`, `attention_int16.py`); `lanes`, float32 lanes of the
+    CPU's vector registers (16: AVX-512, 8: AVX2). Returns (mod, number replaced, how many of them
+    in `precision`)."""
     from tvm import relax
 
     matmul, softmax = relax_op("relax.matmul"), relax_op("relax.nn.softmax")
-    count = halves = 0
+    count = reductions = 0
     masks: dict[int, Any] = {}  # constant masks by expression, evaluated once (`causal_blocks`)
 
     @relax.expr_functor.mutator
@@ -351,11 +353,10 @@ def fuse_attention(mod: Any, half: bool = False, lanes: int = LANES) -> tuple[An
                 return None
             d, dv = q_shape[-1], v_shape[-1]
             mp, np_ = padded(m, n)
-            in_half = half and attention_kernel.fits(dv)
-            if in_half:
-                np_ = attention_kernel.padded_keys(n)
+            reduced = _reduced_kernel(precision, d, dv)
+            multiple = LANES if reduced is None else reduced.keys
+            np_ = _round_up(n, multiple)
             value = None if mask is None else constant_value(mask, self.lookup_binding, cache=masks)
-            multiple = attention_kernel.KEYS if in_half else LANES
             blocks = None if value is None else causal_blocks(value, logits_shape, mp, np_, multiple)
             mask_batch = None if mask_shape is None else mask_shape[0]
             q3, kt3, v3 = (reshaped(self.builder_, x, [batch, *static_shape(x)[-2:]]) for x in (q, kt, v))
@@ -363,24 +364,22 @@ def fuse_attention(mod: Any, half: bool = False, lanes: int = LANES) -> tuple[An
             # padded keys no weight, and the padded queries' rows are sliced off.
             q3 = self._pad(q3, 1, mp - m)
             kt3, v3 = self._pad(kt3, 2, np_ - n), self._pad(v3, 1, np_ - n)
-            if in_half:  # K and V in float16 (a cast that fuses into their producers); Q converts per tile
-                kt3, v3 = (self.builder_.emit(relax.op.astype(x, "float16")) for x in (kt3, v3))
-            inputs = [q3, kt3, v3]
+            inputs = [q3, kt3, v3] if reduced is None else [q3, *reduced.operands(self.builder_, kt3, v3)]
             if mask is not None and mask_shape is not None:
                 inputs.append(
                     self._pad(self._pad(self._mask_3d(mask, mask_shape, logits_shape), 1, mp - m), 2, np_ - n)
                 )
             outs = []
-            kernel = attention_kernel.half_attention_func if in_half else partial(attention_func, lanes=lanes)
-            name = "half_attention" if in_half else "attention"
+            kernel = partial(attention_func, lanes=lanes) if reduced is None else reduced.func
+            name = "attention" if reduced is None else reduced.name
             for block in blocks or [(0, mp, np_)]:
                 func = kernel(batch, mp, np_, d, dv, scale, keys=n, mask_batch=mask_batch, block=block)
                 out_type = relax.TensorType([batch, block[1], dv], "float32")
                 outs.append(
                     self.builder_.emit(relax.call_tir(self.builder_.add_func(func, name), inputs, out_type))
                 )
-            nonlocal halves
-            halves += in_half
+            nonlocal reductions
+            reductions += reduced is not None
             out = outs[0] if len(outs) == 1 else self.builder_.emit(relax.op.concat(outs, axis=1))
             if mp > m:
                 out = self.builder_.emit(relax.op.strided_slice(out, axes=[1], begin=[0], end=[m]))
@@ -456,13 +455,53 @@ def fuse_attention(mod: Any, half: bool = False, lanes: int = LANES) -> tuple[An
             return 1.0, logits
 
     rewritten = rewrite_functions(_Fuse(mod), mod)
-    return relax.transform.DeadCodeElimination()(rewritten), count, halves
+    return relax.transform.DeadCodeElimination()(rewritten), count, reductions
 
 
 CAUSAL_BLOCKS = (8, 4, 2)  # query blocks to try, each over the keys any of its rows can see
 BLOCK_COST = 0.01  # a block's fixed cost, as a share of the whole attention's work
 MIN_SAVING = 0.2  # split only when the blocks skip at least this share of the work
 MIN_BLOCK_ROWS = 64  # fewer rows a block: its call and the concatenation cost more than it skips
+
+
+@dataclass(frozen=True)
+class _Reduced:
+    """A kernel that runs attention's matmuls below float32: its name, the multiple it pads keys
+    to, its PrimFunc (`attention_func`'s arguments) and how K^T and V become its operands."""
+
+    name: str
+    keys: int
+    func: Callable[..., Any]
+    operands: Callable[[Any, Any, Any], list[Any]]
+
+
+def _reduced_kernel(precision: str, d: int, dv: int) -> _Reduced | None:
+    """The kernel for `precision` (`float16`, `int16`) where it takes heads of `d` x `dv`."""
+    if precision == "float16" and attention_kernel.fits(dv):
+        # K and V in float16 (a cast that fuses into their producers); Q converts per tile
+        return _Reduced(
+            "half_attention",
+            attention_kernel.KEYS,
+            attention_kernel.half_attention_func,
+            lambda bb, kt, v: [bb.emit(_astype(kt, "float16")), bb.emit(_astype(v, "float16"))],
+        )
+    if precision == "int16" and attention_int16.fits(d, dv):
+        return _Reduced(
+            "int16_attention",
+            attention_int16.KEYS,
+            attention_int16.int16_attention_func,
+            lambda bb, kt, v: [
+                *attention_int16.quantized_keys(bb, kt),
+                *attention_int16.quantized_values(bb, v),
+            ],
+        )
+    return None
+
+
+def _astype(x: Any, dtype: str) -> Any:
+    from tvm import relax
+
+    return relax.op.astype(x, dtype)
 
 
 def causal_blocks(

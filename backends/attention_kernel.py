@@ -238,7 +238,7 @@ class _Tile:
         from tvm.tirx.script.builder import ir as T
 
         x = self.logits.vload([_i64(r), col], dtype=F16) - tirx.Broadcast(self.top[_i64(r)], LANES)
-        weight = _exp16(x, LANES)
+        weight = _exp(x, LANES, "float16")
         T.buffer_store(self.words, _doubled(weight, LANES), [_i64(r), tirx.Ramp(col, _i64(1), LANES)])
         return weight
 
@@ -325,15 +325,15 @@ def _doubled(value: Any, lanes: int = 1) -> Any:
     return bits * (factor if lanes == 1 else tirx.Broadcast(factor, lanes))
 
 
-def _exp16(x: Any, lanes: int) -> Any:
-    """exp(x) for x <= 0 in float16 lanes: 2^n * p(r), x = n ln2 + r, with ln2 split in two so
-    that n * ln2 loses nothing, p the degree-4 Taylor polynomial (4e-5 at |r| <= ln2 / 2, under
-    float16's rounding); from `_EXP_FLOOR` down (and for -inf) exactly zero, so that keys a mask
-    hides add nothing."""
+def _exp(x: Any, lanes: int, dtype: str) -> Any:
+    """exp(x) for x <= 0 in float16 or float32 lanes (AVX-512): 2^n * p(r), x = n ln2 + r, with
+    ln2 split in two so that n * ln2 loses nothing, p the degree-4 Taylor polynomial (4e-5 at
+    |r| <= ln2 / 2, under float16's rounding); from `_EXP_FLOOR` down (and for -inf) exactly zero
+    in float16, 1.5e-8 in float32, so that keys a mask hides add nothing."""
     from tvm import tirx
 
     def c(value: float) -> Any:
-        return tirx.Broadcast(tirx.const(value, "float16"), lanes)
+        return tirx.Broadcast(tirx.const(value, dtype), lanes)
 
     x = tirx.max(x, c(_EXP_FLOOR))
     n = tirx.floor(x * c(_LOG2E) + c(0.5))
@@ -342,13 +342,14 @@ def _exp16(x: Any, lanes: int) -> Any:
     p = c(1 / 24)
     for coef in (1 / 6, 1 / 2, 1.0, 1.0):
         p = p * r + c(coef)
-    return tirx.call_llvm_pure_intrin(  # p * 2^n in one `vscalefph`
-        f"float16x{lanes}",
-        "llvm.x86.avx512fp16.mask.scalef.ph.512",
+    half = dtype == "float16"
+    return tirx.call_llvm_pure_intrin(  # p * 2^n in one `vscalefph` / `vscalefps`
+        f"{dtype}x{lanes}",
+        "llvm.x86.avx512fp16.mask.scalef.ph.512" if half else "llvm.x86.avx512.mask.scalef.ps.512",
         p,
         n,
         p,
-        tirx.const(-1, "int32"),  # all lanes
+        tirx.const(-1, "int32" if half else "int16"),  # all lanes
         tirx.const(4, "int32"),  # the current rounding mode
     )
 

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 MAIN = "main"
 TUNERS = ("optkit", "metaschedule")
-ATTENTION_PRECISIONS = ("auto", "float32", "float16")
+ATTENTION_PRECISIONS = ("auto", "float32", "float16", "int16")
 
 
 def lower(
@@ -73,9 +73,11 @@ def lower(
     cannot run afterwards, and a build failure is reported without naming the failing op).
     The weights leave the library either way (`weights.py`).
     `attention_precision`: fused attention in `float32`, in `float16` (`attention_kernel.py`, CPUs
-    with AVX512-FP16 only) or `auto`: float16 where the CPU has it and the Program is quantized
-    (its outputs already carry the quantization's error), float32 otherwise. `info["half_attentions"]`
-    counts the attentions that run in float16.
+    with AVX512-FP16 only), on 16-bit integers (`int16`: `attention_int16.py`, CPUs with AVX-512
+    VNNI) or `auto`: for a quantized Program (its outputs already carry the quantization's error)
+    float16 where the CPU has AVX512-FP16, else int16 where it has AVX-512 VNNI; float32
+    otherwise. `info["reduced_attentions"]` counts the attentions that run in that precision
+    (the others, whose shapes the kernel does not take, stay in float32).
     """
     return lower_functions(
         {MAIN: program},
@@ -127,7 +129,7 @@ def lower_functions(
         raise ConfigError(f"lower_functions needs a Program named {MAIN!r}; got {', '.join(programs)}")
     say = progress or (lambda _msg: None)
     spec = resolve_target(target, num_cores=num_cores, cuda_arch=cuda_arch)
-    half = _half_attention(attention_precision, spec, schedule, programs.values())
+    reduced = _attention_precision(attention_precision, spec, schedule, programs.values())
     from optkit.backends.vnni import int8_arith
 
     # RGB stems stay int8 where the int8 tile kernels copy them by kernel rows (`quantized.py`)
@@ -158,7 +160,7 @@ def lower_functions(
         fast_math,
         lambda done, total, left: say(f"pack weights {done}/{total} (about {left:.0f} s left)"),
         releaser,
-        half_attention=half,
+        attention=reduced,
     )
     tuned = None
     overrides = None
@@ -183,13 +185,13 @@ def lower_functions(
         say("find the op that fails to compile")
         main = imported[MAIN]
         main_mod = _merged_module({MAIN: main.mod})
-        raise _name_failing_op(err, main_mod, main.origins, spec, schedule, fast_math, half) from err
+        raise _name_failing_op(err, main_mod, main.origins, spec, schedule, fast_math, reduced) from err
     info: dict[str, Any] = {
         "model": programs[MAIN].name,
         "schedule": schedule,
         "tune_trials": tune_trials,
         **({"tuner": tuner} if tune_trials else {}),
-        "attention_precision": "float16" if half else "float32",
+        "attention_precision": reduced,
         **figures,
         "extern_funcs": [BLAS_MATMUL] if figures["blas_matmuls"] else [],
         "decomposed_ops": list(dict.fromkeys(op for imp in imported.values() for op in imp.decomposed)),
@@ -274,22 +276,28 @@ def _fold_batchnorms(program: Program) -> Program:
     return program
 
 
-def _half_attention(precision: str, spec: TargetSpec, schedule: str, programs: Any) -> bool:
-    """Whether fused attention runs in float16 (`lower`'s `attention_precision`)."""
+def _attention_precision(precision: str, spec: TargetSpec, schedule: str, programs: Any) -> str:
+    """The precision fused attention runs in (`lower`'s `attention_precision`)."""
     if precision == "float32" or spec.kind != "llvm" or schedule == "naive":
-        return False
+        return "float32"
     from optkit.backends.attention_kernel import target_has_fp16
+    from optkit.backends.vnni import target_has_vnni
 
-    if not target_has_fp16(spec.tvm_target()):
-        if precision == "float16":
+    target = spec.tvm_target()
+    has = {"float16": target_has_fp16(target), "int16": target_has_vnni(target)}
+    needs = {"float16": "AVX512-FP16", "int16": "AVX-512 VNNI"}
+    if precision in has:
+        if not has[precision]:
             raise ConfigError(
-                f"attention_precision='float16' needs a CPU with AVX512-FP16, and target {spec.name} "
-                "has none; use 'auto' or 'float32'"
+                f"attention_precision={precision!r} needs a CPU with {needs[precision]}, and target "
+                f"{spec.name} has none; use 'auto' or 'float32'"
             )
-        return False
+        return precision
     from optkit.quant.ops import is_quantized
 
-    return precision == "float16" or any(is_quantized(p) for p in programs)
+    if not any(is_quantized(p) for p in programs):
+        return "float32"
+    return next((name for name, present in has.items() if present), "float32")
 
 
 def _specialize(
@@ -299,11 +307,11 @@ def _specialize(
     fast_math: bool,
     progress: Callable[[int, int, float], None] | None = None,
     releaser: Callable[[Any], WeightReleaser] | None = None,
-    half_attention: bool = False,
+    attention: str = "float32",
 ) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report.
     `releaser(mod)`, when given, frees the weights packing replaces (`WeightReleaser`);
-    `half_attention`: fused attentions in float16 where their shapes allow."""
+    `attention`: the precision of fused attentions where their shapes allow (`lower`)."""
     figures = {
         "packed_matmuls": 0,
         "packed_convs": 0,
@@ -318,7 +326,7 @@ def _specialize(
         "sunk_reshapes": 0,
         "copied_layouts": 0,
         "fused_attentions": 0,
-        "half_attentions": 0,
+        "reduced_attentions": 0,
         "expand_depthwise_convs": 0,
         "vnni_epilogues": 0,
         "split_group_norms": 0,
@@ -357,7 +365,7 @@ def _specialize(
     mod, figures["int8_max_pools"] = int8_max_pools(mod)
     # before packing pads the scores
     lanes = fma.width if fma is not None else vnni_lanes  # float32 lanes of the CPU's registers
-    mod, figures["fused_attentions"], figures["half_attentions"] = fuse_attention(mod, half_attention, lanes)
+    mod, figures["fused_attentions"], figures["reduced_attentions"] = fuse_attention(mod, attention, lanes)
     if fma is not None and expand_depthwise_applies(fma.width):  # before packing takes the convs
         mod, figures["expand_depthwise_convs"] = fuse_expand_depthwise(mod)
     release = releaser(mod) if releaser is not None else None
@@ -409,7 +417,7 @@ def _name_failing_op(
     spec: TargetSpec,
     schedule: str,
     fast_math: bool,
-    half_attention: bool = False,
+    attention: str = "float32",
 ) -> BackendError:
     """`err` restated with the ATen op and module path of the first binding that fails alone."""
     from optkit.backends.diagnose import locate_build_failure
@@ -419,7 +427,7 @@ def _name_failing_op(
             mod,
             origins,
             lambda m: build(
-                _specialize(m, spec, schedule, fast_math, half_attention=half_attention)[0], spec, schedule
+                _specialize(m, spec, schedule, fast_math, attention=attention)[0], spec, schedule
             ),
         )
     except Exception:  # the search is best effort; the build's own error still stands

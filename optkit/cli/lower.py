@@ -47,11 +47,12 @@ from optkit.errors import ConfigError
 )
 @click.option(
     "--attention-precision",
-    type=click.Choice(["auto", "float32", "float16"]),
+    type=click.Choice(["auto", "float32", "float16", "int16"]),
     default="auto",
     show_default=True,
-    help="Fused attention's arithmetic on the CPU. auto: float16 for a quantized model on a CPU with "
-    "AVX512-FP16, float32 otherwise; float16 needs AVX512-FP16.",
+    help="Fused attention's arithmetic on the CPU. auto: for a quantized model, float16 on a CPU with "
+    "AVX512-FP16, else int16 on one with AVX-512 VNNI; float32 otherwise. float16 needs "
+    "AVX512-FP16, int16 AVX-512 VNNI.",
 )
 @options.output
 @options.overwrite

@@ -113,3 +113,66 @@ def scheduled_float_matmuls(monkeypatch):
     from optkit.backends import vnni
 
     monkeypatch.setattr(vnni, "float_arith", lambda _target: None)
+
+
+def sqnr_db(got, want) -> float:
+    return float(10 * np.log10((want**2).sum() / max(((got - want) ** 2).sum(), 1e-30)))
+
+
+def attention_inputs(b, m, n, d, dv, masked, seed=0):
+    """q [b, m, d], kt [b, d, n], v [b, n, dv] float32 and, if `masked`, a causal mask [1, m, n]
+    under which query 3 sees no key (zeros, as PyTorch's SDPA gives)."""
+    rng = np.random.default_rng(seed)
+    q = rng.standard_normal((b, m, d)).astype(np.float32) * 1.5
+    kt = rng.standard_normal((b, d, n)).astype(np.float32) * 1.5
+    v = rng.standard_normal((b, n, dv)).astype(np.float32)
+    mask = None
+    if masked:
+        mask = np.where(np.tril(np.ones((m, n))) > 0, 0.0, -np.inf).astype(np.float32)[None]
+        mask[0, 3] = -np.inf
+    return q, kt, v, mask
+
+
+def attention_reference(q, kt, v, scale, keys, mask):
+    """float64 `softmax(scale * q @ kt + mask) @ v` over the first `keys` keys."""
+    scores = np.einsum("bmd,bdn->bmn", q.astype(np.float64), kt.astype(np.float64)) * scale
+    if mask is not None:
+        scores = scores + mask
+    scores[..., keys:] = -np.inf
+    top = scores.max(-1, keepdims=True)
+    weights = np.exp(scores - np.where(np.isfinite(top), top, 0.0))
+    sums = weights.sum(-1, keepdims=True)
+    return np.where(sums > 0, (weights / np.where(sums > 0, sums, 1.0)) @ v, 0.0)
+
+
+class AttentionBlock(nn.Module):
+    """Projections around SDPA: what `ptq` quantizes, the attention left between them."""
+
+    def __init__(self, dim: int = 64, heads: int = 2) -> None:
+        super().__init__()
+        self.qkv, self.out, self.heads = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        y = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.out(y.transpose(1, 2).reshape(b, t, c))
+
+
+def attention_block_program(quantized: bool):
+    from optkit.pipeline import PassManager, build_passes
+
+    torch.manual_seed(0)
+    program = capture(AttentionBlock().eval(), (torch.randn(2, 160, 64),), name="block")
+    if quantized:
+        program = PassManager(build_passes(["ptq"], {"ptq": {}})).run(program).program
+    return program
+
+
+class SDPA(nn.Module):
+    def __init__(self, causal: bool = False) -> None:
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v):
+        return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)

@@ -10,12 +10,18 @@ from optkit.backends.attention import causal_blocks, fuse_attention
 from optkit.backends.attention_kernel import half_attention_func
 from optkit.backends.targets import host_cpu_config
 from optkit.backends.tvm_import import import_program
-from torch import nn
 
 from optkit.errors import ConfigError, UnknownNameError
 from optkit.ir.capture import capture
-from optkit.pipeline import PassManager, build_passes
-from tests.backends.conftest import call_tir_names, outputs_of
+from tests.backends.conftest import (
+    SDPA,
+    attention_block_program,
+    attention_inputs,
+    attention_reference,
+    call_tir_names,
+    outputs_of,
+    sqnr_db,
+)
 
 
 def _host_fp16() -> bool:
@@ -25,21 +31,6 @@ def _host_fp16() -> bool:
 
 
 needs_fp16 = pytest.mark.skipif(not _host_fp16(), reason="this CPU has no AVX512-FP16")
-
-
-def _sqnr(got: np.ndarray, want: np.ndarray) -> float:
-    return float(10 * np.log10((want**2).sum() / max(((got - want) ** 2).sum(), 1e-30)))
-
-
-def _reference(q, kt, v, scale, keys, mask):
-    scores = np.einsum("bmd,bdn->bmn", q.astype(np.float64), kt.astype(np.float64)) * scale
-    if mask is not None:
-        scores = scores + mask
-    scores[..., keys:] = -np.inf
-    top = scores.max(-1, keepdims=True)
-    weights = np.exp(scores - np.where(np.isfinite(top), top, 0.0))
-    sums = weights.sum(-1, keepdims=True)
-    return np.where(sums > 0, (weights / np.where(sums > 0, sums, 1.0)) @ v, 0.0)
 
 
 @needs_fp16
@@ -58,14 +49,7 @@ def _reference(q, kt, v, scale, keys, mask):
 def test_the_float16_kernel_matches_float64_attention(b, m, n, d, dv, keys, masked, block):
     import tvm
 
-    rng = np.random.default_rng(0)
-    q = rng.standard_normal((b, m, d)).astype(np.float32) * 1.5
-    kt = rng.standard_normal((b, d, n)).astype(np.float32) * 1.5
-    v = rng.standard_normal((b, n, dv)).astype(np.float32)
-    mask = None
-    if masked:
-        mask = np.where(np.tril(np.ones((m, n))) > 0, 0.0, -np.inf).astype(np.float32)[None]
-        mask[0, 3] = -np.inf  # query 3 sees no key: zeros, as PyTorch's SDPA gives
+    q, kt, v, mask = attention_inputs(b, m, n, d, dv, masked)
     first, rows, _ = block or (0, m, n)
     scale = 1 / math.sqrt(d)
     mask_batch = 1 if masked else None
@@ -78,68 +62,37 @@ def test_the_float16_kernel_matches_float64_attention(b, m, n, d, dv, keys, mask
     out = tvm.runtime.tensor(np.zeros((b, rows, dv), np.float32))
     lib["main"](*(tvm.runtime.tensor(a) for a in args), out)
     got = out.numpy()
-    want = _reference(q, kt, v, scale, keys, mask)[:, first : first + rows]
-    assert _sqnr(got, want) > 44, _sqnr(got, want)  # 47-57 dB measured; float16 has 11 significant bits
+    want = attention_reference(q, kt, v, scale, keys, mask)[:, first : first + rows]
+    assert sqnr_db(got, want) > 44, sqnr_db(got, want)  # 47-57 dB measured; float16 has 11 significant bits
     if masked and first == 0:
         assert np.all(got[:, 3] == 0)
-
-
-class _AttentionBlock(nn.Module):
-    """Projections around SDPA: what `ptq` quantizes, the attention left between them."""
-
-    def __init__(self, dim: int = 64, heads: int = 2) -> None:
-        super().__init__()
-        self.qkv, self.out, self.heads = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), heads
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, c = x.shape
-        q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        y = nn.functional.scaled_dot_product_attention(q, k, v)
-        return self.out(y.transpose(1, 2).reshape(b, t, c))
-
-
-def _program(quantized: bool):
-    torch.manual_seed(0)
-    program = capture(_AttentionBlock().eval(), (torch.randn(2, 160, 64),), name="block")
-    if quantized:
-        program = PassManager(build_passes(["ptq"], {"ptq": {}})).run(program).program
-    return program
 
 
 @needs_fp16
 def test_quantized_programs_take_float16_attention_and_float_ones_keep_float32():
     for quantized in (False, True):
-        program = _program(quantized)
+        program = attention_block_program(quantized)
         artifact = lower(program, "cpu", num_cores=1)
         (got,) = artifact.run(*program.example_inputs)
         want = np.asarray(outputs_of(program)[0])
         assert artifact.info["fused_attentions"] == 1
-        assert artifact.info["half_attentions"] == int(quantized)
+        assert artifact.info["reduced_attentions"] == int(quantized)
         assert artifact.info["attention_precision"] == ("float16" if quantized else "float32")
-        assert _sqnr(np.asarray(got), want) > (40 if quantized else 80)
+        assert sqnr_db(np.asarray(got), want) > (40 if quantized else 80)
 
-    forced = lower(_program(False), "cpu", num_cores=1, attention_precision="float16")
-    assert forced.info["half_attentions"] == 1
-    kept = lower(_program(True), "cpu", num_cores=1, attention_precision="float32")
-    assert kept.info["half_attentions"] == 0
+    forced = lower(attention_block_program(False), "cpu", num_cores=1, attention_precision="float16")
+    assert forced.info["reduced_attentions"] == 1
+    kept = lower(attention_block_program(True), "cpu", num_cores=1, attention_precision="float32")
+    assert kept.info["reduced_attentions"] == 0
 
 
 def test_float16_attention_needs_the_cpu_feature_and_a_known_precision(monkeypatch):
-    program = _program(False)
+    program = attention_block_program(False)
     with pytest.raises(UnknownNameError, match="attention precision"):
         lower(program, "cpu", attention_precision="bfloat16")
     monkeypatch.setattr(attention_kernel, "target_has_fp16", lambda _target: False)
     with pytest.raises(ConfigError, match="AVX512-FP16"):
         lower(program, "cpu", attention_precision="float16")
-
-
-class _SDPA(nn.Module):
-    def __init__(self, causal: bool = False) -> None:
-        super().__init__()
-        self.causal = causal
-
-    def forward(self, q, k, v):
-        return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
 
 
 @pytest.mark.parametrize(
@@ -154,8 +107,8 @@ class _SDPA(nn.Module):
 )
 def test_which_attentions_take_the_float16_kernel(shape, causal, kernels):
     inputs = tuple(torch.randn(*shape) for _ in range(3))
-    mod = import_program(capture(_SDPA(causal).eval(), inputs, name="a")).mod
-    mod, fused, halves = fuse_attention(mod, half=True)
+    mod = import_program(capture(SDPA(causal).eval(), inputs, name="a")).mod
+    mod, fused, halves = fuse_attention(mod, "float16")
     assert fused == 1 and halves == (kernels[0] == "half_attention")
     names = [name.rstrip("0123456789") for name in call_tir_names(mod) if "attention" in name]
     assert names == kernels
