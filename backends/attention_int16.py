@@ -22,14 +22,16 @@ where it is not, this kernel runs them on integers. `int16_attention_func` compu
 5. the sums times each value column's scale, divided by the row sums (a row masked whole gives
    zeros, as PyTorch does).
 
-K and V arrive quantized (`quantized_keys`, `quantized_values`: Relax ops the build fuses into a
-few small kernels): K per key and V per value column, each to integers of at most `QMAX`, as
-int16 pairs interleaved for `vpdpwssd`: kq [b, d / 2, n, 2] (a register holds 16 keys' pairs of
-the head dim), vq [b, n / 2, dv, 2] (16 value columns' pairs of keys), with their float32 scales.
-With 12-bit Q, K and V (every value within half a step of 1/2047 of its row's, key's or column's
-largest) and weights in steps of 1/4095 of the row's largest, the kernel's output is within
-about 47-60 dB SQNR of float64 attention (`tests/backends/test_attention_int16.py`), as close as
-the float16 kernel's; a W8A8 model's outputs are 23-33 dB from float. `lowering` therefore runs
+K and V arrive quantized (`quantized_keys`, `quantized_values`: one `pairs_func` kernel each;
+Relax's own max / divide / round / cast / transpose fused into kernels that ran at 2 GB/s and
+made ViT-Tiny's W8A8 0.7 ms slower than float32 attention): K per key and V per value column,
+each to integers of at most `QMAX`, two int16 in one 32-bit word as `vpdpwssd` pairs them: kq
+[b, d / 2, n] (16 words, a register, hold 16 keys' pairs of the head dim), vq [b, n / 2, dv]
+(16 value columns' pairs of keys), with their float32 scales. With 12-bit Q, K and V (every
+value within half a step of 1/2047 of its row's, key's or column's largest) and weights in steps
+of 1/4095 of the row's largest, the kernel's output is within 59-63 dB SQNR of float64 attention
+on random heads (`tests/backends/test_attention_int16.py` asks for 50), closer than the float16
+kernel's 47-57 dB; a W8A8 model's outputs are 23-33 dB from float. `lowering` therefore runs
 it only for quantized Programs by default (`attention_precision`). Keys are padded to a multiple
 of 32; value widths must be multiples of 16 and head dims even and at most `MAX_HEAD`.
 """
@@ -80,6 +82,7 @@ def quantized_values(bb: Any, v: Any) -> tuple[Any, Any]:
 
 
 def _quantized(bb: Any, x: Any) -> tuple[Any, Any]:
+    """`pairs_func` on x [b, p, c], emitted: (words [b, p / 2, c], scales [b, c])."""
     from tvm import relax
 
     b, p, c = static_shape(x) or []
@@ -150,8 +153,8 @@ def int16_attention_func(
     block: tuple[int, int, int] | None = None,
 ) -> Any:
     """The PrimFunc `out = softmax(scale * q @ kt [+ mask]) @ v` over the first `keys` keys
-    (the rest get no weight): q float32 [b, m, d], kq int16 [b, d / 2, n, 2] and sk float32
-    [b, n] (`quantized_keys`), vq int16 [b, n / 2, dv, 2] and sv float32 [b, dv]
+    (the rest get no weight): q float32 [b, m, d], kq uint32 [b, d / 2, n] and sk float32
+    [b, n] (`quantized_keys`), vq uint32 [b, n / 2, dv] and sv float32 [b, dv]
     (`quantized_values`), mask float32 [mask_batch, m, n] when `mask_batch` is given, out float32.
     `n` a multiple of `KEYS`, `m` of 4. With `block` (first row, rows, keys) it computes those
     query rows over the first keys only, like `attention.attention_func`."""
