@@ -17,7 +17,8 @@ Issue 17 asks, per model, for the five biggest kernels by time with their share 
    one each, so a multiply-add is 2, as in the peaks). It cannot read the tile GEMM of
    `vnni.py` (it raises on `vpdpbusd` and the broadcasts); those kernels, VNNI or FMA, count
    `2 * M * K * N` from their `x[M, K]` and packed `w[N / 16, K / group, 16, group]`
-   arguments, and the float16 attention (`attention_kernel.py`) its two matmuls' multiply-adds.
+   arguments, and the float16 and int16 attentions (`attention_kernel.py`, `attention_int16.py`)
+   their two matmuls' multiply-adds.
 5. Class each kernel: its precision from the first tensor it reads (8-bit integers, or the
    int16 pairs of AVX2's int8 GEMM: `int8`, against the int8 dot-product peak, on AVX2 the
    `vpmaddubsw` triple's, so that a GEMM of 8-bit weights on `vpmaddwd` shows what 7-bit ones
@@ -146,8 +147,9 @@ def precision_of(dtypes: list[str]) -> str:
     reads) holds 8-bit integers and the second (its weight) is no float32 (a W8A8 depthwise conv
     reads int8 and computes in float32: `fp32`), or both are int16 (AVX2's int8 GEMM, `vnni.U8S16`,
     holds its 8-bit values in int16), `fp16` when any is float16 (the float16
-    attention reads Q in float32), else `fp32`, `int32` (integer arithmetic without a measured
-    peak) or `other`."""
+    attention reads Q in float32), `int16` when any holds words of two int16 (the int16
+    attention's K and V, `attention_int16.py`; no peak measured), else `fp32`, `int32` (integer
+    arithmetic without a measured peak) or `other`."""
     first = dtypes[0] if dtypes else ""
     if first in ("int8", "uint8"):
         return "fp32" if dtypes[1:2] == ["float32"] else "int8"
@@ -155,6 +157,8 @@ def precision_of(dtypes: list[str]) -> str:
         return "int8"
     if "float16" in dtypes:
         return "fp16"
+    if "uint32" in dtypes:
+        return "int16"
     return {"float32": "fp32", "int32": "int32"}.get(first, "other")
 
 

@@ -247,7 +247,7 @@ def main() -> None:
             "arguments of its first call on 1 thread, all kernels in interleaved rounds, median of "
             f"{args.repeats} rounds (`optkit.backends.kernel_profile`); time = calls x median; share = of "
             "the kernels' summed time; rate = operations per call (TVM's `estimate_tir_flops`, VNNI "
-            "kernels from their shapes, the float16 attention its two matmuls' multiply-adds only, "
+            "kernels from their shapes, the float16 and int16 attentions their two matmuls' multiply-adds only, "
             "where the float32 one's count includes its softmax) over the median; % of peak against "
             "the peak of the kernel's "
             "precision, shown for GEMM/conv/depthwise kernels only (the op counts of elementwise, "

@@ -225,6 +225,9 @@ def test_kernel_classes():
     assert kp.precision_of(["float32", "float16", "float16", "float32"]) == "fp16"  # float16 attention
     assert kp.precision_of(["int8", "float32", "float32"]) == "fp32"  # a W8A8 depthwise conv
     assert kp.precision_of(["int16", "int16", "int32"]) == "int8"  # AVX2's int8 GEMM, 8-bit values in int16
+    assert (
+        kp.precision_of(["float32", "uint32", "float32", "uint32", "float32", "float32"]) == "int16"
+    )  # int16 attention
 
 
 # -- the profile of a tiny model -----------------------------------------------------------------
