@@ -176,3 +176,15 @@ class SDPA(nn.Module):
 
     def forward(self, q, k, v):
         return nn.functional.scaled_dot_product_attention(q, k, v, is_causal=self.causal)
+
+
+def fused_attention_kernels(shape, causal, precision):
+    """SDPA on q, k, v of `shape` through `fuse_attention(precision)`: (attentions fused, how
+    many in `precision`, the attention kernels called, digits stripped)."""
+    from optkit.backends.attention import fuse_attention
+    from optkit.backends.tvm_import import import_program
+
+    inputs = tuple(torch.randn(*shape) for _ in range(3))
+    mod = import_program(capture(SDPA(causal).eval(), inputs, name="a")).mod
+    mod, fused, reduced = fuse_attention(mod, precision)
+    return fused, reduced, [name.rstrip("0123456789") for name in call_tir_names(mod) if "attention" in name]

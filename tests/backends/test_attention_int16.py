@@ -5,21 +5,16 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from optkit.backends import attention_int16, lower, vnni
-from optkit.backends.attention import fuse_attention
 from optkit.backends.attention_kernel import target_has_fp16
 from optkit.backends.targets import host_cpu_config
-from optkit.backends.tvm_import import import_program
 
 from optkit.errors import ConfigError
-from optkit.ir.capture import capture
 from tests.backends.conftest import (
-    SDPA,
     attention_block_program,
     attention_inputs,
     attention_reference,
-    call_tir_names,
+    fused_attention_kernels,
     outputs_of,
     sqnr_db,
 )
@@ -144,11 +139,8 @@ def test_int16_attention_needs_avx512_vnni(monkeypatch):
     ids=["int16", "few-keys", "narrow-heads", "causal-blocks"],
 )
 def test_which_attentions_take_the_int16_kernel(shape, causal, kernels):
-    inputs = tuple(torch.randn(*shape) for _ in range(3))
-    mod = import_program(capture(SDPA(causal).eval(), inputs, name="a")).mod
-    mod, fused, reduced = fuse_attention(mod, "int16")
+    fused, reduced, names = fused_attention_kernels(shape, causal, "int16")
     assert fused == 1 and reduced == (kernels[0] == "int16_attention")
-    names = [name.rstrip("0123456789") for name in call_tir_names(mod) if "attention" in name]
     assert names == kernels
 
 

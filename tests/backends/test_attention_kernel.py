@@ -4,21 +4,17 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from optkit.backends import attention_kernel, lower
-from optkit.backends.attention import causal_blocks, fuse_attention
+from optkit.backends.attention import causal_blocks
 from optkit.backends.attention_kernel import half_attention_func
 from optkit.backends.targets import host_cpu_config
-from optkit.backends.tvm_import import import_program
 
 from optkit.errors import ConfigError, UnknownNameError
-from optkit.ir.capture import capture
 from tests.backends.conftest import (
-    SDPA,
     attention_block_program,
     attention_inputs,
     attention_reference,
-    call_tir_names,
+    fused_attention_kernels,
     outputs_of,
     sqnr_db,
 )
@@ -106,11 +102,8 @@ def test_float16_attention_needs_the_cpu_feature_and_a_known_precision(monkeypat
     ids=["half", "few-keys", "narrow-heads", "causal-blocks"],
 )
 def test_which_attentions_take_the_float16_kernel(shape, causal, kernels):
-    inputs = tuple(torch.randn(*shape) for _ in range(3))
-    mod = import_program(capture(SDPA(causal).eval(), inputs, name="a")).mod
-    mod, fused, halves = fuse_attention(mod, "float16")
-    assert fused == 1 and halves == (kernels[0] == "half_attention")
-    names = [name.rstrip("0123456789") for name in call_tir_names(mod) if "attention" in name]
+    fused, reduced, names = fused_attention_kernels(shape, causal, "float16")
+    assert fused == 1 and reduced == (kernels[0] == "half_attention")
     assert names == kernels
 
 
