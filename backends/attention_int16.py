@@ -65,10 +65,6 @@ def fits(d: int, dv: int) -> bool:
     return d % 2 == 0 and d <= MAX_HEAD and dv % LANES == 0
 
 
-def padded_keys(n: int) -> int:
-    return -(-n // KEYS) * KEYS
-
-
 def quantized_keys(bb: Any, kt: Any) -> tuple[Any, Any]:
     """kt float32 [b, d, n] as the kernel reads it: (kq [b, d / 2, n] words of two int16, a
     key's pair of head dims, per-key scales float32 [b, n]); a key of zeros gets scale 0."""

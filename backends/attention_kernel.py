@@ -70,10 +70,6 @@ def fits(dv: int) -> bool:
     return dv % LANES == 0
 
 
-def padded_keys(n: int) -> int:
-    return -(-n // KEYS) * KEYS
-
-
 def attention_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]]) -> float | None:
     """Multiply-adds (x 2) per call of a `half_attention_func` kernel, from its arguments q [b,
     m, d], ..., out [b, rows, dv] and the keys it reads; None for another kernel."""

@@ -149,4 +149,3 @@ def test_int16_heads_fit_whole_pairs_and_registers():
     assert not attention_int16.fits(31, 32)  # pairs of the head dim
     assert not attention_int16.fits(512, 32)  # a logit's int32 sum could overflow
     assert not attention_int16.fits(32, 40)  # value columns in whole registers
-    assert attention_int16.padded_keys(77) == 96
