@@ -119,6 +119,9 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
         _tile_transpose(sch, loops)
         return
     inner = _extent(sch, loops[-1])
+    cuts = _lane_cuts(sch, block, loops)
+    if cuts and _partition_vectors(sch, loops, cuts):
+        return
     if len(loops) > 1 and inner is not None and inner >= ELEMENTWISE_LANES:
         # A long innermost axis: vectorize it alone. Fusing it with the outer axes first would
         # put div / mod by the axis extents into every vector lane's index (a transpose, a
@@ -138,6 +141,83 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
     outer, inner_loop = split
     parallel(sch, outer)
     sch.vectorize(inner_loop)
+
+
+MAX_CUT_EXTENT = 4096  # longest innermost axis whose `if_then_else` conditions are evaluated point by point
+
+
+def _lane_cuts(sch: s_tir.Schedule, block: Any, loops: list[Any]) -> list[int]:
+    """Where along the innermost loop the block's lazy conditions change value: the points in
+    (0, extent) at which some `if_then_else` condition that reads the innermost axis only (a
+    concatenation's halves, a pad's edge) turns. Empty when there is none, or when a condition
+    mixes that axis with another variable (it cannot be split off by the loop alone).
+
+    TVM's `VectorizeLoop` scalarizes a vector loop whose `if_then_else` condition differs
+    across its lanes, the whole loop body with it; split at these points, each piece's
+    condition is one value across its lanes and simplifies away."""
+    import tvm
+    import tvm_ffi
+    from tvm.s_tir.dlight.analysis import collect_vars_used_in_prim_expr
+    from tvm.sym import Analyzer
+
+    stmt = sch.get(block)
+    extent = _extent(sch, loops[-1])
+    if extent is None or extent > MAX_CUT_EXTENT or len(stmt.iter_vars) != len(loops):
+        return []
+    axis, dtype = stmt.iter_vars[-1].var, str(stmt.iter_vars[-1].var.ty)
+    conditions: list[Any] = []
+
+    def visit(call: Any) -> None:
+        if getattr(call.op, "name", "") == "prim.if_then_else":
+            conditions.append(call.args[0])
+
+    tvm_ffi.structural_walk(stmt.body, (tvm.ir.expr.Call, visit), order="post")
+    cuts: set[int] = set()
+    for cond in conditions:
+        used = collect_vars_used_in_prim_expr(cond)
+        if not any(v.same_as(axis) for v in used):
+            continue
+        if len(used) > 1:
+            return []
+        values = []
+        for point in range(extent):
+            analyzer = Analyzer()
+            analyzer.bind(axis, tirx.IntImm(dtype, point))
+            value = analyzer.simplify(cond)
+            if not isinstance(value, tirx.IntImm):
+                return []
+            values.append(bool(value.value))
+        cuts.update(i for i in range(1, extent) if values[i] != values[i - 1])
+    return sorted(cuts)
+
+
+def _partition_vectors(sch: s_tir.Schedule, loops: list[Any], cuts: list[int]) -> bool:
+    """Vectorize the innermost loop in pieces between `cuts` (`_lane_cuts`), the outer loops in
+    parallel; False (nothing changed) when the pieces do not fit one of two forms: every cut a
+    multiple of `ELEMENTWISE_LANES` (vectors of that width, partitioned between vectors), or
+    an axis of at most four vectors (each piece one vector of its own width)."""
+    extent = _extent(sch, loops[-1])
+    if extent is None:
+        return False
+    lanes = ELEMENTWISE_LANES
+    if extent % lanes == 0 and all(c % lanes == 0 for c in cuts):
+        chunks, vec = sch.split(loops[-1], factors=[None, lanes])
+        if len(loops) > 1:
+            parallel(sch, sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+        bounds = [0, *(c // lanes for c in cuts)]
+        parts = sch.loop_partition(chunks, [b - a for a, b in zip(bounds, bounds[1:])] + [None])
+        for part in parts:
+            for child in sch.get_child_blocks(part):
+                sch.vectorize(sch.get_loops(child)[-1])
+        return True
+    if extent > 4 * lanes:
+        return False
+    if len(loops) > 1:
+        parallel(sch, sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
+    bounds = [0, *cuts]
+    for part in sch.loop_partition(loops[-1], [b - a for a, b in zip(bounds, bounds[1:])] + [None]):
+        sch.vectorize(part)
+    return True
 
 
 def _transposing(sch: s_tir.Schedule, block: Any, loops: list[Any]) -> bool:

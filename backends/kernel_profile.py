@@ -17,7 +17,7 @@ Issue 17 asks, per model, for the five biggest kernels by time with their share 
    one each, so a multiply-add is 2, as in the peaks). It cannot read the tile GEMM of
    `vnni.py` (it raises on `vpdpbusd` and the broadcasts); those kernels, VNNI or FMA, count
    `2 * M * K * N` from their `x[M, K]` and packed `w[N / 16, K / group, 16, group]`
-   arguments, and the float16 and int16 attentions (`attention_kernel.py`, `attention_int16.py`)
+   arguments (a batched one, `winograd.py`'s 16 products, per product), and the float16 and int16 attentions (`attention_kernel.py`, `attention_int16.py`)
    their two matmuls' multiply-adds.
 5. Class each kernel: its precision from the first tensor it reads (8-bit integers, or the
    int16 pairs of AVX2's int8 GEMM: `int8`, against the int8 dot-product peak, on AVX2 the
@@ -239,9 +239,10 @@ def kernel_ops(func: Any, shapes: list[tuple[tuple[int, ...], str]], family: str
     attrs = func.attrs
     tile_gemm = attrs is not None and str(attrs.get(KERNEL_ATTR, "")) == GEMM_KERNEL
     if tile_gemm or any(name in script for name in VNNI_INTRINSICS):
-        from optkit.backends.vnni import OutPad
+        from optkit.backends.vnni import OutPad, products
 
-        return vnni_ops(shapes, OutPad.of(func))
+        # a batched GEMM's x and w hold all its products: M x K x N counted once per product
+        return vnni_ops(shapes, OutPad.of(func)) / products(func)
     if family in ("gemm", "conv", "depthwise") and (macs := reduction_volume(script)) > 0:
         return 2.0 * macs
     try:

@@ -321,6 +321,7 @@ def _specialize(
         "channels_last_convs": 0,
         "vnni_kernels": 0,
         "fma_kernels": 0,
+        "winograd_convs": 0,
         "fast_math_ops": 0,
         "blas_matmuls": 0,
         "sunk_reshapes": 0,
@@ -375,6 +376,7 @@ def _specialize(
         fma=fma,
         progress=progress,
         consumed=release.consumed if release is not None else None,
+        winograd=fast_math,
     )
     if release is not None:
         figures["released_weight_bytes"] = release.freed_bytes
@@ -388,6 +390,7 @@ def _specialize(
         padded_matmuls=packed["padded"],
         vnni_kernels=packed["vnni"],
         fma_kernels=packed["fma"],
+        winograd_convs=packed["winograd"],
     )
     mod, _ = cancel_transposes(mod)
     mod, figures["split_group_norms"] = split_group_norms(mod)

@@ -85,6 +85,7 @@ def pack_weights(
     fma: Arith | None = None,
     progress: Callable[[int, int, float], None] | None = None,
     consumed: Callable[[Any], None] | None = None,
+    winograd: bool = False,
 ) -> tuple[Any, dict[str, int]]:
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
@@ -92,7 +93,9 @@ def pack_weights(
     AVX-512 VNNI, `vnni.U8S8`, or AVX2's `vpmaddwd`, `vnni.U8S16`, and for a weight of 7 bits
     `vpmaddubsw`, `vnni.U8S7`: `vnni.for_weight`) where their shapes fit it,
     instead of the panel kernels here; `fma`: float32 matmuls and 1 x 1 convs go to the same tile
-    kernel with FMAs (`vnni.F32` on AVX-512, `vnni.F32_AVX2`). `progress(done, total, seconds_left)` is called
+    kernel with FMAs (`vnni.F32` on AVX-512, `vnni.F32_AVX2`); with `winograd` too, float32 3 x 3
+    convs that `winograd.applies` to run as Winograd F(2 x 2, 3 x 3) on it (`winograd.py`).
+    `progress(done, total, seconds_left)` is called
     at most once a second as matmuls and convs are visited (seconds left extrapolated from the
     time per op so far). `consumed(tensor)` is told each time a use of a constant weight is
     replaced by its packed panels (directly, or through a `permute_dims` no one else reads), so
@@ -104,13 +107,23 @@ def pack_weights(
     matmul = _op("relax.matmul")
     conv2d = _op("relax.nn.conv2d")
     conv2d_transpose = _op("relax.nn.conv2d_transpose")
-    counts = {"matmul": 0, "conv2d": 0, "depthwise": 0, "int8_depthwise": 0, "vnni": 0, "fma": 0, "padded": 0}
+    counts = {
+        "matmul": 0,
+        "conv2d": 0,
+        "depthwise": 0,
+        "int8_depthwise": 0,
+        "vnni": 0,
+        "fma": 0,
+        "padded": 0,
+        "winograd": 0,
+    }
     kinds = (matmul, conv2d, conv2d_transpose)
     # in order, the first that applies: (enabled, op, rewrite, the count it adds to)
     rules: list[tuple[object, Any, Callable[..., Any], str]] = [
         (True, matmul, _pad_columns, "padded"),
         (vnni, matmul, partial(_vnni_matmul, arith=vnni), "vnni"),
         (vnni, conv2d, partial(_vnni_conv, arith=vnni), "vnni"),
+        (fma and winograd, conv2d, partial(_winograd_conv, arith=fma), "winograd"),
         (fma, matmul, partial(_fma_matmul, arith=fma), "fma"),
         (fma, conv2d, partial(_fma_conv, arith=fma), "fma"),
         (True, matmul, _packed_matmul, "matmul"),
@@ -718,6 +731,24 @@ def _fma_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = No
     x2 = _as_2d(bb, x, x_shape)
     y = bb.emit(vnni.matmul(bb, x2, w_np, arith=arith))
     return _from_2d(y, x_shape, w_np.shape[1])
+
+
+def _winograd_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
+    """A float32 NHWC 3 x 3 conv that `winograd.applies` to, as Winograd F(2 x 2, 3 x 3) on the
+    FMA tile kernel (`winograd.py`); its bias, residual and activation fuse into the output
+    transform."""
+    from optkit.backends import winograd
+
+    nhwc = _nhwc_conv(call, lookup)
+    if nhwc is None:
+        return None
+    x, w_hwio, stride, dilation, pad, groups = nhwc
+    kh, kw, ci, co = w_hwio.shape
+    if arith is None or not winograd.applies((kh, kw), stride, dilation, pad, groups, (ci, co), arith):
+        return None
+    if _nchw_source(x, lookup) is not None:  # the model's NCHW image: `_packed_conv` reads it in place
+        return None
+    return winograd.conv(bb, x, w_hwio, _emit_fusable, arith)
 
 
 def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:

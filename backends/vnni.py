@@ -114,6 +114,7 @@ KERNEL_ATTR, GEMM_KERNEL = "optkit_kernel", "tile_gemm"  # marks the GEMM for `e
 CONV_ATTR = "optkit_conv"  # a GEMM that reads a padded image in place: its `Conv` geometry
 PAD_ATTR = "optkit_out_pad"  # a GEMM that writes a padded image: its `OutPad`
 ARITH_ATTR = "optkit_arith"  # a GEMM's `Arith.key`
+BATCH_ATTR = "optkit_batch"  # a batched GEMM's count of products (`gemm_func`'s `batch`)
 PMADDWD = "llvm.x86.avx2.pmadd.wd"
 PMADDUBSW = "llvm.x86.avx2.pmadd.ub.sw"
 L1_WEIGHT_BYTES = 32 * 1024  # a tile column's weight panels up to this stay in L1 (48 KiB) across M
@@ -297,6 +298,12 @@ def choose_tile(m: int, n: int, k: int, value_bytes: int = 1, even: bool = False
     # weights past L2: rows inner read them once, and the activations once per tile column;
     # panels inner, the activations once and the weights once per row tile
     return Tile(rows, panels, rows_inner=x_bytes * tiles_n <= w_bytes * tiles_m)
+
+
+def products(func: Any) -> int:
+    """The GEMMs one `gemm_func` kernel computes (its `batch`; 1 for most)."""
+    attrs = func.attrs
+    return int(attrs[BATCH_ATTR]) if attrs is not None and BATCH_ATTR in attrs else 1
 
 
 def target_has_vnni(target: Any) -> bool:
@@ -490,6 +497,7 @@ def gemm_func(
     epilogue: Epilogue | None = None,
     out_pad: OutPad | None = None,
     arith: Arith = U8S8,
+    batch: int = 1,
 ) -> Any:
     """The TIR kernel `y[M, N] (int32) = xu[M, K] (uint8) @ Wv (packed int8)` (`U8S16`: xu and
     Wv int16; `U8S7`: Wv's values within [-64, 64]), or with `arith` `F32`
@@ -500,7 +508,9 @@ def gemm_func(
     result: the requantization runs on the accumulators before the store, not as a pass over y.
     With `conv`, `xu` is the padded image that the GEMM reads in place (`Conv`); with `out_pad`,
     `y` is the padded image `OutPad` describes, its border written first. With the epilogue's
-    `glu`, `y` is `[M, N / 2]` (`Glu`).
+    `glu`, `y` is `[M, N / 2]` (`Glu`). With `batch` B > 1 it runs B independent GEMMs, `xu`
+    `[B * M, K]`, `Wv` B packed weights one after another (`[B * N16 / 16, ...]`) and `y`
+    `[B * M, N]` (no offset, epilogue, conv or padding: `winograd.py`'s 16 products).
 
     One parallel loop over `tile`s (default `choose_tile`); each keeps its `rows x panels`
     accumulators in registers over all of K (starting from `offset`), then stores them. Built with TVM's IR builder, as
@@ -521,6 +531,8 @@ def gemm_func(
     group = arith.group
     if m < 1 or n < 1 or k < group or k % group:
         raise BackendError(f"the tile GEMM needs M, N >= 1 and K a multiple of {group}, got {m}x{n}x{k}")
+    if batch > 1 and (offset or conv is not None or epilogue is not None or out_pad is not None):
+        raise BackendError("a batched tile GEMM takes no offset, conv geometry, epilogue or output padding")
     glu = epilogue.glu if epilogue is not None else None
     if glu is not None and (n % (2 * LANES) or out_pad is not None or (tile and tile.panels % 2)):
         raise BackendError(f"a GLU write-back needs N a multiple of 32, an even tile, no padding; N = {n}")
@@ -531,18 +543,18 @@ def gemm_func(
 
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
         T.func_name(arith.name + "_gemm")
-        image: tuple[int, ...] = (m, k)
+        image: tuple[int, ...] = (batch * m, k)
         if conv is not None:
             image = (m // (conv.out_h * conv.out_w), conv.height, conv.width, k // (conv.kh * conv.kw))
         x = T.arg("x", T.buffer(tuple(_i64(d) for d in image), arith.x))
-        w = T.arg("w", T.buffer((_i64(nb), _i64(kb), LANES, group), arith.w))
+        w = T.arg("w", T.buffer((_i64(batch * nb), _i64(kb), LANES, group), arith.w))
         c = T.arg("offset", T.buffer((_i64(nb * LANES),), arith.acc)) if offset else None
         params = [
             T.arg(f"p{i}", T.buffer((_i64(r), _i64(cols)), dtype))
             for i, (r, cols, dtype) in enumerate(epilogue.params if epilogue else ())
         ]
         dtype = epilogue.dtype if epilogue else arith.acc
-        y_shape = out_pad.image(m, n) if out_pad is not None else (m, n // 2 if glu else n)
+        y_shape = out_pad.image(m, n) if out_pad is not None else (batch * m, n // 2 if glu else n)
         y = T.arg("y", T.buffer(tuple(_i64(d) for d in y_shape), dtype))
         attrs: dict[str, Any] = {
             "tirx.noalias": True,
@@ -555,10 +567,12 @@ def gemm_func(
             attrs[CONV_ATTR] = conv.attr
         if out_pad is not None:
             attrs[PAD_ATTR] = out_pad.attr
+        if batch > 1:
+            attrs[BATCH_ATTR] = batch
         T.func_attr(attrs)
         # a small GEMM runs on the calling thread (`parallel_loops`)
-        nbytes = np.prod(image) * np.dtype(arith.x).itemsize + nb * LANES * k * arith.bytes
-        loop = loop_kind(2.0 * m * n * k, nbytes + m * n * np.dtype(dtype).itemsize)
+        nbytes = np.prod(image) * np.dtype(arith.x).itemsize + batch * nb * LANES * k * arith.bytes
+        loop = loop_kind(2.0 * batch * m * n * k, nbytes + batch * m * n * np.dtype(dtype).itemsize)
         with T.sblock("root"):
             if out_pad is not None:
                 y = _padded_rows(y, out_pad, n, loop)
@@ -568,7 +582,12 @@ def gemm_func(
             words = (_i64(int(np.prod(image)) * per // group),)
             x4 = T.decl_buffer(words, "int32" if group > 1 else arith.x, data=x.data)
             source = _Rows(x4, kb, per) if conv is None else _Image(x4, conv, kb // (conv.kh * conv.kw), per)
-            with loop(_i64(0), _i64(tiles_m * tiles_n)) as t:
+            with loop(_i64(0), _i64(batch * tiles_m * tiles_n)) as bt:
+                # a batched GEMM's product: its first row of x and y, and its weights
+                first, w_first, t = _i64(0), None, bt
+                if batch > 1:
+                    product, t = bt // _i64(tiles_m * tiles_n), bt % _i64(tiles_m * tiles_n)
+                    first, w_first = product * _i64(m), (product * _i64(nb), nb)
                 if tile.rows_inner:
                     tm, tn = t % _i64(tiles_m), t // _i64(tiles_m)
                 else:
@@ -586,9 +605,9 @@ def gemm_func(
                     def ahead(ko: Any, tm: Any = tm, panel: Any = panel) -> tuple[Any, Any]:
                         return panel + _i64(panels), (tm * _i64(kb) + ko) // _i64(tiles_m)
 
-                place = (row, panel, rows, panels)
+                place = (first + row, panel, rows, panels)
                 finish = _Finisher(epilogue, params, arith, n // 2)
-                _tile_body(source, w, c, rows_of, place, arith, finish, ahead)
+                _tile_body(source, w, c, rows_of, place, arith, finish, ahead, w_first)
     return ib.get()
 
 
@@ -815,11 +834,14 @@ def _tile_body(
     arith: Arith,
     finish: Any,
     ahead: Any = None,
+    w_first: Any = None,
 ) -> None:
     """Emit one tile at `place` (first row, first panel, rows, panels): set the accumulators to 0
     or the offset `c`, one multiply-add per row and panel per step of k (`vpdpbusd` over 4 k, or
     an FMA), store `finish(accumulators)`. `ahead(ko)`, when given, is the (panel, k step) of
-    the weights to prefetch at step `ko`: the first of `panels` panels, each one cache line."""
+    the weights to prefetch at step `ko`: the first of `panels` panels, each one cache line.
+    `w_first`: (the weight panel of output panel 0, panels per product) of a batched GEMM's
+    product (default: panel 0 of the one product)."""
     from tvm import tirx
     from tvm.tirx.script.builder import ir as T
 
@@ -832,18 +854,24 @@ def _tile_body(
         start = tirx.Broadcast(zero, LANES) if c is None else c.vload([cols.base], dtype=vec)
         T.buffer_store(acc[p], start, [_i64(r), lanes])
     nb = int(w.shape[0])
+    if w_first is None:
+        w_first = _i64(0)
+    else:
+        w_first, nb = w_first
     with source.k_loop(row, rows) as (ko, word):
         if arith.w == "int16":
-            _madd_step(w, acc, panel, ko, word, rows)
+            _madd_step(w, acc, w_first + panel, ko, word, rows)
         elif arith == U8S7:
-            _maddubs_step(w, acc, panel, ko, word, rows)
+            _maddubs_step(w, acc, w_first + panel, ko, word, rows)
         else:
-            _step(w, acc, panel, ko, word, rows, arith)
+            _step(w, acc, w_first + panel, ko, word, rows, arith)
         if ahead is not None:
             nxt, step = ahead(ko)
             with T.If(nxt < _i64(nb)), T.Then():
                 for p in range(panels):
-                    line = tirx.address_of(w[T.min(nxt + _i64(p), _i64(nb - 1)), step, _i64(0), _i64(0)])
+                    line = tirx.address_of(
+                        w[w_first + T.min(nxt + _i64(p), _i64(nb - 1)), step, _i64(0), _i64(0)]
+                    )
                     flags = (tirx.IntImm("int32", v) for v in (0, PREFETCH_LOCALITY, 1))  # read, data
                     T.evaluate(tirx.call_intrin("void", "tirx.prefetch", line, *flags))
     n, per = int(y.buffer.shape[1]), finish.per
