@@ -32,6 +32,7 @@ makes its GEMMs and convs read memory contiguously.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from typing import Any
 
@@ -144,6 +145,7 @@ def _parallel_vectorize(sch: s_tir.Schedule, block: Any) -> None:
 
 
 MAX_CUT_EXTENT = 4096  # longest innermost axis whose `if_then_else` conditions are evaluated point by point
+MAX_CUTS = 3  # more pieces than 4 (a stack's interleaved lanes: a cut at every lane) stay one loop
 
 
 def _lane_cuts(sch: s_tir.Schedule, block: Any, loops: list[Any]) -> list[int]:
@@ -197,7 +199,7 @@ def _partition_vectors(sch: s_tir.Schedule, loops: list[Any], cuts: list[int]) -
     multiple of `ELEMENTWISE_LANES` (vectors of that width, partitioned between vectors), or
     an axis of at most four vectors (each piece one vector of its own width)."""
     extent = _extent(sch, loops[-1])
-    if extent is None:
+    if extent is None or len(cuts) > MAX_CUTS:
         return False
     lanes = ELEMENTWISE_LANES
     if extent % lanes == 0 and all(c % lanes == 0 for c in cuts):
@@ -205,7 +207,7 @@ def _partition_vectors(sch: s_tir.Schedule, loops: list[Any], cuts: list[int]) -
         if len(loops) > 1:
             parallel(sch, sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
         bounds = [0, *(c // lanes for c in cuts)]
-        parts = sch.loop_partition(chunks, [b - a for a, b in zip(bounds, bounds[1:])] + [None])
+        parts = sch.loop_partition(chunks, [b - a for a, b in itertools.pairwise(bounds)] + [None])
         for part in parts:
             for child in sch.get_child_blocks(part):
                 sch.vectorize(sch.get_loops(child)[-1])
@@ -215,7 +217,7 @@ def _partition_vectors(sch: s_tir.Schedule, loops: list[Any], cuts: list[int]) -
     if len(loops) > 1:
         parallel(sch, sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0])
     bounds = [0, *cuts]
-    for part in sch.loop_partition(loops[-1], [b - a for a, b in zip(bounds, bounds[1:])] + [None]):
+    for part in sch.loop_partition(loops[-1], [b - a for a, b in itertools.pairwise(bounds)] + [None]):
         sch.vectorize(part)
     return True
 

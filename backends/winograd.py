@@ -48,8 +48,15 @@ G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float
 AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
 
 
-def applies(kernel: tuple[int, int], stride: list[int], dilation: list[int], pad: list[int], groups: int,
-            channels: tuple[int, int], arith: Arith | None) -> bool:
+def applies(
+    kernel: tuple[int, int],
+    stride: list[int],
+    dilation: list[int],
+    pad: list[int],
+    groups: int,
+    channels: tuple[int, int],
+    arith: Arith | None,
+) -> bool:
     """Whether a float32 NHWC conv takes the Winograd kernels (see the module's docstring)."""
     ci, co = channels
     return (
@@ -126,7 +133,9 @@ def input_func(batch: int, height: int, width: int, channels: int) -> Any:
                 columns = [_combine([tile[a][col] for a in range(ALPHA)]) for col in range(ALPHA)]
                 for i in range(ALPHA):
                     for j, value in enumerate(_combine([T.Bind(columns[col][i]) for col in range(ALPHA)])):
-                        T.buffer_store(v, value, [_i64((i * ALPHA + j) * count) + p, tirx.Ramp(c, _i64(1), LANES)])
+                        T.buffer_store(
+                            v, value, [_i64((i * ALPHA + j) * count) + p, tirx.Ramp(c, _i64(1), LANES)]
+                        )
     return ib.get()
 
 
@@ -153,9 +162,7 @@ def output_te(batch: int, height: int, width: int) -> Any:
                     y % TILE == 0, at(0, j) + at(1, j) + at(2, j), at(1, j) - at(2, j) - at(3, j)
                 )
 
-            return tirx.if_then_else(
-                xx % TILE == 0, down(0) + down(1) + down(2), down(1) - down(2) - down(3)
-            )
+            return tirx.if_then_else(xx % TILE == 0, down(0) + down(1) + down(2), down(1) - down(2) - down(3))
 
         return te.compute((batch, height, width, k), value, name="winograd_output")
 
@@ -178,6 +185,10 @@ def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith = 
     v = bb.emit(relax.call_tir(gvar, [x], transformed))
     u = weight_transform(w_hwio)
     packed = np.concatenate([arith.pack(u[xi]) for xi in range(positions)], axis=0)
-    gemm = bb.add_func(gemm_func(count, k, channels, arith=arith, batch=positions), arith.name + "_winograd_gemm")
-    m = bb.emit(relax.call_tir(gemm, [v, relax.const(packed)], relax.TensorType((positions * count, k), "float32")))
+    gemm = bb.add_func(
+        gemm_func(count, k, channels, arith=arith, batch=positions), arith.name + "_winograd_gemm"
+    )
+    m = bb.emit(
+        relax.call_tir(gemm, [v, relax.const(packed)], relax.TensorType((positions * count, k), "float32"))
+    )
     return emit_fusable(bb, output_te(batch, height, width), m, name="winograd_output")
