@@ -120,3 +120,41 @@ def test_a_transposing_kernel_runs_in_tiles(out_shape, transposed, tiled):
     lib(*args)
     expected = (data.transpose(0, 2, 1) if transposed else data) * 2.0 + 1.0
     np.testing.assert_allclose(args[1].numpy(), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("condition", "cuts"),
+    [
+        (lambda i, c: c >= 32, [32]),  # a rotary embedding's halves (`rotate_half`'s concatenation)
+        (lambda i, c: c < 50, [50]),  # a pad's edge, within the last vector
+        (lambda i, c: i + c < 40, []),  # mixed with another axis: not split
+    ],
+    ids=["halves", "pad", "mixed"],
+)
+def test_lazy_conditions_along_the_vector_split_its_loop(condition, cuts):
+    """An `if_then_else` whose condition turns along the vectorized axis is split there
+    (`_lane_cuts`), so that each piece vectorizes; the values stay those of the naive loop."""
+    import tvm
+    from optkit.backends import cpu_schedules
+    from tvm import s_tir, te, tirx
+
+    x = te.placeholder((4, 64), name="x")
+    y = te.compute(
+        (4, 64),
+        lambda i, c: tirx.if_then_else(condition(i, c), x[i, c] * 2.0, x[i, (c + 32) % 64] - 1.0),
+        name="y",
+    )
+    func = te.create_prim_func([x, y])
+    sch = s_tir.Schedule(func)
+    block = sch.get_sblock("y")
+    assert cpu_schedules._lane_cuts(sch, block, sch.get_loops(block)) == cuts
+    target = resolve_target("cpu", num_cores=1).tvm_target()
+    scheduled = CPUElementwise().apply(func, target, False)
+    assert ("partition" in scheduled.mod.script()) == bool(cuts)
+    lib = tvm.tirx.build(scheduled.mod, target=target)
+    data = np.random.default_rng(0).standard_normal((4, 64)).astype(np.float32)
+    args = [tvm.runtime.tensor(data, tvm.cpu()), tvm.runtime.tensor(np.zeros((4, 64), np.float32))]
+    lib(*args)
+    i, c = np.meshgrid(np.arange(4), np.arange(64), indexing="ij")
+    expected = np.where(condition(i, c), data * 2.0, data[i, (c + 32) % 64] - 1.0)
+    np.testing.assert_array_equal(args[1].numpy(), expected)

@@ -8,6 +8,7 @@ from optkit.backends.kernel_profile import lower_with_kernels
 from optkit.backends.targets import resolve_target
 from torch import nn
 
+from optkit.errors import BackendError
 from optkit.ir.capture import capture
 from tests.backends.conftest import host_float_tiles, outputs_of
 
@@ -52,6 +53,24 @@ def test_float_gemm_matches_numpy_with_remainders():
     lib = _compile({name: vnni.gemm_func(*shape, arith=vnni.F32) for name, shape in names.items()})
     for name, shape in names.items():
         _check(lib, name, *shape)
+
+
+def test_a_batched_float_gemm_computes_each_product_with_its_own_weights():
+    """`batch` products one after another in x, the packed weights and y (`winograd.py`'s 16)."""
+    import tvm
+
+    batch, m, n, k = 3, 13, 40, 20
+    lib = _compile({"batched": vnni.gemm_func(m, n, k, arith=vnni.F32, batch=batch)})
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((batch, m, k)).astype(np.float32)
+    w = rng.standard_normal((batch, k, 48)).astype(np.float32)  # columns past N: never stored
+    packed = np.concatenate([vnni.pack(w[i], 1) for i in range(batch)])
+    out = tvm.runtime.tensor(np.full((batch * m, n), np.nan, np.float32))
+    lib["batched"](tvm.runtime.tensor(x.reshape(batch * m, k)), tvm.runtime.tensor(packed), out)
+    want = np.einsum("bmk,bkn->bmn", x.astype(np.float64), w[:, :, :n].astype(np.float64))
+    np.testing.assert_allclose(out.numpy().reshape(batch, m, n), want, rtol=1e-4, atol=1e-4 * np.sqrt(k))
+    with pytest.raises(BackendError, match="batched"):
+        vnni.gemm_func(m, n, k, arith=vnni.F32, batch=batch, offset=True)
 
 
 @pytest.mark.parametrize("tile", [vnni.Tile(6, 4), vnni.Tile(4, 6, rows_inner=False), vnni.Tile(12, 2)])

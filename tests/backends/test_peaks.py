@@ -194,6 +194,9 @@ def test_vnni_kernel_ops_come_from_its_shapes():
     conv = vnni.Conv(4, 6, 3, 3, (1, 1), 2, 4)
     image = [((2, 4, 6, 16), "uint8"), ((n // 16, 9 * 16 // 4, 16, 4), "int8"), ((16, n), "int32")]
     assert kp.kernel_ops(vnni.gemm_func(16, n, 144, conv=conv), image) == 2 * 16 * n * 144
+    # a batched GEMM (Winograd's 16 products): x, w and y hold all products, each counted once
+    batched = [((16 * m, k), "float32"), ((16 * n // 16, k, 16, 1), "float32"), ((16 * m, n), "float32")]
+    assert kp.kernel_ops(vnni.gemm_func(m, n, k, arith=vnni.F32, batch=16), batched) == 16 * 2 * m * n * k
 
 
 def test_float16_attention_ops_count_its_two_matmuls_over_the_keys_it_reads():

@@ -1,0 +1,86 @@
+"""Winograd F(2 x 2, 3 x 3) convs (`winograd.py`): the transforms' algebra, the lowered conv
+against torch with its epilogue, where it applies, and exact math keeping the direct conv."""
+
+import numpy as np
+import pytest
+import torch
+from optkit.backends import lower, vnni, winograd
+from torch import nn
+
+from optkit.ir.capture import capture
+from tests.backends.conftest import host_float_tiles, outputs_of
+
+AVX512 = host_float_tiles() == vnni.F32
+
+
+def test_the_transforms_compute_a_valid_correlation():
+    """Y = A^T [(G g G^T) . (B^T d B)] A is the 2 x 2 correlation of the 4 x 4 tile d with g."""
+    rng = np.random.default_rng(0)
+    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
+    direct = np.array([[(d[i : i + 3, j : j + 3] * g).sum() for j in range(2)] for i in range(2)])
+    u = winograd.G @ g @ winograd.G.T
+    v = winograd.BT @ d @ winograd.BT.T
+    np.testing.assert_allclose(winograd.AT @ (u * v) @ winograd.AT.T, direct, atol=1e-12)
+    # the weight transform is the same per (input, output) channel, float32, positions first
+    w = rng.standard_normal((3, 3, 2, 5)).astype(np.float32)
+    transformed = winograd.weight_transform(w)
+    assert transformed.shape == (16, 2, 5) and transformed.dtype == np.float32
+    expected = winograd.G @ w[:, :, 1, 3].astype(np.float64) @ winograd.G.T
+    np.testing.assert_allclose(transformed[:, 1, 3].reshape(4, 4), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kernel", "stride", "dilation", "pad", "groups", "channels", "arith", "applies"),
+    [
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32, True),
+        ((3, 3), [2, 2], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32, False),
+        ((3, 3), [1, 1], [2, 2], [1, 1, 1, 1], 1, (16, 32), vnni.F32, False),
+        ((3, 3), [1, 1], [1, 1], [0, 0, 0, 0], 1, (16, 32), vnni.F32, False),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 2, (16, 32), vnni.F32, False),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (4, 32), vnni.F32, False),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 40), vnni.F32, False),
+        ((5, 5), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32, False),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32_AVX2, False),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), None, False),
+    ],
+    ids=["fits", "strided", "dilated", "unpadded", "grouped", "rgb", "odd-outputs", "5x5", "avx2", "no-fma"],
+)
+def test_applies(kernel, stride, dilation, pad, groups, channels, arith, applies):
+    assert winograd.applies(kernel, stride, dilation, pad, groups, channels, arith) == applies
+
+
+class _Block(nn.Module):
+    """A ResNet block's second half: a 3 x 3 conv on an activation, its bias, a residual, ReLU."""
+
+    def __init__(self, channels: int, out: int) -> None:
+        super().__init__()
+        self.first = nn.Conv2d(channels, out, 1)  # the block's input is no transposed model image
+        self.conv = nn.Conv2d(out, out, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.first(x))
+        return torch.relu(self.conv(y) + y)
+
+
+@pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
+@pytest.mark.parametrize(
+    ("batch", "channels", "out", "height", "width"), [(2, 16, 32, 6, 6), (1, 32, 16, 5, 7), (3, 16, 16, 1, 2)]
+)
+def test_a_winograd_conv_matches_torch_with_its_epilogue(batch, channels, out, height, width):
+    torch.manual_seed(0)
+    x = torch.randn(batch, channels, height, width)
+    program = capture(_Block(channels, out).eval(), (x,), name="block")
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["winograd_convs"] == 1
+    (got,) = artifact.run(x)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
+def test_exact_math_keeps_the_direct_conv():
+    torch.manual_seed(0)
+    program = capture(_Block(16, 16).eval(), (torch.randn(1, 16, 6, 6),), name="block")
+    artifact = lower(program, "cpu", num_cores=1, fast_math=False)
+    assert artifact.info["winograd_convs"] == 0
+    (got,) = artifact.run(*program.example_inputs)
+    np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
