@@ -1,51 +1,114 @@
-"""Winograd convolution F(2 x 2, 3 x 3): a float32 3 x 3 conv in 2.25x fewer multiply-adds.
+"""Winograd convolution F(m x m, 3 x 3): a float32 3 x 3 conv in 2.25x (m = 2) or 4x (m = 4)
+fewer multiply-adds.
 
-A 3 x 3 conv at stride 1 computes each 2 x 2 block of output pixels from the 4 x 4 block of
-input pixels around it. Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms for
-Convolutional Neural Networks", CVPR 2016) writes that block as
+A 3 x 3 conv at stride 1 computes each m x m block of output pixels from the (m + 2) x (m + 2)
+block of input pixels around it. Winograd's minimal filtering (Lavin and Gray, "Fast Algorithms
+for Convolutional Neural Networks", CVPR 2016) writes that block as
 
     Y = A^T [ (G g G^T) . (B^T d B) ] A
 
-with `g` the 3 x 3 filter, `d` the 4 x 4 input tile, `.` the elementwise product and B, G, A
-small constant matrices of 0, +-1 and +-0.5. Over channels the elementwise products become 16
-independent GEMMs, one per position of the 4 x 4 transformed tile:
+with `g` the 3 x 3 filter, `d` the input tile, `.` the elementwise product and B, G, A small
+constant matrices (F2: 0, +-1, +-1/2; F4: up to 8 and 1/24). Over channels the elementwise
+products become (m + 2)^2 independent GEMMs, one per position of the transformed tile:
 
-    M[xi] (P x K) = V[xi] (P x C) @ U[xi] (C x K),  xi = 0 .. 15,
+    M[xi] (P x K) = V[xi] (P x C) @ U[xi] (C x K),
 
-for P tiles, C input and K output channels: 16 * C * K multiply-adds per tile of 4 outputs
-against 36 * C * K for the direct conv. Here
+for P tiles, C input and K output channels: per output pixel 4 (F2) or 2.25 (F4) multiply-adds
+per channel pair against 9 for the direct conv. Here
 
 - `U` is computed once at compile time (float64, stored float32) and packed for the FMA tile
-  GEMM (`vnni.gemm_func`, `F32`), the 16 GEMMs one batched kernel;
-- `input_func` writes `V` (`[16 * P, C]`, one GEMM operand after another) from the NHWC image,
-  reading its zero border in place (no pad kernel), a tile's 16 input vectors once per 16
+  GEMM (`vnni.gemm_func`, `F32`), the GEMMs one batched kernel;
+- `input_func` writes `V` (`[positions * P, C]`, one GEMM operand after another) from the NHWC
+  image, reading its zero border in place (no pad kernel), a tile's input vectors once per 16
   channels;
 - the output transform (`output_te`) is a TE compute that `FuseOps` fuses with the conv's
   bias, residual add and activation after it (it is marked output-elementwise-fusable, as the
-  packed convs are, `packing._emit_fusable`); each output vector reads the 9 of its tile's 16
-  GEMM results it needs.
+  packed convs are, `packing._emit_fusable`); each output vector reads the GEMM results its
+  position in the tile needs (9 of 16 for F2).
+
+`choose` takes the variant with fewer multiply-adds for the output's size, the tiles past its
+edge included: F4 from 3 x 3 pixels on. F4's larger constants cost accuracy: on ResNet-18 and
+the UNet of the model families the outputs moved by at most 1.3e-7 and 8.9e-6 (absolute) from
+F2's, the conv outputs by ~1e-6 relative to the direct conv's (tests/backends/test_winograd.py).
 
 Applies (`applies`) to float32 NHWC convs of 3 x 3 filters, stride and dilation 1, one group, a
 padding of 1 on every side, and channel counts that are multiples of 16, under fast math (the
-sums are reassociated: results differ from the direct conv in the last bits, ~1e-7 relative;
-`--exact-math` keeps the direct conv), on CPUs with AVX-512 (the only ones it is measured on).
-Odd image sides get a last row or column of tiles whose second output is not stored.
+sums are reassociated, so results differ from the direct conv in the last bits; `--exact-math`
+keeps the direct conv), on CPUs with AVX-512 (the only ones it is measured on). Image sides
+that m does not divide get a last row or column of tiles whose outputs past the edge are not
+stored.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from optkit.backends.parallel_loops import loop_kind
 from optkit.backends.vnni import F32, LANES, Arith, gemm_func
 
-TILE = 2  # output pixels per tile side, m of F(m x m, r x r)
-ALPHA = 4  # input pixels per tile side, m + r - 1
-# Lavin and Gray's matrices for F(2, 3): B^T (input), G (filter), A^T (output)
-BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64)
-G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64)
-AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)
+
+@dataclass(frozen=True)
+class Variant:
+    """F(m x m, 3 x 3): `m` outputs per tile side from `alpha = m + 2` inputs, with Lavin and
+    Gray's matrices B^T (input, alpha x alpha), G (filter, alpha x 3) and A^T (output, m x alpha)."""
+
+    m: int
+    bt: np.ndarray
+    g: np.ndarray
+    at: np.ndarray
+
+    @property
+    def alpha(self) -> int:
+        return self.m + 2
+
+    @property
+    def positions(self) -> int:
+        """GEMMs per conv: one per position of the transformed alpha x alpha tile."""
+        return self.alpha * self.alpha
+
+    def tiles(self, h: int, w: int) -> tuple[int, int]:
+        """Tiles down and across an `h x w` output."""
+        return -(-h // self.m), -(-w // self.m)
+
+
+F2 = Variant(
+    2,
+    np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float64),
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float64),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64),
+)
+F4 = Variant(
+    4,
+    np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        np.float64,
+    ),
+    np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ],
+        np.float64,
+    ),
+    np.array(
+        [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64
+    ),
+)
 
 
 def applies(
@@ -72,16 +135,11 @@ def applies(
     )
 
 
-def tiles(h: int, w: int) -> tuple[int, int]:
-    """Tiles down and across an `h x w` output."""
-    return -(-h // TILE), -(-w // TILE)
-
-
-def weight_transform(w_hwio: np.ndarray) -> np.ndarray:
+def weight_transform(w_hwio: np.ndarray, variant: Variant = F2) -> np.ndarray:
     """`U[xi, C, K] = (G g G^T)[xi]` for each filter `g` of `w_hwio[3, 3, C, K]`, float32."""
     g = w_hwio.astype(np.float64)
-    u = np.einsum("ia,abck,jb->ijck", G, g, G)
-    return np.ascontiguousarray(u.reshape(ALPHA * ALPHA, *w_hwio.shape[2:]).astype(np.float32))
+    u = np.einsum("ia,abck,jb->ijck", variant.g, g, variant.g)
+    return np.ascontiguousarray(u.reshape(variant.positions, *w_hwio.shape[2:]).astype(np.float32))
 
 
 def _i64(value: int) -> Any:
@@ -90,105 +148,142 @@ def _i64(value: int) -> Any:
     return tirx.IntImm("int64", value)
 
 
-def _combine(values: list[Any]) -> list[Any]:
-    """`B^T v` for the 4 vectors `v` (one column or row of a tile): adds and subtracts only."""
-    d0, d1, d2, d3 = values
-    return [d0 - d2, d1 + d2, d2 - d1, d1 - d3]
+def _linear(coefficients: np.ndarray, values: list[Any], scale: Any) -> Any:
+    """`sum(c * v)` over the nonzero coefficients: adds and subtracts for +-1, else a multiply
+    by `scale(|c|)` (a constant of the values' type)."""
+    total = None
+    for c, v in zip(coefficients, values, strict=True):
+        if c == 0:
+            continue
+        term = v if abs(c) == 1 else v * scale(abs(float(c)))
+        signed = term if c > 0 else -term
+        total = signed if total is None else (total + term if c > 0 else total - term)
+    return total
 
 
-def input_func(batch: int, height: int, width: int, channels: int) -> Any:
-    """The TIR kernel `V[16 * P, C] = B^T d B` per tile of the NHWC image `x[B, H, W, C]`
-    (padded by 1 with zeros, read in place): tile p's transformed values at position xi are row
-    `xi * P + p`. Tiles run in parallel; per 16 channels a tile loads its 16 input vectors
-    (those past the image: zeros) and stores the 16 transformed ones."""
+def input_func(batch: int, height: int, width: int, channels: int, variant: Variant = F2) -> Any:
+    """The TIR kernel `V[positions * P, C] = B^T d B` per tile d of the NHWC image
+    `x[B, H, W, C]` (padded by 1 with zeros, read in place): tile p's transformed values at
+    position xi are row `xi * P + p`. Tiles run in parallel; per 16 channels a tile loads its
+    alpha x alpha input vectors (those past the image: zeros) and stores the transformed ones."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script.builder import ir as T
 
-    th, tw = tiles(height, width)
-    count = batch * th * tw
+    th, tw = variant.tiles(height, width)
+    count, alpha = batch * th * tw, variant.alpha
     vec = f"float32x{LANES}"
     zero = tirx.Broadcast(tirx.const(0.0, "float32"), LANES)
+
+    def scale(c: float) -> Any:
+        return tirx.Broadcast(tirx.const(c, "float32"), LANES)
+
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
         T.func_name("winograd_input")
         x = T.arg("x", T.buffer((_i64(batch), _i64(height), _i64(width), _i64(channels)), "float32"))
-        v = T.arg("v", T.buffer((_i64(ALPHA * ALPHA * count), _i64(channels)), "float32"))
+        v = T.arg("v", T.buffer((_i64(variant.positions * count), _i64(channels)), "float32"))
         T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
-        nbytes = 4.0 * (batch * height * width * channels + ALPHA * ALPHA * count * channels)
-        loop = loop_kind(2.0 * 32 * count * channels, nbytes)
+        nbytes = 4.0 * (batch * height * width * channels + variant.positions * count * channels)
+        loop = loop_kind(4.0 * alpha * variant.positions * count * channels, nbytes)
         with T.sblock("root"), loop(_i64(0), _i64(count)) as p:
             b, rest = p // _i64(th * tw), p % _i64(th * tw)
-            top, left = rest // _i64(tw) * _i64(TILE) - _i64(1), rest % _i64(tw) * _i64(TILE) - _i64(1)
+            top = rest // _i64(tw) * _i64(variant.m) - _i64(1)
+            left = rest % _i64(tw) * _i64(variant.m) - _i64(1)
             with T.serial(_i64(0), _i64(channels // LANES)) as step:
                 c = step * _i64(LANES)
                 tile = []
-                for a in range(ALPHA):
+                for a in range(alpha):
                     row = []
-                    for col in range(ALPHA):
+                    for col in range(alpha):
                         y, xx = top + _i64(a), left + _i64(col)
                         inside = tirx.all(y >= _i64(0), y < _i64(height), xx >= _i64(0), xx < _i64(width))
                         row.append(T.Bind(tirx.if_then_else(inside, x.vload([b, y, xx, c], dtype=vec), zero)))
                     tile.append(row)
                 # B^T d: down each column; then (B^T d) B: along each row
-                columns = [_combine([tile[a][col] for a in range(ALPHA)]) for col in range(ALPHA)]
-                for i in range(ALPHA):
-                    for j, value in enumerate(_combine([T.Bind(columns[col][i]) for col in range(ALPHA)])):
-                        T.buffer_store(
-                            v, value, [_i64((i * ALPHA + j) * count) + p, tirx.Ramp(c, _i64(1), LANES)]
-                        )
+                down = [
+                    [
+                        T.Bind(_linear(variant.bt[i], [tile[a][col] for a in range(alpha)], scale))
+                        for col in range(alpha)
+                    ]
+                    for i in range(alpha)
+                ]
+                for i, j in itertools.product(range(alpha), range(alpha)):
+                    value = _linear(variant.bt[j], down[i], scale)
+                    T.buffer_store(
+                        v, value, [_i64((i * alpha + j) * count) + p, tirx.Ramp(c, _i64(1), LANES)]
+                    )
     return ib.get()
 
 
-def output_te(batch: int, height: int, width: int) -> Any:
-    """TE kernel: the conv's NHWC output `y[B, H, W, K]` from the GEMM results `m[16 * P, K]`,
-    `Y = A^T M A` per tile. Each output value adds the 9 results its position in the tile
-    (row i, column j) reads; the branches on i and j are one value across a vector of channels."""
+def output_te(batch: int, height: int, width: int, variant: Variant = F2) -> Any:
+    """TE kernel: the conv's NHWC output `y[B, H, W, K]` from the GEMM results
+    `m[positions * P, K]`, `Y = A^T M A` per tile. Each output value adds the results its
+    position in the tile (row i, column j) reads (9 of 16 for F2); the branches on i and j are
+    one value across a vector of channels."""
     from tvm import te, tirx
 
-    th, tw = tiles(height, width)
-    count = batch * th * tw
+    th, tw = variant.tiles(height, width)
+    count, alpha, tile = batch * th * tw, variant.alpha, variant.m
 
     def kernel(m: Any) -> Any:
         k = int(m.shape[1])
 
         def value(b: Any, y: Any, xx: Any, ch: Any) -> Any:
-            p = (b * th + y // TILE) * tw + xx // TILE
+            p = (b * th + y // tile) * tw + xx // tile
 
-            def at(i: int, j: int) -> Any:
-                return m[(i * ALPHA + j) * count + p, ch]
+            def scale(c: float) -> Any:
+                return tirx.const(c, "float32")
 
-            def down(j: int) -> Any:  # (A^T M)[row, j]
-                return tirx.if_then_else(
-                    y % TILE == 0, at(0, j) + at(1, j) + at(2, j), at(1, j) - at(2, j) - at(3, j)
-                )
+            def pick(index: Any, options: list[Any]) -> Any:  # options[index], lazily
+                chosen = options[-1]
+                for i in reversed(range(len(options) - 1)):
+                    chosen = tirx.if_then_else(index == i, options[i], chosen)
+                return chosen
 
-            return tirx.if_then_else(xx % TILE == 0, down(0) + down(1) + down(2), down(1) - down(2) - down(3))
+            def down(col: int) -> Any:  # (A^T M)[y % tile, col]
+                column = [m[(a * alpha + col) * count + p, ch] for a in range(alpha)]
+                return pick(y % tile, [_linear(variant.at[i], column, scale) for i in range(tile)])
+
+            columns = [down(col) for col in range(alpha)]
+            return pick(xx % tile, [_linear(variant.at[j], columns, scale) for j in range(tile)])
 
         return te.compute((batch, height, width, k), value, name="winograd_output")
 
     return kernel
 
 
-def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith = F32) -> Any:
+VARIANTS = (F2, F4)
+
+
+def choose(height: int, width: int) -> Variant:
+    """The variant with the fewest GEMM multiply-adds for an output of `height x width`, tiles
+    past its edge included (F4 from 3 x 3 pixels on; F2 on the smaller ones, where a 4 x 4 tile
+    is mostly edge)."""
+    return min(VARIANTS, key=lambda v: (math.prod(v.tiles(height, width)) * v.positions, v.m))
+
+
+def conv(
+    bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith = F32, variant: Variant | None = None
+) -> Any:
     """Emit the conv of the NHWC image `x` ([B, H, W, C], float32) with `w_hwio` ([3, 3, C, K])
-    as the Winograd kernels: the input transform, the 16 GEMMs as one batched tile kernel, and
-    the output transform through `emit_fusable` (`packing._emit_fusable`). Returns the output."""
+    as the Winograd kernels of `variant` (default `choose`): the input transform, the GEMMs as
+    one batched tile kernel, and the output transform through `emit_fusable`
+    (`packing._emit_fusable`). Returns the output."""
     from tvm import relax
 
     batch, height, width, channels = (int(d) for d in x.ty.shape)
+    variant = variant or choose(height, width)
     k = int(w_hwio.shape[3])
-    th, tw = tiles(height, width)
-    count = batch * th * tw
-    positions = ALPHA * ALPHA
+    th, tw = variant.tiles(height, width)
+    count, positions = batch * th * tw, variant.positions
     transformed = relax.TensorType((positions * count, channels), "float32")
-    gvar = bb.add_func(input_func(batch, height, width, channels), "winograd_input")
+    gvar = bb.add_func(input_func(batch, height, width, channels, variant), "winograd_input")
     v = bb.emit(relax.call_tir(gvar, [x], transformed))
-    u = weight_transform(w_hwio)
+    u = weight_transform(w_hwio, variant)
     packed = np.concatenate([arith.pack(u[xi]) for xi in range(positions)], axis=0)
     gemm = bb.add_func(
         gemm_func(count, k, channels, arith=arith, batch=positions), arith.name + "_winograd_gemm"
     )
-    m = bb.emit(
-        relax.call_tir(gemm, [v, relax.const(packed)], relax.TensorType((positions * count, k), "float32"))
-    )
-    return emit_fusable(bb, output_te(batch, height, width), m, name="winograd_output")
+    products = relax.TensorType((positions * count, k), "float32")
+    m = bb.emit(relax.call_tir(gemm, [v, relax.const(packed)], products))
+    return emit_fusable(bb, output_te(batch, height, width, variant), m, name="winograd_output")

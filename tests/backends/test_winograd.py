@@ -13,20 +13,22 @@ from tests.backends.conftest import host_float_tiles, outputs_of
 AVX512 = host_float_tiles() == vnni.F32
 
 
-def test_the_transforms_compute_a_valid_correlation():
-    """Y = A^T [(G g G^T) . (B^T d B)] A is the 2 x 2 correlation of the 4 x 4 tile d with g."""
+@pytest.mark.parametrize("variant", [winograd.F2, winograd.F4], ids=["F2", "F4"])
+def test_the_transforms_compute_a_valid_correlation(variant):
+    """Y = A^T [(G g G^T) . (B^T d B)] A is the m x m correlation of the alpha x alpha tile d with g."""
     rng = np.random.default_rng(0)
-    d, g = rng.standard_normal((4, 4)), rng.standard_normal((3, 3))
-    direct = np.array([[(d[i : i + 3, j : j + 3] * g).sum() for j in range(2)] for i in range(2)])
-    u = winograd.G @ g @ winograd.G.T
-    v = winograd.BT @ d @ winograd.BT.T
-    np.testing.assert_allclose(winograd.AT @ (u * v) @ winograd.AT.T, direct, atol=1e-12)
+    m, alpha = variant.m, variant.alpha
+    d, g = rng.standard_normal((alpha, alpha)), rng.standard_normal((3, 3))
+    direct = np.array([[(d[i : i + 3, j : j + 3] * g).sum() for j in range(m)] for i in range(m)])
+    u = variant.g @ g @ variant.g.T
+    v = variant.bt @ d @ variant.bt.T
+    np.testing.assert_allclose(variant.at @ (u * v) @ variant.at.T, direct, atol=1e-12)
     # the weight transform is the same per (input, output) channel, float32, positions first
     w = rng.standard_normal((3, 3, 2, 5)).astype(np.float32)
-    transformed = winograd.weight_transform(w)
-    assert transformed.shape == (16, 2, 5) and transformed.dtype == np.float32
-    expected = winograd.G @ w[:, :, 1, 3].astype(np.float64) @ winograd.G.T
-    np.testing.assert_allclose(transformed[:, 1, 3].reshape(4, 4), expected, rtol=1e-6)
+    transformed = winograd.weight_transform(w, variant)
+    assert transformed.shape == (alpha * alpha, 2, 5) and transformed.dtype == np.float32
+    expected = variant.g @ w[:, :, 1, 3].astype(np.float64) @ variant.g.T
+    np.testing.assert_allclose(transformed[:, 1, 3].reshape(alpha, alpha), expected, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -64,7 +66,8 @@ class _Block(nn.Module):
 
 @pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
 @pytest.mark.parametrize(
-    ("batch", "channels", "out", "height", "width"), [(2, 16, 32, 6, 6), (1, 32, 16, 5, 7), (3, 16, 16, 1, 2)]
+    ("batch", "channels", "out", "height", "width"),
+    [(2, 16, 32, 6, 6), (1, 32, 16, 5, 7), (3, 16, 16, 1, 2), (1, 16, 16, 8, 8), (2, 16, 32, 9, 11)],
 )
 def test_a_winograd_conv_matches_torch_with_its_epilogue(batch, channels, out, height, width):
     torch.manual_seed(0)
