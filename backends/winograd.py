@@ -215,37 +215,65 @@ def input_func(batch: int, height: int, width: int, channels: int, variant: Vari
     return ib.get()
 
 
+def columns_func(count: int, channels: int, variant: Variant = F2) -> Any:
+    """The TIR kernel `T[m * alpha * P, K] = A^T M` per tile: from a tile's `alpha x alpha` GEMM
+    results (rows `xi * P + p` of `m`), the `m x alpha` sums down its columns, row
+    `(i * alpha + col) * P + p`. Per 16 channels a tile loads its results once; `output_te`
+    finishes along the rows."""
+    from tvm import tirx
+    from tvm.script.ir_builder import IRBuilder
+    from tvm.tirx.script.builder import ir as T
+
+    alpha, vec = variant.alpha, f"float32x{LANES}"
+
+    def scale(c: float) -> Any:
+        return tirx.Broadcast(tirx.const(c, "float32"), LANES)
+
+    with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
+        T.func_name("winograd_columns")
+        m = T.arg("m", T.buffer((_i64(variant.positions * count), _i64(channels)), "float32"))
+        t = T.arg("t", T.buffer((_i64(variant.m * alpha * count), _i64(channels)), "float32"))
+        T.func_attr({"tirx.noalias": True, "tirx.is_scheduled": True, "op_pattern": 8})
+        nbytes = 4.0 * (variant.positions + variant.m * alpha) * count * channels
+        loop = loop_kind(4.0 * variant.m * variant.positions * count * channels, nbytes)
+        with (
+            T.sblock("root"),
+            loop(_i64(0), _i64(count)) as p,
+            T.serial(_i64(0), _i64(channels // LANES)) as step,
+        ):
+            c = step * _i64(LANES)
+            lanes = tirx.Ramp(c, _i64(1), LANES)
+            results = [
+                [T.Bind(m.vload([_i64((a * alpha + col) * count) + p, c], dtype=vec)) for col in range(alpha)]
+                for a in range(alpha)
+            ]
+            for i, col in itertools.product(range(variant.m), range(alpha)):
+                value = _linear(variant.at[i], [results[a][col] for a in range(alpha)], scale)
+                T.buffer_store(t, value, [_i64((i * alpha + col) * count) + p, lanes])
+    return ib.get()
+
+
 def output_te(batch: int, height: int, width: int, variant: Variant = F2) -> Any:
-    """TE kernel: the conv's NHWC output `y[B, H, W, K]` from the GEMM results
-    `m[positions * P, K]`, `Y = A^T M A` per tile. Each output value adds the results its
-    position in the tile (row i, column j) reads (9 of 16 for F2); the branches on i and j are
-    one value across a vector of channels."""
+    """TE kernel: the conv's NHWC output `y[B, H, W, K]` from the column sums
+    `t[m * alpha * P, K]` (`columns_func`), `Y = (A^T M) A` per tile: output (i, j) of a tile
+    adds the sums of row i that A's column j takes (3 of 4 for F2, up to 5 of 6 for F4). The
+    branch on j is one value across a vector of channels."""
     from tvm import te, tirx
 
     th, tw = variant.tiles(height, width)
     count, alpha, tile = batch * th * tw, variant.alpha, variant.m
 
-    def kernel(m: Any) -> Any:
-        k = int(m.shape[1])
+    def kernel(t: Any) -> Any:
+        k = int(t.shape[1])
 
         def value(b: Any, y: Any, xx: Any, ch: Any) -> Any:
             p = (b * th + y // tile) * tw + xx // tile
-
-            def scale(c: float) -> Any:
-                return tirx.const(c, "float32")
-
-            def pick(index: Any, options: list[Any]) -> Any:  # options[index], lazily
-                chosen = options[-1]
-                for i in reversed(range(len(options) - 1)):
-                    chosen = tirx.if_then_else(index == i, options[i], chosen)
-                return chosen
-
-            def down(col: int) -> Any:  # (A^T M)[y % tile, col]
-                column = [m[(a * alpha + col) * count + p, ch] for a in range(alpha)]
-                return pick(y % tile, [_linear(variant.at[i], column, scale) for i in range(tile)])
-
-            columns = [down(col) for col in range(alpha)]
-            return pick(xx % tile, [_linear(variant.at[j], columns, scale) for j in range(tile)])
+            row = [t[((y % tile) * alpha + col) * count + p, ch] for col in range(alpha)]
+            sums = [_linear(variant.at[j], row, lambda c: tirx.const(c, "float32")) for j in range(tile)]
+            chosen = sums[-1]
+            for j in reversed(range(tile - 1)):
+                chosen = tirx.if_then_else(xx % tile == j, sums[j], chosen)
+            return chosen
 
         return te.compute((batch, height, width, k), value, name="winograd_output")
 
@@ -286,4 +314,7 @@ def conv(
     )
     products = relax.TensorType((positions * count, k), "float32")
     m = bb.emit(relax.call_tir(gemm, [v, relax.const(packed)], products))
-    return emit_fusable(bb, output_te(batch, height, width, variant), m, name="winograd_output")
+    columns = bb.add_func(columns_func(count, k, variant), "winograd_columns")
+    sums = relax.TensorType((variant.m * variant.alpha * count, k), "float32")
+    t = bb.emit(relax.call_tir(columns, [m], sums))
+    return emit_fusable(bb, output_te(batch, height, width, variant), t, name="winograd_output")
