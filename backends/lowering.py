@@ -52,6 +52,7 @@ def lower(
     progress: Progress | None = None,
     release_weights: bool = False,
     attention_precision: str = "auto",
+    winograd: bool = True,
 ) -> Artifact:
     """Compile `program` for `target` (`cpu` or `cuda`) and return the runnable `Artifact`.
 
@@ -78,6 +79,10 @@ def lower(
     float16 where the CPU has AVX512-FP16, else int16 where it has AVX-512 VNNI; float32
     otherwise. `info["reduced_attentions"]` counts the attentions that run in that precision
     (the others, whose shapes the kernel does not take, stay in float32).
+    `winograd` (with `fast_math`, on AVX-512 CPUs): float32 3 x 3 convs at stride 1 run as
+    Winograd F(2 x 2) or F(4 x 4) transforms around batched GEMMs (`winograd.py`; counted in
+    `info["winograd_convs"]`): up to 4x fewer multiply-adds, results that differ from the direct
+    conv in the last bits, and those convs' packed weights 16/9 or 4 times as large.
     """
     return lower_functions(
         {MAIN: program},
@@ -92,6 +97,7 @@ def lower(
         progress=progress,
         release_weights=release_weights,
         attention_precision=attention_precision,
+        winograd=winograd,
     )[MAIN]
 
 
@@ -109,6 +115,7 @@ def lower_functions(
     progress: Progress | None = None,
     release_weights: bool = False,
     attention_precision: str = "auto",
+    winograd: bool = True,
 ) -> dict[str, Artifact]:
     """Compile several Programs into ONE library, each a function named by its key (one of them
     `main`), and return an Artifact per function; the Artifacts share the library and its VM.
@@ -161,6 +168,7 @@ def lower_functions(
         lambda done, total, left: say(f"pack weights {done}/{total} (about {left:.0f} s left)"),
         releaser,
         attention=reduced,
+        winograd=winograd,
     )
     tuned = None
     overrides = None
@@ -185,7 +193,9 @@ def lower_functions(
         say("find the op that fails to compile")
         main = imported[MAIN]
         main_mod = _merged_module({MAIN: main.mod})
-        raise _name_failing_op(err, main_mod, main.origins, spec, schedule, fast_math, reduced) from err
+        raise _name_failing_op(
+            err, main_mod, main.origins, spec, schedule, fast_math, reduced, winograd
+        ) from err
     info: dict[str, Any] = {
         "model": programs[MAIN].name,
         "schedule": schedule,
@@ -308,10 +318,12 @@ def _specialize(
     progress: Callable[[int, int, float], None] | None = None,
     releaser: Callable[[Any], WeightReleaser] | None = None,
     attention: str = "float32",
+    winograd: bool = True,
 ) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report.
     `releaser(mod)`, when given, frees the weights packing replaces (`WeightReleaser`);
-    `attention`: the precision of fused attentions where their shapes allow (`lower`)."""
+    `attention`: the precision of fused attentions where their shapes allow; `winograd`: 3 x 3
+    convs as Winograd transforms, with `fast_math` (`lower`)."""
     figures = {
         "packed_matmuls": 0,
         "packed_convs": 0,
@@ -376,7 +388,7 @@ def _specialize(
         fma=fma,
         progress=progress,
         consumed=release.consumed if release is not None else None,
-        winograd=fast_math,
+        winograd=fast_math and winograd,
     )
     if release is not None:
         figures["released_weight_bytes"] = release.freed_bytes
@@ -421,6 +433,7 @@ def _name_failing_op(
     schedule: str,
     fast_math: bool,
     attention: str = "float32",
+    winograd: bool = True,
 ) -> BackendError:
     """`err` restated with the ATen op and module path of the first binding that fails alone."""
     from optkit.backends.diagnose import locate_build_failure
@@ -430,7 +443,9 @@ def _name_failing_op(
             mod,
             origins,
             lambda m: build(
-                _specialize(m, spec, schedule, fast_math, attention=attention)[0], spec, schedule
+                _specialize(m, spec, schedule, fast_math, attention=attention, winograd=winograd)[0],
+                spec,
+                schedule,
             ),
         )
     except Exception:  # the search is best effort; the build's own error still stands

@@ -43,7 +43,14 @@ from optkit.errors import ConfigError
     "--exact-math",
     is_flag=True,
     help="Keep libm's exp/erf/tanh (scalar calls) instead of the vectorized polynomial versions, "
-    "and divide by constants instead of multiplying by their reciprocals.",
+    "divide by constants instead of multiplying by their reciprocals, and run 3x3 convs directly "
+    "(no Winograd transforms).",
+)
+@click.option(
+    "--no-winograd",
+    is_flag=True,
+    help="Run float32 3x3 convs directly instead of as Winograd transforms (AVX-512 CPUs): slower, "
+    "but their packed weights stay the conv's size (Winograd's are 16/9 or 4 times as large).",
 )
 @click.option(
     "--attention-precision",
@@ -68,6 +75,7 @@ def lower(
     work_dir: Path | None,
     schedule: str,
     exact_math: bool,
+    no_winograd: bool,
     attention_precision: str,
     output: Path,
     overwrite: bool,
@@ -123,6 +131,7 @@ def lower(
                 tuner=tuner,
                 progress=step,
                 attention_precision=attention_precision,
+                winograd=not no_winograd,
                 release_weights=True,  # the Program is not needed after it: one copy of the weights
             )
         step("save")

@@ -1,12 +1,16 @@
 """Winograd F(2 x 2, 3 x 3) convs (`winograd.py`): the transforms' algebra, the lowered conv
 against torch with its epilogue, where it applies, and exact math keeping the direct conv."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from optkit.backends import lower, vnni, winograd
 from torch import nn
 
+from optkit.cli.main import cli
 from optkit.ir.capture import capture
 from tests.backends.conftest import host_float_tiles, outputs_of
 
@@ -80,10 +84,39 @@ def test_a_winograd_conv_matches_torch_with_its_epilogue(batch, channels, out, h
 
 
 @pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
-def test_exact_math_keeps_the_direct_conv():
+@pytest.mark.parametrize(
+    "options", [{"fast_math": False}, {"winograd": False}], ids=["exact-math", "no-winograd"]
+)
+def test_exact_math_or_no_winograd_keeps_the_direct_conv(options):
     torch.manual_seed(0)
     program = capture(_Block(16, 16).eval(), (torch.randn(1, 16, 6, 6),), name="block")
-    artifact = lower(program, "cpu", num_cores=1, fast_math=False)
+    artifact = lower(program, "cpu", num_cores=1, **options)
     assert artifact.info["winograd_convs"] == 0
     (got,) = artifact.run(*program.example_inputs)
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
+def test_the_lower_command_takes_no_winograd(tmp_path, monkeypatch):
+    (tmp_path / "conv_block.py").write_text(
+        "import torch\n"
+        "from tests.backends.test_winograd import _Block\n"
+        "def make():\n"
+        "    torch.manual_seed(0)\n"
+        "    return _Block(16, 16).eval(), (torch.randn(1, 16, 6, 6),)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for flags, convs in (([], 1), (["--no-winograd"], 0)):
+        out = f"art{convs}"
+        result = CliRunner().invoke(cli, ["-q", "lower", "conv_block:make", *flags, "-o", out])
+        assert result.exit_code == 0, result.output
+        assert json.loads((tmp_path / out / "manifest.json").read_text())["winograd_convs"] == convs
+
+
+@pytest.mark.parametrize(
+    ("size", "m"), [((1, 2), 2), ((2, 2), 2), ((6, 6), 2), ((3, 3), 4), ((7, 7), 4), ((28, 28), 4)]
+)
+def test_the_variant_of_fewer_multiply_adds(size, m):
+    """F4 once its tiles past the edge cost less than F2's (a 6 x 6 output: a tie, F2 kept)."""
+    assert winograd.choose(*size).m == m
