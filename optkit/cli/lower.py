@@ -90,7 +90,13 @@ def lower(
     from optkit.backends.pim.artifact import parse_target
     from optkit.backends.targets import resolve_target
     from optkit.cli.main import _steps
-    from optkit.ir.memory import EXTRA_WEIGHTS, check_memory, peak_message
+    from optkit.ir.memory import (
+        EXTRA_WEIGHTS,
+        WINOGRAD_GROWTH,
+        check_memory,
+        peak_message,
+        winograd_weight_bytes,
+    )
     from optkit.native_output import native_stderr_to_file, write_log
     from optkit.refs import load_program_ref
     from optkit.workload import Workload
@@ -108,9 +114,13 @@ def lower(
         program = load_program_ref(model, trust_pickle=trust_pickle, workload=workload)
         if pim_preset is None:
             # Refuse a model whose lowering cannot fit before minutes of compiling, not after.
-            check_memory(program, copies=EXTRA_WEIGHTS["lower, releasing the weights"], what="lower")
+            winograd = (
+                0 if exact_math or no_winograd else int(WINOGRAD_GROWTH * winograd_weight_bytes(program))
+            )
+            what = "lower, releasing the weights"
+            check_memory(program, copies=EXTRA_WEIGHTS[what], what="lower", extra_bytes=winograd)
             if not ctx.obj["quiet"] and not ctx.obj["json"]:
-                click.echo(peak_message(program, "lower, releasing the weights"), err=True)
+                click.echo(peak_message(program, what, winograd), err=True)
         # TVM's C++ warnings go to OUTPUT/native.log, not the terminal (--debug shows them).
         quiet_native: AbstractContextManager[list[str]] = (
             native_stderr_to_file() if not ctx.obj["debug"] else nullcontext([])

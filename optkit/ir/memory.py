@@ -112,32 +112,59 @@ def available_memory() -> int:
 # `release_weights`). Writing the artifact streams the weights to weights.bin and adds
 # nothing (it embedded them in the library before, +6.4x).
 EXTRA_WEIGHTS = {"optimize": 1.0, "lower": 1.5, "lower, releasing the weights": 0.6}
+# Winograd F(4 x 4, 3 x 3) stores a 3 x 3 conv's weight as 36 values per 9 (`backends/winograd.py`):
+# 3 more of its copies, on top of the panels `EXTRA_WEIGHTS` counts
+WINOGRAD_GROWTH = 3.0
+
+
+def winograd_weight_bytes(program: Program) -> int:
+    """Bytes of the float32 3 x 3 conv weights whose output and input channels are multiples of
+    16: those lowering may run as Winograd transforms (`backends/winograd.py`; their stride and
+    padding are not looked at, so this is an upper bound)."""
+    gm = program.graph_module
+    seen: set[int] = set()
+    total = 0
+    for t in gm.parameters():
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        shape = tuple(t.shape)
+        if len(shape) == 4 and shape[2:] == (3, 3) and shape[0] % 16 == 0 and shape[1] % 16 == 0:
+            total += t.numel() * t.element_size() if t.dtype == torch.float32 else 0
+    return total
 
 
 def check_memory(
-    program: Program, *, copies: float = 1, available_bytes: int | None = None, what: str = "run"
+    program: Program,
+    *,
+    copies: float = 1,
+    available_bytes: int | None = None,
+    what: str = "run",
+    extra_bytes: int = 0,
 ) -> MemoryEstimate:
     """Raise `ResourceError` unless `copies` extra weights' worth of memory (what the step adds
-    to the loaded Program; `EXTRA_WEIGHTS` has measured values) plus one forward call fit in
-    `available_bytes` (the machine's available memory by default); returns the estimate."""
+    to the loaded Program; `EXTRA_WEIGHTS` has measured values), `extra_bytes` (Winograd's
+    larger weights: `WINOGRAD_GROWTH`) and one forward call fit in `available_bytes` (the
+    machine's available memory by default); returns the estimate."""
     estimate = estimate_memory(program)
-    need = int(copies * estimate.weight_bytes) + estimate.run_bytes
+    need = int(copies * estimate.weight_bytes) + extra_bytes + estimate.run_bytes
     have = available_memory() if available_bytes is None else available_bytes
     if need > have:
+        winograd = f", Winograd weights {_gib(extra_bytes)}" if extra_bytes else ""
         raise ResourceError(
             f"cannot {what} {program.name}: it needs about {_gib(need)} more (weights {_gib(estimate.weight_bytes)} "
-            f"x {copies:g}, peak activations {_gib(estimate.peak_activation_bytes)} and inputs "
+            f"x {copies:g}{winograd}, peak activations {_gib(estimate.peak_activation_bytes)} and inputs "
             f"{_gib(estimate.input_bytes)} for the example batch) but {_gib(have)} of memory is "
             "available; use a smaller batch or input size, or a machine with more memory"
         )
     return estimate
 
 
-def peak_message(program: Program, what: str) -> str:
+def peak_message(program: Program, what: str, extra_bytes: int = 0) -> str:
     """One line for the user before a long step: the estimated peak of `what` (a key of
-    `EXTRA_WEIGHTS`) over the memory in use now, and the memory available."""
+    `EXTRA_WEIGHTS`, plus `extra_bytes`) over the memory in use now, and the memory available."""
     estimate = estimate_memory(program)
-    extra = int(EXTRA_WEIGHTS[what] * estimate.weight_bytes) + estimate.run_bytes
+    extra = int(EXTRA_WEIGHTS[what] * estimate.weight_bytes) + extra_bytes + estimate.run_bytes
     return (
         f"{what.split(',')[0]} {program.name}: weights {_gib(estimate.weight_bytes)}, estimated peak {_gib(extra)} "
         f"above what is in use now, {_gib(available_memory())} available"

@@ -10,7 +10,7 @@ from torch import nn
 from optkit.cli.main import cli
 from optkit.errors import ResourceError
 from optkit.ir.capture import capture
-from optkit.ir.memory import check_memory, estimate_memory
+from optkit.ir.memory import check_memory, estimate_memory, winograd_weight_bytes
 
 
 class Outer(nn.Module):
@@ -35,6 +35,18 @@ def test_check_memory_refuses_what_cannot_fit():
     assert est.peak_activation_bytes >= 2 * 256 * 256 * 4
     with pytest.raises(ResourceError, match="cannot run outer: it needs about .* available"):
         check_memory(program, available_bytes=est.run_bytes - 1)
+
+
+def test_winograd_weights_count_in_the_lowering_estimate():
+    """Only float32 3 x 3 convs with channels in multiples of 16 may take Winograd's larger weights."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3), nn.Conv2d(16, 32, 3), nn.Conv2d(32, 32, 1), nn.Conv2d(32, 8, 3)
+    )
+    program = capture(model, (torch.randn(1, 3, 12, 12),), name="convs")
+    assert winograd_weight_bytes(program) == 4 * 32 * 16 * 9
+    est = check_memory(program, available_bytes=1 << 30)
+    with pytest.raises(ResourceError, match="Winograd weights"):
+        check_memory(program, available_bytes=est.run_bytes + est.weight_bytes, copies=1, extra_bytes=1 << 30)
 
 
 def test_optimize_refuses_a_model_larger_than_the_machine(tmp_path, monkeypatch):
