@@ -22,7 +22,9 @@ replaces DLight's GEMV schedule:
   (`_tile_transpose`): compiled before and after, one process, 1 thread, bit-identical, a
   Llama-style decoder at 512 tokens 109.7 -> 106.2 ms float and 42.6 -> 39.4 ms W8A8,
   `zoo:moviegen` small 22.6 -> 22.1 and 13.9 -> 13.4 ms, the UNet 85.1 -> 83.8 and 47.1 ->
-  46.4 ms; ViT-Tiny (50 tokens: no whole tiles), DiT and the CNNs even.
+  46.4 ms; ViT-Tiny (50 tokens: no whole tiles), DiT and the CNNs even. A lazy `if_then_else`
+  whose condition turns along the vector (a rotary embedding's concatenated halves, a pad's
+  edge) would scalarize the loop: the loop is partitioned where it turns (`_lane_cuts`).
 - `CPUGEMV`: DLight's GEMV rule (a layer of width 1) without its 128-row vector of strided
   gathers, which made LLVM's codegen run for minutes: parallel tiles of 16 unrolled rows.
 

@@ -173,9 +173,18 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
 
 
 HISTORY = (
-    "This table: an AMD EPYC Zen 4 (session 32, 2026-12-02: `znver4`, AVX-512 with VNNI and "
+    "This table: an AMD EPYC Zen 4 (session 33, 2026-12-02: `znver4`, AVX-512 with VNNI and "
     "BF16, no AVX512-FP16, no AMX; `peaks.py` on one core: 115 GFLOP/s of fp32 FMAs, 463 GOP/s "
-    "of `vpdpbusd`), where the VNNI kernels of the Xeon sessions run. The session's first run "
+    "of `vpdpbusd`), once float32 3 x 3 convs at stride 1 ran as Winograd F(2 x 2) or F(4 x 4) "
+    'transforms around batched FMA GEMMs (`backends/winograd.py`; docs/backends.md, "Winograd '
+    "convolutions\"). Against session 32's table on the same CPU (TVM / ONNX Runtime in float "
+    "0.88 / 1.02 / 0.87 / 0.90 / 0.89 / 0.81, geomean 0.89x; TVM W8A8 / ORT's QDQ model 0.82 / "
+    "0.94 / 0.63 / 0.72 / 0.49 / 0.36, geomean 0.63x): in float ResNet-18 1.02 -> 0.50x and the "
+    "UNet 0.81 -> 0.61x, geomean 0.89 -> 0.76x (goal met); TVM's float output SQNR against eager "
+    "128.4 -> 127.8 dB (ResNet-18) and 113.4 -> 106.3 dB (the UNet: F(4 x 4)'s larger "
+    "constants); TVM W8A8 over TVM float fell to 1.84x (ResNet-18) and 1.78x (the UNet), still "
+    ">= 1.5x. The int8 rows changed by run-to-run noise only (ONNX Runtime's QDQ UNet took 127.0 "
+    "ms then, 103.6 ms here). Session 32's first run "
     "(the same command, before int16 attention): TVM / ONNX Runtime in float 0.94 / 1.00 / 0.87 "
     "/ 0.90 / 0.89 / 0.83 (geomean 0.90x), TVM W8A8 / ORT's QDQ model 0.84 / 0.94 / 0.70 / 0.71 "
     "/ 0.58 / 0.47 (geomean 0.69x), TVM W8A8 over TVM float 2.04-3.58x, >= 1.5x on every row. "
