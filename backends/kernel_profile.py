@@ -12,7 +12,13 @@ Issue 17 asks, per model, for the five biggest kernels by time with their share 
 3. Time each kernel alone on those arguments, all kernels in interleaved rounds (each called
    once per round, `interleaved_latency_ms`), so that a slow spell of a shared machine falls on
    all of them alike; with TVM's runtime on the threads the caller set. A kernel's time in the
-   model is calls x its median.
+   model is calls x its median. Alone, every kernel finds its inputs where the kernels run
+   before it in the round left the caches, not where the model's previous kernel left them, so
+   a memory-bound kernel can take longer than in the model (session 33, AMD EPYC Zen 4, a Llama
+   decoder's Q rotary kernel at 512 tokens: 141 us a call in the rounds, 51 us called 100 times
+   in a row, 85 us inside the model; its K^T kernel, compute-bound: 446, 270 and 284 us). Each
+   kernel's time inside model runs is measured too (`time_in_model`: the VM
+   instrument's timestamps around its calls, median of the runs): `KernelTime.in_model_ms`.
 4. Count each kernel's operations per call with `estimate_tir_flops` (multiply and add count
    one each, so a multiply-add is 2, as in the peaks). It cannot read the tile GEMM of
    `vnni.py` (it raises on `vpdpbusd` and the broadcasts); those kernels, VNNI or FMA, count
@@ -77,6 +83,7 @@ class KernelTime:
     precision: str
     family: str
     shapes: tuple[str, ...] = ()
+    in_model_ms: float = 0.0  # all its calls in one model run, timed inside the runs (`time_in_model`)
 
     @property
     def total_ms(self) -> float:
@@ -108,6 +115,11 @@ class KernelProfile:
     @property
     def kernels_ms(self) -> float:
         return sum(k.total_ms for k in self.kernels)
+
+    @property
+    def in_model_ms(self) -> float:
+        """The kernels' summed time inside model runs (the rest of a run is the VM's own work)."""
+        return sum(k.in_model_ms for k in self.kernels)
 
     def top(self, count: int = 5) -> tuple[KernelTime, ...]:
         return self.kernels[:count]
@@ -309,6 +321,42 @@ def record_calls(artifact: Artifact, inputs: tuple[Any, ...], kernels: dict[str,
     return calls
 
 
+def time_in_model(
+    artifact: Artifact, inputs: tuple[Any, ...], kernels: dict[str, Any], runs: int = 10, warmup: int = 1
+) -> dict[str, float]:
+    """Per kernel of `kernels` that the model calls, the ms its calls take in one run of the
+    model, timed inside the runs (from the end of the VM instrument's call before each call to
+    the start of its call after it): the median over `runs` runs after `warmup`."""
+    import statistics
+    import time
+
+    current: dict[str, float] = {}
+    started = [0.0]
+
+    def instrument(_func: Any, symbol: str, before: bool, _ret: Any, *_args: Any) -> int:
+        now = time.perf_counter()
+        if symbol in kernels:
+            if before:
+                started[0] = time.perf_counter()
+            else:
+                current[symbol] = current.get(symbol, 0.0) + now - started[0]
+        return 0  # VMInstrumentReturnKind.kNoOp: run the call
+
+    per_run: list[dict[str, float]] = []
+    vm = artifact.virtual_machine()
+    vm.set_instrument(instrument)
+    try:
+        for i in range(warmup + runs):
+            current.clear()
+            artifact.run(*inputs)
+            if i >= warmup:
+                per_run.append(dict(current))
+    finally:
+        vm.set_instrument(None)
+    called = {name for run in per_run for name in run}
+    return {name: 1e3 * statistics.median(run.get(name, 0.0) for run in per_run) for name in called}
+
+
 def _bound(call: _Calls) -> Callable[[], Any]:
     return lambda: call.func(*call.args)
 
@@ -344,6 +392,8 @@ def profile_kernels(
     model_ms = artifact.latency_ms(*inputs, warmup=warmup, repeats=model_repeats)["median"]
     say("record kernel calls")
     calls = record_calls(artifact, inputs, funcs)
+    say("time the kernels inside model runs")
+    in_model = time_in_model(artifact, inputs, funcs, runs=model_repeats, warmup=warmup)
     say(f"time {len(calls)} kernels in {repeats} interleaved rounds")
     timed = interleaved_latency_ms(
         {name: _bound(call) for name, call in calls.items()}, warmup=warmup, repeats=repeats
@@ -360,6 +410,7 @@ def profile_kernels(
                 precision=precision_of([d for _, d in shapes]),
                 family=kernel_family(name, shapes),
                 shapes=tuple(f"{d}{list(s)}" for s, d in shapes),
+                in_model_ms=in_model.get(name, 0.0),
             )
         )
     kernels.sort(key=lambda k: k.total_ms, reverse=True)

@@ -126,6 +126,7 @@ def kernels_table(label: str, profile: KernelProfile, peaks: CpuPeaks, load: flo
                 k.precision,
                 k.calls,
                 k.total_ms,
+                k.in_model_ms,
                 f"{100 * profile.share(k):.1f}%",
                 rate,
                 f"{pct:.1f}%" if pct is not None else "—",
@@ -134,10 +135,23 @@ def kernels_table(label: str, profile: KernelProfile, peaks: CpuPeaks, load: flo
         )
     return Table(
         f"{label}: top {TOP} kernels of {len(profile.kernels)} (model {profile.model_ms:.2f} ms, "
-        f"kernels alone {profile.kernels_ms:.2f} ms; load average {load:.2f} after profiling)",
-        ["#", "kernel", "family", "precision", "calls", "time", "share", "rate", "% of peak", "first inputs"],
+        f"kernels alone {profile.kernels_ms:.2f} ms, inside model runs {profile.in_model_ms:.2f} ms; "
+        f"load average {load:.2f} after profiling)",
+        [
+            "#",
+            "kernel",
+            "family",
+            "precision",
+            "calls",
+            "time",
+            "in model",
+            "share",
+            "rate",
+            "% of peak",
+            "first inputs",
+        ],
         rows,
-        {"time": "ms"},
+        {"time": "ms", "in model": "ms"},
     )
 
 

@@ -264,7 +264,8 @@ def test_profile_of_a_tiny_mlp(mlp):
     # mlp: Linear(32, 64) -> GELU -> Linear(64, 16) on a (4, 32) batch
     profile = kp.profile_kernels(mlp, warmup=0, repeats=2, model_repeats=1)
     kernels = profile.kernels
-    assert kernels and all(k.calls >= 1 and k.ms_per_call > 0 for k in kernels)
+    assert kernels and all(k.calls >= 1 and k.ms_per_call > 0 and k.in_model_ms > 0 for k in kernels)
+    assert profile.in_model_ms == pytest.approx(sum(k.in_model_ms for k in kernels))
     assert [k.total_ms for k in kernels] == sorted((k.total_ms for k in kernels), reverse=True)
     assert len(profile.top(5)) == min(5, len(kernels))
     assert sum(profile.share(k) for k in kernels) == pytest.approx(1.0)
