@@ -748,7 +748,11 @@ def _winograd_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None =
         return None
     if _nchw_source(x, lookup) is not None:  # the model's NCHW image: `_packed_conv` reads it in place
         return None
-    return winograd.conv(bb, x, w_hwio, _emit_fusable, arith)
+    batch, height, width, _ = _static_shape(x)  # stride 1, padding 1: the output's size
+    variant = winograd.choose(batch, height, width)
+    if variant is None:  # too few tiles to pay for the larger weights
+        return None
+    return winograd.conv(bb, x, w_hwio, _emit_fusable, arith, variant)
 
 
 def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:

@@ -27,9 +27,11 @@ per channel pair against 9 for the direct conv. Here
   position in the tile needs (9 of 16 for F2).
 
 `choose` takes the variant with fewer multiply-adds for the output's size, the tiles past its
-edge included: F4 from 3 x 3 pixels on. F4's larger constants cost accuracy: on ResNet-18 and
-the UNet of the model families the outputs moved by at most 1.3e-7 and 8.9e-6 (absolute) from
-F2's, the conv outputs by ~1e-6 relative to the direct conv's (tests/backends/test_winograd.py).
+edge included (F4 from 3 x 3 pixels on), or the direct conv where the GEMMs would have too few
+rows to pay for streaming their larger weights (`WEIGHT_REUSE`). F4's larger constants cost
+accuracy: on ResNet-18 and the UNet of the model families the outputs moved by at most 1.3e-7
+and 8.9e-6 (absolute) from F2's, the conv outputs by ~1e-6 relative to the direct conv's
+(tests/backends/test_winograd.py).
 
 Applies (`applies`) to float32 NHWC convs of 3 x 3 filters, stride and dilation 1, one group, a
 padding of 1 on every side, and channel counts that are multiples of 16, under fast math (the
@@ -281,13 +283,30 @@ def output_te(batch: int, height: int, width: int, variant: Variant = F2) -> Any
 
 
 VARIANTS = (F2, F4)
+# Rows per GEMM below which the tile GEMM waits on its weights rather than its FMAs: on the Zen 4
+# of session 33 one core does ~57 G multiply-adds a second and reads ~5 G float32 weights from
+# memory. At batch 1 ResNet-18's 4 x 4 images give F4 one tile per image, so each of its 36 GEMMs
+# is one row over a 512 x 512 weight: 2.05 ms a conv against 0.73 ms direct.
+WEIGHT_REUSE = 12
 
 
-def choose(height: int, width: int) -> Variant:
-    """The variant with the fewest GEMM multiply-adds for an output of `height x width`, tiles
-    past its edge included (F4 from 3 x 3 pixels on; F2 on the smaller ones, where a 4 x 4 tile
-    is mostly edge)."""
-    return min(VARIANTS, key=lambda v: (math.prod(v.tiles(height, width)) * v.positions, v.m))
+def cost(variant: Variant | None, batch: int, height: int, width: int) -> int:
+    """A conv's multiply-adds per input and output channel pair, each GEMM's counted as at least
+    `WEIGHT_REUSE` rows (its weights streamed from memory); `None`: the direct conv (9 per
+    output pixel)."""
+    if variant is None:
+        return 9 * max(batch * height * width, WEIGHT_REUSE)
+    rows = batch * math.prod(variant.tiles(height, width))
+    return variant.positions * max(rows, WEIGHT_REUSE)
+
+
+def choose(batch: int, height: int, width: int) -> Variant | None:
+    """The variant of least `cost` for a batch of `height x width` outputs, tiles past the edge
+    included, or None where the direct conv costs less (or ties): F4 from 3 x 3 outputs on, F2
+    on smaller ones and where F4's GEMMs would have too few rows (ResNet-18's 7 x 7 convs at
+    batch 1), the direct conv where F2's would too (its 4 x 4 ones at batch 1)."""
+    options: list[Variant | None] = [None, *VARIANTS]
+    return min(options, key=lambda v: (cost(v, batch, height, width), v.m if v is not None else 0))
 
 
 def conv(
@@ -300,7 +319,7 @@ def conv(
     from tvm import relax
 
     batch, height, width, channels = (int(d) for d in x.ty.shape)
-    variant = variant or choose(height, width)
+    variant = variant or choose(batch, height, width) or F2
     k = int(w_hwio.shape[3])
     th, tw = variant.tiles(height, width)
     count, positions = batch * th * tw, variant.positions
