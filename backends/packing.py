@@ -94,7 +94,8 @@ def pack_weights(
     `vpmaddubsw`, `vnni.U8S7`: `vnni.for_weight`) where their shapes fit it,
     instead of the panel kernels here; `fma`: float32 matmuls and 1 x 1 convs go to the same tile
     kernel with FMAs (`vnni.F32` on AVX-512, `vnni.F32_AVX2`); with `winograd` too, float32 3 x 3
-    convs that `winograd.applies` to run as Winograd F(2 x 2, 3 x 3) on it (`winograd.py`).
+    convs that `winograd.applies` to run as Winograd transforms around it where `winograd.choose`
+    finds them cheaper than the direct conv (`winograd.py`).
     `progress(done, total, seconds_left)` is called
     at most once a second as matmuls and convs are visited (seconds left extrapolated from the
     time per op so far). `consumed(tensor)` is told each time a use of a constant weight is
@@ -734,9 +735,9 @@ def _fma_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = No
 
 
 def _winograd_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
-    """A float32 NHWC 3 x 3 conv that `winograd.applies` to, as Winograd F(2 x 2, 3 x 3) on the
-    FMA tile kernel (`winograd.py`); its bias, residual and activation fuse into the output
-    transform."""
+    """A float32 NHWC 3 x 3 conv that `winograd.applies` to, as Winograd F(2 x 2) or F(4 x 4) on
+    the FMA tile kernel (`winograd.py`), where `winograd.choose` finds one cheaper than the
+    direct conv; its bias, residual and activation fuse into the output transform."""
     from optkit.backends import winograd
 
     nhwc = _nhwc_conv(call, lookup)
