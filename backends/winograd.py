@@ -50,7 +50,7 @@ from typing import Any
 
 import numpy as np
 from optkit.backends.parallel_loops import loop_kind
-from optkit.backends.vnni import F32, LANES, Arith, gemm_func
+from optkit.backends.vnni import LANES, Arith, gemm_func
 
 
 @dataclass(frozen=True)
@@ -309,17 +309,14 @@ def choose(batch: int, height: int, width: int) -> Variant | None:
     return min(options, key=lambda v: (cost(v, batch, height, width), v.m if v is not None else 0))
 
 
-def conv(
-    bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith = F32, variant: Variant | None = None
-) -> Any:
+def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith, variant: Variant) -> Any:
     """Emit the conv of the NHWC image `x` ([B, H, W, C], float32) with `w_hwio` ([3, 3, C, K])
-    as the Winograd kernels of `variant` (default `choose`): the input transform, the GEMMs as
-    one batched tile kernel, and the output transform through `emit_fusable`
+    as the Winograd kernels of `variant` (`choose` picks it): the input transform, the GEMMs as
+    one batched tile kernel of `arith`, and the output transform through `emit_fusable`
     (`packing._emit_fusable`). Returns the output."""
     from tvm import relax
 
     batch, height, width, channels = (int(d) for d in x.ty.shape)
-    variant = variant or choose(batch, height, width) or F2
     k = int(w_hwio.shape[3])
     th, tw = variant.tiles(height, width)
     count, positions = batch * th * tw, variant.positions

@@ -127,7 +127,7 @@ def test_the_lower_command_takes_no_winograd(tmp_path, monkeypatch):
     ],
 )
 def test_the_variant_of_least_cost(batch, size, m):
-    """F4 once its tiles past the edge cost less than F2's, either only with enough rows per
-    GEMM to pay for streaming their weights, else the direct conv (None)."""
+    """F4 where its tiles past the edge cost less than F2's and its GEMMs have enough rows to pay
+    for streaming their weights; else F2, or the direct conv (None)."""
     chosen = winograd.choose(batch, *size)
     assert (chosen.m if chosen is not None else None) == m
