@@ -17,10 +17,10 @@ for P tiles, C input and K output channels: per output pixel 4 (F2) or 2.25 (F4)
 per channel pair against 9 for the direct conv. Here
 
 - `U` is computed once at compile time (float64, stored float32) and packed for the FMA tile
-  GEMM (`vnni.gemm_func`, `F32`), the GEMMs one batched kernel;
+  GEMM (`vnni.gemm_func`, `F32` or `F32_AVX2`), the GEMMs one batched kernel;
 - `input_func` writes `V` (`[positions * P, C]`, one GEMM operand after another) from the NHWC
-  image, reading its zero border in place (no pad kernel), a tile's input vectors once per 16
-  channels;
+  image, reading its zero border in place (no pad kernel), a tile's input vectors once per
+  register of channels;
 - the output transform (`output_te`) is a TE compute that `FuseOps` fuses with the conv's
   bias, residual add and activation after it (it is marked output-elementwise-fusable, as the
   packed convs are, `packing._emit_fusable`); each output vector reads the GEMM results its
@@ -36,7 +36,8 @@ and 8.9e-6 (absolute) from F2's, the conv outputs by ~1e-6 relative to the direc
 Applies (`applies`) to float32 NHWC convs of 3 x 3 filters, stride and dilation 1, one group, a
 padding of 1 on every side, and channel counts that are multiples of 16, under fast math (the
 sums are reassociated, so results differ from the direct conv in the last bits; `--exact-math`
-keeps the direct conv), on CPUs with AVX-512 (the only ones it is measured on). Image sides
+keeps the direct conv), on CPUs with AVX-512 or AVX2 and FMA3 (`vnni.F32`, `vnni.F32_AVX2`;
+the transforms work on a register's lanes, 16 or 8). Image sides
 that m does not divide get a last row or column of tiles whose outputs past the edge are not
 stored.
 """
@@ -126,7 +127,7 @@ def applies(
     ci, co = channels
     return (
         arith is not None
-        and arith.width == LANES
+        and arith.name == "fma"
         and kernel == (3, 3)
         and stride == [1, 1]
         and dilation == [1, 1]
@@ -163,22 +164,25 @@ def _linear(coefficients: np.ndarray, values: list[Any], scale: Any) -> Any:
     return total
 
 
-def input_func(batch: int, height: int, width: int, channels: int, variant: Variant = F2) -> Any:
+def input_func(
+    batch: int, height: int, width: int, channels: int, variant: Variant = F2, lanes: int = LANES
+) -> Any:
     """The TIR kernel `V[positions * P, C] = B^T d B` per tile d of the NHWC image
     `x[B, H, W, C]` (padded by 1 with zeros, read in place): tile p's transformed values at
-    position xi are row `xi * P + p`. Tiles run in parallel; per 16 channels a tile loads its
-    alpha x alpha input vectors (those past the image: zeros) and stores the transformed ones."""
+    position xi are row `xi * P + p`. Tiles run in parallel; per `lanes` channels (a register:
+    16 on AVX-512, 8 on AVX2) a tile loads its alpha x alpha input vectors (those past the
+    image: zeros) and stores the transformed ones."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script.builder import ir as T
 
     th, tw = variant.tiles(height, width)
     count, alpha = batch * th * tw, variant.alpha
-    vec = f"float32x{LANES}"
-    zero = tirx.Broadcast(tirx.const(0.0, "float32"), LANES)
+    vec = f"float32x{lanes}"
+    zero = tirx.Broadcast(tirx.const(0.0, "float32"), lanes)
 
     def scale(c: float) -> Any:
-        return tirx.Broadcast(tirx.const(c, "float32"), LANES)
+        return tirx.Broadcast(tirx.const(c, "float32"), lanes)
 
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
         T.func_name("winograd_input")
@@ -191,8 +195,8 @@ def input_func(batch: int, height: int, width: int, channels: int, variant: Vari
             b, rest = p // _i64(th * tw), p % _i64(th * tw)
             top = rest // _i64(tw) * _i64(variant.m) - _i64(1)
             left = rest % _i64(tw) * _i64(variant.m) - _i64(1)
-            with T.serial(_i64(0), _i64(channels // LANES)) as step:
-                c = step * _i64(LANES)
+            with T.serial(_i64(0), _i64(channels // lanes)) as step:
+                c = step * _i64(lanes)
                 tile = []
                 for a in range(alpha):
                     row = []
@@ -212,24 +216,24 @@ def input_func(batch: int, height: int, width: int, channels: int, variant: Vari
                 for i, j in itertools.product(range(alpha), range(alpha)):
                     value = _linear(variant.bt[j], down[i], scale)
                     T.buffer_store(
-                        v, value, [_i64((i * alpha + j) * count) + p, tirx.Ramp(c, _i64(1), LANES)]
+                        v, value, [_i64((i * alpha + j) * count) + p, tirx.Ramp(c, _i64(1), lanes)]
                     )
     return ib.get()
 
 
-def columns_func(count: int, channels: int, variant: Variant = F2) -> Any:
+def columns_func(count: int, channels: int, variant: Variant = F2, lanes: int = LANES) -> Any:
     """The TIR kernel `T[m * alpha * P, K] = A^T M` per tile: from a tile's `alpha x alpha` GEMM
     results (rows `xi * P + p` of `m`), the `m x alpha` sums down its columns, row
-    `(i * alpha + col) * P + p`. Per 16 channels a tile loads its results once; `output_te`
-    finishes along the rows."""
+    `(i * alpha + col) * P + p`. Per `lanes` channels a tile loads its results once;
+    `output_te` finishes along the rows."""
     from tvm import tirx
     from tvm.script.ir_builder import IRBuilder
     from tvm.tirx.script.builder import ir as T
 
-    alpha, vec = variant.alpha, f"float32x{LANES}"
+    alpha, vec = variant.alpha, f"float32x{lanes}"
 
     def scale(c: float) -> Any:
-        return tirx.Broadcast(tirx.const(c, "float32"), LANES)
+        return tirx.Broadcast(tirx.const(c, "float32"), lanes)
 
     with IRBuilder() as ib, T.prim_func(private=True, s_tir=True):
         T.func_name("winograd_columns")
@@ -241,17 +245,17 @@ def columns_func(count: int, channels: int, variant: Variant = F2) -> Any:
         with (
             T.sblock("root"),
             loop(_i64(0), _i64(count)) as p,
-            T.serial(_i64(0), _i64(channels // LANES)) as step,
+            T.serial(_i64(0), _i64(channels // lanes)) as step,
         ):
-            c = step * _i64(LANES)
-            lanes = tirx.Ramp(c, _i64(1), LANES)
+            c = step * _i64(lanes)
+            ramp = tirx.Ramp(c, _i64(1), lanes)
             results = [
                 [T.Bind(m.vload([_i64((a * alpha + col) * count) + p, c], dtype=vec)) for col in range(alpha)]
                 for a in range(alpha)
             ]
             for i, col in itertools.product(range(variant.m), range(alpha)):
                 value = _linear(variant.at[i], [results[a][col] for a in range(alpha)], scale)
-                T.buffer_store(t, value, [_i64((i * alpha + col) * count) + p, lanes])
+                T.buffer_store(t, value, [_i64((i * alpha + col) * count) + p, ramp])
     return ib.get()
 
 
@@ -321,7 +325,7 @@ def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith, v
     th, tw = variant.tiles(height, width)
     count, positions = batch * th * tw, variant.positions
     transformed = relax.TensorType((positions * count, channels), "float32")
-    gvar = bb.add_func(input_func(batch, height, width, channels, variant), "winograd_input")
+    gvar = bb.add_func(input_func(batch, height, width, channels, variant, arith.width), "winograd_input")
     v = bb.emit(relax.call_tir(gvar, [x], transformed))
     u = weight_transform(w_hwio, variant)
     packed = np.concatenate([arith.pack(u[xi]) for xi in range(positions)], axis=0)
@@ -330,7 +334,7 @@ def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith, v
     )
     products = relax.TensorType((positions * count, k), "float32")
     m = bb.emit(relax.call_tir(gemm, [v, relax.const(packed)], products))
-    columns = bb.add_func(columns_func(count, k, variant), "winograd_columns")
+    columns = bb.add_func(columns_func(count, k, variant, arith.width), "winograd_columns")
     sums = relax.TensorType((variant.m * variant.alpha * count, k), "float32")
     t = bb.emit(relax.call_tir(columns, [m], sums))
     return emit_fusable(bb, output_te(batch, height, width, variant), t, name="winograd_output")

@@ -1,5 +1,6 @@
-"""Winograd F(2 x 2, 3 x 3) convs (`winograd.py`): the transforms' algebra, the lowered conv
-against torch with its epilogue, where it applies, and exact math keeping the direct conv."""
+"""Winograd F(2 x 2, 3 x 3) and F(4 x 4, 3 x 3) convs (`winograd.py`): the transforms' algebra,
+the lowered conv against torch with its epilogue (AVX-512 and AVX2 vectors), where it applies,
+and exact math keeping the direct conv."""
 
 import json
 
@@ -15,6 +16,8 @@ from optkit.ir.capture import capture
 from tests.backends.conftest import host_float_tiles, outputs_of
 
 AVX512 = host_float_tiles() == vnni.F32
+# AVX2 code runs on AVX-512 CPUs too: the float tile arithmetics this host can run
+HOST_FMA = [vnni.F32_AVX2, vnni.F32] if AVX512 else [vnni.F32_AVX2] if host_float_tiles() else []
 
 
 @pytest.mark.parametrize("variant", [winograd.F2, winograd.F4], ids=["F2", "F4"])
@@ -46,10 +49,23 @@ def test_the_transforms_compute_a_valid_correlation(variant):
         ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (4, 32), vnni.F32, False),
         ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 40), vnni.F32, False),
         ((5, 5), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32, False),
-        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32_AVX2, False),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.F32_AVX2, True),
+        ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), vnni.U8S8, False),
         ((3, 3), [1, 1], [1, 1], [1, 1, 1, 1], 1, (16, 32), None, False),
     ],
-    ids=["fits", "strided", "dilated", "unpadded", "grouped", "rgb", "odd-outputs", "5x5", "avx2", "no-fma"],
+    ids=[
+        "fits",
+        "strided",
+        "dilated",
+        "unpadded",
+        "grouped",
+        "rgb",
+        "odd-outputs",
+        "5x5",
+        "avx2",
+        "int8",
+        "no-fma",
+    ],
 )
 def test_applies(kernel, stride, dilation, pad, groups, channels, arith, applies):
     assert winograd.applies(kernel, stride, dilation, pad, groups, channels, arith) == applies
@@ -68,12 +84,15 @@ class _Block(nn.Module):
         return torch.relu(self.conv(y) + y)
 
 
-@pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
+@pytest.mark.parametrize("arith", HOST_FMA, ids=lambda a: f"lanes{a.width}")
 @pytest.mark.parametrize(
     ("batch", "channels", "out", "height", "width"),
     [(2, 16, 32, 6, 6), (1, 32, 16, 5, 7), (16, 16, 16, 1, 2), (1, 16, 16, 8, 8), (2, 16, 32, 9, 11)],
 )
-def test_a_winograd_conv_matches_torch_with_its_epilogue(batch, channels, out, height, width):
+def test_a_winograd_conv_matches_torch_with_its_epilogue(
+    monkeypatch, arith, batch, channels, out, height, width
+):
+    monkeypatch.setattr(vnni, "float_arith", lambda _target: arith)  # AVX2's 8 lanes on any AVX2 host
     torch.manual_seed(0)
     x = torch.randn(batch, channels, height, width)
     program = capture(_Block(channels, out).eval(), (x,), name="block")
@@ -83,7 +102,7 @@ def test_a_winograd_conv_matches_torch_with_its_epilogue(batch, channels, out, h
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
+@pytest.mark.skipif(not HOST_FMA, reason="Winograd convs run on CPUs with AVX2 or AVX-512 FMAs")
 @pytest.mark.parametrize(
     "options", [{"fast_math": False}, {"winograd": False}], ids=["exact-math", "no-winograd"]
 )
@@ -96,7 +115,7 @@ def test_exact_math_or_no_winograd_keeps_the_direct_conv(options):
     np.testing.assert_allclose(got, outputs_of(program)[0], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not AVX512, reason="Winograd convs run on AVX-512 CPUs only")
+@pytest.mark.skipif(not HOST_FMA, reason="Winograd convs run on CPUs with AVX2 or AVX-512 FMAs")
 def test_the_lower_command_takes_no_winograd(tmp_path, monkeypatch):
     (tmp_path / "conv_block.py").write_text(
         "import torch\n"
