@@ -5,7 +5,7 @@ A saved artifact is a directory:
 | file | what |
 |---|---|
 | `model.so` | the Relax VM executable: kernels and bytecode (`export_library`) |
-| `weights.bin` | the weights the functions take as their last argument, 64-byte aligned, memory-mapped when loaded (`weights.py`) |
+| `weights.bin` | the weights the functions take as their last argument, 64-byte aligned, memory-mapped when loaded; weights computed from smaller ones (Winograd's) stored as those and computed again on loading (`weights.py`) |
 | `manifest.json` | optkit and TVM versions, target, inputs/outputs (name, shape, dtype), schedule, tuning trials, Python callbacks the library needs, SHA-256 of `model.so` and `weights.bin`, each weight's offset, shape and dtype, creation time |
 
 `load_artifact` refuses a directory written by another optkit or TVM version (the VM bytecode
@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from optkit.backends.targets import TargetSpec
 from optkit.backends.tvm_import import TensorSpec
-from optkit.backends.weights import load_weights, save_weights, weight_tuple
+from optkit.backends.weights import Derivation, load_weights, save_weights, weight_tuple
 
 from optkit.errors import ArtifactError, BackendError, ConfigError
 from optkit.fsutil import atomic_dir, member_path
@@ -36,7 +36,7 @@ from optkit.fsutil import atomic_dir, member_path
 log = logging.getLogger(__name__)
 
 FORMAT = "optkit-tvm-artifact"
-FORMAT_VERSION = 2  # 2: weights in weights.bin, outside the library
+FORMAT_VERSION = 3  # 2: weights in weights.bin, outside the library; 3: derived weights
 LIBRARY = "model.so"
 WEIGHTS = "weights.bin"
 MANIFEST = "manifest.json"
@@ -67,6 +67,8 @@ class Artifact:
     outputs: tuple[TensorSpec, ...]
     info: dict[str, Any] = field(default_factory=dict)
     weights: list[Any] = field(default_factory=list, repr=False)
+    # weights saved as the smaller arrays they are computed from, by position (`weights.py`)
+    derivations: dict[int, Derivation] = field(default_factory=dict, repr=False)
     _vm: Any = field(default=None, repr=False)
     _weight_tuple: Any = field(default=None, repr=False)
     entry: str = "main"
@@ -152,7 +154,15 @@ class Artifact:
         """Another function `name` of the same library, with its own signature; it shares this
         Artifact's module and virtual machine (one copy of the weights in memory)."""
         return Artifact(
-            self.module, self.target, inputs, outputs, self.info, self.weights, entry=name, _owner=self
+            self.module,
+            self.target,
+            inputs,
+            outputs,
+            self.info,
+            self.weights,
+            self.derivations,
+            entry=name,
+            _owner=self,
         )
 
     def _main(self) -> Any:
@@ -218,7 +228,7 @@ class Artifact:
         out_dir = Path(out_dir)
         manifest = self.manifest()
         with atomic_dir(out_dir, overwrite=overwrite) as tmp:
-            manifest["weights"] = save_weights(self.weights, tmp / WEIGHTS)
+            manifest["weights"] = save_weights(self.weights, tmp / WEIGHTS, self.derivations)
             lib = tmp / LIBRARY
             try:
                 self.module.export_library(str(lib))
@@ -260,10 +270,11 @@ def load_artifact(path: str | Path) -> Artifact:
     known = {"format", "format_version", "optkit_version", "tvm_version", "target", "target_config"}
     known |= {"inputs", "outputs", "library", "weights"}
     info = {k: v for k, v in manifest.items() if k not in known}
-    return Artifact(module, target, inputs, outputs, info, _load_weights(path, manifest.get("weights")))
+    weights, derivations = _load_weights(path, manifest.get("weights"))
+    return Artifact(module, target, inputs, outputs, info, weights, derivations)
 
 
-def _load_weights(path: Path, info: Any) -> list[Any]:
+def _load_weights(path: Path, info: Any) -> tuple[list[Any], dict[int, Derivation]]:
     if not isinstance(info, dict):
         raise ArtifactError(f"{path / MANIFEST} lacks the weights entry (file, sha256, tensors)")
     return load_weights(_checked_member(path, info, WEIGHTS, "weights file"), info)

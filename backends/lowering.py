@@ -160,6 +160,7 @@ def lower_functions(
     releaser = None
     if release_weights:
         releaser = lambda m: WeightReleaser(tensors, m)  # noqa: E731  counted on the module packing sees
+    weights = LiftedWeights()  # the constants leave the library at the build (`weights.py`)
     mod, figures = _specialize(
         mod,
         spec,
@@ -169,6 +170,7 @@ def lower_functions(
         releaser,
         attention=reduced,
         winograd=winograd,
+        weights=weights,
     )
     tuned = None
     overrides = None
@@ -184,7 +186,6 @@ def lower_functions(
         else:
             tuned, tuning = tune(mod, spec, tune_trials, tune_dir, progress=say)
     say(f"build for {spec.name}")
-    weights = LiftedWeights()  # the constants leave the library (`weights.py`)
     try:
         executable = build(mod, spec, schedule, tuned, overrides, weights=weights)
     except BackendError as err:
@@ -220,7 +221,13 @@ def lower_functions(
         info["compile_seconds"],
     )
     main_artifact = Artifact(
-        executable, spec, imported[MAIN].inputs, imported[MAIN].outputs, info, weights.tensors
+        executable,
+        spec,
+        imported[MAIN].inputs,
+        imported[MAIN].outputs,
+        info,
+        weights.tensors,
+        weights.derivations,
     )
     return {
         name: main_artifact
@@ -319,11 +326,13 @@ def _specialize(
     releaser: Callable[[Any], WeightReleaser] | None = None,
     attention: str = "float32",
     winograd: bool = True,
+    weights: LiftedWeights | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """The CPU rewrites before the build: packed weights, fast math, BLAS; figures for the report.
     `releaser(mod)`, when given, frees the weights packing replaces (`WeightReleaser`);
     `attention`: the precision of fused attentions where their shapes allow; `winograd`: 3 x 3
-    convs as Winograd transforms, with `fast_math` (`lower`)."""
+    convs as Winograd transforms, with `fast_math` (`lower`); `weights`: the store the build
+    lifts the constants into, told which packed weights are derived (`weights.py`)."""
     figures = {
         "packed_matmuls": 0,
         "packed_convs": 0,
@@ -389,6 +398,7 @@ def _specialize(
         progress=progress,
         consumed=release.consumed if release is not None else None,
         winograd=fast_math and winograd,
+        derived=weights.derived if weights is not None else None,
     )
     if release is not None:
         figures["released_weight_bytes"] = release.freed_bytes

@@ -86,6 +86,7 @@ def pack_weights(
     progress: Callable[[int, int, float], None] | None = None,
     consumed: Callable[[Any], None] | None = None,
     winograd: bool = False,
+    derived: Callable[[Any, Any], None] | None = None,
 ) -> tuple[Any, dict[str, int]]:
     """Rewrite constant-weight matmuls and convs of `mod["main"]`; returns (mod, counts by kind).
 
@@ -101,6 +102,8 @@ def pack_weights(
     time per op so far). `consumed(tensor)` is told each time a use of a constant weight is
     replaced by its packed panels (directly, or through a `permute_dims` no one else reads), so
     that the caller can free the original once no use is left (`weights.WeightReleaser`).
+    `derived(tensor, derivation)` is told of each packed weight computed from a smaller array
+    that a saved artifact stores instead (Winograd's, `weights.LiftedWeights.derived`).
     """
     import tvm
     from tvm import relax
@@ -124,7 +127,7 @@ def pack_weights(
         (True, matmul, _pad_columns, "padded"),
         (vnni, matmul, partial(_vnni_matmul, arith=vnni), "vnni"),
         (vnni, conv2d, partial(_vnni_conv, arith=vnni), "vnni"),
-        (fma and winograd, conv2d, partial(_winograd_conv, arith=fma), "winograd"),
+        (fma and winograd, conv2d, partial(_winograd_conv, arith=fma, derived=derived), "winograd"),
         (fma, matmul, partial(_fma_matmul, arith=fma), "fma"),
         (fma, conv2d, partial(_fma_conv, arith=fma), "fma"),
         (True, matmul, _packed_matmul, "matmul"),
@@ -734,10 +737,17 @@ def _fma_matmul(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = No
     return _from_2d(y, x_shape, w_np.shape[1])
 
 
-def _winograd_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:
+def _winograd_conv(
+    bb: Any,
+    call: Any,
+    lookup: Any = None,
+    arith: Arith | None = None,
+    derived: Callable[[Any, Any], None] | None = None,
+) -> Any | None:
     """A float32 NHWC 3 x 3 conv that `winograd.applies` to, as Winograd F(2 x 2) or F(4 x 4) on
     the FMA tile kernel (`winograd.py`), where `winograd.choose` finds one cheaper than the
-    direct conv; its bias, residual and activation fuse into the output transform."""
+    direct conv; its bias, residual and activation fuse into the output transform. `derived`:
+    as for `pack_weights`."""
     from optkit.backends import winograd
 
     nhwc = _nhwc_conv(call, lookup)
@@ -753,7 +763,7 @@ def _winograd_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None =
     variant = winograd.choose(batch, height, width)
     if variant is None:  # too few tiles to pay for the larger weights
         return None
-    return winograd.conv(bb, x, w_hwio, _emit_fusable, arith, variant)
+    return winograd.conv(bb, x, w_hwio, _emit_fusable, arith, variant, derived)
 
 
 def _fma_conv(bb: Any, call: Any, lookup: Any = None, arith: Arith | None = None) -> Any | None:

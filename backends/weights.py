@@ -14,11 +14,18 @@ other at 64-byte aligned offsets, which loading maps into memory instead of read
 Equal weights are kept once (the cache step variants of a pipeline reuse the packed weights of
 `main`; TVM's constant pool used to deduplicate them by structural equality): by data pointer,
 then by content hash.
+
+A lifted weight computed at compile time from a smaller one (`Derivation`: Winograd's transformed
+conv weights, 16/9 or 4x the conv's own, `winograd.derived_weights`) is stored as that smaller
+array, and its manifest entry names the function and options that compute it again when the
+file is loaded (`DERIVATIONS`); loading runs the same numpy code on the same bytes, so the
+weights are bit-identical to the compiled ones.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,18 +43,48 @@ ALIGN = 64  # TVM's CPU kernels assume 64-byte aligned buffers
 PARAM = "weights"
 
 
+# a derivation's kind -> "module:function" computing the weight from its source and options
+DERIVATIONS = {"winograd": "optkit.backends.winograd:derived_weights"}
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """How a weight is computed from `source`, the smaller array stored in its place:
+    `DERIVATIONS[kind](source, **options)` (options: JSON values)."""
+
+    kind: str
+    options: dict[str, Any]
+    source: np.ndarray
+
+    def compute(self) -> np.ndarray:
+        return derive(self.kind, self.source, self.options)
+
+
+def derive(kind: str, source: np.ndarray, options: dict[str, Any]) -> np.ndarray:
+    """`DERIVATIONS[kind](source, **options)`."""
+    module, name = DERIVATIONS[kind].split(":")
+    return np.asarray(getattr(importlib.import_module(module), name)(source, **options))
+
+
 @dataclass
 class LiftedWeights:
-    """The tensors lifted out of a module, in the order of the `weights` tuple parameter."""
+    """The tensors lifted out of a module, in the order of the `weights` tuple parameter, and
+    for those computed from smaller arrays their `Derivation` (by position)."""
 
     tensors: list[Any] = field(default_factory=list)  # tvm.runtime.Tensor
+    derivations: dict[int, Derivation] = field(default_factory=dict)
     _by_ptr: dict[tuple[int, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
     _by_digest: dict[tuple[str, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
+    _pending: dict[tuple[int, tuple[int, ...], str], Derivation] = field(default_factory=dict, repr=False)
+
+    def derived(self, data: Any, derivation: Derivation) -> None:
+        """Note that the constant `data` (a tvm Tensor, not lifted yet) is `derivation` computed."""
+        self._pending[_ptr_key(torch.from_dlpack(data))] = derivation
 
     def index(self, data: Any) -> int:
         """The position of `data` (a tvm Tensor) in the tuple, adding it if no equal one is there."""
         view = torch.from_dlpack(data)
-        ptr_key = (view.data_ptr(), tuple(view.shape), str(view.dtype))
+        ptr_key = _ptr_key(view)
         if (found := self._by_ptr.get(ptr_key)) is not None:
             return found
         digest = hashlib.blake2b(_bytes(view), digest_size=16).hexdigest()
@@ -56,6 +93,8 @@ class LiftedWeights:
             found = len(self.tensors)
             self.tensors.append(data)
             self._by_digest[key] = found
+            if (derivation := self._pending.pop(ptr_key, None)) is not None:
+                self.derivations[found] = derivation
         self._by_ptr[ptr_key] = found
         return found
 
@@ -125,15 +164,21 @@ def weight_tuple(tensors: list[Any], device: Any) -> Any:
     return tvm.runtime.convert(list(tensors))
 
 
-def save_weights(tensors: list[Any], path: Path) -> dict[str, Any]:
-    """Write `tensors` one after the other at 64-byte aligned offsets; returns the manifest entry
-    (file name, SHA-256, bytes, and per tensor its offset, shape and dtype)."""
+def save_weights(
+    tensors: list[Any], path: Path, derivations: dict[int, Derivation] | None = None
+) -> dict[str, Any]:
+    """Write `tensors` one after the other at 64-byte aligned offsets, a derived one as its
+    `Derivation`'s source; returns the manifest entry (file name, SHA-256, bytes, and per tensor
+    its offset, shape and dtype as stored, and for a derived one `derived`: the kind, options,
+    shape and dtype it computes)."""
+    derivations = derivations or {}
     digest = hashlib.sha256()
     entries = []
     offset = 0
     with path.open("wb") as fh:
-        for t in tensors:
-            view = torch.from_dlpack(t)
+        for i, t in enumerate(tensors):
+            derivation = derivations.get(i)
+            view = torch.from_dlpack(t) if derivation is None else torch.from_numpy(derivation.source)
             pad = -offset % ALIGN
             if pad:
                 fh.write(b"\0" * pad)
@@ -142,16 +187,24 @@ def save_weights(tensors: list[Any], path: Path) -> dict[str, Any]:
             data = _bytes(view)
             fh.write(data)
             digest.update(data)
-            entries.append(
-                {"offset": offset, "shape": list(view.shape), "dtype": str(view.dtype).removeprefix("torch.")}
-            )
+            entry: dict[str, Any] = {"offset": offset, "shape": list(view.shape), "dtype": _dtype_name(view)}
+            if derivation is not None:
+                full = torch.from_dlpack(t)
+                entry["derived"] = {
+                    "kind": derivation.kind,
+                    "options": derivation.options,
+                    "shape": list(full.shape),
+                    "dtype": _dtype_name(full),
+                }
+            entries.append(entry)
             offset += len(data)
     return {"file": path.name, "sha256": digest.hexdigest(), "bytes": offset, "tensors": entries}
 
 
-def load_weights(path: Path, info: dict[str, Any]) -> list[Any]:
+def load_weights(path: Path, info: dict[str, Any]) -> tuple[list[Any], dict[int, Derivation]]:
     """The tensors of a weights file written by `save_weights`, memory-mapped (copy on write: the
-    pages are read when a kernel first touches them and shared with the page cache)."""
+    pages are read when a kernel first touches them and shared with the page cache), derived
+    ones computed from their stored source; and those `Derivation`s, by position."""
     import tvm
 
     size = path.stat().st_size
@@ -161,8 +214,9 @@ def load_weights(path: Path, info: dict[str, Any]) -> list[Any]:
         )
     mapped = np.memmap(path, dtype=np.uint8, mode="c") if size else np.zeros(0, np.uint8)
     tensors = []
+    derivations: dict[int, Derivation] = {}
     try:
-        for entry in info["tensors"]:
+        for i, entry in enumerate(info["tensors"]):
             dtype = getattr(torch, str(entry["dtype"]))
             shape = [int(d) for d in entry["shape"]]
             count = int(np.prod(shape)) * torch.empty((), dtype=dtype).element_size()
@@ -171,11 +225,40 @@ def load_weights(path: Path, info: dict[str, Any]) -> list[Any]:
                 raise ArtifactError(
                     f"{path}: tensor at offset {start} ({count} bytes) is misaligned or outside the file"
                 )
-            raw = torch.from_numpy(mapped[start : start + count])
-            tensors.append(tvm.runtime.from_dlpack(raw.view(dtype).reshape(shape)))
+            raw = torch.from_numpy(mapped[start : start + count]).view(dtype).reshape(shape)
+            if "derived" in entry:  # computed into TVM's own (aligned) memory
+                derivations[i], value = _derived(path, i, raw.numpy(), entry["derived"])
+                tensors.append(tvm.runtime.tensor(value))
+            else:
+                tensors.append(tvm.runtime.from_dlpack(raw))
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise ArtifactError(f"{path}: a weight entry in the manifest is malformed: {err}") from err
-    return tensors
+    return tensors, derivations
+
+
+def _derived(path: Path, i: int, source: np.ndarray, spec: dict[str, Any]) -> tuple[Derivation, np.ndarray]:
+    """Weight `i`, stored as `source`, computed by its manifest entry's `derived` spec."""
+    kind, options = str(spec["kind"]), dict(spec["options"])
+    if kind not in DERIVATIONS:
+        raise ArtifactError(
+            f"{path}: weight {i} is derived by {kind!r}; this optkit knows {sorted(DERIVATIONS)}"
+        )
+    derivation = Derivation(kind, options, source)  # the mapped bytes, for saving again
+    value = np.ascontiguousarray(derivation.compute())
+    if list(value.shape) != list(spec["shape"]) or str(value.dtype) != spec["dtype"]:
+        raise ArtifactError(
+            f"{path}: weight {i} derived by {kind!r} has shape {list(value.shape)} and dtype {value.dtype}, "
+            f"its manifest says {spec['shape']} and {spec['dtype']}"
+        )
+    return derivation, value
+
+
+def _ptr_key(view: torch.Tensor) -> tuple[int, tuple[int, ...], str]:
+    return (view.data_ptr(), tuple(view.shape), str(view.dtype))
+
+
+def _dtype_name(view: torch.Tensor) -> str:
+    return str(view.dtype).removeprefix("torch.")
 
 
 def _nbytes(data: Any) -> int:

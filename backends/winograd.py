@@ -17,7 +17,8 @@ for P tiles, C input and K output channels: per output pixel 4 (F2) or 2.25 (F4)
 per channel pair against 9 for the direct conv. Here
 
 - `U` is computed once at compile time (float64, stored float32) and packed for the FMA tile
-  GEMM (`vnni.gemm_func`, `F32` or `F32_AVX2`), the GEMMs one batched kernel;
+  GEMM (`vnni.gemm_func`, `F32` or `F32_AVX2`), the GEMMs one batched kernel; a saved artifact
+  stores the 3 x 3 weight instead and computes `U` again when loaded (`derived_weights`);
 - `input_func` writes `V` (`[positions * P, C]`, one GEMM operand after another) from the NHWC
   image, reading its zero border in place (no pad kernel), a tile's input vectors once per
   register of channels;
@@ -46,12 +47,14 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from optkit.backends.parallel_loops import loop_kind
 from optkit.backends.vnni import LANES, Arith, gemm_func
+from optkit.backends.weights import Derivation
 
 
 @dataclass(frozen=True)
@@ -139,10 +142,34 @@ def applies(
 
 
 def weight_transform(w_hwio: np.ndarray, variant: Variant = F2) -> np.ndarray:
-    """`U[xi, C, K] = (G g G^T)[xi]` for each filter `g` of `w_hwio[3, 3, C, K]`, float32."""
+    """`U[xi, C, K] = (G g G^T)[xi]` for each filter `g` of `w_hwio[3, 3, C, K]`, float32: in
+    float64, G along the filter's rows, then along its columns (numpy's own loops, no BLAS, so
+    the same bytes on every machine: a saved artifact computes them again, `derived_weights`)."""
     g = w_hwio.astype(np.float64)
-    u = np.einsum("ia,abck,jb->ijck", variant.g, g, variant.g)
+    rows = np.einsum("ia,abck->ibck", variant.g, g)
+    u = np.einsum("jb,ibck->ijck", variant.g, rows)
     return np.ascontiguousarray(u.reshape(variant.positions, *w_hwio.shape[2:]).astype(np.float32))
+
+
+def packed_weights(w_hwio: np.ndarray, variant: Variant, arith: Arith) -> np.ndarray:
+    """The batched GEMM's weights: `weight_transform`, each position packed for `arith`, one
+    after another."""
+    u = weight_transform(w_hwio, variant)
+    return np.concatenate([arith.pack(u[xi]) for xi in range(variant.positions)], axis=0)
+
+
+def derived_weights(source: np.ndarray, m: int, arith: str) -> np.ndarray:
+    """`packed_weights` of the conv weight `source` (HWIO) for F(m x m) and the arithmetic of
+    key `arith`: how a saved artifact stores these weights, as their 3 x 3 source, 1/4 (F4) or
+    9/16 (F2) of their size (`weights.Derivation`)."""
+    from optkit.backends.vnni import ARITHS
+
+    variants = {v.m: v for v in VARIANTS}
+    if m not in variants or arith not in ARITHS:
+        raise ValueError(
+            f"no Winograd variant F{m} / arithmetic {arith!r}; known: {sorted(variants)}, {sorted(ARITHS)}"
+        )
+    return packed_weights(source, variants[m], ARITHS[arith])
 
 
 def _i64(value: int) -> Any:
@@ -313,11 +340,20 @@ def choose(batch: int, height: int, width: int) -> Variant | None:
     return min(options, key=lambda v: (cost(v, batch, height, width), v.m if v is not None else 0))
 
 
-def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith, variant: Variant) -> Any:
+def conv(
+    bb: Any,
+    x: Any,
+    w_hwio: np.ndarray,
+    emit_fusable: Any,
+    arith: Arith,
+    variant: Variant,
+    derived: Callable[[Any, Derivation], None] | None = None,
+) -> Any:
     """Emit the conv of the NHWC image `x` ([B, H, W, C], float32) with `w_hwio` ([3, 3, C, K])
     as the Winograd kernels of `variant` (`choose` picks it): the input transform, the GEMMs as
     one batched tile kernel of `arith`, and the output transform through `emit_fusable`
-    (`packing._emit_fusable`). Returns the output."""
+    (`packing._emit_fusable`). Returns the output. `derived(tensor, derivation)` is told how
+    the GEMM's weight constant is computed from `w_hwio` (`weights.LiftedWeights.derived`)."""
     from tvm import relax
 
     batch, height, width, channels = (int(d) for d in x.ty.shape)
@@ -327,13 +363,17 @@ def conv(bb: Any, x: Any, w_hwio: np.ndarray, emit_fusable: Any, arith: Arith, v
     transformed = relax.TensorType((positions * count, channels), "float32")
     gvar = bb.add_func(input_func(batch, height, width, channels, variant, arith.width), "winograd_input")
     v = bb.emit(relax.call_tir(gvar, [x], transformed))
-    u = weight_transform(w_hwio, variant)
-    packed = np.concatenate([arith.pack(u[xi]) for xi in range(positions)], axis=0)
+    weight = relax.const(packed_weights(w_hwio, variant, arith))
+    if derived is not None:
+        # kept for saving: its own array (packing's HWIO copy), not a view of a weight that
+        # lowering may free (`weights.WeightReleaser`)
+        source = w_hwio if w_hwio.flags.owndata and w_hwio.flags.c_contiguous else w_hwio.copy()
+        derived(weight.value, Derivation("winograd", {"m": variant.m, "arith": arith.key}, source))
     gemm = bb.add_func(
         gemm_func(count, k, channels, arith=arith, batch=positions), arith.name + "_winograd_gemm"
     )
     products = relax.TensorType((positions * count, k), "float32")
-    m = bb.emit(relax.call_tir(gemm, [v, relax.const(packed)], products))
+    m = bb.emit(relax.call_tir(gemm, [v, weight], products))
     columns = bb.add_func(columns_func(count, k, variant, arith.width), "winograd_columns")
     sums = relax.TensorType((variant.m * variant.alpha * count, k), "float32")
     t = bb.emit(relax.call_tir(columns, [m], sums))

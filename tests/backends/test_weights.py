@@ -65,7 +65,8 @@ def test_weights_file_round_trip(tmp_path, dtype):
     values = [torch.randn(3, 5).to(dtype), torch.randn(7).to(dtype), torch.randn(2, 2, 2).to(dtype)]
     info = save_weights([tvm.runtime.from_dlpack(v) for v in values], tmp_path / "w.bin")
     assert [e["offset"] % ALIGN for e in info["tensors"]] == [0, 0, 0]
-    loaded = load_weights(tmp_path / "w.bin", info)
+    loaded, derivations = load_weights(tmp_path / "w.bin", info)
+    assert derivations == {}
     for want, got in zip(values, loaded, strict=True):
         assert torch.equal(torch.from_dlpack(got), want)
     (tmp_path / "w.bin").write_bytes((tmp_path / "w.bin").read_bytes()[:-1])
@@ -95,3 +96,28 @@ def test_weights_of_a_loaded_program_are_released_too(wide, tmp_path):
     assert all(t.untyped_storage().resizable() for t in loaded.parameters().values())
     artifact = lower(loaded, "cpu", num_cores=1, release_weights=True)
     assert artifact.info["released_weight_bytes"] == (512 * 512 + 512 * 8) * 4
+
+
+def test_a_derived_weight_is_stored_as_its_source_and_computed_on_loading(tmp_path):
+    import tvm
+    from optkit.backends import winograd
+    from optkit.backends.weights import Derivation
+
+    rng = np.random.default_rng(0)
+    source = rng.standard_normal((3, 3, 16, 32)).astype(np.float32)
+    options = {"m": 2, "arith": "fma512"}
+    full = winograd.derived_weights(source, **options)
+    plain = rng.standard_normal(5).astype(np.float32)
+    tensors = [tvm.runtime.tensor(plain), tvm.runtime.tensor(full)]
+    info = save_weights(tensors, tmp_path / "w.bin", {1: Derivation("winograd", options, source)})
+    assert info["tensors"][1]["shape"] == [3, 3, 16, 32]
+    assert info["tensors"][1]["derived"]["shape"] == list(full.shape)
+    loaded, derivations = load_weights(tmp_path / "w.bin", info)
+    np.testing.assert_array_equal(loaded[0].numpy(), plain)
+    np.testing.assert_array_equal(loaded[1].numpy(), full)  # bit-identical
+    assert list(derivations) == [1] and derivations[1].options == options
+    for bad, message in (({"kind": "magic"}, "derived by 'magic'"), ({"shape": [1, 2]}, "manifest says")):
+        broken = json.loads(json.dumps(info))
+        broken["tensors"][1]["derived"].update(bad)
+        with pytest.raises(ArtifactError, match=message):
+            load_weights(tmp_path / "w.bin", broken)

@@ -150,3 +150,25 @@ def test_the_variant_of_least_cost(batch, size, m):
     for streaming their weights; else F2, or the direct conv (None)."""
     chosen = winograd.choose(batch, *size)
     assert (chosen.m if chosen is not None else None) == m
+
+
+@pytest.mark.skipif(not HOST_FMA, reason="Winograd convs run on CPUs with AVX2 or AVX-512 FMAs")
+def test_a_saved_artifact_stores_the_3x3_weights_and_loads_the_same_outputs(tmp_path):
+    from optkit.backends import load_artifact
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 64, 12, 12)
+    program = capture(_Block(64, 128).eval(), (x,), name="block")
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["winograd_convs"] == 1 and len(artifact.derivations) == 1
+    path = artifact.save(tmp_path / "art")
+    manifest = json.loads((path / "manifest.json").read_text())
+    (entry,) = [t for t in manifest["weights"]["tensors"] if "derived" in t]
+    assert entry["shape"] == [3, 3, 128, 128] and entry["derived"]["kind"] == "winograd"
+    # F4: 36 transformed positions stored as the 9 taps they come from
+    assert (
+        entry["derived"]["shape"][0] * 16 == 36 * 128
+        and manifest["weights"]["bytes"] * 4 <= artifact.info["weight_bytes"] + 4096
+    )
+    loaded = load_artifact(path)
+    np.testing.assert_array_equal(loaded.run(x)[0], artifact.run(x)[0])
