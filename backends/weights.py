@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,17 +49,68 @@ PARAM = "weights"
 DERIVATIONS = {"winograd": "optkit.backends.winograd:derived_weights"}
 
 
+class SpillFile:
+    """An unnamed temporary file that arrays are appended to and read back from: they wait in
+    the page cache, which the kernel can write out and evict, not in the process's memory
+    (deleted when the last `Spilled` of it is gone)."""
+
+    def __init__(self) -> None:
+        self._file: Any = None
+        self._end = 0
+
+    def put(self, array: np.ndarray) -> Spilled:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="optkit-weights-")  # noqa: SIM115  closed with this object
+        data = np.ascontiguousarray(array)
+        view = memoryview(data.reshape(-1).view(np.uint8).data)
+        written = 0
+        while written < len(view):
+            written += os.pwrite(self._file.fileno(), view[written:], self._end + written)
+        spilled = Spilled(self, self._end, tuple(data.shape), str(data.dtype))
+        self._end += len(view)
+        return spilled
+
+    def read(self, offset: int, nbytes: int) -> bytearray:
+        out = bytearray(nbytes)
+        view, done = memoryview(out), 0
+        while done < nbytes:
+            chunk = os.preadv(self._file.fileno(), [view[done:]], offset + done)
+            if chunk <= 0:
+                raise ArtifactError(f"the temporary file of derived weights ended at {offset + done} bytes")
+            done += chunk
+        return out
+
+
+@dataclass(frozen=True)
+class Spilled:
+    """An array in a `SpillFile`."""
+
+    file: SpillFile
+    offset: int
+    shape: tuple[int, ...]
+    dtype: str
+
+    def array(self) -> np.ndarray:
+        nbytes = int(np.prod(self.shape)) * np.dtype(self.dtype).itemsize
+        return np.frombuffer(self.file.read(self.offset, nbytes), self.dtype).reshape(self.shape)
+
+
 @dataclass(frozen=True)
 class Derivation:
     """How a weight is computed from `source`, the smaller array stored in its place:
-    `DERIVATIONS[kind](source, **options)` (options: JSON values)."""
+    `DERIVATIONS[kind](source, **options)` (options: JSON values). Between lowering and saving
+    the source waits in a `SpillFile` (`LiftedWeights.derived`)."""
 
     kind: str
     options: dict[str, Any]
-    source: np.ndarray
+    source: np.ndarray | Spilled
+
+    def array(self) -> np.ndarray:
+        """The source as an array (read back if spilled)."""
+        return self.source.array() if isinstance(self.source, Spilled) else self.source
 
     def compute(self) -> np.ndarray:
-        return derive(self.kind, self.source, self.options)
+        return derive(self.kind, self.array(), self.options)
 
 
 def derive(kind: str, source: np.ndarray, options: dict[str, Any]) -> np.ndarray:
@@ -76,10 +129,15 @@ class LiftedWeights:
     _by_ptr: dict[tuple[int, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
     _by_digest: dict[tuple[str, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
     _pending: dict[tuple[int, tuple[int, ...], str], Derivation] = field(default_factory=dict, repr=False)
+    _spill: SpillFile = field(default_factory=SpillFile, repr=False)
 
     def derived(self, data: Any, derivation: Derivation) -> None:
-        """Note that the constant `data` (a tvm Tensor, not lifted yet) is `derivation` computed."""
-        self._pending[_ptr_key(torch.from_dlpack(data))] = derivation
+        """Note that the constant `data` (a tvm Tensor, not lifted yet) is `derivation` computed;
+        its source is copied to the spill file, out of the process's memory: on an SD-1.5-size
+        UNet, held in memory, the 3 x 3 sources of its Winograd weights raised the lowering
+        peak from 5.94 to 6.95 GiB (1.76x to 2.07x the weights)."""
+        spilled = Derivation(derivation.kind, derivation.options, self._spill.put(derivation.array()))
+        self._pending[_ptr_key(torch.from_dlpack(data))] = spilled
 
     def index(self, data: Any) -> int:
         """The position of `data` (a tvm Tensor) in the tuple, adding it if no equal one is there."""
@@ -178,7 +236,7 @@ def save_weights(
     with path.open("wb") as fh:
         for i, t in enumerate(tensors):
             derivation = derivations.get(i)
-            view = torch.from_dlpack(t) if derivation is None else torch.from_numpy(derivation.source)
+            view = torch.from_dlpack(t) if derivation is None else torch.from_numpy(derivation.array())
             pad = -offset % ALIGN
             if pad:
                 fh.write(b"\0" * pad)

@@ -364,11 +364,8 @@ def conv(
     gvar = bb.add_func(input_func(batch, height, width, channels, variant, arith.width), "winograd_input")
     v = bb.emit(relax.call_tir(gvar, [x], transformed))
     weight = relax.const(packed_weights(w_hwio, variant, arith))
-    if derived is not None:
-        # kept for saving: its own array (packing's HWIO copy), not a view of a weight that
-        # lowering may free (`weights.WeightReleaser`)
-        source = w_hwio if w_hwio.flags.owndata and w_hwio.flags.c_contiguous else w_hwio.copy()
-        derived(weight.value, Derivation("winograd", {"m": variant.m, "arith": arith.key}, source))
+    if derived is not None:  # (which copies `w_hwio` out: lowering may free the Program's weights)
+        derived(weight.value, Derivation("winograd", {"m": variant.m, "arith": arith.key}, w_hwio))
     gemm = bb.add_func(
         gemm_func(count, k, channels, arith=arith, batch=positions), arith.name + "_winograd_gemm"
     )

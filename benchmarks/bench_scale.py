@@ -66,6 +66,17 @@ CLI_NOTE = [
     "resizable storage so that this works for saved models too (the *before* of the int8 row). Wall times were taken while other jobs shared the 2 cores.",
     "The SDXL ptq run took 110 s to capture; its eager latency at 2 threads was 8.8 s (float)",
     "and 8.2 s (int8) per call.",
+    "",
+    "Winograd (since session 33, docs/backends.md) changes the float `lower` rows: 3 x 3 convs at",
+    "stride 1 run as Winograd transforms whose weights take 16/9 (F(2 x 2)) or 4x (F(4 x 4)) the",
+    "memory. Measured in session 34 (AMD EPYC Zen 4, 2 cores) on the SD-1.5-layout UNet (width 320,",
+    "latents 1x4x32x32; this script's `lower` worker, as `optkit lower` lowers, with and without",
+    "`winograd=False`): peak 5.94 against 4.50 GiB (1.76x against 1.31x the weights; goal 2x met),",
+    "81 against 62 s to lower, and 1167 against 1690 ms a call at 1 thread (33 Winograd convs; max",
+    "abs error against eager 1.2e-5 against 6.0e-6). The saved artifact does not grow: its Winograd",
+    "weights are stored as their 3 x 3 sources, which wait in a temporary file from lowering to",
+    "saving (kept in memory instead, they raised the peak to 6.95 GiB, 2.07x). `optkit lower",
+    "--no-winograd` keeps the smaller peak; the SDXL rows above predate Winograd and were not rerun.",
 ]
 
 

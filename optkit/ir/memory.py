@@ -113,9 +113,9 @@ def available_memory() -> int:
 # nothing (it embedded them in the library before, +6.4x).
 EXTRA_WEIGHTS = {"optimize": 1.0, "lower": 1.5, "lower, releasing the weights": 0.6}
 # Winograd F(4 x 4, 3 x 3) stores a 3 x 3 conv's weight as 36 values per 9 (`backends/winograd.py`):
-# 3 more of its copies, on top of the panels `EXTRA_WEIGHTS` counts, and a copy of the 3 x 3 weight
-# kept for saving (`backends/weights.Derivation`)
-WINOGRAD_GROWTH = 4.0
+# 3 more of its copies, on top of the panels `EXTRA_WEIGHTS` counts (the 3 x 3 weight a saved
+# artifact stores instead waits in a temporary file, `backends/weights.SpillFile`)
+WINOGRAD_GROWTH = 3.0
 
 
 def winograd_weight_bytes(program: Program) -> int:

@@ -121,3 +121,14 @@ def test_a_derived_weight_is_stored_as_its_source_and_computed_on_loading(tmp_pa
         broken["tensors"][1]["derived"].update(bad)
         with pytest.raises(ArtifactError, match=message):
             load_weights(tmp_path / "w.bin", broken)
+
+
+def test_the_spill_file_gives_back_what_was_put():
+    from optkit.backends.weights import SpillFile
+
+    spill = SpillFile()
+    arrays = [np.arange(24, dtype=np.float32).reshape(2, 3, 4), np.array([-3, 7], np.int8), np.zeros((0, 5))]
+    spilled = [spill.put(a) for a in arrays]
+    for want, got in zip(arrays, spilled, strict=True):
+        np.testing.assert_array_equal(got.array(), want)
+        assert got.array().dtype == want.dtype
