@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +65,7 @@ def export_onnx(
         kwargs["opset_version"] = opset
     with atomic_file(path) as tmp:
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), _contiguous_as_clone(program.graph_module):
                 warnings.simplefilter("ignore")
                 _quiet_exporter_logs()
                 torch.onnx.export(program.graph_module, program.example_inputs, str(tmp), **kwargs)
@@ -90,6 +92,32 @@ def export_onnx(
             # would make any export look exact.
             figures["output_abs_max"] = max((float(e.abs().max()) if e.numel() else 0.0) for e in expected)
     return figures
+
+
+@contextmanager
+def _contiguous_as_clone(gm: torch.fx.GraphModule) -> Iterator[None]:
+    """While exporting, each `aten.contiguous` of `gm` as a clone to contiguous memory.
+
+    The exporter traces the graph again and decomposes it, and there `contiguous` of a
+    transposed attention output (a T5 encoder's, transformers 5.24) was taken for a no-op, the
+    `reshape` after it for a `view` of the transposed strides, and the export failed ("Cannot
+    view a tensor with shape [1, 77, 4, 64] and strides ..."). A clone always copies; ONNX has
+    no strides, so the file is the same either way."""
+    nodes = [
+        n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default
+    ]
+    saved = [(n, n.kwargs) for n in nodes]
+    for n in nodes:
+        n.target, n.kwargs = torch.ops.aten.clone.default, {"memory_format": torch.contiguous_format}
+    if nodes:
+        gm.recompile()
+    try:
+        yield
+    finally:
+        for n, kwargs in saved:
+            n.target, n.kwargs = torch.ops.aten.contiguous.default, kwargs
+        if nodes:
+            gm.recompile()
 
 
 def run_onnx(

@@ -33,3 +33,32 @@ def test_wrong_input_count_and_bad_file(tmp_path, transformer_program):
     bad.write_bytes(b"garbage")
     with pytest.raises(ArtifactError):
         OnnxModel.load(bad)
+
+
+def test_a_t5_encoder_exports_though_its_graph_keeps_contiguous(tmp_path):
+    """transformers' T5 attention keeps `aten.contiguous` in the captured graph, which the
+    exporter's decomposition took for a no-op before a reshape of transposed strides."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    from optkit.ir.capture import capture
+
+    torch.manual_seed(0)
+    config = transformers.T5Config(d_model=32, d_ff=64, num_layers=1, num_heads=2, d_kv=16, vocab_size=100)
+    encoder = transformers.T5EncoderModel(config).eval()
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.encoder(input_ids=ids).last_hidden_state
+
+    program = capture(Encoder().eval(), (torch.randint(0, 100, (1, 8)),), name="t5")
+    contiguous = torch.ops.aten.contiguous.default
+    before = sum(n.target is contiguous for n in program.graph_module.graph.nodes)
+    assert before > 0
+    figures = export_onnx(program, tmp_path / "t5.onnx")
+    assert figures["max_abs_error"] < 1e-4 * max(figures["output_abs_max"], 1.0)
+    assert sum(n.target is contiguous for n in program.graph_module.graph.nodes) == before  # restored
