@@ -157,6 +157,7 @@ def check_memory(
             f"x {copies:g}{winograd}, peak activations {_gib(estimate.peak_activation_bytes)} and inputs "
             f"{_gib(estimate.input_bytes)} for the example batch) but {_gib(have)} of memory is "
             "available; use a smaller batch or input size, or a machine with more memory"
+            + (", or keep the direct convs (`optkit lower --no-winograd`)" if extra_bytes else "")
         )
     return estimate
 

@@ -45,8 +45,9 @@ def test_winograd_weights_count_in_the_lowering_estimate():
     program = capture(model, (torch.randn(1, 3, 12, 12),), name="convs")
     assert winograd_weight_bytes(program) == 4 * 32 * 16 * 9
     est = check_memory(program, available_bytes=1 << 30)
-    with pytest.raises(ResourceError, match="Winograd weights"):
+    with pytest.raises(ResourceError, match="Winograd weights") as refused:
         check_memory(program, available_bytes=est.run_bytes + est.weight_bytes, copies=1, extra_bytes=1 << 30)
+    assert "--no-winograd" in str(refused.value)
 
 
 def test_optimize_refuses_a_model_larger_than_the_machine(tmp_path, monkeypatch):
