@@ -301,7 +301,7 @@ def _derived(path: Path, i: int, source: np.ndarray, spec: dict[str, Any]) -> tu
         raise ArtifactError(
             f"{path}: weight {i} is derived by {kind!r}; this optkit knows {sorted(DERIVATIONS)}"
         )
-    derivation = Derivation(kind, options, source)  # the mapped bytes, for saving again
+    derivation = Derivation(kind, options, source)  # the mapped bytes: the loaded Artifact's record
     value = np.ascontiguousarray(derivation.compute())
     if list(value.shape) != list(spec["shape"]) or str(value.dtype) != spec["dtype"]:
         raise ArtifactError(

@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/bench_families.py [--families mobilenet_v2 resnet18 vit_tiny llama_64tok llama_512tok sd_unet] \
         [--batch 8] [--image 112] [--repeats 15] [--threads 1]
+    OMP_NUM_THREADS=1 python benchmarks/bench_families.py --hf   # Hugging Face classes instead
 
 For each family of `families.py`: capture, `cleanup` (constant folding, BatchNorm folding,
 dce), then `ptq` (W8A8, per-channel weights, calibrated on the example batch) and `dce`. Rows:
@@ -19,7 +20,10 @@ in interleaved rounds by `optkit.timing.interleaved_latency_ms` (median); above 
 call starts once the previous runtime's pool has gone idle and after one untimed call of its
 own (`settle`, `optkit.timing.settle_before`). Writes
 docs/benchmarks.md (section bench_families; `bench_families_Nt` for N > 1 threads) with the
-goals of issue 17 checked.
+goals of issue 17 checked. With `--hf`, the families are `families.HF_FAMILIES` (diffusers and
+transformers classes built from configs: a VAE decoder, CLIP and T5 text encoders, BERT,
+ConvNeXt, Swin) and the section `bench_families_hf`. A runtime that cannot build a row's model
+(ONNX Runtime's `quantize_static` on an unusual graph) leaves its cell empty with a note.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers  # noqa: E402
 from _docs import cpu_name, write_section  # noqa: E402
-from families import CNN_FAMILIES, FAMILIES, family  # noqa: E402
+from families import CNN_FAMILIES, FAMILIES, HF_FAMILIES, family  # noqa: E402
 
 from optkit.ir.capture import capture  # noqa: E402
 from optkit.ir.onnx_io import export_onnx, flat_outputs, onnx_session  # noqa: E402
@@ -88,10 +92,28 @@ def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
     return math.inf if noise == 0 else 10 * math.log10(float((ref.astype(np.float64) ** 2).sum()) / noise)
 
 
-def _ort(path: Path, inputs: tuple[torch.Tensor, ...], threads: int) -> Callable[[], Any]:
-    session = onnx_session(path, threads)
+def _ort(
+    path: Path, inputs: tuple[torch.Tensor, ...], threads: int, notes: list[str] | None = None
+) -> Callable[[], Any] | None:
+    if not path.exists():  # its export or quantization failed (noted)
+        return None
+    try:
+        session = onnx_session(path, threads)
+    except Exception as err:  # a model ONNX Runtime refuses to load: noted, its cell left empty
+        if notes is None:
+            raise
+        notes.append(f"{path.stem}: ONNX Runtime cannot load it: {str(err).splitlines()[0][-200:]}")
+        return None
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
     return lambda: session.run(None, feeds)
+
+
+def _attempt(notes: list[str], label: str, step: Callable[[], Any]) -> None:
+    """Run one export or quantization step; a failure becomes a note and an empty cell."""
+    try:
+        step()
+    except Exception as err:  # report, keep measuring the other rows
+        notes.append(f"{label}: failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
 
 
 def _batchnorms(path: Path) -> int:
@@ -127,24 +149,30 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
         tmp / f"{name}-w7a8.onnx",
         tmp / f"{name}-qdq-reduced.onnx",
     )
-    export_onnx(program, float_onnx, check=False)
-    export_onnx(int8, int8_onnx, check=False, int8_weights="s8")  # like ORT's own QDQ model
-    export_onnx(int8, u8_onnx, check=False, int8_weights="u8")
-    export_onnx(int7, int7_onnx, check=False, int8_weights="s8")
-    peers.ort_quantize_static(float_onnx, [x], qdq_onnx)
-    peers.ort_quantize_static(float_onnx, [x], reduced_onnx, reduce_range=True)
+    steps = {
+        "float ONNX": lambda: export_onnx(program, float_onnx, check=False),
+        "W8A8 ONNX": lambda: export_onnx(int8, int8_onnx, check=False, int8_weights="s8"),  # as ORT's QDQ
+        "W8A8 ONNX, u8 weights": lambda: export_onnx(int8, u8_onnx, check=False, int8_weights="u8"),
+        "W7A8 ONNX": lambda: export_onnx(int7, int7_onnx, check=False, int8_weights="s8"),
+        "ORT quantize_static": lambda: peers.ort_quantize_static(float_onnx, [x], qdq_onnx),
+        "ORT quantize_static, reduce_range": lambda: peers.ort_quantize_static(
+            float_onnx, [x], reduced_onnx, reduce_range=True
+        ),
+    }
+    for label, step in steps.items():
+        _attempt(notes, f"{name} {label}", step)
     set_runtime_threads(args.threads)
     fns: dict[str, Callable[[], Any] | None] = {
         "eager": lambda: program.graph_module(*x),
-        "ORT": _ort(float_onnx, x, args.threads),
+        "ORT": _ort(float_onnx, x, args.threads, notes),
         "TVM": _tvm(program, args.threads, notes, name),
         "eager W8A8": lambda: int8.graph_module(*x),
-        "optkit W8A8 ONNX (ORT)": _ort(int8_onnx, x, args.threads),
-        "optkit W8A8 ONNX, u8 weights (ORT)": _ort(u8_onnx, x, args.threads),
-        "ORT quantize_static QDQ (ORT)": _ort(qdq_onnx, x, args.threads),
+        "optkit W8A8 ONNX (ORT)": _ort(int8_onnx, x, args.threads, notes),
+        "optkit W8A8 ONNX, u8 weights (ORT)": _ort(u8_onnx, x, args.threads, notes),
+        "ORT quantize_static QDQ (ORT)": _ort(qdq_onnx, x, args.threads, notes),
         "TVM W8A8": _tvm(int8, args.threads, notes, f"{name} W8A8"),
-        "optkit W7A8 ONNX (ORT)": _ort(int7_onnx, x, args.threads),
-        "ORT QDQ, reduce_range (ORT)": _ort(reduced_onnx, x, args.threads),
+        "optkit W7A8 ONNX (ORT)": _ort(int7_onnx, x, args.threads, notes),
+        "ORT QDQ, reduce_range (ORT)": _ort(reduced_onnx, x, args.threads, notes),
         "TVM W7A8": _tvm(int7, args.threads, notes, f"{name} W7A8"),
     }
     live = {k: f for k, f in fns.items() if f is not None}
@@ -155,8 +183,9 @@ def measure(name: str, args: argparse.Namespace, tmp: Path, notes: list[str]) ->
     ms = {k: lat[k]["median"] if k in lat else float("nan") for k in ROWS}
     ort, qdq = ms["ORT"], ms["ORT quantize_static QDQ (ORT)"]
     print(f"{name}: " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()), flush=True)
+    batchnorms = _batchnorms(int8_onnx) if int8_onnx.exists() else "-"
     notes.append(
-        f"{name}: BatchNormalization nodes in optkit's W8A8 ONNX: {_batchnorms(int8_onnx)}; "
+        f"{name}: BatchNormalization nodes in optkit's W8A8 ONNX: {batchnorms}; "
         f"output SQNR against float eager (dB): "
         + ", ".join(f"{k} {v:.1f}" for k, v in quality.items() if k not in ("eager",))
     )
@@ -361,7 +390,8 @@ def goal_lines(rows: list[list[Any]]) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--families", nargs="*", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--families", nargs="*", default=None, choices=FAMILIES + HF_FAMILIES)
+    parser.add_argument("--hf", action="store_true", help="the Hugging Face families (families.HF_FAMILIES)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image", type=int, default=112)
     parser.add_argument("--repeats", type=int, default=15)
@@ -369,6 +399,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-docs", action="store_true", help="print only; leave docs/benchmarks.md alone")
     args = parser.parse_args()
+    args.families = args.families or list(HF_FAMILIES if args.hf else FAMILIES)
     torch.set_num_threads(args.threads)
     rows: list[list[Any]] = []
     notes: list[str] = []
@@ -379,8 +410,13 @@ def main() -> None:
     units = {c: "ms" for c in ROWS} | {c: "x" for c in RATIOS}
     table = Table(
         f"Latency per call (median of {args.repeats} interleaved rounds after {args.warmup} warm-up, "
-        f"{args.threads} thread(s); images: batch {args.batch}, {args.image} x {args.image}; "
-        "decoders: one sequence; sd_unet: a guided step's 2 latents of 4 x 32 x 32)",
+        f"{args.threads} thread(s); "
+        + (
+            "inputs as `families.py` describes them)"
+            if args.hf
+            else f"images: batch {args.batch}, {args.image} x {args.image}; "
+            "decoders: one sequence; sd_unet: a guided step's 2 latents of 4 x 32 x 32)"
+        ),
         columns,
         rows,
         units,
@@ -396,7 +432,9 @@ def main() -> None:
             "a shared machine, so compare ratios within a row), "
             f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, TVM {tvm.__version__}, "
             f"{time.strftime('%Y-%m-%d', time.gmtime())}. Families from `benchmarks/families.py` with "
-            "random weights and BatchNorm statistics (latency does not depend on them). Float rows "
+            "random weights and BatchNorm statistics (latency does not depend on them)"
+            + (" (`HF_FAMILIES`: diffusers and transformers classes built from configs)" if args.hf else "")
+            + ". Float rows "
             "run the `cleanup` Program (BatchNorms folded into the convs); W8A8 rows the `ptq` "
             "Program (BatchNorms folded first, per-channel int8 weights, activations calibrated on "
             "the example batch), W7A8 rows the same with `wbits=7` (7-bit weights). Ratios: latency / "
@@ -412,11 +450,14 @@ def main() -> None:
             *(f"- {n}" for n in notes),
         ]
     )
-    if args.threads == 1:  # the history of the 1-thread figures
+    if args.threads == 1 and not args.hf:  # the history of the 1-thread figures
         markdown += "\n\n" + HISTORY
     print(markdown)
     if not args.no_docs:
-        write_section("bench_families" if args.threads == 1 else f"bench_families_{args.threads}t", markdown)
+        section = (
+            "bench_families" + ("_hf" if args.hf else "") + (f"_{args.threads}t" if args.threads > 1 else "")
+        )
+        write_section(section, markdown)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,23 @@
   (SD-1.5's are 40); needs the `diffusers` extra.
 
 BatchNorm running statistics are randomized so that folding them is not a no-op.
+
+`HF_FAMILIES`: models users build from Hugging Face classes (the `hf` extra), from configs with
+random weights (nothing downloaded), scaled down so that a row takes seconds:
+
+- `vae_decoder`: a diffusers `AutoencoderKL`'s decoder in Stable Diffusion's layout (GroupNorm
+  + SiLU ResNet blocks, a mid-block attention, nearest upsampling; channels (64, 128, 128, 128)
+  against SD's (128, 256, 512, 512), one layer per block) decoding a 4 x 32 x 32 latent to a 256 x
+  256 image;
+- `clip_text`: a transformers `CLIPTextModel` (4 layers, width 256, 4 heads; SD-1.5's text
+  encoder has 12 x 768), 77 tokens;
+- `t5_encoder`: a transformers `T5EncoderModel` (4 layers, width 256, 4 heads, relative position
+  bias), 77 tokens;
+- `bert`: a transformers `BertModel` (4 layers, width 256, 4 heads), 128 tokens;
+- `convnext`: a transformers `ConvNextModel` (widths 48-384, depths 1, 1, 3, 1: 7 x 7 depthwise
+  convs, channel LayerNorm, GELU; layer scale 1), images at `batch` x `image` x `image`;
+- `swin`: a transformers `SwinModel` (embed 48, depths 1, 1, 2, 1, window 7: shifted-window
+  attention), one 224 x 224 image (its windows need 224).
 """
 
 from __future__ import annotations
@@ -226,11 +243,82 @@ def sd_unet(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return Denoiser(unet).eval(), inputs
 
 
+class Output(nn.Module):
+    """A Hugging Face model called with its input name, returning one tensor."""
+
+    def __init__(self, model: nn.Module, call: str) -> None:
+        super().__init__()
+        self.model, self.call = model, call
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.call == "decode":
+            return self.model.decode(x).sample
+        key = "pixel_values" if self.call == "pixels" else "input_ids"
+        return self.model(**{key: x}).last_hidden_state
+
+
+def hf_family(
+    name: str, batch: int, image: int, gen: torch.Generator
+) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The `HF_FAMILIES` model `name` (module docstring) and its example inputs."""
+    import transformers
+
+    tokens = {"clip_text": 77, "t5_encoder": 77, "bert": 128}
+    if name == "vae_decoder":
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL(
+            block_out_channels=(64, 128, 128, 128),
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=32,
+        )
+        return Output(vae, "decode").eval(), (torch.randn(1, 4, 32, 32, generator=gen),)
+    if name in tokens:
+        width = {
+            "hidden_size": 256,
+            "intermediate_size": 1024,
+            "num_hidden_layers": 4,
+            "num_attention_heads": 4,
+        }
+        model = {
+            "clip_text": lambda: transformers.CLIPTextModel(
+                transformers.CLIPTextConfig(**width, max_position_embeddings=77, vocab_size=1000)
+            ),
+            "bert": lambda: transformers.BertModel(transformers.BertConfig(**width, vocab_size=1000)),
+            "t5_encoder": lambda: transformers.T5EncoderModel(
+                transformers.T5Config(
+                    d_model=256, d_ff=1024, num_layers=4, num_heads=4, d_kv=64, vocab_size=1000
+                )
+            ),
+        }[name]()
+        return Output(model, "ids").eval(), (torch.randint(0, 1000, (1, tokens[name]), generator=gen),)
+    if name == "convnext":
+        # layer scale 1 (its default 1e-6 leaves the random blocks' outputs out of the sums)
+        config = transformers.ConvNextConfig(
+            hidden_sizes=[48, 96, 192, 384], depths=[1, 1, 3, 1], layer_scale_init_value=1.0
+        )
+        model, x = transformers.ConvNextModel(config), torch.randn(batch, 3, image, image, generator=gen)
+    elif name == "swin":
+        config = transformers.SwinConfig(
+            image_size=224, embed_dim=48, depths=[1, 1, 2, 1], num_heads=[2, 2, 4, 8], window_size=7
+        )
+        model, x = transformers.SwinModel(config), torch.randn(1, 3, 224, 224, generator=gen)
+    else:
+        raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES + HF_FAMILIES)}")
+    return Output(model, "pixels").eval(), (x,)
+
+
 def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """(model in eval mode, example inputs) of family `name`: images `batch` x 3 x `image` x
-    `image`, for the decoders one sequence of token ids, for `sd_unet` its denoiser inputs."""
+    `image`, for the decoders one sequence of token ids, for `sd_unet` its denoiser inputs, for
+    `HF_FAMILIES` as the module docstring says."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    if name in HF_FAMILIES:
+        return hf_family(name, batch, image, gen)
     if name in LLAMA_TOKENS:
         from optkit.zoo.textlm import VOCAB
 
@@ -240,10 +328,11 @@ def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module,
         return sd_unet(seed)
     builders = {"mobilenet_v2": MobileNetV2, "resnet18": ResNet18, "vit_tiny": lambda: ViT(image=image)}
     if name not in builders:
-        raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES)}")
+        raise KeyError(f"unknown family {name!r}; known: {', '.join(FAMILIES + HF_FAMILIES)}")
     model = randomize_batchnorm(builders[name](), seed)
     return model, (torch.randn(batch, 3, image, image, generator=gen),)
 
 
 FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny", *LLAMA_TOKENS, "sd_unet")
+HF_FAMILIES = ("vae_decoder", "clip_text", "t5_encoder", "bert", "convnext", "swin")
 CNN_FAMILIES = ("mobilenet_v2", "resnet18")

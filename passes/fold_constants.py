@@ -6,6 +6,11 @@ This pass evaluates every pure node whose inputs are all constants, stores the v
 the rest of the graph reads as buffers (`_folded_N`) and rewires the readers. Random ops are
 never folded, and a value much larger than the constants it is computed from is left alone
 (folding an `expand` would trade compute for memory). Run early; follow with `dce`.
+
+In-place ops stay in the graph, and so does every value they write into (up through the views
+it is one of): folded, such a value would be a buffer that each call adds to again. A T5
+encoder's relative position buckets (transformers 5.24: `buckets += where(...)`) indexed past
+its bias table on the second call.
 """
 
 from __future__ import annotations
@@ -62,10 +67,59 @@ class FoldConstantsConfig(PassConfig):
             raise ConfigError(f"min_bytes must be >= 0, got {self.min_bytes}")
 
 
-def _is_foldable(node: fx.Node, constant: set[fx.Node]) -> bool:
+def _is_foldable(node: fx.Node, constant: set[fx.Node], written: set[fx.Node]) -> bool:
     if node.op != "call_function" or op_name(node) in _RANDOM_OPS or node.is_impure():
         return False
+    if node in written or _writes(node):
+        return False
     return all(arg in constant for arg in node.all_input_nodes)
+
+
+def _schema_args(node: fx.Node) -> list[tuple[Any, Any]]:
+    """(schema argument, the node's value for it) of an ATen op; [] for other targets."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None:
+        return []
+    values = []
+    for i, arg in enumerate(schema.arguments):
+        value = node.args[i] if i < len(node.args) else node.kwargs.get(arg.name)
+        values.append((arg, value))
+    return values
+
+
+def _writes(node: fx.Node) -> list[fx.Node]:
+    """The input nodes an in-place (or out=) ATen op writes into."""
+    return [
+        value
+        for arg, value in _schema_args(node)
+        if isinstance(value, fx.Node) and arg.alias_info is not None and arg.alias_info.is_write
+    ]
+
+
+def _alias_of(node: fx.Node) -> fx.Node | None:
+    """The input a view op's result aliases (`aten.view`, `to` of the same dtype, ...), or None."""
+    schema = getattr(node.target, "_schema", None)
+    if schema is None or not schema.returns or schema.returns[0].alias_info is None:
+        return None
+    return next(
+        (
+            value
+            for arg, value in _schema_args(node)
+            if isinstance(value, fx.Node) and arg.alias_info is not None
+        ),
+        None,
+    )
+
+
+def _written_values(gm: fx.GraphModule) -> set[fx.Node]:
+    """Nodes whose memory an in-place op writes, followed up through the views it is one of."""
+    written: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        for target in _writes(node) if node.op == "call_function" else []:
+            while target is not None and target.op == "call_function" and target not in written:
+                written.add(target)
+                target = _alias_of(target)
+    return written
 
 
 def _nbytes(value: Any) -> int:
@@ -84,12 +138,13 @@ class FoldConstants(Pass):
         env: dict[fx.Node, Any] = {}
         constant: set[fx.Node] = set()
         source_bytes: dict[fx.Node, int] = {}
+        written = _written_values(gm)
         for node in gm.graph.nodes:
             if node.op == "get_attr":
                 env[node] = _fetch(gm, str(node.target))
                 constant.add(node)
                 source_bytes[node] = _nbytes(env[node])
-            elif _is_foldable(node, constant):
+            elif _is_foldable(node, constant, written):
                 args = fx.node.map_arg(node.args, lambda n: env[n])
                 kwargs = fx.node.map_arg(node.kwargs, lambda n: env[n])
                 with torch.no_grad():

@@ -71,3 +71,28 @@ def test_large_expansions_are_not_folded():
 def test_config_range():
     with pytest.raises(ConfigError, match="max_growth must be >= 1.0"):
         build_passes(["fold-constants"], {"fold-constants": {"max_growth": 0.5}})
+
+
+class Buckets(nn.Module):
+    """Relative position buckets built in place (`buckets += ...`), as T5 builds them."""
+
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(32, 4)
+
+    def forward(self, x):
+        pos = torch.arange(8)
+        buckets = (pos > 3).to(torch.long) * 16
+        buckets += torch.where(pos < 2, pos, torch.full_like(pos, 7))
+        return x + self.table(buckets).sum(-1)
+
+
+def test_values_written_in_place_are_not_folded():
+    """Folded, the buckets would be a buffer that each call adds to again (past the table)."""
+    torch.manual_seed(0)
+    model, x = Buckets().eval(), torch.randn(8)
+    program = capture(model, (x,), name="buckets")
+    assert any(str(n.target) == "aten.add_.Tensor" for n in program.graph_module.graph.nodes)
+    folded = PassManager(build_passes(["fold-constants"])).run(program).program
+    for _ in range(3):
+        torch.testing.assert_close(folded.run(), model(x))
