@@ -102,7 +102,8 @@ def _ort(
     except Exception as err:  # a model ONNX Runtime refuses to load: noted, its cell left empty
         if notes is None:
             raise
-        notes.append(f"{path.stem}: ONNX Runtime cannot load it: {str(err).splitlines()[0][-200:]}")
+        reason = str(err).splitlines()[0].split(" failed:", 1)[-1].strip()  # (without the temporary path)
+        notes.append(f"{path.stem}: ONNX Runtime cannot load it: {reason[:200]}")
         return None
     feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), inputs, strict=True)}
     return lambda: session.run(None, feeds)
