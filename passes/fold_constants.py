@@ -115,7 +115,8 @@ def _written_values(gm: fx.GraphModule) -> set[fx.Node]:
     """Nodes whose memory an in-place op writes, followed up through the views it is one of."""
     written: set[fx.Node] = set()
     for node in gm.graph.nodes:
-        for target in _writes(node) if node.op == "call_function" else []:
+        for first in _writes(node) if node.op == "call_function" else []:
+            target: fx.Node | None = first
             while target is not None and target.op == "call_function" and target not in written:
                 written.add(target)
                 target = _alias_of(target)
