@@ -222,10 +222,14 @@ def _lower_pim(
 )
 @click.pass_context
 def run(ctx: click.Context, artifact_dir: Path, inputs_path: Path, output: Path | None) -> None:
-    """Run the compiled artifact in ARTIFACT_DIR on the arrays in --inputs; print output shapes."""
+    """Run the compiled artifact in ARTIFACT_DIR on the arrays in --inputs; print output shapes.
+    ARTIFACT_DIR may be what `optimize --target` writes (OUT/artifact, a compiled pipeline): its
+    model runs, uncached."""
     import numpy as np
 
     from optkit.backends import load_artifact
+    from optkit.backends.pipeline import MANIFEST as PIPELINE_MANIFEST
+    from optkit.backends.pipeline import load_pipeline
     from optkit.fsutil import atomic_file
 
     held = _read_npz(inputs_path)  # a bad inputs file fails before the library is loaded
@@ -234,7 +238,10 @@ def run(ctx: click.Context, artifact_dir: Path, inputs_path: Path, output: Path 
     if is_pim_artifact(artifact_dir):
         _run_pim(ctx, artifact_dir, inputs_path, held, output)
         return
-    artifact = load_artifact(artifact_dir)
+    if (artifact_dir / PIPELINE_MANIFEST).is_file():
+        artifact = load_pipeline(artifact_dir).main
+    else:
+        artifact = load_artifact(artifact_dir)
     arrays = _pick_inputs(inputs_path, held, [s.name for s in artifact.inputs])
     outputs = artifact.run(*arrays)
     if output is not None:

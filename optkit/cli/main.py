@@ -185,7 +185,10 @@ def optimize(
     native_log = write_log(native_lines, output / "artifact" / "native.log") if target else None
     _emit(ctx, report, output)
     if target and not ctx.obj["quiet"]:
-        click.echo(f"wrote {output}/artifact/ (compiled for {target}; sample it with `optkit sample`)")
+        click.echo(
+            f"wrote {output}/artifact/ (compiled for {target}; run it with `optkit run`, "
+            "or for a diffusion workload sample it with `optkit sample`)"
+        )
         if native_log is not None:
             click.echo(f"  {len(native_lines)} lines of TVM's own messages in {native_log}")
     ci.finish(ctx, report, junit_path)

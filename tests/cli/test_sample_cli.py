@@ -98,6 +98,13 @@ def test_optimize_with_a_target_lowers_the_pipeline_and_sample_runs_it(user_deno
     result = run("sample", "out", "-o", "bad.npz")
     assert result.exit_code == 2 and "not an optkit pipeline" in result.output
 
+    # `optkit run` takes the same directory: the model itself, uncached
+    np.savez(user_denoiser / "inputs.npz", *(t.numpy() for t in program.example_inputs))
+    result = run("--json", "run", "out/artifact", "--inputs", "inputs.npz")
+    assert result.exit_code == 0, result.output
+    (output,) = json.loads(result.output)["outputs"]
+    assert output["shape"] == list(program.run().shape)
+
 
 def test_bad_targets_fail_before_any_work(user_denoiser, monkeypatch):
     result = run(*OPTIMIZE, "--target", "tpu", "-o", "out", *OPTIONS)
