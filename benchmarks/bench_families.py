@@ -93,15 +93,13 @@ def _sqnr_db(ref: np.ndarray, got: np.ndarray) -> float:
 
 
 def _ort(
-    path: Path, inputs: tuple[torch.Tensor, ...], threads: int, notes: list[str] | None = None
+    path: Path, inputs: tuple[torch.Tensor, ...], threads: int, notes: list[str]
 ) -> Callable[[], Any] | None:
     if not path.exists():  # its export or quantization failed (noted)
         return None
     try:
         session = onnx_session(path, threads)
     except Exception as err:  # a model ONNX Runtime refuses to load: noted, its cell left empty
-        if notes is None:
-            raise
         reason = str(err).splitlines()[0].split(" failed:", 1)[-1].strip()  # (without the temporary path)
         notes.append(f"{path.stem}: ONNX Runtime cannot load it: {reason[:200]}")
         return None
