@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 from optkit.backends.parallel_loops import loop_kind
-from optkit.backends.vnni import LANES, Arith, gemm_func
+from optkit.backends.vnni import ARITHS, LANES, Arith, gemm_func
 from optkit.backends.weights import Derivation
 
 
@@ -162,8 +162,6 @@ def derived_weights(source: np.ndarray, m: int, arith: str) -> np.ndarray:
     """`packed_weights` of the conv weight `source` (HWIO) for F(m x m) and the arithmetic of
     key `arith`: how a saved artifact stores these weights, as their 3 x 3 source, 1/4 (F4) or
     9/16 (F2) of their size (`weights.Derivation`)."""
-    from optkit.backends.vnni import ARITHS
-
     variants = {v.m: v for v in VARIANTS}
     if m not in variants or arith not in ARITHS:
         raise ValueError(
