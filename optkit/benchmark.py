@@ -58,7 +58,7 @@ from optkit.ir.program import Program
 from optkit.quant.ops import is_quantized
 from optkit.refs import load_program_ref
 from optkit.report import Report, Table
-from optkit.timing import latency_ms, settle_before, speedup, summarize
+from optkit.timing import RUN_MS, run_length, settle_before, speedup, summarize, timed_run_ms
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,7 @@ class TargetResult:
     detail: str = ""
     build_s: float | None = None
     latency: dict[str, float] = field(default_factory=dict)
+    calls: int = 1  # back-to-back calls per timed round (calls under `RUN_MS`; `_time_interleaved`)
     gflops_per_s: float | None = None
     rss_peak_bytes: int | None = None
     tensor_peak_bytes: int | None = None
@@ -230,6 +231,13 @@ class BenchResult:
                 )
             if r.status != "ok":
                 report.notes.append(f"{r.target} {r.status}: {r.reason}")
+        runs = [f"{r.target} {r.calls}" for r in self.targets if r.calls > 1 and r.median_ms]
+        if runs:
+            report.notes.append(
+                f"Calls under {RUN_MS:g} ms are timed per round as one run of back-to-back calls after an "
+                f"untimed one, and the figure is the run's mean per call (calls per run: {', '.join(runs)}): "
+                "timed alone after the other runtimes, such a call measures the caches they left cold."
+            )
         report.tables.append(
             Table(
                 f"Latency per target (median, p10, p90 of {cfg.repeats} interleaved rounds after "
@@ -674,19 +682,27 @@ def _prepare(
 def _time_interleaved(
     prepared: list[tuple[TargetResult, _Runner]], repeats: int, say: Progress, settle: bool = False
 ) -> None:
-    """Time every runner `repeats` times in rounds (one call of each per round), so that load
-    from other processes that comes and goes falls on all targets alike. With `settle` (more
-    than one thread), each call starts once the previous runtime's pool has gone idle and after
-    one untimed call of its own (`settle_before`)."""
+    """Time every runner `repeats` times in rounds (one timed run of each per round), so that
+    load from other processes that comes and goes falls on all targets alike. A runner whose
+    call takes under `RUN_MS` is timed per round as a run of back-to-back calls (`run_length`,
+    `timed_run_ms`), the count kept in `TargetResult.calls`. With `settle` (more than one
+    thread), each run starts once the previous runtime's pool has gone idle and after one
+    untimed call of its own (`settle_before`)."""
     times: dict[str, list[float]] = {r.target: [] for r, _ in prepared}
-    live = list(prepared)
+    live = []
+    for result, runner in prepared:
+        try:
+            result.calls = run_length(runner.call)
+            live.append((result, runner))
+        except Exception as err:
+            result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"
     for i in range(repeats):
         say(f"timed round {i + 1}/{repeats}: {', '.join(r.target for r, _ in live)}")
         for result, runner in list(live):
             try:
                 if settle:
                     settle_before(runner.call)
-                times[result.target].append(latency_ms(runner.call, warmup=0, repeats=1)["median"])
+                times[result.target].append(timed_run_ms(runner.call, result.calls))
             except Exception as err:
                 result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"
                 live.remove((result, runner))

@@ -252,8 +252,29 @@ def test_targets_are_timed_in_interleaved_rounds(mlp_program, monkeypatch):
 
     monkeypatch.setitem(bench._BUILDERS, "eager", recording("eager"))
     monkeypatch.setitem(bench._BUILDERS, "ort", recording("ort"))
+    monkeypatch.setattr(bench, "run_length", lambda fn: 1)  # every call timed alone
     result = benchmark(mlp_program, BenchConfig(targets=("eager", "ort"), repeats=3, warmup=1))
     # check + warm-up of each target, then 3 rounds of one call each.
     assert calls == ["eager", "eager", "ort", "ort"] + ["eager", "ort"] * 3
-    assert all(r.latency["repeats"] == 3 for r in result.targets)
+    assert all(r.latency["repeats"] == 3 and r.calls == 1 for r in result.targets)
+    assert not any("back-to-back" in n for n in result.to_report().notes)
     assert BenchConfig(targets=("eager", "ort", "eager")).targets == ("eager", "ort")
+
+
+def test_short_calls_are_timed_in_runs_and_the_report_says_so(mlp_program, monkeypatch):
+    monkeypatch.setattr(bench, "run_length", lambda fn: 4)
+    calls = []
+    real = bench._BUILDERS["eager"]
+
+    def build(ctx):
+        runner = real(ctx)
+        inner = runner.call
+        runner.call = lambda: (calls.append(1), inner())[1]
+        return runner
+
+    monkeypatch.setitem(bench._BUILDERS, "eager", build)
+    result = benchmark(mlp_program, BenchConfig(targets=("eager",), repeats=2, warmup=0))
+    # the output check, then per round one untimed call and a run of 4
+    assert len(calls) == 1 + 2 * (1 + 4)
+    assert result.targets[0].calls == 4 and result.targets[0].latency["repeats"] == 2
+    assert any("calls per run: eager 4" in n for n in result.to_report().notes)

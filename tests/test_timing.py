@@ -1,7 +1,9 @@
 import pytest
 
 from optkit.errors import ConfigError
-from optkit.timing import interleaved_latency_ms, latency_ms
+import time
+
+from optkit.timing import interleaved_latency_ms, latency_ms, run_length, timed_run_ms
 
 
 def test_latency_counts_calls_and_orders_percentiles():
@@ -19,9 +21,10 @@ def test_bad_repeats():
 
 def test_interleaved_runs_each_callable_in_turn():
     order: list[str] = []
-    figures = interleaved_latency_ms({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 1, 3)
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    figures = interleaved_latency_ms(fns, 1, 3, run_ms=0)
     assert order == ["a", "b"] * 4  # one warm-up round, then three timed rounds
-    assert set(figures) == {"a", "b"} and figures["a"]["repeats"] == 3
+    assert set(figures) == {"a", "b"} and figures["a"]["repeats"] == 3 and figures["a"]["calls"] == 1
     with pytest.raises(ConfigError, match="repeats must be >= 1"):
         interleaved_latency_ms({"a": lambda: None}, repeats=0)
 
@@ -32,7 +35,22 @@ def test_settled_rounds_warm_each_callable_before_its_timed_call(monkeypatch):
     order: list[str] = []
     monkeypatch.setattr(timing, "quiesce", lambda: order.append("idle"))
     fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
-    figures = interleaved_latency_ms(fns, warmup=0, repeats=2, settle=True)
+    figures = interleaved_latency_ms(fns, warmup=0, repeats=2, settle=True, run_ms=0)
     # each timed call follows the wait for idle pools and one untimed call of its own
     assert order == ["idle", "a", "a", "idle", "b", "b"] * 2
     assert figures["a"]["repeats"] == 2
+
+
+def test_short_calls_are_timed_in_runs_long_ones_alone():
+    assert run_length(lambda: None) > 1  # a no-op fills 1 ms only in a run
+    assert run_length(lambda: time.sleep(0.002)) == 1
+    calls: list[int] = []
+    per_call = timed_run_ms(lambda: calls.append(1), 5)
+    assert len(calls) == 6 and per_call >= 0  # one untimed call, then five timed together
+    order: list[str] = []
+    fns = {"fast": lambda: order.append("fast"), "slow": lambda: (order.append("slow"), time.sleep(0.002))}
+    figures = interleaved_latency_ms(fns, warmup=0, repeats=2)
+    fast = int(figures["fast"]["calls"])
+    assert fast > 1 and figures["slow"]["calls"] == 1
+    # three probe calls each, then per round: an untimed call and a run of the fast one, the slow one alone
+    assert order.count("fast") == 3 + 2 * (1 + fast) and order.count("slow") == 3 + 2
