@@ -103,6 +103,7 @@ def ort_quantize_static(
             quant_pre_process(str(float_onnx), str(prep), skip_symbolic_shape=True)
         except Exception:  # pre-processing is an optimization; quantize the plain file if it fails
             prep = float_onnx
+        prep = _suffix_initializers(prep, Path(tmp) / "renamed.onnx")
         nodes = _weight_layers(prep) if weight_layers_only else None
         quantize_static(
             str(prep),
@@ -115,6 +116,31 @@ def ort_quantize_static(
             nodes_to_quantize=nodes,
             reduce_range=reduce_range,
         )
+    return out
+
+
+def _suffix_initializers(path: Path, out: Path) -> Path:
+    """`path` with "_w" after every initializer's name. ONNX Runtime 1.32's quantizer gives a
+    bias that several nodes share one copy per node, named the bias's name followed by a number,
+    without checking that the name is free: in a diffusers VAE decoder's export the shared
+    GroupNorm bias `val_11` became `val_119`, the name of a Reshape's int64 shape, and ONNX
+    Runtime could not load the QDQ model it wrote (a DequantizeLinear of an int64 tensor)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in graph.node
+        for a in n.attribute
+    ):
+        return path  # subgraphs may name the initializers too: leave such a model as it is
+    names = {t.name: f"{t.name}_w" for t in graph.initializer}
+    for t in graph.initializer:
+        t.name = names[t.name]
+    for n in graph.node:
+        n.input[:] = [names.get(i, i) for i in n.input]
+    onnx.save(model, str(out))
     return out
 
 
