@@ -1,8 +1,8 @@
+import time
+
 import pytest
 
 from optkit.errors import ConfigError
-import time
-
 from optkit.timing import interleaved_latency_ms, latency_ms, run_length, timed_run_ms
 
 
