@@ -12,6 +12,7 @@ order, removes what became dead and returns how often each rule fired.
 | `empty_concat` | `cat` skips 1-D empty tensors (the legacy rule) and zero-size inputs add nothing | `concat` needs equal ranks (`ndim 1 and 4`) | drop the zero-size inputs |
 | `plain_softmax` | `scaled_dot_product_attention` without a mask exports as a "safe" softmax: `where(row all -inf, 0, softmax(x))` | five more passes over the (B, H, N, N) scores and a zeros constant of their size folded into the weights (32 MiB per self-attention of a 32 x 32 latent UNet) | `softmax(x)` where x comes straight from the scores' matmul (no mask can make a row all -inf) |
 | `bf16_norm` | `native_group_norm` / `native_layer_norm` of bfloat16 | `group_norm` / `layer_norm` refuse it: `expects that data must be float, but got T.bfloat16` | normalize in float32 (input, scale and shift cast up), cast the result back |
+| `noop_squeeze` | `squeeze(x, d)` leaves a dimension `d` of size > 1 as it is (a PixArt transformer's timestep embedding) | fails: `Cannot operate on an undefined bijective layout` | a `view` to the output shape (`optkit.ir.ops.squeeze_as_view`; the ONNX export does the same) |
 | `negative_select` | `select(x, dim, -1)` counts from the end | `take(x, -1, dim)` in fast mode: reads out of bounds (garbage, NaN or a segfault; `x[:, -1]` of a 6-D tensor did it) | the index plus the dimension's size |
 | `half_matmul` | `linear`, `mm`, `bmm`, `matmul`, `addmm`, `convolution` of bfloat16 / float16 tensors are bfloat16 / float16 | their matmuls output float32 (`addmm`'s bias add then fails: `Binary operators must have the same datatype`), and every later op, each weight cast up with it, runs in float32: a half model's weights are widened after its first matmul | cast the result back to the half dtype (`addmm` and a convolution with a bias: `add(half(mm(x, w)), bias)`), so the next layer's weights stay in half |
 
@@ -29,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.fx as fx
+
+from optkit.ir.ops import squeeze_as_view
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +221,16 @@ def _select_index_from_start(node: fx.Node) -> bool:
     return True
 
 
+def _squeeze_as_view(node: fx.Node) -> bool:
+    shape = squeeze_as_view(node)
+    if shape is None:
+        return False
+    node.target, node.args = aten.view.default, (node.args[0], shape)
+    return True
+
+
 REWRITES: tuple[Rewrite, ...] = (
+    Rewrite("noop_squeeze", (aten.squeeze.dim, aten.squeeze.dims), _squeeze_as_view),
     Rewrite("scan_dtype", (aten.cumsum.default, aten.cumprod.default), _cast_scan_input),
     Rewrite("concat_dtype", (aten.cat.default,), _cast_concat_inputs),
     Rewrite("empty_concat", (aten.cat.default,), _drop_empty_concat_inputs),

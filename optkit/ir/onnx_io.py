@@ -22,6 +22,7 @@ import torch
 
 from optkit.errors import ArtifactError, OptkitError
 from optkit.fsutil import atomic_file
+from optkit.ir.ops import squeeze_as_view
 from optkit.ir.program import Program
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def export_onnx(
         kwargs["opset_version"] = opset
     with atomic_file(path) as tmp:
         try:
-            with warnings.catch_warnings(), _contiguous_as_clone(program.graph_module):
+            with warnings.catch_warnings(), _export_spellings(program.graph_module):
                 warnings.simplefilter("ignore")
                 _quiet_exporter_logs()
                 torch.onnx.export(program.graph_module, program.example_inputs, str(tmp), **kwargs)
@@ -95,28 +96,35 @@ def export_onnx(
 
 
 @contextmanager
-def _contiguous_as_clone(gm: torch.fx.GraphModule) -> Iterator[None]:
-    """While exporting, each `aten.contiguous` of `gm` as a clone to contiguous memory.
+def _export_spellings(gm: torch.fx.GraphModule) -> Iterator[None]:
+    """While exporting, two ops of `gm` spelled as the exporter reads them right, then restored.
 
-    The exporter traces the graph again and decomposes it, and there `contiguous` of a
-    transposed attention output (a T5 encoder's, transformers 5.24) was taken for a no-op, the
-    `reshape` after it for a `view` of the transposed strides, and the export failed ("Cannot
-    view a tensor with shape [1, 77, 4, 64] and strides ..."). A clone always copies; ONNX has
-    no strides, so the file is the same either way."""
-    nodes = [
-        n for n in gm.graph.nodes if n.op == "call_function" and n.target is torch.ops.aten.contiguous.default
-    ]
-    saved = [(n, n.kwargs) for n in nodes]
-    for n in nodes:
-        n.target, n.kwargs = torch.ops.aten.clone.default, {"memory_format": torch.contiguous_format}
-    if nodes:
+    - `aten.contiguous` as a clone to contiguous memory. The exporter traces the graph again and
+      decomposes it, and there `contiguous` of a transposed attention output (a T5 encoder's,
+      transformers 5.24) was taken for a no-op, the `reshape` after it for a `view` of the
+      transposed strides, and the export failed ("Cannot view a tensor with shape [1, 77, 4, 64]
+      and strides ..."). A clone always copies; ONNX has no strides, so the file is the same.
+    - a `squeeze` that names a dimension of size > 1 (a no-op there) as a `view` to its output
+      shape (`optkit.ir.ops.squeeze_as_view`): ONNX's `Squeeze` refuses such a dimension, and
+      ONNX Runtime could not load a PixArt transformer's export."""
+    saved = []
+    for n in gm.graph.nodes:
+        if n.op != "call_function":
+            continue
+        if n.target is torch.ops.aten.contiguous.default:
+            saved.append((n, n.target, n.args, n.kwargs))
+            n.target, n.kwargs = torch.ops.aten.clone.default, {"memory_format": torch.contiguous_format}
+        elif (shape := squeeze_as_view(n)) is not None:
+            saved.append((n, n.target, n.args, n.kwargs))
+            n.target, n.args = torch.ops.aten.view.default, (n.args[0], shape)
+    if saved:
         gm.recompile()
     try:
         yield
     finally:
-        for n, kwargs in saved:
-            n.target, n.kwargs = torch.ops.aten.contiguous.default, kwargs
-        if nodes:
+        for n, target, args, kwargs in saved:
+            n.target, n.args, n.kwargs = target, args, kwargs
+        if saved:
             gm.recompile()
 
 

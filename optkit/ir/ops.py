@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 import torch.fx as fx
+
+_aten = torch.ops.aten
 
 # kind -> ATen op packet names (the part after `aten.`, without the overload).
 OP_KINDS: dict[str, frozenset[str]] = {
@@ -59,3 +62,22 @@ def op_kind(node: fx.Node) -> str:
         if name in names:
             return kind
     return "other"
+
+
+def squeeze_as_view(node: fx.Node) -> list[int] | None:
+    """The output shape of a `squeeze.dim` / `squeeze.dims` node that names a dimension whose size
+    is not 1, else None. PyTorch leaves such a dimension as it is (a PixArt transformer's
+    `squeeze(1)` of its (2, 256, 32) timestep embedding: a no-op); ONNX's `Squeeze` refuses it
+    and TVM 0.27's importer fails on it ("Cannot operate on an undefined bijective layout"), so
+    both spell the node as a `view` to this shape. None for symbolic shapes."""
+    if node.op != "call_function" or node.target not in (_aten.squeeze.dim, _aten.squeeze.dims):
+        return None
+    x, dims = node.args[0], node.args[1]
+    val, out = getattr(x, "meta", {}).get("val"), node.meta.get("val")
+    if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor):
+        return None
+    shape = list(val.shape)
+    named = [dims] if isinstance(dims, int) else list(dims)
+    if not all(isinstance(s, int) for s in [*shape, *out.shape]) or all(shape[d] == 1 for d in named):
+        return None
+    return [int(s) for s in out.shape]

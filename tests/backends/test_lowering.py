@@ -233,6 +233,22 @@ def test_bfloat16_norms_run_in_float32():
     torch.testing.assert_close(got.float(), model(x).float(), atol=5e-2, rtol=5e-2)
 
 
+class _NoopSqueeze(nn.Module):
+    """`squeeze(1)` of a (2, 16, 8) tensor leaves it as it is (PixArt's timestep embedding)."""
+
+    def forward(self, x):
+        return x.squeeze(1) * 2.0, x[:, :1].squeeze(1)
+
+
+def test_squeeze_of_a_longer_dimension_is_a_view():
+    # `noop_squeeze`: TVM's importer failed on it ("undefined bijective layout")
+    x = torch.randn(2, 16, 8)
+    artifact = lower(capture(_NoopSqueeze(), (x,), name="squeeze"), "cpu", num_cores=1)
+    assert artifact.info["aten_rewrites"] == {"noop_squeeze": 1}
+    for got, want in zip(artifact.run(x), _NoopSqueeze()(x), strict=True):
+        np.testing.assert_array_equal(got, want.numpy())
+
+
 class _LastAlong(nn.Module):
     def forward(self, x):
         return x[:, :, -1] * 2.0, x.select(0, -2)

@@ -62,3 +62,24 @@ def test_a_t5_encoder_exports_though_its_graph_keeps_contiguous(tmp_path):
     figures = export_onnx(program, tmp_path / "t5.onnx")
     assert figures["max_abs_error"] < 1e-4 * max(figures["output_abs_max"], 1.0)
     assert sum(n.target is contiguous for n in program.graph_module.graph.nodes) == before  # restored
+
+
+def test_a_squeeze_of_a_longer_dimension_exports(tmp_path):
+    """PyTorch leaves `squeeze(1)` of a (2, 16, 8) tensor as it is (a PixArt transformer's
+    timestep embedding); ONNX's Squeeze refuses it, so the export writes a reshape."""
+    import torch
+
+    from optkit.ir.capture import capture
+    from optkit.ir.ops import squeeze_as_view
+
+    class Squeezes(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.squeeze(1) + x[:, :1].squeeze(1).sum()
+
+    program = capture(Squeezes(), (torch.randn(2, 16, 8),), name="squeeze")
+    shapes = [squeeze_as_view(n) for n in program.graph_module.graph.nodes]
+    assert [s for s in shapes if s is not None] == [[2, 16, 8]]  # the real squeeze is left alone
+    figures = export_onnx(program, tmp_path / "s.onnx")
+    assert figures["max_abs_error"] < 1e-5
+    targets = [n.target for n in program.graph_module.graph.nodes]
+    assert torch.ops.aten.view.default not in targets  # restored after the export
