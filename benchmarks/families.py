@@ -40,6 +40,20 @@ random weights (nothing downloaded), scaled down so that a row takes seconds:
   convs, channel LayerNorm, GELU; layer scale 1), images at `batch` x `image` x `image`;
 - `swin`: a transformers `SwinModel` (embed 48, depths 1, 1, 2, 1, window 7: shifted-window
   attention), one 224 x 224 image (its windows need 224).
+
+and the denoisers of today's image and video pipelines, diffusers transformers at width 256 (8
+heads of 32 channels; the originals are 1152-3072 wide), called on one step's inputs with a
+64-token text condition of width 256 (T5-XXL's is 4096):
+
+- `pixart`: a `PixArtTransformer2DModel` (PixArt-alpha: DiT blocks with cross-attention and
+  adaLN-single), 4 layers, 2 x 2 patches of a 4 x 32 x 32 latent (256 tokens), a guided step's
+  batch of 2;
+- `flux`: a `FluxTransformer2DModel` (Flux: MM-DiT, joint text-image attention with rotary
+  positions over (t, h, w) axes), 2 double-stream and 4 single-stream blocks, a 32 x 32 latent
+  packed 2 x 2 into 256 tokens of 64 channels, batch 1 (guidance distilled);
+- `wan`: a `WanTransformer3DModel` (Wan 2.1: a video DiT with 3D rotary positions and
+  cross-attention), 4 layers, FFN 1024, 1 x 2 x 2 patches of a 16 x 4 x 16 x 16 video latent
+  (256 tokens), batch 1.
 """
 
 from __future__ import annotations
@@ -243,6 +257,88 @@ def sd_unet(seed: int = 0) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     return Denoiser(unet).eval(), inputs
 
 
+class Keywords(nn.Module):
+    """A diffusers transformer called with its inputs by keyword, returning its first output."""
+
+    def __init__(self, model: nn.Module, names: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model, self.names = model, names
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(**dict(zip(self.names, inputs, strict=True)), return_dict=False)[0]
+
+
+def diffusion_transformer(name: str, gen: torch.Generator) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+    """The `pixart`, `flux` or `wan` family (module docstring) and one guided step's inputs."""
+    import diffusers
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    if name == "pixart":
+        model = diffusers.PixArtTransformer2DModel(
+            num_attention_heads=8,
+            attention_head_dim=32,
+            in_channels=4,
+            out_channels=8,
+            num_layers=4,
+            cross_attention_dim=256,
+            sample_size=32,
+            patch_size=2,
+            caption_channels=256,
+            use_additional_conditions=False,
+        )
+        names: tuple[str, ...] = ("hidden_states", "encoder_hidden_states", "timestep")
+        inputs = (randn(2, 4, 32, 32), randn(2, 64, 256), torch.tensor([500, 500]))
+    elif name == "flux":
+        model = diffusers.FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,
+            num_layers=2,
+            num_single_layers=4,
+            attention_head_dim=32,
+            num_attention_heads=8,
+            joint_attention_dim=256,
+            pooled_projection_dim=128,
+            axes_dims_rope=(8, 12, 12),
+        )
+        image, text = 16, 64  # a 32 x 32 latent packed 2 x 2: 16 x 16 tokens of 64 channels
+        ids = torch.zeros(image * image, 3)
+        ids[:, 1], ids[:, 2] = torch.arange(image * image) // image, torch.arange(image * image) % image
+        names = (
+            "hidden_states",
+            "encoder_hidden_states",
+            "pooled_projections",
+            "timestep",
+            "img_ids",
+            "txt_ids",
+        )
+        inputs = (
+            randn(1, image * image, 64),
+            randn(1, text, 256),
+            randn(1, 128),
+            torch.tensor([0.5]),
+            ids,
+            torch.zeros(text, 3),
+        )
+    else:
+        model = diffusers.WanTransformer3DModel(
+            patch_size=(1, 2, 2),
+            num_attention_heads=8,
+            attention_head_dim=32,
+            in_channels=16,
+            out_channels=16,
+            text_dim=256,
+            freq_dim=64,
+            ffn_dim=1024,
+            num_layers=4,
+            rope_max_seq_len=256,
+        )
+        names = ("hidden_states", "encoder_hidden_states", "timestep")
+        inputs = (randn(1, 16, 4, 16, 16), randn(1, 64, 256), torch.tensor([500]))
+    return Keywords(model, names).eval(), inputs
+
+
 class Output(nn.Module):
     """A Hugging Face model called with its input name, returning one tensor."""
 
@@ -264,6 +360,8 @@ def hf_family(
     import transformers
 
     tokens = {"clip_text": 77, "t5_encoder": 77, "bert": 128}
+    if name in DIFFUSION_TRANSFORMERS:
+        return diffusion_transformer(name, gen)
     if name == "vae_decoder":
         from diffusers import AutoencoderKL
 
@@ -334,5 +432,6 @@ def family(name: str, batch: int, image: int, seed: int = 0) -> tuple[nn.Module,
 
 
 FAMILIES = ("mobilenet_v2", "resnet18", "vit_tiny", *LLAMA_TOKENS, "sd_unet")
-HF_FAMILIES = ("vae_decoder", "clip_text", "t5_encoder", "bert", "convnext", "swin")
+DIFFUSION_TRANSFORMERS = ("pixart", "flux", "wan")
+HF_FAMILIES = ("vae_decoder", "clip_text", "t5_encoder", "bert", "convnext", "swin", *DIFFUSION_TRANSFORMERS)
 CNN_FAMILIES = ("mobilenet_v2", "resnet18")
