@@ -321,6 +321,7 @@ class _Runner:
     detail: str
     keep: list[Any] = field(default_factory=list)  # objects the runner needs alive
     info: dict[str, Any] = field(default_factory=dict)
+    warm_ms: float | None = None  # the fastest warm-up call (`run_length`)
 
 
 @dataclass
@@ -664,8 +665,7 @@ def _prepare(
         ctx.say(f"{target}: output check and {config.warmup} warm-up runs")
         try:
             got = runner.outputs(runner.call())
-            for _ in range(config.warmup):
-                runner.call()
+            runner.warm_ms = min((timed_run_ms(runner.call) for _ in range(config.warmup)), default=None)
         except Exception as err:
             log.info("%s failed to run", target, exc_info=True)
             result.status, result.reason = "failed", f"run failed: {_first_line(err)}"
@@ -692,7 +692,7 @@ def _time_interleaved(
     live = []
     for result, runner in prepared:
         try:
-            result.calls = run_length(runner.call)
+            result.calls = run_length(runner.call, seen_ms=runner.warm_ms)
             live.append((result, runner))
         except Exception as err:
             result.status, result.reason = "failed", f"run failed while timing: {_first_line(err)}"

@@ -33,12 +33,18 @@ RUN_MS = 1.0  # calls shorter than this are timed in runs of back-to-back calls
 MAX_RUN_CALLS = 100
 
 
-def run_length(fn: Callable[[], Any], run_ms: float = RUN_MS) -> int:
-    """Calls of `fn` per timed run: 1 when a call takes `run_ms` or more (the fastest of three),
-    otherwise enough back-to-back calls to fill `run_ms`, at most `MAX_RUN_CALLS`."""
-    fastest = min(_call_ms(fn) for _ in range(3))
+def run_length(fn: Callable[[], Any], run_ms: float = RUN_MS, seen_ms: float | None = None) -> int:
+    """Calls of `fn` per timed run: 1 when a call takes `run_ms` or more, otherwise enough
+    back-to-back calls to fill `run_ms`, at most `MAX_RUN_CALLS`. `seen_ms`: the fastest
+    warm call already timed; at `run_ms` or more it decides without calling `fn` (a sampling
+    loop of seconds is not run again to learn that it is slow). Otherwise one call decides,
+    or, under `run_ms`, the fastest of three."""
+    if seen_ms is not None and seen_ms >= run_ms:
+        return 1
+    fastest = _call_ms(fn)
     if fastest >= run_ms:
         return 1
+    fastest = min(fastest, _call_ms(fn), _call_ms(fn))
     return min(MAX_RUN_CALLS, math.ceil(run_ms / max(fastest, 1e-3)))
 
 
@@ -82,10 +88,11 @@ def interleaved_latency_ms(
     `latency_ms`'s figures per name, plus `calls`: the calls per round."""
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    seen: dict[str, float] = {}
     for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    calls = {name: run_length(fn, run_ms) if run_ms > 0 else 1 for name, fn in fns.items()}
+        for name, fn in fns.items():
+            seen[name] = min(seen.get(name, math.inf), _call_ms(fn))
+    calls = {name: run_length(fn, run_ms, seen.get(name)) if run_ms > 0 else 1 for name, fn in fns.items()}
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():

@@ -360,6 +360,7 @@ class BlockCaching(Pass):
             },
             warmup=0,
             repeats=TIMING_ROUNDS,
+            run_ms=0,  # whole sampling runs: each timed alone, no probe run
         )
         measured = timing["uncached"]["median"] / timing["cached"]["median"]
         flops, total = unit_flops(program, units, by_variant=cfg.mode == "deep")

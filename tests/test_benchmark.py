@@ -252,7 +252,7 @@ def test_targets_are_timed_in_interleaved_rounds(mlp_program, monkeypatch):
 
     monkeypatch.setitem(bench._BUILDERS, "eager", recording("eager"))
     monkeypatch.setitem(bench._BUILDERS, "ort", recording("ort"))
-    monkeypatch.setattr(bench, "run_length", lambda fn: 1)  # every call timed alone
+    monkeypatch.setattr(bench, "run_length", lambda fn, **_: 1)  # every call timed alone
     result = benchmark(mlp_program, BenchConfig(targets=("eager", "ort"), repeats=3, warmup=1))
     # check + warm-up of each target, then 3 rounds of one call each.
     assert calls == ["eager", "eager", "ort", "ort"] + ["eager", "ort"] * 3
@@ -262,7 +262,7 @@ def test_targets_are_timed_in_interleaved_rounds(mlp_program, monkeypatch):
 
 
 def test_short_calls_are_timed_in_runs_and_the_report_says_so(mlp_program, monkeypatch):
-    monkeypatch.setattr(bench, "run_length", lambda fn: 4)
+    monkeypatch.setattr(bench, "run_length", lambda fn, **_: 4)
     calls = []
     real = bench._BUILDERS["eager"]
 

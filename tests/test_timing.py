@@ -52,5 +52,11 @@ def test_short_calls_are_timed_in_runs_long_ones_alone():
     figures = interleaved_latency_ms(fns, warmup=0, repeats=2)
     fast = int(figures["fast"]["calls"])
     assert fast > 1 and figures["slow"]["calls"] == 1
-    # three probe calls each, then per round: an untimed call and a run of the fast one, the slow one alone
-    assert order.count("fast") == 3 + 2 * (1 + fast) and order.count("slow") == 3 + 2
+    # probes (the fast one three calls, the slow one one), then per round: an untimed call and a
+    # run of the fast one, the slow one alone
+    assert order.count("fast") == 3 + 2 * (1 + fast) and order.count("slow") == 1 + 2
+    # a warm-up round already showed the slow one slow: no probe call
+    order.clear()
+    interleaved_latency_ms(fns, warmup=1, repeats=2)
+    assert order.count("slow") == 1 + 2
+    assert run_length(lambda: order.append("x"), seen_ms=5.0) == 1 and order[-1] != "x"
