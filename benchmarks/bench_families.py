@@ -22,7 +22,8 @@ own (`settle`, `optkit.timing.settle_before`). Writes
 docs/benchmarks.md (section bench_families; `bench_families_Nt` for N > 1 threads) with the
 goals of issue 17 checked. With `--hf`, the families are `families.HF_FAMILIES` (diffusers and
 transformers classes built from configs: a VAE decoder, CLIP and T5 text encoders, BERT,
-ConvNeXt, Swin) and the section `bench_families_hf`. A runtime that cannot build a row's model
+ConvNeXt, Swin, and the PixArt, Flux and Wan diffusion transformers) and the section
+`bench_families_hf` (`bench_families_hf_Nt`). A runtime that cannot build a row's model
 (ONNX Runtime's `quantize_static` on an unusual graph) leaves its cell empty with a note.
 """
 
