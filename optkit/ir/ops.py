@@ -73,6 +73,8 @@ def squeeze_as_view(node: fx.Node) -> list[int] | None:
     if node.op != "call_function" or node.target not in (_aten.squeeze.dim, _aten.squeeze.dims):
         return None
     x, dims = node.args[0], node.args[1]
+    if not isinstance(dims, int | list | tuple):
+        return None
     val, out = getattr(x, "meta", {}).get("val"), node.meta.get("val")
     if not isinstance(val, torch.Tensor) or not isinstance(out, torch.Tensor):
         return None
