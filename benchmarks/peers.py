@@ -140,6 +140,8 @@ def _suffix_initializers(path: Path, out: Path) -> Path:
         t.name = names[t.name]
     for n in graph.node:
         n.input[:] = [names.get(i, i) for i in n.input]
+    for value in [*graph.input, *graph.output, *graph.value_info]:  # initializers listed there too
+        value.name = names.get(value.name, value.name)
     onnx.save(model, str(out))
     return out
 
