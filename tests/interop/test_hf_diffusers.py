@@ -325,3 +325,20 @@ def test_the_trained_examples_load_through_their_factories(factory):
     (got,) = program.run()
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert program.workload.inputs == workload.inputs and program.workload.diffusion.steps == 20
+
+
+@pytest.mark.slow
+def test_a_pixart_folder_exports_to_onnx_and_lowers_to_tvm(tmp_path):
+    """PixArt's `squeeze(1)` of its timestep embedding names a dimension of size > 1 (a no-op in
+    PyTorch): ONNX Runtime refused the export and TVM's importer failed on it."""
+    from optkit.backends import lower
+
+    from optkit.ir.onnx_io import export_onnx
+
+    program = load_model(_save(pixart().eval(), tmp_path / "pixart", diffusers.DDIMScheduler()))
+    figures = export_onnx(program, tmp_path / "pixart.onnx")
+    assert figures["max_abs_error"] < 1e-4 * max(figures["output_abs_max"], 1.0)
+    artifact = lower(program, "cpu", num_cores=1)
+    assert artifact.info["aten_rewrites"].get("noop_squeeze") == 1
+    (got,) = artifact.run_torch(*program.example_inputs)
+    torch.testing.assert_close(got, program.run(), atol=1e-4, rtol=1e-4)
