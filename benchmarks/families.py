@@ -42,8 +42,8 @@ random weights (nothing downloaded), scaled down so that a row takes seconds:
   attention), one 224 x 224 image (its windows need 224).
 
 and the denoisers of today's image and video pipelines, diffusers transformers at width 256 (8
-heads of 32 channels; the originals are 1152-3072 wide), called on one step's inputs with a
-64-token text condition of width 256 (T5-XXL's is 4096):
+heads of 32 channels; the originals are 1152 (PixArt-alpha) to 5120 (Wan 2.1 14B) wide),
+called on one step's inputs with a 64-token text condition of width 256 (T5-XXL's is 4096):
 
 - `pixart`: a `PixArtTransformer2DModel` (PixArt-alpha: DiT blocks with cross-attention and
   adaLN-single), 4 layers, 2 x 2 patches of a 4 x 32 x 32 latent (256 tokens), a guided step's
