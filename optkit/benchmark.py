@@ -9,8 +9,9 @@
 | `tvm-cuda` | the same for CUDA; only where TVM finds a GPU                              |
 
 Every target is built, run once for the output check against eager and warmed up; then all
-targets are timed in rounds, one call of each per round, `repeats` rounds (median, p10, p90 per
-target), so that load from other processes falls on every target alike. A target that fails to build
+targets are timed in rounds, one call of each per round (a run of back-to-back calls for a call
+under 1 ms, `optkit.timing.run_length`), `repeats` rounds (median, p10, p90 per target), so
+that load from other processes falls on every target alike. A target that fails to build
 or run is reported as `failed` with the reason and the others still run; one whose outputs differ
 from eager beyond the tolerance is reported as `mismatch` with its figures.
 

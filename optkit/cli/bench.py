@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     default=20,
     show_default=True,
     type=int,
-    help="Timed rounds (one call of each target per round).",
+    help="Timed rounds (one call of each target per round; a run of calls filling 1 ms for a faster one).",
 )
 @click.option("--warmup", default=3, show_default=True, type=int, help="Untimed runs before timing.")
 @options.threads
