@@ -31,20 +31,20 @@ def latency_ms(fn: Callable[..., Any], *args: Any, warmup: int = 3, repeats: int
 
 RUN_MS = 1.0  # calls shorter than this are timed in runs of back-to-back calls
 MAX_RUN_CALLS = 100
+SURELY_SLOW = 10  # one call this many times `RUN_MS` decides alone (`run_length`)
 
 
 def run_length(fn: Callable[[], Any], run_ms: float = RUN_MS, seen_ms: float | None = None) -> int:
     """Calls of `fn` per timed run: 1 when a call takes `run_ms` or more, otherwise enough
-    back-to-back calls to fill `run_ms`, at most `MAX_RUN_CALLS`. `seen_ms`: the fastest
-    warm call already timed; at `run_ms` or more it decides without calling `fn` (a sampling
-    loop of seconds is not run again to learn that it is slow). Otherwise one call decides,
-    or, under `run_ms`, the fastest of three."""
-    if seen_ms is not None and seen_ms >= run_ms:
-        return 1
-    fastest = _call_ms(fn)
+    back-to-back calls to fill `run_ms`, at most `MAX_RUN_CALLS`. The fastest of three calls
+    decides (a preempted call on a busy machine looks slow), except that one call of
+    `SURELY_SLOW` x `run_ms` or more decides alone, so that a sampling loop of seconds is not run
+    again to learn that it is slow. `seen_ms`: a warm call already timed, counted as the first."""
+    fastest = seen_ms if seen_ms is not None else _call_ms(fn)
+    if fastest < SURELY_SLOW * run_ms:
+        fastest = min(fastest, _call_ms(fn), _call_ms(fn))
     if fastest >= run_ms:
         return 1
-    fastest = min(fastest, _call_ms(fn), _call_ms(fn))
     return min(MAX_RUN_CALLS, math.ceil(run_ms / max(fastest, 1e-3)))
 
 
